@@ -1,0 +1,195 @@
+//! Shared gateway state: the config snapshot behind an atomic pointer, the
+//! revocation map, metrics, and the upstream connection pools. Reloads build a
+//! whole new snapshot and swap it in, or keep the old one and say why.
+
+use crate::config::{self, Config, ConfigErrors, RouteConfig};
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::proxy::body::LimitedBody;
+use crate::revocation::{RevocationError, Revocations};
+use crate::tokens::Validator;
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Pooled HTTP/1.1 client towards upstreams.
+pub type UpstreamClient = Client<HttpConnector, LimitedBody>;
+
+/// Idle upstream connections are kept this long for reuse.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A compiled route: its config plus everything the request path needs ready.
+pub struct Route {
+    pub cfg: RouteConfig,
+    pub metrics: RouteMetrics,
+    pub client: UpstreamClient,
+    /// `Host` for the upstream request.
+    pub host_header: HeaderValue,
+    /// The route's scopes, space-separated, for 403 challenges.
+    pub scope_list: String,
+}
+
+/// Everything a request reads, built whole from one config.
+pub struct Snapshot {
+    pub config: Config,
+    pub routes: Vec<Route>,
+    pub validator: Validator,
+    /// Metrics for requests that matched no route.
+    pub unmatched: RouteMetrics,
+}
+
+/// The running gateway's shared state.
+pub struct App {
+    snapshot: ArcSwap<Snapshot>,
+    pub revocations: Revocations,
+    pub metrics: Metrics,
+    /// Pools by connect timeout; they outlive snapshots so reloads keep connections.
+    clients: Mutex<HashMap<Duration, UpstreamClient>>,
+    ready: AtomicBool,
+    config_digest: Mutex<[u8; 32]>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Revocation(#[from] RevocationError),
+}
+
+fn digest(b: &[u8]) -> [u8; 32] {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b)
+        .as_ref()
+        .try_into()
+        .expect("32 bytes")
+}
+
+impl App {
+    /// Builds the state from a validated config (reads the revocation file).
+    pub fn new(config: Config) -> Result<Arc<App>, StartError> {
+        let metrics = Metrics::new();
+        let revocations = Revocations::open(&config.revocation_file)?;
+        metrics.set_revocation_sizes(revocations.current().len());
+        let config_digest = std::fs::read(&config.path).map(|b| digest(&b)).unwrap_or_default();
+        let clients = Mutex::new(HashMap::new());
+        let snapshot = build_snapshot(&metrics, &clients, config);
+        Ok(Arc::new(App {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            revocations,
+            metrics,
+            clients,
+            ready: AtomicBool::new(false),
+            config_digest: Mutex::new(config_digest),
+        }))
+    }
+
+    /// The snapshot in force; hold it for the duration of one request.
+    #[inline]
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Re-reads the config file. Unchanged content is a no-op (`Ok(false)`);
+    /// an invalid file keeps the current snapshot and returns every error.
+    pub fn reload_config(&self) -> Result<bool, ConfigErrors> {
+        let path = self.snapshot.load().config.path.clone();
+        let bytes = std::fs::read(&path).map_err(|e| {
+            ConfigErrors(vec![config::ConfigError {
+                file: path.clone(),
+                position: None,
+                message: format!("cannot read the config file: {e}"),
+            }])
+        })?;
+        let d = digest(&bytes);
+        if *self.config_digest.lock().expect("not poisoned") == d {
+            return Ok(false);
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        let result = config::parse(&path, &text);
+        self.metrics.reload("config", result.is_ok());
+        let cfg = result?;
+        let old = self.snapshot.load();
+        if cfg.listeners != old.config.listeners || cfg.metrics_address != old.config.metrics_address {
+            tracing::warn!("listener or metrics addresses changed; those take effect on restart only");
+        }
+        if cfg.revocation_file != old.config.revocation_file {
+            tracing::warn!("revocation.file changed; the new path takes effect on restart only");
+        }
+        let snap = build_snapshot(&self.metrics, &self.clients, cfg);
+        self.snapshot.store(Arc::new(snap));
+        *self.config_digest.lock().expect("not poisoned") = d;
+        Ok(true)
+    }
+
+    /// Re-reads the revocation file, logging and counting the outcome.
+    pub fn reload_revocations(&self) {
+        match self.revocations.reload() {
+            Ok(false) => {}
+            Ok(true) => {
+                let sizes = self.revocations.current().len();
+                self.metrics.set_revocation_sizes(sizes);
+                self.metrics.reload("revocation", true);
+                tracing::info!(tokens = sizes.0, clients = sizes.1, subjects = sizes.2, "revocation list reloaded");
+            }
+            Err(e) => {
+                self.metrics.reload("revocation", false);
+                tracing::error!(error = %e, "revocation list not reloaded; the previous list stays in force");
+            }
+        }
+    }
+
+    /// Drops expired entries from the verified-token cache.
+    pub fn prune_caches(&self) {
+        self.snapshot.load().validator.prune(crate::revocation::now());
+    }
+}
+
+fn client_for(clients: &Mutex<HashMap<Duration, UpstreamClient>>, connect_timeout: Duration) -> UpstreamClient {
+        let mut clients = clients.lock().expect("not poisoned");
+        clients
+            .entry(connect_timeout)
+            .or_insert_with(|| {
+                let mut http = HttpConnector::new();
+                http.set_connect_timeout(Some(connect_timeout));
+                http.set_nodelay(true);
+                http.enforce_http(true);
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                    .pool_timer(TokioTimer::new())
+                    .timer(TokioTimer::new())
+                    .build(http)
+            })
+            .clone()
+    }
+
+fn build_snapshot(metrics: &Metrics, clients: &Mutex<HashMap<Duration, UpstreamClient>>, config: Config) -> Snapshot {
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| Route {
+                metrics: metrics.route(&r.name),
+                client: client_for(clients, r.connect_timeout),
+                host_header: HeaderValue::from_str(r.upstream.authority.as_str()).expect("authority is a header value"),
+                scope_list: r.scopes.join(" "),
+                cfg: r.clone(),
+            })
+            .collect();
+        Snapshot {
+            validator: Validator::new(&config.tokens),
+            unmatched: metrics.route("none"),
+            routes,
+            config,
+        }
+    }
+

@@ -1,0 +1,511 @@
+//! Raw YAML → validated [`Config`]: every semantic rule lives here, and every
+//! violation is reported (not just the first), with file, line and column.
+
+use super::error::{from_yaml, Collector, ConfigError, ConfigErrors};
+use super::raw::*;
+use super::*;
+use crate::proxy::forwarded::Cidr;
+use crate::tokens::keys::{self, KeyConfig, LoadedKey};
+use http::header::HeaderName;
+use http::uri::{Authority, Scheme};
+use http::Uri;
+use jsonwebtoken::Algorithm;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A validated configuration; cheap to share.
+#[derive(Debug)]
+pub struct Config {
+    /// The file it was read from.
+    pub path: PathBuf,
+    pub listeners: Vec<ListenerConfig>,
+    pub metrics_address: Option<SocketAddr>,
+    pub tokens: TokenConfig,
+    pub revocation_file: PathBuf,
+    pub routes: Vec<RouteConfig>,
+    pub limits: Limits,
+    pub trusted_proxies: Vec<Cidr>,
+    pub identity_headers: IdentityHeaderNames,
+    pub logging: LoggingConfig,
+    pub echo_upstream: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub address: SocketAddr,
+    pub tls: TlsSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSource {
+    Files { cert: PathBuf, key: PathBuf },
+    SelfSignedForDevelopment,
+}
+
+#[derive(Debug)]
+pub struct TokenConfig {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub clock_skew: Duration,
+    pub keys: Vec<Arc<LoadedKey>>,
+    /// Index into `keys` of the key that signs new tokens, if any.
+    pub signing_key: Option<usize>,
+    pub access_token_ttl: Duration,
+    pub cache_entries: usize,
+}
+
+impl TokenConfig {
+    pub fn signer(&self) -> Option<&LoadedKey> {
+        self.signing_key.map(|i| &*self.keys[i])
+    }
+}
+
+/// Where a proxied request goes: `scheme://authority` plus a base path.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// Path prefix on the upstream, without a trailing `/` ("" for none).
+    pub base_path: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    pub path_prefix: String,
+    pub host: Option<String>,
+    pub upstream: Upstream,
+    pub strip_prefix: bool,
+    pub auth_required: bool,
+    pub scopes: Vec<String>,
+    pub forward_authorization: bool,
+    pub inject: InjectIdentity,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub max_body_size: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InjectIdentity {
+    pub subject: bool,
+    pub client_id: bool,
+    pub scopes: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_header_size: u64,
+    pub max_body_size: u64,
+    pub header_read_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    pub max_connections: usize,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityHeaderNames {
+    pub subject: HeaderName,
+    pub client_id: HeaderName,
+    pub scopes: HeaderName,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggingConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// Reads and validates the config file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let src = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            position: None,
+            message: format!("cannot read the config file: {e}"),
+        }])
+    })?;
+    parse(path, &src)
+}
+
+/// Validates config text `src` that was read from `path`.
+pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
+    let raw: RawConfig =
+        serde_yaml::from_str(src).map_err(|e| ConfigErrors(vec![from_yaml(path, &e)]))?;
+    let mut c = Collector::new(path, src);
+    let base = path.parent().unwrap_or(Path::new("."));
+    let config = compile(raw, path, base, &mut c);
+    if c.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(c.errors))
+    }
+}
+
+/// Relative paths in the config are relative to the config file's directory.
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+fn addr(c: &mut Collector<'_>, path: &str, s: &str) -> Option<SocketAddr> {
+    match s.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            c.at(
+                path,
+                format!("`{s}` is not a socket address; write e.g. \"127.0.0.1:8443\" or \"[::1]:8443\""),
+            );
+            None
+        }
+    }
+}
+
+fn header_name(c: &mut Collector<'_>, path: &str, s: Option<String>, default: &str) -> HeaderName {
+    let s = s.unwrap_or_else(|| default.to_string());
+    match HeaderName::from_bytes(s.as_bytes()) {
+        Ok(h) => h,
+        Err(_) => {
+            c.at(path, format!("`{s}` is not a valid HTTP header name"));
+            HeaderName::from_static("x-invalid")
+        }
+    }
+}
+
+fn compile(raw: RawConfig, path: &Path, base: &Path, c: &mut Collector<'_>) -> Config {
+    let d = |v: Option<units::ConfigDuration>, def: Duration| v.map_or(def, |v| v.0);
+
+    // Listeners.
+    if raw.listeners.is_empty() {
+        c.at("listeners", "at least one listener is needed");
+    }
+    let mut listeners = Vec::new();
+    for (i, l) in raw.listeners.iter().enumerate() {
+        let p = format!("listeners[{i}]");
+        let address = addr(c, &format!("{p}.address"), &l.address);
+        let tls = match (&l.tls.cert_file, &l.tls.key_file, l.tls.self_signed_for_development) {
+            (Some(cert), Some(key), false) => {
+                let (cert, key) = (resolve(base, cert), resolve(base, key));
+                if let Err(e) = crate::server::tls::load_certified_key(&cert, &key) {
+                    c.at(&format!("{p}.tls"), e.to_string());
+                }
+                Some(TlsSource::Files { cert, key })
+            }
+            (None, None, true) => Some(TlsSource::SelfSignedForDevelopment),
+            (_, _, true) => {
+                c.at(
+                    &format!("{p}.tls"),
+                    "self_signed_for_development cannot be combined with cert_file/key_file",
+                );
+                None
+            }
+            _ => {
+                c.at(
+                    &format!("{p}.tls"),
+                    "a listener needs both tls.cert_file and tls.key_file (or, for development only, self_signed_for_development: true)",
+                );
+                None
+            }
+        };
+        if let (Some(address), Some(tls)) = (address, tls) {
+            listeners.push(ListenerConfig {
+                name: l.name.clone().unwrap_or_else(|| format!("listener{i}")),
+                address,
+                tls,
+            });
+        }
+    }
+
+    let metrics_address = if raw.metrics.enabled {
+        addr(c, "metrics.address", &raw.metrics.address)
+    } else {
+        None
+    };
+
+    let tokens = compile_tokens(&raw.tokens, base, c);
+    let limits = compile_limits(&raw.limits, c);
+
+    // Routes.
+    let mut routes: Vec<RouteConfig> = Vec::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        let p = format!("routes[{i}]");
+        if routes.iter().any(|o| o.name == r.name) {
+            c.at(&format!("{p}.name"), format!("route name `{}` is used twice", r.name));
+        }
+        if !r.matcher.path_prefix.starts_with('/') {
+            c.at(
+                &format!("{p}.match.path_prefix"),
+                format!("path_prefix `{}` must start with `/`", r.matcher.path_prefix),
+            );
+        }
+        if r.matcher.path_prefix.contains(['?', '#']) {
+            c.at(&format!("{p}.match.path_prefix"), "path_prefix cannot contain `?` or `#`");
+        }
+        let upstream = compile_upstream(c, &format!("{p}.upstream"), &r.upstream);
+        let mut inject = InjectIdentity {
+            subject: true,
+            client_id: true,
+            scopes: true,
+        };
+        if let Some(list) = &r.inject_identity {
+            inject = InjectIdentity {
+                subject: false,
+                client_id: false,
+                scopes: false,
+            };
+            for v in list {
+                match v.as_str() {
+                    "subject" => inject.subject = true,
+                    "client_id" => inject.client_id = true,
+                    "scopes" => inject.scopes = true,
+                    other => c.at(
+                        &format!("{p}.inject_identity"),
+                        format!("unknown identity `{other}`; use subject, client_id or scopes"),
+                    ),
+                }
+            }
+        }
+        for s in &r.auth.scopes {
+            if s.is_empty() || s.contains(' ') {
+                c.at(&format!("{p}.auth.scopes"), format!("scope `{s}` is empty or contains a space"));
+            }
+        }
+        if !r.auth.required && !r.auth.scopes.is_empty() {
+            c.at(
+                &format!("{p}.auth"),
+                "scopes are listed but auth.required is false; scopes can only be checked on a token",
+            );
+        }
+        if !r.auth.required && r.forward_authorization {
+            c.at(&format!("{p}.forward_authorization"), "forward_authorization needs auth.required: true");
+        }
+        if let Some(up) = upstream {
+            routes.push(RouteConfig {
+                name: r.name.clone(),
+                path_prefix: r.matcher.path_prefix.clone(),
+                host: r.matcher.host.as_ref().map(|h| h.to_ascii_lowercase()),
+                upstream: up,
+                strip_prefix: r.strip_prefix,
+                auth_required: r.auth.required,
+                scopes: r.auth.scopes.clone(),
+                forward_authorization: r.forward_authorization,
+                inject,
+                connect_timeout: d(r.connect_timeout, limits.connect_timeout),
+                response_timeout: d(r.response_timeout, limits.response_timeout),
+                max_body_size: r.max_body_size.map_or(limits.max_body_size, |b| b.0),
+            });
+        }
+    }
+
+    let mut trusted_proxies = Vec::new();
+    for (i, t) in raw.forwarding.trusted_proxies.iter().enumerate() {
+        match t.parse::<Cidr>() {
+            Ok(n) => trusted_proxies.push(n),
+            Err(e) => c.at(&format!("forwarding.trusted_proxies[{i}]"), e),
+        }
+    }
+
+    let ih = raw.identity_headers;
+    let identity_headers = IdentityHeaderNames {
+        subject: header_name(c, "identity_headers.subject", ih.subject, DEFAULT_SUBJECT_HEADER),
+        client_id: header_name(c, "identity_headers.client_id", ih.client_id, DEFAULT_CLIENT_ID_HEADER),
+        scopes: header_name(c, "identity_headers.scopes", ih.scopes, DEFAULT_SCOPES_HEADER),
+    };
+    for h in [&identity_headers.subject, &identity_headers.client_id, &identity_headers.scopes] {
+        if crate::proxy::headers::is_reserved(h) {
+            c.at("identity_headers", format!("`{h}` cannot be used as an identity header"));
+        }
+    }
+
+    let format = match raw.logging.format.as_deref() {
+        None | Some("human") => LogFormat::Human,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            c.at("logging.format", format!("unknown log format `{other}`; use human or json"));
+            LogFormat::Human
+        }
+    };
+    let level = raw.logging.level.clone().unwrap_or_else(|| "info".to_string());
+    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+        c.at("logging.level", format!("`{level}` is not a log level or filter (e.g. info, debug, valet=debug)"));
+    }
+
+    let echo_upstream = raw
+        .dev
+        .echo_upstream
+        .as_ref()
+        .and_then(|a| addr(c, "dev.echo_upstream", a));
+
+    Config {
+        path: path.to_path_buf(),
+        listeners,
+        metrics_address,
+        tokens,
+        revocation_file: resolve(base, &raw.revocation.file),
+        routes,
+        limits,
+        trusted_proxies,
+        identity_headers,
+        logging: LoggingConfig { format, level },
+        echo_upstream,
+    }
+}
+
+fn compile_upstream(c: &mut Collector<'_>, path: &str, s: &str) -> Option<Upstream> {
+    let uri: Uri = match s.parse() {
+        Ok(u) => u,
+        Err(_) => {
+            c.at(path, format!("`{s}` is not a URL"));
+            return None;
+        }
+    };
+    let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+        c.at(path, format!("upstream `{s}` must be an absolute URL such as http://127.0.0.1:8080"));
+        return None;
+    };
+    if scheme != &Scheme::HTTP {
+        c.at(
+            path,
+            format!("upstream scheme `{scheme}` is not supported; valet forwards to http:// upstreams (run it beside the service)"),
+        );
+        return None;
+    }
+    if uri.query().is_some() || authority.as_str().contains('@') {
+        c.at(path, "an upstream URL cannot carry a query or user info");
+        return None;
+    }
+    Some(Upstream {
+        scheme: scheme.clone(),
+        authority: authority.clone(),
+        base_path: uri.path().trim_end_matches('/').to_string(),
+    })
+}
+
+fn compile_limits(l: &RawLimits, c: &mut Collector<'_>) -> Limits {
+    let d = |v: Option<units::ConfigDuration>, def: Duration| v.map_or(def, |v| v.0);
+    let limits = Limits {
+        max_header_size: l.max_header_size.map_or(DEFAULT_MAX_HEADER_SIZE, |b| b.0),
+        max_body_size: l.max_body_size.map_or(DEFAULT_MAX_BODY_SIZE, |b| b.0),
+        header_read_timeout: d(l.header_read_timeout, DEFAULT_HEADER_READ_TIMEOUT),
+        tls_handshake_timeout: d(l.tls_handshake_timeout, DEFAULT_TLS_HANDSHAKE_TIMEOUT),
+        max_connections: l.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+        connect_timeout: d(l.connect_timeout, DEFAULT_CONNECT_TIMEOUT),
+        response_timeout: d(l.response_timeout, DEFAULT_RESPONSE_TIMEOUT),
+        shutdown_grace: d(l.shutdown_grace, DEFAULT_SHUTDOWN_GRACE),
+    };
+    // hyper's HTTP/1 reader needs at least 8 KiB of buffer.
+    if !(8192..=1 << 20).contains(&limits.max_header_size) {
+        c.at("limits.max_header_size", "max_header_size must be between 8KiB and 1MiB");
+    }
+    if limits.max_connections == 0 {
+        c.at("limits.max_connections", "max_connections must be at least 1");
+    }
+    for (name, v) in [
+        ("header_read_timeout", limits.header_read_timeout),
+        ("tls_handshake_timeout", limits.tls_handshake_timeout),
+        ("connect_timeout", limits.connect_timeout),
+        ("response_timeout", limits.response_timeout),
+    ] {
+        if v.is_zero() {
+            c.at(&format!("limits.{name}"), format!("{name} must be greater than zero"));
+        }
+    }
+    limits
+}
+
+fn compile_tokens(t: &RawTokens, base: &Path, c: &mut Collector<'_>) -> TokenConfig {
+    if t.issuer.trim().is_empty() {
+        c.at("tokens.issuer", "issuer cannot be empty");
+    }
+    if t.audiences.is_empty() {
+        c.at("tokens.audiences", "at least one accepted audience is needed");
+    }
+    if t.keys.is_empty() {
+        c.at("tokens.keys", "at least one key is needed");
+    }
+    let mut loaded: Vec<Arc<LoadedKey>> = Vec::new();
+    for (i, k) in t.keys.iter().enumerate() {
+        let p = format!("tokens.keys[{i}]");
+        if t.keys[..i].iter().any(|o| o.id == k.id) {
+            c.at(&format!("{p}.id"), format!("key id `{}` is used twice", k.id));
+        }
+        let algorithm = match k.algorithm.as_str() {
+            "EdDSA" => Algorithm::EdDSA,
+            "ES256" => Algorithm::ES256,
+            "ES384" => Algorithm::ES384,
+            "RS256" => Algorithm::RS256,
+            "RS384" => Algorithm::RS384,
+            "RS512" => Algorithm::RS512,
+            "PS256" => Algorithm::PS256,
+            "PS384" => Algorithm::PS384,
+            "PS512" => Algorithm::PS512,
+            other => {
+                c.at(
+                    &format!("{p}.algorithm"),
+                    format!("algorithm `{other}` is not supported; use EdDSA, ES256, ES384, RS256, RS384, RS512, PS256, PS384 or PS512 (symmetric algorithms are refused)"),
+                );
+                continue;
+            }
+        };
+        let kc = KeyConfig {
+            id: k.id.clone(),
+            algorithm,
+            private_key_file: k.private_key_file.as_deref().map(|f| resolve(base, f)),
+            public_key_file: k.public_key_file.as_deref().map(|f| resolve(base, f)),
+            generate_if_missing: k.generate_if_missing,
+        };
+        match keys::load(&kc) {
+            Ok(key) => loaded.push(Arc::new(key)),
+            Err(e) => c.at(&p, e.to_string()),
+        }
+    }
+    let signing_key = match &t.signing_key {
+        Some(id) => match loaded.iter().position(|k| &k.id == id) {
+            Some(i) if loaded[i].encoding.is_some() => Some(i),
+            Some(_) => {
+                c.at("tokens.signing_key", format!("key `{id}` has no private key, so it cannot sign"));
+                None
+            }
+            None => {
+                if t.keys.iter().all(|k| &k.id != id) {
+                    c.at("tokens.signing_key", format!("no key has id `{id}`"));
+                }
+                None
+            }
+        },
+        None => {
+            let private: Vec<usize> = (0..loaded.len()).filter(|&i| loaded[i].encoding.is_some()).collect();
+            if private.len() > 1 {
+                c.at("tokens.signing_key", "several keys have a private key; say which one signs with tokens.signing_key");
+            }
+            private.first().copied()
+        }
+    };
+    let cache_entries = t.cache_entries.unwrap_or(DEFAULT_TOKEN_CACHE_ENTRIES);
+    let access_token_ttl = t.access_token_ttl.map_or(DEFAULT_ACCESS_TOKEN_TTL, |d| d.0);
+    if access_token_ttl.is_zero() {
+        c.at("tokens.access_token_ttl", "access_token_ttl must be greater than zero");
+    }
+    TokenConfig {
+        issuer: t.issuer.clone(),
+        audiences: t.audiences.clone(),
+        clock_skew: t.clock_skew.map_or(DEFAULT_CLOCK_SKEW, |d| d.0),
+        keys: loaded,
+        signing_key,
+        access_token_ttl,
+        cache_entries,
+    }
+}

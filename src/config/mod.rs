@@ -1,0 +1,46 @@
+//! Configuration: the YAML schema (`raw`), units, positioned errors, and the
+//! compile step that turns raw YAML into a validated, typed [`Config`].
+//!
+//! Pipeline: file text → `RawConfig` (serde, unknown keys rejected) →
+//! `compile` (every semantic error collected, each with its position) →
+//! `Config` (durations, addresses, parsed keys). A `Config` is only ever
+//! built whole; reload keeps the old one unless the new one compiles.
+
+mod compile;
+mod error;
+mod raw;
+pub mod units;
+
+pub use compile::*;
+pub use error::{locate, ConfigError, ConfigErrors};
+
+use std::time::Duration;
+
+/// Metrics and health listener; loopback so it is not exposed by accident.
+pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9090";
+/// Allowed clock difference when checking `exp` and `nbf`.
+pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(30);
+/// Lifetime of access tokens minted by valet (seconds: 3600).
+pub const DEFAULT_ACCESS_TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// Entries in the verified-token cache.
+pub const DEFAULT_TOKEN_CACHE_ENTRIES: usize = 100_000;
+/// Largest request head (request line plus headers), bytes. Above it: 431.
+pub const DEFAULT_MAX_HEADER_SIZE: u64 = 16 * 1024;
+/// Largest request body, bytes, unless a route says otherwise. Above it: 413.
+pub const DEFAULT_MAX_BODY_SIZE: u64 = 10 * 1024 * 1024;
+/// Time a client has to send a complete request head.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to complete the TLS handshake.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent client connections per listener; beyond it, accepting pauses.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Time to establish a TCP connection to an upstream. Beyond it: 504.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time from sending a request upstream to its response head. Beyond it: 504.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// On SIGTERM, time in-flight requests get to finish before valet exits.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Identity header names injected towards upstreams.
+pub const DEFAULT_SUBJECT_HEADER: &str = "x-valet-subject";
+pub const DEFAULT_CLIENT_ID_HEADER: &str = "x-valet-client-id";
+pub const DEFAULT_SCOPES_HEADER: &str = "x-valet-scopes";

@@ -1,0 +1,190 @@
+//! The YAML schema exactly as written by operators: serde structs with
+//! `deny_unknown_fields` (a typo must never silently disable a check).
+//! Nothing here is validated beyond types; see `compile.rs` for that.
+
+use super::units::{ByteSize, ConfigDuration};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) listeners: Vec<RawListener>,
+    #[serde(default)]
+    pub(super) metrics: RawMetrics,
+    pub(super) tokens: RawTokens,
+    pub(super) revocation: RawRevocation,
+    #[serde(default)]
+    pub(super) routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub(super) limits: RawLimits,
+    #[serde(default)]
+    pub(super) forwarding: RawForwarding,
+    #[serde(default)]
+    pub(super) identity_headers: RawIdentityHeaders,
+    #[serde(default)]
+    pub(super) logging: RawLogging,
+    #[serde(default)]
+    pub(super) dev: RawDev,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawListener {
+    pub(super) name: Option<String>,
+    pub(super) address: String,
+    pub(super) tls: RawTls,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) cert_file: Option<String>,
+    pub(super) key_file: Option<String>,
+    /// Development only: a self-signed certificate made at start-up.
+    #[serde(default)]
+    pub(super) self_signed_for_development: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMetrics {
+    #[serde(default = "default_metrics_address")]
+    pub(super) address: String,
+    #[serde(default = "yes")]
+    pub(super) enabled: bool,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        RawMetrics {
+            address: default_metrics_address(),
+            enabled: true,
+        }
+    }
+}
+
+fn default_metrics_address() -> String {
+    super::DEFAULT_METRICS_ADDRESS.to_string()
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTokens {
+    pub(super) issuer: String,
+    pub(super) audiences: Vec<String>,
+    pub(super) clock_skew: Option<ConfigDuration>,
+    /// The `id` of the key used to sign new tokens.
+    pub(super) signing_key: Option<String>,
+    pub(super) keys: Vec<RawKey>,
+    pub(super) access_token_ttl: Option<ConfigDuration>,
+    pub(super) cache_entries: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKey {
+    pub(super) id: String,
+    pub(super) algorithm: String,
+    pub(super) private_key_file: Option<String>,
+    pub(super) public_key_file: Option<String>,
+    #[serde(default)]
+    pub(super) generate_if_missing: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRevocation {
+    pub(super) file: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    pub(super) name: String,
+    #[serde(rename = "match")]
+    pub(super) matcher: RawMatch,
+    pub(super) upstream: String,
+    #[serde(default)]
+    pub(super) strip_prefix: bool,
+    #[serde(default)]
+    pub(super) auth: RawRouteAuth,
+    #[serde(default)]
+    pub(super) forward_authorization: bool,
+    /// Which identity headers to inject; all three by default.
+    pub(super) inject_identity: Option<Vec<String>>,
+    pub(super) connect_timeout: Option<ConfigDuration>,
+    pub(super) response_timeout: Option<ConfigDuration>,
+    pub(super) max_body_size: Option<ByteSize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMatch {
+    pub(super) path_prefix: String,
+    pub(super) host: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRouteAuth {
+    #[serde(default = "yes")]
+    pub(super) required: bool,
+    #[serde(default)]
+    pub(super) scopes: Vec<String>,
+}
+
+impl Default for RawRouteAuth {
+    fn default() -> Self {
+        RawRouteAuth {
+            required: true,
+            scopes: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    pub(super) max_header_size: Option<ByteSize>,
+    pub(super) max_body_size: Option<ByteSize>,
+    pub(super) header_read_timeout: Option<ConfigDuration>,
+    pub(super) tls_handshake_timeout: Option<ConfigDuration>,
+    pub(super) max_connections: Option<usize>,
+    pub(super) connect_timeout: Option<ConfigDuration>,
+    pub(super) response_timeout: Option<ConfigDuration>,
+    pub(super) shutdown_grace: Option<ConfigDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawForwarding {
+    /// Peers (IPs or CIDRs) whose X-Forwarded-* headers are trusted and appended to.
+    #[serde(default)]
+    pub(super) trusted_proxies: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIdentityHeaders {
+    pub(super) subject: Option<String>,
+    pub(super) client_id: Option<String>,
+    pub(super) scopes: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLogging {
+    pub(super) format: Option<String>,
+    pub(super) level: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDev {
+    /// Address for the built-in echo upstream (development and demos only).
+    pub(super) echo_upstream: Option<String>,
+}

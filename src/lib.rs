@@ -1,0 +1,16 @@
+//! valet: an OAuth sidecar gateway.
+//!
+//! A TLS-terminating reverse proxy that forwards a request upstream only
+//! after validating its bearer token (signature, time, issuer, audience,
+//! scopes, revocations), and hands the upstream a clean request.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod config;
+pub mod echo;
+pub mod metrics;
+pub mod proxy;
+pub mod revocation;
+pub mod server;
+pub mod tokens;

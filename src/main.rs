@@ -1,0 +1,140 @@
+//! The `valet` command line: a thin layer over the library.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use valet::config::{self, LogFormat};
+
+/// Exit code for a configuration error (EX_CONFIG-style, as in sysexits: 64 = usage/config).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "valet", version, about = "An OAuth sidecar gateway: TLS-terminating reverse proxy that validates bearer tokens")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file; prints every error with file, line and column.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Work with access tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a signed access token made with the configured signing key.
+    Issue {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The token's subject (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// Space-separated scopes, e.g. "read write".
+        #[arg(long, default_value = "")]
+        scope: String,
+        /// The token's `client_id`.
+        #[arg(long, default_value = "valet-cli")]
+        client_id: String,
+        /// Lifetime in seconds (default: tokens.access_token_ttl).
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+}
+
+fn load(path: &PathBuf) -> Result<config::Config, ExitCode> {
+    config::load(path).map_err(|errors| {
+        eprintln!("{errors}");
+        eprintln!("{} error(s) in {}", errors.0.len(), path.display());
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn init_tracing(c: &config::LoggingConfig) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(&c.level));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match c.format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Human => b.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match load(&config) {
+            Ok(c) => {
+                println!("{}: OK ({} listener(s), {} route(s))", config.display(), c.listeners.len(), c.routes.len());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Token {
+            command:
+                TokenCommand::Issue {
+                    config,
+                    sub,
+                    scope,
+                    client_id,
+                    ttl,
+                },
+        } => {
+            let c = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let req = valet::tokens::issue::TokenRequest {
+                subject: &sub,
+                client_id: &client_id,
+                scope: &scope,
+                ttl: ttl.map(Duration::from_secs),
+            };
+            match valet::tokens::issue::mint(&c.tokens, &req, valet::revocation::now()) {
+                Ok(m) => {
+                    println!("{}", m.token);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Serve { config } => {
+            let c = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_tracing(&c.logging);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            match rt.block_on(valet::server::run(c)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Prometheus metrics: one registry built at start and passed down, with typed
+//! handles. Per-route handles are resolved when a config snapshot is built, so
+//! the request path never looks up a label set.
+
+use crate::tokens::TokenError;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+/// Methods with their own label value; anything else is `OTHER`.
+pub const METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER"];
+/// Status classes, `1xx`..`5xx`.
+pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+pub fn method_index(m: &http::Method) -> usize {
+    match *m {
+        http::Method::GET => 0,
+        http::Method::HEAD => 1,
+        http::Method::POST => 2,
+        http::Method::PUT => 3,
+        http::Method::DELETE => 4,
+        http::Method::PATCH => 5,
+        http::Method::OPTIONS => 6,
+        _ => 7,
+    }
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    token_failures: [IntCounter; TokenError::ALL.len()],
+    pub revocation_entries: IntGaugeVec,
+    reloads: IntCounterVec,
+    pub tls_handshake_failures: IntCounter,
+    pub open_connections: IntGauge,
+    pub upstream_errors: IntCounterVec,
+}
+
+/// Handles for one route (or for requests that matched no route).
+pub struct RouteMetrics {
+    requests: Vec<IntCounter>,
+    pub duration: Histogram,
+    pub upstream_duration: Histogram,
+}
+
+impl RouteMetrics {
+    #[inline]
+    pub fn record(&self, method: &http::Method, status: http::StatusCode) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.requests[method_index(method) * CLASSES.len() + class].inc();
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ];
+        let requests = IntCounterVec::new(
+            Opts::new("valet_requests_total", "Requests answered, by route, method and status class."),
+            &["route", "method", "status_class"],
+        )
+        .expect("valid metric");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new("valet_request_duration_seconds", "Time from request head to response head.")
+                .buckets(buckets.clone()),
+            &["route"],
+        )
+        .expect("valid metric");
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new("valet_upstream_duration_seconds", "Time waiting for the upstream's response head.")
+                .buckets(buckets),
+            &["route"],
+        )
+        .expect("valid metric");
+        let failures = IntCounterVec::new(
+            Opts::new("valet_token_validation_failures_total", "Bearer tokens refused, by reason."),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let token_failures = TokenError::ALL.map(|e| failures.with_label_values(&[e.reason()]));
+        let revocation_entries = IntGaugeVec::new(
+            Opts::new("valet_revocation_entries", "Entries in the revocation map in force, by kind."),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let reloads = IntCounterVec::new(
+            Opts::new("valet_reloads_total", "File reloads, by what was reloaded and the result."),
+            &["kind", "result"],
+        )
+        .expect("valid metric");
+        let tls_handshake_failures = IntCounter::new(
+            "valet_tls_handshake_failures_total",
+            "TLS handshakes that failed or timed out.",
+        )
+        .expect("valid metric");
+        let open_connections =
+            IntGauge::new("valet_open_connections", "Client connections open now.").expect("valid metric");
+        let upstream_errors = IntCounterVec::new(
+            Opts::new("valet_upstream_errors_total", "Upstream failures, by route and kind."),
+            &["route", "kind"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_duration.clone()),
+            Box::new(upstream_duration.clone()),
+            Box::new(failures),
+            Box::new(revocation_entries.clone()),
+            Box::new(reloads.clone()),
+            Box::new(tls_handshake_failures.clone()),
+            Box::new(open_connections.clone()),
+            Box::new(upstream_errors.clone()),
+        ] {
+            registry.register(c).expect("unique metric");
+        }
+        for kind in ["config", "revocation", "tls"] {
+            for result in ["success", "failure"] {
+                reloads.with_label_values(&[kind, result]);
+            }
+        }
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            token_failures,
+            revocation_entries,
+            reloads,
+            tls_handshake_failures,
+            open_connections,
+            upstream_errors,
+        }
+    }
+
+    /// Resolves every handle of one route up front.
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        let mut requests = Vec::with_capacity(METHODS.len() * CLASSES.len());
+        for m in METHODS {
+            for c in CLASSES {
+                requests.push(self.requests.with_label_values(&[route, m, c]));
+            }
+        }
+        RouteMetrics {
+            requests,
+            duration: self.request_duration.with_label_values(&[route]),
+            upstream_duration: self.upstream_duration.with_label_values(&[route]),
+        }
+    }
+
+    #[inline]
+    pub fn token_failure(&self, e: TokenError) {
+        let i = TokenError::ALL.iter().position(|x| *x == e).expect("listed");
+        self.token_failures[i].inc();
+    }
+
+    pub fn reload(&self, kind: &str, ok: bool) {
+        self.reloads
+            .with_label_values(&[kind, if ok { "success" } else { "failure" }])
+            .inc();
+    }
+
+    pub fn upstream_error(&self, route: &str, kind: &str) {
+        self.upstream_errors.with_label_values(&[route, kind]).inc();
+    }
+
+    pub fn set_revocation_sizes(&self, (jtis, clients, subjects): (usize, usize, usize)) {
+        self.revocation_entries.with_label_values(&["token"]).set(jtis as i64);
+        self.revocation_entries.with_label_values(&["client"]).set(clients as i64);
+        self.revocation_entries.with_label_values(&["subject"]).set(subjects as i64);
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encoding to a Vec cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

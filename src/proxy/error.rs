@@ -1,0 +1,102 @@
+//! The one place where proxy-side failures become HTTP responses: RFC 6750
+//! challenges for token problems, small JSON bodies for everything else,
+//! always carrying the request id. Nothing internal leaks into a body.
+
+use super::ResponseBody;
+use crate::tokens::TokenError;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::{Either, Full};
+
+/// The `realm` of valet's Bearer challenges.
+pub const REALM: &str = "valet";
+
+/// A failure answered by valet itself (not by the upstream).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyError {
+    /// 400 for a request valet will not forward.
+    BadRequest(&'static str),
+    /// 401 with no `error`: the request carried no bearer token (RFC 6750 §3.1).
+    NoToken,
+    /// 401 `invalid_token`.
+    InvalidToken(TokenError),
+    /// 403 `insufficient_scope`, with the scopes the route needs.
+    InsufficientScope(String),
+    NotFound,
+    PayloadTooLarge,
+    HeadersTooLarge,
+    BadGateway(&'static str),
+    GatewayTimeout(&'static str),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoToken | ProxyError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::InsufficientScope(_) => StatusCode::FORBIDDEN,
+            ProxyError::NotFound => StatusCode::NOT_FOUND,
+            ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    fn code_and_message(&self) -> (&'static str, String) {
+        match self {
+            ProxyError::BadRequest(m) => ("invalid_request", (*m).to_string()),
+            ProxyError::NoToken => ("unauthorized", "a bearer token is required".into()),
+            ProxyError::InvalidToken(e) => ("invalid_token", e.to_string()),
+            ProxyError::InsufficientScope(s) => ("insufficient_scope", format!("the token lacks a required scope ({s})")),
+            ProxyError::NotFound => ("not_found", "no route matches this request".into()),
+            ProxyError::PayloadTooLarge => ("payload_too_large", "the request body is larger than this route allows".into()),
+            ProxyError::HeadersTooLarge => ("headers_too_large", "the request headers are too large".into()),
+            ProxyError::BadGateway(m) => ("bad_gateway", (*m).to_string()),
+            ProxyError::GatewayTimeout(m) => ("gateway_timeout", (*m).to_string()),
+        }
+    }
+
+    /// The RFC 6750 §3 challenge, where one applies.
+    pub fn challenge(&self) -> Option<String> {
+        match self {
+            ProxyError::NoToken => Some(format!("Bearer realm=\"{REALM}\"")),
+            ProxyError::InvalidToken(e) => Some(format!(
+                "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{e}\""
+            )),
+            ProxyError::InsufficientScope(scope) => Some(format!(
+                "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", error_description=\"the token lacks a required scope\", scope=\"{scope}\""
+            )),
+            _ => None,
+        }
+    }
+
+    pub fn into_response(self, request_id: &HeaderValue) -> Response<ResponseBody> {
+        let (code, message) = self.code_and_message();
+        let body = serde_json::json!({
+            "error": code,
+            "error_description": message,
+            "request_id": request_id.to_str().unwrap_or_default(),
+        });
+        let mut resp = json_response(self.status(), &body);
+        if let Some(c) = self.challenge() {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_str(&c).expect("challenge is ASCII"),
+            );
+        }
+        resp.headers_mut().insert("x-request-id", request_id.clone());
+        resp
+    }
+}
+
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<ResponseBody> {
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}

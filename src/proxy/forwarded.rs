@@ -1,0 +1,136 @@
+//! `X-Forwarded-*` handling. A caller's forwarding headers are believed (and
+//! appended to) only when the peer is a configured trusted proxy; otherwise
+//! they are replaced, so a caller cannot forge its origin.
+
+use http::header::{HeaderMap, HeaderValue};
+use std::net::IpAddr;
+use std::str::FromStr;
+
+/// An IP network such as `10.0.0.0/8` or `::1/128`; a bare IP is a /32 or /128.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (ip, prefix) = match s.split_once('/') {
+            Some((ip, p)) => (ip, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = ip
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not an IP address or CIDR such as 10.0.0.0/8"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("`{s}` has an invalid prefix length"))?,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+const XFF: &str = "x-forwarded-for";
+const XFP: &str = "x-forwarded-proto";
+const XFH: &str = "x-forwarded-host";
+
+/// Sets the forwarding headers for a request from `peer` to an upstream.
+pub fn apply(h: &mut HeaderMap, peer: IpAddr, trusted: bool, host: Option<&HeaderValue>) {
+    // RFC 7239 `Forwarded` is never produced by valet; a caller's copy would
+    // contradict the X-Forwarded-* headers it sets, so it goes.
+    h.remove("forwarded");
+    let peer_s = peer.to_string();
+    if trusted {
+        let chain: Vec<&str> = h.get_all(XFF).iter().filter_map(|v| v.to_str().ok()).collect();
+        let mut v = chain.join(", ");
+        if !v.is_empty() {
+            v.push_str(", ");
+        }
+        v.push_str(&peer_s);
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(XFF, v);
+        }
+        if !h.contains_key(XFP) {
+            h.insert(XFP, HeaderValue::from_static("https"));
+        }
+        if !h.contains_key(XFH) {
+            if let Some(host) = host {
+                h.insert(XFH, host.clone());
+            }
+        }
+    } else {
+        h.insert(XFF, HeaderValue::from_str(&peer_s).expect("an IP is a valid header value"));
+        h.insert(XFP, HeaderValue::from_static("https"));
+        match host {
+            Some(host) => {
+                h.insert(XFH, host.clone());
+            }
+            None => {
+                h.remove(XFH);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_matching() {
+        let n: Cidr = "10.0.0.0/8".parse().unwrap();
+        assert!(n.contains("10.1.2.3".parse().unwrap()));
+        assert!(!n.contains("11.0.0.1".parse().unwrap()));
+        assert!(n.contains("::ffff:10.0.0.1".parse().unwrap()));
+        let one: Cidr = "::1".parse().unwrap();
+        assert!(one.contains("::1".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!("nope".parse::<Cidr>().is_err());
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("8.8.8.8".parse().unwrap()));
+    }
+
+    #[test]
+    fn untrusted_chain_is_replaced_trusted_is_appended() {
+        let mut h = HeaderMap::new();
+        h.insert(XFF, "6.6.6.6".parse().unwrap());
+        h.insert(XFP, "http".parse().unwrap());
+        h.insert("forwarded", "for=6.6.6.6".parse().unwrap());
+        let mut t = h.clone();
+        apply(&mut h, "1.2.3.4".parse().unwrap(), false, None);
+        assert_eq!(h[XFF], "1.2.3.4");
+        assert_eq!(h[XFP], "https");
+        assert!(!h.contains_key("forwarded"));
+        apply(&mut t, "1.2.3.4".parse().unwrap(), true, None);
+        assert_eq!(t[XFF], "6.6.6.6, 1.2.3.4");
+        assert_eq!(t[XFP], "http");
+    }
+}

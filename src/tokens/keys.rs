@@ -1,0 +1,294 @@
+//! Signing and verification keys: loading PEM files, deriving the public half
+//! of a private key (so the two can never disagree), and generating a
+//! development key on first start when the config asks for it.
+//!
+//! The algorithm belongs to the key, not to the token: validation is pinned to
+//! `LoadedKey::algorithm`, whatever a token's header claims.
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{self as sig, KeyPair};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::PrivateKeyDer;
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// How one key is configured (paths already resolved).
+#[derive(Debug, Clone)]
+pub struct KeyConfig {
+    pub id: String,
+    pub algorithm: Algorithm,
+    pub private_key_file: Option<PathBuf>,
+    pub public_key_file: Option<PathBuf>,
+    pub generate_if_missing: bool,
+}
+
+/// A usable key: always verifies, signs when it has a private half.
+pub struct LoadedKey {
+    pub id: String,
+    pub algorithm: Algorithm,
+    pub decoding: DecodingKey,
+    pub encoding: Option<EncodingKey>,
+}
+
+impl fmt::Debug for LoadedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedKey")
+            .field("id", &self.id)
+            .field("algorithm", &self.algorithm)
+            .field("private", &self.encoding.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read key file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write generated key to {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("key file {path} does not hold a usable {alg:?} key: {why}")]
+    Parse {
+        path: PathBuf,
+        alg: Algorithm,
+        why: String,
+    },
+    #[error("a key needs private_key_file or public_key_file (not both)")]
+    NoFile,
+    #[error("generate_if_missing supports EdDSA and ES256 keys only")]
+    CannotGenerate,
+}
+
+/// Loads (or, when allowed and absent, generates) one key.
+pub fn load(cfg: &KeyConfig) -> Result<LoadedKey, KeyError> {
+    match (&cfg.private_key_file, &cfg.public_key_file) {
+        (Some(path), None) => load_private(cfg, path),
+        (None, Some(path)) => {
+            let pem = std::fs::read(path).map_err(|source| KeyError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let parse_err = |e: jsonwebtoken::errors::Error| KeyError::Parse {
+                path: path.clone(),
+                alg: cfg.algorithm,
+                why: e.to_string(),
+            };
+            let decoding = match family(cfg.algorithm) {
+                Family::Ed => DecodingKey::from_ed_pem(&pem),
+                Family::Ec => DecodingKey::from_ec_pem(&pem),
+                Family::Rsa => DecodingKey::from_rsa_pem(&pem),
+            }
+            .map_err(parse_err)?;
+            Ok(LoadedKey {
+                id: cfg.id.clone(),
+                algorithm: cfg.algorithm,
+                decoding,
+                encoding: None,
+            })
+        }
+        _ => Err(KeyError::NoFile),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Family {
+    Ed,
+    Ec,
+    Rsa,
+}
+
+fn family(alg: Algorithm) -> Family {
+    match alg {
+        Algorithm::EdDSA => Family::Ed,
+        Algorithm::ES256 | Algorithm::ES384 => Family::Ec,
+        _ => Family::Rsa,
+    }
+}
+
+fn load_private(cfg: &KeyConfig, path: &Path) -> Result<LoadedKey, KeyError> {
+    let pem = match std::fs::read(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && cfg.generate_if_missing => {
+            let pem = generate(cfg.algorithm)?;
+            write_private(path, &pem).map_err(|source| KeyError::Write {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            tracing::warn!(key = %cfg.id, path = %path.display(), "generated a new signing key (generate_if_missing); do not use generated keys in production");
+            pem.into_bytes()
+        }
+        Err(source) => {
+            return Err(KeyError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+        Ok(pem) => pem,
+    };
+    let bad = |why: String| KeyError::Parse {
+        path: path.to_path_buf(),
+        alg: cfg.algorithm,
+        why,
+    };
+    let der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| bad(format!("{e:?}")))?;
+    let der_bytes = der.secret_der();
+    let (decoding, encoding) = match (cfg.algorithm, &der) {
+        (Algorithm::EdDSA, PrivateKeyDer::Pkcs8(_)) => {
+            let kp = sig::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der_bytes)
+                .map_err(|e| bad(e.to_string()))?;
+            (
+                DecodingKey::from_ed_der(kp.public_key().as_ref()),
+                EncodingKey::from_ed_der(der_bytes),
+            )
+        }
+        (Algorithm::ES256 | Algorithm::ES384, PrivateKeyDer::Pkcs8(_) | PrivateKeyDer::Sec1(_)) => {
+            let alg = if cfg.algorithm == Algorithm::ES256 {
+                &sig::ECDSA_P256_SHA256_FIXED_SIGNING
+            } else {
+                &sig::ECDSA_P384_SHA384_FIXED_SIGNING
+            };
+            let kp = match der {
+                PrivateKeyDer::Pkcs8(_) => sig::EcdsaKeyPair::from_pkcs8(alg, der_bytes),
+                _ => sig::EcdsaKeyPair::from_private_key_der(alg, der_bytes),
+            }
+            .map_err(|e| bad(e.to_string()))?;
+            // jsonwebtoken signs EC keys from PKCS#8.
+            let pkcs8 = kp.to_pkcs8v1().map_err(|_| bad("cannot re-encode as PKCS#8".into()))?;
+            (
+                DecodingKey::from_ec_der(kp.public_key().as_ref()),
+                EncodingKey::from_ec_der(pkcs8.as_ref()),
+            )
+        }
+        (Algorithm::EdDSA | Algorithm::ES256 | Algorithm::ES384, _) => {
+            return Err(bad("expected a PKCS#8 (\"PRIVATE KEY\") PEM".into()))
+        }
+        (_, PrivateKeyDer::Pkcs8(_) | PrivateKeyDer::Pkcs1(_)) => {
+            let kp = match der {
+                PrivateKeyDer::Pkcs8(_) => sig::RsaKeyPair::from_pkcs8(der_bytes),
+                _ => sig::RsaKeyPair::from_der(der_bytes),
+            }
+            .map_err(|e| bad(e.to_string()))?;
+            let encoding = EncodingKey::from_rsa_pem(&pem).map_err(|e| bad(e.to_string()))?;
+            (DecodingKey::from_rsa_der(kp.public_key().as_ref()), encoding)
+        }
+        _ => return Err(bad("expected an RSA private key PEM".into())),
+    };
+    let key = LoadedKey {
+        id: cfg.id.clone(),
+        algorithm: cfg.algorithm,
+        decoding,
+        encoding: Some(encoding),
+    };
+    self_test(&key).map_err(bad)?;
+    Ok(key)
+}
+
+/// Signs and verifies a throwaway token, so a key that cannot work (say an
+/// ES384 entry holding a P-256 key) fails at load time, not on traffic.
+fn self_test(key: &LoadedKey) -> Result<(), String> {
+    let enc = key.encoding.as_ref().expect("private key");
+    let header = jsonwebtoken::Header::new(key.algorithm);
+    let token = jsonwebtoken::encode(&header, &serde_json::json!({"exp": u32::MAX}), enc)
+        .map_err(|e| format!("cannot sign with it: {e}"))?;
+    let mut v = jsonwebtoken::Validation::new(key.algorithm);
+    v.required_spec_claims.clear();
+    v.validate_aud = false;
+    jsonwebtoken::decode::<serde_json::Value>(&token, &key.decoding, &v)
+        .map(|_| ())
+        .map_err(|e| format!("its signatures do not verify: {e}"))
+}
+
+/// A new private key as a PKCS#8 PEM.
+pub fn generate(alg: Algorithm) -> Result<String, KeyError> {
+    let rng = SystemRandom::new();
+    let doc = match alg {
+        Algorithm::EdDSA => sig::Ed25519KeyPair::generate_pkcs8(&rng),
+        Algorithm::ES256 => sig::EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &rng),
+        _ => return Err(KeyError::CannotGenerate),
+    }
+    .map_err(|_| KeyError::CannotGenerate)?;
+    Ok(pem_encode("PRIVATE KEY", doc.as_ref()))
+}
+
+pub(crate) fn pem_encode(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// Writes a secret file with mode 0600, atomically (temp file + rename).
+pub(crate) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(alg: Algorithm, path: PathBuf) -> KeyConfig {
+        KeyConfig {
+            id: "k".into(),
+            algorithm: alg,
+            private_key_file: Some(path),
+            public_key_file: None,
+            generate_if_missing: true,
+        }
+    }
+
+    #[test]
+    fn generated_keys_are_written_0600_and_reload_identically() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        for alg in [Algorithm::EdDSA, Algorithm::ES256] {
+            let path = dir.path().join(format!("{alg:?}.pem"));
+            load(&cfg(alg, path.clone())).unwrap();
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+            let before = std::fs::read(&path).unwrap();
+            load(&cfg(alg, path.clone())).unwrap();
+            assert_eq!(before, std::fs::read(&path).unwrap(), "must not regenerate");
+        }
+    }
+
+    #[test]
+    fn a_key_of_the_wrong_curve_is_refused_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p256.pem");
+        std::fs::write(&path, generate(Algorithm::ES256).unwrap()).unwrap();
+        let mut c = cfg(Algorithm::ES384, path);
+        c.generate_if_missing = false;
+        assert!(matches!(load(&c), Err(KeyError::Parse { .. })));
+    }
+
+    #[test]
+    fn missing_key_without_generate_is_an_error() {
+        let mut c = cfg(Algorithm::EdDSA, "/nonexistent/k.pem".into());
+        c.generate_if_missing = false;
+        assert!(matches!(load(&c), Err(KeyError::Read { .. })));
+    }
+}

@@ -1,0 +1,26 @@
+//! Access tokens (RFC 9068 JWTs): keys, validation with a verified-token
+//! cache, and minting.
+
+pub mod issue;
+pub mod keys;
+pub mod validate;
+
+pub use validate::{TokenError, Validator, VerifiedToken};
+
+/// A short, non-reversible token fingerprint for logs: 8 hex digits of SHA-256.
+pub fn fingerprint(token: &str) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    hex4(d.as_ref())
+}
+
+pub(crate) fn hex4(d: &[u8]) -> String {
+    d[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// 128 random bits, base64url: token ids and request ids.
+pub fn random_id() -> String {
+    use base64::Engine;
+    let mut b = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut b).expect("system randomness");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
