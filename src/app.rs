@@ -73,7 +73,9 @@ impl App {
         let metrics = Metrics::new();
         let revocations = Revocations::open(&config.revocation_file)?;
         metrics.set_revocation_sizes(revocations.current().len());
-        let config_digest = std::fs::read(&config.path).map(|b| digest(&b)).unwrap_or_default();
+        let config_digest = std::fs::read(&config.path)
+            .map(|b| digest(&b))
+            .unwrap_or_default();
         let clients = Mutex::new(HashMap::new());
         let snapshot = build_snapshot(&metrics, &clients, config);
         Ok(Arc::new(App {
@@ -120,8 +122,12 @@ impl App {
         self.metrics.reload("config", result.is_ok());
         let cfg = result?;
         let old = self.snapshot.load();
-        if cfg.listeners != old.config.listeners || cfg.metrics_address != old.config.metrics_address {
-            tracing::warn!("listener or metrics addresses changed; those take effect on restart only");
+        if cfg.listeners != old.config.listeners
+            || cfg.metrics_address != old.config.metrics_address
+        {
+            tracing::warn!(
+                "listener or metrics addresses changed; those take effect on restart only"
+            );
         }
         if cfg.revocation_file != old.config.revocation_file {
             tracing::warn!("revocation.file changed; the new path takes effect on restart only");
@@ -140,7 +146,12 @@ impl App {
                 let sizes = self.revocations.current().len();
                 self.metrics.set_revocation_sizes(sizes);
                 self.metrics.reload("revocation", true);
-                tracing::info!(tokens = sizes.0, clients = sizes.1, subjects = sizes.2, "revocation list reloaded");
+                tracing::info!(
+                    tokens = sizes.0,
+                    clients = sizes.1,
+                    subjects = sizes.2,
+                    "revocation list reloaded"
+                );
             }
             Err(e) => {
                 self.metrics.reload("revocation", false);
@@ -151,45 +162,55 @@ impl App {
 
     /// Drops expired entries from the verified-token cache.
     pub fn prune_caches(&self) {
-        self.snapshot.load().validator.prune(crate::revocation::now());
+        self.snapshot
+            .load()
+            .validator
+            .prune(crate::revocation::now());
     }
 }
 
-fn client_for(clients: &Mutex<HashMap<Duration, UpstreamClient>>, connect_timeout: Duration) -> UpstreamClient {
-        let mut clients = clients.lock().expect("not poisoned");
-        clients
-            .entry(connect_timeout)
-            .or_insert_with(|| {
-                let mut http = HttpConnector::new();
-                http.set_connect_timeout(Some(connect_timeout));
-                http.set_nodelay(true);
-                http.enforce_http(true);
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-                    .pool_timer(TokioTimer::new())
-                    .timer(TokioTimer::new())
-                    .build(http)
-            })
-            .clone()
-    }
+fn client_for(
+    clients: &Mutex<HashMap<Duration, UpstreamClient>>,
+    connect_timeout: Duration,
+) -> UpstreamClient {
+    let mut clients = clients.lock().expect("not poisoned");
+    clients
+        .entry(connect_timeout)
+        .or_insert_with(|| {
+            let mut http = HttpConnector::new();
+            http.set_connect_timeout(Some(connect_timeout));
+            http.set_nodelay(true);
+            http.enforce_http(true);
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .build(http)
+        })
+        .clone()
+}
 
-fn build_snapshot(metrics: &Metrics, clients: &Mutex<HashMap<Duration, UpstreamClient>>, config: Config) -> Snapshot {
-        let routes = config
-            .routes
-            .iter()
-            .map(|r| Route {
-                metrics: metrics.route(&r.name),
-                client: client_for(clients, r.connect_timeout),
-                host_header: HeaderValue::from_str(r.upstream.authority.as_str()).expect("authority is a header value"),
-                scope_list: r.scopes.join(" "),
-                cfg: r.clone(),
-            })
-            .collect();
-        Snapshot {
-            validator: Validator::new(&config.tokens),
-            unmatched: metrics.route("none"),
-            routes,
-            config,
-        }
+fn build_snapshot(
+    metrics: &Metrics,
+    clients: &Mutex<HashMap<Duration, UpstreamClient>>,
+    config: Config,
+) -> Snapshot {
+    let routes = config
+        .routes
+        .iter()
+        .map(|r| Route {
+            metrics: metrics.route(&r.name),
+            client: client_for(clients, r.connect_timeout),
+            host_header: HeaderValue::from_str(r.upstream.authority.as_str())
+                .expect("authority is a header value"),
+            scope_list: r.scopes.join(" "),
+            cfg: r.clone(),
+        })
+        .collect();
+    Snapshot {
+        validator: Validator::new(&config.tokens),
+        unmatched: metrics.route("none"),
+        routes,
+        config,
     }
-
+}

@@ -40,8 +40,10 @@ async fn echo(req: Request<Incoming>) -> Response<Full<Bytes>> {
     let mut body = serde_json::to_vec_pretty(&out).expect("json");
     body.push(b'\n');
     let mut r = Response::new(Full::new(Bytes::from(body)));
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     r
 }
 

@@ -10,7 +10,11 @@ use valet::config::{self, LogFormat};
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "valet", version, about = "An OAuth sidecar gateway: TLS-terminating reverse proxy that validates bearer tokens")]
+#[command(
+    name = "valet",
+    version,
+    about = "An OAuth sidecar gateway: TLS-terminating reverse proxy that validates bearer tokens"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -69,7 +73,9 @@ fn init_tracing(c: &config::LoggingConfig) {
         .ok()
         .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(&c.level));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match c.format {
         LogFormat::Json => b.json().init(),
         LogFormat::Human => b.init(),
@@ -81,7 +87,12 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match load(&config) {
             Ok(c) => {
-                println!("{}: OK ({} listener(s), {} route(s))", config.display(), c.listeners.len(), c.routes.len());
+                println!(
+                    "{}: OK ({} listener(s), {} route(s))",
+                    config.display(),
+                    c.listeners.len(),
+                    c.routes.len()
+                );
                 ExitCode::SUCCESS
             }
             Err(code) => code,

@@ -4,12 +4,14 @@
 
 use crate::tokens::TokenError;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Methods with their own label value; anything else is `OTHER`.
-pub const METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER"];
+pub const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER",
+];
 /// Status classes, `1xx`..`5xx`.
 pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
@@ -58,38 +60,57 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let buckets = vec![
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0,
         ];
         let requests = IntCounterVec::new(
-            Opts::new("valet_requests_total", "Requests answered, by route, method and status class."),
+            Opts::new(
+                "valet_requests_total",
+                "Requests answered, by route, method and status class.",
+            ),
             &["route", "method", "status_class"],
         )
         .expect("valid metric");
         let request_duration = HistogramVec::new(
-            HistogramOpts::new("valet_request_duration_seconds", "Time from request head to response head.")
-                .buckets(buckets.clone()),
+            HistogramOpts::new(
+                "valet_request_duration_seconds",
+                "Time from request head to response head.",
+            )
+            .buckets(buckets.clone()),
             &["route"],
         )
         .expect("valid metric");
         let upstream_duration = HistogramVec::new(
-            HistogramOpts::new("valet_upstream_duration_seconds", "Time waiting for the upstream's response head.")
-                .buckets(buckets),
+            HistogramOpts::new(
+                "valet_upstream_duration_seconds",
+                "Time waiting for the upstream's response head.",
+            )
+            .buckets(buckets),
             &["route"],
         )
         .expect("valid metric");
         let failures = IntCounterVec::new(
-            Opts::new("valet_token_validation_failures_total", "Bearer tokens refused, by reason."),
+            Opts::new(
+                "valet_token_validation_failures_total",
+                "Bearer tokens refused, by reason.",
+            ),
             &["reason"],
         )
         .expect("valid metric");
         let token_failures = TokenError::ALL.map(|e| failures.with_label_values(&[e.reason()]));
         let revocation_entries = IntGaugeVec::new(
-            Opts::new("valet_revocation_entries", "Entries in the revocation map in force, by kind."),
+            Opts::new(
+                "valet_revocation_entries",
+                "Entries in the revocation map in force, by kind.",
+            ),
             &["kind"],
         )
         .expect("valid metric");
         let reloads = IntCounterVec::new(
-            Opts::new("valet_reloads_total", "File reloads, by what was reloaded and the result."),
+            Opts::new(
+                "valet_reloads_total",
+                "File reloads, by what was reloaded and the result.",
+            ),
             &["kind", "result"],
         )
         .expect("valid metric");
@@ -99,9 +120,13 @@ impl Metrics {
         )
         .expect("valid metric");
         let open_connections =
-            IntGauge::new("valet_open_connections", "Client connections open now.").expect("valid metric");
+            IntGauge::new("valet_open_connections", "Client connections open now.")
+                .expect("valid metric");
         let upstream_errors = IntCounterVec::new(
-            Opts::new("valet_upstream_errors_total", "Upstream failures, by route and kind."),
+            Opts::new(
+                "valet_upstream_errors_total",
+                "Upstream failures, by route and kind.",
+            ),
             &["route", "kind"],
         )
         .expect("valid metric");
@@ -154,7 +179,10 @@ impl Metrics {
 
     #[inline]
     pub fn token_failure(&self, e: TokenError) {
-        let i = TokenError::ALL.iter().position(|x| *x == e).expect("listed");
+        let i = TokenError::ALL
+            .iter()
+            .position(|x| *x == e)
+            .expect("listed");
         self.token_failures[i].inc();
     }
 
@@ -169,9 +197,15 @@ impl Metrics {
     }
 
     pub fn set_revocation_sizes(&self, (jtis, clients, subjects): (usize, usize, usize)) {
-        self.revocation_entries.with_label_values(&["token"]).set(jtis as i64);
-        self.revocation_entries.with_label_values(&["client"]).set(clients as i64);
-        self.revocation_entries.with_label_values(&["subject"]).set(subjects as i64);
+        self.revocation_entries
+            .with_label_values(&["token"])
+            .set(jtis as i64);
+        self.revocation_entries
+            .with_label_values(&["client"])
+            .set(clients as i64);
+        self.revocation_entries
+            .with_label_values(&["subject"])
+            .set(subjects as i64);
     }
 
     /// The text exposition format.

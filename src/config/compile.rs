@@ -196,7 +196,11 @@ fn compile(raw: RawConfig, path: &Path, base: &Path, c: &mut Collector<'_>) -> C
     for (i, l) in raw.listeners.iter().enumerate() {
         let p = format!("listeners[{i}]");
         let address = addr(c, &format!("{p}.address"), &l.address);
-        let tls = match (&l.tls.cert_file, &l.tls.key_file, l.tls.self_signed_for_development) {
+        let tls = match (
+            &l.tls.cert_file,
+            &l.tls.key_file,
+            l.tls.self_signed_for_development,
+        ) {
             (Some(cert), Some(key), false) => {
                 let (cert, key) = (resolve(base, cert), resolve(base, key));
                 if let Err(e) = crate::server::tls::load_certified_key(&cert, &key) {
@@ -243,16 +247,25 @@ fn compile(raw: RawConfig, path: &Path, base: &Path, c: &mut Collector<'_>) -> C
     for (i, r) in raw.routes.iter().enumerate() {
         let p = format!("routes[{i}]");
         if routes.iter().any(|o| o.name == r.name) {
-            c.at(&format!("{p}.name"), format!("route name `{}` is used twice", r.name));
+            c.at(
+                &format!("{p}.name"),
+                format!("route name `{}` is used twice", r.name),
+            );
         }
         if !r.matcher.path_prefix.starts_with('/') {
             c.at(
                 &format!("{p}.match.path_prefix"),
-                format!("path_prefix `{}` must start with `/`", r.matcher.path_prefix),
+                format!(
+                    "path_prefix `{}` must start with `/`",
+                    r.matcher.path_prefix
+                ),
             );
         }
         if r.matcher.path_prefix.contains(['?', '#']) {
-            c.at(&format!("{p}.match.path_prefix"), "path_prefix cannot contain `?` or `#`");
+            c.at(
+                &format!("{p}.match.path_prefix"),
+                "path_prefix cannot contain `?` or `#`",
+            );
         }
         let upstream = compile_upstream(c, &format!("{p}.upstream"), &r.upstream);
         let mut inject = InjectIdentity {
@@ -280,7 +293,10 @@ fn compile(raw: RawConfig, path: &Path, base: &Path, c: &mut Collector<'_>) -> C
         }
         for s in &r.auth.scopes {
             if s.is_empty() || s.contains(' ') {
-                c.at(&format!("{p}.auth.scopes"), format!("scope `{s}` is empty or contains a space"));
+                c.at(
+                    &format!("{p}.auth.scopes"),
+                    format!("scope `{s}` is empty or contains a space"),
+                );
             }
         }
         if !r.auth.required && !r.auth.scopes.is_empty() {
@@ -290,7 +306,10 @@ fn compile(raw: RawConfig, path: &Path, base: &Path, c: &mut Collector<'_>) -> C
             );
         }
         if !r.auth.required && r.forward_authorization {
-            c.at(&format!("{p}.forward_authorization"), "forward_authorization needs auth.required: true");
+            c.at(
+                &format!("{p}.forward_authorization"),
+                "forward_authorization needs auth.required: true",
+            );
         }
         if let Some(up) = upstream {
             routes.push(RouteConfig {
@@ -320,13 +339,35 @@ fn compile(raw: RawConfig, path: &Path, base: &Path, c: &mut Collector<'_>) -> C
 
     let ih = raw.identity_headers;
     let identity_headers = IdentityHeaderNames {
-        subject: header_name(c, "identity_headers.subject", ih.subject, DEFAULT_SUBJECT_HEADER),
-        client_id: header_name(c, "identity_headers.client_id", ih.client_id, DEFAULT_CLIENT_ID_HEADER),
-        scopes: header_name(c, "identity_headers.scopes", ih.scopes, DEFAULT_SCOPES_HEADER),
+        subject: header_name(
+            c,
+            "identity_headers.subject",
+            ih.subject,
+            DEFAULT_SUBJECT_HEADER,
+        ),
+        client_id: header_name(
+            c,
+            "identity_headers.client_id",
+            ih.client_id,
+            DEFAULT_CLIENT_ID_HEADER,
+        ),
+        scopes: header_name(
+            c,
+            "identity_headers.scopes",
+            ih.scopes,
+            DEFAULT_SCOPES_HEADER,
+        ),
     };
-    for h in [&identity_headers.subject, &identity_headers.client_id, &identity_headers.scopes] {
+    for h in [
+        &identity_headers.subject,
+        &identity_headers.client_id,
+        &identity_headers.scopes,
+    ] {
         if crate::proxy::headers::is_reserved(h) {
-            c.at("identity_headers", format!("`{h}` cannot be used as an identity header"));
+            c.at(
+                "identity_headers",
+                format!("`{h}` cannot be used as an identity header"),
+            );
         }
     }
 
@@ -334,13 +375,23 @@ fn compile(raw: RawConfig, path: &Path, base: &Path, c: &mut Collector<'_>) -> C
         None | Some("human") => LogFormat::Human,
         Some("json") => LogFormat::Json,
         Some(other) => {
-            c.at("logging.format", format!("unknown log format `{other}`; use human or json"));
+            c.at(
+                "logging.format",
+                format!("unknown log format `{other}`; use human or json"),
+            );
             LogFormat::Human
         }
     };
-    let level = raw.logging.level.clone().unwrap_or_else(|| "info".to_string());
+    let level = raw
+        .logging
+        .level
+        .clone()
+        .unwrap_or_else(|| "info".to_string());
     if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
-        c.at("logging.level", format!("`{level}` is not a log level or filter (e.g. info, debug, valet=debug)"));
+        c.at(
+            "logging.level",
+            format!("`{level}` is not a log level or filter (e.g. info, debug, valet=debug)"),
+        );
     }
 
     let echo_upstream = raw
@@ -373,7 +424,10 @@ fn compile_upstream(c: &mut Collector<'_>, path: &str, s: &str) -> Option<Upstre
         }
     };
     let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
-        c.at(path, format!("upstream `{s}` must be an absolute URL such as http://127.0.0.1:8080"));
+        c.at(
+            path,
+            format!("upstream `{s}` must be an absolute URL such as http://127.0.0.1:8080"),
+        );
         return None;
     };
     if scheme != &Scheme::HTTP {
@@ -408,10 +462,16 @@ fn compile_limits(l: &RawLimits, c: &mut Collector<'_>) -> Limits {
     };
     // hyper's HTTP/1 reader needs at least 8 KiB of buffer.
     if !(8192..=1 << 20).contains(&limits.max_header_size) {
-        c.at("limits.max_header_size", "max_header_size must be between 8KiB and 1MiB");
+        c.at(
+            "limits.max_header_size",
+            "max_header_size must be between 8KiB and 1MiB",
+        );
     }
     if limits.max_connections == 0 {
-        c.at("limits.max_connections", "max_connections must be at least 1");
+        c.at(
+            "limits.max_connections",
+            "max_connections must be at least 1",
+        );
     }
     for (name, v) in [
         ("header_read_timeout", limits.header_read_timeout),
@@ -420,7 +480,10 @@ fn compile_limits(l: &RawLimits, c: &mut Collector<'_>) -> Limits {
         ("response_timeout", limits.response_timeout),
     ] {
         if v.is_zero() {
-            c.at(&format!("limits.{name}"), format!("{name} must be greater than zero"));
+            c.at(
+                &format!("limits.{name}"),
+                format!("{name} must be greater than zero"),
+            );
         }
     }
     limits
@@ -431,7 +494,10 @@ fn compile_tokens(t: &RawTokens, base: &Path, c: &mut Collector<'_>) -> TokenCon
         c.at("tokens.issuer", "issuer cannot be empty");
     }
     if t.audiences.is_empty() {
-        c.at("tokens.audiences", "at least one accepted audience is needed");
+        c.at(
+            "tokens.audiences",
+            "at least one accepted audience is needed",
+        );
     }
     if t.keys.is_empty() {
         c.at("tokens.keys", "at least one key is needed");
@@ -440,7 +506,10 @@ fn compile_tokens(t: &RawTokens, base: &Path, c: &mut Collector<'_>) -> TokenCon
     for (i, k) in t.keys.iter().enumerate() {
         let p = format!("tokens.keys[{i}]");
         if t.keys[..i].iter().any(|o| o.id == k.id) {
-            c.at(&format!("{p}.id"), format!("key id `{}` is used twice", k.id));
+            c.at(
+                &format!("{p}.id"),
+                format!("key id `{}` is used twice", k.id),
+            );
         }
         let algorithm = match k.algorithm.as_str() {
             "EdDSA" => Algorithm::EdDSA,
@@ -476,7 +545,10 @@ fn compile_tokens(t: &RawTokens, base: &Path, c: &mut Collector<'_>) -> TokenCon
         Some(id) => match loaded.iter().position(|k| &k.id == id) {
             Some(i) if loaded[i].encoding.is_some() => Some(i),
             Some(_) => {
-                c.at("tokens.signing_key", format!("key `{id}` has no private key, so it cannot sign"));
+                c.at(
+                    "tokens.signing_key",
+                    format!("key `{id}` has no private key, so it cannot sign"),
+                );
                 None
             }
             None => {
@@ -487,9 +559,14 @@ fn compile_tokens(t: &RawTokens, base: &Path, c: &mut Collector<'_>) -> TokenCon
             }
         },
         None => {
-            let private: Vec<usize> = (0..loaded.len()).filter(|&i| loaded[i].encoding.is_some()).collect();
+            let private: Vec<usize> = (0..loaded.len())
+                .filter(|&i| loaded[i].encoding.is_some())
+                .collect();
             if private.len() > 1 {
-                c.at("tokens.signing_key", "several keys have a private key; say which one signs with tokens.signing_key");
+                c.at(
+                    "tokens.signing_key",
+                    "several keys have a private key; say which one signs with tokens.signing_key",
+                );
             }
             private.first().copied()
         }
@@ -497,7 +574,10 @@ fn compile_tokens(t: &RawTokens, base: &Path, c: &mut Collector<'_>) -> TokenCon
     let cache_entries = t.cache_entries.unwrap_or(DEFAULT_TOKEN_CACHE_ENTRIES);
     let access_token_ttl = t.access_token_ttl.map_or(DEFAULT_ACCESS_TOKEN_TTL, |d| d.0);
     if access_token_ttl.is_zero() {
-        c.at("tokens.access_token_ttl", "access_token_ttl must be greater than zero");
+        c.at(
+            "tokens.access_token_ttl",
+            "access_token_ttl must be greater than zero",
+        );
     }
     TokenConfig {
         issuer: t.issuer.clone(),

@@ -19,9 +19,7 @@ pub struct ByteSize(pub u64);
 /// Parses `"250ms"`, `"30s"`, `"5m"`, `"2h"`, `"1d"` or `"30"` (seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num
         .parse()
@@ -44,9 +42,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Parses `"512"`, `"16KiB"`, `"10MiB"`, `"1GiB"` (also KB/MB/GB as powers of 1000).
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num
         .parse()
@@ -59,9 +55,14 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "KB" => 1000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        other => return Err(format!("unknown size unit `{other}` in `{s}`; use KiB, MiB or GiB")),
+        other => {
+            return Err(format!(
+                "unknown size unit `{other}` in `{s}`; use KiB, MiB or GiB"
+            ))
+        }
     };
-    n.checked_mul(mul).ok_or_else(|| format!("`{s}` is too large"))
+    n.checked_mul(mul)
+        .ok_or_else(|| format!("`{s}` is too large"))
 }
 
 struct UnitVisitor<F>(F, &'static str);

@@ -49,10 +49,19 @@ impl ProxyError {
             ProxyError::BadRequest(m) => ("invalid_request", (*m).to_string()),
             ProxyError::NoToken => ("unauthorized", "a bearer token is required".into()),
             ProxyError::InvalidToken(e) => ("invalid_token", e.to_string()),
-            ProxyError::InsufficientScope(s) => ("insufficient_scope", format!("the token lacks a required scope ({s})")),
+            ProxyError::InsufficientScope(s) => (
+                "insufficient_scope",
+                format!("the token lacks a required scope ({s})"),
+            ),
             ProxyError::NotFound => ("not_found", "no route matches this request".into()),
-            ProxyError::PayloadTooLarge => ("payload_too_large", "the request body is larger than this route allows".into()),
-            ProxyError::HeadersTooLarge => ("headers_too_large", "the request headers are too large".into()),
+            ProxyError::PayloadTooLarge => (
+                "payload_too_large",
+                "the request body is larger than this route allows".into(),
+            ),
+            ProxyError::HeadersTooLarge => (
+                "headers_too_large",
+                "the request headers are too large".into(),
+            ),
             ProxyError::BadGateway(m) => ("bad_gateway", (*m).to_string()),
             ProxyError::GatewayTimeout(m) => ("gateway_timeout", (*m).to_string()),
         }
@@ -86,7 +95,8 @@ impl ProxyError {
                 HeaderValue::from_str(&c).expect("challenge is ASCII"),
             );
         }
-        resp.headers_mut().insert("x-request-id", request_id.clone());
+        resp.headers_mut()
+            .insert("x-request-id", request_id.clone());
         resp
     }
 }
@@ -94,8 +104,10 @@ impl ProxyError {
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<ResponseBody> {
     let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp

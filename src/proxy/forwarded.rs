@@ -69,7 +69,11 @@ pub fn apply(h: &mut HeaderMap, peer: IpAddr, trusted: bool, host: Option<&Heade
     h.remove("forwarded");
     let peer_s = peer.to_string();
     if trusted {
-        let chain: Vec<&str> = h.get_all(XFF).iter().filter_map(|v| v.to_str().ok()).collect();
+        let chain: Vec<&str> = h
+            .get_all(XFF)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
         let mut v = chain.join(", ");
         if !v.is_empty() {
             v.push_str(", ");
@@ -87,7 +91,10 @@ pub fn apply(h: &mut HeaderMap, peer: IpAddr, trusted: bool, host: Option<&Heade
             }
         }
     } else {
-        h.insert(XFF, HeaderValue::from_str(&peer_s).expect("an IP is a valid header value"));
+        h.insert(
+            XFF,
+            HeaderValue::from_str(&peer_s).expect("an IP is a valid header value"),
+        );
         h.insert(XFP, HeaderValue::from_static("https"));
         match host {
             Some(host) => {

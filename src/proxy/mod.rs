@@ -90,7 +90,9 @@ async fn proxy(
     let host = host_of(&req)?;
     let path = req.uri().path();
     if !path.starts_with('/') {
-        return Err(ProxyError::BadRequest("the request target must be an absolute path"));
+        return Err(ProxyError::BadRequest(
+            "the request target must be an absolute path",
+        ));
     }
     if router::has_dot_segments(path) {
         return Err(ProxyError::BadRequest("the path contains dot-segments"));
@@ -101,7 +103,9 @@ async fn proxy(
             "access tokens are not accepted in the query string; send an Authorization: Bearer header",
         ));
     }
-    if req.version() == Version::HTTP_2 && header_bytes(req.headers()) > snap.config.limits.max_header_size {
+    if req.version() == Version::HTTP_2
+        && header_bytes(req.headers()) > snap.config.limits.max_header_size
+    {
         // hyper enforces this for HTTP/1 itself.
         return Err(ProxyError::HeadersTooLarge);
     }
@@ -109,7 +113,9 @@ async fn proxy(
     // 2. Route.
     let host_name = host.as_ref().and_then(|h| h.to_str().ok()).map(strip_port);
     let idx = router::select(
-        snap.routes.iter().map(|r| (r.cfg.host.as_deref(), r.cfg.path_prefix.as_str())),
+        snap.routes
+            .iter()
+            .map(|r| (r.cfg.host.as_deref(), r.cfg.path_prefix.as_str())),
         host_name,
         path,
     )
@@ -174,7 +180,11 @@ async fn proxy(
             h.insert(names.scopes.clone(), t.scopes_header.clone());
         }
     }
-    let trusted = snap.config.trusted_proxies.iter().any(|c| c.contains(peer.ip()));
+    let trusted = snap
+        .config
+        .trusted_proxies
+        .iter()
+        .any(|c| c.contains(peer.ip()));
     forwarded::apply(h, peer.ip(), trusted, host.as_ref());
     h.insert(X_REQUEST_ID, request_id.clone());
     h.insert(header::HOST, route.host_header.clone());
@@ -184,21 +194,32 @@ async fn proxy(
     let up = Request::from_parts(parts, body);
     let sent = Instant::now();
     let result = tokio::time::timeout(route.cfg.response_timeout, route.client.request(up)).await;
-    route.metrics.upstream_duration.observe(sent.elapsed().as_secs_f64());
+    route
+        .metrics
+        .upstream_duration
+        .observe(sent.elapsed().as_secs_f64());
     let mut resp = match result {
         Err(_) => {
             app.metrics.upstream_error(&route.cfg.name, "timeout");
-            return Err(ProxyError::GatewayTimeout("the upstream did not answer in time"));
+            return Err(ProxyError::GatewayTimeout(
+                "the upstream did not answer in time",
+            ));
         }
         Ok(Err(e)) => {
             if exceeded.load(Ordering::Relaxed) {
                 return Err(ProxyError::PayloadTooLarge);
             }
             if is_timeout(&e) {
-                app.metrics.upstream_error(&route.cfg.name, "connect_timeout");
-                return Err(ProxyError::GatewayTimeout("connecting to the upstream timed out"));
+                app.metrics
+                    .upstream_error(&route.cfg.name, "connect_timeout");
+                return Err(ProxyError::GatewayTimeout(
+                    "connecting to the upstream timed out",
+                ));
             }
-            app.metrics.upstream_error(&route.cfg.name, if e.is_connect() { "connect" } else { "reset" });
+            app.metrics.upstream_error(
+                &route.cfg.name,
+                if e.is_connect() { "connect" } else { "reset" },
+            );
             tracing::warn!(route = %route.cfg.name, error = %error_chain(&e), "upstream request failed");
             return Err(ProxyError::BadGateway(if e.is_connect() {
                 "the upstream refused the connection"
@@ -212,7 +233,11 @@ async fn proxy(
     Ok(resp.map(Either::Left))
 }
 
-fn authenticate(app: &App, snap: &Snapshot, h: &HeaderMap) -> Result<Arc<VerifiedToken>, ProxyError> {
+fn authenticate(
+    app: &App,
+    snap: &Snapshot,
+    h: &HeaderMap,
+) -> Result<Arc<VerifiedToken>, ProxyError> {
     let mut values = h.get_all(header::AUTHORIZATION).iter();
     let Some(v) = values.next() else {
         return Err(ProxyError::NoToken);
@@ -243,17 +268,22 @@ fn host_of(req: &Request<Incoming>) -> Result<Option<HeaderValue>, ProxyError> {
         return Err(ProxyError::BadRequest("more than one Host header"));
     }
     match (req.uri().authority(), host) {
-        (Some(a), Some(h)) if !a.as_str().eq_ignore_ascii_case(h.to_str().unwrap_or("")) => {
-            Err(ProxyError::BadRequest("the Host header disagrees with the request target"))
-        }
-        (Some(a), _) => Ok(Some(HeaderValue::from_str(a.as_str()).expect("authority is a valid header value"))),
+        (Some(a), Some(h)) if !a.as_str().eq_ignore_ascii_case(h.to_str().unwrap_or("")) => Err(
+            ProxyError::BadRequest("the Host header disagrees with the request target"),
+        ),
+        (Some(a), _) => Ok(Some(
+            HeaderValue::from_str(a.as_str()).expect("authority is a valid header value"),
+        )),
         (None, h) => Ok(h.cloned()),
     }
 }
 
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
-        return host.split(']').next().map_or(host, |h| &host[..h.len() + 1]);
+        return host
+            .split(']')
+            .next()
+            .map_or(host, |h| &host[..h.len() + 1]);
     }
     host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
@@ -262,7 +292,8 @@ fn strip_port(host: &str) -> &str {
 fn query_has_access_token(q: &str) -> bool {
     q.split('&').any(|pair| {
         let name = pair.split('=').next().unwrap_or("");
-        name == "access_token" || (name.contains('%') && percent_decode(name).eq_ignore_ascii_case("access_token"))
+        name == "access_token"
+            || (name.contains('%') && percent_decode(name).eq_ignore_ascii_case("access_token"))
     })
 }
 
@@ -287,7 +318,9 @@ fn percent_decode(s: &str) -> String {
 
 fn header_bytes(h: &HeaderMap) -> u64 {
     // RFC 7541 §4.1 size accounting: name + value + 32 per field.
-    h.iter().map(|(n, v)| (n.as_str().len() + v.len() + 32) as u64).sum()
+    h.iter()
+        .map(|(n, v)| (n.as_str().len() + v.len() + 32) as u64)
+        .sum()
 }
 
 fn upstream_uri(route: &Route, orig: &Uri) -> Result<Uri, ProxyError> {
@@ -303,7 +336,9 @@ fn upstream_uri(route: &Route, orig: &Uri) -> Result<Uri, ProxyError> {
         path
     };
     let up = &route.cfg.upstream;
-    let mut s = String::with_capacity(up.base_path.len() + rest.len() + orig.query().map_or(0, |q| q.len() + 1) + 64);
+    let mut s = String::with_capacity(
+        up.base_path.len() + rest.len() + orig.query().map_or(0, |q| q.len() + 1) + 64,
+    );
     s.push_str(up.scheme.as_str());
     s.push_str("://");
     s.push_str(up.authority.as_str());
@@ -315,13 +350,16 @@ fn upstream_uri(route: &Route, orig: &Uri) -> Result<Uri, ProxyError> {
         s.push('?');
         s.push_str(q);
     }
-    s.parse().map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))
+    s.parse()
+        .map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))
 }
 
 fn request_id(h: &HeaderMap) -> HeaderValue {
     if let Some(v) = h.get(X_REQUEST_ID) {
         let ok = (1..=128).contains(&v.len())
-            && v.as_bytes().iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b));
+            && v.as_bytes()
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b));
         if ok {
             return v.clone();
         }

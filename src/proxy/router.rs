@@ -12,7 +12,11 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
 
 /// Index of the best route among `(host, prefix)` pairs for `host` and `path`.
 /// Routes with a host beat routes without one; then the longest prefix wins.
-pub fn select<'a>(routes: impl Iterator<Item = (Option<&'a str>, &'a str)>, host: Option<&str>, path: &str) -> Option<usize> {
+pub fn select<'a>(
+    routes: impl Iterator<Item = (Option<&'a str>, &'a str)>,
+    host: Option<&str>,
+    path: &str,
+) -> Option<usize> {
     let mut best: Option<(usize, (bool, usize))> = None;
     for (i, (rhost, prefix)) in routes.enumerate() {
         let host_ok = match rhost {

@@ -86,11 +86,17 @@ impl RevocationSet {
             }
         }
         for c in f.clients {
-            let mut e = set.clients.entry(c.client_id.into_boxed_str()).or_insert(i64::MIN);
+            let mut e = set
+                .clients
+                .entry(c.client_id.into_boxed_str())
+                .or_insert(i64::MIN);
             *e = (*e).max(c.revoked_before.0);
         }
         for s in f.subjects {
-            let mut e = set.subjects.entry(s.subject.into_boxed_str()).or_insert(i64::MIN);
+            let mut e = set
+                .subjects
+                .entry(s.subject.into_boxed_str())
+                .or_insert(i64::MIN);
             *e = (*e).max(s.revoked_before.0);
         }
         set
@@ -197,7 +203,8 @@ impl Revocations {
             position,
             message,
         };
-        let bytes = std::fs::read(&self.path).map_err(|e| err(None, format!("cannot read: {e}")))?;
+        let bytes =
+            std::fs::read(&self.path).map_err(|e| err(None, format!("cannot read: {e}")))?;
         let digest: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes)
             .as_ref()
             .try_into()
@@ -207,7 +214,10 @@ impl Revocations {
         }
         if bytes.iter().all(u8::is_ascii_whitespace) {
             // An empty file is what a torn write looks like; never treat it as "no revocations".
-            return Err(err(None, "the file is empty; write `tokens: []` for an empty list".into()));
+            return Err(err(
+                None,
+                "the file is empty; write `tokens: []` for an empty list".into(),
+            ));
         }
         let text = std::str::from_utf8(&bytes).map_err(|e| err(None, format!("not UTF-8: {e}")))?;
         let parsed: RevocationFile = serde_yaml::from_str(text).map_err(|e| {
@@ -263,6 +273,9 @@ mod tests {
         assert!(r.reload().is_err());
         std::fs::write(&path, "tokenz: []\n").unwrap();
         assert!(r.reload().unwrap_err().message.contains("unknown field"));
-        assert!(r.current().check("a", "", "", 0).is_some(), "old set still in force");
+        assert!(
+            r.current().check("a", "", "", 0).is_some(),
+            "old set still in force"
+        );
     }
 }

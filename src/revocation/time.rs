@@ -37,7 +37,13 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
     let err = || format!("`{s}` is not an RFC 3339 time such as 2026-11-23T12:00:00Z");
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return Err(err());
     }
     let num = |r: std::ops::Range<usize>| -> Result<i64, String> {
@@ -47,7 +53,14 @@ pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
         }
         part.parse().map_err(|_| err())
     };
-    let (y, mo, d, h, mi, se) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+    let (y, mo, d, h, mi, se) = (
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+        num(17..19)?,
+    );
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
         return Err(err());
     }
@@ -61,7 +74,10 @@ pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
     }
     let offset = match rest {
         "Z" | "z" => 0,
-        _ if rest.len() == 6 && (rest.starts_with('+') || rest.starts_with('-')) && &rest[3..4] == ":" => {
+        _ if rest.len() == 6
+            && (rest.starts_with('+') || rest.starts_with('-'))
+            && &rest[3..4] == ":" =>
+        {
             let oh: i64 = rest[1..3].parse().map_err(|_| err())?;
             let om: i64 = rest[4..6].parse().map_err(|_| err())?;
             let o = oh * 3600 + om * 60;
@@ -100,7 +116,9 @@ impl<'de> Deserialize<'de> for Timestamp {
                 Ok(Timestamp(v))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Timestamp, E> {
-                i64::try_from(v).map(Timestamp).map_err(|_| E::custom("time out of range"))
+                i64::try_from(v)
+                    .map(Timestamp)
+                    .map_err(|_| E::custom("time out of range"))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Timestamp, E> {
                 parse_rfc3339(v).map(Timestamp).map_err(E::custom)
@@ -124,15 +142,27 @@ mod tests {
     fn rfc3339_round_trips_against_known_instants() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z").unwrap(), 0);
         assert_eq!(parse_rfc3339("2026-11-23T12:00:00Z").unwrap(), 1795435200);
-        assert_eq!(parse_rfc3339("2026-11-23T14:00:00+02:00").unwrap(), 1795435200);
-        assert_eq!(parse_rfc3339("2000-02-29T00:00:00.123Z").unwrap(), 951782400);
+        assert_eq!(
+            parse_rfc3339("2026-11-23T14:00:00+02:00").unwrap(),
+            1795435200
+        );
+        assert_eq!(
+            parse_rfc3339("2000-02-29T00:00:00.123Z").unwrap(),
+            951782400
+        );
         assert_eq!(format_rfc3339(1795435200), "2026-11-23T12:00:00Z");
         assert_eq!(format_rfc3339(951782400), "2000-02-29T00:00:00Z");
     }
 
     #[test]
     fn malformed_times_are_rejected() {
-        for bad in ["2026-11-23", "2026-13-01T00:00:00Z", "2026-11-23T12:00:00", "2026-11-23T12:00:00+0200", "yesterday"] {
+        for bad in [
+            "2026-11-23",
+            "2026-13-01T00:00:00Z",
+            "2026-11-23T12:00:00",
+            "2026-11-23T12:00:00+0200",
+            "yesterday",
+        ] {
             assert!(parse_rfc3339(bad).is_err(), "{bad}");
         }
     }

@@ -53,7 +53,9 @@ pub struct Running {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
 }
 
 /// Binds every listener and starts serving `config`.
@@ -97,18 +99,29 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         listeners.push(addr);
         resolvers.push(resolver.clone());
         let tls = TlsAcceptor::from(tls::server_config(resolver));
-        tasks.push(tokio::spawn(accept_loop(app.clone(), l, tls, shutdown_rx.clone(), graceful.clone())));
+        tasks.push(tokio::spawn(accept_loop(
+            app.clone(),
+            l,
+            tls,
+            shutdown_rx.clone(),
+            graceful.clone(),
+        )));
     }
     let metrics = match metrics_listener {
         Some(l) => {
             let addr = l.local_addr().expect("bound");
             tracing::info!(%addr, "metrics and health listening (/metrics, /healthz, /readyz)");
-            tasks.push(tokio::spawn(admin::serve(app.clone(), l, shutdown_rx.clone())));
+            tasks.push(tokio::spawn(admin::serve(
+                app.clone(),
+                l,
+                shutdown_rx.clone(),
+            )));
             Some(addr)
         }
         None => None,
     };
-    let watcher = watch::start(app.clone(), resolvers.clone(), shutdown_rx.clone()).map_err(ServeError::Watch)?;
+    let watcher = watch::start(app.clone(), resolvers.clone(), shutdown_rx.clone())
+        .map_err(ServeError::Watch)?;
     // Expired entries leave the verified-token cache off the request path.
     {
         let app = app.clone();
@@ -150,7 +163,9 @@ impl Running {
         }
         // Every accept loop has ended, so this is the last reference.
         let graceful = Arc::try_unwrap(self.graceful).expect("accept loops have ended");
-        tokio::time::timeout(self.grace, graceful.shutdown()).await.is_ok()
+        tokio::time::timeout(self.grace, graceful.shutdown())
+            .await
+            .is_ok()
     }
 }
 
@@ -188,19 +203,20 @@ async fn accept_loop(
         tokio::spawn(async move {
             let _permit = permit;
             let limits = app.snapshot().config.limits.clone();
-            let stream = match tokio::time::timeout(limits.tls_handshake_timeout, tls.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    app.metrics.tls_handshake_failures.inc();
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    app.metrics.tls_handshake_failures.inc();
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
+            let stream =
+                match tokio::time::timeout(limits.tls_handshake_timeout, tls.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        app.metrics.tls_handshake_failures.inc();
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        app.metrics.tls_handshake_failures.inc();
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
             app.metrics.open_connections.inc();
             let svc_app = app.clone();
             let svc = service_fn(move |req| {
@@ -241,7 +257,10 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
             }
         }
     }
-    tracing::info!(grace_secs = running.grace.as_secs(), "shutting down: no new connections, draining in-flight requests");
+    tracing::info!(
+        grace_secs = running.grace.as_secs(),
+        "shutting down: no new connections, draining in-flight requests"
+    );
     if running.shutdown().await {
         tracing::info!("drained; bye");
     } else {

@@ -36,12 +36,15 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
     if certs.is_empty() {
         return Err(TlsError::NoCert(cert.to_path_buf()));
     }
-    let key_der =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key(key.to_path_buf(), format!("{e:?}")))?;
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| TlsError::Key(key.to_path_buf(), format!("{e:?}")))?;
     certified(certs, key_der)
 }
 
-fn certified(certs: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<Arc<CertifiedKey>, TlsError> {
+fn certified(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<CertifiedKey>, TlsError> {
     let ck = CertifiedKey::from_der(certs, key, &aws_lc_rs::default_provider())
         .map_err(|e| TlsError::Mismatch(e.to_string()))?;
     Ok(Arc::new(ck))
@@ -49,8 +52,13 @@ fn certified(certs: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -
 
 /// A self-signed certificate for localhost, made at start-up (development only).
 pub fn self_signed() -> Result<Arc<CertifiedKey>, TlsError> {
-    let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
-    let ck = rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::SelfSigned(e.to_string()))?;
+    let names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    let ck = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| TlsError::SelfSigned(e.to_string()))?;
     let key = PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
     certified(vec![ck.cert.der().clone()], key)
 }
@@ -117,11 +125,12 @@ impl ResolvesServerCert for CertResolver {
 
 /// The rustls server config for a listener.
 pub fn server_config(resolver: Arc<CertResolver>) -> Arc<rustls::ServerConfig> {
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .expect("aws-lc-rs supports TLS 1.2 and 1.3")
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+    let mut cfg =
+        rustls::ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .expect("aws-lc-rs supports TLS 1.2 and 1.3")
+            .with_no_client_auth()
+            .with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Arc::new(cfg)
 }

@@ -60,7 +60,11 @@ pub fn mint(cfg: &TokenConfig, req: &TokenRequest<'_>, now: i64) -> Result<Minte
     let mut header = Header::new(key.algorithm);
     header.typ = Some("at+jwt".into());
     header.kid = Some(key.id.clone());
-    let token = jsonwebtoken::encode(&header, &claims, key.encoding.as_ref().ok_or(IssueError::NoSigningKey)?)?;
+    let token = jsonwebtoken::encode(
+        &header,
+        &claims,
+        key.encoding.as_ref().ok_or(IssueError::NoSigningKey)?,
+    )?;
     Ok(Minted {
         token,
         jti,

@@ -159,7 +159,9 @@ fn load_private(cfg: &KeyConfig, path: &Path) -> Result<LoadedKey, KeyError> {
             }
             .map_err(|e| bad(e.to_string()))?;
             // jsonwebtoken signs EC keys from PKCS#8.
-            let pkcs8 = kp.to_pkcs8v1().map_err(|_| bad("cannot re-encode as PKCS#8".into()))?;
+            let pkcs8 = kp
+                .to_pkcs8v1()
+                .map_err(|_| bad("cannot re-encode as PKCS#8".into()))?;
             (
                 DecodingKey::from_ec_der(kp.public_key().as_ref()),
                 EncodingKey::from_ec_der(pkcs8.as_ref()),
@@ -175,7 +177,10 @@ fn load_private(cfg: &KeyConfig, path: &Path) -> Result<LoadedKey, KeyError> {
             }
             .map_err(|e| bad(e.to_string()))?;
             let encoding = EncodingKey::from_rsa_pem(&pem).map_err(|e| bad(e.to_string()))?;
-            (DecodingKey::from_rsa_der(kp.public_key().as_ref()), encoding)
+            (
+                DecodingKey::from_rsa_der(kp.public_key().as_ref()),
+                encoding,
+            )
         }
         _ => return Err(bad("expected an RSA private key PEM".into())),
     };
@@ -209,7 +214,9 @@ pub fn generate(alg: Algorithm) -> Result<String, KeyError> {
     let rng = SystemRandom::new();
     let doc = match alg {
         Algorithm::EdDSA => sig::Ed25519KeyPair::generate_pkcs8(&rng),
-        Algorithm::ES256 => sig::EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &rng),
+        Algorithm::ES256 => {
+            sig::EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+        }
         _ => return Err(KeyError::CannotGenerate),
     }
     .map_err(|_| KeyError::CannotGenerate)?;

@@ -180,10 +180,11 @@ impl Validator {
         revoked: &RevocationSet,
         now: i64,
     ) -> Result<Arc<VerifiedToken>, TokenError> {
-        let digest: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
-            .as_ref()
-            .try_into()
-            .expect("32 bytes");
+        let digest: [u8; 32] =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
+                .as_ref()
+                .try_into()
+                .expect("32 bytes");
         let verified = match self.cache.get(&digest) {
             Some(v) => v.clone(),
             None => {
@@ -201,7 +202,12 @@ impl Validator {
         if verified.nbf.is_some_and(|nbf| now + self.skew < nbf) {
             return Err(TokenError::NotYetValid);
         }
-        match revoked.check(&verified.jti, &verified.client_id, &verified.subject, verified.iat) {
+        match revoked.check(
+            &verified.jti,
+            &verified.client_id,
+            &verified.subject,
+            verified.iat,
+        ) {
             Some(Revoked::Token | Revoked::Client | Revoked::Subject) => Err(TokenError::Revoked),
             None => Ok(verified),
         }
@@ -217,12 +223,11 @@ impl Validator {
     }
 
     fn verify(&self, token: &str, digest: &[u8; 32]) -> Result<VerifiedToken, TokenError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| header_failure(token))?;
         // RFC 9068 §4: the `typ` header must be at+jwt; jsonwebtoken does not check it.
-        let typ_ok = header
-            .typ
-            .as_deref()
-            .is_some_and(|t| t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt"));
+        let typ_ok = header.typ.as_deref().is_some_and(|t| {
+            t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt")
+        });
         if !typ_ok {
             return Err(TokenError::WrongType);
         }
@@ -251,6 +256,26 @@ impl Validator {
     }
 }
 
+/// Why a header would not parse: an algorithm valet never accepts (`none`,
+/// anything unknown) is reported as such; everything else is malformed.
+fn header_failure(token: &str) -> TokenError {
+    use base64::Engine;
+    let alg = token
+        .split('.')
+        .next()
+        .and_then(|h| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(h)
+                .ok()
+        })
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v.get("alg").and_then(|a| a.as_str()).map(str::to_owned));
+    match alg {
+        Some(_) => TokenError::WrongAlgorithm,
+        None => TokenError::Malformed,
+    }
+}
+
 fn map_error(kind: &ErrorKind) -> TokenError {
     match kind {
         ErrorKind::InvalidSignature => TokenError::BadSignature,
@@ -259,7 +284,9 @@ fn map_error(kind: &ErrorKind) -> TokenError {
         ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
         ErrorKind::InvalidAudience => TokenError::WrongAudience,
         ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => TokenError::WrongAlgorithm,
-        ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidClaimFormat(_) => TokenError::MissingClaim,
+        ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidClaimFormat(_) => {
+            TokenError::MissingClaim
+        }
         ErrorKind::Json(_) => TokenError::MissingClaim,
         _ => TokenError::Malformed,
     }
