@@ -145,18 +145,27 @@ fn scan(src: &str) -> Vec<Option<Line<'_>>> {
 /// Finds the 1-based (line, column) where `path` is written, if it can.
 pub fn locate(src: &str, path: &str) -> Option<(usize, usize)> {
     let lines = scan(src);
+    let raw: Vec<&str> = src.lines().collect();
     let (mut lo, mut hi) = (0usize, lines.len());
-    let mut found = None;
+    let mut found: Option<(usize, usize)> = None;
     for seg in parse_path(path) {
         let block: Vec<usize> = (lo..hi).filter(|&i| lines[i].is_some()).collect();
-        let first = *block.first()?;
         match seg {
             Seg::Key(k) => {
-                let col = lines[first].as_ref()?.col;
+                let col = block
+                    .first()
+                    .and_then(|&f| lines[f].as_ref())
+                    .map(|l| l.col);
                 let at = block.iter().copied().find(|&i| {
                     let l = lines[i].as_ref().unwrap();
-                    l.col == col && l.key == Some(k)
-                })?;
+                    Some(l.col) == col && l.key == Some(k)
+                });
+                let Some(at) = at else {
+                    // Maybe a flow mapping on the parent's line: `match: { path_prefix: x }`.
+                    return found
+                        .and_then(|(line, _)| flow_key(raw[line - 1], k).map(|c| (line, c + 1)));
+                };
+                let col = lines[at].as_ref().unwrap().col;
                 found = Some((at + 1, col + 1));
                 let end = block
                     .iter()
@@ -172,6 +181,7 @@ pub fn locate(src: &str, path: &str) -> Option<(usize, usize)> {
                 }
             }
             Seg::Index(n) => {
+                block.first()?;
                 let dash_col = block
                     .iter()
                     .filter_map(|&i| lines[i].as_ref().unwrap().dash)
@@ -189,6 +199,21 @@ pub fn locate(src: &str, path: &str) -> Option<(usize, usize)> {
         }
     }
     found
+}
+
+/// Column of `key:` inside a flow mapping on `line`.
+fn flow_key(line: &str, key: &str) -> Option<usize> {
+    let brace = line.find('{')?;
+    let mut from = brace;
+    while let Some(i) = line[from..].find(key) {
+        let at = from + i;
+        let before = line[..at].trim_end().chars().last();
+        if matches!(before, Some('{' | ',')) && line[at + key.len()..].starts_with(':') {
+            return Some(at);
+        }
+        from = at + key.len();
+    }
+    None
 }
 
 #[cfg(test)]
@@ -209,6 +234,8 @@ routes:
     match:
       path_prefix: /y
     upstream: nope
+  - name: r2
+    match: { host: h, path_prefix: z }
 ";
 
     #[test]
@@ -217,6 +244,7 @@ routes:
         assert_eq!(locate(SRC, "routes[1].upstream"), Some((13, 5)));
         assert_eq!(locate(SRC, "routes[1].match.path_prefix"), Some((12, 7)));
         assert_eq!(locate(SRC, "routes[0]"), Some((8, 5)));
-        assert_eq!(locate(SRC, "routes[2]"), None);
+        assert_eq!(locate(SRC, "routes[3]"), None);
+        assert_eq!(locate(SRC, "routes[2].match.path_prefix"), Some((15, 23)));
     }
 }

@@ -1,0 +1,250 @@
+//! Hot reload without restart: revocations, config and certificates. A bad
+//! file keeps the last good state, is counted, and the gateway keeps serving.
+
+mod support;
+
+use std::time::Duration;
+use support::*;
+
+const ONE_SECOND: Duration = Duration::from_secs(1);
+
+async fn status(gw: &Gateway, token: &str) -> u16 {
+    gw.client(Proto::H1)
+        .get("/api/x", Some(token))
+        .await
+        .status
+        .as_u16()
+}
+
+/// Writes by rename, as editors and ConfigMaps do.
+fn replace(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("swp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(tmp, path).unwrap();
+}
+
+fn jti_of(token: &str) -> String {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    v["jti"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoked_jti_is_rejected_within_a_second_and_accepted_after_removal() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&default_routes(up.addr), "").await;
+    let t = gw.token("alice", "read");
+    let other = gw.token("alice", "read");
+    assert_eq!(status(&gw, &t).await, 200);
+    let exp = now() + 300;
+    replace(
+        &gw.revocation_path,
+        &format!("tokens:\n  - jti: {}\n    expires_at: {exp}\n", jti_of(&t)),
+    );
+    assert!(
+        eventually(ONE_SECOND, || async { status(&gw, &t).await == 401 }).await,
+        "not revoked within 1 s"
+    );
+    let r = gw.client(Proto::H1).get("/api/x", Some(&t)).await;
+    assert_eq!(
+        r.header("www-authenticate"),
+        "Bearer realm=\"valet\", error=\"invalid_token\", error_description=\"token revoked\""
+    );
+    assert_eq!(status(&gw, &other).await, 200, "only that token is revoked");
+    assert_eq!(
+        gw.metric("valet_revocation_entries{kind=\"token\"}").await,
+        1.0
+    );
+    // In-place rewrite this time.
+    std::fs::write(&gw.revocation_path, "tokens: []\n").unwrap();
+    assert!(
+        eventually(ONE_SECOND, || async { status(&gw, &t).await == 200 }).await,
+        "not restored within 1 s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_and_subject_cutoffs_revoke_earlier_tokens() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&default_routes(up.addr), "").await;
+    let alice = gw.token("alice", "read");
+    let mut bob_claims = claims("bob", "read");
+    bob_claims["client_id"] = serde_json::json!("other-client");
+    let bob = sign(&gw.key, &bob_claims);
+    let cutoff = now() + 1;
+    replace(
+        &gw.revocation_path,
+        &format!("clients:\n  - client_id: test-client\n    revoked_before: {cutoff}\n"),
+    );
+    assert!(eventually(ONE_SECOND, || async { status(&gw, &alice).await == 401 }).await);
+    assert_eq!(status(&gw, &bob).await, 200, "another client is unaffected");
+    // A token issued after the cut-off is good.
+    let mut fresh = claims("alice", "read");
+    fresh["iat"] = serde_json::json!(cutoff);
+    assert_eq!(status(&gw, &sign(&gw.key, &fresh)).await, 200);
+
+    replace(
+        &gw.revocation_path,
+        &format!(
+            "subjects:\n  - subject: bob\n    revoked_before: \"{}\"\n",
+            valet::revocation::time::format_rfc3339(cutoff)
+        ),
+    );
+    assert!(eventually(ONE_SECOND, || async { status(&gw, &bob).await == 401 }).await);
+    assert_eq!(status(&gw, &alice).await, 200, "client cut-off was lifted");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_revocation_file_keeps_the_old_map_and_counts_a_failure() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&default_routes(up.addr), "").await;
+    let t = gw.token("alice", "read");
+    replace(
+        &gw.revocation_path,
+        &format!(
+            "tokens:\n  - {{jti: {}, expires_at: {}}}\n",
+            jti_of(&t),
+            now() + 300
+        ),
+    );
+    assert!(eventually(ONE_SECOND, || async { status(&gw, &t).await == 401 }).await);
+    let failures = "valet_reloads_total{kind=\"revocation\",result=\"failure\"}";
+    let before = gw.metric(failures).await;
+    for bad in [
+        "tokens:\n  - {jti: x, expires_at: 1\n",
+        "",
+        "tokenz: []\n",
+        "tokens:\n  - {jti: x, expires_at: yesterday}\n",
+    ] {
+        let n = gw.metric(failures).await;
+        replace(&gw.revocation_path, bad);
+        assert!(
+            eventually(Duration::from_secs(2), || async {
+                gw.metric(failures).await > n
+            })
+            .await,
+            "failure not counted for {bad:?}"
+        );
+        assert_eq!(
+            status(&gw, &t).await,
+            401,
+            "old map must stay in force after {bad:?}"
+        );
+    }
+    assert!(gw.metric(failures).await >= before + 4.0);
+    // Deleting the file altogether also keeps the old map.
+    std::fs::remove_file(&gw.revocation_path).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(status(&gw, &t).await, 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_reload_changes_a_route_and_an_invalid_one_keeps_the_old_routes() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&default_routes(up.addr), "").await;
+    let c = gw.client(Proto::H1);
+    assert_eq!(c.get("/v2/x", None).await.status, 404);
+    let routes = format!(
+        "{}  - name: v2\n    match: {{ path_prefix: /v2 }}\n    upstream: \"http://{}\"\n    auth: {{ required: false }}\n",
+        default_routes(up.addr),
+        up.addr
+    );
+    replace(&gw.config_path, &gw.config_text(&routes, ""));
+    assert!(
+        eventually(ONE_SECOND, || async {
+            c.get("/v2/x", None).await.status == 200
+        })
+        .await
+    );
+    assert_eq!(
+        gw.metric("valet_reloads_total{kind=\"config\",result=\"success\"}")
+            .await,
+        1.0
+    );
+
+    // An unknown key (a typo) is an error: the old routes stay.
+    let typo = gw.config_text(
+        &routes.replace("auth: { required: false }", "auth: { requird: false }"),
+        "",
+    );
+    replace(&gw.config_path, &typo);
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            gw.metric("valet_reloads_total{kind=\"config\",result=\"failure\"}")
+                .await
+                == 1.0
+        })
+        .await
+    );
+    assert_eq!(
+        c.get("/v2/x", None).await.status,
+        200,
+        "old routes stay in force"
+    );
+    // A semantic error, too.
+    let bad_upstream = gw.config_text(
+        &routes.replace(
+            &format!("\"http://{}\"\n    auth: {{ required: false }}", up.addr),
+            "\"ftp://nope\"\n    auth: { required: false }",
+        ),
+        "",
+    );
+    replace(&gw.config_path, &bad_upstream);
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            gw.metric("valet_reloads_total{kind=\"config\",result=\"failure\"}")
+                .await
+                == 2.0
+        })
+        .await
+    );
+    assert_eq!(c.get("/v2/x", None).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn certificate_files_are_reloaded_without_restart() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&default_routes(up.addr), "").await;
+    let served = |gw: &Gateway| {
+        let c = gw.client(Proto::H1);
+        async move {
+            let s = c.tls_stream().await;
+            s.get_ref().1.peer_certificates().unwrap()[0]
+                .as_ref()
+                .to_vec()
+        }
+    };
+    let first = served(&gw).await;
+    gw.ca.issue_leaf("leaf-2");
+    let new_der = {
+        use rustls_pki_types::pem::PemObject;
+        rustls_pki_types::CertificateDer::from_pem_file(&gw.ca.cert_file)
+            .unwrap()
+            .as_ref()
+            .to_vec()
+    };
+    assert_ne!(first, new_der);
+    assert!(eventually(ONE_SECOND, || async { served(&gw).await == new_der }).await);
+    assert_eq!(
+        gw.metric("valet_reloads_total{kind=\"tls\",result=\"success\"}")
+            .await,
+        1.0
+    );
+    // A broken certificate keeps the current one.
+    std::fs::write(&gw.ca.cert_file, "not a certificate").unwrap();
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            gw.metric("valet_reloads_total{kind=\"tls\",result=\"failure\"}")
+                .await
+                >= 1.0
+        })
+        .await
+    );
+    assert_eq!(served(&gw).await, new_der);
+}
