@@ -37,6 +37,11 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Probe a health endpoint over plain HTTP; exit 0 on 200 (for container HEALTHCHECKs).
+    Healthcheck {
+        #[arg(long, default_value = "http://127.0.0.1:9090/healthz")]
+        url: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -57,10 +62,13 @@ enum TokenCommand {
         /// Lifetime in seconds (default: tokens.access_token_ttl).
         #[arg(long)]
         ttl: Option<u64>,
+        /// Print a JSON object with the token, its `jti` and lifetime.
+        #[arg(long)]
+        json: bool,
     },
 }
 
-fn load(path: &PathBuf) -> Result<config::Config, ExitCode> {
+fn load(path: &std::path::Path) -> Result<config::Config, ExitCode> {
     config::load(path).map_err(|errors| {
         eprintln!("{errors}");
         eprintln!("{} error(s) in {}", errors.0.len(), path.display());
@@ -105,6 +113,7 @@ fn main() -> ExitCode {
                     scope,
                     client_id,
                     ttl,
+                    json,
                 },
         } => {
             let c = match load(&config) {
@@ -118,12 +127,39 @@ fn main() -> ExitCode {
                 ttl: ttl.map(Duration::from_secs),
             };
             match valet::tokens::issue::mint(&c.tokens, &req, valet::revocation::now()) {
+                Ok(m) if json => {
+                    let out = serde_json::json!({
+                        "access_token": m.token,
+                        "token_type": "Bearer",
+                        "expires_in": m.expires_in,
+                        "jti": m.jti,
+                    });
+                    println!("{out}");
+                    ExitCode::SUCCESS
+                }
                 Ok(m) => {
                     println!("{}", m.token);
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
                     eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Healthcheck { url } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            match rt.block_on(probe(&url)) {
+                Ok(200) => ExitCode::SUCCESS,
+                Ok(status) => {
+                    eprintln!("{url}: HTTP {status}");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("{url}: {e}");
                     ExitCode::FAILURE
                 }
             }
@@ -148,4 +184,27 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// GET `url` (plain http) and return the status code, within 5 seconds.
+async fn probe(url: &str) -> Result<u16, Box<dyn std::error::Error>> {
+    use http_body_util::Empty;
+    use hyper_util::rt::TokioIo;
+    let uri: http::Uri = url.parse()?;
+    if uri.scheme_str() != Some("http") {
+        return Err("only http:// URLs can be probed".into());
+    }
+    let authority = uri.authority().ok_or("the URL needs a host")?.clone();
+    let port = authority.port_u16().unwrap_or(80);
+    let fut = async {
+        let tcp = tokio::net::TcpStream::connect((authority.host(), port)).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+        tokio::spawn(conn);
+        let req = http::Request::get(uri.path())
+            .header(http::header::HOST, authority.as_str())
+            .body(Empty::<bytes::Bytes>::new())?;
+        let resp = sender.send_request(req).await?;
+        Ok::<_, Box<dyn std::error::Error>>(resp.status().as_u16())
+    };
+    tokio::time::timeout(Duration::from_secs(5), fut).await?
 }

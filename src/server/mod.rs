@@ -125,7 +125,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     // Expired entries leave the verified-token cache off the request path.
     {
         let app = app.clone();
-        let mut rx = shutdown_rx.clone();
+        let mut rx = shutdown_rx;
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(30));
             loop {
