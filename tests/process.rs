@@ -247,3 +247,18 @@ async fn a_large_upload_streams_in_constant_memory() {
         peak - baseline
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_instead_of_terminating() {
+    let up = Upstream::start().await;
+    let p = Proc::start(&default_routes(up.addr)).await;
+    p.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        client::plain_get(p.metrics, "/readyz").await.0,
+        200,
+        "valet died on SIGHUP"
+    );
+    let r = p.client(Proto::H1).get("/public/x", None).await;
+    assert_eq!(r.status, 200);
+}
