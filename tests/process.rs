@@ -36,22 +36,31 @@ impl Drop for Proc {
 
 impl Proc {
     async fn start(routes: &str) -> Proc {
+        Self::start_with(routes, "", Stdio::null()).await
+    }
+
+    async fn start_with(routes: &str, extra: &str, stderr: Stdio) -> Proc {
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::new(dir.path());
         let key = TestKey::new();
         std::fs::write(dir.path().join("signing.pem"), &key.pem).unwrap();
         let (port, mport) = (free_port(), free_port());
-        let text = config_text(&ca, &dir, routes, "limits:\n  shutdown_grace: 10s\n")
-            .replacen("127.0.0.1:0", &format!("127.0.0.1:{port}"), 1)
-            .replacen("127.0.0.1:0", &format!("127.0.0.1:{mport}"), 1);
+        let text = config_text(
+            &ca,
+            &dir,
+            routes,
+            &format!("limits:\n  shutdown_grace: 10s\n{extra}"),
+        )
+        .replacen("127.0.0.1:0", &format!("127.0.0.1:{port}"), 1)
+        .replacen("127.0.0.1:0", &format!("127.0.0.1:{mport}"), 1);
         let config = dir.path().join("valet.yaml");
         std::fs::write(&config, text).unwrap();
         let child = Command::new(VALET)
             .args(["serve", "--config"])
             .arg(&config)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "debug")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let metrics: std::net::SocketAddr = format!("127.0.0.1:{mport}").parse().unwrap();
@@ -261,4 +270,46 @@ async fn sighup_reloads_instead_of_terminating() {
     );
     let r = p.client(Proto::H1).get("/public/x", None).await;
     assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_are_json_and_never_contain_a_token() {
+    let up = Upstream::start().await;
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let p = Proc::start_with(
+        &default_routes(up.addr),
+        "logging:\n  format: json\n",
+        Stdio::from(log.reopen().unwrap()),
+    )
+    .await;
+    let good = sign(&p.key, &claims("alice", "read"));
+    let mut expired_claims = claims("alice", "read");
+    expired_claims["exp"] = serde_json::json!(now() - 100);
+    let expired = sign(&p.key, &expired_claims);
+    let c = p.client(Proto::H1);
+    assert_eq!(c.get("/api/x", Some(&good)).await.status, 200);
+    assert_eq!(c.get("/api/x", Some(&expired)).await.status, 401);
+    assert_eq!(
+        c.get(&format!("/api/x?access_token={good}"), None)
+            .await
+            .status,
+        400
+    );
+    assert_eq!(c.get("/fwd/x", Some(&good)).await.status, 200);
+    drop(p);
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    assert!(text.lines().count() > 3, "{text}");
+    for line in text.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v.get("level").is_some(), "{line}");
+    }
+    for secret in [&good, &expired] {
+        let signature = secret.rsplit('.').next().unwrap();
+        assert!(!text.contains(signature), "a token leaked into the logs");
+    }
+    assert!(
+        text.contains(&valet::tokens::fingerprint(&good)),
+        "the access log names the token by fingerprint"
+    );
 }

@@ -313,3 +313,15 @@ async fn tls12_only_client_is_served() {
     let c = Client::new(gw.addr, std::sync::Arc::new(cfg), Proto::H1);
     assert_eq!(c.get("/public/x", None).await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_connections_are_pooled_and_reused() {
+    let (gw, up) = setup().await;
+    let t = gw.token("alice", "read");
+    for proto in [Proto::H1, Proto::H2, Proto::H1, Proto::H2, Proto::H1] {
+        // A fresh client connection each time; the upstream side is reused.
+        assert_eq!(gw.client(proto).get("/api/x", Some(&t)).await.status, 200);
+    }
+    assert_eq!(up.count(), 5);
+    assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

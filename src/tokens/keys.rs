@@ -298,4 +298,68 @@ mod tests {
         c.generate_if_missing = false;
         assert!(matches!(load(&c), Err(KeyError::Read { .. })));
     }
+
+    /// An RS256 private key (PKCS#8) signs; a verification-only entry holding
+    /// just its SPKI public key verifies what it signed.
+    #[test]
+    fn rsa_and_ec_public_key_entries_verify_tokens_of_their_private_keys() {
+        use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der};
+        let dir = tempfile::tempdir().unwrap();
+        let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let rsa_priv: Pkcs8V1Der<'_> = rsa.as_der().unwrap();
+        let rsa_pub: PublicKeyX509Der<'_> = rsa.public_key().as_der().unwrap();
+        let ec_pem = generate(Algorithm::ES256).unwrap();
+        let ec_der = rustls_pki_types::PrivateKeyDer::from_pem_slice(ec_pem.as_bytes()).unwrap();
+        let ec = sig::EcdsaKeyPair::from_pkcs8(
+            &sig::ECDSA_P256_SHA256_FIXED_SIGNING,
+            ec_der.secret_der(),
+        )
+        .unwrap();
+        let ec_pub: PublicKeyX509Der<'_> = ec.public_key().as_der().unwrap();
+        for (alg, private_pem, public_pem) in [
+            (
+                Algorithm::RS256,
+                pem_encode("PRIVATE KEY", rsa_priv.as_ref()),
+                pem_encode("PUBLIC KEY", rsa_pub.as_ref()),
+            ),
+            (
+                Algorithm::ES256,
+                ec_pem.clone(),
+                pem_encode("PUBLIC KEY", ec_pub.as_ref()),
+            ),
+        ] {
+            let (pp, qp) = (
+                dir.path().join(format!("{alg:?}.key")),
+                dir.path().join(format!("{alg:?}.pub")),
+            );
+            std::fs::write(&pp, private_pem).unwrap();
+            std::fs::write(&qp, public_pem).unwrap();
+            let private = load(&KeyConfig {
+                id: "p".into(),
+                algorithm: alg,
+                private_key_file: Some(pp),
+                public_key_file: None,
+                generate_if_missing: false,
+            })
+            .unwrap();
+            let public = load(&KeyConfig {
+                id: "p".into(),
+                algorithm: alg,
+                private_key_file: None,
+                public_key_file: Some(qp),
+                generate_if_missing: false,
+            })
+            .unwrap();
+            assert!(public.encoding.is_none());
+            let token = jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(alg),
+                &serde_json::json!({"exp": u32::MAX}),
+                private.encoding.as_ref().unwrap(),
+            )
+            .unwrap();
+            let mut v = jsonwebtoken::Validation::new(alg);
+            v.validate_aud = false;
+            jsonwebtoken::decode::<serde_json::Value>(&token, &public.decoding, &v).unwrap();
+        }
+    }
 }

@@ -24,6 +24,8 @@ pub struct Seen {
 pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// TCP connections accepted so far.
+    pub accepted: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[derive(Debug)]
@@ -77,11 +79,14 @@ impl Upstream {
         let addr = l.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s2 = seen.clone();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let a2 = accepted.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = l.accept().await else {
                     continue;
                 };
+                a2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let seen = s2.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| answer(seen.clone(), req));
@@ -91,7 +96,11 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, seen }
+        Upstream {
+            addr,
+            seen,
+            accepted,
+        }
     }
 
     pub fn last(&self) -> Seen {
