@@ -40,6 +40,7 @@ fn big_revocation_set(n: usize, now: i64) -> RevocationSet {
             .map(|i| RevokedToken {
                 jti: format!("revoked-token-id-{i:010}"),
                 expires_at: valet::revocation::time::Timestamp(now + 3600),
+                rotated_at: None,
             })
             .collect(),
         ..Default::default()
@@ -81,7 +82,15 @@ fn bench(c: &mut Criterion) {
     }
 
     c.bench_function("revocation/check miss, 1M entries", |b| {
-        b.iter(|| revoked.check(black_box("not-revoked-id-000000"), "billing", "alice", now))
+        b.iter(|| {
+            revoked.check(
+                black_box("not-revoked-id-000000"),
+                "billing",
+                "alice",
+                now,
+                None,
+            )
+        })
     });
     c.bench_function("revocation/check hit, 1M entries", |b| {
         b.iter(|| {
@@ -90,6 +99,7 @@ fn bench(c: &mut Criterion) {
                 "billing",
                 "alice",
                 now,
+                None,
             )
         })
     });

@@ -196,7 +196,13 @@ impl Metrics {
         self.upstream_errors.with_label_values(&[route, kind]).inc();
     }
 
-    pub fn set_revocation_sizes(&self, (jtis, clients, subjects): (usize, usize, usize)) {
+    pub fn set_revocation_sizes(
+        &self,
+        (jtis, clients, subjects, families): (usize, usize, usize, usize),
+    ) {
+        self.revocation_entries
+            .with_label_values(&["family"])
+            .set(families as i64);
         self.revocation_entries
             .with_label_values(&["token"])
             .set(jtis as i64);

@@ -17,7 +17,14 @@
 //! subjects:          # every token of a subject issued before the time
 //!   - subject: alice
 //!     revoked_before: 2026-11-23T12:00:00Z
+//! families:          # refresh-token families (and the access tokens issued from them)
+//!   - family: 9a0b...
+//!     expires_at: 2026-11-24T12:00:00Z
 //! ```
+//!
+//! valet's own changes ([`Revocations::apply`]) are durable before they
+//! return: lock, read and merge, write a temporary file, fsync, rename, fsync
+//! the directory. Several processes may share the file.
 
 pub mod time;
 
@@ -37,23 +44,36 @@ pub struct RevocationFile {
     pub clients: Vec<ClientCutoff>,
     #[serde(default)]
     pub subjects: Vec<SubjectCutoff>,
+    #[serde(default)]
+    pub families: Vec<RevokedFamily>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RevokedToken {
     pub jti: String,
     pub expires_at: Timestamp,
+    /// Set for refresh tokens that were used (rotated), not revoked outright:
+    /// presenting one again after the grace period is reuse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated_at: Option<Timestamp>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokedFamily {
+    pub family: String,
+    pub expires_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientCutoff {
     pub client_id: String,
     pub revoked_before: Timestamp,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubjectCutoff {
     pub subject: String,
@@ -66,14 +86,32 @@ pub enum Revoked {
     Token,
     Client,
     Subject,
+    Family,
+}
+
+/// What a revoked token id entry records.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenEntry {
+    pub expires_at: i64,
+    pub rotated_at: Option<i64>,
+}
+
+/// One change made by valet itself (endpoint, command, admin API, rotation).
+#[derive(Debug, Clone)]
+pub enum Change {
+    Token(RevokedToken),
+    Family(RevokedFamily),
+    Client(ClientCutoff),
+    Subject(SubjectCutoff),
 }
 
 /// One immutable-by-reload set of revocations.
 #[derive(Debug, Default)]
 pub struct RevocationSet {
-    jtis: DashMap<Box<str>, i64>,
+    jtis: DashMap<Box<str>, TokenEntry>,
     clients: DashMap<Box<str>, i64>,
     subjects: DashMap<Box<str>, i64>,
+    families: DashMap<Box<str>, i64>,
 }
 
 impl RevocationSet {
@@ -82,7 +120,17 @@ impl RevocationSet {
         let set = RevocationSet::default();
         for t in f.tokens {
             if t.expires_at.0 >= now {
-                set.jtis.insert(t.jti.into_boxed_str(), t.expires_at.0);
+                let entry = TokenEntry {
+                    expires_at: t.expires_at.0,
+                    rotated_at: t.rotated_at.map(|r| r.0),
+                };
+                set.jtis.insert(t.jti.into_boxed_str(), entry);
+            }
+        }
+        for f in f.families {
+            if f.expires_at.0 >= now {
+                set.families
+                    .insert(f.family.into_boxed_str(), f.expires_at.0);
             }
         }
         for c in f.clients {
@@ -102,11 +150,21 @@ impl RevocationSet {
         set
     }
 
-    /// Checks a token by its id, client, subject and issue time.
+    /// Checks a token by its id, client, subject, issue time and refresh family.
     #[inline]
-    pub fn check(&self, jti: &str, client_id: &str, sub: &str, iat: i64) -> Option<Revoked> {
+    pub fn check(
+        &self,
+        jti: &str,
+        client_id: &str,
+        sub: &str,
+        iat: i64,
+        family: Option<&str>,
+    ) -> Option<Revoked> {
         if self.jtis.contains_key(jti) {
             return Some(Revoked::Token);
+        }
+        if family.is_some_and(|f| self.families.contains_key(f)) {
+            return Some(Revoked::Family);
         }
         if self.clients.get(client_id).is_some_and(|t| iat < *t) {
             return Some(Revoked::Client);
@@ -117,12 +175,23 @@ impl RevocationSet {
         None
     }
 
-    pub fn len(&self) -> (usize, usize, usize) {
-        (self.jtis.len(), self.clients.len(), self.subjects.len())
+    /// The entry for a revoked or rotated token id.
+    pub fn token(&self, jti: &str) -> Option<TokenEntry> {
+        self.jtis.get(jti).map(|e| *e)
+    }
+
+    /// Entries by kind: (tokens, clients, subjects, families).
+    pub fn len(&self) -> (usize, usize, usize, usize) {
+        (
+            self.jtis.len(),
+            self.clients.len(),
+            self.subjects.len(),
+            self.families.len(),
+        )
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == (0, 0, 0)
+        self.len() == (0, 0, 0, 0)
     }
 }
 
@@ -144,14 +213,15 @@ pub struct Revocations {
     loaded_digest: std::sync::Mutex<Option<[u8; 32]>>,
 }
 
-const NEW_FILE: &str = "\
-# valet revocation list. valet reloads this file when it changes.
+const HEADER: &str = "\
+# valet revocation list. valet reloads this file when it changes, and writes it
+# (durably, under a lock) when it revokes tokens itself.
 # tokens: revoked token ids (jti) with the token's expiry, after which the entry is pruned.
 # clients / subjects: every token issued before `revoked_before` is rejected.
-tokens: []
-clients: []
-subjects: []
+# families: refresh-token families, with every access token issued from them.
 ";
+
+const NEW_FILE: &str = "tokens: []\nclients: []\nsubjects: []\nfamilies: []\n";
 
 /// Now, in unix seconds.
 pub fn now() -> i64 {
@@ -169,7 +239,7 @@ impl Revocations {
             if let Some(dir) = path.parent() {
                 let _ = std::fs::create_dir_all(dir);
             }
-            std::fs::write(path, NEW_FILE).map_err(|e| RevocationError {
+            std::fs::write(path, format!("{HEADER}{NEW_FILE}")).map_err(|e| RevocationError {
                 file: path.to_path_buf(),
                 position: None,
                 message: format!("cannot create the revocation file: {e}"),
@@ -219,19 +289,123 @@ impl Revocations {
                 "the file is empty; write `tokens: []` for an empty list".into(),
             ));
         }
-        let text = std::str::from_utf8(&bytes).map_err(|e| err(None, format!("not UTF-8: {e}")))?;
-        let parsed: RevocationFile = serde_yaml::from_str(text).map_err(|e| {
-            let mut m = e.to_string();
-            if let Some(i) = m.find(" at line ") {
-                m.truncate(i);
-            }
-            err(e.location().map(|l| (l.line(), l.column())), m)
-        })?;
+        let parsed = self.parse(&bytes)?;
         let set = RevocationSet::from_file(parsed, now());
         self.current.store(Arc::new(set));
         *self.loaded_digest.lock().expect("not poisoned") = Some(digest);
         Ok(true)
     }
+
+    fn error(&self, position: Option<(usize, usize)>, message: String) -> RevocationError {
+        RevocationError {
+            file: self.path.clone(),
+            position,
+            message,
+        }
+    }
+
+    fn parse(&self, bytes: &[u8]) -> Result<RevocationFile, RevocationError> {
+        let text =
+            std::str::from_utf8(bytes).map_err(|e| self.error(None, format!("not UTF-8: {e}")))?;
+        serde_yaml::from_str(text).map_err(|e| {
+            let mut m = e.to_string();
+            if let Some(i) = m.find(" at line ") {
+                m.truncate(i);
+            }
+            self.error(e.location().map(|l| (l.line(), l.column())), m)
+        })
+    }
+
+    /// Durably records `changes`, then puts them in force. Blocking I/O: call
+    /// it off the async workers. On error nothing is in force that was not
+    /// already, and the file is as it was.
+    pub fn apply(&self, changes: &[Change]) -> Result<(), RevocationError> {
+        use std::io::Write;
+        let io = |what: &str, e: std::io::Error| self.error(None, format!("{what}: {e}"));
+        // One writer at a time, across processes sharing the file.
+        let lock_path = sibling(&self.path, ".lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io("cannot open the lock file", e))?;
+        lock.lock().map_err(|e| io("cannot lock", e))?;
+
+        // Merge into what is on disk now (another process may have written).
+        let mut file = match std::fs::read(&self.path) {
+            Ok(b) if b.iter().all(u8::is_ascii_whitespace) => {
+                return Err(self.error(
+                    None,
+                    "the file is empty; refusing to overwrite what may be a torn write".into(),
+                ))
+            }
+            Ok(b) => self.parse(&b)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => RevocationFile::default(),
+            Err(e) => return Err(io("cannot read", e)),
+        };
+        for c in changes {
+            match c.clone() {
+                Change::Token(t) => {
+                    file.tokens.retain(|o| o.jti != t.jti);
+                    file.tokens.push(t);
+                }
+                Change::Family(f) => {
+                    file.families.retain(|o| o.family != f.family);
+                    file.families.push(f);
+                }
+                Change::Client(c) => {
+                    match file.clients.iter_mut().find(|o| o.client_id == c.client_id) {
+                        Some(o) => o.revoked_before = o.revoked_before.max(c.revoked_before),
+                        None => file.clients.push(c),
+                    }
+                }
+                Change::Subject(s) => {
+                    match file.subjects.iter_mut().find(|o| o.subject == s.subject) {
+                        Some(o) => o.revoked_before = o.revoked_before.max(s.revoked_before),
+                        None => file.subjects.push(s),
+                    }
+                }
+            }
+        }
+        let now = now();
+        file.tokens.retain(|t| t.expires_at.0 >= now);
+        file.families.retain(|f| f.expires_at.0 >= now);
+        let body = serde_yaml::to_string(&file)
+            .map_err(|e| self.error(None, format!("cannot serialize: {e}")))?;
+        let text = format!("{HEADER}{body}");
+
+        let tmp = sibling(&self.path, ".tmp");
+        let mut f =
+            std::fs::File::create(&tmp).map_err(|e| io("cannot create the temporary file", e))?;
+        f.write_all(text.as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(|e| io("cannot write the temporary file", e))?;
+        drop(f);
+        std::fs::rename(&tmp, &self.path).map_err(|e| io("cannot replace the file", e))?;
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("cannot sync the directory", e))?;
+
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
+        self.current
+            .store(Arc::new(RevocationSet::from_file(file, now)));
+        *self.loaded_digest.lock().expect("not poisoned") =
+            Some(digest.as_ref().try_into().expect("32 bytes"));
+        drop(lock);
+        Ok(())
+    }
+}
+
+/// `path` with `suffix` appended to its file name.
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
 }
 
 #[cfg(test)]
@@ -245,18 +419,21 @@ mod tests {
     #[test]
     fn revoked_jti_is_found_and_expired_entries_are_pruned() {
         let s = file("tokens:\n  - {jti: a, expires_at: 2000}\n  - {jti: old, expires_at: 999}\n");
-        assert_eq!(s.check("a", "c", "s", 500), Some(Revoked::Token));
-        assert_eq!(s.check("b", "c", "s", 500), None);
+        assert_eq!(s.check("a", "c", "s", 500, None), Some(Revoked::Token));
+        assert_eq!(s.check("b", "c", "s", 500, None), None);
         assert_eq!(s.len().0, 1, "the expired entry is pruned");
     }
 
     #[test]
     fn cutoffs_reject_tokens_issued_before_them_only() {
         let s = file("clients:\n  - {client_id: c, revoked_before: 900}\nsubjects:\n  - {subject: alice, revoked_before: '1970-01-01T00:15:00Z'}\n");
-        assert_eq!(s.check("x", "c", "bob", 899), Some(Revoked::Client));
-        assert_eq!(s.check("x", "c", "bob", 900), None);
-        assert_eq!(s.check("x", "d", "alice", 899), Some(Revoked::Subject));
-        assert_eq!(s.check("x", "d", "alice", 900), None);
+        assert_eq!(s.check("x", "c", "bob", 899, None), Some(Revoked::Client));
+        assert_eq!(s.check("x", "c", "bob", 900, None), None);
+        assert_eq!(
+            s.check("x", "d", "alice", 899, None),
+            Some(Revoked::Subject)
+        );
+        assert_eq!(s.check("x", "d", "alice", 900, None), None);
     }
 
     #[test]
@@ -265,7 +442,7 @@ mod tests {
         let path = dir.path().join("rev.yaml");
         std::fs::write(&path, "tokens:\n  - {jti: a, expires_at: 4102444800}\n").unwrap();
         let r = Revocations::open(&path).unwrap();
-        assert!(r.current().check("a", "", "", 0).is_some());
+        assert!(r.current().check("a", "", "", 0, None).is_some());
         std::fs::write(&path, "tokens:\n  - {jti: a, expires_at: 4102444800\n").unwrap();
         let e = r.reload().unwrap_err();
         assert!(e.position.is_some(), "{e}");
@@ -274,8 +451,75 @@ mod tests {
         std::fs::write(&path, "tokenz: []\n").unwrap();
         assert!(r.reload().unwrap_err().message.contains("unknown field"));
         assert!(
-            r.current().check("a", "", "", 0).is_some(),
+            r.current().check("a", "", "", 0, None).is_some(),
             "old set still in force"
         );
+    }
+
+    #[test]
+    fn applied_changes_are_on_disk_merged_and_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rev.yaml");
+        std::fs::write(
+            &path,
+            "tokens:\n  - {jti: operator-added, expires_at: 4102444800}\n",
+        )
+        .unwrap();
+        let r = Revocations::open(&path).unwrap();
+        r.apply(&[
+            Change::Token(RevokedToken {
+                jti: "t1".into(),
+                expires_at: Timestamp(4102444800),
+                rotated_at: Some(Timestamp(1000)),
+            }),
+            Change::Family(RevokedFamily {
+                family: "f1".into(),
+                expires_at: Timestamp(4102444800),
+            }),
+            Change::Client(ClientCutoff {
+                client_id: "c".into(),
+                revoked_before: Timestamp(500),
+            }),
+        ])
+        .unwrap();
+        let set = r.current();
+        assert_eq!(set.check("t1", "", "", 0, None), Some(Revoked::Token));
+        assert_eq!(set.token("t1").unwrap().rotated_at, Some(1000));
+        assert_eq!(
+            set.check("other", "", "", 0, Some("f1")),
+            Some(Revoked::Family)
+        );
+        assert_eq!(
+            set.check("operator-added", "", "", 0, None),
+            Some(Revoked::Token),
+            "merged, not replaced"
+        );
+        // What is on disk is what is in force.
+        let fresh = Revocations::open(&path).unwrap();
+        assert_eq!(fresh.current().len(), (2, 1, 0, 1));
+        assert_eq!(
+            fresh.current().check("x", "c", "", 499, None),
+            Some(Revoked::Client)
+        );
+    }
+
+    #[test]
+    fn a_failed_write_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rev.yaml");
+        let r = Revocations::open(&path).unwrap();
+        // A directory where the temporary file must go: the write fails, even as root.
+        std::fs::create_dir(dir.path().join("rev.yaml.tmp")).unwrap();
+        let before = std::fs::read(&path).unwrap();
+        let e = r
+            .apply(&[Change::Token(RevokedToken {
+                jti: "t1".into(),
+                expires_at: Timestamp(4102444800),
+                rotated_at: None,
+            })])
+            .unwrap_err();
+        assert!(e.message.contains("temporary file"), "{e}");
+        assert!(r.current().check("t1", "", "", 0, None).is_none());
+        assert_eq!(before, std::fs::read(&path).unwrap());
     }
 }

@@ -8,7 +8,7 @@
 
 use super::keys::LoadedKey;
 use crate::config::TokenConfig;
-use crate::revocation::{RevocationSet, Revoked};
+use crate::revocation::RevocationSet;
 use dashmap::DashMap;
 use http::HeaderValue;
 use jsonwebtoken::errors::ErrorKind;
@@ -88,6 +88,8 @@ struct Claims {
     nbf: Option<i64>,
     #[serde(default)]
     scope: String,
+    /// valet's refresh-token family, on tokens issued from a refresh grant chain.
+    fam: Option<String>,
 }
 
 /// A token whose signature and static claims were verified.
@@ -100,6 +102,8 @@ pub struct VerifiedToken {
     pub iat: i64,
     pub exp: i64,
     pub nbf: Option<i64>,
+    /// The refresh-token family this token descends from, if any.
+    pub family: Option<Box<str>>,
     /// Ready-made header values for identity injection (no per-request allocation).
     pub subject_header: HeaderValue,
     pub client_id_header: HeaderValue,
@@ -207,8 +211,9 @@ impl Validator {
             &verified.client_id,
             &verified.subject,
             verified.iat,
+            verified.family.as_deref(),
         ) {
-            Some(Revoked::Token | Revoked::Client | Revoked::Subject) => Err(TokenError::Revoked),
+            Some(_) => Err(TokenError::Revoked),
             None => Ok(verified),
         }
     }
@@ -309,6 +314,7 @@ fn build(c: Claims, digest: &[u8; 32]) -> Result<VerifiedToken, TokenError> {
         iat: c.iat,
         exp: c.exp,
         nbf: c.nbf,
+        family: c.fam.map(Into::into),
         fingerprint: super::hex4(digest),
     })
 }
