@@ -55,6 +55,7 @@ fn bench(c: &mut Criterion) {
         client_id: "billing",
         scope: "read write",
         ttl: None,
+        ..Default::default()
     };
     let revoked = big_revocation_set(1_000_000, now);
 

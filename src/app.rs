@@ -41,6 +41,8 @@ pub struct Snapshot {
     pub validator: Validator,
     /// Metrics for requests that matched no route.
     pub unmatched: RouteMetrics,
+    /// Metrics for valet's own OAuth endpoints.
+    pub oauth2: RouteMetrics,
 }
 
 /// The running gateway's shared state.
@@ -48,6 +50,8 @@ pub struct App {
     snapshot: ArcSwap<Snapshot>,
     pub revocations: Revocations,
     pub metrics: Metrics,
+    /// Failed client authentications, across config reloads.
+    pub limiter: crate::oauth2::limiter::FailureLimiter,
     /// Pools by connect timeout; they outlive snapshots so reloads keep connections.
     clients: Mutex<HashMap<Duration, UpstreamClient>>,
     ready: AtomicBool,
@@ -82,6 +86,7 @@ impl App {
             snapshot: ArcSwap::from_pointee(snapshot),
             revocations,
             metrics,
+            limiter: Default::default(),
             clients,
             ready: AtomicBool::new(false),
             config_digest: Mutex::new(config_digest),
@@ -210,6 +215,7 @@ fn build_snapshot(
     Snapshot {
         validator: Validator::new(&config.tokens),
         unmatched: metrics.route("none"),
+        oauth2: metrics.route("oauth2"),
         routes,
         config,
     }

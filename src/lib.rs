@@ -10,6 +10,7 @@ pub mod app;
 pub mod config;
 pub mod echo;
 pub mod metrics;
+pub mod oauth2;
 pub mod proxy;
 pub mod revocation;
 pub mod server;

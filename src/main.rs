@@ -37,6 +37,9 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Print an argon2id hash of a password read from standard input (one line),
+    /// for `password_hash` / `secret_hash` in the config.
+    HashPassword,
     /// Probe a health endpoint over plain HTTP; exit 0 on 200 (for container HEALTHCHECKs).
     Healthcheck {
         #[arg(long, default_value = "http://127.0.0.1:9090/healthz")]
@@ -93,8 +96,25 @@ fn init_tracing(c: &config::LoggingConfig) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::HashPassword => {
+            let mut line = String::new();
+            if std::io::stdin().read_line(&mut line).is_err()
+                || line.trim_end_matches(['\r', '\n']).is_empty()
+            {
+                eprintln!("error: write the password on standard input");
+                return ExitCode::FAILURE;
+            }
+            println!(
+                "{}",
+                valet::oauth2::registry::argon2id_hash(line.trim_end_matches(['\r', '\n']))
+            );
+            ExitCode::SUCCESS
+        }
         Command::Check { config } => match load(&config) {
             Ok(c) => {
+                for w in c.authorization_server.iter().flat_map(|a| &a.warnings) {
+                    eprintln!("warning: {w}");
+                }
                 println!(
                     "{}: OK ({} listener(s), {} route(s))",
                     config.display(),
@@ -125,6 +145,7 @@ fn main() -> ExitCode {
                 client_id: &client_id,
                 scope: &scope,
                 ttl: ttl.map(Duration::from_secs),
+                ..Default::default()
             };
             match valet::tokens::issue::mint(&c.tokens, &req, valet::revocation::now()) {
                 Ok(m) if json => {

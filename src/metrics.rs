@@ -39,6 +39,11 @@ pub struct Metrics {
     pub tls_handshake_failures: IntCounter,
     pub open_connections: IntGauge,
     pub upstream_errors: IntCounterVec,
+    pub tokens_issued: IntCounterVec,
+    pub token_requests_failed: IntCounterVec,
+    pub revocations: IntCounterVec,
+    pub client_auth_failures: IntCounter,
+    pub rate_limited: IntCounterVec,
 }
 
 /// Handles for one route (or for requests that matched no route).
@@ -130,8 +135,50 @@ impl Metrics {
             &["route", "kind"],
         )
         .expect("valid metric");
+        let tokens_issued = IntCounterVec::new(
+            Opts::new(
+                "valet_tokens_issued_total",
+                "Access tokens issued by the token endpoint, by grant and client.",
+            ),
+            &["grant", "client"],
+        )
+        .expect("valid metric");
+        let token_requests_failed = IntCounterVec::new(
+            Opts::new(
+                "valet_token_requests_failed_total",
+                "Token requests refused, by grant and RFC 6749 error.",
+            ),
+            &["grant", "error"],
+        )
+        .expect("valid metric");
+        let revocations = IntCounterVec::new(
+            Opts::new(
+                "valet_revocations_total",
+                "Revocations recorded by valet, by kind.",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let client_auth_failures = IntCounter::new(
+            "valet_client_auth_failures_total",
+            "Failed client authentications at the OAuth endpoints.",
+        )
+        .expect("valid metric");
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "valet_rate_limited_total",
+                "Requests refused by the failed-authentication limiter, by key kind.",
+            ),
+            &["by"],
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(tokens_issued.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(token_requests_failed.clone()),
+            Box::new(revocations.clone()),
+            Box::new(client_auth_failures.clone()),
+            Box::new(rate_limited.clone()),
+            Box::new(requests.clone()),
             Box::new(request_duration.clone()),
             Box::new(upstream_duration.clone()),
             Box::new(failures),
@@ -159,6 +206,11 @@ impl Metrics {
             tls_handshake_failures,
             open_connections,
             upstream_errors,
+            tokens_issued,
+            token_requests_failed,
+            revocations,
+            client_auth_failures,
+            rate_limited,
         }
     }
 

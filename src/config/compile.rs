@@ -29,6 +29,7 @@ pub struct Config {
     pub identity_headers: IdentityHeaderNames,
     pub logging: LoggingConfig,
     pub echo_upstream: Option<SocketAddr>,
+    pub authorization_server: Option<super::AuthServerConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,7 +144,9 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
         serde_yaml::from_str(src).map_err(|e| ConfigErrors(vec![from_yaml(path, &e)]))?;
     let mut c = Collector::new(path, src);
     let base = path.parent().unwrap_or(Path::new("."));
-    let config = compile(raw, path, base, &mut c);
+    let mut extra = Vec::new();
+    let config = compile(raw, path, base, &mut c, &mut extra);
+    c.errors.append(&mut extra);
     if c.errors.is_empty() {
         Ok(config)
     } else {
@@ -185,7 +188,13 @@ fn header_name(c: &mut Collector<'_>, path: &str, s: Option<String>, default: &s
     }
 }
 
-fn compile(raw: RawConfig, path: &Path, base: &Path, c: &mut Collector<'_>) -> Config {
+fn compile(
+    raw: RawConfig,
+    path: &Path,
+    base: &Path,
+    c: &mut Collector<'_>,
+    extra: &mut Vec<ConfigError>,
+) -> Config {
     let d = |v: Option<units::ConfigDuration>, def: Duration| v.map_or(def, |v| v.0);
 
     // Listeners.
@@ -400,7 +409,50 @@ fn compile(raw: RawConfig, path: &Path, base: &Path, c: &mut Collector<'_>) -> C
         .as_ref()
         .and_then(|a| addr(c, "dev.echo_upstream", a));
 
+    let authorization_server = raw.authorization_server.as_ref().map(|a| {
+        super::auth_server::compile(
+            a,
+            &tokens.issuer,
+            tokens.audiences.first().map_or("", String::as_str),
+            base,
+            |p| resolve(base, p),
+            c,
+            extra,
+        )
+    });
+    if authorization_server.is_some() && tokens.signing_key.is_none() {
+        c.at(
+            "tokens.signing_key",
+            "the authorization server needs a signing key (a key with private_key_file)",
+        );
+    }
+    if let Some(a) = &authorization_server {
+        let own = [
+            &a.paths.token,
+            &a.paths.revocation,
+            &a.paths.introspection,
+            &a.paths.metadata,
+            &a.paths.jwks,
+        ];
+        for (i, r) in routes.iter().enumerate() {
+            if own
+                .iter()
+                .any(|p| crate::proxy::router::prefix_matches(&r.path_prefix, p))
+                && r.path_prefix != "/"
+            {
+                c.at(
+                    &format!("routes[{i}].match.path_prefix"),
+                    format!(
+                        "route `{}` overlaps valet's own OAuth endpoints; they take precedence",
+                        r.name
+                    ),
+                );
+            }
+        }
+    }
+
     Config {
+        authorization_server,
         path: path.to_path_buf(),
         listeners,
         metrics_address,

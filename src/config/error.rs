@@ -61,6 +61,14 @@ impl<'a> Collector<'a> {
         }
     }
 
+    pub(crate) fn file(&self) -> &Path {
+        self.file
+    }
+
+    pub(crate) fn position(&self, path: &str) -> Option<(usize, usize)> {
+        locate(self.src, path)
+    }
+
     /// Records `message` at `path` (dotted, with `[i]` for list items).
     pub(crate) fn at(&mut self, path: &str, message: impl Into<String>) {
         self.errors.push(ConfigError {

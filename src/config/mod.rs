@@ -6,13 +6,16 @@
 //! `Config` (durations, addresses, parsed keys). A `Config` is only ever
 //! built whole; reload keeps the old one unless the new one compiles.
 
+mod auth_server;
 mod compile;
 mod error;
 mod raw;
 pub mod units;
 
+pub use auth_server::*;
 pub use compile::*;
 pub use error::{locate, ConfigError, ConfigErrors};
+pub use raw::{ClientsFile, RawClient};
 
 use std::time::Duration;
 

@@ -25,6 +25,83 @@ pub(super) struct RawConfig {
     pub(super) logging: RawLogging,
     #[serde(default)]
     pub(super) dev: RawDev,
+    pub(super) authorization_server: Option<RawAuthServer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAuthServer {
+    /// Clients managed by valet (`valet client add`, secret regeneration).
+    pub(super) clients_file: Option<String>,
+    /// Clients written by hand in this config (read-only for valet).
+    #[serde(default)]
+    pub(super) clients: Vec<RawClient>,
+    #[serde(default)]
+    pub(super) users: Vec<RawUser>,
+    pub(super) users_file: Option<String>,
+    pub(super) secret_pepper_file: Option<String>,
+    #[serde(default)]
+    pub(super) generate_pepper_if_missing: bool,
+    pub(super) token_path: Option<String>,
+    pub(super) revocation_path: Option<String>,
+    pub(super) introspection_path: Option<String>,
+    pub(super) refresh_grace: Option<ConfigDuration>,
+    pub(super) max_failed_auth: Option<u32>,
+    pub(super) failed_auth_window: Option<ConfigDuration>,
+}
+
+/// The clients file: `clients: [...]`.
+#[derive(Debug, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientsFile {
+    #[serde(default)]
+    pub clients: Vec<RawClient>,
+}
+
+/// The users file: `users: [...]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UsersFile {
+    #[serde(default)]
+    pub(super) users: Vec<RawUser>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClient {
+    pub client_id: String,
+    /// `$argon2id$...` or `hmac-sha256:<base64>` (valet-generated secrets).
+    pub secret_hash: String,
+    pub grant_types: Vec<String>,
+    /// For client credentials: the service identity tokens are issued to (`sub`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_scopes: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token_ttl: Option<ConfigDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token_ttl: Option<ConfigDuration>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub use_refresh_token: bool,
+    /// May introspect tokens issued to other clients (resource servers).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub introspect_any: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUser {
+    pub(super) username: String,
+    pub(super) password_hash: String,
+    #[serde(default)]
+    pub(super) scopes: Vec<String>,
+    #[serde(default)]
+    pub(super) claims: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]

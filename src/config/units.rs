@@ -95,6 +95,12 @@ impl<'de> Deserialize<'de> for ConfigDuration {
     }
 }
 
+impl serde::Serialize for ConfigDuration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0.as_secs())
+    }
+}
+
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_any(UnitVisitor(

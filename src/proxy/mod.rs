@@ -42,7 +42,11 @@ struct Ctx {
 
 /// Handles one request from `peer` end to end. Never fails: every error
 /// becomes a response.
-pub async fn handle(app: &App, peer: SocketAddr, req: Request<Incoming>) -> Response<ResponseBody> {
+pub async fn handle(
+    app: &Arc<App>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
     let start = Instant::now();
     let snap = app.snapshot();
     let request_id = request_id(req.headers());
@@ -50,15 +54,24 @@ pub async fn handle(app: &App, peer: SocketAddr, req: Request<Incoming>) -> Resp
     // A `Uri` clone shares its bytes: no allocation on the request path.
     let uri_for_log = req.uri().clone();
     let mut ctx = Ctx::default();
-    let mut resp = match proxy(app, &snap, peer, req, &request_id, &mut ctx).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(&request_id),
+    // valet's own OAuth endpoints come before any proxy route.
+    let own =
+        snap.config.authorization_server.as_ref().and_then(|a| {
+            crate::oauth2::endpoints::endpoint_for(a, req.uri().path()).map(|e| (a, e))
+        });
+    let mut resp = match own {
+        Some((a, ep)) => crate::oauth2::endpoints::serve(app, &snap, a, ep, peer, req).await,
+        None => match proxy(app, &snap, peer, req, &request_id, &mut ctx).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(&request_id),
+        },
     };
     resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
     let status = resp.status();
-    let (route_name, metrics) = match ctx.route {
-        Some(i) => (snap.routes[i].cfg.name.as_str(), &snap.routes[i].metrics),
-        None => ("none", &snap.unmatched),
+    let (route_name, metrics) = match (own, ctx.route) {
+        (Some(_), _) => ("oauth2", &snap.oauth2),
+        (None, Some(i)) => (snap.routes[i].cfg.name.as_str(), &snap.routes[i].metrics),
+        (None, None) => ("none", &snap.unmatched),
     };
     metrics.record(&method, status);
     let elapsed = start.elapsed();

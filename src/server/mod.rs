@@ -77,6 +77,9 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         None => None,
     };
     let grace = config.limits.shutdown_grace;
+    for w in config.authorization_server.iter().flat_map(|a| &a.warnings) {
+        tracing::warn!("{w}");
+    }
     let app = App::new(config)?;
     let (shutdown, shutdown_rx) = wch::channel(false);
     let graceful = Arc::new(GracefulShutdown::new());

@@ -30,6 +30,8 @@ pub struct LoadedKey {
     pub algorithm: Algorithm,
     pub decoding: DecodingKey,
     pub encoding: Option<EncodingKey>,
+    /// The public key as a JWK (RFC 7517), for the JWKS endpoint.
+    pub jwk: serde_json::Value,
 }
 
 impl fmt::Debug for LoadedKey {
@@ -86,11 +88,25 @@ pub fn load(cfg: &KeyConfig) -> Result<LoadedKey, KeyError> {
                 Family::Rsa => DecodingKey::from_rsa_pem(&pem),
             }
             .map_err(parse_err)?;
+            let spki =
+                rustls_pki_types::SubjectPublicKeyInfoDer::from_pem_slice(&pem).map_err(|e| {
+                    KeyError::Parse {
+                        path: path.clone(),
+                        alg: cfg.algorithm,
+                        why: format!("{e:?}"),
+                    }
+                })?;
+            let jwk = jwk_from_spki(cfg, spki.as_ref()).ok_or_else(|| KeyError::Parse {
+                path: path.clone(),
+                alg: cfg.algorithm,
+                why: "the public key does not match the algorithm".into(),
+            })?;
             Ok(LoadedKey {
                 id: cfg.id.clone(),
                 algorithm: cfg.algorithm,
                 decoding,
                 encoding: None,
+                jwk,
             })
         }
         _ => Err(KeyError::NoFile),
@@ -138,13 +154,14 @@ fn load_private(cfg: &KeyConfig, path: &Path) -> Result<LoadedKey, KeyError> {
     };
     let der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| bad(format!("{e:?}")))?;
     let der_bytes = der.secret_der();
-    let (decoding, encoding) = match (cfg.algorithm, &der) {
+    let (decoding, encoding, jwk) = match (cfg.algorithm, &der) {
         (Algorithm::EdDSA, PrivateKeyDer::Pkcs8(_)) => {
             let kp = sig::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der_bytes)
                 .map_err(|e| bad(e.to_string()))?;
             (
                 DecodingKey::from_ed_der(kp.public_key().as_ref()),
                 EncodingKey::from_ed_der(der_bytes),
+                okp_jwk(cfg, kp.public_key().as_ref()),
             )
         }
         (Algorithm::ES256 | Algorithm::ES384, PrivateKeyDer::Pkcs8(_) | PrivateKeyDer::Sec1(_)) => {
@@ -165,6 +182,8 @@ fn load_private(cfg: &KeyConfig, path: &Path) -> Result<LoadedKey, KeyError> {
             (
                 DecodingKey::from_ec_der(kp.public_key().as_ref()),
                 EncodingKey::from_ec_der(pkcs8.as_ref()),
+                ec_jwk(cfg, kp.public_key().as_ref())
+                    .ok_or_else(|| bad("unexpected EC point".into()))?,
             )
         }
         (Algorithm::EdDSA | Algorithm::ES256 | Algorithm::ES384, _) => {
@@ -180,6 +199,7 @@ fn load_private(cfg: &KeyConfig, path: &Path) -> Result<LoadedKey, KeyError> {
             (
                 DecodingKey::from_rsa_der(kp.public_key().as_ref()),
                 encoding,
+                rsa_jwk(cfg, kp.public_key()),
             )
         }
         _ => return Err(bad("expected an RSA private key PEM".into())),
@@ -189,9 +209,68 @@ fn load_private(cfg: &KeyConfig, path: &Path) -> Result<LoadedKey, KeyError> {
         algorithm: cfg.algorithm,
         decoding,
         encoding: Some(encoding),
+        jwk,
     };
     self_test(&key).map_err(bad)?;
     Ok(key)
+}
+
+fn b64u(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+fn alg_name(a: Algorithm) -> String {
+    serde_json::to_value(a)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn okp_jwk(cfg: &KeyConfig, x: &[u8]) -> serde_json::Value {
+    serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": b64u(x), "kid": cfg.id, "alg": alg_name(cfg.algorithm), "use": "sig"})
+}
+
+/// From an uncompressed SEC1 point (0x04 || x || y).
+fn ec_jwk(cfg: &KeyConfig, point: &[u8]) -> Option<serde_json::Value> {
+    let (crv, n) = match cfg.algorithm {
+        Algorithm::ES256 => ("P-256", 32),
+        Algorithm::ES384 => ("P-384", 48),
+        _ => return None,
+    };
+    if point.len() != 1 + 2 * n || point[0] != 4 {
+        return None;
+    }
+    Some(
+        serde_json::json!({"kty": "EC", "crv": crv, "x": b64u(&point[1..1 + n]), "y": b64u(&point[1 + n..]),
+        "kid": cfg.id, "alg": alg_name(cfg.algorithm), "use": "sig"}),
+    )
+}
+
+fn rsa_jwk(cfg: &KeyConfig, k: &aws_lc_rs::rsa::PublicKey) -> serde_json::Value {
+    serde_json::json!({"kty": "RSA", "n": b64u(k.modulus().big_endian_without_leading_zero()),
+        "e": b64u(k.exponent().big_endian_without_leading_zero()), "kid": cfg.id, "alg": alg_name(cfg.algorithm), "use": "sig"})
+}
+
+/// The JWK of a SubjectPublicKeyInfo DER of the configured algorithm.
+fn jwk_from_spki(cfg: &KeyConfig, spki: &[u8]) -> Option<serde_json::Value> {
+    match family(cfg.algorithm) {
+        // The key is the tail of the SPKI's BIT STRING.
+        Family::Ed => (spki.len() == 44).then(|| okp_jwk(cfg, &spki[12..])),
+        Family::Ec => {
+            let n = if cfg.algorithm == Algorithm::ES256 {
+                65
+            } else {
+                97
+            };
+            spki.len()
+                .checked_sub(n)
+                .and_then(|i| ec_jwk(cfg, &spki[i..]))
+        }
+        Family::Rsa => aws_lc_rs::rsa::PublicKey::from_der(spki)
+            .ok()
+            .map(|k| rsa_jwk(cfg, &k)),
+    }
 }
 
 /// Signs and verifies a throwaway token, so a key that cannot work (say an
@@ -351,6 +430,8 @@ mod tests {
             })
             .unwrap();
             assert!(public.encoding.is_none());
+            assert_eq!(private.jwk, public.jwk, "both halves publish the same JWK");
+            assert_eq!(private.jwk["kid"], "p");
             let token = jsonwebtoken::encode(
                 &jsonwebtoken::Header::new(alg),
                 &serde_json::json!({"exp": u32::MAX}),

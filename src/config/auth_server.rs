@@ -1,0 +1,430 @@
+//! Validation of the `authorization_server` section, the clients file and
+//! the users file; each error is positioned in the file it comes from.
+
+use super::error::{from_yaml, Collector, ConfigError};
+use super::raw::{ClientsFile, RawAuthServer, RawClient, RawUser, UsersFile};
+use crate::oauth2::registry::{Client, Grant, Registry, Secret, SecretHash, User};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Default token lifetimes of a client (seconds: 3600 and 86400).
+pub const DEFAULT_CLIENT_ACCESS_TTL: Duration = Duration::from_secs(3600);
+pub const DEFAULT_CLIENT_REFRESH_TTL: Duration = Duration::from_secs(86400);
+/// A just-rotated refresh token still works this long (concurrent refreshes).
+pub const DEFAULT_REFRESH_GRACE: Duration = Duration::from_secs(5);
+/// Failed client authentications per client id and per source address,
+/// within the window, before further attempts are refused (429).
+pub const DEFAULT_MAX_FAILED_AUTH: u32 = 10;
+pub const DEFAULT_FAILED_AUTH_WINDOW: Duration = Duration::from_secs(60);
+
+/// Environment variable holding the pepper when no file is configured.
+pub const PEPPER_ENV: &str = "VALET_SECRET_PEPPER";
+
+/// Reserved claims a user's `claims` may not set.
+const RESERVED_CLAIMS: [&str; 10] = [
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "iat",
+    "nbf",
+    "jti",
+    "client_id",
+    "scope",
+    "fam",
+];
+
+#[derive(Debug, Clone)]
+pub struct EndpointPaths {
+    pub token: String,
+    pub revocation: String,
+    pub introspection: String,
+    pub metadata: String,
+    pub jwks: String,
+}
+
+#[derive(Debug)]
+pub struct AuthServerConfig {
+    pub registry: Registry,
+    pub clients_file: Option<PathBuf>,
+    pub users_file: Option<PathBuf>,
+    pub paths: EndpointPaths,
+    pub refresh_grace: Duration,
+    pub max_failed_auth: u32,
+    pub failed_auth_window: Duration,
+    /// Notes that do not stop valet (e.g. password grant enabled).
+    pub warnings: Vec<ConfigError>,
+}
+
+pub(super) fn compile(
+    raw: &RawAuthServer,
+    issuer: &str,
+    default_audience: &str,
+    base: &Path,
+    resolve: impl Fn(&str) -> PathBuf,
+    c: &mut Collector<'_>,
+    extra: &mut Vec<ConfigError>,
+) -> AuthServerConfig {
+    let _ = base;
+    let mut warnings = Vec::new();
+    let path_of = |c: &mut Collector<'_>, key: &str, v: &Option<String>, def: &str| -> String {
+        let p = v.clone().unwrap_or_else(|| def.to_string());
+        if !p.starts_with('/') {
+            c.at(
+                &format!("authorization_server.{key}"),
+                format!("`{p}` must start with `/`"),
+            );
+        }
+        p
+    };
+    // RFC 8414 §3: the well-known segment goes between the host and the issuer's path.
+    let issuer_path = issuer
+        .split_once("://")
+        .and_then(|(_, rest)| {
+            rest.find('/')
+                .map(|i| rest[i..].trim_end_matches('/').to_string())
+        })
+        .unwrap_or_default();
+    if !issuer.starts_with("https://") && !issuer.starts_with("http://localhost") {
+        c.at(
+            "tokens.issuer",
+            "the issuer of an authorization server must be an https:// URL (RFC 8414 §2)",
+        );
+    }
+    let paths = EndpointPaths {
+        token: path_of(c, "token_path", &raw.token_path, "/oauth2/token"),
+        revocation: path_of(c, "revocation_path", &raw.revocation_path, "/oauth2/revoke"),
+        introspection: path_of(
+            c,
+            "introspection_path",
+            &raw.introspection_path,
+            "/oauth2/introspect",
+        ),
+        metadata: format!("/.well-known/oauth-authorization-server{issuer_path}"),
+        jwks: "/.well-known/jwks.json".to_string(),
+    };
+
+    // The pepper for valet-generated secrets.
+    let pepper = match &raw.secret_pepper_file {
+        Some(f) => {
+            let path = resolve(f);
+            match read_or_make_pepper(&path, raw.generate_pepper_if_missing) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    c.at("authorization_server.secret_pepper_file", e);
+                    None
+                }
+            }
+        }
+        None => std::env::var(PEPPER_ENV)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .map(|v| Secret::new(v.into_bytes())),
+    };
+
+    let mut clients = HashMap::new();
+    for (i, rc) in raw.clients.iter().enumerate() {
+        let p = format!("authorization_server.clients[{i}]");
+        compile_client(
+            rc,
+            false,
+            default_audience,
+            &p,
+            c,
+            &mut clients,
+            &mut warnings,
+        );
+    }
+    let clients_file = raw.clients_file.as_deref().map(&resolve);
+    if let Some(path) = &clients_file {
+        match std::fs::read_to_string(path) {
+            Ok(src) => match serde_yaml::from_str::<ClientsFile>(&src) {
+                Ok(file) => {
+                    let mut fc = Collector::new(path, &src);
+                    for (i, rc) in file.clients.iter().enumerate() {
+                        compile_client(
+                            rc,
+                            true,
+                            default_audience,
+                            &format!("clients[{i}]"),
+                            &mut fc,
+                            &mut clients,
+                            &mut warnings,
+                        );
+                    }
+                    extra.append(&mut fc.errors);
+                }
+                Err(e) => extra.push(from_yaml(path, &e)),
+            },
+            // A missing clients file is an empty registry; `valet client add` creates it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => extra.push(ConfigError {
+                file: path.clone(),
+                position: None,
+                message: format!("cannot read the clients file: {e}"),
+            }),
+        }
+    }
+
+    let mut users = HashMap::new();
+    for (i, u) in raw.users.iter().enumerate() {
+        compile_user(
+            u,
+            &format!("authorization_server.users[{i}]"),
+            c,
+            &mut users,
+        );
+    }
+    let users_file = raw.users_file.as_deref().map(&resolve);
+    if let Some(path) = &users_file {
+        match std::fs::read_to_string(path) {
+            Ok(src) => match serde_yaml::from_str::<UsersFile>(&src) {
+                Ok(file) => {
+                    let mut fc = Collector::new(path, &src);
+                    for (i, u) in file.users.iter().enumerate() {
+                        compile_user(u, &format!("users[{i}]"), &mut fc, &mut users);
+                    }
+                    extra.append(&mut fc.errors);
+                }
+                Err(e) => extra.push(from_yaml(path, &e)),
+            },
+            Err(e) => extra.push(ConfigError {
+                file: path.clone(),
+                position: None,
+                message: format!("cannot read the users file: {e}"),
+            }),
+        }
+    }
+
+    // A service identity must never be a person's login.
+    for cl in clients.values() {
+        if let Some(op) = &cl.operator {
+            if users.contains_key(op) {
+                c.at(
+                    "authorization_server",
+                    format!("client `{}`: operator `{op}` is also a user's login; an operator must be a service identity", cl.id),
+                );
+            }
+        }
+        if matches!(cl.secret, SecretHash::HmacSha256(_)) && pepper.is_none() {
+            c.at(
+                "authorization_server",
+                format!("client `{}` has an hmac-sha256 secret hash, which needs a pepper: set secret_pepper_file or {PEPPER_ENV}", cl.id),
+            );
+        }
+    }
+    let dummy_client = if clients.values().any(|c| c.secret.is_argon2()) {
+        SecretHash::parse(&crate::oauth2::registry::argon2id_hash("dummy")).ok()
+    } else {
+        Some(SecretHash::HmacSha256([0u8; 32]))
+    };
+    let dummy_user = if users.is_empty() {
+        None
+    } else {
+        SecretHash::parse(&crate::oauth2::registry::argon2id_hash("dummy")).ok()
+    };
+
+    let d = |v: Option<super::units::ConfigDuration>, def: Duration| v.map_or(def, |v| v.0);
+    AuthServerConfig {
+        registry: Registry {
+            clients,
+            users,
+            pepper,
+            dummy_client,
+            dummy_user,
+        },
+        clients_file,
+        users_file,
+        paths,
+        refresh_grace: d(raw.refresh_grace, DEFAULT_REFRESH_GRACE),
+        max_failed_auth: raw.max_failed_auth.unwrap_or(DEFAULT_MAX_FAILED_AUTH),
+        failed_auth_window: d(raw.failed_auth_window, DEFAULT_FAILED_AUTH_WINDOW),
+        warnings,
+    }
+}
+
+fn read_or_make_pepper(path: &Path, generate: bool) -> Result<Secret, String> {
+    match std::fs::read_to_string(path) {
+        Ok(s) if s.trim().len() >= 16 => Ok(Secret::new(s.trim().as_bytes().to_vec())),
+        Ok(_) => Err(format!(
+            "the pepper in {} is shorter than 16 characters",
+            path.display()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && generate => {
+            let pepper = crate::oauth2::registry::generate_secret();
+            crate::tokens::keys::write_private(path, &format!("{pepper}\n"))
+                .map_err(|e| format!("cannot write a new pepper to {}: {e}", path.display()))?;
+            Ok(Secret::new(pepper.into_bytes()))
+        }
+        Err(e) => Err(format!(
+            "cannot read the pepper file {}: {e}",
+            path.display()
+        )),
+    }
+}
+
+fn compile_client(
+    rc: &RawClient,
+    managed: bool,
+    default_audience: &str,
+    p: &str,
+    c: &mut Collector<'_>,
+    clients: &mut HashMap<String, Arc<Client>>,
+    warnings: &mut Vec<ConfigError>,
+) {
+    if rc.client_id.is_empty()
+        || rc.client_id.contains(':')
+        || rc.client_id.chars().any(char::is_control)
+    {
+        c.at(
+            &format!("{p}.client_id"),
+            "a client_id must be non-empty, without `:` or control characters",
+        );
+    }
+    if clients.contains_key(&rc.client_id) {
+        c.at(
+            &format!("{p}.client_id"),
+            format!("client_id `{}` is defined twice", rc.client_id),
+        );
+    }
+    let secret = match SecretHash::parse(&rc.secret_hash) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            c.at(&format!("{p}.secret_hash"), e);
+            None
+        }
+    };
+    let mut grants = Vec::new();
+    for g in &rc.grant_types {
+        match Grant::parse(g) {
+            Some(Grant::RefreshToken) => c.at(
+                &format!("{p}.grant_types"),
+                "refresh_token is not a grant to list; set use_refresh_token: true",
+            ),
+            Some(g) => grants.push(g),
+            None => c.at(
+                &format!("{p}.grant_types"),
+                format!(
+                    "unknown or unsupported grant type `{g}`; use client_credentials or password"
+                ),
+            ),
+        }
+    }
+    if grants.is_empty() {
+        c.at(
+            &format!("{p}.grant_types"),
+            "a client needs at least one grant type",
+        );
+    }
+    if grants.contains(&Grant::ClientCredentials)
+        && rc.operator.as_deref().is_none_or(str::is_empty)
+    {
+        c.at(
+            &format!("{p}.operator"),
+            "client_credentials needs an operator: the service identity its tokens are issued to",
+        );
+    }
+    if grants.contains(&Grant::Password) {
+        warnings.push(ConfigError {
+            file: c.file().to_path_buf(),
+            position: c.position(&format!("{p}.grant_types")),
+            message: format!(
+                "client `{}` enables the password grant, which RFC 9700 §2.4 says must not be used; keep it for legacy systems only",
+                rc.client_id
+            ),
+        });
+    }
+    let default_scopes = rc
+        .default_scopes
+        .clone()
+        .unwrap_or_else(|| rc.scopes.clone());
+    for s in &default_scopes {
+        if !rc.scopes.contains(s) {
+            c.at(
+                &format!("{p}.default_scopes"),
+                format!("default scope `{s}` is not among the client's scopes"),
+            );
+        }
+    }
+    for s in &rc.scopes {
+        if s.is_empty() || s.contains(' ') || s.contains('"') || s.contains('\\') {
+            c.at(
+                &format!("{p}.scopes"),
+                format!("scope `{s}` is empty or contains a space, quote or backslash"),
+            );
+        }
+    }
+    if rc.use_refresh_token && !grants.contains(&Grant::Password) {
+        c.at(
+            &format!("{p}.use_refresh_token"),
+            "refresh tokens are issued by the password grant only (client credentials never gets one)",
+        );
+    }
+    let Some(secret) = secret else { return };
+    clients.insert(
+        rc.client_id.clone(),
+        Arc::new(Client {
+            id: rc.client_id.clone(),
+            secret,
+            grants,
+            operator: rc.operator.clone(),
+            scopes: rc.scopes.clone(),
+            default_scopes,
+            audience: rc
+                .audience
+                .clone()
+                .unwrap_or_else(|| default_audience.to_string()),
+            access_ttl: rc
+                .access_token_ttl
+                .map_or(DEFAULT_CLIENT_ACCESS_TTL, |d| d.0),
+            refresh_ttl: rc
+                .refresh_token_ttl
+                .map_or(DEFAULT_CLIENT_REFRESH_TTL, |d| d.0),
+            use_refresh_token: rc.use_refresh_token,
+            introspect_any: rc.introspect_any,
+            managed,
+        }),
+    );
+}
+
+fn compile_user(
+    u: &RawUser,
+    p: &str,
+    c: &mut Collector<'_>,
+    users: &mut HashMap<String, Arc<User>>,
+) {
+    if users.contains_key(&u.username) {
+        c.at(
+            &format!("{p}.username"),
+            format!("user `{}` is defined twice", u.username),
+        );
+    }
+    for k in u.claims.keys() {
+        if RESERVED_CLAIMS.contains(&k.as_str()) {
+            c.at(
+                &format!("{p}.claims"),
+                format!("claim `{k}` is set by valet and cannot be configured"),
+            );
+        }
+    }
+    match SecretHash::parse(&u.password_hash) {
+        Ok(h) if h.is_argon2() => {
+            users.insert(
+                u.username.clone(),
+                Arc::new(User {
+                    username: u.username.clone(),
+                    password: h,
+                    scopes: u.scopes.clone(),
+                    claims: u.claims.clone(),
+                }),
+            );
+        }
+        Ok(_) => c.at(
+            &format!("{p}.password_hash"),
+            "user passwords must be argon2id hashes (valet hash-password)",
+        ),
+        Err(e) => c.at(&format!("{p}.password_hash"), e),
+    }
+}

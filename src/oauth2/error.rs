@@ -1,0 +1,107 @@
+//! RFC 6749 §5.2 error responses, the only way the token, revocation and
+//! introspection endpoints fail. JSON, `Cache-Control: no-store`.
+
+use crate::proxy::ResponseBody;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::{Either, Full};
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OAuthError {
+    InvalidRequest(String),
+    /// `basic`: the client tried HTTP Basic, so the answer carries a Basic challenge.
+    InvalidClient {
+        basic: bool,
+        description: &'static str,
+    },
+    InvalidGrant(String),
+    UnauthorizedClient(String),
+    UnsupportedGrantType(String),
+    InvalidScope(String),
+    /// The change could not be made durable; nothing was changed.
+    Unavailable(String),
+    RateLimited(Duration),
+    MethodNotAllowed,
+}
+
+impl OAuthError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            OAuthError::InvalidRequest(_) | OAuthError::MethodNotAllowed => "invalid_request",
+            OAuthError::InvalidClient { .. } | OAuthError::RateLimited(_) => "invalid_client",
+            OAuthError::InvalidGrant(_) => "invalid_grant",
+            OAuthError::UnauthorizedClient(_) => "unauthorized_client",
+            OAuthError::UnsupportedGrantType(_) => "unsupported_grant_type",
+            OAuthError::InvalidScope(_) => "invalid_scope",
+            OAuthError::Unavailable(_) => "temporarily_unavailable",
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            OAuthError::InvalidClient { .. } => StatusCode::UNAUTHORIZED,
+            OAuthError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            OAuthError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            OAuthError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn description(&self) -> String {
+        match self {
+            OAuthError::InvalidRequest(d)
+            | OAuthError::InvalidGrant(d)
+            | OAuthError::UnauthorizedClient(d)
+            | OAuthError::InvalidScope(d)
+            | OAuthError::Unavailable(d) => d.clone(),
+            OAuthError::UnsupportedGrantType(g) => format!("grant type `{g}` is not supported"),
+            OAuthError::InvalidClient { description, .. } => (*description).to_string(),
+            OAuthError::RateLimited(_) => {
+                "too many failed client authentications; retry later".into()
+            }
+            OAuthError::MethodNotAllowed => "use POST".into(),
+        }
+    }
+
+    pub fn into_response(self) -> Response<ResponseBody> {
+        let body =
+            serde_json::json!({"error": self.code(), "error_description": self.description()});
+        let mut r = json(self.status(), &body);
+        let h = r.headers_mut();
+        match &self {
+            OAuthError::InvalidClient { basic: true, .. } => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"valet\""),
+                );
+            }
+            OAuthError::RateLimited(after) => {
+                h.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(after.as_secs().max(1)),
+                );
+            }
+            OAuthError::MethodNotAllowed => {
+                h.insert(header::ALLOW, HeaderValue::from_static("POST"));
+            }
+            _ => {}
+        }
+        r
+    }
+}
+
+/// A JSON response that must not be cached (RFC 6749 §5.1).
+pub fn json(status: StatusCode, body: &serde_json::Value) -> Response<ResponseBody> {
+    let mut r = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    r
+}

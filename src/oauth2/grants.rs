@@ -1,0 +1,317 @@
+//! The token endpoint's grants (RFC 6749 §4.3, §4.4, §6).
+//!
+//! Refresh tokens rotate on every use: the used one is recorded as rotated
+//! (durably) before the new pair is returned. Presenting a rotated token again
+//! within the grace period yields a pair (two tabs, a retry); after it, it is
+//! reuse (RFC 9700 §4.14.2) and the whole family is revoked, including the
+//! access tokens issued from it.
+
+use super::client_auth::authenticate;
+use super::endpoints::apply;
+use super::error::{json, OAuthError};
+use super::form::Form;
+use super::registry::{Client, Grant};
+use crate::app::{App, Snapshot};
+use crate::config::AuthServerConfig;
+use crate::proxy::ResponseBody;
+use crate::revocation::time::Timestamp;
+use crate::revocation::{Change, RevokedFamily, RevokedToken};
+use crate::tokens::issue::{decode_own, mint, mint_refresh, Kind, TokenRequest};
+use http::{HeaderMap, Response, StatusCode};
+use serde_json::{Map, Value};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// The metrics label for a `grant_type` value (bounded: unknown ones are `other`).
+pub fn grant_label(g: Option<&str>) -> &'static str {
+    match g {
+        Some("client_credentials") => "client_credentials",
+        Some("password") => "password",
+        Some("refresh_token") => "refresh_token",
+        None => "none",
+        Some(_) => "other",
+    }
+}
+
+/// The granted scope: the requested one if the client (and user) may have
+/// it all, else `invalid_scope`; the defaults when none is requested.
+fn grant_scope(
+    requested: Option<&str>,
+    allowed: &[&str],
+    default: &[&str],
+) -> Result<String, OAuthError> {
+    match requested {
+        None => Ok(default.join(" ")),
+        Some(r) => {
+            let mut out: Vec<&str> = Vec::new();
+            for s in r.split(' ').filter(|s| !s.is_empty()) {
+                if !allowed.contains(&s) {
+                    return Err(OAuthError::InvalidScope(format!(
+                        "scope `{s}` is not allowed"
+                    )));
+                }
+                if !out.contains(&s) {
+                    out.push(s);
+                }
+            }
+            Ok(out.join(" "))
+        }
+    }
+}
+
+pub async fn token(
+    app: &Arc<App>,
+    snap: &Snapshot,
+    a: &AuthServerConfig,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    form: &Form,
+) -> Result<Response<ResponseBody>, OAuthError> {
+    let grant_type = form.require("grant_type")?;
+    let grant = Grant::parse(grant_type)
+        .ok_or_else(|| OAuthError::UnsupportedGrantType(grant_type.to_string()))?;
+    let client = authenticate(app, a, peer, headers, form).await?;
+    if !client.allows(grant) {
+        return Err(OAuthError::UnauthorizedClient(format!(
+            "this client may not use the {} grant",
+            grant.as_str()
+        )));
+    }
+    let now = crate::revocation::now();
+    let issued = match grant {
+        Grant::ClientCredentials => client_credentials(snap, &client, form, now)?,
+        Grant::Password => password(app, snap, a, &client, form, now).await?,
+        Grant::RefreshToken => refresh(app, snap, a, &client, form, now).await?,
+    };
+    app.metrics
+        .tokens_issued
+        .with_label_values(&[grant.as_str(), &client.id])
+        .inc();
+    Ok(json(StatusCode::OK, &issued))
+}
+
+fn response(access: &crate::tokens::issue::Minted, scope: &str, refresh: Option<String>) -> Value {
+    let mut v = serde_json::json!({
+        "access_token": access.token,
+        "token_type": "Bearer",
+        "expires_in": access.expires_in,
+        "scope": scope,
+    });
+    if let Some(r) = refresh {
+        v["refresh_token"] = Value::from(r);
+    }
+    v
+}
+
+fn sign_error(e: crate::tokens::issue::IssueError) -> OAuthError {
+    tracing::error!(error = %e, "cannot sign a token");
+    OAuthError::Unavailable("tokens cannot be signed right now".into())
+}
+
+/// RFC 6749 §4.4: tokens for the client's operator; never a refresh token.
+fn client_credentials(
+    snap: &Snapshot,
+    client: &Client,
+    form: &Form,
+    now: i64,
+) -> Result<Value, OAuthError> {
+    let allowed: Vec<&str> = client.scopes.iter().map(String::as_str).collect();
+    let default: Vec<&str> = client.default_scopes.iter().map(String::as_str).collect();
+    let scope = grant_scope(form.get("scope"), &allowed, &default)?;
+    let operator = client.operator.as_deref().unwrap_or_default();
+    let access = mint(
+        &snap.config.tokens,
+        &TokenRequest {
+            subject: operator,
+            client_id: &client.id,
+            scope: &scope,
+            ttl: Some(client.access_ttl),
+            audience: Some(&client.audience),
+            ..Default::default()
+        },
+        now,
+    )
+    .map_err(sign_error)?;
+    Ok(response(&access, &scope, None))
+}
+
+/// RFC 6749 §4.3, for clients that enable it explicitly (RFC 9700 §2.4).
+async fn password(
+    app: &Arc<App>,
+    snap: &Snapshot,
+    a: &AuthServerConfig,
+    client: &Client,
+    form: &Form,
+    now: i64,
+) -> Result<Value, OAuthError> {
+    let username = form.require("username")?;
+    let password = form.require("password")?.to_string();
+    let user = a.registry.users.get(username).cloned();
+    let hash = match &user {
+        Some(u) => Some(u.password.clone()),
+        None => a.registry.dummy_user.clone(),
+    };
+    let ok = tokio::task::spawn_blocking(move || {
+        hash.is_some_and(|h| h.verify(password.as_bytes(), None))
+    })
+    .await
+    .unwrap_or(false);
+    let user = match user {
+        Some(u) if ok => u,
+        _ => {
+            app.metrics.client_auth_failures.inc();
+            return Err(OAuthError::InvalidGrant(
+                "invalid resource owner credentials".into(),
+            ));
+        }
+    };
+    let allowed: Vec<&str> = client
+        .scopes
+        .iter()
+        .map(String::as_str)
+        .filter(|s| user.scopes.is_empty() || user.scopes.iter().any(|u| u == s))
+        .collect();
+    let default: Vec<&str> = client
+        .default_scopes
+        .iter()
+        .map(String::as_str)
+        .filter(|s| allowed.contains(s))
+        .collect();
+    let scope = grant_scope(form.get("scope"), &allowed, &default)?;
+    let family = client.use_refresh_token.then(crate::tokens::random_id);
+    issue_pair(
+        snap,
+        client,
+        &user.username,
+        &scope,
+        family.as_deref(),
+        &user.claims,
+        now,
+    )
+}
+
+fn issue_pair(
+    snap: &Snapshot,
+    client: &Client,
+    subject: &str,
+    scope: &str,
+    family: Option<&str>,
+    claims: &Map<String, Value>,
+    now: i64,
+) -> Result<Value, OAuthError> {
+    let req = TokenRequest {
+        subject,
+        client_id: &client.id,
+        scope,
+        ttl: Some(client.access_ttl),
+        audience: Some(&client.audience),
+        family,
+        extra: Some(claims),
+    };
+    let access = mint(&snap.config.tokens, &req, now).map_err(sign_error)?;
+    let refresh = match family {
+        Some(_) => Some(
+            mint_refresh(&snap.config.tokens, &req, client.refresh_ttl, now)
+                .map_err(sign_error)?
+                .token,
+        ),
+        None => None,
+    };
+    Ok(response(&access, scope, refresh))
+}
+
+/// RFC 6749 §6 with rotation and reuse detection.
+async fn refresh(
+    app: &Arc<App>,
+    snap: &Snapshot,
+    a: &AuthServerConfig,
+    client: &Client,
+    form: &Form,
+    now: i64,
+) -> Result<Value, OAuthError> {
+    let presented = form.require("refresh_token")?;
+    let invalid =
+        || OAuthError::InvalidGrant("the refresh token is invalid, expired or revoked".into());
+    let rt = decode_own(&snap.config.tokens, presented, true).ok_or_else(invalid)?;
+    let Some(family) = rt.family.clone().filter(|_| rt.kind == Kind::Refresh) else {
+        return Err(invalid());
+    };
+    if rt.client_id != client.id {
+        return Err(invalid());
+    }
+    // The user must still exist; a removed user's refresh tokens stop working.
+    if !a.registry.users.contains_key(&rt.sub) {
+        return Err(invalid());
+    }
+    let set = app.revocations.current();
+    // Family, client and subject revocations (the token id is looked at below).
+    if set
+        .check("", &rt.client_id, &rt.sub, rt.iat, Some(&family))
+        .is_some()
+    {
+        return Err(invalid());
+    }
+    match set.token(&rt.jti) {
+        Some(entry) => {
+            let in_grace = entry
+                .rotated_at
+                .is_some_and(|t| now - t <= a.refresh_grace.as_secs() as i64);
+            if !in_grace {
+                drop(set);
+                if entry.rotated_at.is_some() {
+                    // Reuse of a rotated token: someone else may hold it. End the family.
+                    let horizon = client.refresh_ttl.max(client.access_ttl).as_secs() as i64
+                        + snap.config.tokens.clock_skew.as_secs() as i64;
+                    apply(
+                        app,
+                        vec![Change::Family(RevokedFamily {
+                            family: family.clone(),
+                            expires_at: Timestamp(now + horizon),
+                        })],
+                    )
+                    .await?;
+                    app.metrics
+                        .revocations
+                        .with_label_values(&["refresh_reuse"])
+                        .inc();
+                    tracing::warn!(client_id = %client.id, sub = %rt.sub, "refresh token reuse detected; the token family is revoked");
+                }
+                return Err(invalid());
+            }
+        }
+        None => {
+            drop(set);
+            apply(
+                app,
+                vec![Change::Token(RevokedToken {
+                    jti: rt.jti.clone(),
+                    expires_at: Timestamp(rt.exp),
+                    rotated_at: Some(Timestamp(now)),
+                })],
+            )
+            .await?;
+        }
+    }
+    let original: Vec<&str> = rt.scope.split(' ').filter(|s| !s.is_empty()).collect();
+    let scope = grant_scope(form.get("scope"), &original, &original)?;
+    let claims = rt.ext.clone().unwrap_or_default();
+    issue_pair(snap, client, &rt.sub, &scope, Some(&family), &claims, now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_must_be_within_what_is_allowed() {
+        assert_eq!(grant_scope(None, &["a", "b"], &["a"]).unwrap(), "a");
+        assert_eq!(
+            grant_scope(Some("b a b"), &["a", "b"], &["a"]).unwrap(),
+            "b a"
+        );
+        assert!(matches!(
+            grant_scope(Some("a c"), &["a", "b"], &[]),
+            Err(OAuthError::InvalidScope(_))
+        ));
+    }
+}

@@ -1,0 +1,12 @@
+//! valet as an OAuth 2.0 authorization server: the token endpoint (RFC 6749),
+//! revocation (RFC 7009), introspection (RFC 7662), metadata (RFC 8414) and
+//! the JWKS, served on the same TLS listeners as the proxy.
+
+pub mod registry;
+
+pub mod client_auth;
+pub mod endpoints;
+pub mod error;
+pub mod form;
+pub mod grants;
+pub mod limiter;

@@ -1,0 +1,231 @@
+//! Registered clients and password-grant users, with their secrets stored
+//! hashed: argon2id (PHC strings) for anything a human chose, HMAC-SHA256
+//! under a per-installation pepper for the 256-bit secrets valet generates
+//! (fast, so the token endpoint cannot be made to burn CPU on argon2).
+
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A secret held in memory; never printed.
+#[derive(Clone)]
+pub struct Secret(Box<[u8]>);
+
+impl Secret {
+    pub fn new(b: impl Into<Box<[u8]>>) -> Self {
+        Secret(b.into())
+    }
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A stored secret hash.
+#[derive(Clone)]
+pub enum SecretHash {
+    Argon2id(String),
+    HmacSha256([u8; 32]),
+}
+
+impl fmt::Debug for SecretHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretHash::Argon2id(_) => f.write_str("argon2id([redacted])"),
+            SecretHash::HmacSha256(_) => f.write_str("hmac-sha256([redacted])"),
+        }
+    }
+}
+
+pub const HMAC_PREFIX: &str = "hmac-sha256:";
+
+impl SecretHash {
+    /// Parses a stored hash; `Err` says what is wrong in a sentence.
+    pub fn parse(s: &str) -> Result<SecretHash, String> {
+        use base64::Engine;
+        if let Some(b64) = s.strip_prefix(HMAC_PREFIX) {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|_| "the hmac-sha256 hash is not valid base64".to_string())?;
+            let arr: [u8; 32] = bytes
+                .try_into()
+                .map_err(|_| "the hmac-sha256 hash must be 32 bytes".to_string())?;
+            return Ok(SecretHash::HmacSha256(arr));
+        }
+        let parsed =
+            PasswordHash::new(s).map_err(|e| format!("not an argon2id PHC string: {e}"))?;
+        if parsed.algorithm.as_str() != "argon2id" {
+            return Err(format!(
+                "hash algorithm `{}` is not allowed; use argon2id",
+                parsed.algorithm
+            ));
+        }
+        Ok(SecretHash::Argon2id(s.to_string()))
+    }
+
+    /// Checks `candidate` in constant time with respect to its content.
+    pub fn verify(&self, candidate: &[u8], pepper: Option<&Secret>) -> bool {
+        match self {
+            SecretHash::Argon2id(phc) => match PasswordHash::new(phc) {
+                Ok(h) => argon2::Argon2::default()
+                    .verify_password(candidate, &h)
+                    .is_ok(),
+                Err(_) => false,
+            },
+            SecretHash::HmacSha256(expected) => {
+                let Some(pepper) = pepper else { return false };
+                let got = hmac(pepper, candidate);
+                aws_lc_rs::constant_time::verify_slices_are_equal(&got, expected).is_ok()
+            }
+        }
+    }
+
+    pub fn is_argon2(&self) -> bool {
+        matches!(self, SecretHash::Argon2id(_))
+    }
+}
+
+fn hmac(pepper: &Secret, msg: &[u8]) -> [u8; 32] {
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, pepper.expose());
+    aws_lc_rs::hmac::sign(&key, msg)
+        .as_ref()
+        .try_into()
+        .expect("32 bytes")
+}
+
+/// The stored form of a valet-generated secret.
+pub fn hmac_hash(pepper: &Secret, secret: &str) -> String {
+    use base64::Engine;
+    format!(
+        "{HMAC_PREFIX}{}",
+        base64::engine::general_purpose::STANDARD.encode(hmac(pepper, secret.as_bytes()))
+    )
+}
+
+/// An argon2id PHC string for a password or human-chosen secret.
+pub fn argon2id_hash(password: &str) -> String {
+    let mut salt = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut salt).expect("system randomness");
+    argon2::Argon2::default()
+        .hash_password_with_salt(password.as_bytes(), &salt)
+        .expect("argon2 with default parameters")
+        .to_string()
+}
+
+/// A new client secret: 256 random bits, base64url.
+pub fn generate_secret() -> String {
+    use base64::Engine;
+    let mut b = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut b).expect("system randomness");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// Grant types, as named on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Grant {
+    ClientCredentials,
+    Password,
+    RefreshToken,
+}
+
+impl Grant {
+    pub fn parse(s: &str) -> Option<Grant> {
+        match s {
+            "client_credentials" => Some(Grant::ClientCredentials),
+            "password" => Some(Grant::Password),
+            "refresh_token" => Some(Grant::RefreshToken),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Grant::ClientCredentials => "client_credentials",
+            Grant::Password => "password",
+            Grant::RefreshToken => "refresh_token",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Client {
+    pub id: String,
+    pub secret: SecretHash,
+    pub grants: Vec<Grant>,
+    pub operator: Option<String>,
+    pub scopes: Vec<String>,
+    pub default_scopes: Vec<String>,
+    pub audience: String,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+    pub use_refresh_token: bool,
+    pub introspect_any: bool,
+    /// Defined in the clients file (valet may rewrite it) rather than the config.
+    pub managed: bool,
+}
+
+impl Client {
+    pub fn allows(&self, g: Grant) -> bool {
+        match g {
+            Grant::RefreshToken => self.use_refresh_token,
+            g => self.grants.contains(&g),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct User {
+    pub username: String,
+    pub password: SecretHash,
+    pub scopes: Vec<String>,
+    pub claims: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Everything the authorization server knows, for one config snapshot.
+#[derive(Debug, Default)]
+pub struct Registry {
+    pub clients: HashMap<String, Arc<Client>>,
+    pub users: HashMap<String, Arc<User>>,
+    pub pepper: Option<Secret>,
+    /// Hashed when a client id or username is unknown, so that costs what a
+    /// wrong secret costs.
+    pub dummy_client: Option<SecretHash>,
+    pub dummy_user: Option<SecretHash>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_verify_only_with_the_right_input() {
+        let pepper = Secret::new(b"pepper".to_vec());
+        let h = SecretHash::parse(&hmac_hash(&pepper, "s3cret")).unwrap();
+        assert!(h.verify(b"s3cret", Some(&pepper)));
+        assert!(!h.verify(b"s3cret!", Some(&pepper)));
+        assert!(!h.verify(b"s3cret", Some(&Secret::new(b"other".to_vec()))));
+        let a = SecretHash::parse(&argon2id_hash("pw:%+")).unwrap();
+        assert!(a.verify(b"pw:%+", None));
+        assert!(!a.verify(b"pw", None));
+    }
+
+    #[test]
+    fn weak_or_malformed_hashes_are_refused() {
+        assert!(SecretHash::parse("plaintext").is_err());
+        assert!(SecretHash::parse("hmac-sha256:AAAA").is_err());
+        let argon2i = "$argon2i$v=19$m=16,t=2,p=1$c2FsdHNhbHQ$fQ0J0Vf3JjN8cGwZ5x0bUw";
+        assert!(SecretHash::parse(argon2i).is_err());
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        assert_eq!(format!("{:?}", Secret::new(b"x".to_vec())), "[redacted]");
+    }
+}
