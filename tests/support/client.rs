@@ -87,6 +87,26 @@ impl Client {
         self.send(b.body(Full::new(Bytes::new())).unwrap()).await
     }
 
+    /// POSTs a form; `basic` credentials are form-url-encoded, then Basic-encoded.
+    pub async fn post_form(
+        &self,
+        path: &str,
+        form: &[(&str, &str)],
+        basic: Option<(&str, &str)>,
+    ) -> Reply {
+        let body: String = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        let mut b = self
+            .request("POST", path)
+            .header("content-type", "application/x-www-form-urlencoded");
+        if let Some((id, secret)) = basic {
+            b = b.header("authorization", basic_header(id, secret));
+        }
+        self.send(b.body(Full::new(Bytes::from(body))).unwrap())
+            .await
+    }
+
     pub async fn send<B>(&self, req: Request<B>) -> Reply
     where
         B: hyper::body::Body + Send + 'static + Unpin,
@@ -152,4 +172,14 @@ pub async fn raw_exchange(client: &Client, bytes: &[u8]) -> String {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `Basic base64(urlencode(id):urlencode(secret))` (RFC 6749 §2.3.1).
+pub fn basic_header(id: &str, secret: &str) -> String {
+    use base64::Engine;
+    let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", enc(id), enc(secret)))
+    )
 }

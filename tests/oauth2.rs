@@ -1,0 +1,629 @@
+//! valet as an OAuth 2.0 authorization server, end to end over real TLS:
+//! tokens obtained from valet are then used through valet's proxy.
+
+mod support;
+
+use serde_json::Value;
+use std::time::Duration;
+use support::*;
+
+const SVC_SECRET: &str = "svc-secret";
+/// A secret with the characters Basic encoding gets wrong.
+const ODD_SECRET: &str = "p:a%s+s w&=";
+const APP_SECRET: &str = "app-secret";
+
+fn auth_server_yaml(extra: &str) -> String {
+    let h = valet::oauth2::registry::argon2id_hash;
+    format!(
+        r#"authorization_server:
+  refresh_grace: 1s
+  max_failed_auth: 3
+  failed_auth_window: 1m
+  clients:
+    - client_id: svc
+      secret_hash: "{svc}"
+      grant_types: [client_credentials]
+      operator: svc-operator
+      scopes: [read, write]
+      default_scopes: [read]
+    - client_id: "odd.client"
+      secret_hash: "{odd}"
+      grant_types: [client_credentials]
+      operator: odd-operator
+      scopes: [read]
+    - client_id: app
+      secret_hash: "{app}"
+      grant_types: [password]
+      scopes: [read, write]
+      default_scopes: [read]
+      use_refresh_token: true
+    - client_id: other-app
+      secret_hash: "{app}"
+      grant_types: [password]
+      scopes: [read]
+      use_refresh_token: true
+    - client_id: rs
+      secret_hash: "{app}"
+      grant_types: [client_credentials]
+      operator: resource-server
+      introspect_any: true
+  users:
+    - username: alice
+      password_hash: "{alice}"
+      claims: {{ email: alice@example.com }}
+{extra}"#,
+        svc = h(SVC_SECRET),
+        odd = h(ODD_SECRET),
+        app = h(APP_SECRET),
+        alice = h("alice-pw"),
+    )
+}
+
+async fn setup() -> (Gateway, Upstream) {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&default_routes(up.addr), &auth_server_yaml("")).await;
+    (gw, up)
+}
+
+const TOKEN: &str = "/oauth2/token";
+
+async fn client_credentials(c: &Client, scope: Option<&str>) -> Reply {
+    let mut form = vec![("grant_type", "client_credentials")];
+    if let Some(s) = scope {
+        form.push(("scope", s));
+    }
+    c.post_form(TOKEN, &form, Some(("svc", SVC_SECRET))).await
+}
+
+async fn password_grant(c: &Client, client: &str) -> Reply {
+    c.post_form(
+        TOKEN,
+        &[
+            ("grant_type", "password"),
+            ("username", "alice"),
+            ("password", "alice-pw"),
+        ],
+        Some((client, APP_SECRET)),
+    )
+    .await
+}
+
+async fn refresh(c: &Client, rt: &str, scope: Option<&str>) -> Reply {
+    let mut form = vec![("grant_type", "refresh_token"), ("refresh_token", rt)];
+    if let Some(s) = scope {
+        form.push(("scope", s));
+    }
+    c.post_form(TOKEN, &form, Some(("app", APP_SECRET))).await
+}
+
+fn assert_oauth_error(r: &Reply, status: u16, code: &str) {
+    assert_eq!(r.status, status, "{:?}", r.body);
+    assert_eq!(r.json()["error"], code, "{:?}", r.body);
+    assert_eq!(r.header("cache-control"), "no-store");
+    assert_eq!(r.header("pragma"), "no-cache");
+}
+
+fn s(v: &Value) -> String {
+    v.as_str().unwrap().to_string()
+}
+
+fn claims_of(token: &str) -> Value {
+    use base64::Engine;
+    let p = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(p)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+type Reply = support::client::Reply;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_credentials_token_works_through_the_proxy_and_has_no_refresh_token() {
+    let (gw, up) = setup().await;
+    let c = gw.client(Proto::H1);
+    let r = client_credentials(&c, None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.header("cache-control"), "no-store");
+    assert_eq!(r.header("pragma"), "no-cache");
+    let j = r.json();
+    assert_eq!(j["token_type"], "Bearer");
+    assert_eq!(j["expires_in"], 3600, "the default access token lifetime");
+    assert_eq!(j["scope"], "read", "default scopes");
+    assert!(
+        j.get("refresh_token").is_none(),
+        "client credentials never returns a refresh token"
+    );
+    let at = s(&j["access_token"]);
+    let claims = claims_of(&at);
+    assert_eq!(
+        claims["sub"], "svc-operator",
+        "tokens are issued to the operator"
+    );
+    assert_eq!(claims["client_id"], "svc");
+    assert_eq!(claims["aud"], AUDIENCE);
+    assert_eq!(claims["iss"], ISSUER);
+    let p = gw.client(Proto::H2).get("/api/x", Some(&at)).await;
+    assert_eq!(p.status, 200);
+    assert_eq!(up.last().headers["x-valet-subject"], "svc-operator");
+    assert_eq!(up.last().headers["x-valet-client-id"], "svc");
+    assert_eq!(
+        gw.metric("valet_tokens_issued_total{client=\"svc\",grant=\"client_credentials\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_secret_post_and_basic_with_odd_characters_both_authenticate() {
+    let (gw, _up) = setup().await;
+    let c = gw.client(Proto::H1);
+    let r = c
+        .post_form(
+            TOKEN,
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_id", "svc"),
+                ("client_secret", SVC_SECRET),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // ':', '%', '+', ' ', '&' and '=' in the secret, '.' in the id: form-url-encoded inside Basic.
+    let r = c
+        .post_form(
+            TOKEN,
+            &[("grant_type", "client_credentials")],
+            Some(("odd.client", ODD_SECRET)),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // The same secret sent without the form-url-encoding step is a different secret.
+    use base64::Engine;
+    let raw = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("odd.client:{ODD_SECRET}"))
+    );
+    let req = c
+        .request("POST", TOKEN)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("authorization", raw)
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"grant_type=client_credentials",
+        )))
+        .unwrap();
+    let r = c.send(req).await;
+    assert_oauth_error(&r, 401, "invalid_client");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rfc6749_errors_have_their_status_and_headers() {
+    let (gw, _up) = setup().await;
+    let c = gw.client(Proto::H1);
+    // Wrong secret with Basic: 401 and a Basic challenge.
+    let r = c
+        .post_form(
+            TOKEN,
+            &[("grant_type", "client_credentials")],
+            Some(("svc", "wrong")),
+        )
+        .await;
+    assert_oauth_error(&r, 401, "invalid_client");
+    assert_eq!(r.header("www-authenticate"), "Basic realm=\"valet\"");
+    // Wrong secret in the body: 401, no challenge.
+    let r = c
+        .post_form(
+            TOKEN,
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_id", "other-app"),
+                ("client_secret", "x"),
+            ],
+            None,
+        )
+        .await;
+    assert_oauth_error(&r, 401, "invalid_client");
+    assert!(r.headers.get("www-authenticate").is_none());
+    // No client authentication at all.
+    let r = c
+        .post_form(TOKEN, &[("grant_type", "client_credentials")], None)
+        .await;
+    assert_oauth_error(&r, 401, "invalid_client");
+    // Unknown grant.
+    let r = c
+        .post_form(
+            TOKEN,
+            &[("grant_type", "urn:example:magic")],
+            Some(("svc", SVC_SECRET)),
+        )
+        .await;
+    assert_oauth_error(&r, 400, "unsupported_grant_type");
+    // A grant the client is not registered for.
+    let r = password_grant(&c, "rs").await;
+    assert_oauth_error(&r, 400, "unauthorized_client");
+    // A scope the client may not have.
+    let r = client_credentials(&c, Some("read admin")).await;
+    assert_oauth_error(&r, 400, "invalid_scope");
+    // Wrong user password.
+    let r = c
+        .post_form(
+            TOKEN,
+            &[
+                ("grant_type", "password"),
+                ("username", "alice"),
+                ("password", "nope"),
+            ],
+            Some(("app", APP_SECRET)),
+        )
+        .await;
+    assert_oauth_error(&r, 400, "invalid_grant");
+    // Missing grant_type.
+    let r = c
+        .post_form(TOKEN, &[("scope", "read")], Some(("svc", SVC_SECRET)))
+        .await;
+    assert_oauth_error(&r, 400, "invalid_request");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn details_implementations_get_wrong_are_refused() {
+    let (gw, _up) = setup().await;
+    let c = gw.client(Proto::H1);
+    // A repeated parameter.
+    let req = c
+        .request("POST", TOKEN)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("authorization", client::basic_header("svc", SVC_SECRET))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"grant_type=client_credentials&scope=read&scope=write",
+        )))
+        .unwrap();
+    let r = c.send(req).await;
+    assert_oauth_error(&r, 400, "invalid_request");
+    assert!(r.json()["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("repeated"));
+    // Credentials in the query string.
+    let r = c
+        .post_form(
+            &format!("{TOKEN}?client_id=svc&client_secret={SVC_SECRET}"),
+            &[("grant_type", "client_credentials")],
+            None,
+        )
+        .await;
+    assert_oauth_error(&r, 400, "invalid_request");
+    // Two client authentication methods at once.
+    let r = c
+        .post_form(
+            TOKEN,
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_id", "svc"),
+                ("client_secret", SVC_SECRET),
+            ],
+            Some(("svc", SVC_SECRET)),
+        )
+        .await;
+    assert_oauth_error(&r, 400, "invalid_request");
+    // Not a form.
+    let req = c
+        .request("POST", TOKEN)
+        .header("content-type", "application/json")
+        .header("authorization", client::basic_header("svc", SVC_SECRET))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"{\"grant_type\":\"client_credentials\"}",
+        )))
+        .unwrap();
+    assert_oauth_error(&c.send(req).await, 400, "invalid_request");
+    // GET.
+    let r = c.get(TOKEN, None).await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), "POST");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn password_grant_issues_mapped_claims_and_a_rotating_refresh_token() {
+    let (gw, up) = setup().await;
+    let c = gw.client(Proto::H1);
+    let r = password_grant(&c, "app").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let j = r.json();
+    let (at, rt) = (s(&j["access_token"]), s(&j["refresh_token"]));
+    let claims = claims_of(&at);
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(
+        claims["email"], "alice@example.com",
+        "identity mapping: user claims"
+    );
+    assert_eq!(
+        gw.client(Proto::H1).get("/api/x", Some(&at)).await.status,
+        200
+    );
+    assert_eq!(up.last().headers["x-valet-subject"], "alice");
+    // A refresh token is not an access token.
+    let r = gw.client(Proto::H1).get("/api/x", Some(&rt)).await;
+    assert_eq!(r.status, 401);
+
+    // Rotation: a new pair; the new refresh token differs.
+    let r2 = refresh(&c, &rt, None).await;
+    assert_eq!(r2.status, 200, "{:?}", r2.body);
+    let rt2 = s(&r2.json()["refresh_token"]);
+    assert_ne!(rt, rt2);
+    assert_eq!(
+        claims_of(&s(&r2.json()["access_token"]))["email"],
+        "alice@example.com"
+    );
+    // Within the grace period the just-rotated token still works (a second tab).
+    let r3 = refresh(&c, &rt, None).await;
+    assert_eq!(r3.status, 200, "grace period: {:?}", r3.body);
+    // The refreshed scope must stay within the original.
+    let r = refresh(&c, &rt2, Some("read write")).await;
+    assert_oauth_error(&r, 400, "invalid_scope");
+    // Another client cannot use it.
+    let r = c
+        .post_form(
+            TOKEN,
+            &[("grant_type", "refresh_token"), ("refresh_token", &rt2)],
+            Some(("other-app", APP_SECRET)),
+        )
+        .await;
+    assert_oauth_error(&r, 400, "invalid_grant");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reusing_a_rotated_refresh_token_after_the_grace_period_revokes_the_family() {
+    let (gw, _up) = setup().await;
+    let c = gw.client(Proto::H1);
+    let j = password_grant(&c, "app").await.json();
+    let rt = s(&j["refresh_token"]);
+    let first_at = s(&j["access_token"]);
+    let j2 = refresh(&c, &rt, None).await.json();
+    let (at2, rt2) = (s(&j2["access_token"]), s(&j2["refresh_token"]));
+    assert_eq!(
+        gw.client(Proto::H1).get("/api/x", Some(&at2)).await.status,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await; // grace is 1 s
+    let r = refresh(&c, &rt, None).await;
+    assert_oauth_error(&r, 400, "invalid_grant");
+    // The whole family is gone: the newest refresh token and the access tokens.
+    assert_oauth_error(&refresh(&c, &rt2, None).await, 400, "invalid_grant");
+    for at in [&first_at, &at2] {
+        let r = gw.client(Proto::H1).get("/api/x", Some(at)).await;
+        assert_eq!(r.status, 401);
+        assert_eq!(
+            r.header("www-authenticate"),
+            "Bearer realm=\"valet\", error=\"invalid_token\", error_description=\"token revoked\""
+        );
+    }
+    assert_eq!(
+        gw.metric("valet_revocations_total{kind=\"refresh_reuse\"}")
+            .await,
+        1.0
+    );
+}
+
+const REVOKE: &str = "/oauth2/revoke";
+const INTROSPECT: &str = "/oauth2/introspect";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoking_an_access_token_makes_the_proxy_refuse_it() {
+    let (gw, _up) = setup().await;
+    let c = gw.client(Proto::H1);
+    let at = s(&client_credentials(&c, None).await.json()["access_token"]);
+    let other = s(&client_credentials(&c, None).await.json()["access_token"]);
+    assert_eq!(
+        gw.client(Proto::H1).get("/api/x", Some(&at)).await.status,
+        200
+    );
+    let r = c
+        .post_form(
+            REVOKE,
+            &[("token", &at), ("token_type_hint", "refresh_token")],
+            Some(("svc", SVC_SECRET)),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // In force as soon as the answer came (and on disk: see the process tests).
+    let r = gw.client(Proto::H1).get("/api/x", Some(&at)).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("www-authenticate"),
+        "Bearer realm=\"valet\", error=\"invalid_token\", error_description=\"token revoked\""
+    );
+    assert_eq!(
+        gw.client(Proto::H1)
+            .get("/api/x", Some(&other))
+            .await
+            .status,
+        200
+    );
+    let on_disk = std::fs::read_to_string(&gw.revocation_path).unwrap();
+    assert!(on_disk.contains(claims_of(&at)["jti"].as_str().unwrap()));
+    // Unknown, malformed and already revoked tokens: 200 too.
+    for t in ["not-a-token", at.as_str()] {
+        let r = c
+            .post_form(REVOKE, &[("token", t)], Some(("svc", SVC_SECRET)))
+            .await;
+        assert_eq!(r.status, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoking_a_refresh_token_ends_its_access_tokens_and_only_the_owner_may() {
+    let (gw, _up) = setup().await;
+    let c = gw.client(Proto::H1);
+    let j = password_grant(&c, "app").await.json();
+    let (at, rt) = (s(&j["access_token"]), s(&j["refresh_token"]));
+    // Another client may not revoke it.
+    let r = c
+        .post_form(REVOKE, &[("token", &rt)], Some(("other-app", APP_SECRET)))
+        .await;
+    assert_oauth_error(&r, 400, "unauthorized_client");
+    assert_eq!(
+        gw.client(Proto::H1).get("/api/x", Some(&at)).await.status,
+        200
+    );
+    // The owner may.
+    let r = c
+        .post_form(REVOKE, &[("token", &rt)], Some(("app", APP_SECRET)))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        gw.client(Proto::H1).get("/api/x", Some(&at)).await.status,
+        401
+    );
+    assert_oauth_error(&refresh(&c, &rt, None).await, 400, "invalid_grant");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn introspection_reports_active_revoked_expired_and_foreign_tokens() {
+    let (gw, _up) = setup().await;
+    let c = gw.client(Proto::H1);
+    let at = s(&client_credentials(&c, Some("read write")).await.json()["access_token"]);
+    let r = c
+        .post_form(INTROSPECT, &[("token", &at)], Some(("svc", SVC_SECRET)))
+        .await;
+    assert_eq!(r.status, 200);
+    let j = r.json();
+    assert_eq!(j["active"], true);
+    assert_eq!(j["scope"], "read write");
+    assert_eq!(j["client_id"], "svc");
+    assert_eq!(j["sub"], "svc-operator");
+    assert_eq!(j["iss"], ISSUER);
+    // Another client does not see it; a resource server allowed to introspect does.
+    let r = c
+        .post_form(INTROSPECT, &[("token", &at)], Some(("app", APP_SECRET)))
+        .await;
+    assert_eq!(r.json(), serde_json::json!({"active": false}));
+    let r = c
+        .post_form(INTROSPECT, &[("token", &at)], Some(("rs", APP_SECRET)))
+        .await;
+    assert_eq!(r.json()["active"], true);
+    // A token valet did not sign.
+    let foreign = sign(&TestKey::new(), &claims("x", "read"));
+    let r = c
+        .post_form(
+            INTROSPECT,
+            &[("token", &foreign)],
+            Some(("svc", SVC_SECRET)),
+        )
+        .await;
+    assert_eq!(r.json(), serde_json::json!({"active": false}));
+    // Expired: signed by valet's key, but past its exp (beyond the skew).
+    let mut old = claims("svc-operator", "read");
+    old["client_id"] = "svc".into();
+    old["exp"] = (now() - 60).into();
+    let expired = sign(&gw.key, &old);
+    let r = c
+        .post_form(
+            INTROSPECT,
+            &[("token", &expired)],
+            Some(("svc", SVC_SECRET)),
+        )
+        .await;
+    assert_eq!(r.json(), serde_json::json!({"active": false}));
+    // Revoked.
+    c.post_form(REVOKE, &[("token", &at)], Some(("svc", SVC_SECRET)))
+        .await;
+    let r = c
+        .post_form(INTROSPECT, &[("token", &at)], Some(("svc", SVC_SECRET)))
+        .await;
+    assert_eq!(r.json(), serde_json::json!({"active": false}));
+    // Unauthenticated introspection is refused.
+    let r = c.post_form(INTROSPECT, &[("token", &at)], None).await;
+    assert_oauth_error(&r, 401, "invalid_client");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metadata_issuer_matches_tokens_and_jwks_verifies_them() {
+    let (gw, _up) = setup().await;
+    let c = gw.client(Proto::H1);
+    let r = c.get("/.well-known/oauth-authorization-server", None).await;
+    assert_eq!(r.status, 200);
+    let meta = r.json();
+    let at = s(&client_credentials(&c, None).await.json()["access_token"]);
+    // Byte for byte.
+    assert_eq!(
+        meta["issuer"].as_str().unwrap().as_bytes(),
+        claims_of(&at)["iss"].as_str().unwrap().as_bytes()
+    );
+    assert_eq!(meta["token_endpoint"], format!("{ISSUER}/oauth2/token"));
+    assert_eq!(
+        meta["revocation_endpoint"],
+        format!("{ISSUER}/oauth2/revoke")
+    );
+    assert_eq!(meta["jwks_uri"], format!("{ISSUER}/.well-known/jwks.json"));
+    // A Host header never changes what valet publishes.
+    let req = c
+        .request("GET", "/.well-known/oauth-authorization-server")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let mut req = req;
+    req.headers_mut()
+        .insert("host", "evil.example".parse().unwrap());
+    assert_eq!(c.send(req).await.json()["issuer"], ISSUER);
+
+    let jwks: jsonwebtoken::jwk::JwkSet =
+        serde_json::from_slice(&c.get("/.well-known/jwks.json", None).await.body).unwrap();
+    let jwk = jwks.find(KID).expect("the signing key is published");
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    v.set_audience(&[AUDIENCE]);
+    jsonwebtoken::decode::<Value>(&at, &key, &v)
+        .expect("the published key verifies valet's tokens");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_secret_guessing_is_rate_limited() {
+    let (gw, _up) = setup().await;
+    let c = gw.client(Proto::H1);
+    for _ in 0..3 {
+        let r = c
+            .post_form(
+                TOKEN,
+                &[("grant_type", "client_credentials")],
+                Some(("svc", "guess")),
+            )
+            .await;
+        assert_oauth_error(&r, 401, "invalid_client");
+    }
+    // Locked out now, even with the right secret.
+    let r = client_credentials(&c, None).await;
+    assert_eq!(r.status, 429, "{:?}", r.body);
+    let retry: u64 = r.header("retry-after").parse().unwrap();
+    assert!((1..=60).contains(&retry));
+    assert_eq!(gw.metric("valet_client_auth_failures_total").await, 3.0);
+    assert!(gw.metric("valet_rate_limited_total{by=\"client\"}").await >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revocation_that_cannot_be_written_answers_503_and_changes_nothing() {
+    let (gw, _up) = setup().await;
+    let c = gw.client(Proto::H1);
+    let at = s(&client_credentials(&c, None).await.json()["access_token"]);
+    // A directory where valet's temporary file must go: the write fails, even as root.
+    let tmp = gw.revocation_path.with_file_name("revocations.yaml.tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let r = c
+        .post_form(REVOKE, &[("token", &at)], Some(("svc", SVC_SECRET)))
+        .await;
+    assert_oauth_error(&r, 503, "temporarily_unavailable");
+    assert_eq!(
+        gw.client(Proto::H1).get("/api/x", Some(&at)).await.status,
+        200,
+        "never a 200 that was not kept"
+    );
+    std::fs::remove_dir(&tmp).unwrap();
+    let r = c
+        .post_form(REVOKE, &[("token", &at)], Some(("svc", SVC_SECRET)))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        gw.client(Proto::H1).get("/api/x", Some(&at)).await.status,
+        401
+    );
+}
