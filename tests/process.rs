@@ -21,10 +21,11 @@ struct Proc {
     child: Child,
     addr: std::net::SocketAddr,
     metrics: std::net::SocketAddr,
-    ca: TestCa,
-    key: TestKey,
+    ca: std::sync::Arc<TestCa>,
+    key: std::sync::Arc<TestKey>,
     config: std::path::PathBuf,
-    _dir: tempfile::TempDir,
+    dir: std::path::PathBuf,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for Proc {
@@ -55,31 +56,45 @@ impl Proc {
         .replacen("127.0.0.1:0", &format!("127.0.0.1:{mport}"), 1);
         let config = dir.path().join("valet.yaml");
         std::fs::write(&config, text).unwrap();
-        let child = Command::new(VALET)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        let metrics: std::net::SocketAddr = format!("127.0.0.1:{mport}").parse().unwrap();
-        let ready = eventually(Duration::from_secs(10), || async {
-            match tokio::net::TcpStream::connect(metrics).await {
-                Ok(_) => client::plain_get(metrics, "/readyz").await.0 == 200,
-                Err(_) => false,
-            }
-        })
-        .await;
-        assert!(ready, "valet did not become ready");
+        let (child, addr, metrics) = spawn(&config, port, mport, stderr).await;
         Proc {
             child,
-            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            addr,
             metrics,
-            ca,
-            key,
+            ca: std::sync::Arc::new(ca),
+            key: std::sync::Arc::new(key),
             config,
-            _dir: dir,
+            dir: dir.path().to_path_buf(),
+            _dir: Some(dir),
+        }
+    }
+
+    /// Another valet on the same directory (key, certificate, revocation
+    /// file), on its own ports.
+    async fn sibling(&self) -> Proc {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let (port, mport) = (free_port(), free_port());
+        let text = text
+            .replace(
+                &format!("127.0.0.1:{}", self.addr.port()),
+                &format!("127.0.0.1:{port}"),
+            )
+            .replace(
+                &format!("127.0.0.1:{}", self.metrics.port()),
+                &format!("127.0.0.1:{mport}"),
+            );
+        let config = self.dir.join(format!("valet-{port}.yaml"));
+        std::fs::write(&config, text).unwrap();
+        let (child, addr, metrics) = spawn(&config, port, mport, Stdio::null()).await;
+        Proc {
+            child,
+            addr,
+            metrics,
+            ca: self.ca.clone(),
+            key: self.key.clone(),
+            config,
+            dir: self.dir.clone(),
+            _dir: None,
         }
     }
 
@@ -104,6 +119,32 @@ impl Proc {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap()
     }
+}
+
+async fn spawn(
+    config: &std::path::Path,
+    port: u16,
+    mport: u16,
+    stderr: Stdio,
+) -> (Child, std::net::SocketAddr, std::net::SocketAddr) {
+    let child = Command::new(VALET)
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{mport}").parse().unwrap();
+    let ready = eventually(Duration::from_secs(10), || async {
+        match tokio::net::TcpStream::connect(metrics).await {
+            Ok(_) => client::plain_get(metrics, "/readyz").await.0 == 200,
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(ready, "valet did not become ready");
+    (child, format!("127.0.0.1:{port}").parse().unwrap(), metrics)
 }
 
 #[test]
@@ -311,5 +352,113 @@ async fn logs_are_json_and_never_contain_a_token() {
     assert!(
         text.contains(&valet::tokens::fingerprint(&good)),
         "the access log names the token by fingerprint"
+    );
+}
+
+fn one_client_yaml() -> String {
+    format!(
+        "authorization_server:\n  clients:\n    - client_id: svc\n      secret_hash: \"{}\"\n      grant_types: [client_credentials]\n      operator: svc-op\n      scopes: [read]\n",
+        valet::oauth2::registry::argon2id_hash("svc-secret")
+    )
+}
+
+async fn issue(p: &Proc) -> String {
+    let r = p
+        .client(Proto::H1)
+        .post_form(
+            "/oauth2/token",
+            &[("grant_type", "client_credentials")],
+            Some(("svc", "svc-secret")),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.json()["access_token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revocation_survives_kill_9_right_after_the_answer() {
+    let up = Upstream::start().await;
+    let mut p = Proc::start_with(&default_routes(up.addr), &one_client_yaml(), Stdio::null()).await;
+    let token = issue(&p).await;
+    assert_eq!(
+        p.client(Proto::H1).get("/api/x", Some(&token)).await.status,
+        200
+    );
+    let r = p
+        .client(Proto::H1)
+        .post_form(
+            "/oauth2/revoke",
+            &[("token", &token)],
+            Some(("svc", "svc-secret")),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    p.child.kill().unwrap(); // SIGKILL: no chance to flush anything
+    p.child.wait().unwrap();
+    let again = p.sibling().await;
+    let r = again.client(Proto::H1).get("/api/x", Some(&token)).await;
+    assert_eq!(r.status, 401, "the revocation was lost");
+    assert_eq!(
+        r.header("www-authenticate"),
+        "Bearer realm=\"valet\", error=\"invalid_token\", error_description=\"token revoked\""
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_processes_sharing_a_revocation_file_both_refuse_a_revoked_token() {
+    let up = Upstream::start().await;
+    let a = Proc::start_with(&default_routes(up.addr), &one_client_yaml(), Stdio::null()).await;
+    let b = a.sibling().await;
+    let token = issue(&a).await;
+    assert_eq!(
+        b.client(Proto::H1).get("/api/x", Some(&token)).await.status,
+        200
+    );
+    let r = b
+        .client(Proto::H1)
+        .post_form(
+            "/oauth2/revoke",
+            &[("token", &token)],
+            Some(("svc", "svc-secret")),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        b.client(Proto::H1).get("/api/x", Some(&token)).await.status,
+        401
+    );
+    let seen = eventually(Duration::from_secs(1), || async {
+        a.client(Proto::H1).get("/api/x", Some(&token)).await.status == 401
+    })
+    .await;
+    assert!(
+        seen,
+        "the other process did not pick up the revocation within 1 s"
+    );
+    // And a revocation through the other process merges rather than overwrites.
+    let second = issue(&a).await;
+    let r = a
+        .client(Proto::H1)
+        .post_form(
+            "/oauth2/revoke",
+            &[("token", &second)],
+            Some(("svc", "svc-secret")),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            b.client(Proto::H1)
+                .get("/api/x", Some(&second))
+                .await
+                .status
+                == 401
+        })
+        .await
+    );
+    assert_eq!(
+        b.client(Proto::H1).get("/api/x", Some(&token)).await.status,
+        401,
+        "first revocation kept"
     );
 }
