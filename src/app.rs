@@ -71,6 +71,27 @@ fn digest(b: &[u8]) -> [u8; 32] {
         .expect("32 bytes")
 }
 
+/// The files besides the main config whose content is part of a snapshot.
+pub fn companion_files(c: &Config) -> Vec<std::path::PathBuf> {
+    c.authorization_server
+        .iter()
+        .flat_map(|a| a.clients_file.iter().chain(a.users_file.iter()))
+        .cloned()
+        .collect()
+}
+
+/// Digest of the config file plus its companions (a missing file hashes as empty).
+fn config_digest(main: &[u8], companions: &[std::path::PathBuf]) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(main);
+    for f in companions {
+        let b = std::fs::read(f).unwrap_or_default();
+        ctx.update(&(b.len() as u64).to_le_bytes());
+        ctx.update(&b);
+    }
+    ctx.finish().as_ref().try_into().expect("32 bytes")
+}
+
 impl App {
     /// Builds the state from a validated config (reads the revocation file).
     pub fn new(config: Config) -> Result<Arc<App>, StartError> {
@@ -118,7 +139,7 @@ impl App {
                 message: format!("cannot read the config file: {e}"),
             }])
         })?;
-        let d = digest(&bytes);
+        let d = config_digest(&bytes, &companion_files(&self.snapshot.load().config));
         if *self.config_digest.lock().expect("not poisoned") == d {
             return Ok(false);
         }
@@ -137,6 +158,8 @@ impl App {
         if cfg.revocation_file != old.config.revocation_file {
             tracing::warn!("revocation.file changed; the new path takes effect on restart only");
         }
+        // Companion paths may have changed with the config: hash what the new one names.
+        let d = config_digest(&bytes, &companion_files(&cfg));
         let snap = build_snapshot(&self.metrics, &self.clients, cfg);
         self.snapshot.store(Arc::new(snap));
         *self.config_digest.lock().expect("not poisoned") = d;

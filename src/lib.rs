@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod config;
+pub mod durable;
 pub mod echo;
 pub mod metrics;
 pub mod oauth2;

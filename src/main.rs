@@ -37,6 +37,11 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Manage the authorization server's clients (never prints stored secrets).
+    Client {
+        #[command(subcommand)]
+        command: ClientCommand,
+    },
     /// Print an argon2id hash of a password read from standard input (one line),
     /// for `password_hash` / `secret_hash` in the config.
     HashPassword,
@@ -44,6 +49,58 @@ enum Command {
     Healthcheck {
         #[arg(long, default_value = "http://127.0.0.1:9090/healthz")]
         url: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientCommand {
+    /// List registered clients.
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Register a client in the clients file with a new generated secret (printed once).
+    Add {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The new client's id.
+        id: String,
+        /// Grant types, e.g. client_credentials or password (repeatable).
+        #[arg(long = "grant", required = true)]
+        grants: Vec<String>,
+        /// client_credentials: the service identity tokens are issued to.
+        #[arg(long)]
+        operator: Option<String>,
+        /// Space-separated scopes the client may ask for.
+        #[arg(long, default_value = "")]
+        scope: String,
+        /// The tokens' audience (default: tokens.audiences[0]).
+        #[arg(long)]
+        audience: Option<String>,
+        /// Password grant: also issue refresh tokens.
+        #[arg(long)]
+        refresh_tokens: bool,
+        /// Also write the secret to this new file (mode 0600).
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+    },
+    /// Give a client a new secret and revoke every token issued to it so far.
+    RegenerateSecret {
+        #[arg(long, short)]
+        config: PathBuf,
+        id: String,
+        /// Also write the secret to this new file (mode 0600).
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+    },
+    /// Revoke every token issued to a client so far.
+    RevokeTokens {
+        #[arg(long, short)]
+        config: PathBuf,
+        id: String,
     },
 }
 
@@ -96,6 +153,7 @@ fn init_tracing(c: &config::LoggingConfig) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Client { command } => client_command(command),
         Command::HashPassword => {
             let mut line = String::new();
             if std::io::stdin().read_line(&mut line).is_err()
@@ -228,4 +286,116 @@ async fn probe(url: &str) -> Result<u16, Box<dyn std::error::Error>> {
         Ok::<_, Box<dyn std::error::Error>>(resp.status().as_u16())
     };
     tokio::time::timeout(Duration::from_secs(5), fut).await?
+}
+
+fn client_command(cmd: ClientCommand) -> ExitCode {
+    use valet::oauth2::manage;
+    let path = match &cmd {
+        ClientCommand::List { config, .. }
+        | ClientCommand::Add { config, .. }
+        | ClientCommand::RegenerateSecret { config, .. }
+        | ClientCommand::RevokeTokens { config, .. } => config.clone(),
+    };
+    let c = match load(&path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    };
+    let print_secret = |id: &str, secret: &str, file: &Option<PathBuf>| -> ExitCode {
+        if let Some(f) = file {
+            if let Err(e) = manage::write_secret_file(f, secret) {
+                eprintln!("warning: cannot write {}: {e}", f.display());
+            }
+        }
+        println!("client_id: {id}");
+        println!("client_secret: {secret}");
+        eprintln!("Store this secret now: valet keeps only its hash and cannot show it again.");
+        ExitCode::SUCCESS
+    };
+    let revocations = || valet::revocation::Revocations::open(&c.revocation_file);
+    match cmd {
+        ClientCommand::List { json, .. } => match manage::list(&c) {
+            Ok(list) if json => {
+                println!("{}", serde_json::to_string_pretty(&list).expect("json"));
+                ExitCode::SUCCESS
+            }
+            Ok(list) => {
+                println!(
+                    "{:<24} {:<12} {:<32} {:<20} scopes",
+                    "client_id", "source", "grants", "operator"
+                );
+                for i in list {
+                    println!(
+                        "{:<24} {:<12} {:<32} {:<20} {}",
+                        i.client_id,
+                        i.source,
+                        i.grant_types.join(","),
+                        i.operator.as_deref().unwrap_or("-"),
+                        i.scopes.join(" ")
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
+        ClientCommand::Add {
+            id,
+            grants,
+            operator,
+            scope,
+            audience,
+            refresh_tokens,
+            secret_file,
+            ..
+        } => {
+            let raw = valet::config::RawClient {
+                client_id: id.clone(),
+                secret_hash: String::new(),
+                grant_types: grants,
+                operator,
+                scopes: scope.split_whitespace().map(str::to_owned).collect(),
+                default_scopes: None,
+                audience,
+                access_token_ttl: None,
+                refresh_token_ttl: None,
+                use_refresh_token: refresh_tokens,
+                introspect_any: false,
+            };
+            match manage::add(&c, raw) {
+                Ok(secret) => print_secret(&id, &secret, &secret_file),
+                Err(e) => fail(&e),
+            }
+        }
+        ClientCommand::RegenerateSecret {
+            id, secret_file, ..
+        } => {
+            let r = match revocations() {
+                Ok(r) => r,
+                Err(e) => return fail(&e),
+            };
+            match manage::regenerate_secret(&c, &r, &id) {
+                Ok(secret) => {
+                    eprintln!("Every token issued to {id} so far is revoked.");
+                    print_secret(&id, &secret, &secret_file)
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        ClientCommand::RevokeTokens { id, .. } => {
+            let r = match revocations() {
+                Ok(r) => r,
+                Err(e) => return fail(&e),
+            };
+            match manage::revoke_tokens(&c, &r, &id) {
+                Ok(()) => {
+                    println!("every token issued to {id} so far is revoked");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
+    }
 }

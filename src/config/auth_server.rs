@@ -428,3 +428,38 @@ fn compile_user(
         Err(e) => c.at(&format!("{p}.password_hash"), e),
     }
 }
+
+/// Validates clients about to be added to the clients file, against the
+/// clients already registered; `Err` lists the problems in sentences.
+pub fn check_clients_file(config: &super::Config, file: &ClientsFile) -> Result<(), String> {
+    let a = config
+        .authorization_server
+        .as_ref()
+        .ok_or("no authorization_server")?;
+    let src = serde_yaml::to_string(file).map_err(|e| e.to_string())?;
+    let mut c = Collector::new(Path::new("new client"), &src);
+    let mut clients: HashMap<String, Arc<Client>> = a.registry.clients.clone();
+    let mut warnings = Vec::new();
+    let aud = config.tokens.audiences.first().map_or("", String::as_str);
+    for (i, rc) in file.clients.iter().enumerate() {
+        compile_client(
+            rc,
+            true,
+            aud,
+            &format!("clients[{i}]"),
+            &mut c,
+            &mut clients,
+            &mut warnings,
+        );
+    }
+    if c.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(c
+            .errors
+            .iter()
+            .map(|e| e.message.clone())
+            .collect::<Vec<_>>()
+            .join("; "))
+    }
+}

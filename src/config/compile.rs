@@ -30,7 +30,18 @@ pub struct Config {
     pub logging: LoggingConfig,
     pub echo_upstream: Option<SocketAddr>,
     pub authorization_server: Option<super::AuthServerConfig>,
+    pub admin: Option<AdminConfig>,
 }
+
+/// The admin API listener and the digest of its bearer secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub address: SocketAddr,
+    pub token_sha256: [u8; 32],
+}
+
+/// Environment variable holding the admin API secret when no file is configured.
+pub const ADMIN_TOKEN_ENV: &str = "VALET_ADMIN_TOKEN";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerConfig {
@@ -451,7 +462,41 @@ fn compile(
         }
     }
 
+    let admin = raw.admin.as_ref().and_then(|a| {
+        let address = addr(c, "admin.address", &a.address)?;
+        if !address.ip().is_loopback() {
+            c.at("admin.address", "the admin API is plain HTTP: bind it to a loopback address");
+        }
+        if authorization_server.is_none() {
+            c.at("admin", "the admin API manages the authorization server's clients; configure authorization_server");
+        }
+        let token = match &a.token_file {
+            Some(f) => std::fs::read_to_string(resolve(base, f))
+                .map(|t| t.trim().to_string())
+                .map_err(|e| format!("cannot read admin.token_file: {e}")),
+            None => std::env::var(ADMIN_TOKEN_ENV).map_err(|_| format!("set admin.token_file or {ADMIN_TOKEN_ENV}")),
+        };
+        match token {
+            Ok(t) if t.len() >= 16 => {
+                let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, t.as_bytes());
+                Some(AdminConfig {
+                    address,
+                    token_sha256: d.as_ref().try_into().expect("32 bytes"),
+                })
+            }
+            Ok(_) => {
+                c.at("admin", "the admin token must be at least 16 characters");
+                None
+            }
+            Err(e) => {
+                c.at("admin", e);
+                None
+            }
+        }
+    });
+
     Config {
+        admin,
         authorization_server,
         path: path.to_path_buf(),
         listeners,

@@ -26,6 +26,15 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) dev: RawDev,
     pub(super) authorization_server: Option<RawAuthServer>,
+    pub(super) admin: Option<RawAdmin>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    pub(super) address: String,
+    /// A file holding the admin bearer secret; or VALET_ADMIN_TOKEN.
+    pub(super) token_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

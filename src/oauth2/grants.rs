@@ -79,7 +79,15 @@ pub async fn token(
     }
     let now = crate::revocation::now();
     let issued = match grant {
-        Grant::ClientCredentials => client_credentials(snap, &client, form, now)?,
+        Grant::ClientCredentials => {
+            let now = issue_time(
+                app,
+                &client.id,
+                client.operator.as_deref().unwrap_or_default(),
+                now,
+            );
+            client_credentials(snap, &client, form, now)?
+        }
         Grant::Password => password(app, snap, a, &client, form, now).await?,
         Grant::RefreshToken => refresh(app, snap, a, &client, form, now).await?,
     };
@@ -88,6 +96,22 @@ pub async fn token(
         .with_label_values(&[grant.as_str(), &client.id])
         .inc();
     Ok(json(StatusCode::OK, &issued))
+}
+
+/// Cut-offs this close ahead of now were just made by "revoke all" (see
+/// `manage::revoke_tokens`); further ahead, an operator chose a future time.
+const CUTOFF_LEAD: i64 = 5;
+
+/// The issue time of a new token: now, or a cut-off of its client or subject
+/// that lies (by a few seconds at most) in the future, so that a token issued
+/// right after "revoke all" is not born revoked (cut-offs reject `iat < T`).
+fn issue_time(app: &App, client_id: &str, sub: &str, now: i64) -> i64 {
+    let set = app.revocations.current();
+    [set.client_cutoff(client_id), set.subject_cutoff(sub)]
+        .into_iter()
+        .flatten()
+        .filter(|t| *t <= now + CUTOFF_LEAD)
+        .fold(now, i64::max)
 }
 
 fn response(access: &crate::tokens::issue::Minted, scope: &str, refresh: Option<String>) -> Value {
@@ -295,6 +319,7 @@ async fn refresh(
     let original: Vec<&str> = rt.scope.split(' ').filter(|s| !s.is_empty()).collect();
     let scope = grant_scope(form.get("scope"), &original, &original)?;
     let claims = rt.ext.clone().unwrap_or_default();
+    let now = issue_time(app, &client.id, &rt.sub, now);
     issue_pair(snap, client, &rt.sub, &scope, Some(&family), &claims, now)
 }
 

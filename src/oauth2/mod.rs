@@ -10,3 +10,4 @@ pub mod error;
 pub mod form;
 pub mod grants;
 pub mod limiter;
+pub mod manage;

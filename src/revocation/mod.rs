@@ -175,6 +175,16 @@ impl RevocationSet {
         None
     }
 
+    /// The "revoked before" time of a client, if any.
+    pub fn client_cutoff(&self, client_id: &str) -> Option<i64> {
+        self.clients.get(client_id).map(|t| *t)
+    }
+
+    /// The "revoked before" time of a subject, if any.
+    pub fn subject_cutoff(&self, sub: &str) -> Option<i64> {
+        self.subjects.get(sub).map(|t| *t)
+    }
+
     /// The entry for a revoked or rotated token id.
     pub fn token(&self, jti: &str) -> Option<TokenEntry> {
         self.jtis.get(jti).map(|e| *e)
@@ -320,17 +330,9 @@ impl Revocations {
     /// it off the async workers. On error nothing is in force that was not
     /// already, and the file is as it was.
     pub fn apply(&self, changes: &[Change]) -> Result<(), RevocationError> {
-        use std::io::Write;
         let io = |what: &str, e: std::io::Error| self.error(None, format!("{what}: {e}"));
         // One writer at a time, across processes sharing the file.
-        let lock_path = sibling(&self.path, ".lock");
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| io("cannot open the lock file", e))?;
-        lock.lock().map_err(|e| io("cannot lock", e))?;
+        let lock = crate::durable::lock(&self.path).map_err(|e| io("cannot lock", e))?;
 
         // Merge into what is on disk now (another process may have written).
         let mut file = match std::fs::read(&self.path) {
@@ -375,21 +377,8 @@ impl Revocations {
             .map_err(|e| self.error(None, format!("cannot serialize: {e}")))?;
         let text = format!("{HEADER}{body}");
 
-        let tmp = sibling(&self.path, ".tmp");
-        let mut f =
-            std::fs::File::create(&tmp).map_err(|e| io("cannot create the temporary file", e))?;
-        f.write_all(text.as_bytes())
-            .and_then(|_| f.sync_all())
-            .map_err(|e| io("cannot write the temporary file", e))?;
-        drop(f);
-        std::fs::rename(&tmp, &self.path).map_err(|e| io("cannot replace the file", e))?;
-        let dir = match self.path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io("cannot sync the directory", e))?;
+        crate::durable::replace(&lock, &self.path, text.as_bytes(), 0o644)
+            .map_err(|e| io("cannot write the temporary file or replace the file", e))?;
 
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
         self.current
@@ -399,13 +388,6 @@ impl Revocations {
         drop(lock);
         Ok(())
     }
-}
-
-/// `path` with `suffix` appended to its file name.
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(suffix);
-    path.with_file_name(name)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! changes or SIGHUP, and drain on SIGTERM/SIGINT.
 
 pub mod admin;
+pub mod admin_api;
 pub mod tls;
 pub mod watch;
 
@@ -44,6 +45,7 @@ pub struct Running {
     pub listeners: Vec<SocketAddr>,
     pub metrics: Option<SocketAddr>,
     pub echo_upstream: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
     shutdown: wch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     graceful: Arc<GracefulShutdown>,
@@ -74,6 +76,10 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     }
     let metrics_listener = match config.metrics_address {
         Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let admin_listener = match &config.admin {
+        Some(a) => Some(bind(a.address).await?),
         None => None,
     };
     let grace = config.limits.shutdown_grace;
@@ -123,6 +129,19 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         }
         None => None,
     };
+    let admin = match admin_listener {
+        Some(l) => {
+            let addr = l.local_addr().expect("bound");
+            tracing::info!(%addr, "admin API listening");
+            tasks.push(tokio::spawn(admin_api::serve(
+                app.clone(),
+                l,
+                shutdown_rx.clone(),
+            )));
+            Some(addr)
+        }
+        None => None,
+    };
     let watcher = watch::start(app.clone(), resolvers.clone(), shutdown_rx.clone())
         .map_err(ServeError::Watch)?;
     // Expired entries leave the verified-token cache off the request path.
@@ -145,6 +164,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         listeners,
         metrics,
         echo_upstream,
+        admin,
         shutdown,
         tasks,
         graceful,

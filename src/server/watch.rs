@@ -40,6 +40,12 @@ pub fn start(
     .map_err(|e| e.to_string())?;
     let snap = app.snapshot();
     let mut dirs = vec![dir_of(&snap.config.path), dir_of(app.revocations.path())];
+    for f in crate::app::companion_files(&snap.config) {
+        let d = dir_of(&f);
+        // A clients file may not exist yet; its directory must, to be watched.
+        let _ = std::fs::create_dir_all(&d);
+        dirs.push(d);
+    }
     for r in &resolvers {
         if let TlsSource::Files { cert, key } = r.source() {
             dirs.push(dir_of(cert));

@@ -163,6 +163,7 @@ pub struct Gateway {
     pub running: Option<valet::server::Running>,
     pub addr: std::net::SocketAddr,
     pub metrics_addr: std::net::SocketAddr,
+    pub admin_addr: Option<std::net::SocketAddr>,
 }
 
 /// A standard route to `upstream` at /api requiring scope `read`, plus a
@@ -203,6 +204,7 @@ impl Gateway {
         Gateway {
             addr: running.listeners[0],
             metrics_addr: running.metrics.unwrap(),
+            admin_addr: running.admin,
             revocation_path: dir.path().join("revocations.yaml"),
             running: Some(running),
             config_path,

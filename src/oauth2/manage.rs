@@ -1,0 +1,210 @@
+//! Client management, as the seed product's buttons: add, list, regenerate
+//! secret (which revokes every token issued so far), revoke all tokens.
+//! Shared by the `valet client` commands and the admin API. Valet rewrites
+//! only the clients file, never the operator's config.
+
+use super::registry::{generate_secret, hmac_hash, Client};
+use crate::config::{ClientsFile, Config, RawClient};
+use crate::revocation::time::Timestamp;
+use crate::revocation::{Change, ClientCutoff, RevocationError, Revocations};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManageError {
+    #[error("the config has no authorization_server section")]
+    NoAuthServer,
+    #[error("no clients_file is configured; valet manages clients only there")]
+    NoClientsFile,
+    #[error("no secret pepper is configured (secret_pepper_file or VALET_SECRET_PEPPER)")]
+    NoPepper,
+    #[error("no client `{0}`")]
+    UnknownClient(String),
+    #[error("client `{0}` is defined in the config file; valet does not rewrite it. Move it to the clients file, or change its secret_hash there by hand")]
+    NotManaged(String),
+    #[error("client `{0}` already exists")]
+    Exists(String),
+    #[error("invalid client: {0}")]
+    Invalid(String),
+    #[error("cannot update the clients file {path}: {msg}")]
+    ClientsFile { path: String, msg: String },
+    #[error("cannot record the revocation: {0}")]
+    Revocation(#[from] RevocationError),
+}
+
+/// What `list` shows of a client: never its secret or hash.
+#[derive(Debug, Serialize)]
+pub struct ClientInfo {
+    pub client_id: String,
+    pub source: &'static str,
+    pub grant_types: Vec<&'static str>,
+    pub operator: Option<String>,
+    pub scopes: Vec<String>,
+    pub audience: String,
+    pub access_token_ttl: u64,
+    pub refresh_token_ttl: u64,
+    pub use_refresh_token: bool,
+}
+
+impl From<&Client> for ClientInfo {
+    fn from(c: &Client) -> Self {
+        ClientInfo {
+            client_id: c.id.clone(),
+            source: if c.managed { "clients_file" } else { "config" },
+            grant_types: c.grants.iter().map(|g| g.as_str()).collect(),
+            operator: c.operator.clone(),
+            scopes: c.scopes.clone(),
+            audience: c.audience.clone(),
+            access_token_ttl: c.access_ttl.as_secs(),
+            refresh_token_ttl: c.refresh_ttl.as_secs(),
+            use_refresh_token: c.use_refresh_token,
+        }
+    }
+}
+
+pub fn list(config: &Config) -> Result<Vec<ClientInfo>, ManageError> {
+    let a = config
+        .authorization_server
+        .as_ref()
+        .ok_or(ManageError::NoAuthServer)?;
+    let mut v: Vec<ClientInfo> = a
+        .registry
+        .clients
+        .values()
+        .map(|c| ClientInfo::from(&**c))
+        .collect();
+    v.sort_by(|x, y| x.client_id.cmp(&y.client_id));
+    Ok(v)
+}
+
+/// Rewrites the clients file with `f(&mut file)`, durably, under its lock.
+fn update_clients_file(
+    config: &Config,
+    f: impl FnOnce(&mut ClientsFile) -> Result<(), ManageError>,
+) -> Result<(), ManageError> {
+    let a = config
+        .authorization_server
+        .as_ref()
+        .ok_or(ManageError::NoAuthServer)?;
+    let path = a.clients_file.as_ref().ok_or(ManageError::NoClientsFile)?;
+    let err = |msg: String| ManageError::ClientsFile {
+        path: path.display().to_string(),
+        msg,
+    };
+    let lock = crate::durable::lock(path).map_err(|e| err(e.to_string()))?;
+    let mut file: ClientsFile = match std::fs::read_to_string(path) {
+        Ok(s) => serde_yaml::from_str(&s).map_err(|e| err(e.to_string()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => ClientsFile::default(),
+        Err(e) => return Err(err(e.to_string())),
+    };
+    f(&mut file)?;
+    let text = format!(
+        "# Clients managed by valet (valet client add / regenerate-secret). Secrets are stored hashed.\n{}",
+        serde_yaml::to_string(&file).map_err(|e| err(e.to_string()))?
+    );
+    crate::durable::replace(&lock, path, text.as_bytes(), 0o600).map_err(|e| err(e.to_string()))
+}
+
+/// Adds a client with a new generated secret, which is returned (once).
+pub fn add(config: &Config, mut client: RawClient) -> Result<String, ManageError> {
+    let a = config
+        .authorization_server
+        .as_ref()
+        .ok_or(ManageError::NoAuthServer)?;
+    let pepper = a.registry.pepper.as_ref().ok_or(ManageError::NoPepper)?;
+    if a.registry.clients.contains_key(&client.client_id) {
+        return Err(ManageError::Exists(client.client_id));
+    }
+    let secret = generate_secret();
+    client.secret_hash = hmac_hash(pepper, &secret);
+    // Validate exactly as the config loader will.
+    let probe = ClientsFile {
+        clients: vec![client.clone()],
+    };
+    crate::config::check_clients_file(config, &probe).map_err(ManageError::Invalid)?;
+    update_clients_file(config, |f| {
+        if f.clients.iter().any(|c| c.client_id == client.client_id) {
+            return Err(ManageError::Exists(client.client_id));
+        }
+        f.clients.push(client);
+        Ok(())
+    })?;
+    Ok(secret)
+}
+
+/// Revokes every token issued to `client_id` until now (durably).
+pub fn revoke_tokens(
+    config: &Config,
+    revocations: &Revocations,
+    client_id: &str,
+) -> Result<(), ManageError> {
+    let a = config
+        .authorization_server
+        .as_ref()
+        .ok_or(ManageError::NoAuthServer)?;
+    if !a.registry.clients.contains_key(client_id) {
+        return Err(ManageError::UnknownClient(client_id.to_string()));
+    }
+    // Cut-offs reject `iat < revoked_before`, and `iat` has whole seconds. So
+    // each new cut-off is strictly later than the last one (a second "revoke
+    // all" within the same second must still catch tokens issued between the
+    // two), and the token endpoint issues later tokens at or after it.
+    let previous = revocations
+        .current()
+        .client_cutoff(client_id)
+        .unwrap_or(i64::MIN);
+    let cutoff = (crate::revocation::now() + 1).max(previous.saturating_add(1));
+    revocations.apply(&[Change::Client(ClientCutoff {
+        client_id: client_id.to_string(),
+        revoked_before: Timestamp(cutoff),
+    })])?;
+    Ok(())
+}
+
+/// A new secret for a managed client; every token issued so far is revoked
+/// first, so a failure leaves the old secret in place.
+pub fn regenerate_secret(
+    config: &Config,
+    revocations: &Revocations,
+    client_id: &str,
+) -> Result<String, ManageError> {
+    let a = config
+        .authorization_server
+        .as_ref()
+        .ok_or(ManageError::NoAuthServer)?;
+    let client = a
+        .registry
+        .clients
+        .get(client_id)
+        .ok_or_else(|| ManageError::UnknownClient(client_id.to_string()))?;
+    if !client.managed {
+        return Err(ManageError::NotManaged(client_id.to_string()));
+    }
+    let pepper = a.registry.pepper.as_ref().ok_or(ManageError::NoPepper)?;
+    revoke_tokens(config, revocations, client_id)?;
+    let secret = generate_secret();
+    let hash = hmac_hash(pepper, &secret);
+    update_clients_file(config, |f| {
+        let c = f
+            .clients
+            .iter_mut()
+            .find(|c| c.client_id == client_id)
+            .ok_or_else(|| ManageError::UnknownClient(client_id.to_string()))?;
+        c.secret_hash = hash;
+        Ok(())
+    })?;
+    Ok(secret)
+}
+
+/// Writes a secret to a new 0600 file (refusing to overwrite one).
+pub fn write_secret_file(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(secret.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()
+}

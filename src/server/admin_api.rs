@@ -1,0 +1,183 @@
+//! The admin API (its own listener, loopback only, `Authorization: Bearer`
+//! with the admin secret): the seed product's client buttons over HTTP.
+//!
+//! - `GET  /admin/clients`
+//! - `POST /admin/clients` (JSON: client_id, grant_types, operator, scopes, audience, use_refresh_token)
+//! - `POST /admin/clients/{id}/regenerate-secret`
+//! - `POST /admin/clients/{id}/revoke-tokens`
+//!
+//! New secrets appear once, in the response; only their hashes are stored.
+
+use crate::app::App;
+use crate::oauth2::manage::{self, ManageError};
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+fn error(status: StatusCode, e: impl std::fmt::Display) -> Response<Full<Bytes>> {
+    reply(status, serde_json::json!({"error": e.to_string()}))
+}
+
+fn authorized(app: &App, req: &Request<Incoming>) -> bool {
+    let Some(admin) = app.snapshot().config.admin.clone() else {
+        return false;
+    };
+    let Some(token) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.trim().as_bytes());
+    aws_lc_rs::constant_time::verify_slices_are_equal(d.as_ref(), &admin.token_sha256).is_ok()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewClient {
+    client_id: String,
+    grant_types: Vec<String>,
+    operator: Option<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    default_scopes: Option<Vec<String>>,
+    audience: Option<String>,
+    #[serde(default)]
+    use_refresh_token: bool,
+}
+
+fn status_of(e: &ManageError) -> StatusCode {
+    match e {
+        ManageError::UnknownClient(_) => StatusCode::NOT_FOUND,
+        ManageError::Exists(_) | ManageError::NotManaged(_) => StatusCode::CONFLICT,
+        ManageError::Invalid(_) => StatusCode::BAD_REQUEST,
+        ManageError::Revocation(_) | ManageError::ClientsFile { .. } => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+async fn respond(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if !authorized(&app, &req) {
+        let mut r = error(StatusCode::UNAUTHORIZED, "admin bearer token required");
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"valet-admin\""),
+        );
+        return r;
+    }
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let app2 = app.clone();
+    // File I/O and durable writes stay off the async workers.
+    let result = tokio::task::spawn_blocking(move || {
+        let app = app2;
+        let snap = app.snapshot();
+        let config = &snap.config;
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let out = match (&method, segments.as_slice()) {
+            (&Method::GET, ["admin", "clients"]) => {
+                return manage::list(config).map(|l| reply(StatusCode::OK, serde_json::json!({"clients": l})));
+            }
+            (&Method::POST, ["admin", "clients"]) => {
+                let n: NewClient = match serde_json::from_slice(&body) {
+                    Ok(n) => n,
+                    Err(e) => return Ok(error(StatusCode::BAD_REQUEST, e)),
+                };
+                let id = n.client_id.clone();
+                let raw = crate::config::RawClient {
+                    client_id: n.client_id,
+                    secret_hash: String::new(),
+                    grant_types: n.grant_types,
+                    operator: n.operator,
+                    scopes: n.scopes,
+                    default_scopes: n.default_scopes,
+                    audience: n.audience,
+                    access_token_ttl: None,
+                    refresh_token_ttl: None,
+                    use_refresh_token: n.use_refresh_token,
+                    introspect_any: false,
+                };
+                manage::add(config, raw).map(|secret| {
+                    reply(StatusCode::CREATED, serde_json::json!({"client_id": id, "client_secret": secret}))
+                })
+            }
+            (&Method::POST, ["admin", "clients", id, "regenerate-secret"]) => {
+                manage::regenerate_secret(config, &app.revocations, id).map(|secret| {
+                    reply(
+                        StatusCode::OK,
+                        serde_json::json!({"client_id": id, "client_secret": secret, "tokens_revoked": true}),
+                    )
+                })
+            }
+            (&Method::POST, ["admin", "clients", id, "revoke-tokens"]) => manage::revoke_tokens(config, &app.revocations, id)
+                .map(|()| reply(StatusCode::OK, serde_json::json!({"client_id": id, "tokens_revoked": true}))),
+            _ => return Ok(error(StatusCode::NOT_FOUND, "no such admin endpoint")),
+        };
+        // Put the change in force now rather than when the watcher notices.
+        if out.is_ok() {
+            app.metrics.set_revocation_sizes(app.revocations.current().len());
+            if let Err(e) = app.reload_config() {
+                tracing::error!("config reload after an admin change failed: {e}");
+            }
+        }
+        out
+    })
+    .await;
+    match result {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => error(status_of(&e), e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+pub async fn serve(app: Arc<App>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let tcp = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((tcp, _)) => tcp,
+                Err(_) => continue,
+            },
+            _ = shutdown.changed() => return,
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(respond(app, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}

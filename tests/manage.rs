@@ -1,0 +1,326 @@
+//! Managing clients: the admin API and the `valet client` commands. A new
+//! secret is shown once; regenerating it revokes every token issued so far.
+
+mod support;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use std::process::Command;
+use std::time::Duration;
+use support::*;
+
+const ADMIN_TOKEN: &str = "admin-token-0123456789";
+
+fn yaml(admin_token_file: &std::path::Path) -> String {
+    format!(
+        r#"authorization_server:
+  secret_pepper_file: pepper
+  generate_pepper_if_missing: true
+  clients_file: clients.yaml
+  clients:
+    - client_id: static
+      secret_hash: "{hash}"
+      grant_types: [client_credentials]
+      operator: static-op
+      scopes: [read]
+admin:
+  address: "127.0.0.1:0"
+  token_file: "{file}"
+"#,
+        hash = valet::oauth2::registry::argon2id_hash("static-secret"),
+        file = admin_token_file.display()
+    )
+}
+
+async fn start() -> (Gateway, Upstream, tempfile::TempDir) {
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("admin-token");
+    std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).unwrap();
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&default_routes(up.addr), &yaml(&token_file)).await;
+    (gw, up, secrets)
+}
+
+/// A request to the admin API (plain HTTP on loopback).
+async fn admin(
+    gw: &Gateway,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let addr = gw.admin_addr.unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = s
+        .send_request(b.body(Full::new(Bytes::from(body.to_string()))).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+async fn cc_token(gw: &Gateway, id: &str, secret: &str) -> Result<String, u16> {
+    let r = gw
+        .client(Proto::H1)
+        .post_form(
+            "/oauth2/token",
+            &[("grant_type", "client_credentials")],
+            Some((id, secret)),
+        )
+        .await;
+    if r.status == 200 {
+        Ok(r.json()["access_token"].as_str().unwrap().to_string())
+    } else {
+        Err(r.status.as_u16())
+    }
+}
+
+async fn proxied(gw: &Gateway, token: &str) -> u16 {
+    gw.client(Proto::H1)
+        .get("/api/x", Some(token))
+        .await
+        .status
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_api_needs_its_secret() {
+    let (gw, _up, _s) = start().await;
+    let (status, _) = admin(&gw, "GET", "/admin/clients", None, "").await;
+    assert_eq!(status, 401);
+    let (status, _) = admin(
+        &gw,
+        "GET",
+        "/admin/clients",
+        Some("admin-token-wrong-0000"),
+        "",
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, body) = admin(&gw, "GET", "/admin/clients", Some(ADMIN_TOKEN), "").await;
+    assert_eq!(status, 200);
+    let text = body.to_string();
+    assert!(text.contains("\"static\""));
+    assert!(
+        !text.contains("argon2") && !text.contains("secret"),
+        "no secrets or hashes listed: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_api_adds_regenerates_and_revokes() {
+    let (gw, _up, _s) = start().await;
+    let (status, body) = admin(
+        &gw,
+        "POST",
+        "/admin/clients",
+        Some(ADMIN_TOKEN),
+        r#"{"client_id": "billing", "grant_types": ["client_credentials"], "operator": "svc-billing", "scopes": ["read"]}"#,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let secret = body["client_secret"].as_str().unwrap().to_string();
+    assert!(secret.len() >= 43, "256 bits of randomness");
+    // Stored hashed, never in clear.
+    let stored = std::fs::read_to_string(gw.dir.path().join("clients.yaml")).unwrap();
+    assert!(!stored.contains(&secret));
+    assert!(stored.contains("hmac-sha256:"));
+
+    let old_token = cc_token(&gw, "billing", &secret)
+        .await
+        .expect("the new client works at once");
+    assert_eq!(proxied(&gw, &old_token).await, 200);
+
+    // Regenerate: the old secret stops working and every token so far is revoked.
+    let (status, body) = admin(
+        &gw,
+        "POST",
+        "/admin/clients/billing/regenerate-secret",
+        Some(ADMIN_TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let new_secret = body["client_secret"].as_str().unwrap().to_string();
+    assert_ne!(new_secret, secret);
+    assert_eq!(proxied(&gw, &old_token).await, 401);
+    assert_eq!(cc_token(&gw, "billing", &secret).await, Err(401));
+    let fresh = cc_token(&gw, "billing", &new_secret)
+        .await
+        .expect("the new secret works");
+    assert_eq!(
+        proxied(&gw, &fresh).await,
+        200,
+        "a token issued right after the cut-off is valid"
+    );
+
+    // Revoke all tokens, keep the secret.
+    let (status, _) = admin(
+        &gw,
+        "POST",
+        "/admin/clients/billing/revoke-tokens",
+        Some(ADMIN_TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(proxied(&gw, &fresh).await, 401);
+    let after = cc_token(&gw, "billing", &new_secret).await.unwrap();
+    assert_eq!(proxied(&gw, &after).await, 200);
+
+    // A client written in the config by hand is not rewritten by valet.
+    let (status, body) = admin(
+        &gw,
+        "POST",
+        "/admin/clients/static/regenerate-secret",
+        Some(ADMIN_TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    let (status, _) = admin(
+        &gw,
+        "POST",
+        "/admin/clients/nobody/revoke-tokens",
+        Some(ADMIN_TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(status, 404);
+    // Invalid clients are refused with the config's own rules.
+    let (status, body) = admin(
+        &gw,
+        "POST",
+        "/admin/clients",
+        Some(ADMIN_TOKEN),
+        r#"{"client_id": "nop", "grant_types": ["client_credentials"]}"#,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"].as_str().unwrap().contains("operator"),
+        "{body}"
+    );
+}
+
+const VALET: &str = env!("CARGO_BIN_EXE_valet");
+
+fn valet(args: &[&str], config: &std::path::Path) -> (bool, String, String) {
+    let out = Command::new(VALET)
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+fn secret_from(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("client_secret: "))
+        .expect("a secret is printed")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_client_commands_change_a_running_gateway() {
+    let (gw, _up, _s) = start().await;
+    let cfg = gw.config_path.clone();
+    let secret_file = gw.dir.path().join("billing.secret");
+    let (ok, out, err) = valet(
+        &[
+            "client",
+            "add",
+            "billing",
+            "--grant",
+            "client_credentials",
+            "--operator",
+            "svc-billing",
+            "--scope",
+            "read",
+            "--secret-file",
+            secret_file.to_str().unwrap(),
+        ],
+        &cfg,
+    );
+    assert!(ok, "{err}");
+    let secret = secret_from(&out);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&secret_file)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::read_to_string(&secret_file).unwrap().trim(),
+        secret
+    );
+
+    // The running gateway picks the new client up from the clients file.
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            cc_token(&gw, "billing", &secret).await.is_ok()
+        })
+        .await
+    );
+    let token = cc_token(&gw, "billing", &secret).await.unwrap();
+
+    let (ok, out, _) = valet(&["client", "list"], &cfg);
+    assert!(ok);
+    assert!(out.contains("billing") && out.contains("static"));
+    assert!(!out.contains(&secret) && !out.contains("hmac"), "{out}");
+
+    let (ok, out, err) = valet(&["client", "regenerate-secret", "billing"], &cfg);
+    assert!(ok, "{err}");
+    let new_secret = secret_from(&out);
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            proxied(&gw, &token).await == 401
+        })
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            cc_token(&gw, "billing", &secret).await == Err(401)
+        })
+        .await
+    );
+    assert!(cc_token(&gw, "billing", &new_secret).await.is_ok());
+
+    let t = cc_token(&gw, "static", "static-secret").await.unwrap();
+    let (ok, _, err) = valet(&["client", "revoke-tokens", "static"], &cfg);
+    assert!(ok, "{err}");
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            proxied(&gw, &t).await == 401
+        })
+        .await
+    );
+    let (ok, _, err) = valet(&["client", "regenerate-secret", "static"], &cfg);
+    assert!(!ok);
+    assert!(err.contains("defined in the config file"), "{err}");
+}
