@@ -6,13 +6,8 @@ use bytes::Bytes;
 use http::{header, Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use std::convert::Infallible;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
-async fn echo(req: Request<Incoming>) -> Response<Full<Bytes>> {
+pub async fn echo(req: Request<Incoming>) -> Response<Full<Bytes>> {
     let (parts, mut body) = req.into_parts();
     // Count the body as it streams; never hold it.
     let mut body_bytes = 0u64;
@@ -45,22 +40,4 @@ async fn echo(req: Request<Incoming>) -> Response<Full<Bytes>> {
         header::HeaderValue::from_static("application/json"),
     );
     r
-}
-
-pub async fn serve(listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        let tcp = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((tcp, _)) => tcp,
-                Err(_) => continue,
-            },
-            _ = shutdown.changed() => return,
-        };
-        tokio::spawn(async move {
-            let svc = service_fn(|req| async move { Ok::<_, Infallible>(echo(req).await) });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
-        });
-    }
 }

@@ -15,6 +15,8 @@ const ADMIN_TOKEN: &str = "admin-token-0123456789";
 fn yaml(admin_token_file: &std::path::Path) -> String {
     format!(
         r#"authorization_server:
+  # The tests poll for changes; rate limiting has its own test.
+  max_failed_auth: 100000
   secret_pepper_file: pepper
   generate_pepper_if_missing: true
   clients_file: clients.yaml

@@ -167,6 +167,23 @@ fn jwks(snap: &Snapshot) -> Response<ResponseBody> {
     r
 }
 
+/// Revokes a refresh family until the last token it can hold has expired:
+/// every token of the family was issued by now, so none outlives
+/// now + the longer of the client's lifetimes (+ skew).
+pub(super) fn family_revocation(
+    snap: &Snapshot,
+    client: &super::registry::Client,
+    family: &str,
+    now: i64,
+) -> Change {
+    let horizon = client.refresh_ttl.max(client.access_ttl).as_secs() as i64
+        + snap.config.tokens.clock_skew.as_secs() as i64;
+    Change::Family(RevokedFamily {
+        family: family.to_string(),
+        expires_at: crate::revocation::time::Timestamp(now + horizon),
+    })
+}
+
 /// Runs a durable revocation change off the async workers.
 pub(super) async fn apply(app: &Arc<App>, changes: Vec<Change>) -> Result<(), OAuthError> {
     let a2 = app.clone();
@@ -224,12 +241,7 @@ async fn revoke(
     let kind = match (own.kind, &own.family) {
         (Kind::Refresh, Some(fam)) => {
             // The whole family, and so every access token issued from it.
-            let horizon = client.refresh_ttl.max(client.access_ttl).as_secs() as i64
-                + snap.config.tokens.clock_skew.as_secs() as i64;
-            changes.push(Change::Family(RevokedFamily {
-                family: fam.clone(),
-                expires_at: crate::revocation::time::Timestamp(now + horizon),
-            }));
+            changes.push(family_revocation(snap, &client, fam, now));
             "refresh_token"
         }
         _ => "access_token",

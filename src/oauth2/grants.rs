@@ -7,7 +7,7 @@
 //! access tokens issued from it.
 
 use super::client_auth::authenticate;
-use super::endpoints::apply;
+use super::endpoints::{apply, family_revocation};
 use super::error::{json, OAuthError};
 use super::form::Form;
 use super::registry::{Client, Grant};
@@ -15,7 +15,7 @@ use crate::app::{App, Snapshot};
 use crate::config::AuthServerConfig;
 use crate::proxy::ResponseBody;
 use crate::revocation::time::Timestamp;
-use crate::revocation::{Change, RevokedFamily, RevokedToken};
+use crate::revocation::{Change, RevokedToken};
 use crate::tokens::issue::{decode_own, mint, mint_refresh, Kind, TokenRequest};
 use http::{HeaderMap, Response, StatusCode};
 use serde_json::{Map, Value};
@@ -284,16 +284,7 @@ async fn refresh(
                 drop(set);
                 if entry.rotated_at.is_some() {
                     // Reuse of a rotated token: someone else may hold it. End the family.
-                    let horizon = client.refresh_ttl.max(client.access_ttl).as_secs() as i64
-                        + snap.config.tokens.clock_skew.as_secs() as i64;
-                    apply(
-                        app,
-                        vec![Change::Family(RevokedFamily {
-                            family: family.clone(),
-                            expires_at: Timestamp(now + horizon),
-                        })],
-                    )
-                    .await?;
+                    apply(app, vec![family_revocation(snap, client, &family, now)]).await?;
                     app.metrics
                         .revocations
                         .with_label_values(&["refresh_reuse"])

@@ -6,14 +6,8 @@ use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use std::convert::Infallible;
-use std::sync::Arc;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
-fn respond(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+pub fn respond(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, ctype, body): (StatusCode, &str, Bytes) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => (
             StatusCode::OK,
@@ -42,31 +36,4 @@ fn respond(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         header::HeaderValue::from_str(ctype).expect("static"),
     );
     r
-}
-
-/// Serves the operations endpoints until `shutdown` flips.
-pub async fn serve(app: Arc<App>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        let (tcp, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics listener accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let app = app.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let r = respond(&app, &req);
-                async move { Ok::<_, Infallible>(r) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
-        });
-    }
 }

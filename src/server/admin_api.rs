@@ -14,13 +14,8 @@ use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde::Deserialize;
-use std::convert::Infallible;
 use std::sync::Arc;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
@@ -82,7 +77,7 @@ fn status_of(e: &ManageError) -> StatusCode {
     }
 }
 
-async fn respond(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+pub async fn respond(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if !authorized(&app, &req) {
         let mut r = error(StatusCode::UNAUTHORIZED, "admin bearer token required");
         r.headers_mut().insert(
@@ -157,27 +152,5 @@ async fn respond(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Bytes>>
         Ok(Ok(r)) => r,
         Ok(Err(e)) => error(status_of(&e), e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
-    }
-}
-
-pub async fn serve(app: Arc<App>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        let tcp = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((tcp, _)) => tcp,
-                Err(_) => continue,
-            },
-            _ = shutdown.changed() => return,
-        };
-        let app = app.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let app = app.clone();
-                async move { Ok::<_, Infallible>(respond(app, req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
-        });
     }
 }

@@ -95,7 +95,12 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         Some(l) => {
             let addr = l.local_addr().expect("bound");
             tracing::info!(%addr, "built-in echo upstream listening (development only)");
-            tasks.push(tokio::spawn(crate::echo::serve(l, shutdown_rx.clone())));
+            tasks.push(tokio::spawn(serve_plain(
+                l,
+                shutdown_rx.clone(),
+                "echo",
+                crate::echo::echo,
+            )));
             Some(addr)
         }
         None => None,
@@ -120,10 +125,15 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         Some(l) => {
             let addr = l.local_addr().expect("bound");
             tracing::info!(%addr, "metrics and health listening (/metrics, /healthz, /readyz)");
-            tasks.push(tokio::spawn(admin::serve(
-                app.clone(),
+            let app = app.clone();
+            tasks.push(tokio::spawn(serve_plain(
                 l,
                 shutdown_rx.clone(),
+                "metrics",
+                move |req| {
+                    let r = admin::respond(&app, &req);
+                    async move { r }
+                },
             )));
             Some(addr)
         }
@@ -133,10 +143,12 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         Some(l) => {
             let addr = l.local_addr().expect("bound");
             tracing::info!(%addr, "admin API listening");
-            tasks.push(tokio::spawn(admin_api::serve(
-                app.clone(),
+            let app = app.clone();
+            tasks.push(tokio::spawn(serve_plain(
                 l,
                 shutdown_rx.clone(),
+                "admin",
+                move |req| admin_api::respond(app.clone(), req),
             )));
             Some(addr)
         }
@@ -259,6 +271,44 @@ async fn accept_loop(
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             app.metrics.open_connections.dec();
+        });
+    }
+}
+
+/// Serves plain HTTP/1.1 on `listener` (metrics, admin API, the echo
+/// upstream) until `shutdown` flips; `respond` answers each request.
+pub async fn serve_plain<F, Fut>(
+    listener: TcpListener,
+    mut shutdown: wch::Receiver<bool>,
+    what: &'static str,
+    respond: F,
+) where
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = hyper::Response<http_body_util::Full<bytes::Bytes>>>
+        + Send
+        + 'static,
+{
+    loop {
+        let tcp = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    tracing::warn!(error = %e, listener = what, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let respond = respond.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let fut = respond(req);
+                async move { Ok::<_, Infallible>(fut.await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
         });
     }
 }
