@@ -216,15 +216,11 @@ pub(super) fn compile(
         }
     }
     let dummy_client = if clients.values().any(|c| c.secret.is_argon2()) {
-        SecretHash::parse(&crate::oauth2::registry::argon2id_hash("dummy")).ok()
+        Some(dummy_argon2())
     } else {
         Some(SecretHash::HmacSha256([0u8; 32]))
     };
-    let dummy_user = if users.is_empty() {
-        None
-    } else {
-        SecretHash::parse(&crate::oauth2::registry::argon2id_hash("dummy")).ok()
-    };
+    let dummy_user = (!users.is_empty()).then(dummy_argon2);
 
     let d = |v: Option<super::units::ConfigDuration>, def: Duration| v.map_or(def, |v| v.0);
     AuthServerConfig {
@@ -243,6 +239,18 @@ pub(super) fn compile(
         failed_auth_window: d(raw.failed_auth_window, DEFAULT_FAILED_AUTH_WINDOW),
         warnings,
     }
+}
+
+/// An argon2id hash of nothing in particular, made once per process (argon2
+/// is slow on purpose; config reloads should not pay for it every time).
+fn dummy_argon2() -> SecretHash {
+    static DUMMY: std::sync::OnceLock<SecretHash> = std::sync::OnceLock::new();
+    DUMMY
+        .get_or_init(|| {
+            SecretHash::parse(&crate::oauth2::registry::argon2id_hash("dummy"))
+                .expect("a fresh argon2id hash parses")
+        })
+        .clone()
 }
 
 fn read_or_make_pepper(path: &Path, generate: bool) -> Result<Secret, String> {

@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod client;
+pub mod process;
 pub mod upstream;
 
 use base64::Engine;
