@@ -363,6 +363,7 @@ fn client_command(cmd: ClientCommand) -> ExitCode {
                 refresh_token_ttl: None,
                 use_refresh_token: refresh_tokens,
                 introspect_any: false,
+                jwt_bearer: None,
             };
             match manage::add(&c, raw) {
                 Ok(secret) => print_secret(&id, &secret, &secret_file),

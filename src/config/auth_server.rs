@@ -2,8 +2,10 @@
 //! the users file; each error is positioned in the file it comes from.
 
 use super::error::{from_yaml, Collector, ConfigError};
-use super::raw::{ClientsFile, RawAuthServer, RawClient, RawUser, UsersFile};
-use crate::oauth2::registry::{Client, Grant, Registry, Secret, SecretHash, User};
+use super::raw::{ClientsFile, RawAuthServer, RawClient, RawJwtBearer, RawUser, UsersFile};
+use crate::oauth2::registry::{
+    AssertionIssuer, AssertionKey, Client, Grant, JwtBearer, Registry, Secret, SecretHash, User,
+};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,6 +20,8 @@ pub const DEFAULT_REFRESH_GRACE: Duration = Duration::from_secs(5);
 /// within the window, before further attempts are refused (429).
 pub const DEFAULT_MAX_FAILED_AUTH: u32 = 10;
 pub const DEFAULT_FAILED_AUTH_WINDOW: Duration = Duration::from_secs(60);
+/// Longest accepted remaining lifetime of a JWT bearer assertion.
+pub const DEFAULT_MAX_ASSERTION_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// Environment variable holding the pepper when no file is configured.
 pub const PEPPER_ENV: &str = "VALET_SECRET_PEPPER";
@@ -131,6 +135,7 @@ pub(super) fn compile(
             rc,
             false,
             default_audience,
+            &resolve,
             &p,
             c,
             &mut clients,
@@ -143,11 +148,14 @@ pub(super) fn compile(
             Ok(src) => match serde_yaml::from_str::<ClientsFile>(&src) {
                 Ok(file) => {
                     let mut fc = Collector::new(path, &src);
+                    let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+                    let resolve_here = |f: &str| dir.join(f);
                     for (i, rc) in file.clients.iter().enumerate() {
                         compile_client(
                             rc,
                             true,
                             default_audience,
+                            &resolve_here,
                             &format!("clients[{i}]"),
                             &mut fc,
                             &mut clients,
@@ -273,10 +281,12 @@ fn read_or_make_pepper(path: &Path, generate: bool) -> Result<Secret, String> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn compile_client(
     rc: &RawClient,
     managed: bool,
     default_audience: &str,
+    resolve: &dyn Fn(&str) -> PathBuf,
     p: &str,
     c: &mut Collector<'_>,
     clients: &mut HashMap<String, Arc<Client>>,
@@ -370,6 +380,27 @@ fn compile_client(
             "refresh tokens are issued by the password grant only (client credentials never gets one)",
         );
     }
+    let jwt_bearer = match (&rc.jwt_bearer, grants.contains(&Grant::JwtBearer)) {
+        (Some(j), true) => compile_jwt_bearer(j, resolve, &format!("{p}.jwt_bearer"), c),
+        (None, true) => {
+            c.at(
+                &format!("{p}.jwt_bearer"),
+                "the JWT bearer grant needs jwt_bearer.issuers",
+            );
+            None
+        }
+        (Some(_), false) => {
+            c.at(
+                &format!("{p}.jwt_bearer"),
+                format!(
+                    "jwt_bearer is set but grant_types lacks {}",
+                    crate::oauth2::registry::JWT_BEARER
+                ),
+            );
+            None
+        }
+        (None, false) => None,
+    };
     let Some(secret) = secret else { return };
     clients.insert(
         rc.client_id.clone(),
@@ -392,9 +423,128 @@ fn compile_client(
                 .map_or(DEFAULT_CLIENT_REFRESH_TTL, |d| d.0),
             use_refresh_token: rc.use_refresh_token,
             introspect_any: rc.introspect_any,
+            jwt_bearer,
             managed,
         }),
     );
+}
+
+fn parse_alg(s: &str) -> Option<jsonwebtoken::Algorithm> {
+    use jsonwebtoken::Algorithm::*;
+    Some(match s {
+        "EdDSA" => EdDSA,
+        "ES256" => ES256,
+        "ES384" => ES384,
+        "RS256" => RS256,
+        "RS384" => RS384,
+        "RS512" => RS512,
+        "PS256" => PS256,
+        "PS384" => PS384,
+        "PS512" => PS512,
+        _ => return None,
+    })
+}
+
+fn compile_jwt_bearer(
+    j: &RawJwtBearer,
+    resolve: &dyn Fn(&str) -> PathBuf,
+    p: &str,
+    c: &mut Collector<'_>,
+) -> Option<JwtBearer> {
+    if j.issuers.is_empty() {
+        c.at(
+            &format!("{p}.issuers"),
+            "at least one trusted issuer is needed",
+        );
+    }
+    for out in j.claims.keys() {
+        if RESERVED_CLAIMS.contains(&out.as_str()) {
+            c.at(
+                &format!("{p}.claims"),
+                format!("claim `{out}` is set by valet and cannot be mapped"),
+            );
+        }
+    }
+    let mut issuers = Vec::new();
+    for (i, ri) in j.issuers.iter().enumerate() {
+        let ip = format!("{p}.issuers[{i}]");
+        let keys = match (&ri.jwks_file, &ri.public_key_file) {
+            (Some(f), None) => load_jwks(&resolve(f)),
+            (None, Some(f)) => match ri.algorithm.as_deref().map(parse_alg) {
+                Some(Some(alg)) => load_pem_key(&resolve(f), alg).map(|k| vec![k]),
+                Some(None) => Err("algorithm must be one of EdDSA, ES256, ES384, RS256, RS384, RS512, PS256, PS384, PS512 (no HMAC)".into()),
+                None => Err("a public_key_file needs its algorithm".into()),
+            },
+            _ => Err("give either jwks_file or public_key_file (with algorithm)".into()),
+        };
+        match keys {
+            Ok(keys) if !keys.is_empty() => issuers.push(AssertionIssuer {
+                issuer: ri.issuer.clone(),
+                keys,
+            }),
+            Ok(_) => c.at(&ip, "the JWKS holds no usable signing key"),
+            Err(e) => c.at(&ip, e),
+        }
+    }
+    Some(JwtBearer {
+        issuers,
+        max_lifetime: j
+            .max_assertion_lifetime
+            .map_or(DEFAULT_MAX_ASSERTION_LIFETIME, |d| d.0),
+        subject_claim: j.subject_claim.clone().unwrap_or_else(|| "sub".into()),
+        claims: j
+            .claims
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        scopes_claim: j.scopes_claim.clone(),
+    })
+}
+
+fn load_pem_key(path: &Path, alg: jsonwebtoken::Algorithm) -> Result<AssertionKey, String> {
+    use jsonwebtoken::{Algorithm::*, DecodingKey};
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let key = match alg {
+        EdDSA => DecodingKey::from_ed_pem(&pem),
+        ES256 | ES384 => DecodingKey::from_ec_pem(&pem),
+        _ => DecodingKey::from_rsa_pem(&pem),
+    }
+    .map_err(|e| format!("{} is not a {alg:?} public key: {e}", path.display()))?;
+    Ok(AssertionKey {
+        kid: None,
+        algorithm: alg,
+        key,
+    })
+}
+
+fn load_jwks(path: &Path) -> Result<Vec<AssertionKey>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&text)
+        .map_err(|e| format!("{} is not a JWKS: {e}", path.display()))?;
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        // The key's own `alg` pins the algorithm; keys without one are refused
+        // rather than guessed at.
+        let Some(alg) = jwk
+            .common
+            .key_algorithm
+            .and_then(|a| parse_alg(&a.to_string()))
+        else {
+            return Err(format!(
+                "every key in {} needs an asymmetric `alg`",
+                path.display()
+            ));
+        };
+        let key = jsonwebtoken::DecodingKey::from_jwk(jwk)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        keys.push(AssertionKey {
+            kid: jwk.common.key_id.clone(),
+            algorithm: alg,
+            key,
+        });
+    }
+    Ok(keys)
 }
 
 fn compile_user(
@@ -449,11 +599,19 @@ pub fn check_clients_file(config: &super::Config, file: &ClientsFile) -> Result<
     let mut clients: HashMap<String, Arc<Client>> = a.registry.clients.clone();
     let mut warnings = Vec::new();
     let aud = config.tokens.audiences.first().map_or("", String::as_str);
+    let dir = a
+        .clients_file
+        .as_ref()
+        .and_then(|f| f.parent())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let resolve = |f: &str| dir.join(f);
     for (i, rc) in file.clients.iter().enumerate() {
         compile_client(
             rc,
             true,
             aud,
+            &resolve,
             &format!("clients[{i}]"),
             &mut c,
             &mut clients,

@@ -100,6 +100,41 @@ pub struct RawClient {
     /// May introspect tokens issued to other clients (resource servers).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub introspect_any: bool,
+    /// The JWT bearer grant (RFC 7523): trusted assertion issuers and mapping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_bearer: Option<RawJwtBearer>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwtBearer {
+    pub issuers: Vec<RawAssertionIssuer>,
+    /// Longest accepted `exp - now` of an assertion. Default: 1h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_assertion_lifetime: Option<ConfigDuration>,
+    /// Identity mapping: which assertion claim becomes `sub`. Default: sub.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_claim: Option<String>,
+    /// Identity mapping: access token claim ← assertion claim.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub claims: std::collections::BTreeMap<String, String>,
+    /// Identity mapping: an assertion claim (string or list) whose values are
+    /// granted as scopes, within the client's scopes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes_claim: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAssertionIssuer {
+    pub issuer: String,
+    /// A JWKS file (keys with `alg` and `kid`), or a PEM public key with `algorithm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -118,7 +118,7 @@ async fn read_form(req: Request<Incoming>) -> Result<(http::request::Parts, Form
     Ok((parts, Form::parse(&bytes)?))
 }
 
-fn origin(issuer: &str) -> &str {
+pub(super) fn origin(issuer: &str) -> &str {
     match issuer.find("://") {
         Some(i) => match issuer[i + 3..].find('/') {
             Some(j) => &issuer[..i + 3 + j],
@@ -139,7 +139,7 @@ fn metadata(snap: &Snapshot, a: &AuthServerConfig) -> Response<ResponseBody> {
         "revocation_endpoint": format!("{o}{}", a.paths.revocation),
         "introspection_endpoint": format!("{o}{}", a.paths.introspection),
         "jwks_uri": format!("{o}{}", a.paths.jwks),
-        "grant_types_supported": ["client_credentials", "password", "refresh_token"],
+        "grant_types_supported": ["client_credentials", "password", "refresh_token", super::registry::JWT_BEARER],
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": methods,
         "revocation_endpoint_auth_methods_supported": methods,
@@ -205,6 +205,21 @@ pub(super) async fn apply(app: &Arc<App>, changes: Vec<Change>) -> Result<(), OA
     app.metrics
         .set_revocation_sizes(app.revocations.current().len());
     Ok(())
+}
+
+/// Records a single-use id durably; `Ok(false)` if it was used before.
+pub(super) async fn apply_once(app: &Arc<App>, t: RevokedToken) -> Result<bool, OAuthError> {
+    let a2 = app.clone();
+    match tokio::task::spawn_blocking(move || a2.revocations.record_once(t)).await {
+        Ok(Ok(fresh)) => Ok(fresh),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "a single-use id could not be recorded; answering 503");
+            Err(OAuthError::Unavailable(
+                "the request could not be recorded; retry later".into(),
+            ))
+        }
+        Err(e) => Err(OAuthError::Unavailable(format!("the writer failed: {e}"))),
+    }
 }
 
 /// RFC 7009. 200 for unknown, invalid or expired tokens too; a client may

@@ -28,6 +28,7 @@ pub fn grant_label(g: Option<&str>) -> &'static str {
         Some("client_credentials") => "client_credentials",
         Some("password") => "password",
         Some("refresh_token") => "refresh_token",
+        Some(super::registry::JWT_BEARER) => "jwt_bearer",
         None => "none",
         Some(_) => "other",
     }
@@ -90,6 +91,11 @@ pub async fn token(
         }
         Grant::Password => password(app, snap, a, &client, form, now).await?,
         Grant::RefreshToken => refresh(app, snap, a, &client, form, now).await?,
+        Grant::JwtBearer => {
+            let m = super::jwt_bearer::verify(app, snap, a, &client, form, now).await?;
+            let now = issue_time(app, &client.id, &m.subject, now);
+            assertion_token(snap, &client, form, m, now)?
+        }
     };
     app.metrics
         .tokens_issued
@@ -242,6 +248,47 @@ fn issue_pair(
         None => None,
     };
     Ok(response(&access, scope, refresh))
+}
+
+/// An access token for a verified assertion (JWT or SAML bearer): the mapped
+/// subject and claims; scopes within the client's (and the assertion's, when
+/// a scopes claim is mapped). No refresh token: the client can present a
+/// new assertion (RFC 7522 §3 / RFC 7523 §3 leave it to the server).
+fn assertion_token(
+    snap: &Snapshot,
+    client: &Client,
+    form: &Form,
+    m: super::jwt_bearer::Mapped,
+    now: i64,
+) -> Result<Value, OAuthError> {
+    let allowed: Vec<&str> = client
+        .scopes
+        .iter()
+        .map(String::as_str)
+        .filter(|s| m.scopes.as_ref().is_none_or(|a| a.iter().any(|x| x == s)))
+        .collect();
+    let default: Vec<&str> = client
+        .default_scopes
+        .iter()
+        .map(String::as_str)
+        .filter(|s| allowed.contains(s))
+        .collect();
+    let scope = grant_scope(form.get("scope"), &allowed, &default)?;
+    let access = mint(
+        &snap.config.tokens,
+        &TokenRequest {
+            subject: &m.subject,
+            client_id: &client.id,
+            scope: &scope,
+            ttl: Some(client.access_ttl),
+            audience: Some(&client.audience),
+            extra: Some(&m.claims),
+            ..Default::default()
+        },
+        now,
+    )
+    .map_err(sign_error)?;
+    Ok(response(&access, &scope, None))
 }
 
 /// RFC 6749 §6 with rotation and reuse detection.

@@ -9,5 +9,6 @@ pub mod endpoints;
 pub mod error;
 pub mod form;
 pub mod grants;
+pub mod jwt_bearer;
 pub mod limiter;
 pub mod manage;

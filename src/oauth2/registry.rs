@@ -134,7 +134,11 @@ pub enum Grant {
     ClientCredentials,
     Password,
     RefreshToken,
+    JwtBearer,
 }
+
+/// RFC 7523 §2.1.
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
 impl Grant {
     pub fn parse(s: &str) -> Option<Grant> {
@@ -142,6 +146,7 @@ impl Grant {
             "client_credentials" => Some(Grant::ClientCredentials),
             "password" => Some(Grant::Password),
             "refresh_token" => Some(Grant::RefreshToken),
+            JWT_BEARER => Some(Grant::JwtBearer),
             _ => None,
         }
     }
@@ -150,6 +155,7 @@ impl Grant {
             Grant::ClientCredentials => "client_credentials",
             Grant::Password => "password",
             Grant::RefreshToken => "refresh_token",
+            Grant::JwtBearer => JWT_BEARER,
         }
     }
 }
@@ -167,6 +173,7 @@ pub struct Client {
     pub refresh_ttl: Duration,
     pub use_refresh_token: bool,
     pub introspect_any: bool,
+    pub jwt_bearer: Option<JwtBearer>,
     /// Defined in the clients file (valet may rewrite it) rather than the config.
     pub managed: bool,
 }
@@ -178,6 +185,36 @@ impl Client {
             g => self.grants.contains(&g),
         }
     }
+}
+
+/// One trusted key of an assertion issuer; the algorithm is the key's.
+pub struct AssertionKey {
+    pub kid: Option<String>,
+    pub algorithm: jsonwebtoken::Algorithm,
+    pub key: jsonwebtoken::DecodingKey,
+}
+
+impl fmt::Debug for AssertionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AssertionKey({:?}, {:?})", self.kid, self.algorithm)
+    }
+}
+
+#[derive(Debug)]
+pub struct AssertionIssuer {
+    pub issuer: String,
+    pub keys: Vec<AssertionKey>,
+}
+
+/// A client's JWT bearer grant settings (RFC 7523) and identity mapping.
+#[derive(Debug)]
+pub struct JwtBearer {
+    pub issuers: Vec<AssertionIssuer>,
+    pub max_lifetime: Duration,
+    pub subject_claim: String,
+    /// Access token claim ← assertion claim.
+    pub claims: Vec<(String, String)>,
+    pub scopes_claim: Option<String>,
 }
 
 #[derive(Debug)]

@@ -330,6 +330,18 @@ impl Revocations {
     /// it off the async workers. On error nothing is in force that was not
     /// already, and the file is as it was.
     pub fn apply(&self, changes: &[Change]) -> Result<(), RevocationError> {
+        self.apply_inner(changes, None).map(|_| ())
+    }
+
+    /// Records a single-use id (an assertion's) durably. `Ok(false)` if it
+    /// was recorded before: checked under the file lock, so of two
+    /// concurrent uses (in this process or another) exactly one wins.
+    pub fn record_once(&self, t: RevokedToken) -> Result<bool, RevocationError> {
+        let jti = t.jti.clone();
+        self.apply_inner(&[Change::Token(t)], Some(&jti))
+    }
+
+    fn apply_inner(&self, changes: &[Change], once: Option<&str>) -> Result<bool, RevocationError> {
         let io = |what: &str, e: std::io::Error| self.error(None, format!("{what}: {e}"));
         // One writer at a time, across processes sharing the file.
         let lock = crate::durable::lock(&self.path).map_err(|e| io("cannot lock", e))?;
@@ -346,6 +358,15 @@ impl Revocations {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => RevocationFile::default(),
             Err(e) => return Err(io("cannot read", e)),
         };
+        if let Some(id) = once {
+            if file
+                .tokens
+                .iter()
+                .any(|t| t.jti == id && t.expires_at.0 >= now())
+            {
+                return Ok(false);
+            }
+        }
         for c in changes {
             match c.clone() {
                 Change::Token(t) => {
@@ -386,7 +407,7 @@ impl Revocations {
         *self.loaded_digest.lock().expect("not poisoned") =
             Some(digest.as_ref().try_into().expect("32 bytes"));
         drop(lock);
-        Ok(())
+        Ok(true)
     }
 }
 

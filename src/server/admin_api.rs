@@ -121,6 +121,7 @@ pub async fn respond(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Byt
                     refresh_token_ttl: None,
                     use_refresh_token: n.use_refresh_token,
                     introspect_any: false,
+                    jwt_bearer: None,
                 };
                 manage::add(config, raw).map(|secret| {
                     reply(StatusCode::CREATED, serde_json::json!({"client_id": id, "client_secret": secret}))

@@ -1,0 +1,237 @@
+//! The JWT bearer grant (RFC 7523) end to end, and the attacks on it. The
+//! assertions are signed here by hand (JWS compact serialization over an
+//! aws-lc-rs Ed25519 signature), not with the library valet verifies with.
+
+mod support;
+
+use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+use base64::Engine;
+use serde_json::{json, Value};
+use support::*;
+
+const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+const IDP: &str = "https://idp.test";
+
+fn b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+struct Idp {
+    key: Ed25519KeyPair,
+    _dir: tempfile::TempDir,
+    jwks: std::path::PathBuf,
+}
+
+impl Idp {
+    fn new() -> Idp {
+        let doc = Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new()).unwrap();
+        let key = Ed25519KeyPair::from_pkcs8(doc.as_ref()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let jwks = dir.path().join("idp-jwks.json");
+        let jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": b64(key.public_key().as_ref()), "alg": "EdDSA", "kid": "idp-1", "use": "sig"});
+        std::fs::write(&jwks, json!({"keys": [jwk]}).to_string()).unwrap();
+        Idp {
+            key,
+            _dir: dir,
+            jwks,
+        }
+    }
+
+    fn sign_with(&self, key: &Ed25519KeyPair, header: &Value, claims: &Value) -> String {
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let sig = key.sign(input.as_bytes());
+        format!("{input}.{}", b64(sig.as_ref()))
+    }
+
+    fn sign(&self, claims: &Value) -> String {
+        self.sign_with(
+            &self.key,
+            &json!({"alg": "EdDSA", "typ": "JWT", "kid": "idp-1"}),
+            claims,
+        )
+    }
+}
+
+fn assertion_claims() -> Value {
+    let n = now();
+    json!({
+        "iss": IDP, "sub": "bob@idp.test", "aud": ISSUER, "exp": n + 120, "iat": n, "nbf": n,
+        "jti": valet::tokens::random_id(), "email": "bob@idp.test", "scp": ["read", "admin"],
+    })
+}
+
+async fn setup(idp: &Idp) -> (Gateway, Upstream) {
+    let up = Upstream::start().await;
+    let yaml = format!(
+        r#"authorization_server:
+  clients:
+    - client_id: federated
+      secret_hash: "{hash}"
+      grant_types: ["{JWT_BEARER}"]
+      scopes: [read, write]
+      jwt_bearer:
+        issuers:
+          - issuer: "{IDP}"
+            jwks_file: "{jwks}"
+        max_assertion_lifetime: 10m
+        claims: {{ email: email }}
+        scopes_claim: scp
+"#,
+        hash = valet::oauth2::registry::argon2id_hash("fed-secret"),
+        jwks = idp.jwks.display()
+    );
+    let gw = Gateway::start(&default_routes(up.addr), &yaml).await;
+    (gw, up)
+}
+
+async fn grant(gw: &Gateway, assertion: &str) -> support::client::Reply {
+    gw.client(Proto::H1)
+        .post_form(
+            "/oauth2/token",
+            &[("grant_type", JWT_BEARER), ("assertion", assertion)],
+            Some(("federated", "fed-secret")),
+        )
+        .await
+}
+
+fn assert_refused(r: &support::client::Reply, why: &str) {
+    assert_eq!(r.status, 400, "{why}: {:?}", r.body);
+    let j = r.json();
+    assert_eq!(j["error"], "invalid_grant", "{why}");
+    assert!(
+        j["error_description"].as_str().unwrap().contains(why),
+        "expected `{why}` in {:?}",
+        j["error_description"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_valid_assertion_yields_a_mapped_token_usable_on_the_proxy_once() {
+    let idp = Idp::new();
+    let (gw, up) = setup(&idp).await;
+    let a = idp.sign(&assertion_claims());
+    let r = grant(&gw, &a).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let j = r.json();
+    assert!(j.get("refresh_token").is_none());
+    assert_eq!(
+        j["scope"], "read",
+        "scopes: the client's, within the assertion's"
+    );
+    let at = j["access_token"].as_str().unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(at.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["sub"], "bob@idp.test");
+    assert_eq!(claims["email"], "bob@idp.test", "mapped claim");
+    assert_eq!(
+        gw.client(Proto::H1).get("/api/x", Some(at)).await.status,
+        200
+    );
+    assert_eq!(up.last().headers["x-valet-subject"], "bob@idp.test");
+    // The same assertion again: a replay.
+    assert_refused(&grant(&gw, &a).await, "already used");
+    // The token endpoint URL is an accepted audience too.
+    let mut c = assertion_claims();
+    c["aud"] = json!([format!("{ISSUER}/oauth2/token")]);
+    assert_eq!(grant(&gw, &idp.sign(&c)).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn attacks_on_the_assertion_are_refused() {
+    let idp = Idp::new();
+    let (gw, _up) = setup(&idp).await;
+    let n = now();
+    let with = |k: &str, v: Value| {
+        let mut c = assertion_claims();
+        c[k] = v;
+        c
+    };
+    let without = |k: &str| {
+        let mut c = assertion_claims();
+        c.as_object_mut().unwrap().remove(k);
+        c
+    };
+    let cases: Vec<(String, &str)> = vec![
+        (
+            idp.sign(&with("aud", json!("https://someone-else.test"))),
+            "audience",
+        ),
+        (idp.sign(&without("exp")), "exp"),
+        (
+            idp.sign(&with("exp", json!(n + 86400))),
+            "too far in the future",
+        ),
+        (idp.sign(&with("exp", json!(n - 60))), "expired"),
+        (idp.sign(&with("nbf", json!(n + 120))), "not yet valid"),
+        (
+            idp.sign(&with("iat", json!(n + 120))),
+            "iat is in the future",
+        ),
+        (idp.sign(&without("jti")), "jti is required"),
+        (idp.sign(&without("sub")), "subject"),
+        (
+            idp.sign(&with("iss", json!("https://evil.test"))),
+            "not trusted",
+        ),
+    ];
+    for (a, why) in &cases {
+        assert_refused(&grant(&gw, a).await, why);
+    }
+    // Signed by a key the issuer does not have (same kid).
+    let other = Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new()).unwrap();
+    let other = Ed25519KeyPair::from_pkcs8(other.as_ref()).unwrap();
+    let forged = idp.sign_with(
+        &other,
+        &json!({"alg": "EdDSA", "kid": "idp-1"}),
+        &assertion_claims(),
+    );
+    assert_refused(&grant(&gw, &forged).await, "bad signature");
+    // Modified after signing.
+    let good = idp.sign(&assertion_claims());
+    let parts: Vec<&str> = good.split('.').collect();
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64(with("sub", json!("admin")).to_string().as_bytes()),
+        parts[2]
+    );
+    assert_refused(&grant(&gw, &tampered).await, "bad signature");
+    // alg none, and HS256 keyed with the public key.
+    let none = format!(
+        "{}.{}.",
+        b64(json!({"alg": "none"}).to_string().as_bytes()),
+        b64(assertion_claims().to_string().as_bytes())
+    );
+    assert_refused(&grant(&gw, &none).await, "malformed");
+    let public = idp.key.public_key().as_ref().to_vec();
+    let hs = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &assertion_claims(),
+        &jsonwebtoken::EncodingKey::from_secret(&public),
+    )
+    .unwrap();
+    assert_refused(&grant(&gw, &hs).await, "algorithm");
+    // A client not registered for the grant.
+    let r = gw
+        .client(Proto::H1)
+        .post_form(
+            "/oauth2/token",
+            &[("grant_type", JWT_BEARER), ("assertion", &good)],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        gw.metric("valet_token_requests_failed_total{error=\"invalid_grant\",grant=\"jwt_bearer\"}")
+            .await as usize,
+        cases.len() + 4
+    );
+}
