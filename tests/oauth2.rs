@@ -627,3 +627,55 @@ async fn a_revocation_that_cannot_be_written_answers_503_and_changes_nothing() {
         401
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signing_keys_rotate_without_failing_tokens_in_flight() {
+    let (gw, _up) = setup().await;
+    let c = gw.client(Proto::H1);
+    let old = s(&client_credentials(&c, None).await.json()["access_token"]);
+    assert_eq!(
+        gw.client(Proto::H1).get("/api/x", Some(&old)).await.status,
+        200
+    );
+    // Rotate: a new ES256 key signs from now on; the old one stays for verification.
+    let text = std::fs::read_to_string(&gw.config_path).unwrap().replace(
+        "  keys:\n",
+        "  signing_key: next-key\n  keys:\n    - id: next-key\n      algorithm: ES256\n      private_key_file: next.pem\n      generate_if_missing: true\n",
+    );
+    let tmp = gw.config_path.with_extension("swp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, &gw.config_path).unwrap();
+    let rotated = eventually(Duration::from_secs(5), || async {
+        let t = s(&client_credentials(&c, None).await.json()["access_token"]);
+        jsonwebtoken::decode_header(&t).unwrap().kid.as_deref() == Some("next-key")
+    })
+    .await;
+    assert!(rotated, "new tokens are not signed with the new key");
+    let new = s(&client_credentials(&c, None).await.json()["access_token"]);
+    assert_eq!(
+        jsonwebtoken::decode_header(&new).unwrap().alg,
+        jsonwebtoken::Algorithm::ES256
+    );
+    // Both the token in flight and the new one pass the proxy.
+    assert_eq!(
+        gw.client(Proto::H1).get("/api/x", Some(&old)).await.status,
+        200
+    );
+    assert_eq!(
+        gw.client(Proto::H1).get("/api/x", Some(&new)).await.status,
+        200
+    );
+    // The JWKS publishes both, and each verifies its own tokens.
+    let jwks: jsonwebtoken::jwk::JwkSet =
+        serde_json::from_slice(&c.get("/.well-known/jwks.json", None).await.body).unwrap();
+    assert_eq!(jwks.keys.len(), 2);
+    for (t, kid, alg) in [
+        (&old, KID, jsonwebtoken::Algorithm::EdDSA),
+        (&new, "next-key", jsonwebtoken::Algorithm::ES256),
+    ] {
+        let key = jsonwebtoken::DecodingKey::from_jwk(jwks.find(kid).unwrap()).unwrap();
+        let mut v = jsonwebtoken::Validation::new(alg);
+        v.set_audience(&[AUDIENCE]);
+        jsonwebtoken::decode::<Value>(t, &key, &v).unwrap_or_else(|e| panic!("{kid}: {e}"));
+    }
+}

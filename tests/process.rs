@@ -57,19 +57,30 @@ fn check_reports_every_error_with_file_line_and_column() {
 }
 
 #[test]
-fn the_example_config_is_valid() {
+fn the_example_config_is_valid_and_check_warns_about_the_password_grant() {
+    // A copy, so the check's generated demo files stay out of the source tree.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.example.yaml");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.yaml"),
+        &cfg,
+    )
+    .unwrap();
     let out = Command::new(VALET)
-        .args([
-            "check",
-            "--config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.yaml"),
-        ])
+        .args(["check", "--config"])
+        .arg(&cfg)
         .output()
         .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        err.contains("warning:")
+            && err.contains("client `demo-legacy-app` enables the password grant"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("demo-service` enables"),
+        "only password-grant clients are warned about"
     );
 }
 
