@@ -60,6 +60,28 @@ fn grant_scope(
     }
 }
 
+/// The scope to grant a client: what it asks for, or its defaults, within its
+/// registered scopes narrowed by `also` (a user's or an assertion's scopes).
+fn client_scope(
+    client: &Client,
+    form: &Form,
+    also: impl Fn(&str) -> bool,
+) -> Result<String, OAuthError> {
+    let allowed: Vec<&str> = client
+        .scopes
+        .iter()
+        .map(String::as_str)
+        .filter(|s| also(s))
+        .collect();
+    let default: Vec<&str> = client
+        .default_scopes
+        .iter()
+        .map(String::as_str)
+        .filter(|s| allowed.contains(s))
+        .collect();
+    grant_scope(form.get("scope"), &allowed, &default)
+}
+
 pub async fn token(
     app: &Arc<App>,
     snap: &Snapshot,
@@ -145,24 +167,9 @@ fn client_credentials(
     form: &Form,
     now: i64,
 ) -> Result<Value, OAuthError> {
-    let allowed: Vec<&str> = client.scopes.iter().map(String::as_str).collect();
-    let default: Vec<&str> = client.default_scopes.iter().map(String::as_str).collect();
-    let scope = grant_scope(form.get("scope"), &allowed, &default)?;
+    let scope = client_scope(client, form, |_| true)?;
     let operator = client.operator.as_deref().unwrap_or_default();
-    let access = mint(
-        &snap.config.tokens,
-        &TokenRequest {
-            subject: operator,
-            client_id: &client.id,
-            scope: &scope,
-            ttl: Some(client.access_ttl),
-            audience: Some(&client.audience),
-            ..Default::default()
-        },
-        now,
-    )
-    .map_err(sign_error)?;
-    Ok(response(&access, &scope, None))
+    issue_pair(snap, client, operator, &scope, None, &Map::new(), now)
 }
 
 /// RFC 6749 §4.3, for clients that enable it explicitly (RFC 9700 §2.4).
@@ -195,19 +202,9 @@ async fn password(
             ));
         }
     };
-    let allowed: Vec<&str> = client
-        .scopes
-        .iter()
-        .map(String::as_str)
-        .filter(|s| user.scopes.is_empty() || user.scopes.iter().any(|u| u == s))
-        .collect();
-    let default: Vec<&str> = client
-        .default_scopes
-        .iter()
-        .map(String::as_str)
-        .filter(|s| allowed.contains(s))
-        .collect();
-    let scope = grant_scope(form.get("scope"), &allowed, &default)?;
+    let scope = client_scope(client, form, |s| {
+        user.scopes.is_empty() || user.scopes.iter().any(|u| u == s)
+    })?;
     let family = client.use_refresh_token.then(crate::tokens::random_id);
     issue_pair(
         snap,
@@ -261,34 +258,10 @@ fn assertion_token(
     m: super::jwt_bearer::Mapped,
     now: i64,
 ) -> Result<Value, OAuthError> {
-    let allowed: Vec<&str> = client
-        .scopes
-        .iter()
-        .map(String::as_str)
-        .filter(|s| m.scopes.as_ref().is_none_or(|a| a.iter().any(|x| x == s)))
-        .collect();
-    let default: Vec<&str> = client
-        .default_scopes
-        .iter()
-        .map(String::as_str)
-        .filter(|s| allowed.contains(s))
-        .collect();
-    let scope = grant_scope(form.get("scope"), &allowed, &default)?;
-    let access = mint(
-        &snap.config.tokens,
-        &TokenRequest {
-            subject: &m.subject,
-            client_id: &client.id,
-            scope: &scope,
-            ttl: Some(client.access_ttl),
-            audience: Some(&client.audience),
-            extra: Some(&m.claims),
-            ..Default::default()
-        },
-        now,
-    )
-    .map_err(sign_error)?;
-    Ok(response(&access, &scope, None))
+    let scope = client_scope(client, form, |s| {
+        m.scopes.as_ref().is_none_or(|a| a.iter().any(|x| x == s))
+    })?;
+    issue_pair(snap, client, &m.subject, &scope, None, &m.claims, now)
 }
 
 /// RFC 6749 §6 with rotation and reuse detection.
