@@ -14,5 +14,6 @@ pub mod metrics;
 pub mod oauth2;
 pub mod proxy;
 pub mod revocation;
+pub mod saml;
 pub mod server;
 pub mod tokens;
