@@ -364,6 +364,7 @@ fn client_command(cmd: ClientCommand) -> ExitCode {
                 use_refresh_token: refresh_tokens,
                 introspect_any: false,
                 jwt_bearer: None,
+                saml2_bearer: None,
             };
             match manage::add(&c, raw) {
                 Ok(secret) => print_secret(&id, &secret, &secret_file),

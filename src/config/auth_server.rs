@@ -2,9 +2,12 @@
 //! the users file; each error is positioned in the file it comes from.
 
 use super::error::{from_yaml, Collector, ConfigError};
-use super::raw::{ClientsFile, RawAuthServer, RawClient, RawJwtBearer, RawUser, UsersFile};
+use super::raw::{
+    ClientsFile, RawAuthServer, RawClient, RawJwtBearer, RawSaml2Bearer, RawUser, UsersFile,
+};
 use crate::oauth2::registry::{
-    AssertionIssuer, AssertionKey, Client, Grant, JwtBearer, Registry, Secret, SecretHash, User,
+    AssertionIssuer, AssertionKey, Client, Grant, JwtBearer, Registry, Saml2Bearer, Secret,
+    SecretHash, User,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -134,7 +137,7 @@ pub(super) fn compile(
         compile_client(
             rc,
             false,
-            default_audience,
+            (issuer, default_audience),
             &resolve,
             &p,
             c,
@@ -154,7 +157,7 @@ pub(super) fn compile(
                         compile_client(
                             rc,
                             true,
-                            default_audience,
+                            (issuer, default_audience),
                             &resolve_here,
                             &format!("clients[{i}]"),
                             &mut fc,
@@ -285,7 +288,7 @@ fn read_or_make_pepper(path: &Path, generate: bool) -> Result<Secret, String> {
 fn compile_client(
     rc: &RawClient,
     managed: bool,
-    default_audience: &str,
+    (issuer, default_audience): (&str, &str),
     resolve: &dyn Fn(&str) -> PathBuf,
     p: &str,
     c: &mut Collector<'_>,
@@ -401,6 +404,27 @@ fn compile_client(
         }
         (None, false) => None,
     };
+    let saml2_bearer = match (&rc.saml2_bearer, grants.contains(&Grant::Saml2Bearer)) {
+        (Some(sb), true) => compile_saml(sb, issuer, resolve, &format!("{p}.saml2_bearer"), c),
+        (None, true) => {
+            c.at(
+                &format!("{p}.saml2_bearer"),
+                "the SAML bearer grant needs saml2_bearer (the IdP's entity id and certificate)",
+            );
+            None
+        }
+        (Some(_), false) => {
+            c.at(
+                &format!("{p}.saml2_bearer"),
+                format!(
+                    "saml2_bearer is set but grant_types lacks {}",
+                    crate::oauth2::registry::SAML2_BEARER
+                ),
+            );
+            None
+        }
+        (None, false) => None,
+    };
     let Some(secret) = secret else { return };
     clients.insert(
         rc.client_id.clone(),
@@ -424,6 +448,7 @@ fn compile_client(
             use_refresh_token: rc.use_refresh_token,
             introspect_any: rc.introspect_any,
             jwt_bearer,
+            saml2_bearer,
             managed,
         }),
     );
@@ -498,6 +523,63 @@ fn compile_jwt_bearer(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         scopes_claim: j.scopes_claim.clone(),
+    })
+}
+
+fn compile_saml(
+    sb: &RawSaml2Bearer,
+    default_entity_id: &str,
+    resolve: &dyn Fn(&str) -> PathBuf,
+    p: &str,
+    c: &mut Collector<'_>,
+) -> Option<Saml2Bearer> {
+    use rustls_pki_types::pem::PemObject;
+    let path = resolve(&sb.idp_certificate_file);
+    let der = match rustls_pki_types::CertificateDer::from_pem_file(&path) {
+        Ok(d) => d,
+        Err(e) => {
+            c.at(
+                &format!("{p}.idp_certificate_file"),
+                format!(
+                    "cannot read a PEM certificate from {}: {e:?}",
+                    path.display()
+                ),
+            );
+            return None;
+        }
+    };
+    if let Err(e) = webpki::EndEntityCert::try_from(&der) {
+        c.at(
+            &format!("{p}.idp_certificate_file"),
+            format!(
+                "{} is not a usable X.509 certificate: {e:?}",
+                path.display()
+            ),
+        );
+        return None;
+    }
+    for out in sb.claims.keys() {
+        if RESERVED_CLAIMS.contains(&out.as_str()) {
+            c.at(
+                &format!("{p}.claims"),
+                format!("claim `{out}` is set by valet and cannot be mapped"),
+            );
+        }
+    }
+    Some(Saml2Bearer {
+        idp_entity_id: sb.idp_entity_id.clone(),
+        idp_cert_der: der.as_ref().to_vec(),
+        entity_id: sb
+            .entity_id
+            .clone()
+            .unwrap_or_else(|| default_entity_id.to_string()),
+        subject_attribute: sb.subject_attribute.clone(),
+        claims: sb
+            .claims
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        scopes_attribute: sb.scopes_attribute.clone(),
     })
 }
 
@@ -610,7 +692,7 @@ pub fn check_clients_file(config: &super::Config, file: &ClientsFile) -> Result<
         compile_client(
             rc,
             true,
-            aud,
+            (config.tokens.issuer.as_str(), aud),
             &resolve,
             &format!("clients[{i}]"),
             &mut c,

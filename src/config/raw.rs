@@ -103,6 +103,30 @@ pub struct RawClient {
     /// The JWT bearer grant (RFC 7523): trusted assertion issuers and mapping.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt_bearer: Option<RawJwtBearer>,
+    /// The SAML 2.0 bearer grant (RFC 7522): the trusted IdP and mapping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saml2_bearer: Option<RawSaml2Bearer>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSaml2Bearer {
+    /// The IdP's entity id: the assertions' `Issuer`.
+    pub idp_entity_id: String,
+    /// The IdP's signing certificate (PEM).
+    pub idp_certificate_file: String,
+    /// valet's entity id, required in every AudienceRestriction. Default: tokens.issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity_id: Option<String>,
+    /// Identity mapping: an attribute that becomes `sub`. Default: the NameID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_attribute: Option<String>,
+    /// Identity mapping: access token claim ← SAML attribute.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub claims: std::collections::BTreeMap<String, String>,
+    /// Identity mapping: an attribute whose values are granted as scopes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes_attribute: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]

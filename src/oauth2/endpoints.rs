@@ -139,7 +139,7 @@ fn metadata(snap: &Snapshot, a: &AuthServerConfig) -> Response<ResponseBody> {
         "revocation_endpoint": format!("{o}{}", a.paths.revocation),
         "introspection_endpoint": format!("{o}{}", a.paths.introspection),
         "jwks_uri": format!("{o}{}", a.paths.jwks),
-        "grant_types_supported": ["client_credentials", "password", "refresh_token", super::registry::JWT_BEARER],
+        "grant_types_supported": ["client_credentials", "password", "refresh_token", super::registry::JWT_BEARER, super::registry::SAML2_BEARER],
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": methods,
         "revocation_endpoint_auth_methods_supported": methods,

@@ -29,6 +29,7 @@ pub fn grant_label(g: Option<&str>) -> &'static str {
         Some("password") => "password",
         Some("refresh_token") => "refresh_token",
         Some(super::registry::JWT_BEARER) => "jwt_bearer",
+        Some(super::registry::SAML2_BEARER) => "saml2_bearer",
         None => "none",
         Some(_) => "other",
     }
@@ -115,6 +116,11 @@ pub async fn token(
         Grant::RefreshToken => refresh(app, snap, a, &client, form, now).await?,
         Grant::JwtBearer => {
             let m = super::jwt_bearer::verify(app, snap, a, &client, form, now).await?;
+            let now = issue_time(app, &client.id, &m.subject, now);
+            assertion_token(snap, &client, form, m, now)?
+        }
+        Grant::Saml2Bearer => {
+            let m = super::saml_bearer::verify(app, snap, a, &client, form, now).await?;
             let now = issue_time(app, &client.id, &m.subject, now);
             assertion_token(snap, &client, form, m, now)?
         }

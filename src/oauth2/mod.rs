@@ -12,3 +12,4 @@ pub mod grants;
 pub mod jwt_bearer;
 pub mod limiter;
 pub mod manage;
+pub mod saml_bearer;

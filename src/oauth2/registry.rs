@@ -135,7 +135,11 @@ pub enum Grant {
     Password,
     RefreshToken,
     JwtBearer,
+    Saml2Bearer,
 }
+
+/// RFC 7522 §2.1.
+pub const SAML2_BEARER: &str = "urn:ietf:params:oauth:grant-type:saml2-bearer";
 
 /// RFC 7523 §2.1.
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -147,6 +151,7 @@ impl Grant {
             "password" => Some(Grant::Password),
             "refresh_token" => Some(Grant::RefreshToken),
             JWT_BEARER => Some(Grant::JwtBearer),
+            SAML2_BEARER => Some(Grant::Saml2Bearer),
             _ => None,
         }
     }
@@ -156,6 +161,7 @@ impl Grant {
             Grant::Password => "password",
             Grant::RefreshToken => "refresh_token",
             Grant::JwtBearer => JWT_BEARER,
+            Grant::Saml2Bearer => SAML2_BEARER,
         }
     }
 }
@@ -174,6 +180,7 @@ pub struct Client {
     pub use_refresh_token: bool,
     pub introspect_any: bool,
     pub jwt_bearer: Option<JwtBearer>,
+    pub saml2_bearer: Option<Saml2Bearer>,
     /// Defined in the clients file (valet may rewrite it) rather than the config.
     pub managed: bool,
 }
@@ -215,6 +222,19 @@ pub struct JwtBearer {
     /// Access token claim ← assertion claim.
     pub claims: Vec<(String, String)>,
     pub scopes_claim: Option<String>,
+}
+
+/// A client's SAML bearer grant settings (RFC 7522) and identity mapping.
+#[derive(Debug)]
+pub struct Saml2Bearer {
+    pub idp_entity_id: String,
+    pub idp_cert_der: Vec<u8>,
+    /// valet's entity id (the required audience).
+    pub entity_id: String,
+    pub subject_attribute: Option<String>,
+    /// Access token claim ← SAML attribute.
+    pub claims: Vec<(String, String)>,
+    pub scopes_attribute: Option<String>,
 }
 
 #[derive(Debug)]

@@ -9,5 +9,6 @@
 //! Assertion, exclusive c14n, RSA-SHA256, SHA-256. Anything else is refused.
 //! It is checked against xmlsec1-signed vectors (tests/data/saml).
 
+pub mod assertion;
 pub mod c14n;
 pub mod xmldsig;

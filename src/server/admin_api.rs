@@ -122,6 +122,7 @@ pub async fn respond(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Byt
                     use_refresh_token: n.use_refresh_token,
                     introspect_any: false,
                     jwt_bearer: None,
+                    saml2_bearer: None,
                 };
                 manage::add(config, raw).map(|secret| {
                     reply(StatusCode::CREATED, serde_json::json!({"client_id": id, "client_secret": secret}))
