@@ -679,3 +679,36 @@ async fn signing_keys_rotate_without_failing_tokens_in_flight() {
         jsonwebtoken::decode::<Value>(t, &key, &v).unwrap_or_else(|e| panic!("{kid}: {e}"));
     }
 }
+
+#[test]
+fn unknown_clients_and_users_are_checked_against_a_dummy_of_the_same_kind() {
+    // What an unknown id costs must be what a wrong secret costs: with argon2id
+    // secrets registered, the dummy is an argon2id hash too (timing itself is
+    // not asserted in tests).
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    std::fs::write(dir.path().join("signing.pem"), TestKey::new().pem).unwrap();
+    let users = dir.path().join("users.yaml");
+    std::fs::write(
+        &users,
+        format!(
+            "users:\n  - username: erin\n    password_hash: \"{}\"\n",
+            valet::oauth2::registry::argon2id_hash("pw")
+        ),
+    )
+    .unwrap();
+    let text = config_text(
+        &ca,
+        &dir,
+        &default_routes("127.0.0.1:9".parse().unwrap()),
+        &auth_server_yaml(&format!("  users_file: \"{}\"\n", users.display())),
+    );
+    let path = dir.path().join("valet.yaml");
+    std::fs::write(&path, text).unwrap();
+    let cfg = valet::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let reg = &cfg.authorization_server.as_ref().unwrap().registry;
+    assert!(reg.dummy_client.as_ref().unwrap().is_argon2());
+    assert!(reg.dummy_user.as_ref().unwrap().is_argon2());
+    assert!(reg.users.contains_key("erin"), "users_file is read");
+    assert!(reg.users.contains_key("alice"), "alongside inline users");
+}
