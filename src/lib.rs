@@ -11,6 +11,7 @@ pub mod config;
 pub mod durable;
 pub mod echo;
 pub mod metrics;
+pub mod oauth1;
 pub mod oauth2;
 pub mod proxy;
 pub mod revocation;
