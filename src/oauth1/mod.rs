@@ -1,5 +1,6 @@
 //! valet as an OAuth 1.0a client (RFC 5849) for legacy upstreams. So far:
-//! request signing (§3). The three-legged flow, the token store and signed
-//! forwarding build on it.
+//! request signing (§3) and the encrypted token store. The three-legged
+//! flow and signed forwarding build on them.
 
 pub mod signing;
+pub mod store;

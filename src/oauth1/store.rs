@@ -1,0 +1,316 @@
+//! The OAuth 1.0 token store: access tokens and their secrets obtained for a
+//! (provider, subject), kept for reuse across restarts.
+//!
+//! The file is written durably (lock, temp file, fsync, rename, fsync dir)
+//! with mode 0600. Each entry's token and secret are sealed with AES-256-GCM
+//! under the store key; the provider and subject are the associated data, so
+//! an entry cannot be moved to another subject. A file that does not parse
+//! or decrypt is reported, moved aside (kept for inspection, never
+//! overwritten) and valet carries on with an empty store.
+
+use crate::oauth2::registry::Secret;
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+/// An access token and its secret, in memory.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub token: String,
+    pub secret: Secret,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreFile {
+    version: u32,
+    #[serde(default)]
+    tokens: Vec<StoredToken>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredToken {
+    provider: String,
+    subject: String,
+    /// base64(nonce || AES-256-GCM(token "\n" secret)).
+    sealed: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the token store key must be 32 bytes, base64-encoded")]
+    BadKey,
+    #[error("cannot write the token store {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What opening the store found wrong (reported, never fatal).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    pub reason: String,
+    pub moved_to: PathBuf,
+}
+
+pub struct TokenStore {
+    path: PathBuf,
+    key: LessSafeKey,
+    entries: RwLock<HashMap<(String, String), Arc<Credentials>>>,
+}
+
+fn aad(provider: &str, subject: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(provider.len() + subject.len() + 1);
+    v.extend_from_slice(provider.as_bytes());
+    v.push(0);
+    v.extend_from_slice(subject.as_bytes());
+    v
+}
+
+impl TokenStore {
+    /// Parses a base64 store key (32 bytes).
+    pub fn key_from_base64(s: &str) -> Result<LessSafeKey, StoreError> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(s.trim())
+            .map_err(|_| StoreError::BadKey)?;
+        let unbound = UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| StoreError::BadKey)?;
+        Ok(LessSafeKey::new(unbound))
+    }
+
+    /// Opens the store. A damaged file is moved aside and reported in the
+    /// second value; the store then starts empty.
+    pub fn open(path: &Path, key: LessSafeKey) -> (TokenStore, Option<Recovered>) {
+        let store = TokenStore {
+            path: path.to_path_buf(),
+            key,
+            entries: RwLock::new(HashMap::new()),
+        };
+        let recovered = match store.load() {
+            Ok(()) => None,
+            Err(reason) => {
+                let moved_to = crate::durable::sibling(
+                    path,
+                    &format!(".corrupt-{}", crate::revocation::now()),
+                );
+                let _ = std::fs::rename(path, &moved_to);
+                tracing::error!(file = %path.display(), moved_to = %moved_to.display(), %reason, "the OAuth 1.0 token store is unreadable; it was moved aside and valet starts with an empty store");
+                Some(Recovered { reason, moved_to })
+            }
+        };
+        (store, recovered)
+    }
+
+    fn load(&self) -> Result<(), String> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(format!("cannot read: {e}")),
+        };
+        let file: StoreFile =
+            serde_yaml::from_str(&text).map_err(|e| format!("not a token store: {e}"))?;
+        if file.version != 1 {
+            return Err(format!("unknown token store version {}", file.version));
+        }
+        let mut map = HashMap::new();
+        for t in file.tokens {
+            let creds = self
+                .unseal(&t.provider, &t.subject, &t.sealed)
+                .ok_or_else(|| {
+                    format!(
+                        "the entry for ({}, {}) does not decrypt (wrong key, or tampered)",
+                        t.provider, t.subject
+                    )
+                })?;
+            map.insert((t.provider, t.subject), Arc::new(creds));
+        }
+        *self.entries.write().expect("not poisoned") = map;
+        Ok(())
+    }
+
+    fn seal(&self, provider: &str, subject: &str, c: &Credentials) -> String {
+        let mut nonce = [0u8; NONCE_LEN];
+        aws_lc_rs::rand::fill(&mut nonce).expect("system randomness");
+        let mut data = Vec::with_capacity(c.token.len() + c.secret.expose().len() + 1 + 16);
+        data.extend_from_slice(c.token.as_bytes());
+        data.push(b'\n');
+        data.extend_from_slice(c.secret.expose());
+        self.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad(provider, subject)),
+                &mut data,
+            )
+            .expect("AES-GCM sealing cannot fail for these sizes");
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&data);
+        base64::engine::general_purpose::STANDARD.encode(out)
+    }
+
+    fn unseal(&self, provider: &str, subject: &str, sealed: &str) -> Option<Credentials> {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(sealed)
+            .ok()?;
+        if raw.len() < NONCE_LEN {
+            return None;
+        }
+        let (nonce, rest) = raw.split_at(NONCE_LEN);
+        let mut buf = rest.to_vec();
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let plain = self
+            .key
+            .open_in_place(nonce, Aad::from(aad(provider, subject)), &mut buf)
+            .ok()?;
+        let text = std::str::from_utf8(plain).ok()?;
+        let (token, secret) = text.split_once('\n')?;
+        Some(Credentials {
+            token: token.to_string(),
+            secret: Secret::new(secret.as_bytes().to_vec()),
+        })
+    }
+
+    pub fn get(&self, provider: &str, subject: &str) -> Option<Arc<Credentials>> {
+        self.entries
+            .read()
+            .expect("not poisoned")
+            .get(&(provider.to_string(), subject.to_string()))
+            .cloned()
+    }
+
+    /// Stores credentials durably, then puts them in force.
+    pub fn put(&self, provider: &str, subject: &str, creds: Credentials) -> Result<(), StoreError> {
+        self.update(|m| {
+            m.insert((provider.to_string(), subject.to_string()), Arc::new(creds));
+        })
+    }
+
+    /// Forgets a subject's token; `Ok(true)` if there was one.
+    pub fn remove(&self, provider: &str, subject: &str) -> Result<bool, StoreError> {
+        let mut had = false;
+        self.update(|m| {
+            had = m
+                .remove(&(provider.to_string(), subject.to_string()))
+                .is_some()
+        })?;
+        Ok(had)
+    }
+
+    fn update(
+        &self,
+        f: impl FnOnce(&mut HashMap<(String, String), Arc<Credentials>>),
+    ) -> Result<(), StoreError> {
+        let err = |source| StoreError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        let lock = crate::durable::lock(&self.path).map_err(err)?;
+        let mut next = self.entries.read().expect("not poisoned").clone();
+        f(&mut next);
+        let mut tokens: Vec<StoredToken> = next
+            .iter()
+            .map(|((p, s), c)| StoredToken {
+                provider: p.clone(),
+                subject: s.clone(),
+                sealed: self.seal(p, s, c),
+            })
+            .collect();
+        tokens.sort_by(|a, b| (&a.provider, &a.subject).cmp(&(&b.provider, &b.subject)));
+        let text = format!(
+            "# valet OAuth 1.0 token store: tokens and secrets are sealed (AES-256-GCM).\n{}",
+            serde_yaml::to_string(&StoreFile { version: 1, tokens }).expect("serializable")
+        );
+        crate::durable::replace(&lock, &self.path, text.as_bytes(), 0o600).map_err(err)?;
+        *self.entries.write().expect("not poisoned") = next;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    const OTHER_KEY: &str = "HxAdHBsaGRgXFhUUExIREA8ODQwLCgkIBwYFBAMCAQA=";
+
+    fn creds(t: &str, s: &str) -> Credentials {
+        Credentials {
+            token: t.into(),
+            secret: Secret::new(s.as_bytes().to_vec()),
+        }
+    }
+
+    fn open(path: &Path, key: &str) -> (TokenStore, Option<Recovered>) {
+        TokenStore::open(path, TokenStore::key_from_base64(key).unwrap())
+    }
+
+    #[test]
+    fn tokens_survive_a_restart_sealed_in_a_0600_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("oauth1-tokens.yaml");
+        let (s, rec) = open(&path, KEY);
+        assert!(rec.is_none());
+        s.put("legacy", "alice", creds("tok-alice", "sec-alice"))
+            .unwrap();
+        s.put("legacy", "bob", creds("tok-bob", "sec-bob")).unwrap();
+        assert!(s.remove("legacy", "bob").unwrap());
+        assert!(!s.remove("legacy", "bob").unwrap());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !text.contains("tok-alice") && !text.contains("sec-alice"),
+            "sealed at rest: {text}"
+        );
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let (again, rec) = open(&path, KEY);
+        assert!(rec.is_none());
+        let c = again.get("legacy", "alice").unwrap();
+        assert_eq!(
+            (c.token.as_str(), c.secret.expose()),
+            ("tok-alice", &b"sec-alice"[..])
+        );
+        assert!(again.get("legacy", "bob").is_none());
+    }
+
+    #[test]
+    fn a_wrong_key_or_swapped_entry_is_reported_and_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.yaml");
+        let (s, _) = open(&path, KEY);
+        s.put("legacy", "alice", creds("t", "s")).unwrap();
+        let (empty, rec) = open(&path, OTHER_KEY);
+        let rec = rec.expect("reported");
+        assert!(rec.reason.contains("does not decrypt"), "{rec:?}");
+        assert!(
+            rec.moved_to.exists() && !path.exists(),
+            "kept aside, never overwritten"
+        );
+        assert!(empty.get("legacy", "alice").is_none());
+        // Moving an entry to another subject breaks its seal.
+        std::fs::copy(&rec.moved_to, &path).unwrap();
+        let swapped = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("subject: alice", "subject: mallory");
+        std::fs::write(&path, swapped).unwrap();
+        let (_, rec) = open(&path, KEY);
+        assert!(rec.expect("reported").reason.contains("(legacy, mallory)"));
+    }
+
+    #[test]
+    fn a_corrupt_file_does_not_stop_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.yaml");
+        std::fs::write(&path, "tokens: [ {provider: x").unwrap();
+        let (s, rec) = open(&path, KEY);
+        assert!(rec.expect("reported").reason.contains("not a token store"));
+        s.put("p", "u", creds("t", "s")).unwrap();
+        assert!(s.get("p", "u").is_some());
+        assert!(TokenStore::key_from_base64("c2hvcnQ=").is_err());
+    }
+}
