@@ -190,3 +190,30 @@ fn signature_wrapping_is_refused_in_every_position() {
     );
     assert_eq!(check(&forged), Err(DsigError::Digest));
 }
+
+#[test]
+fn deeply_nested_documents_are_refused_without_exhausting_the_stack() {
+    // 50,000 levels in ~350 KB: canonicalization would recurse per level.
+    // Inside a signed assertion, so that verification gets as far as
+    // canonicalizing it (the digest then fails, if the stack survives).
+    let depth = 50_000;
+    let deep = format!("{}{}", "<a>".repeat(depth), "</a>".repeat(depth));
+    let wrapped = read("assertion-signed.xml").replace(
+        "carol@idp.test</saml:AttributeValue>",
+        &format!("{deep}</saml:AttributeValue>"),
+    );
+    assert!(wrapped.len() > 300_000);
+    // Run on a thread with a tokio worker's stack size (2 MiB).
+    let r = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || check(&wrapped))
+        .unwrap()
+        .join()
+        .expect("no stack overflow");
+    assert!(
+        matches!(r, Err(DsigError::TooDeep) | Err(DsigError::Parse(_))),
+        "{r:?}"
+    );
+    // A realistic assertion is far below the limit.
+    assert_eq!(check(&read("assertion-signed.xml")), Ok(()));
+}

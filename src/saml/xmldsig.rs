@@ -17,10 +17,16 @@ const ENVELOPED: &str = "http://www.w3.org/2000/09/xmldsig#enveloped-signature";
 const RSA_SHA256: &str = "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256";
 const SHA256: &str = "http://www.w3.org/2001/04/xmlenc#sha256";
 
+/// Deeper documents are refused: canonicalization recurses per level, and a
+/// SAML assertion needs fewer than ten.
+pub const MAX_DEPTH: usize = 64;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DsigError {
     #[error("not well-formed XML, or it has a DTD: {0}")]
     Parse(String),
+    #[error("the document is nested deeper than {MAX_DEPTH} levels")]
+    TooDeep,
     #[error("the document is not a SAML 2.0 Assertion")]
     NotAnAssertion,
     #[error("the assertion is not signed")]
@@ -41,13 +47,29 @@ pub enum DsigError {
     Certificate(String),
 }
 
-/// Parses `xml` with DTDs forbidden (no entity expansion of any kind).
+/// Parses `xml` with DTDs forbidden (no entity expansion of any kind) and
+/// nesting bounded (see [`MAX_DEPTH`]).
 pub fn parse(xml: &str) -> Result<Document<'_>, DsigError> {
     let opts = roxmltree::ParsingOptions {
         allow_dtd: false,
         ..Default::default()
     };
-    Document::parse_with_options(xml, opts).map_err(|e| DsigError::Parse(e.to_string()))
+    let doc =
+        Document::parse_with_options(xml, opts).map_err(|e| DsigError::Parse(e.to_string()))?;
+    // Depth in one pass without recursion: in document order a node's parent
+    // is on the stack of open ancestors.
+    let mut open: Vec<roxmltree::NodeId> = Vec::new();
+    for n in doc.descendants() {
+        let parent = n.parent().map(|p| p.id());
+        while open.last().is_some_and(|top| Some(*top) != parent) {
+            open.pop();
+        }
+        open.push(n.id());
+        if open.len() > MAX_DEPTH {
+            return Err(DsigError::TooDeep);
+        }
+    }
+    Ok(doc)
 }
 
 fn ds_children<'a, 'i>(n: Node<'a, 'i>, name: &'static str) -> impl Iterator<Item = Node<'a, 'i>> {

@@ -88,7 +88,11 @@ pub async fn respond(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Byt
     }
     let path = req.uri().path().to_string();
     let method = req.method().clone();
-    let body = match req.into_body().collect().await {
+    // Admin requests are small JSON documents.
+    let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+    {
         Ok(b) => b.to_bytes(),
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
