@@ -207,8 +207,36 @@ pub(super) async fn apply(app: &Arc<App>, changes: Vec<Change>) -> Result<(), OA
     Ok(())
 }
 
+/// Records one use of an assertion (`kind`: "assertion" or "saml"), keyed by
+/// its issuer and id, until `expires_at`; `Ok(false)` if it was used before.
+pub(super) async fn record_assertion_use(
+    app: &Arc<App>,
+    kind: &str,
+    issuer: &str,
+    id: &str,
+    expires_at: i64,
+) -> Result<bool, OAuthError> {
+    let digest = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        format!("{issuer}\n{id}").as_bytes(),
+    );
+    let hex: String = digest.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    apply_once(
+        app,
+        RevokedToken {
+            jti: format!("{kind}:{hex}"),
+            expires_at: crate::revocation::time::Timestamp(expires_at),
+            rotated_at: None,
+        },
+    )
+    .await
+}
+
 /// Records a single-use id durably; `Ok(false)` if it was used before.
-pub(super) async fn apply_once(app: &Arc<App>, t: RevokedToken) -> Result<bool, OAuthError> {
+async fn apply_once(app: &Arc<App>, t: RevokedToken) -> Result<bool, OAuthError> {
     let a2 = app.clone();
     match tokio::task::spawn_blocking(move || a2.revocations.record_once(t)).await {
         Ok(Ok(fresh)) => Ok(fresh),

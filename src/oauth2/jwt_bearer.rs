@@ -6,14 +6,12 @@
 //! assertion's `jti` is single-use until the assertion expires (recorded in
 //! the durable revocation store, so it holds across restarts and replicas).
 
-use super::endpoints::apply_once;
+use super::endpoints::record_assertion_use;
 use super::error::OAuthError;
 use super::form::Form;
 use super::registry::{Client, JwtBearer};
 use crate::app::{App, Snapshot};
 use crate::config::AuthServerConfig;
-use crate::revocation::time::Timestamp;
-use crate::revocation::RevokedToken;
 use jsonwebtoken::errors::ErrorKind;
 use serde_json::{Map, Value};
 use std::sync::Arc;
@@ -134,23 +132,7 @@ pub async fn verify(
         .filter(|s| !s.is_empty())
         .ok_or_else(|| invalid("a jti is required, so that the assertion can be used once"))?;
     // Replay: one use per (issuer, jti) until the assertion expires.
-    let digest = aws_lc_rs::digest::digest(
-        &aws_lc_rs::digest::SHA256,
-        format!("{iss}\n{jti}").as_bytes(),
-    );
-    let id: String = digest.as_ref()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let fresh = apply_once(
-        app,
-        RevokedToken {
-            jti: format!("assertion:{id}"),
-            expires_at: Timestamp(exp + skew as i64),
-            rotated_at: None,
-        },
-    )
-    .await?;
+    let fresh = record_assertion_use(app, "assertion", &iss, jti, exp + skew as i64).await?;
     if !fresh {
         return Err(invalid("it was already used"));
     }

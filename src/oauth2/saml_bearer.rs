@@ -3,15 +3,13 @@
 //! `crate::saml::assertion`, single-use until it expires (recorded in the
 //! durable revocation store), then mapped to a subject, claims and scopes.
 
-use super::endpoints::{apply_once, origin};
+use super::endpoints::{origin, record_assertion_use};
 use super::error::OAuthError;
 use super::form::Form;
 use super::jwt_bearer::Mapped;
 use super::registry::Client;
 use crate::app::{App, Snapshot};
 use crate::config::AuthServerConfig;
-use crate::revocation::time::Timestamp;
-use crate::revocation::RevokedToken;
 use crate::saml::assertion::{validate, Expect};
 use serde_json::{Map, Value};
 use std::sync::Arc;
@@ -57,21 +55,12 @@ pub async fn verify(
     let assertion = validate(&xml, &expect).map_err(invalid)?;
 
     // Replay: one use per (issuer, ID) until the assertion expires.
-    let digest = aws_lc_rs::digest::digest(
-        &aws_lc_rs::digest::SHA256,
-        format!("{}\n{}", assertion.issuer, assertion.id).as_bytes(),
-    );
-    let id: String = digest.as_ref()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let fresh = apply_once(
+    let fresh = record_assertion_use(
         app,
-        RevokedToken {
-            jti: format!("saml:{id}"),
-            expires_at: Timestamp(assertion.expires_at + expect.skew),
-            rotated_at: None,
-        },
+        "saml",
+        &assertion.issuer,
+        &assertion.id,
+        assertion.expires_at + expect.skew,
     )
     .await?;
     if !fresh {
