@@ -4,6 +4,7 @@
 
 use crate::config::{self, Config, ConfigErrors, RouteConfig};
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::oauth1::store::TokenStore;
 use crate::proxy::body::LimitedBody;
 use crate::revocation::{RevocationError, Revocations};
 use crate::tokens::Validator;
@@ -14,7 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// Pooled HTTP/1.1 client towards upstreams.
@@ -32,6 +33,8 @@ pub struct Route {
     pub host_header: HeaderValue,
     /// The route's scopes, space-separated, for 403 challenges.
     pub scope_list: String,
+    /// Signing with an OAuth 1.0 provider's token, if the route asks for it.
+    pub oauth1: Option<crate::oauth1::forward::RouteSigner>,
 }
 
 /// Everything a request reads, built whole from one config.
@@ -43,6 +46,8 @@ pub struct Snapshot {
     pub unmatched: RouteMetrics,
     /// Metrics for valet's own OAuth endpoints.
     pub oauth2: RouteMetrics,
+    /// Metrics for the OAuth 1.0 flow endpoints.
+    pub oauth1: RouteMetrics,
 }
 
 /// The running gateway's shared state.
@@ -56,6 +61,10 @@ pub struct App {
     clients: Mutex<HashMap<Duration, UpstreamClient>>,
     ready: AtomicBool,
     config_digest: Mutex<[u8; 32]>,
+    /// OAuth 1.0 tokens; opened with the first config that configures them.
+    oauth1_store: OnceLock<TokenStore>,
+    /// OAuth 1.0 flows waiting for their callback.
+    pub oauth1_flows: crate::oauth1::flow::Flows,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +112,7 @@ impl App {
             .unwrap_or_default();
         let clients = Mutex::new(HashMap::new());
         let snapshot = build_snapshot(&metrics, &clients, config);
-        Ok(Arc::new(App {
+        let app = App {
             snapshot: ArcSwap::from_pointee(snapshot),
             revocations,
             metrics,
@@ -111,7 +120,34 @@ impl App {
             clients,
             ready: AtomicBool::new(false),
             config_digest: Mutex::new(config_digest),
-        }))
+            oauth1_store: OnceLock::new(),
+            oauth1_flows: Default::default(),
+        };
+        app.open_oauth1_store(&app.snapshot.load().config);
+        Ok(Arc::new(app))
+    }
+
+    /// The OAuth 1.0 token store, if one is configured.
+    pub fn oauth1_store(&self) -> Option<&TokenStore> {
+        self.oauth1_store.get()
+    }
+
+    /// Opens the token store the first time a config names one. A damaged
+    /// file is reported (log and metric) and valet carries on without it.
+    fn open_oauth1_store(&self, c: &Config) {
+        let Some(o) = &c.oauth1 else { return };
+        if let Some(s) = self.oauth1_store.get() {
+            if s.path() != o.store_file {
+                tracing::warn!(
+                    "oauth1.token_store.file changed; the new path takes effect on restart only"
+                );
+            }
+            return;
+        }
+        let key = TokenStore::key_from_bytes(o.store_key.expose()).expect("checked at load");
+        let (store, recovered) = TokenStore::open(&o.store_file, key);
+        self.metrics.reload("oauth1_store", recovered.is_none());
+        let _ = self.oauth1_store.set(store);
     }
 
     /// The snapshot in force; hold it for the duration of one request.
@@ -160,6 +196,7 @@ impl App {
         }
         // Companion paths may have changed with the config: hash what the new one names.
         let d = config_digest(&bytes, &companion_files(&cfg));
+        self.open_oauth1_store(&cfg);
         let snap = build_snapshot(&self.metrics, &self.clients, cfg);
         self.snapshot.store(Arc::new(snap));
         *self.config_digest.lock().expect("not poisoned") = d;
@@ -188,8 +225,10 @@ impl App {
         }
     }
 
-    /// Drops expired entries from the verified-token cache.
+    /// Drops expired entries from the verified-token cache and expired
+    /// OAuth 1.0 flows.
     pub fn prune_caches(&self) {
+        self.oauth1_flows.prune();
         self.snapshot
             .load()
             .validator
@@ -232,6 +271,10 @@ fn build_snapshot(
             host_header: HeaderValue::from_str(r.upstream.authority.as_str())
                 .expect("authority is a header value"),
             scope_list: r.scopes.join(" "),
+            oauth1: r.upstream_auth_oauth1.as_ref().and_then(|name| {
+                let p = config.oauth1.as_ref()?.provider(name)?;
+                Some(crate::oauth1::forward::RouteSigner::new(metrics, p.clone()))
+            }),
             cfg: r.clone(),
         })
         .collect();
@@ -239,6 +282,7 @@ fn build_snapshot(
         validator: Validator::new(&config.tokens),
         unmatched: metrics.route("none"),
         oauth2: metrics.route("oauth2"),
+        oauth1: metrics.route("oauth1"),
         routes,
         config,
     }

@@ -44,6 +44,11 @@ pub struct Metrics {
     pub revocations: IntCounterVec,
     pub client_auth_failures: IntCounter,
     pub rate_limited: IntCounterVec,
+    pub oauth1_flows_started: IntCounterVec,
+    pub oauth1_flows_completed: IntCounterVec,
+    pub oauth1_flows_failed: IntCounterVec,
+    pub oauth1_signed: IntCounterVec,
+    pub oauth1_upstream_unauthorized: IntCounterVec,
 }
 
 /// Handles for one route (or for requests that matched no route).
@@ -172,8 +177,40 @@ impl Metrics {
             &["by"],
         )
         .expect("valid metric");
+        let by_provider = |name: &str, help: &str| {
+            IntCounterVec::new(Opts::new(name, help), &["provider"]).expect("valid metric")
+        };
+        let oauth1_flows_started = by_provider(
+            "valet_oauth1_flows_started_total",
+            "OAuth 1.0 authorization flows started (request token obtained, user redirected).",
+        );
+        let oauth1_flows_completed = by_provider(
+            "valet_oauth1_flows_completed_total",
+            "OAuth 1.0 authorization flows completed (access token stored).",
+        );
+        let oauth1_flows_failed = IntCounterVec::new(
+            Opts::new(
+                "valet_oauth1_flows_failed_total",
+                "OAuth 1.0 authorization flows that failed, by provider and reason.",
+            ),
+            &["provider", "reason"],
+        )
+        .expect("valid metric");
+        let oauth1_signed = by_provider(
+            "valet_oauth1_signed_requests_total",
+            "Requests forwarded upstream signed with an OAuth 1.0 token.",
+        );
+        let oauth1_upstream_unauthorized = by_provider(
+            "valet_oauth1_upstream_unauthorized_total",
+            "Signed requests the upstream answered 401 (the provider token may be revoked).",
+        );
         for c in [
             Box::new(tokens_issued.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(oauth1_flows_started.clone()),
+            Box::new(oauth1_flows_completed.clone()),
+            Box::new(oauth1_flows_failed.clone()),
+            Box::new(oauth1_signed.clone()),
+            Box::new(oauth1_upstream_unauthorized.clone()),
             Box::new(token_requests_failed.clone()),
             Box::new(revocations.clone()),
             Box::new(client_auth_failures.clone()),
@@ -211,7 +248,18 @@ impl Metrics {
             revocations,
             client_auth_failures,
             rate_limited,
+            oauth1_flows_started,
+            oauth1_flows_completed,
+            oauth1_flows_failed,
+            oauth1_signed,
+            oauth1_upstream_unauthorized,
         }
+    }
+
+    pub fn oauth1_flow_failed(&self, provider: &str, reason: &str) {
+        self.oauth1_flows_failed
+            .with_label_values(&[provider, reason])
+            .inc();
     }
 
     /// Resolves every handle of one route up front.

@@ -31,6 +31,7 @@ pub struct Config {
     pub echo_upstream: Option<SocketAddr>,
     pub authorization_server: Option<super::AuthServerConfig>,
     pub admin: Option<AdminConfig>,
+    pub oauth1: Option<super::OAuth1Config>,
 }
 
 /// The admin API listener and the digest of its bearer secret.
@@ -97,6 +98,8 @@ pub struct RouteConfig {
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub max_body_size: u64,
+    /// The OAuth 1.0 provider whose token signs forwarded requests.
+    pub upstream_auth_oauth1: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -345,6 +348,7 @@ fn compile(
                 connect_timeout: d(r.connect_timeout, limits.connect_timeout),
                 response_timeout: d(r.response_timeout, limits.response_timeout),
                 max_body_size: r.max_body_size.map_or(limits.max_body_size, |b| b.0),
+                upstream_auth_oauth1: r.upstream_auth.as_ref().map(|u| u.oauth1.clone()),
             });
         }
     }
@@ -495,7 +499,49 @@ fn compile(
         }
     });
 
+    let oauth1 = raw
+        .oauth1
+        .as_ref()
+        .and_then(|o| super::oauth1::compile(o, |p| resolve(base, p), c));
+    for (i, r) in raw.routes.iter().enumerate() {
+        let Some(u) = &r.upstream_auth else { continue };
+        let p = format!("routes[{i}].upstream_auth.oauth1");
+        if raw.oauth1.is_none() {
+            c.at(&p, "no `oauth1` section defines providers");
+        } else if let Some(o) = &raw.oauth1 {
+            if !o.providers.iter().any(|x| x.name == u.oauth1) {
+                c.at(&p, format!("no OAuth 1.0 provider is named `{}`", u.oauth1));
+            }
+        }
+        if !r.auth.required {
+            c.at(&p, "signing for a subject needs auth.required: true");
+        }
+        if r.forward_authorization {
+            c.at(
+                &format!("routes[{i}].forward_authorization"),
+                "forward_authorization cannot be combined with upstream_auth (valet sets Authorization itself)",
+            );
+        }
+    }
+    if let Some(o) = &oauth1 {
+        for (i, r) in routes.iter().enumerate() {
+            if r.path_prefix != "/"
+                && (crate::proxy::router::prefix_matches(&r.path_prefix, &o.path_prefix)
+                    || crate::proxy::router::prefix_matches(&o.path_prefix, &r.path_prefix))
+            {
+                c.at(
+                    &format!("routes[{i}].match.path_prefix"),
+                    format!(
+                        "route `{}` overlaps valet's OAuth 1.0 endpoints under {}",
+                        r.name, o.path_prefix
+                    ),
+                );
+            }
+        }
+    }
+
     Config {
+        oauth1,
         admin,
         authorization_server,
         path: path.to_path_buf(),

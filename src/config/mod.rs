@@ -9,12 +9,14 @@
 mod auth_server;
 mod compile;
 mod error;
+mod oauth1;
 mod raw;
 pub mod units;
 
 pub use auth_server::*;
 pub use compile::*;
 pub use error::{locate, ConfigError, ConfigErrors};
+pub use oauth1::*;
 pub use raw::{ClientsFile, RawClient};
 
 use std::time::Duration;

@@ -27,6 +27,52 @@ pub(super) struct RawConfig {
     pub(super) dev: RawDev,
     pub(super) authorization_server: Option<RawAuthServer>,
     pub(super) admin: Option<RawAdmin>,
+    pub(super) oauth1: Option<RawOAuth1>,
+}
+
+/// valet as an OAuth 1.0a client of legacy upstreams.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOAuth1 {
+    pub(super) token_store: RawTokenStore,
+    /// Where the flow endpoints live: `{path_prefix}/{provider}/authorize` etc.
+    pub(super) path_prefix: Option<String>,
+    /// How long a started flow waits for the provider's callback. Default 10m.
+    pub(super) pending_ttl: Option<ConfigDuration>,
+    pub(super) providers: Vec<RawProvider>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTokenStore {
+    pub(super) file: String,
+    /// 32 bytes, base64; or VALET_OAUTH1_STORE_KEY.
+    pub(super) key_file: Option<String>,
+    #[serde(default)]
+    pub(super) generate_key_if_missing: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProvider {
+    pub(super) name: String,
+    pub(super) request_token_url: String,
+    pub(super) authorize_url: String,
+    pub(super) access_token_url: String,
+    pub(super) consumer_key: String,
+    pub(super) consumer_secret_file: Option<String>,
+    pub(super) signature_method: Option<String>,
+    pub(super) realm: Option<String>,
+    pub(super) callback_url: String,
+    #[serde(default)]
+    pub(super) return_urls: Vec<String>,
+    /// PEM CA certificates for the provider's HTTPS endpoints (default: the Mozilla roots).
+    pub(super) ca_file: Option<String>,
+    /// Time for each call to the provider's token endpoints. Default 10s.
+    pub(super) timeout: Option<ConfigDuration>,
+    /// A token obtained elsewhere, used for every subject on this provider's routes.
+    pub(super) access_token: Option<String>,
+    pub(super) access_token_secret_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -264,6 +310,15 @@ pub(super) struct RawRoute {
     pub(super) connect_timeout: Option<ConfigDuration>,
     pub(super) response_timeout: Option<ConfigDuration>,
     pub(super) max_body_size: Option<ByteSize>,
+    /// How valet authenticates to the upstream itself.
+    pub(super) upstream_auth: Option<RawUpstreamAuth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUpstreamAuth {
+    /// Sign forwarded requests with the subject's token of this OAuth 1.0 provider.
+    pub(super) oauth1: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -143,12 +143,20 @@ pub fn sign(
     base64::engine::general_purpose::STANDARD.encode(tag.as_ref())
 }
 
-/// RFC 5849 §3.5.1: `OAuth realm="...", name="value", ...` with encoded values.
+/// RFC 5849 §3.5.1: `OAuth realm="...", name="value", ...`. Names and
+/// values are percent-encoded (§3.6); the realm is an RFC 2617 quoted-string.
 pub fn authorization_header(realm: Option<&str>, oauth: &[(String, String)]) -> String {
     let mut out = String::from("OAuth ");
     let mut first = true;
     if let Some(r) = realm {
-        let _ = write!(out, "realm=\"{}\"", encode(r));
+        out.push_str("realm=\"");
+        for c in r.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
         first = false;
     }
     for (k, v) in oauth {
@@ -195,12 +203,12 @@ mod tests {
     #[test]
     fn the_authorization_header_encodes_values() {
         let h = authorization_header(
-            Some("Photos"),
+            Some("Photos \"2\""),
             &[("oauth_signature".into(), "a+b/c=".into())],
         );
         assert_eq!(
             h,
-            "OAuth realm=\"Photos\", oauth_signature=\"a%2Bb%2Fc%3D\""
+            "OAuth realm=\"Photos \\\"2\\\"\", oauth_signature=\"a%2Bb%2Fc%3D\""
         );
     }
 }

@@ -73,6 +73,17 @@ fn aad(provider: &str, subject: &str) -> Vec<u8> {
 }
 
 impl TokenStore {
+    /// An AES-256-GCM key from 32 raw bytes.
+    pub fn key_from_bytes(b: &[u8]) -> Result<LessSafeKey, StoreError> {
+        let unbound = UnboundKey::new(&AES_256_GCM, b).map_err(|_| StoreError::BadKey)?;
+        Ok(LessSafeKey::new(unbound))
+    }
+
+    /// The file the store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Parses a base64 store key (32 bytes).
     pub fn key_from_base64(s: &str) -> Result<LessSafeKey, StoreError> {
         let bytes = base64::engine::general_purpose::STANDARD

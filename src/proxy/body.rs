@@ -15,7 +15,9 @@ use std::task::{Context, Poll};
 pub struct TooLarge;
 
 pub struct LimitedBody {
-    inner: Incoming,
+    inner: Option<Incoming>,
+    /// A body valet already read whole (to sign its form parameters).
+    buffered: Option<Bytes>,
     remaining: u64,
     exceeded: Arc<AtomicBool>,
 }
@@ -25,12 +27,23 @@ impl LimitedBody {
         let exceeded = Arc::new(AtomicBool::new(false));
         (
             LimitedBody {
-                inner,
+                inner: Some(inner),
+                buffered: None,
                 remaining: limit,
                 exceeded: exceeded.clone(),
             },
             exceeded,
         )
+    }
+
+    /// A body read whole beforehand (already within the limit).
+    pub fn full(data: Bytes) -> Self {
+        LimitedBody {
+            inner: None,
+            buffered: (!data.is_empty()).then_some(data),
+            remaining: 0,
+            exceeded: Arc::new(AtomicBool::new(false)),
+        }
     }
 }
 
@@ -42,7 +55,10 @@ impl Body for LimitedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(self.buffered.take().map(|b| Ok(Frame::data(b))));
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
@@ -61,10 +77,16 @@ impl Body for LimitedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Some(i) => i.is_end_stream(),
+            None => self.buffered.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Some(i) => i.size_hint(),
+            None => SizeHint::with_exact(self.buffered.as_ref().map_or(0, |b| b.len() as u64)),
+        }
     }
 }

@@ -28,6 +28,12 @@ pub enum ProxyError {
     HeadersTooLarge,
     BadGateway(&'static str),
     GatewayTimeout(&'static str),
+    /// 403: the route signs with an OAuth 1.0 provider and the subject has
+    /// no token for it yet.
+    OAuth1Required {
+        provider: String,
+        authorize_url: String,
+    },
 }
 
 impl ProxyError {
@@ -35,7 +41,9 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoToken | ProxyError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
-            ProxyError::InsufficientScope(_) => StatusCode::FORBIDDEN,
+            ProxyError::InsufficientScope(_) | ProxyError::OAuth1Required { .. } => {
+                StatusCode::FORBIDDEN
+            }
             ProxyError::NotFound => StatusCode::NOT_FOUND,
             ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -64,6 +72,10 @@ impl ProxyError {
             ),
             ProxyError::BadGateway(m) => ("bad_gateway", (*m).to_string()),
             ProxyError::GatewayTimeout(m) => ("gateway_timeout", (*m).to_string()),
+            ProxyError::OAuth1Required { provider, authorize_url } => (
+                "oauth1_authorization_required",
+                format!("this route reaches its upstream with your OAuth 1.0 token for provider `{provider}`, and there is none yet; authorize first at {authorize_url}"),
+            ),
         }
     }
 
@@ -83,11 +95,19 @@ impl ProxyError {
 
     pub fn into_response(self, request_id: &HeaderValue) -> Response<ResponseBody> {
         let (code, message) = self.code_and_message();
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "error": code,
             "error_description": message,
             "request_id": request_id.to_str().unwrap_or_default(),
         });
+        if let ProxyError::OAuth1Required {
+            provider,
+            authorize_url,
+        } = &self
+        {
+            body["provider"] = provider.as_str().into();
+            body["authorize_url"] = authorize_url.as_str().into();
+        }
         let mut resp = json_response(self.status(), &body);
         if let Some(c) = self.challenge() {
             resp.headers_mut().insert(

@@ -59,19 +59,30 @@ pub async fn handle(
         snap.config.authorization_server.as_ref().and_then(|a| {
             crate::oauth2::endpoints::endpoint_for(a, req.uri().path()).map(|e| (a, e))
         });
-    let mut resp = match own {
-        Some((a, ep)) => crate::oauth2::endpoints::serve(app, &snap, a, ep, peer, req).await,
-        None => match proxy(app, &snap, peer, req, &request_id, &mut ctx).await {
+    let oauth1 =
+        match own {
+            Some(_) => None,
+            None => snap.config.oauth1.as_ref().and_then(|o| {
+                crate::oauth1::flow::endpoint_for(o, req.uri().path()).map(|t| (o, t))
+            }),
+        };
+    let mut resp = match (own, oauth1) {
+        (Some((a, ep)), _) => crate::oauth2::endpoints::serve(app, &snap, a, ep, peer, req).await,
+        (None, Some((o, target))) => {
+            crate::oauth1::flow::serve(app, &snap, o, target, req, &request_id).await
+        }
+        (None, None) => match proxy(app, &snap, peer, req, &request_id, &mut ctx).await {
             Ok(r) => r,
             Err(e) => e.into_response(&request_id),
         },
     };
     resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
     let status = resp.status();
-    let (route_name, metrics) = match (own, ctx.route) {
-        (Some(_), _) => ("oauth2", &snap.oauth2),
-        (None, Some(i)) => (snap.routes[i].cfg.name.as_str(), &snap.routes[i].metrics),
-        (None, None) => ("none", &snap.unmatched),
+    let (route_name, metrics) = match (own, oauth1.is_some(), ctx.route) {
+        (Some(_), _, _) => ("oauth2", &snap.oauth2),
+        (None, true, _) => ("oauth1", &snap.oauth1),
+        (None, false, Some(i)) => (snap.routes[i].cfg.name.as_str(), &snap.routes[i].metrics),
+        (None, false, None) => ("none", &snap.unmatched),
     };
     metrics.record(&method, status);
     let elapsed = start.elapsed();
@@ -203,8 +214,16 @@ async fn proxy(
     h.insert(X_REQUEST_ID, request_id.clone());
     h.insert(header::HOST, route.host_header.clone());
 
-    // 7. Forward.
-    let (body, exceeded) = LimitedBody::new(body, limit);
+    // 7. Sign for the upstream (OAuth 1.0 routes), then forward.
+    let (body, exceeded) = match (&route.oauth1, &ctx.token) {
+        (Some(signer), Some(t)) => {
+            crate::oauth1::forward::sign(app, signer, &t.subject, &mut parts, body, limit).await?
+        }
+        _ => {
+            let (b, e) = LimitedBody::new(body, limit);
+            (b, Some(e))
+        }
+    };
     let up = Request::from_parts(parts, body);
     let sent = Instant::now();
     let result = tokio::time::timeout(route.cfg.response_timeout, route.client.request(up)).await;
@@ -220,7 +239,7 @@ async fn proxy(
             ));
         }
         Ok(Err(e)) => {
-            if exceeded.load(Ordering::Relaxed) {
+            if exceeded.is_some_and(|x| x.load(Ordering::Relaxed)) {
                 return Err(ProxyError::PayloadTooLarge);
             }
             if is_timeout(&e) {
@@ -243,11 +262,18 @@ async fn proxy(
         }
         Ok(Ok(r)) => r,
     };
+    if let Some(s) = &route.oauth1 {
+        if resp.status() == http::StatusCode::UNAUTHORIZED {
+            s.unauthorized.inc();
+            tracing::warn!(route = %route.cfg.name, provider = %s.provider.name, "the upstream refused an OAuth 1.0-signed request (401); the provider token may be revoked");
+        }
+    }
     headers::strip_hop_by_hop(resp.headers_mut());
     Ok(resp.map(Either::Left))
 }
 
-fn authenticate(
+/// The verified bearer token of a request (RFC 6750 §2.1 header only).
+pub fn authenticate(
     app: &App,
     snap: &Snapshot,
     h: &HeaderMap,

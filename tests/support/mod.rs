@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod client;
+pub mod oauth1_provider;
 pub mod process;
 pub mod upstream;
 
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use client::{Client, Proto};
+#[allow(unused_imports)]
 pub use upstream::Upstream;
 
 /// A CA and a leaf certificate for localhost / 127.0.0.1, as PEM files.
@@ -60,6 +62,18 @@ impl TestCa {
         std::fs::write(&tmp_k, key.serialize_pem()).unwrap();
         std::fs::rename(tmp_k, &self.key_file).unwrap();
         std::fs::rename(tmp_c, &self.cert_file).unwrap();
+    }
+
+    /// Writes the CA certificate as PEM to `path`.
+    pub fn write_ca_pem(&self, path: &Path) {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(self.ca_der.as_ref());
+        let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).unwrap());
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+        std::fs::write(path, pem).unwrap();
     }
 
     pub fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {

@@ -1,0 +1,382 @@
+//! Validation of the `oauth1` section: the token store and its key, and the
+//! OAuth 1.0 providers valet is a client of.
+
+use super::error::Collector;
+use super::raw::{RawOAuth1, RawProvider};
+use crate::oauth1::signing::SignatureMethod;
+use crate::oauth1::store::Credentials;
+use crate::oauth2::registry::Secret;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Environment variable holding the token store key when no file is configured.
+pub const STORE_KEY_ENV: &str = "VALET_OAUTH1_STORE_KEY";
+/// Where the flow endpoints live unless configured.
+pub const DEFAULT_OAUTH1_PREFIX: &str = "/oauth1";
+/// How long a started flow waits for the provider to send the user back.
+pub const DEFAULT_PENDING_TTL: Duration = Duration::from_secs(600);
+/// Time for one call to a provider's token endpoints.
+pub const DEFAULT_PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+pub struct OAuth1Config {
+    pub store_file: PathBuf,
+    /// AES-256 key (32 bytes) sealing the stored tokens.
+    pub store_key: Secret,
+    pub path_prefix: String,
+    pub pending_ttl: Duration,
+    pub providers: Vec<Arc<Provider>>,
+}
+
+impl OAuth1Config {
+    pub fn provider(&self, name: &str) -> Option<&Arc<Provider>> {
+        self.providers.iter().find(|p| p.name == name)
+    }
+}
+
+#[derive(Debug)]
+pub struct Provider {
+    pub name: String,
+    pub request_token_url: String,
+    pub authorize_url: String,
+    pub access_token_url: String,
+    pub consumer_key: String,
+    pub consumer_secret: Secret,
+    pub method: SignatureMethod,
+    pub realm: Option<String>,
+    /// The URL the provider sends the user back to (valet's callback).
+    pub callback_url: String,
+    /// Where valet may send the user when the flow ends; the first is the default.
+    pub return_urls: Vec<String>,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub timeout: Duration,
+    /// A token obtained elsewhere, used for every subject.
+    pub shared_token: Option<Arc<Credentials>>,
+    /// valet's URL that starts the flow (named in "authorize first" errors).
+    pub start_url: String,
+}
+
+impl Provider {
+    pub fn consumer_secret(&self) -> &str {
+        std::str::from_utf8(self.consumer_secret.expose()).expect("checked at load")
+    }
+}
+
+fn is_http_url(s: &str) -> Option<http::Uri> {
+    let u: http::Uri = s.parse().ok()?;
+    match u.scheme_str() {
+        Some("http") | Some("https") if u.authority().is_some() => Some(u),
+        _ => None,
+    }
+}
+
+fn read_secret(path: &Path, what: &str) -> Result<Secret, String> {
+    let s = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the {what} file {}: {e}", path.display()))?;
+    let s = s.trim_end_matches(['\n', '\r']);
+    if s.is_empty() {
+        return Err(format!("the {what} file {} is empty", path.display()));
+    }
+    Ok(Secret::new(s.as_bytes().to_vec()))
+}
+
+fn store_key(path: Option<&Path>, generate: bool) -> Result<Secret, String> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let text = match path {
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && generate => {
+                let mut key = [0u8; 32];
+                aws_lc_rs::rand::fill(&mut key).expect("system randomness");
+                let t = format!("{}\n", b64.encode(key));
+                crate::tokens::keys::write_private(p, &t).map_err(|e| {
+                    format!("cannot write a new token store key to {}: {e}", p.display())
+                })?;
+                t
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot read the token store key file {}: {e}",
+                    p.display()
+                ))
+            }
+        },
+        None => std::env::var(STORE_KEY_ENV)
+            .map_err(|_| format!("set oauth1.token_store.key_file or {STORE_KEY_ENV}"))?,
+    };
+    match b64.decode(text.trim()) {
+        Ok(k) if k.len() == 32 => Ok(Secret::new(k)),
+        _ => Err("the token store key must be 32 random bytes, base64-encoded (e.g. `openssl rand -base64 32`)".into()),
+    }
+}
+
+fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(p) => {
+            let pem = std::fs::read(p)
+                .map_err(|e| format!("cannot read ca_file {}: {e}", p.display()))?;
+            use rustls_pki_types::pem::PemObject;
+            let mut n = 0;
+            for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| format!("ca_file {}: {e}", p.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("ca_file {}: {e}", p.display()))?;
+                n += 1;
+            }
+            if n == 0 {
+                return Err(format!("ca_file {} holds no certificate", p.display()));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let c = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(c))
+}
+
+pub(super) fn compile(
+    raw: &RawOAuth1,
+    resolve: impl Fn(&str) -> PathBuf,
+    c: &mut Collector<'_>,
+) -> Option<OAuth1Config> {
+    let key = match store_key(
+        raw.token_store.key_file.as_deref().map(&resolve).as_deref(),
+        raw.token_store.generate_key_if_missing,
+    ) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            c.at("oauth1.token_store", e);
+            None
+        }
+    };
+    let prefix = raw
+        .path_prefix
+        .clone()
+        .unwrap_or_else(|| DEFAULT_OAUTH1_PREFIX.to_string());
+    if !prefix.starts_with('/') || prefix.ends_with('/') || prefix.contains(['?', '#']) {
+        c.at(
+            "oauth1.path_prefix",
+            "path_prefix must start with `/`, not end with one, and hold no `?` or `#`",
+        );
+    }
+    let pending_ttl = raw.pending_ttl.map_or(DEFAULT_PENDING_TTL, |d| d.0);
+    if pending_ttl.is_zero() {
+        c.at(
+            "oauth1.pending_ttl",
+            "pending_ttl must be greater than zero",
+        );
+    }
+    let mut providers: Vec<Arc<Provider>> = Vec::new();
+    for (i, p) in raw.providers.iter().enumerate() {
+        let at = format!("oauth1.providers[{i}]");
+        if let Some(prov) = provider(p, &at, &prefix, &resolve, c) {
+            if providers.iter().any(|o| o.name == prov.name) {
+                c.at(
+                    &format!("{at}.name"),
+                    format!("provider `{}` is defined twice", prov.name),
+                );
+            }
+            providers.push(Arc::new(prov));
+        }
+    }
+    Some(OAuth1Config {
+        store_file: resolve(&raw.token_store.file),
+        store_key: key?,
+        path_prefix: prefix,
+        pending_ttl,
+        providers,
+    })
+}
+
+fn provider(
+    p: &RawProvider,
+    at: &str,
+    prefix: &str,
+    resolve: &impl Fn(&str) -> PathBuf,
+    c: &mut Collector<'_>,
+) -> Option<Provider> {
+    let errors_before = c.errors.len();
+    if p.name.is_empty()
+        || !p
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        c.at(
+            &format!("{at}.name"),
+            "a provider name is made of letters, digits, `-`, `_` and `.` (it appears in URLs)",
+        );
+    }
+    let method = match p.signature_method.as_deref() {
+        None => SignatureMethod::HmacSha1,
+        Some("RSA-SHA1") => {
+            c.at(
+                &format!("{at}.signature_method"),
+                "RSA-SHA1 is not supported: valet's crypto library (aws-lc-rs) signs RSA only with SHA-256 or stronger; use HMAC-SHA1, HMAC-SHA256 or PLAINTEXT",
+            );
+            SignatureMethod::HmacSha1
+        }
+        Some(s) => SignatureMethod::parse(s).unwrap_or_else(|| {
+            c.at(
+                &format!("{at}.signature_method"),
+                format!("unknown signature method `{s}`; use HMAC-SHA1, HMAC-SHA256 or PLAINTEXT"),
+            );
+            SignatureMethod::HmacSha1
+        }),
+    };
+    for (key, url) in [
+        ("request_token_url", &p.request_token_url),
+        ("authorize_url", &p.authorize_url),
+        ("access_token_url", &p.access_token_url),
+    ] {
+        match is_http_url(url) {
+            None => c.at(
+                &format!("{at}.{key}"),
+                format!("`{url}` is not an absolute http(s) URL"),
+            ),
+            Some(u) if method == SignatureMethod::Plaintext && u.scheme_str() != Some("https") => c
+                .at(
+                    &format!("{at}.{key}"),
+                    "PLAINTEXT sends the secrets themselves; RFC 5849 §3.4.4 requires https",
+                ),
+            Some(_) => {}
+        }
+    }
+    let mut start_url = String::new();
+    match is_http_url(&p.callback_url) {
+        None => c.at(
+            &format!("{at}.callback_url"),
+            format!("`{}` is not an absolute http(s) URL", p.callback_url),
+        ),
+        Some(u) => {
+            let want = format!("{prefix}/{}/callback", p.name);
+            if u.path() != want || u.query().is_some() {
+                c.at(
+                    &format!("{at}.callback_url"),
+                    format!(
+                        "the callback URL must be valet's own callback for this provider: its path must be `{want}` (no query)"
+                    ),
+                );
+            }
+            start_url = format!(
+                "{}://{}{prefix}/{}/authorize",
+                u.scheme_str().unwrap_or("https"),
+                u.authority().map_or("", |a| a.as_str()),
+                p.name
+            );
+        }
+    }
+    if p.return_urls.is_empty() {
+        c.at(
+            &format!("{at}.return_urls"),
+            "list at least one URL the user may be sent back to when the flow ends",
+        );
+    }
+    for (j, r) in p.return_urls.iter().enumerate() {
+        if is_http_url(r).is_none() || r.contains('#') {
+            c.at(
+                &format!("{at}.return_urls[{j}]"),
+                format!("`{r}` is not an absolute http(s) URL without a fragment"),
+            );
+        }
+    }
+    if let Some(r) = &p.realm {
+        if !r.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            c.at(
+                &format!("{at}.realm"),
+                "realm must be printable ASCII (it goes into the Authorization header)",
+            );
+        }
+    }
+    if p.consumer_key.is_empty() {
+        c.at(
+            &format!("{at}.consumer_key"),
+            "consumer_key cannot be empty",
+        );
+    }
+    let consumer_secret = match &p.consumer_secret_file {
+        Some(f) => match read_secret(&resolve(f), "consumer secret") {
+            Ok(s) if std::str::from_utf8(s.expose()).is_ok() => Some(s),
+            Ok(_) => {
+                c.at(
+                    &format!("{at}.consumer_secret_file"),
+                    "the consumer secret is not UTF-8 text",
+                );
+                None
+            }
+            Err(e) => {
+                c.at(&format!("{at}.consumer_secret_file"), e);
+                None
+            }
+        },
+        None => {
+            c.at(
+                at,
+                "consumer_secret_file is required (the secret the provider issued with the consumer key)",
+            );
+            None
+        }
+    };
+    let shared_token = match (&p.access_token, &p.access_token_secret_file) {
+        (None, None) => None,
+        (Some(t), Some(f)) => match read_secret(&resolve(f), "access token secret") {
+            Ok(secret) => Some(Arc::new(Credentials {
+                token: t.clone(),
+                secret,
+            })),
+            Err(e) => {
+                c.at(&format!("{at}.access_token_secret_file"), e);
+                None
+            }
+        },
+        _ => {
+            c.at(
+                at,
+                "a pre-provisioned token needs both access_token and access_token_secret_file",
+            );
+            None
+        }
+    };
+    let tls = match tls_config(p.ca_file.as_deref().map(resolve).as_deref()) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            c.at(&format!("{at}.ca_file"), e);
+            None
+        }
+    };
+    let timeout = p.timeout.map_or(DEFAULT_PROVIDER_TIMEOUT, |d| d.0);
+    if timeout.is_zero() {
+        c.at(
+            &format!("{at}.timeout"),
+            "timeout must be greater than zero",
+        );
+    }
+    if c.errors.len() != errors_before {
+        return None;
+    }
+    Some(Provider {
+        name: p.name.clone(),
+        request_token_url: p.request_token_url.clone(),
+        authorize_url: p.authorize_url.clone(),
+        access_token_url: p.access_token_url.clone(),
+        consumer_key: p.consumer_key.clone(),
+        consumer_secret: consumer_secret?,
+        method,
+        realm: p.realm.clone(),
+        callback_url: p.callback_url.clone(),
+        return_urls: p.return_urls.clone(),
+        tls: tls?,
+        timeout,
+        shared_token,
+        start_url,
+    })
+}

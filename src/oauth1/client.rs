@@ -1,0 +1,206 @@
+//! valet as the OAuth 1.0 client: the signed `Authorization: OAuth` header
+//! for a request (RFC 5849 §3.1), and the calls to a provider's temporary
+//! credential and token endpoints (§2.1, §2.3) over http or https.
+
+use super::signing::{self, SignError};
+use crate::config::Provider;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Largest provider token-endpoint response read (it is a short form).
+const MAX_PROVIDER_RESPONSE: usize = 64 * 1024;
+
+/// The `Authorization` header value for `method url`, signed with the
+/// provider's consumer credentials and `token` (token, secret) if any.
+/// `extra` are further protocol parameters (`oauth_callback`,
+/// `oauth_verifier`); `body` are the form body's parameters, if the body is
+/// `application/x-www-form-urlencoded`.
+pub fn authorization(
+    p: &Provider,
+    token: Option<(&str, &str)>,
+    extra: &[(&str, &str)],
+    method: &str,
+    url: &str,
+    body: &[(String, String)],
+) -> Result<String, SignError> {
+    let timestamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        .to_string();
+    let mut oauth: Vec<(String, String)> = Vec::with_capacity(8 + extra.len());
+    oauth.push(("oauth_consumer_key".into(), p.consumer_key.clone()));
+    // 128 random bits: unpredictable, and unique per request in practice.
+    oauth.push(("oauth_nonce".into(), crate::tokens::random_id()));
+    oauth.push(("oauth_signature_method".into(), p.method.as_str().into()));
+    oauth.push(("oauth_timestamp".into(), timestamp));
+    if let Some((t, _)) = token {
+        oauth.push(("oauth_token".into(), t.into()));
+    }
+    oauth.push(("oauth_version".into(), "1.0".into()));
+    for (k, v) in extra {
+        oauth.push(((*k).into(), (*v).into()));
+    }
+    let mut params = signing::query_params(url);
+    params.extend_from_slice(body);
+    params.extend(oauth.iter().cloned());
+    let base = signing::base_string(method, url, &params)?;
+    let sig = signing::sign(
+        p.method,
+        &base,
+        p.consumer_secret(),
+        token.map_or("", |(_, s)| s),
+    );
+    oauth.push(("oauth_signature".into(), sig));
+    oauth.sort();
+    Ok(signing::authorization_header(p.realm.as_deref(), &oauth))
+}
+
+/// Why a call to a provider's token endpoint failed (a metric label and a
+/// message for the user; never the provider's secrets).
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("cannot reach the provider: {0}")]
+    Unreachable(String),
+    #[error("the provider did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("the provider refused the request with status {status}{}", problem.as_deref().map(|p| format!(" ({p})")).unwrap_or_default())]
+    Refused {
+        status: StatusCode,
+        problem: Option<String>,
+    },
+    #[error("the provider's answer is not usable: {0}")]
+    BadAnswer(&'static str),
+}
+
+impl ProviderError {
+    pub fn label(&self) -> &'static str {
+        match self {
+            ProviderError::Unreachable(_) => "provider_unreachable",
+            ProviderError::Timeout(_) => "provider_timeout",
+            ProviderError::Refused { .. } => "provider_refused",
+            ProviderError::BadAnswer(_) => "provider_bad_answer",
+        }
+    }
+}
+
+/// POSTs to a provider token endpoint (parameters in the header only, empty
+/// body) and returns the decoded form answer.
+pub async fn call(
+    p: &Provider,
+    url: &str,
+    authorization: String,
+) -> Result<Vec<(String, String)>, ProviderError> {
+    match tokio::time::timeout(p.timeout, call_inner(p, url, authorization)).await {
+        Ok(r) => r,
+        Err(_) => Err(ProviderError::Timeout(p.timeout)),
+    }
+}
+
+async fn call_inner(
+    p: &Provider,
+    url: &str,
+    authorization: String,
+) -> Result<Vec<(String, String)>, ProviderError> {
+    let unreachable = |e: &dyn std::fmt::Display| ProviderError::Unreachable(e.to_string());
+    let uri: http::Uri = url.parse().map_err(|e| unreachable(&e))?;
+    let authority = uri
+        .authority()
+        .ok_or(ProviderError::BadAnswer("the URL has no host"))?
+        .clone();
+    let https = uri.scheme_str() == Some("https");
+    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let tcp = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| unreachable(&e))?;
+    let _ = tcp.set_nodelay(true);
+    let req = Request::post(uri.path_and_query().map_or("/", |pq| pq.as_str()))
+        .header(header::HOST, authority.as_str())
+        .header(header::AUTHORIZATION, authorization)
+        .header(header::CONTENT_LENGTH, "0")
+        .header(header::ACCEPT, "application/x-www-form-urlencoded")
+        .header(
+            header::USER_AGENT,
+            concat!("valet/", env!("CARGO_PKG_VERSION")),
+        )
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| unreachable(&e))?;
+    let resp = if https {
+        let name = rustls_pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| unreachable(&e))?;
+        let tls = tokio_rustls::TlsConnector::from(p.tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| unreachable(&e))?;
+        send(TokioIo::new(tls), req).await?
+    } else {
+        send(TokioIo::new(tcp), req).await?
+    };
+    let (parts, body) = resp.into_parts();
+    let body = Limited::new(body, MAX_PROVIDER_RESPONSE)
+        .collect()
+        .await
+        .map_err(|_| ProviderError::BadAnswer("the answer is too large or cut short"))?
+        .to_bytes();
+    let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+    if !parts.status.is_success() {
+        // RFC 5849 has no error format; the Problem Reporting extension's
+        // `oauth_problem` is common, and harmless to show.
+        let problem = form
+            .iter()
+            .find(|(k, _)| k == "oauth_problem")
+            .map(|(_, v)| v.chars().take(64).collect());
+        return Err(ProviderError::Refused {
+            status: parts.status,
+            problem,
+        });
+    }
+    Ok(form)
+}
+
+async fn send<I>(
+    io: I,
+    req: Request<Empty<Bytes>>,
+) -> Result<http::Response<hyper::body::Incoming>, ProviderError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut s, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| ProviderError::Unreachable(e.to_string()))?;
+    tokio::spawn(conn);
+    s.send_request(req)
+        .await
+        .map_err(|e| ProviderError::Unreachable(e.to_string()))
+}
+
+/// The value of `name` in a decoded form, if present exactly once.
+pub fn single<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    let mut it = form.iter().filter(|(k, _)| k == name);
+    match (it.next(), it.next()) {
+        (Some((_, v)), None) => Some(v.as_str()),
+        _ => None,
+    }
+}
+
+/// `base?oauth_token=...` (or `&` when `base` has a query already).
+pub fn with_query(base: &str, pairs: &[(&str, &str)]) -> String {
+    let mut s = String::from(base);
+    let mut ser = form_urlencoded::Serializer::new(String::new());
+    ser.extend_pairs(pairs);
+    s.push(if base.contains('?') { '&' } else { '?' });
+    s.push_str(&ser.finish());
+    s
+}
+
+/// A header value for a redirect, refusing what cannot be one.
+pub fn location(url: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(url).ok()
+}

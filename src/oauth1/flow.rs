@@ -1,0 +1,474 @@
+//! The three-legged flow (RFC 5849 §2), served by valet:
+//!
+//! - `GET {prefix}/{provider}/authorize` (bearer token required): obtain
+//!   temporary credentials with `oauth_callback`, remember them bound to the
+//!   subject and to a one-time state cookie, redirect to the provider.
+//! - `GET {prefix}/{provider}/callback`: the temporary token must belong to
+//!   a pending flow (each is usable once, and only until it expires) and the
+//!   state cookie must match; exchange the verifier for token credentials,
+//!   store them, redirect to the allow-listed return URL.
+//! - `GET|DELETE {prefix}/{provider}/token` (bearer token required): whether
+//!   the subject has a token; forget it.
+
+use super::client::{self, ProviderError};
+use super::store::Credentials;
+use crate::app::{App, Snapshot};
+use crate::config::{OAuth1Config, Provider};
+use crate::oauth2::registry::Secret;
+use crate::proxy::error::json_response;
+use crate::proxy::{ProxyError, ResponseBody};
+use dashmap::DashMap;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Flows in progress at once, all subjects together; beyond it new flows
+/// are refused (503) until some finish or expire.
+pub const MAX_PENDING_FLOWS: usize = 10_000;
+
+/// What a path under the OAuth 1.0 prefix asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Authorize,
+    Callback,
+    Token,
+}
+
+/// `{prefix}/{provider}/{action}` → the provider and action; a path under
+/// the prefix that names no provider or action is still valet's (404).
+pub fn endpoint_for<'a>(
+    o: &'a OAuth1Config,
+    path: &str,
+) -> Option<Result<(&'a Arc<Provider>, Action), ()>> {
+    let rest = path.strip_prefix(o.path_prefix.as_str())?;
+    let rest = rest.strip_prefix('/')?;
+    let (name, action) = rest.split_once('/').unwrap_or((rest, ""));
+    let action = match action {
+        "authorize" => Action::Authorize,
+        "callback" => Action::Callback,
+        "token" => Action::Token,
+        _ => return Some(Err(())),
+    };
+    Some(o.provider(name).map(|p| (p, action)).ok_or(()))
+}
+
+struct Pending {
+    provider: String,
+    subject: Box<str>,
+    token_secret: Secret,
+    /// SHA-256 of the state cookie's value.
+    state_digest: [u8; 32],
+    return_url: String,
+    expires: Instant,
+}
+
+/// Flows waiting for the provider's callback, keyed by temporary token.
+/// They live in memory: a restart ends them (the user starts again).
+#[derive(Default)]
+pub struct Flows {
+    pending: DashMap<String, Pending>,
+}
+
+impl Flows {
+    /// Drops expired flows (also refused on use); returns how many remain.
+    pub fn prune(&self) -> usize {
+        let now = Instant::now();
+        self.pending.retain(|_, p| p.expires > now);
+        self.pending.len()
+    }
+}
+
+fn sha256(b: &[u8]) -> [u8; 32] {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b)
+        .as_ref()
+        .try_into()
+        .expect("32 bytes")
+}
+
+fn cookie_name(p: &Provider) -> String {
+    format!("valet_oauth1_{}", p.name.replace('.', "_"))
+}
+
+fn error(status: StatusCode, code: &str, message: String) -> Response<ResponseBody> {
+    json_response(
+        status,
+        &json!({ "error": code, "error_description": message }),
+    )
+}
+
+fn redirect(to: &str) -> Response<ResponseBody> {
+    let mut r = json_response(StatusCode::FOUND, &json!({ "location": to }));
+    if let Some(v) = client::location(to) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+/// Serves one of the flow endpoints.
+pub async fn serve(
+    app: &Arc<App>,
+    snap: &Snapshot,
+    o: &OAuth1Config,
+    target: Result<(&Arc<Provider>, Action), ()>,
+    req: Request<Incoming>,
+    request_id: &HeaderValue,
+) -> Response<ResponseBody> {
+    let Ok((p, action)) = target else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "no such OAuth 1.0 endpoint; use {}/{{provider}}/authorize, /callback or /token",
+                o.path_prefix
+            ),
+        );
+    };
+    let allowed: &[Method] = match action {
+        Action::Authorize | Action::Callback => &[Method::GET],
+        Action::Token => &[Method::GET, Method::DELETE],
+    };
+    if !allowed.contains(req.method()) {
+        let mut r = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this method is not allowed here".into(),
+        );
+        let allow = allowed
+            .iter()
+            .map(Method::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_str(&allow).expect("ASCII"));
+        return r;
+    }
+    if action == Action::Callback {
+        return callback(app, o, p, &req).await;
+    }
+    let token = match crate::proxy::authenticate(app, snap, req.headers()) {
+        Ok(t) => t,
+        Err(e) => {
+            if let ProxyError::InvalidToken(reason) = &e {
+                app.metrics.token_failure(*reason);
+            }
+            return e.into_response(request_id);
+        }
+    };
+    let store = app.oauth1_store();
+    match (action, req.method()) {
+        (Action::Authorize, _) => authorize(app, o, p, &token.subject, &req).await,
+        (Action::Token, &Method::DELETE) => {
+            match store.map(|s| s.remove(&p.name, &token.subject)) {
+                Some(Ok(had)) => {
+                    if had {
+                        tracing::info!(provider = %p.name, sub = %token.subject, "OAuth 1.0 token forgotten");
+                    }
+                    json_response(
+                        StatusCode::OK,
+                        &json!({ "provider": p.name, "forgotten": had }),
+                    )
+                }
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "cannot update the OAuth 1.0 token store");
+                    error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "temporarily_unavailable",
+                        "the token store cannot be written; nothing was changed".into(),
+                    )
+                }
+                None => store_missing(),
+            }
+        }
+        (Action::Token, _) => {
+            let has = store.is_some_and(|s| s.get(&p.name, &token.subject).is_some());
+            json_response(
+                StatusCode::OK,
+                &json!({
+                    "provider": p.name,
+                    "authorized": has || p.shared_token.is_some(),
+                    "pre_provisioned": p.shared_token.is_some(),
+                    "authorize_url": p.start_url,
+                }),
+            )
+        }
+        (Action::Callback, _) => unreachable!("answered above"),
+    }
+}
+
+fn store_missing() -> Response<ResponseBody> {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "the OAuth 1.0 token store is not open (it was configured after start; restart valet)"
+            .into(),
+    )
+}
+
+async fn authorize(
+    app: &App,
+    o: &OAuth1Config,
+    p: &Provider,
+    subject: &str,
+    req: &Request<Incoming>,
+) -> Response<ResponseBody> {
+    let fail = |reason: &str| app.metrics.oauth1_flow_failed(&p.name, reason);
+    if p.shared_token.is_some() {
+        fail("pre_provisioned");
+        return error(
+            StatusCode::CONFLICT,
+            "pre_provisioned",
+            format!("provider `{}` uses a pre-provisioned token for every subject; there is no flow to start", p.name),
+        );
+    }
+    let query: Vec<(String, String)> = req
+        .uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let return_url = match client::single(&query, "return_to") {
+        None if !query.iter().any(|(k, _)| k == "return_to") => p.return_urls[0].clone(),
+        Some(r) if p.return_urls.iter().any(|a| a == r) => r.to_string(),
+        _ => {
+            fail("return_url_not_allowed");
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!(
+                    "return_to is not one of the return URLs allowed for provider `{}`",
+                    p.name
+                ),
+            );
+        }
+    };
+    if app.oauth1_flows.pending.len() >= MAX_PENDING_FLOWS
+        && app.oauth1_flows.prune() >= MAX_PENDING_FLOWS
+    {
+        fail("too_many_pending");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "too many authorization flows are in progress; try again shortly".into(),
+        );
+    }
+    let authz = match client::authorization(
+        p,
+        None,
+        &[("oauth_callback", &p.callback_url)],
+        "POST",
+        &p.request_token_url,
+        &[],
+    ) {
+        Ok(a) => a,
+        Err(e) => return provider_failed(app, p, ProviderError::Unreachable(e.to_string())),
+    };
+    let form = match client::call(p, &p.request_token_url, authz).await {
+        Ok(f) => f,
+        Err(e) => return provider_failed(app, p, e),
+    };
+    // RFC 5849 §2.1: the provider must confirm it took the callback (1.0a).
+    if client::single(&form, "oauth_callback_confirmed") != Some("true") {
+        return provider_failed(
+            app,
+            p,
+            ProviderError::BadAnswer("oauth_callback_confirmed is not `true`"),
+        );
+    }
+    let (Some(tok), Some(secret)) = (
+        client::single(&form, "oauth_token"),
+        client::single(&form, "oauth_token_secret"),
+    ) else {
+        return provider_failed(
+            app,
+            p,
+            ProviderError::BadAnswer("oauth_token or oauth_token_secret is missing"),
+        );
+    };
+    let state = crate::tokens::random_id();
+    let to = client::with_query(&p.authorize_url, &[("oauth_token", tok)]);
+    app.oauth1_flows.pending.insert(
+        tok.to_string(),
+        Pending {
+            provider: p.name.clone(),
+            subject: subject.into(),
+            token_secret: Secret::new(secret.as_bytes().to_vec()),
+            state_digest: sha256(state.as_bytes()),
+            return_url,
+            expires: Instant::now() + o.pending_ttl,
+        },
+    );
+    app.metrics
+        .oauth1_flows_started
+        .with_label_values(&[&p.name])
+        .inc();
+    tracing::info!(provider = %p.name, sub = %subject, "OAuth 1.0 flow started");
+    let mut r = redirect(&to);
+    // The cookie ties the callback to the browser that started the flow.
+    let cookie = format!(
+        "{}={state}; Path={}/{}/callback; Max-Age={}; Secure; HttpOnly; SameSite=Lax",
+        cookie_name(p),
+        o.path_prefix,
+        p.name,
+        o.pending_ttl.as_secs()
+    );
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&cookie).expect("ASCII"),
+    );
+    r
+}
+
+fn provider_failed(app: &App, p: &Provider, e: ProviderError) -> Response<ResponseBody> {
+    app.metrics.oauth1_flow_failed(&p.name, e.label());
+    tracing::warn!(provider = %p.name, error = %e, "OAuth 1.0 provider call failed");
+    let status = match e {
+        ProviderError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    error(status, e.label(), e.to_string())
+}
+
+fn cookie<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+async fn callback(
+    app: &App,
+    o: &OAuth1Config,
+    p: &Provider,
+    req: &Request<Incoming>,
+) -> Response<ResponseBody> {
+    let failed = |reason: &str, status: StatusCode, message: String| {
+        app.metrics.oauth1_flow_failed(&p.name, reason);
+        tracing::warn!(provider = %p.name, reason, "OAuth 1.0 callback refused");
+        let mut r = error(status, "invalid_request", message);
+        r.headers_mut()
+            .insert(header::SET_COOKIE, clear_cookie(o, p));
+        r
+    };
+    let restart = format!("start again at {}", p.start_url);
+    let query: Vec<(String, String)> = req
+        .uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let Some(tok) = client::single(&query, "oauth_token") else {
+        return failed(
+            "bad_callback",
+            StatusCode::BAD_REQUEST,
+            format!("the callback carries no single oauth_token; {restart}"),
+        );
+    };
+    // Taken out first: a temporary token is usable once, whatever follows.
+    let Some((_, pending)) = app
+        .oauth1_flows
+        .pending
+        .remove_if(tok, |_, v| v.provider == p.name)
+    else {
+        return failed(
+            "unknown_token",
+            StatusCode::BAD_REQUEST,
+            format!("oauth_token is unknown or was already used; {restart}"),
+        );
+    };
+    if pending.expires <= Instant::now() {
+        return failed(
+            "expired",
+            StatusCode::BAD_REQUEST,
+            format!("this authorization flow expired; {restart}"),
+        );
+    }
+    let state_ok = cookie(req, &cookie_name(p)).is_some_and(|s| {
+        aws_lc_rs::constant_time::verify_slices_are_equal(
+            &sha256(s.as_bytes()),
+            &pending.state_digest,
+        )
+        .is_ok()
+    });
+    if !state_ok {
+        return failed(
+            "state_mismatch",
+            StatusCode::BAD_REQUEST,
+            format!(
+                "this callback does not come from the browser that started the flow; {restart}"
+            ),
+        );
+    }
+    let Some(verifier) = client::single(&query, "oauth_verifier") else {
+        return failed(
+            "denied",
+            StatusCode::BAD_REQUEST,
+            format!("the provider sent no oauth_verifier (was access denied?); {restart}"),
+        );
+    };
+    let secret = std::str::from_utf8(pending.token_secret.expose()).unwrap_or("");
+    let authz = match client::authorization(
+        p,
+        Some((tok, secret)),
+        &[("oauth_verifier", verifier)],
+        "POST",
+        &p.access_token_url,
+        &[],
+    ) {
+        Ok(a) => a,
+        Err(e) => return provider_failed(app, p, ProviderError::Unreachable(e.to_string())),
+    };
+    let form = match client::call(p, &p.access_token_url, authz).await {
+        Ok(f) => f,
+        Err(e) => return provider_failed(app, p, e),
+    };
+    let (Some(token), Some(token_secret)) = (
+        client::single(&form, "oauth_token"),
+        client::single(&form, "oauth_token_secret"),
+    ) else {
+        return provider_failed(
+            app,
+            p,
+            ProviderError::BadAnswer("oauth_token or oauth_token_secret is missing"),
+        );
+    };
+    let Some(store) = app.oauth1_store() else {
+        return store_missing();
+    };
+    let creds = Credentials {
+        token: token.to_string(),
+        secret: Secret::new(token_secret.as_bytes().to_vec()),
+    };
+    if let Err(e) = store.put(&p.name, &pending.subject, creds) {
+        app.metrics.oauth1_flow_failed(&p.name, "store_write");
+        tracing::error!(error = %e, "cannot write the OAuth 1.0 token store");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "the token could not be stored; start again later".into(),
+        );
+    }
+    app.metrics
+        .oauth1_flows_completed
+        .with_label_values(&[&p.name])
+        .inc();
+    tracing::info!(provider = %p.name, sub = %pending.subject, "OAuth 1.0 flow completed; token stored");
+    let mut r = redirect(&pending.return_url);
+    r.headers_mut()
+        .insert(header::SET_COOKIE, clear_cookie(o, p));
+    r
+}
+
+fn clear_cookie(o: &OAuth1Config, p: &Provider) -> HeaderValue {
+    HeaderValue::from_str(&format!(
+        "{}=; Path={}/{}/callback; Max-Age=0; Secure; HttpOnly; SameSite=Lax",
+        cookie_name(p),
+        o.path_prefix,
+        p.name
+    ))
+    .expect("ASCII")
+}

@@ -1,0 +1,497 @@
+//! valet as an OAuth 1.0a client, end to end over real sockets: the
+//! three-legged flow against a provider test server (TLS token endpoints,
+//! signatures verified with the oauth1-request crate, not valet's code),
+//! signed forwarding, the state cookie, replayed and unknown callbacks, the
+//! return-URL allow-list, the token store across a restart, forgetting a
+//! token, and the clear error for a subject without a token.
+
+mod support;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use std::time::Duration;
+use support::oauth1_provider::Provider;
+use support::*;
+
+struct Setup {
+    gw: Gateway,
+    provider: Provider,
+    provider_ca: TestCa,
+    _pdir: tempfile::TempDir,
+}
+
+const CALLBACK: &str = "https://valet.example:8443/oauth1/legacy/callback";
+
+async fn setup(extra_oauth1: &str) -> Setup {
+    let pdir = tempfile::tempdir().unwrap();
+    let provider_ca = TestCa::new(pdir.path());
+    let ca_pem = pdir.path().join("provider-ca.pem");
+    provider_ca.write_ca_pem(&ca_pem);
+    let provider = Provider::start(&provider_ca).await;
+    let routes = format!(
+        r#"  - name: legacy
+    match: {{ path_prefix: /legacy }}
+    upstream: "http://{}"
+    strip_prefix: true
+    upstream_auth: {{ oauth1: legacy }}
+"#,
+        provider.api_addr
+    );
+    let extra = format!(
+        r#"oauth1:
+  token_store:
+    file: oauth1-tokens.yaml
+    key_file: oauth1-store.key
+    generate_key_if_missing: true
+{extra_oauth1}  providers:
+{}"#,
+        provider.config_yaml(pdir.path(), &ca_pem)
+    );
+    let gw = Gateway::start(&routes, &extra).await;
+    Setup {
+        gw,
+        provider,
+        provider_ca,
+        _pdir: pdir,
+    }
+}
+
+/// The part of an absolute URL after its authority.
+fn path_of(url: &str) -> &str {
+    let after_scheme = url.split_once("://").unwrap().1;
+    &after_scheme[after_scheme.find('/').unwrap()..]
+}
+
+fn cookie_pair(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap().to_string()
+}
+
+impl Setup {
+    fn client(&self) -> Client {
+        self.gw.client(Proto::H1)
+    }
+
+    async fn start_flow(&self, bearer: &str, query: &str) -> support::client::Reply {
+        let req = self
+            .client()
+            .request("GET", &format!("/oauth1/legacy/authorize{query}"))
+            .header("authorization", format!("Bearer {bearer}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        self.client().send(req).await
+    }
+
+    /// The user's browser at the provider: approve, get sent to the callback.
+    async fn approve(&self, authorize_location: &str) -> String {
+        let browser = Client::new(
+            self.provider.tls_addr,
+            self.provider_ca.client_config(Proto::H1.alpn()),
+            Proto::H1,
+        );
+        let r = browser.get(path_of(authorize_location), None).await;
+        assert_eq!(r.status, 302, "{:?}", r.body);
+        r.header("location").to_string()
+    }
+
+    async fn callback(&self, callback_url: &str, cookie: Option<&str>) -> support::client::Reply {
+        assert!(callback_url.starts_with(CALLBACK), "{callback_url}");
+        let mut b = self.client().request("GET", path_of(callback_url));
+        if let Some(c) = cookie {
+            b = b.header("cookie", c);
+        }
+        self.client()
+            .send(b.body(Full::new(Bytes::new())).unwrap())
+            .await
+    }
+
+    /// A complete flow for `bearer`; returns the callback URL (for replays).
+    async fn authorize(&self, bearer: &str) -> String {
+        let r = self.start_flow(bearer, "").await;
+        assert_eq!(r.status, 302, "{:?}", r.body);
+        let cookie = cookie_pair(r.header("set-cookie"));
+        let cb = self.approve(r.header("location")).await;
+        let done = self.callback(&cb, Some(&cookie)).await;
+        assert_eq!(done.status, 302, "{:?}", done.body);
+        cb
+    }
+
+    fn api_calls(&self) -> Vec<support::oauth1_provider::ApiCall> {
+        self.provider.state.lock().unwrap().api.clone()
+    }
+}
+
+#[tokio::test]
+async fn the_three_legged_flow_then_signed_requests() {
+    let s = setup("").await;
+    let alice = s.gw.token("alice", "read");
+    let c = s.client();
+
+    // No token yet: a clear error naming where to start, nothing forwarded.
+    let r = c.get("/legacy/items", Some(&alice)).await;
+    assert_eq!(r.status, 403);
+    let j = r.json();
+    assert_eq!(j["error"], "oauth1_authorization_required");
+    assert_eq!(j["provider"], "legacy");
+    assert_eq!(
+        j["authorize_url"],
+        "https://valet.example:8443/oauth1/legacy/authorize"
+    );
+    assert!(s.api_calls().is_empty());
+
+    // The flow needs a valet bearer token.
+    let r = c.get("/oauth1/legacy/authorize", None).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), "Bearer realm=\"valet\"");
+
+    // 1. Temporary credentials (signed, with oauth_callback), then the redirect.
+    let r = s
+        .start_flow(
+            &alice,
+            "?return_to=https%3A%2F%2Fapp.example%2Fother%3Fx%3D1",
+        )
+        .await;
+    assert_eq!(r.status, 302, "{:?}", r.body);
+    let location = r.header("location").to_string();
+    let authorize_base = format!(
+        "https://localhost:{}/oauth/authorize?oauth_token=rt-",
+        s.provider.tls_addr.port()
+    );
+    assert!(location.starts_with(&authorize_base), "{location}");
+    let set_cookie = r.header("set-cookie").to_string();
+    assert!(
+        set_cookie.starts_with("valet_oauth1_legacy=")
+            && set_cookie.contains("Path=/oauth1/legacy/callback")
+            && set_cookie.contains("Secure")
+            && set_cookie.contains("HttpOnly")
+            && set_cookie.contains("Max-Age=600"),
+        "{set_cookie}"
+    );
+    assert_eq!(s.provider.state.lock().unwrap().callbacks, vec![CALLBACK]);
+
+    // 2. The user approves; the callback exchanges the verifier and stores the token.
+    let cb = s.approve(&location).await;
+    let done = s.callback(&cb, Some(&cookie_pair(&set_cookie))).await;
+    assert_eq!(done.status, 302, "{:?}", done.body);
+    assert_eq!(done.header("location"), "https://app.example/other?x=1");
+    assert!(done.header("set-cookie").contains("Max-Age=0"));
+    assert!(s.provider.state.lock().unwrap().refusals.is_empty());
+
+    // 3. Signed forwarding: query parameters (repeated, encoded, `+`)...
+    let r = c
+        .get(
+            "/legacy/items?b=2&a=1&a=%20x+y&empty=&snow=%E2%98%83",
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let call = s.api_calls().pop().unwrap();
+    let oauth = call
+        .verified
+        .clone()
+        .expect("signature verified by the provider");
+    assert_eq!(
+        call.path_and_query,
+        "/items?b=2&a=1&a=%20x+y&empty=&snow=%E2%98%83"
+    );
+    let authz = call.authorization.unwrap();
+    assert!(authz.starts_with("OAuth realm=\"Legacy API\", "), "{authz}");
+    assert!(!authz.contains("Bearer") && !authz.contains(&alice));
+    let token = oauth["oauth_token"].clone();
+    assert!(token.starts_with("at-"), "{token}");
+    assert_eq!(
+        oauth["oauth_consumer_key"],
+        support::oauth1_provider::CONSUMER_KEY
+    );
+    assert_eq!(
+        oauth.len(),
+        8,
+        "realm and the seven oauth_ parameters: {oauth:?}"
+    );
+
+    // ...form bodies (their parameters are signed)...
+    let body = "text=Hello+World%21&a=%E2%98%83&a=&z=%2B";
+    let req = c
+        .request("POST", "/legacy/submit?q=1")
+        .header("authorization", format!("Bearer {alice}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let r = c.send(req).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let call = s.api_calls().pop().unwrap();
+    assert!(call.verified.is_ok(), "{:?}", call.verified);
+    assert_eq!(call.body, body);
+
+    // ...and other bodies stream untouched (not part of the signature).
+    let json = r#"{"text":"a=b&c=d"}"#;
+    let req = c
+        .request("PUT", "/legacy/doc")
+        .header("authorization", format!("Bearer {alice}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(json)))
+        .unwrap();
+    let r = c.send(req).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let call = s.api_calls().pop().unwrap();
+    assert!(call.verified.is_ok(), "{:?}", call.verified);
+    assert_eq!(call.body, json);
+
+    // Another subject has no token of its own.
+    let bob = s.gw.token("bob", "read");
+    let r = c.get("/legacy/items", Some(&bob)).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"], "oauth1_authorization_required");
+
+    let m = |name: &str| format!("valet_oauth1_{name}{{provider=\"legacy\"}}");
+    assert_eq!(s.gw.metric(&m("flows_started_total")).await, 1.0);
+    assert_eq!(s.gw.metric(&m("flows_completed_total")).await, 1.0);
+    assert_eq!(s.gw.metric(&m("signed_requests_total")).await, 3.0);
+    assert_eq!(s.gw.metric(&m("upstream_unauthorized_total")).await, 0.0);
+
+    // The provider revokes the token: its 401 reaches the caller and is counted.
+    s.provider.state.lock().unwrap().revoked.insert(token);
+    let r = c.get("/legacy/items", Some(&alice)).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(s.gw.metric(&m("upstream_unauthorized_total")).await, 1.0);
+}
+
+#[tokio::test]
+async fn unknown_replayed_and_foreign_browser_callbacks_are_refused() {
+    let s = setup("").await;
+    let alice = s.gw.token("alice", "read");
+    let cb = s.authorize(&alice).await;
+
+    // The same callback again: the temporary token was used once already.
+    let r = s.callback(&cb, None).await;
+    assert_eq!(r.status, 400);
+    let j = r.json();
+    assert_eq!(j["error"], "invalid_request");
+    let d = j["error_description"].as_str().unwrap();
+    assert!(d.contains("unknown or was already used"), "{d}");
+    assert!(
+        d.contains("https://valet.example:8443/oauth1/legacy/authorize"),
+        "{d}"
+    );
+
+    // A token valet never handed out.
+    let r = s
+        .callback(
+            &format!("{CALLBACK}?oauth_token=rt-forged&oauth_verifier=x"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("unknown or was already used"));
+
+    // Another browser (no state cookie, or a wrong one) cannot finish a flow,
+    // and the attempt burns it.
+    let r = s.start_flow(&alice, "").await;
+    let cookie = cookie_pair(r.header("set-cookie"));
+    let cb = s.approve(r.header("location")).await;
+    let r = s.callback(&cb, Some("valet_oauth1_legacy=guessed")).await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("does not come from the browser that started the flow"));
+    let r = s.callback(&cb, Some(&cookie)).await;
+    assert_eq!(r.status, 400, "a refused callback ends the flow");
+
+    // Missing oauth_token.
+    let r = s
+        .callback(&format!("{CALLBACK}?oauth_verifier=x"), None)
+        .await;
+    assert_eq!(r.status, 400);
+
+    let failed = |reason: &str| {
+        format!("valet_oauth1_flows_failed_total{{provider=\"legacy\",reason=\"{reason}\"}}")
+    };
+    assert_eq!(s.gw.metric(&failed("unknown_token")).await, 3.0);
+    assert_eq!(s.gw.metric(&failed("state_mismatch")).await, 1.0);
+    assert_eq!(s.gw.metric(&failed("bad_callback")).await, 1.0);
+    // Only the first flow stored a token.
+    assert_eq!(s.provider.state.lock().unwrap().access.len(), 1);
+}
+
+#[tokio::test]
+async fn return_urls_outside_the_allow_list_are_refused() {
+    let s = setup("").await;
+    let alice = s.gw.token("alice", "read");
+    for bad in [
+        "https%3A%2F%2Fevil.example%2F",
+        "https%3A%2F%2Fapp.example%2Fdone.evil.example",
+        "https%3A%2F%2Fapp.example%2Fdone%2F..%2Fadmin",
+        "%2F%2Fevil.example",
+        "https%3A%2F%2Fapp.example%2Fdone&return_to=https%3A%2F%2Fapp.example%2Fdone",
+        "",
+    ] {
+        let r = s.start_flow(&alice, &format!("?return_to={bad}")).await;
+        assert_eq!(r.status, 400, "{bad}");
+        assert!(r.json()["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("not one of the return URLs allowed"));
+        assert!(r.headers.get("location").is_none());
+    }
+    // Nothing reached the provider.
+    assert!(s.provider.state.lock().unwrap().callbacks.is_empty());
+    assert_eq!(
+        s.gw
+            .metric("valet_oauth1_flows_failed_total{provider=\"legacy\",reason=\"return_url_not_allowed\"}")
+            .await,
+        6.0
+    );
+}
+
+#[tokio::test]
+async fn stored_tokens_survive_a_restart_sealed_at_rest_and_can_be_forgotten() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut s = setup("").await;
+    let alice = s.gw.token("alice", "read");
+    s.authorize(&alice).await;
+    let token = s
+        .provider
+        .state
+        .lock()
+        .unwrap()
+        .access
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+
+    let store = s.gw.dir.path().join("oauth1-tokens.yaml");
+    let text = std::fs::read_to_string(&store).unwrap();
+    assert!(!text.contains(&token), "sealed at rest: {text}");
+    assert_eq!(
+        std::fs::metadata(&store).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // Restart: a new gateway process state from the same config and files.
+    s.gw.running.take().unwrap().shutdown().await;
+    let config = valet::config::load(&s.gw.config_path).unwrap();
+    let running = valet::server::start(config).await.unwrap();
+    s.gw.addr = running.listeners[0];
+    s.gw.metrics_addr = running.metrics.unwrap();
+    s.gw.running = Some(running);
+    let c = s.client();
+    let r = c.get("/legacy/items", Some(&alice)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let call = s.api_calls().pop().unwrap();
+    assert_eq!(call.verified.unwrap()["oauth_token"], token);
+
+    // Status, then forget: the next request needs a new flow.
+    let status = |method: &'static str| {
+        let c = s.client();
+        let alice = alice.clone();
+        async move {
+            let req = c
+                .request(method, "/oauth1/legacy/token")
+                .header("authorization", format!("Bearer {alice}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            c.send(req).await.json()
+        }
+    };
+    assert_eq!(status("GET").await["authorized"], true);
+    assert_eq!(status("DELETE").await["forgotten"], true);
+    assert_eq!(status("DELETE").await["forgotten"], false);
+    assert_eq!(status("GET").await["authorized"], false);
+    let r = c.get("/legacy/items", Some(&alice)).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"], "oauth1_authorization_required");
+}
+
+#[tokio::test]
+async fn a_flow_expires() {
+    let s = setup("  pending_ttl: 1s\n").await;
+    let alice = s.gw.token("alice", "read");
+    let r = s.start_flow(&alice, "").await;
+    assert_eq!(r.status, 302);
+    let cookie = cookie_pair(r.header("set-cookie"));
+    let cb = s.approve(r.header("location")).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let r = s.callback(&cb, Some(&cookie)).await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("expired"));
+    assert!(s.provider.state.lock().unwrap().access.is_empty());
+}
+
+#[tokio::test]
+async fn an_unreachable_provider_is_a_clear_502() {
+    let s = setup("").await;
+    let alice = s.gw.token("alice", "read");
+    // Same provider, but its token endpoints now point at a closed port.
+    let text = std::fs::read_to_string(&s.gw.config_path).unwrap();
+    let dead = upstream::dead_addr();
+    let text = text.replace(
+        &format!(
+            "localhost:{}/oauth/request_token",
+            s.provider.tls_addr.port()
+        ),
+        &format!("localhost:{}/oauth/request_token", dead.port()),
+    );
+    std::fs::write(&s.gw.config_path, text).unwrap();
+    assert!(s.gw.running.as_ref().unwrap().app.reload_config().unwrap());
+    let r = s.start_flow(&alice, "").await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.json()["error"], "provider_unreachable");
+    assert_eq!(
+        s.gw.metric(
+            "valet_oauth1_flows_failed_total{provider=\"legacy\",reason=\"provider_unreachable\"}"
+        )
+        .await,
+        1.0
+    );
+}
+
+#[test]
+fn provider_config_errors_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    std::fs::write(dir.path().join("signing.pem"), &TestKey::new().pem).unwrap();
+    std::fs::write(dir.path().join("secret"), "s3cret\n").unwrap();
+    let routes = r#"  - name: legacy
+    match: { path_prefix: /legacy }
+    upstream: "http://127.0.0.1:9"
+    upstream_auth: { oauth1: nosuch }
+    forward_authorization: true
+"#;
+    let extra = r#"oauth1:
+  token_store: { file: t.yaml }
+  providers:
+    - name: legacy
+      request_token_url: "http://provider.example/rt"
+      authorize_url: "not a url"
+      access_token_url: "https://provider.example/at"
+      consumer_key: ck
+      consumer_secret_file: secret
+      signature_method: RSA-SHA1
+      callback_url: "https://valet.example/oauth1/other/callback"
+      return_urls: []
+"#;
+    std::env::remove_var("VALET_OAUTH1_STORE_KEY");
+    let text = config_text(&ca, &dir, routes, extra);
+    let path = dir.path().join("valet.yaml");
+    let err = valet::config::parse(&path, &text).unwrap_err().to_string();
+    for want in [
+        "RSA-SHA1 is not supported",
+        "`not a url` is not an absolute http(s) URL",
+        "its path must be `/oauth1/legacy/callback`",
+        "list at least one URL the user may be sent back to",
+        "no OAuth 1.0 provider is named `nosuch`",
+        "forward_authorization cannot be combined with upstream_auth",
+        "set oauth1.token_store.key_file or VALET_OAUTH1_STORE_KEY",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    // Errors carry positions.
+    assert!(err.contains("valet.yaml:"), "{err}");
+}

@@ -1,0 +1,412 @@
+//! A real OAuth 1.0a provider for tests, on loopback: temporary credential
+//! and token endpoints over TLS (certificate from the test CA), the user
+//! authorization page (approves at once and redirects to the callback), and
+//! a protected API over plain HTTP.
+//!
+//! Every signature is verified with the `oauth1-request` crate (another
+//! implementation than valet's `oauth1::signing`), rebuilt from the
+//! parameters the provider itself parsed out of the request; the header is
+//! parsed here too, not by valet code. Timestamps must be within 5 minutes
+//! and nonces unique.
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+
+pub const CONSUMER_KEY: &str = "dpf43f3p2l4k3l03";
+/// Has characters that must be percent-encoded in the signing key.
+pub const CONSUMER_SECRET: &str = "kd94hf93k&423kf44+/=";
+
+/// One request the protected API received.
+#[derive(Debug, Clone)]
+pub struct ApiCall {
+    pub method: String,
+    pub path_and_query: String,
+    pub authorization: Option<String>,
+    pub body: String,
+    /// The oauth parameters, once the signature verified.
+    pub verified: Result<HashMap<String, String>, String>,
+}
+
+#[derive(Default)]
+pub struct State {
+    /// Temporary credentials: token → (secret, callback, verifier once approved).
+    temporary: HashMap<String, (String, String, Option<String>)>,
+    /// Token credentials: token → secret.
+    pub access: HashMap<String, String>,
+    pub revoked: HashSet<String>,
+    nonces: HashSet<(String, String)>,
+    /// Each oauth_callback received at the temporary credential endpoint.
+    pub callbacks: Vec<String>,
+    /// Refusals at the token endpoints, with the reason.
+    pub refusals: Vec<String>,
+    pub api: Vec<ApiCall>,
+    counter: u32,
+}
+
+#[derive(Clone)]
+pub struct Provider {
+    pub tls_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    pub state: Arc<Mutex<State>>,
+}
+
+/// `OAuth k="v", ...` → decoded pairs (realm kept aside under "realm").
+pub fn parse_header(h: &str) -> Option<HashMap<String, String>> {
+    let rest = h.strip_prefix("OAuth ")?;
+    let mut out = HashMap::new();
+    for part in rest.split(',') {
+        let (k, v) = part.trim().split_once('=')?;
+        let v = v.strip_prefix('"')?.strip_suffix('"')?;
+        let v = percent_encoding::percent_decode_str(v)
+            .decode_utf8()
+            .ok()?
+            .into_owned();
+        if out.insert(k.to_string(), v).is_some() {
+            return None;
+        }
+    }
+    Some(out)
+}
+
+impl State {
+    /// Verifies an OAuth 1.0 request; returns its oauth parameters.
+    fn verify(
+        &mut self,
+        method: &str,
+        url_without_query: &str,
+        params: &[(String, String)],
+        authorization: Option<&str>,
+        token_secret: Option<&str>,
+    ) -> Result<HashMap<String, String>, String> {
+        use oauth1_request::signature_method::HmacSha1;
+        let o = parse_header(authorization.ok_or("no Authorization header")?)
+            .ok_or("Authorization is not an OAuth header")?;
+        let get = |k: &str| o.get(k).map(String::as_str);
+        if get("oauth_consumer_key") != Some(CONSUMER_KEY) {
+            return Err("unknown consumer key".into());
+        }
+        if get("oauth_signature_method") != Some("HMAC-SHA1") {
+            return Err("signature method is not HMAC-SHA1".into());
+        }
+        if get("oauth_version") != Some("1.0") {
+            return Err("oauth_version is not 1.0".into());
+        }
+        let ts: u64 = get("oauth_timestamp")
+            .and_then(|t| t.parse().ok())
+            .ok_or("bad timestamp")?;
+        let now = super::now() as u64;
+        if ts + 300 < now || ts > now + 300 {
+            return Err("timestamp out of range".into());
+        }
+        let nonce = get("oauth_nonce").ok_or("no nonce")?;
+        if nonce.len() < 16 || !self.nonces.insert((ts.to_string(), nonce.to_string())) {
+            return Err("nonce reused or too short".into());
+        }
+        let mut b = oauth1_request::Builder::<_, String, String>::new(
+            oauth1_request::Credentials::new(CONSUMER_KEY.to_string(), CONSUMER_SECRET.to_string()),
+            HmacSha1::new(),
+        );
+        if let Some(t) = get("oauth_token") {
+            b.token(oauth1_request::Credentials::new(
+                t.to_string(),
+                token_secret.ok_or("token not expected")?.to_string(),
+            ));
+        }
+        b.callback(get("oauth_callback"))
+            .verifier(get("oauth_verifier"))
+            .nonce(nonce)
+            .timestamp(std::num::NonZeroU64::new(ts))
+            .version(true);
+        let list = oauth1_request::request::ParameterList::new(params.to_vec());
+        let expected = b.authorize(method, url_without_query, &list);
+        let expected = parse_header(&expected).ok_or("oauth1-request header unparsable")?;
+        if expected.get("oauth_signature") != o.get("oauth_signature") {
+            return Err(format!(
+                "signature mismatch: got {:?}, expected {:?}",
+                o.get("oauth_signature"),
+                expected.get("oauth_signature")
+            ));
+        }
+        Ok(o)
+    }
+
+    fn next(&mut self, prefix: &str) -> String {
+        self.counter += 1;
+        format!("{prefix}-{}-{}", self.counter, super::now())
+    }
+}
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
+
+fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap()
+}
+
+async fn token_endpoints(
+    state: Arc<Mutex<State>>,
+    base: String,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let (parts, _body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    let query: Vec<(String, String)> =
+        form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    let auth = parts
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    let mut st = state.lock().unwrap();
+    let url = format!("{base}{path}");
+    let refuse = |st: &mut State, why: String| {
+        st.refusals.push(why.clone());
+        Ok(reply(
+            StatusCode::UNAUTHORIZED,
+            form(&[("oauth_problem", &why)]),
+        ))
+    };
+    match (parts.method.as_str(), path.as_str()) {
+        ("POST", "/oauth/request_token") => {
+            let o = match st.verify("POST", &url, &query, auth, None) {
+                Ok(o) => o,
+                Err(e) => return refuse(&mut st, e),
+            };
+            let Some(cb) = o.get("oauth_callback").cloned() else {
+                return refuse(&mut st, "no oauth_callback".into());
+            };
+            st.callbacks.push(cb.clone());
+            let (t, s) = (st.next("rt"), st.next("rts&/"));
+            st.temporary.insert(t.clone(), (s.clone(), cb, None));
+            Ok(reply(
+                StatusCode::OK,
+                form(&[
+                    ("oauth_token", &t),
+                    ("oauth_token_secret", &s),
+                    ("oauth_callback_confirmed", "true"),
+                ]),
+            ))
+        }
+        ("GET", "/oauth/authorize") => {
+            // The user approves at once; the browser goes back to the callback.
+            let t = query
+                .iter()
+                .find(|(k, _)| k == "oauth_token")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            let verifier = st.next("verifier");
+            let Some(entry) = st.temporary.get_mut(&t) else {
+                return Ok(reply(StatusCode::BAD_REQUEST, "unknown token".into()));
+            };
+            entry.2 = Some(verifier.clone());
+            let to = format!(
+                "{}?{}",
+                entry.1,
+                form(&[("oauth_token", &t), ("oauth_verifier", &verifier)])
+            );
+            Ok(Response::builder()
+                .status(StatusCode::FOUND)
+                .header("location", to)
+                .body(Full::new(Bytes::new()))
+                .unwrap())
+        }
+        ("POST", "/oauth/access_token") => {
+            let o = match parse_header(auth.unwrap_or("")) {
+                Some(o) => o,
+                None => return refuse(&mut st, "no OAuth header".into()),
+            };
+            let t = o.get("oauth_token").cloned().unwrap_or_default();
+            let Some((secret, _, Some(verifier))) = st.temporary.get(&t).cloned() else {
+                return refuse(&mut st, "unknown or unapproved temporary token".into());
+            };
+            if let Err(e) = st.verify("POST", &url, &query, auth, Some(&secret)) {
+                return refuse(&mut st, e);
+            }
+            if o.get("oauth_verifier") != Some(&verifier) {
+                return refuse(&mut st, "wrong verifier".into());
+            }
+            st.temporary.remove(&t);
+            let (at, ats) = (st.next("at"), st.next("ats+%"));
+            st.access.insert(at.clone(), ats.clone());
+            Ok(reply(
+                StatusCode::OK,
+                form(&[("oauth_token", &at), ("oauth_token_secret", &ats)]),
+            ))
+        }
+        _ => Ok(reply(StatusCode::NOT_FOUND, String::new())),
+    }
+}
+
+async fn api(
+    state: Arc<Mutex<State>>,
+    base: String,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let mut params: Vec<(String, String)> =
+        form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    let is_form = parts.headers.get("content-type").is_some_and(|v| {
+        v.as_bytes()
+            .starts_with(b"application/x-www-form-urlencoded")
+    });
+    if is_form {
+        params.extend(form_urlencoded::parse(body.as_bytes()).into_owned());
+    }
+    let auth = parts
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let mut st = state.lock().unwrap();
+    let token = auth
+        .as_deref()
+        .and_then(parse_header)
+        .and_then(|o| o.get("oauth_token").cloned())
+        .unwrap_or_default();
+    let verified = match st.access.get(&token).cloned() {
+        _ if st.revoked.contains(&token) => Err("token revoked".to_string()),
+        None => Err("unknown token".to_string()),
+        Some(secret) => st.verify(
+            parts.method.as_str(),
+            &format!("{base}{}", parts.uri.path()),
+            &params,
+            auth.as_deref(),
+            Some(&secret),
+        ),
+    };
+    let status = if verified.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::UNAUTHORIZED
+    };
+    st.api.push(ApiCall {
+        method: parts.method.to_string(),
+        path_and_query: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        authorization: auth,
+        body,
+        verified,
+    });
+    Ok(Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(format!(
+            "{{\"token\":\"{token}\",\"ok\":{}}}",
+            status == StatusCode::OK
+        ))))
+        .unwrap())
+}
+
+impl Provider {
+    /// Starts both listeners; the TLS one serves `ca`'s leaf certificate.
+    pub async fn start(ca: &super::TestCa) -> Provider {
+        let state = Arc::new(Mutex::new(State::default()));
+        let certs: Vec<_> = rustls_pki_types::pem::PemObject::pem_file_iter(&ca.cert_file)
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect();
+        let key =
+            <rustls_pki_types::PrivateKeyDer as rustls_pki_types::pem::PemObject>::from_pem_file(
+                &ca.key_file,
+            )
+            .unwrap();
+        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let tls_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (tls_addr, api_addr) = (tls_l.local_addr().unwrap(), api_l.local_addr().unwrap());
+        let st = state.clone();
+        let base = format!("https://localhost:{}", tls_addr.port());
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = tls_l.accept().await else {
+                    break;
+                };
+                let (acceptor, st, base) = (acceptor.clone(), st.clone(), base.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = service_fn(move |r| token_endpoints(st.clone(), base.clone(), r));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        let st = state.clone();
+        let base = format!("http://{api_addr}");
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = api_l.accept().await else {
+                    break;
+                };
+                let (st, base) = (st.clone(), base.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |r| api(st.clone(), base.clone(), r));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        Provider {
+            tls_addr,
+            api_addr,
+            state,
+        }
+    }
+
+    /// The `oauth1.providers[]` entry for this provider (HMAC-SHA1); the
+    /// consumer secret is written into `dir`.
+    pub fn config_yaml(&self, dir: &std::path::Path, ca_file: &std::path::Path) -> String {
+        let secret = dir.join("consumer.secret");
+        std::fs::write(&secret, format!("{CONSUMER_SECRET}\n")).unwrap();
+        let base = format!("https://localhost:{}", self.tls_addr.port());
+        format!(
+            r#"    - name: legacy
+      request_token_url: "{base}/oauth/request_token"
+      authorize_url: "{base}/oauth/authorize"
+      access_token_url: "{base}/oauth/access_token"
+      consumer_key: "{CONSUMER_KEY}"
+      consumer_secret_file: "{secret}"
+      realm: "Legacy API"
+      callback_url: "https://valet.example:8443/oauth1/legacy/callback"
+      return_urls: ["https://app.example/done", "https://app.example/other?x=1"]
+      ca_file: "{ca}"
+"#,
+            ca = ca_file.display(),
+            secret = secret.display(),
+        )
+    }
+}
