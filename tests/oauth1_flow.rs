@@ -371,13 +371,8 @@ async fn stored_tokens_survive_a_restart_sealed_at_rest_and_can_be_forgotten() {
         0o600
     );
 
-    // Restart: a new gateway process state from the same config and files.
-    s.gw.running.take().unwrap().shutdown().await;
-    let config = valet::config::load(&s.gw.config_path).unwrap();
-    let running = valet::server::start(config).await.unwrap();
-    s.gw.addr = running.listeners[0];
-    s.gw.metrics_addr = running.metrics.unwrap();
-    s.gw.running = Some(running);
+    // Restart: a new gateway state from the same config and files.
+    restart(&mut s).await;
     let c = s.client();
     let r = c.get("/legacy/items", Some(&alice)).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
@@ -404,6 +399,36 @@ async fn stored_tokens_survive_a_restart_sealed_at_rest_and_can_be_forgotten() {
     let r = c.get("/legacy/items", Some(&alice)).await;
     assert_eq!(r.status, 403);
     assert_eq!(r.json()["error"], "oauth1_authorization_required");
+
+    // A damaged store does not stop valet: reported, kept aside, started empty.
+    s.authorize(&alice).await;
+    std::fs::write(&store, "tokens: [ {provider: x").unwrap();
+    restart(&mut s).await;
+    assert_eq!(
+        s.gw.metric("valet_reloads_total{kind=\"oauth1_store\",result=\"failure\"}")
+            .await,
+        1.0
+    );
+    let aside: Vec<_> = std::fs::read_dir(s.gw.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("oauth1-tokens.yaml.corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    let r = s.client().get("/legacy/items", Some(&alice)).await;
+    assert_eq!(r.status, 403);
+    s.authorize(&alice).await;
+    let r = s.client().get("/legacy/items", Some(&alice)).await;
+    assert_eq!(r.status, 200);
+}
+
+async fn restart(s: &mut Setup) {
+    s.gw.running.take().unwrap().shutdown().await;
+    let config = valet::config::load(&s.gw.config_path).unwrap();
+    let running = valet::server::start(config).await.unwrap();
+    s.gw.addr = running.listeners[0];
+    s.gw.metrics_addr = running.metrics.unwrap();
+    s.gw.running = Some(running);
 }
 
 #[tokio::test]
@@ -465,7 +490,7 @@ fn provider_config_errors_are_clear() {
     forward_authorization: true
 "#;
     let extra = r#"oauth1:
-  token_store: { file: t.yaml }
+  token_store: { file: t.yaml, key_file: missing.key }
   providers:
     - name: legacy
       request_token_url: "http://provider.example/rt"
@@ -476,8 +501,16 @@ fn provider_config_errors_are_clear() {
       signature_method: RSA-SHA1
       callback_url: "https://valet.example/oauth1/other/callback"
       return_urls: []
+    - name: plain
+      request_token_url: "http://provider.example/rt"
+      authorize_url: "https://provider.example/authorize"
+      access_token_url: "https://provider.example/at"
+      consumer_key: ck
+      consumer_secret_file: secret
+      signature_method: PLAINTEXT
+      callback_url: "https://valet.example/oauth1/plain/callback"
+      return_urls: ["https://app.example/"]
 "#;
-    std::env::remove_var("VALET_OAUTH1_STORE_KEY");
     let text = config_text(&ca, &dir, routes, extra);
     let path = dir.path().join("valet.yaml");
     let err = valet::config::parse(&path, &text).unwrap_err().to_string();
@@ -488,10 +521,75 @@ fn provider_config_errors_are_clear() {
         "list at least one URL the user may be sent back to",
         "no OAuth 1.0 provider is named `nosuch`",
         "forward_authorization cannot be combined with upstream_auth",
-        "set oauth1.token_store.key_file or VALET_OAUTH1_STORE_KEY",
+        "PLAINTEXT sends the secrets themselves",
+        "cannot read the token store key file",
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
     // Errors carry positions.
     assert!(err.contains("valet.yaml:"), "{err}");
+}
+
+#[tokio::test]
+async fn a_pre_provisioned_token_signs_for_every_subject() {
+    let pdir = tempfile::tempdir().unwrap();
+    let provider_ca = TestCa::new(pdir.path());
+    let ca_pem = pdir.path().join("provider-ca.pem");
+    provider_ca.write_ca_pem(&ca_pem);
+    let provider = Provider::start(&provider_ca).await;
+    provider
+        .state
+        .lock()
+        .unwrap()
+        .access
+        .insert("shared-token".into(), "shared&secret".into());
+    let secret_file = pdir.path().join("shared.secret");
+    std::fs::write(&secret_file, "shared&secret\n").unwrap();
+    let routes = format!(
+        "  - name: legacy\n    match: {{ path_prefix: /legacy }}\n    upstream: \"http://{}\"\n    upstream_auth: {{ oauth1: legacy }}\n",
+        provider.api_addr
+    );
+    let entry = provider.config_yaml(pdir.path(), &ca_pem)
+        + &format!(
+            "      access_token: shared-token\n      access_token_secret_file: \"{}\"\n",
+            secret_file.display()
+        );
+    let key = pdir.path().join("store.key");
+    std::fs::write(&key, "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n").unwrap();
+    let extra = format!(
+        "oauth1:\n  token_store: {{ file: t.yaml, key_file: \"{}\" }}\n  providers:\n{entry}",
+        key.display()
+    );
+    let gw = Gateway::start(&routes, &extra).await;
+    let c = gw.client(Proto::H1);
+    for sub in ["alice", "bob"] {
+        let r = c.get("/legacy/x", Some(&gw.token(sub, "read"))).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let call = provider.state.lock().unwrap().api.pop().unwrap();
+        assert_eq!(call.verified.unwrap()["oauth_token"], "shared-token");
+    }
+    // There is no flow to start for such a provider.
+    let req = c
+        .request("GET", "/oauth1/legacy/authorize")
+        .header(
+            "authorization",
+            format!("Bearer {}", gw.token("alice", "read")),
+        )
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = c.send(req).await;
+    assert_eq!(r.status, 409);
+    assert_eq!(r.json()["error"], "pre_provisioned");
+    // Unknown provider or action under the prefix.
+    let r = c.get("/oauth1/nosuch/authorize", None).await;
+    assert_eq!(r.status, 404);
+    let r = c.get("/oauth1/legacy/other", None).await;
+    assert_eq!(r.status, 404);
+    let req = c
+        .request("POST", "/oauth1/legacy/callback")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = c.send(req).await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), "GET");
 }
