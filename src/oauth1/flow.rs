@@ -436,6 +436,13 @@ async fn callback(
             ProviderError::BadAnswer("oauth_token or oauth_token_secret is missing"),
         );
     };
+    if token.is_empty() || token.contains(char::is_control) {
+        return provider_failed(
+            app,
+            p,
+            ProviderError::BadAnswer("the oauth_token is empty or holds control characters"),
+        );
+    }
     let Some(store) = app.oauth1_store() else {
         return store_missing();
     };

@@ -58,10 +58,14 @@ pub struct Recovered {
     pub moved_to: PathBuf,
 }
 
+type Entries = HashMap<String, HashMap<String, Arc<Credentials>>>;
+
 pub struct TokenStore {
     path: PathBuf,
     key: LessSafeKey,
-    entries: RwLock<HashMap<(String, String), Arc<Credentials>>>,
+    /// provider → subject → credentials (nested so that a lookup on the
+    /// request path borrows its keys instead of allocating them).
+    entries: RwLock<Entries>,
 }
 
 fn aad(provider: &str, subject: &str) -> Vec<u8> {
@@ -127,7 +131,7 @@ impl TokenStore {
         if file.version != 1 {
             return Err(format!("unknown token store version {}", file.version));
         }
-        let mut map = HashMap::new();
+        let mut map = Entries::new();
         for t in file.tokens {
             let creds = self
                 .unseal(&t.provider, &t.subject, &t.sealed)
@@ -137,7 +141,9 @@ impl TokenStore {
                         t.provider, t.subject
                     )
                 })?;
-            map.insert((t.provider, t.subject), Arc::new(creds));
+            map.entry(t.provider)
+                .or_default()
+                .insert(t.subject, Arc::new(creds));
         }
         *self.entries.write().expect("not poisoned") = map;
         Ok(())
@@ -188,14 +194,17 @@ impl TokenStore {
         self.entries
             .read()
             .expect("not poisoned")
-            .get(&(provider.to_string(), subject.to_string()))
+            .get(provider)
+            .and_then(|m| m.get(subject))
             .cloned()
     }
 
     /// Stores credentials durably, then puts them in force.
     pub fn put(&self, provider: &str, subject: &str, creds: Credentials) -> Result<(), StoreError> {
         self.update(|m| {
-            m.insert((provider.to_string(), subject.to_string()), Arc::new(creds));
+            m.entry(provider.to_string())
+                .or_default()
+                .insert(subject.to_string(), Arc::new(creds));
         })
     }
 
@@ -204,16 +213,14 @@ impl TokenStore {
         let mut had = false;
         self.update(|m| {
             had = m
-                .remove(&(provider.to_string(), subject.to_string()))
+                .get_mut(provider)
+                .and_then(|s| s.remove(subject))
                 .is_some()
         })?;
         Ok(had)
     }
 
-    fn update(
-        &self,
-        f: impl FnOnce(&mut HashMap<(String, String), Arc<Credentials>>),
-    ) -> Result<(), StoreError> {
+    fn update(&self, f: impl FnOnce(&mut Entries)) -> Result<(), StoreError> {
         let err = |source| StoreError::Write {
             path: self.path.clone(),
             source,
@@ -221,9 +228,11 @@ impl TokenStore {
         let lock = crate::durable::lock(&self.path).map_err(err)?;
         let mut next = self.entries.read().expect("not poisoned").clone();
         f(&mut next);
+        next.retain(|_, subjects| !subjects.is_empty());
         let mut tokens: Vec<StoredToken> = next
             .iter()
-            .map(|((p, s), c)| StoredToken {
+            .flat_map(|(p, subjects)| subjects.iter().map(move |(s, c)| (p, s, c)))
+            .map(|(p, s, c)| StoredToken {
                 provider: p.clone(),
                 subject: s.clone(),
                 sealed: self.seal(p, s, c),
