@@ -1,6 +1,6 @@
 //! The cost OAuth 1.0 signing adds to a forwarded request: the whole
 //! `Authorization: OAuth ...` header (nonce, timestamp, base string,
-//! HMAC) for a GET with a query and for a form POST.
+//! HMAC or RSA) for a GET with a query and for a form POST.
 //!
 //! Run: `cargo bench --bench oauth1_signing`
 
@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use valet::config::Provider;
 use valet::oauth1::client::authorization;
+use valet::oauth1::rsa_sha1::RsaSha1Key;
 use valet::oauth1::signing::SignatureMethod;
 use valet::oauth2::registry::Secret;
 
@@ -28,6 +29,7 @@ fn provider(method: SignatureMethod) -> Provider {
         consumer_key: "dpf43f3p2l4k3l03".into(),
         consumer_secret: Secret::new(b"kd94hf93k423kf44".to_vec()),
         method,
+        rsa_key: None,
         realm: Some("Legacy".into()),
         callback_url: "https://valet.example/oauth1/legacy/callback".into(),
         return_urls: vec!["https://app.example/".into()],
@@ -50,8 +52,17 @@ fn bench(c: &mut Criterion) {
     for (name, m) in [
         ("hmac_sha1", SignatureMethod::HmacSha1),
         ("hmac_sha256", SignatureMethod::HmacSha256),
+        ("rsa_sha1_1024", SignatureMethod::RsaSha1),
     ] {
-        let p = provider(m);
+        let mut p = provider(m);
+        if m == SignatureMethod::RsaSha1 {
+            let pem = std::fs::read(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/data/oauth1-rsa-sha1-key.pem"
+            ))
+            .unwrap();
+            p.rsa_key = Some(Arc::new(RsaSha1Key::from_pem(&pem).unwrap()));
+        }
         let token = Some(("nnch734d00sl2jdk", "pfkkdhi9sl3r4s00"));
         c.bench_function(&format!("oauth1_sign_get_{name}"), |b| {
             b.iter(|| authorization(&p, token, &[], "GET", black_box(url), &[]).unwrap())

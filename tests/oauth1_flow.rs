@@ -23,11 +23,26 @@ struct Setup {
 const CALLBACK: &str = "https://valet.example:8443/oauth1/legacy/callback";
 
 async fn setup(extra_oauth1: &str) -> Setup {
+    setup_with(extra_oauth1, false).await
+}
+
+async fn setup_with(extra_oauth1: &str, rsa: bool) -> Setup {
     let pdir = tempfile::tempdir().unwrap();
     let provider_ca = TestCa::new(pdir.path());
     let ca_pem = pdir.path().join("provider-ca.pem");
     provider_ca.write_ca_pem(&ca_pem);
     let provider = Provider::start(&provider_ca).await;
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let entry = if rsa {
+        provider.config_yaml_rsa(
+            pdir.path(),
+            &ca_pem,
+            &data.join("oauth1-rsa-sha1-key.pem"),
+            std::fs::read(data.join("oauth1-rsa-sha1-public.der")).unwrap(),
+        )
+    } else {
+        provider.config_yaml(pdir.path(), &ca_pem)
+    };
     let routes = format!(
         r#"  - name: legacy
     match: {{ path_prefix: /legacy }}
@@ -44,8 +59,7 @@ async fn setup(extra_oauth1: &str) -> Setup {
     key_file: oauth1-store.key
     generate_key_if_missing: true
 {extra_oauth1}  providers:
-{}"#,
-        provider.config_yaml(pdir.path(), &ca_pem)
+{entry}"#
     );
     let gw = Gateway::start(&routes, &extra).await;
     Setup {
@@ -499,6 +513,7 @@ fn provider_config_errors_are_clear() {
       consumer_key: ck
       consumer_secret_file: secret
       signature_method: RSA-SHA1
+      private_key_file: nosuch.pem
       callback_url: "https://valet.example/oauth1/other/callback"
       return_urls: []
     - name: plain
@@ -515,7 +530,8 @@ fn provider_config_errors_are_clear() {
     let path = dir.path().join("valet.yaml");
     let err = valet::config::parse(&path, &text).unwrap_err().to_string();
     for want in [
-        "RSA-SHA1 is not supported",
+        "RSA-SHA1 uses no consumer secret",
+        "cannot read",
         "`not a url` is not an absolute http(s) URL",
         "its path must be `/oauth1/legacy/callback`",
         "list at least one URL the user may be sent back to",
@@ -592,4 +608,29 @@ async fn a_pre_provisioned_token_signs_for_every_subject() {
     let r = c.send(req).await;
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), "GET");
+}
+
+#[tokio::test]
+async fn rsa_sha1_consumers_run_the_flow_and_sign_requests() {
+    let s = setup_with("", true).await;
+    let alice = s.gw.token("alice", "read");
+    s.authorize(&alice).await;
+    assert!(
+        s.provider.state.lock().unwrap().refusals.is_empty(),
+        "{:?}",
+        s.provider.state.lock().unwrap().refusals
+    );
+    let body = "status=Hello%20RSA&x=%2B";
+    let req = s
+        .client()
+        .request("POST", "/legacy/update?include_entities=true")
+        .header("authorization", format!("Bearer {alice}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let r = s.client().send(req).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let call = s.api_calls().pop().unwrap();
+    let oauth = call.verified.expect("RSA-SHA1 signature verified");
+    assert_eq!(oauth["oauth_signature_method"], "RSA-SHA1");
 }

@@ -129,3 +129,65 @@ fn query_and_body_parameters_both_enter_the_base_string() {
         "POST&http%3A%2F%2Fexample.com%2Fr&oauth_nonce%3Dn%26q%3D0%26q%3D1"
     );
 }
+
+/// The published RSA-SHA1 test case: the OAuth wiki's TestCases page, §9.3
+/// (wiki.oauth.net/w/page/12238556/TestCases), reused by many libraries'
+/// suites; the base string keeps its "vacaction" typo. Checked here with
+/// `openssl dgst -sha1 -sign tests/data/oauth1-rsa-sha1-key.pem`, which
+/// prints the same signature.
+#[test]
+fn the_published_rsa_sha1_test_case_matches() {
+    use valet::oauth1::rsa_sha1::RsaSha1Key;
+    use valet::oauth1::signing::sign_rsa_sha1;
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/");
+    let pem = std::fs::read(format!("{data}oauth1-rsa-sha1-key.pem")).unwrap();
+    let key = RsaSha1Key::from_pem(&pem).unwrap();
+    let params = vec![
+        p("file", "vacaction.jpg"),
+        p("size", "original"),
+        p("oauth_consumer_key", "dpf43f3p2l4k3l03"),
+        p("oauth_nonce", "13917289812797014437"),
+        p("oauth_signature_method", "RSA-SHA1"),
+        p("oauth_timestamp", "1196666512"),
+        p("oauth_version", "1.0"),
+    ];
+    let base = base_string("GET", "http://photos.example.net/photos", &params).unwrap();
+    assert_eq!(
+        base,
+        "GET&http%3A%2F%2Fphotos.example.net%2Fphotos&file%3Dvacaction.jpg%26oauth_consumer_key%3Ddpf43f3p2l4k3l03%26oauth_nonce%3D13917289812797014437%26oauth_signature_method%3DRSA-SHA1%26oauth_timestamp%3D1196666512%26oauth_version%3D1.0%26size%3Doriginal"
+    );
+    assert_eq!(
+        sign_rsa_sha1(&key, &base),
+        "jvTp/wX1TYtByB1m+Pbyo0lnCOLIsyGCH7wke8AUs3BpnwZJtAuEJkvQL2/9n4s5wUmUl4aCI4BwpraNx4RtEXMe5qg5T1LVTGliMRpKasKsW//e+RinhejgCuzoH26dyF8iY2ZZ/5D1ilgeijhV/vBka5twt399mXwaYdCwFYE="
+    );
+
+    // Any other message: aws-lc-rs's verifier (a separate code path) accepts
+    // the signature with the public key, and refuses it for another message.
+    let public = std::fs::read(format!("{data}oauth1-rsa-sha1-public.der")).unwrap();
+    let verifier = aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::RSA_PKCS1_1024_8192_SHA1_FOR_LEGACY_USE_ONLY,
+        public,
+    );
+    let sig = key.sign(b"POST&https%3A%2F%2Fjira.example%2Fx&a%3D1");
+    assert!(verifier
+        .verify(b"POST&https%3A%2F%2Fjira.example%2Fx&a%3D1", &sig)
+        .is_ok());
+    assert!(verifier
+        .verify(b"POST&https%3A%2F%2Fjira.example%2Fx&a%3D2", &sig)
+        .is_err());
+
+    // The same key as PKCS#1 PEM; and what is not an RSA private key.
+    // (oauth1-rsa-sha1-key.pkcs1.pem: `openssl rsa -traditional` of the same key.)
+    let pkcs1 = std::fs::read(format!("{data}oauth1-rsa-sha1-key.pkcs1.pem")).unwrap();
+    let k1 = RsaSha1Key::from_pem(&pkcs1).unwrap();
+    assert_eq!(k1.sign(base.as_bytes()), key.sign(base.as_bytes()));
+    let ec = rcgen::KeyPair::generate().unwrap().serialize_pem();
+    assert!(RsaSha1Key::from_pem(ec.as_bytes())
+        .unwrap_err()
+        .contains("not an RSA key"));
+    assert!(RsaSha1Key::from_pem(
+        b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+    )
+    .is_err());
+    assert!(RsaSha1Key::from_pem(b"hello").is_err());
+}

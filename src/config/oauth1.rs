@@ -42,8 +42,10 @@ pub struct Provider {
     pub authorize_url: String,
     pub access_token_url: String,
     pub consumer_key: String,
+    /// Empty for RSA-SHA1, which signs with `rsa_key`.
     pub consumer_secret: Secret,
     pub method: SignatureMethod,
+    pub rsa_key: Option<Arc<crate::oauth1::rsa_sha1::RsaSha1Key>>,
     pub realm: Option<String>,
     /// The URL the provider sends the user back to (valet's callback).
     pub callback_url: String,
@@ -218,17 +220,10 @@ fn provider(
     }
     let method = match p.signature_method.as_deref() {
         None => SignatureMethod::HmacSha1,
-        Some("RSA-SHA1") => {
-            c.at(
-                &format!("{at}.signature_method"),
-                "RSA-SHA1 is not supported: valet's crypto library (aws-lc-rs) signs RSA only with SHA-256 or stronger; use HMAC-SHA1, HMAC-SHA256 or PLAINTEXT",
-            );
-            SignatureMethod::HmacSha1
-        }
         Some(s) => SignatureMethod::parse(s).unwrap_or_else(|| {
             c.at(
                 &format!("{at}.signature_method"),
-                format!("unknown signature method `{s}`; use HMAC-SHA1, HMAC-SHA256 or PLAINTEXT"),
+                format!("unknown signature method `{s}`; use HMAC-SHA1, HMAC-SHA256, RSA-SHA1 or PLAINTEXT"),
             );
             SignatureMethod::HmacSha1
         }),
@@ -303,7 +298,46 @@ fn provider(
             "consumer_key cannot be empty",
         );
     }
+    let rsa = method == SignatureMethod::RsaSha1;
+    let rsa_key = match (&p.private_key_file, rsa) {
+        (Some(f), true) => {
+            let path = resolve(f);
+            match std::fs::read(&path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                .and_then(|pem| crate::oauth1::rsa_sha1::RsaSha1Key::from_pem(&pem))
+            {
+                Ok(k) => Some(Arc::new(k)),
+                Err(e) => {
+                    c.at(&format!("{at}.private_key_file"), e);
+                    None
+                }
+            }
+        }
+        (None, true) => {
+            c.at(
+                at,
+                "RSA-SHA1 signs with the consumer's RSA private key: set private_key_file",
+            );
+            None
+        }
+        (Some(_), false) => {
+            c.at(
+                &format!("{at}.private_key_file"),
+                "private_key_file is for signature_method: RSA-SHA1 only",
+            );
+            None
+        }
+        (None, false) => None,
+    };
     let consumer_secret = match &p.consumer_secret_file {
+        Some(_) if rsa => {
+            c.at(
+                &format!("{at}.consumer_secret_file"),
+                "RSA-SHA1 uses no consumer secret; remove consumer_secret_file",
+            );
+            None
+        }
+        None if rsa => Some(Secret::new(Vec::new())),
         Some(f) => match read_secret(&resolve(f), "consumer secret") {
             Ok(s) if std::str::from_utf8(s.expose()).is_ok() => Some(s),
             Ok(_) => {
@@ -371,6 +405,7 @@ fn provider(
         consumer_key: p.consumer_key.clone(),
         consumer_secret: consumer_secret?,
         method,
+        rsa_key,
         realm: p.realm.clone(),
         callback_url: p.callback_url.clone(),
         return_urls: p.return_urls.clone(),

@@ -61,6 +61,8 @@ pub(super) struct RawProvider {
     pub(super) access_token_url: String,
     pub(super) consumer_key: String,
     pub(super) consumer_secret_file: Option<String>,
+    /// PEM RSA private key, for RSA-SHA1 (instead of a consumer secret).
+    pub(super) private_key_file: Option<String>,
     pub(super) signature_method: Option<String>,
     pub(super) realm: Option<String>,
     pub(super) callback_url: String,

@@ -48,12 +48,15 @@ pub fn authorization(
     params.extend_from_slice(body);
     params.extend(oauth.iter().cloned());
     let base = signing::base_string(method, url, &params)?;
-    let sig = signing::sign(
-        p.method,
-        &base,
-        p.consumer_secret(),
-        token.map_or("", |(_, s)| s),
-    );
+    let sig = match &p.rsa_key {
+        Some(k) => signing::sign_rsa_sha1(k, &base),
+        None => signing::sign(
+            p.method,
+            &base,
+            p.consumer_secret(),
+            token.map_or("", |(_, s)| s),
+        ),
+    };
     oauth.push(("oauth_signature".into(), sig));
     oauth.sort();
     Ok(signing::authorization_header(p.realm.as_deref(), &oauth))

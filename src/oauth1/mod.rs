@@ -5,5 +5,6 @@
 pub mod client;
 pub mod flow;
 pub mod forward;
+pub mod rsa_sha1;
 pub mod signing;
 pub mod store;

@@ -10,6 +10,8 @@ pub enum SignatureMethod {
     HmacSha1,
     HmacSha256,
     Plaintext,
+    /// Signed with a private key, not shared secrets: see `oauth1::rsa_sha1`.
+    RsaSha1,
 }
 
 impl SignatureMethod {
@@ -18,6 +20,7 @@ impl SignatureMethod {
             "HMAC-SHA1" => Some(SignatureMethod::HmacSha1),
             "HMAC-SHA256" => Some(SignatureMethod::HmacSha256),
             "PLAINTEXT" => Some(SignatureMethod::Plaintext),
+            "RSA-SHA1" => Some(SignatureMethod::RsaSha1),
             _ => None,
         }
     }
@@ -27,6 +30,7 @@ impl SignatureMethod {
             SignatureMethod::HmacSha1 => "HMAC-SHA1",
             SignatureMethod::HmacSha256 => "HMAC-SHA256",
             SignatureMethod::Plaintext => "PLAINTEXT",
+            SignatureMethod::RsaSha1 => "RSA-SHA1",
         }
     }
 }
@@ -121,8 +125,9 @@ pub fn base_string(
     ))
 }
 
-/// RFC 5849 §3.4.2-3.4.4: the signature of `base` (base64, or for
-/// PLAINTEXT the key itself).
+/// RFC 5849 §3.4.2 and §3.4.4: the signature of `base` with the shared
+/// secrets (base64, or for PLAINTEXT the key itself). RSA-SHA1 (§3.4.3)
+/// signs with a private key instead: [`sign_rsa_sha1`].
 pub fn sign(
     method: SignatureMethod,
     base: &str,
@@ -135,12 +140,21 @@ pub fn sign(
         SignatureMethod::Plaintext => return key,
         SignatureMethod::HmacSha1 => aws_lc_rs::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
         SignatureMethod::HmacSha256 => aws_lc_rs::hmac::HMAC_SHA256,
+        SignatureMethod::RsaSha1 => {
+            unreachable!("RSA-SHA1 signs with a private key (sign_rsa_sha1)")
+        }
     };
     let tag = aws_lc_rs::hmac::sign(
         &aws_lc_rs::hmac::Key::new(alg, key.as_bytes()),
         base.as_bytes(),
     );
     base64::engine::general_purpose::STANDARD.encode(tag.as_ref())
+}
+
+/// RFC 5849 §3.4.3: the RSA-SHA1 signature of `base`, base64.
+pub fn sign_rsa_sha1(key: &super::rsa_sha1::RsaSha1Key, base: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(key.sign(base.as_bytes()))
 }
 
 /// RFC 5849 §3.5.1: `OAuth realm="...", name="value", ...`. Names and

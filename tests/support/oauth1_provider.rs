@@ -49,6 +49,86 @@ pub struct State {
     pub refusals: Vec<String>,
     pub api: Vec<ApiCall>,
     counter: u32,
+    /// Set: the consumer signs with RSA-SHA1 and this public key (PKCS#1 DER).
+    pub rsa_public: Option<Vec<u8>>,
+}
+
+/// What oauth1-request needs to rebuild the header of a received request.
+struct Rebuild<'a> {
+    token: Option<(&'a str, &'a str)>,
+    callback: Option<&'a str>,
+    verifier: Option<&'a str>,
+    nonce: &'a str,
+    ts: u64,
+    method: &'a str,
+    url: &'a str,
+    list: &'a oauth1_request::request::ParameterList<String, String>,
+}
+
+impl Rebuild<'_> {
+    /// The oauth parameters oauth1-request produces, signature included.
+    fn header<SM>(&self, sm: SM) -> Result<HashMap<String, String>, String>
+    where
+        SM: oauth1_request::signature_method::SignatureMethod + Clone,
+    {
+        let mut b = oauth1_request::Builder::<_, String, String>::new(
+            oauth1_request::Credentials::new(CONSUMER_KEY.to_string(), CONSUMER_SECRET.to_string()),
+            sm,
+        );
+        if let Some((t, s)) = self.token {
+            b.token(oauth1_request::Credentials::new(
+                t.to_string(),
+                s.to_string(),
+            ));
+        }
+        b.callback(self.callback)
+            .verifier(self.verifier)
+            .nonce(self.nonce)
+            .timestamp(std::num::NonZeroU64::new(self.ts))
+            .version(true);
+        let h = b.authorize(self.method, self.url, self.list);
+        parse_header(&h).ok_or_else(|| "oauth1-request header unparsable".to_string())
+    }
+}
+
+/// An oauth1-request signature method whose "signature" is the signature
+/// base string itself, as oauth1-request builds it.
+#[derive(Clone, Copy)]
+struct RecordBase;
+struct BaseString(String);
+
+impl oauth1_request::signature_method::SignatureMethod for RecordBase {
+    type Sign = BaseString;
+    fn sign_with(self, _: &str, _: Option<&str>) -> BaseString {
+        BaseString(String::new())
+    }
+}
+
+impl oauth1_request::signature_method::Sign for BaseString {
+    type Signature = String;
+    fn get_signature_method_name(&self) -> &'static str {
+        "RSA-SHA1"
+    }
+    fn request_method(&mut self, m: &str) {
+        self.0.push_str(m);
+        self.0.push('&');
+    }
+    fn uri<T: std::fmt::Display>(&mut self, uri: T) {
+        use std::fmt::Write;
+        let _ = write!(self.0, "{uri}&");
+    }
+    fn parameter<V: std::fmt::Display>(&mut self, key: &str, value: V) {
+        use std::fmt::Write;
+        let _ = write!(self.0, "{key}%3D{value}");
+    }
+    fn delimiter(&mut self) {
+        self.0.push_str("%26");
+    }
+    /// Percent-encoded, as a signature in the header is (parse_header decodes it).
+    fn end(self) -> String {
+        percent_encoding::utf8_percent_encode(&self.0, percent_encoding::NON_ALPHANUMERIC)
+            .to_string()
+    }
 }
 
 #[derive(Clone)]
@@ -93,8 +173,13 @@ impl State {
         if get("oauth_consumer_key") != Some(CONSUMER_KEY) {
             return Err("unknown consumer key".into());
         }
-        if get("oauth_signature_method") != Some("HMAC-SHA1") {
-            return Err("signature method is not HMAC-SHA1".into());
+        let want = if self.rsa_public.is_some() {
+            "RSA-SHA1"
+        } else {
+            "HMAC-SHA1"
+        };
+        if get("oauth_signature_method") != Some(want) {
+            return Err(format!("signature method is not {want}"));
         }
         if get("oauth_version") != Some("1.0") {
             return Err("oauth_version is not 1.0".into());
@@ -110,28 +195,43 @@ impl State {
         if nonce.len() < 16 || !self.nonces.insert((ts.to_string(), nonce.to_string())) {
             return Err("nonce reused or too short".into());
         }
-        let mut b = oauth1_request::Builder::<_, String, String>::new(
-            oauth1_request::Credentials::new(CONSUMER_KEY.to_string(), CONSUMER_SECRET.to_string()),
-            HmacSha1::new(),
-        );
-        if let Some(t) = get("oauth_token") {
-            b.token(oauth1_request::Credentials::new(
-                t.to_string(),
-                token_secret.ok_or("token not expected")?.to_string(),
-            ));
-        }
-        b.callback(get("oauth_callback"))
-            .verifier(get("oauth_verifier"))
-            .nonce(nonce)
-            .timestamp(std::num::NonZeroU64::new(ts))
-            .version(true);
+        let token = match get("oauth_token") {
+            Some(t) => Some((t, token_secret.ok_or("token not expected")?)),
+            None => None,
+        };
         let list = oauth1_request::request::ParameterList::new(params.to_vec());
-        let expected = b.authorize(method, url_without_query, &list);
-        let expected = parse_header(&expected).ok_or("oauth1-request header unparsable")?;
-        if expected.get("oauth_signature") != o.get("oauth_signature") {
+        let input = Rebuild {
+            token,
+            callback: get("oauth_callback"),
+            verifier: get("oauth_verifier"),
+            nonce,
+            ts,
+            method,
+            url: url_without_query,
+            list: &list,
+        };
+        let got = get("oauth_signature").ok_or("no signature")?;
+        if let Some(public) = &self.rsa_public {
+            // oauth1-request builds the base string (RecordBase); aws-lc-rs
+            // verifies the RSA-SHA1 signature over it with the public key.
+            let base = input
+                .header(RecordBase)?
+                .remove("oauth_signature")
+                .ok_or("no base string")?;
+            let sig = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, got)
+                .map_err(|_| "signature is not base64")?;
+            aws_lc_rs::signature::UnparsedPublicKey::new(
+                &aws_lc_rs::signature::RSA_PKCS1_1024_8192_SHA1_FOR_LEGACY_USE_ONLY,
+                public,
+            )
+            .verify(base.as_bytes(), &sig)
+            .map_err(|_| format!("RSA-SHA1 signature does not verify over {base}"))?;
+            return Ok(o);
+        }
+        let expected = input.header(HmacSha1::new())?;
+        if expected.get("oauth_signature").map(String::as_str) != Some(got) {
             return Err(format!(
-                "signature mismatch: got {:?}, expected {:?}",
-                o.get("oauth_signature"),
+                "signature mismatch: got {got:?}, expected {:?}",
                 expected.get("oauth_signature")
             ));
         }
@@ -385,6 +485,28 @@ impl Provider {
             api_addr,
             state,
         }
+    }
+
+    /// The entry for a consumer signing with RSA-SHA1 and `key_pem`, whose
+    /// public key (PKCS#1 DER) the provider then verifies with.
+    pub fn config_yaml_rsa(
+        &self,
+        dir: &std::path::Path,
+        ca_file: &std::path::Path,
+        key_pem: &std::path::Path,
+        public_der: Vec<u8>,
+    ) -> String {
+        self.state.lock().unwrap().rsa_public = Some(public_der);
+        self.config_yaml(dir, ca_file).replace(
+            &format!(
+                "      consumer_secret_file: \"{}\"\n",
+                dir.join("consumer.secret").display()
+            ),
+            &format!(
+                "      signature_method: RSA-SHA1\n      private_key_file: \"{}\"\n",
+                key_pem.display()
+            ),
+        )
     }
 
     /// The `oauth1.providers[]` entry for this provider (HMAC-SHA1); the
