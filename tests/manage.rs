@@ -3,9 +3,6 @@
 
 mod support;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use std::process::Command;
 use std::time::Duration;
 use support::*;
@@ -52,29 +49,7 @@ async fn admin(
     token: Option<&str>,
     body: &str,
 ) -> (u16, serde_json::Value) {
-    let addr = gw.admin_addr.unwrap();
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut b = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string());
-    if let Some(t) = token {
-        b = b.header("authorization", format!("Bearer {t}"));
-    }
-    let resp = s
-        .send_request(b.body(Full::new(Bytes::from(body.to_string()))).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
-    )
+    client::plain_request(gw.admin_addr.unwrap(), method, path, token, body).await
 }
 
 async fn cc_token(gw: &Gateway, id: &str, secret: &str) -> Result<String, u16> {

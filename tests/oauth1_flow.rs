@@ -23,10 +23,11 @@ struct Setup {
 const CALLBACK: &str = "https://valet.example:8443/oauth1/legacy/callback";
 
 async fn setup(extra_oauth1: &str) -> Setup {
-    setup_with(extra_oauth1, false).await
+    setup_with(extra_oauth1, false, "").await
 }
 
-async fn setup_with(extra_oauth1: &str, rsa: bool) -> Setup {
+/// `extra_oauth1` goes inside the `oauth1` section, `after` after it.
+async fn setup_with(extra_oauth1: &str, rsa: bool, after: &str) -> Setup {
     let pdir = tempfile::tempdir().unwrap();
     let provider_ca = TestCa::new(pdir.path());
     let ca_pem = pdir.path().join("provider-ca.pem");
@@ -59,7 +60,7 @@ async fn setup_with(extra_oauth1: &str, rsa: bool) -> Setup {
     key_file: oauth1-store.key
     generate_key_if_missing: true
 {extra_oauth1}  providers:
-{entry}"#
+{entry}{after}"#
     );
     let gw = Gateway::start(&routes, &extra).await;
     Setup {
@@ -612,7 +613,7 @@ async fn a_pre_provisioned_token_signs_for_every_subject() {
 
 #[tokio::test]
 async fn rsa_sha1_consumers_run_the_flow_and_sign_requests() {
-    let s = setup_with("", true).await;
+    let s = setup_with("", true, "").await;
     let alice = s.gw.token("alice", "read");
     s.authorize(&alice).await;
     assert!(
@@ -633,4 +634,70 @@ async fn rsa_sha1_consumers_run_the_flow_and_sign_requests() {
     let call = s.api_calls().pop().unwrap();
     let oauth = call.verified.expect("RSA-SHA1 signature verified");
     assert_eq!(oauth["oauth_signature_method"], "RSA-SHA1");
+}
+
+#[tokio::test]
+async fn operators_list_and_forget_tokens_through_the_admin_api() {
+    let secrets = tempfile::tempdir().unwrap();
+    let admin_token = "an-admin-secret-of-some-length";
+    let token_file = secrets.path().join("admin-token");
+    std::fs::write(&token_file, admin_token).unwrap();
+    let after = format!(
+        "admin:\n  address: \"127.0.0.1:0\"\n  token_file: \"{}\"\n",
+        token_file.display()
+    );
+    let s = setup_with("", false, &after).await;
+    let addr = s.gw.admin_addr.unwrap();
+    let alice = s.gw.token("alice", "read");
+    let mail = s.gw.token("m.user@example.com", "read");
+    s.authorize(&alice).await;
+    s.authorize(&mail).await;
+    let admin = |method: &'static str, path: &'static str, token: Option<&'static str>| {
+        client::plain_request(addr, method, path, token, "")
+    };
+    let (status, _) = admin("GET", "/admin/oauth1/legacy/tokens", None).await;
+    assert_eq!(status, 401);
+    let (status, j) = admin("GET", "/admin/oauth1/legacy/tokens", Some(admin_token)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        j["subjects"],
+        serde_json::json!(["alice", "m.user@example.com"])
+    );
+    let (status, j) = admin(
+        "DELETE",
+        "/admin/oauth1/legacy/tokens/m.user%40example.com",
+        Some(admin_token),
+    )
+    .await;
+    assert_eq!((status, &j["forgotten"]), (200, &serde_json::json!(true)));
+    let r = s.client().get("/legacy/x", Some(&mail)).await;
+    assert_eq!(r.status, 403);
+    let r = s.client().get("/legacy/x", Some(&alice)).await;
+    assert_eq!(r.status, 200);
+    let (status, _) = admin("GET", "/admin/oauth1/nosuch/tokens", Some(admin_token)).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn one_subject_cannot_fill_the_pending_table() {
+    let s = setup("").await;
+    let alice = s.gw.token("alice", "read");
+    let mut started = Vec::new();
+    for _ in 0..7 {
+        let r = s.start_flow(&alice, "").await;
+        assert_eq!(r.status, 302);
+        started.push((
+            cookie_pair(r.header("set-cookie")),
+            r.header("location").to_string(),
+        ));
+    }
+    // The two oldest flows were ended to make room; the newest ones work.
+    let (cookie, location) = &started[0];
+    let cb = s.approve(location).await;
+    let r = s.callback(&cb, Some(cookie)).await;
+    assert_eq!(r.status, 400);
+    let (cookie, location) = &started[6];
+    let cb = s.approve(location).await;
+    let r = s.callback(&cb, Some(cookie)).await;
+    assert_eq!(r.status, 302, "{:?}", r.body);
 }

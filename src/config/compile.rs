@@ -471,8 +471,8 @@ fn compile(
         if !address.ip().is_loopback() {
             c.at("admin.address", "the admin API is plain HTTP: bind it to a loopback address");
         }
-        if authorization_server.is_none() {
-            c.at("admin", "the admin API manages the authorization server's clients; configure authorization_server");
+        if authorization_server.is_none() && raw.oauth1.is_none() {
+            c.at("admin", "the admin API manages the authorization server's clients and OAuth 1.0 tokens; configure authorization_server or oauth1");
         }
         let token = match &a.token_file {
             Some(f) => std::fs::read_to_string(resolve(base, f))

@@ -28,6 +28,9 @@ use std::time::Instant;
 /// Flows in progress at once, all subjects together; beyond it new flows
 /// are refused (503) until some finish or expire.
 pub const MAX_PENDING_FLOWS: usize = 10_000;
+/// Flows one subject may have in progress with one provider; starting
+/// another ends the oldest (so one caller cannot fill the table).
+pub const MAX_PENDING_PER_SUBJECT: usize = 5;
 
 /// What a path under the OAuth 1.0 prefix asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +76,22 @@ pub struct Flows {
 }
 
 impl Flows {
+    /// Makes room for one more flow of `subject` with `provider`.
+    fn limit_subject(&self, provider: &str, subject: &str) {
+        let mut mine: Vec<(Instant, String)> = self
+            .pending
+            .iter()
+            .filter(|e| e.provider == provider && &*e.subject == subject)
+            .map(|e| (e.expires, e.key().clone()))
+            .collect();
+        if mine.len() >= MAX_PENDING_PER_SUBJECT {
+            mine.sort();
+            for (_, k) in &mine[..=mine.len() - MAX_PENDING_PER_SUBJECT] {
+                self.pending.remove(k);
+            }
+        }
+    }
+
     /// Drops expired flows (also refused on use); returns how many remain.
     pub fn prune(&self) -> usize {
         let now = Instant::now();
@@ -161,7 +180,8 @@ pub async fn serve(
     match (action, req.method()) {
         (Action::Authorize, _) => authorize(app, o, p, &token.subject, &req).await,
         (Action::Token, &Method::DELETE) => {
-            match store.map(|s| s.remove(&p.name, &token.subject)) {
+            let (name, sub) = (p.name.clone(), token.subject.to_string());
+            match with_store(app, move |s| s.remove(&name, &sub)).await {
                 Some(Ok(had)) => {
                     if had {
                         tracing::info!(provider = %p.name, sub = %token.subject, "OAuth 1.0 token forgotten");
@@ -196,6 +216,19 @@ pub async fn serve(
         }
         (Action::Callback, _) => unreachable!("answered above"),
     }
+}
+
+/// Runs `f` on the token store off the async workers (its writes fsync);
+/// `None` if no store is open.
+async fn with_store<T: Send + 'static>(
+    app: &Arc<App>,
+    f: impl FnOnce(&super::store::TokenStore) -> T + Send + 'static,
+) -> Option<T> {
+    let app = app.clone();
+    tokio::task::spawn_blocking(move || app.oauth1_store().map(f))
+        .await
+        .ok()
+        .flatten()
 }
 
 fn store_missing() -> Response<ResponseBody> {
@@ -243,6 +276,7 @@ async fn authorize(
             );
         }
     };
+    app.oauth1_flows.limit_subject(&p.name, subject);
     if app.oauth1_flows.pending.len() >= MAX_PENDING_FLOWS
         && app.oauth1_flows.prune() >= MAX_PENDING_FLOWS
     {
@@ -342,7 +376,7 @@ fn cookie<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
 }
 
 async fn callback(
-    app: &App,
+    app: &Arc<App>,
     o: &OAuth1Config,
     p: &Provider,
     req: &Request<Incoming>,
@@ -443,14 +477,16 @@ async fn callback(
             ProviderError::BadAnswer("the oauth_token is empty or holds control characters"),
         );
     }
-    let Some(store) = app.oauth1_store() else {
-        return store_missing();
-    };
     let creds = Credentials {
         token: token.to_string(),
         secret: Secret::new(token_secret.as_bytes().to_vec()),
     };
-    if let Err(e) = store.put(&p.name, &pending.subject, creds) {
+    let (name, sub) = (p.name.clone(), pending.subject.to_string());
+    let stored = match with_store(app, move |s| s.put(&name, &sub, creds)).await {
+        Some(r) => r,
+        None => return store_missing(),
+    };
+    if let Err(e) = stored {
         app.metrics.oauth1_flow_failed(&p.name, "store_write");
         tracing::error!(error = %e, "cannot write the OAuth 1.0 token store");
         return error(

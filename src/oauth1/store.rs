@@ -199,6 +199,19 @@ impl TokenStore {
             .cloned()
     }
 
+    /// The subjects holding a token for `provider`, sorted.
+    pub fn subjects(&self, provider: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .entries
+            .read()
+            .expect("not poisoned")
+            .get(provider)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
     /// Stores credentials durably, then puts them in force.
     pub fn put(&self, provider: &str, subject: &str, creds: Credentials) -> Result<(), StoreError> {
         self.update(|m| {

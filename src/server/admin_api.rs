@@ -5,6 +5,9 @@
 //! - `POST /admin/clients` (JSON: client_id, grant_types, operator, scopes, audience, use_refresh_token)
 //! - `POST /admin/clients/{id}/regenerate-secret`
 //! - `POST /admin/clients/{id}/revoke-tokens`
+//! - `GET  /admin/oauth1/{provider}/tokens` (the subjects holding a token)
+//! - `DELETE /admin/oauth1/{provider}/tokens/{subject}` (forget it; the
+//!   subject is percent-encoded in the path)
 //!
 //! New secrets appear once, in the response; only their hashes are stored.
 
@@ -142,6 +145,9 @@ pub async fn respond(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Byt
             }
             (&Method::POST, ["admin", "clients", id, "revoke-tokens"]) => manage::revoke_tokens(config, &app.revocations, id)
                 .map(|()| reply(StatusCode::OK, serde_json::json!({"client_id": id, "tokens_revoked": true}))),
+            (_, ["admin", "oauth1", provider, "tokens", rest @ ..]) => {
+                return Ok(oauth1_tokens(&app, config, &method, provider, rest));
+            }
             _ => return Ok(error(StatusCode::NOT_FOUND, "no such admin endpoint")),
         };
         // Put the change in force now rather than when the watcher notices.
@@ -158,5 +164,47 @@ pub async fn respond(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Byt
         Ok(Ok(r)) => r,
         Ok(Err(e)) => error(status_of(&e), e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// The OAuth 1.0 token endpoints of the admin API (blocking: store writes fsync).
+fn oauth1_tokens(
+    app: &App,
+    config: &crate::config::Config,
+    method: &Method,
+    provider: &str,
+    rest: &[&str],
+) -> Response<Full<Bytes>> {
+    let known = config
+        .oauth1
+        .as_ref()
+        .is_some_and(|o| o.provider(provider).is_some());
+    let (true, Some(store)) = (known, app.oauth1_store()) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no OAuth 1.0 provider is named `{provider}`"),
+        );
+    };
+    match (method, rest) {
+        (&Method::GET, []) => reply(
+            StatusCode::OK,
+            serde_json::json!({"provider": provider, "subjects": store.subjects(provider)}),
+        ),
+        (&Method::DELETE, [subject]) => {
+            let subject = percent_encoding::percent_decode_str(subject).decode_utf8_lossy();
+            match store.remove(provider, &subject) {
+                Ok(had) => {
+                    if had {
+                        tracing::info!(provider, sub = %subject, "OAuth 1.0 token forgotten (admin API)");
+                    }
+                    reply(
+                        StatusCode::OK,
+                        serde_json::json!({"provider": provider, "subject": subject, "forgotten": had}),
+                    )
+                }
+                Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+            }
+        }
+        _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
     }
 }
