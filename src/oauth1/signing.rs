@@ -43,17 +43,24 @@ pub enum SignError {
     Scheme,
 }
 
-/// RFC 5849 §3.6: every byte except unreserved characters is `%XX` (upper case).
+/// RFC 5849 §3.6: every byte except the unreserved characters
+/// (`ALPHA DIGIT - . _ ~`) is `%XX`, upper-case hex.
+const OAUTH_ENCODE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// RFC 5849 §3.6 percent-encoding.
 pub fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
+    let mut out = String::with_capacity(s.len() + s.len() / 2);
+    encode_into(&mut out, s);
     out
+}
+
+/// [`encode`], appending to `out`.
+pub fn encode_into(out: &mut String, s: &str) {
+    out.extend(percent_encoding::utf8_percent_encode(s, OAUTH_ENCODE));
 }
 
 /// RFC 5849 §3.4.1.2: scheme and host lower-cased, the default port dropped,
@@ -96,8 +103,9 @@ pub fn query_params(url: &str) -> Vec<(String, String)> {
 pub fn normalize(params: &[(String, String)]) -> String {
     let mut encoded: Vec<(String, String)> =
         params.iter().map(|(k, v)| (encode(k), encode(v))).collect();
-    encoded.sort();
-    let mut out = String::new();
+    encoded.sort_unstable();
+    let len = encoded.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    let mut out = String::with_capacity(len);
     for (i, (k, v)) in encoded.iter().enumerate() {
         if i > 0 {
             out.push('&');
@@ -117,12 +125,15 @@ pub fn base_string(
     url: &str,
     params: &[(String, String)],
 ) -> Result<String, SignError> {
-    Ok(format!(
-        "{}&{}&{}",
-        encode(&method.to_ascii_uppercase()),
-        encode(&base_string_uri(url)?),
-        encode(&normalize(params))
-    ))
+    let uri = base_string_uri(url)?;
+    let params = normalize(params);
+    let mut out = String::with_capacity(method.len() + uri.len() * 2 + params.len() * 2);
+    encode_into(&mut out, &method.to_ascii_uppercase());
+    out.push('&');
+    encode_into(&mut out, &uri);
+    out.push('&');
+    encode_into(&mut out, &params);
+    Ok(out)
 }
 
 /// RFC 5849 §3.4.2 and §3.4.4: the signature of `base` with the shared
