@@ -144,6 +144,9 @@ impl App {
             }
             return;
         }
+        if let Some(d) = o.store_file.parent() {
+            let _ = std::fs::create_dir_all(d);
+        }
         let key = TokenStore::key_from_bytes(o.store_key.expose()).expect("checked at load");
         let (store, recovered) = TokenStore::open(&o.store_file, key);
         self.metrics.reload("oauth1_store", recovered.is_none());
@@ -201,6 +204,24 @@ impl App {
         self.snapshot.store(Arc::new(snap));
         *self.config_digest.lock().expect("not poisoned") = d;
         Ok(true)
+    }
+
+    /// Re-reads the OAuth 1.0 token store if another process changed it.
+    pub fn reload_oauth1_store(&self) {
+        let Some(store) = self.oauth1_store() else {
+            return;
+        };
+        match store.reload() {
+            Ok(false) => {}
+            Ok(true) => {
+                self.metrics.reload("oauth1_store", true);
+                tracing::info!(file = %store.path().display(), "OAuth 1.0 token store reloaded");
+            }
+            Err(reason) => {
+                self.metrics.reload("oauth1_store", false);
+                tracing::error!(file = %store.path().display(), %reason, "OAuth 1.0 token store not reloaded; the tokens in memory stay in force");
+            }
+        }
     }
 
     /// Re-reads the revocation file, logging and counting the outcome.

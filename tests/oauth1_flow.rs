@@ -701,3 +701,40 @@ async fn one_subject_cannot_fill_the_pending_table() {
     let r = s.callback(&cb, Some(cookie)).await;
     assert_eq!(r.status, 302, "{:?}", r.body);
 }
+
+#[tokio::test]
+async fn two_gateways_sharing_the_store_see_each_others_tokens() {
+    let s = setup("").await;
+    // A second valet on the same config, store file and key.
+    let config = valet::config::load(&s.gw.config_path).unwrap();
+    let other = valet::server::start(config).await.unwrap();
+    let b = Client::new(
+        other.listeners[0],
+        s.gw.ca.client_config(Proto::H1.alpn()),
+        Proto::H1,
+    );
+    let alice = s.gw.token("alice", "read");
+    assert_eq!(b.get("/legacy/x", Some(&alice)).await.status, 403);
+    s.authorize(&alice).await;
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            b.get("/legacy/x", Some(&alice)).await.status == 200
+        })
+        .await,
+        "the other gateway picked the token up"
+    );
+    // Forgotten through the other one: the first refuses too.
+    let req = b
+        .request("DELETE", "/oauth1/legacy/token")
+        .header("authorization", format!("Bearer {alice}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(b.send(req).await.json()["forgotten"], true);
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            s.client().get("/legacy/x", Some(&alice)).await.status == 403
+        })
+        .await
+    );
+    other.shutdown().await;
+}

@@ -5,8 +5,14 @@
 //! with mode 0600. Each entry's token and secret are sealed with AES-256-GCM
 //! under the store key; the provider and subject are the associated data, so
 //! an entry cannot be moved to another subject. A file that does not parse
-//! or decrypt is reported, moved aside (kept for inspection, never
+//! or decrypt at start is reported, moved aside (kept for inspection, never
 //! overwritten) and valet carries on with an empty store.
+//!
+//! The file is the truth, so several valet processes may share it: every
+//! change is made under the file lock to what is on disk, and `reload`
+//! (driven by the file watcher) picks up changes made by others. A file
+//! damaged while running is refused, never overwritten: the tokens in
+//! memory stay in force and writes fail until it is repaired.
 
 use crate::oauth2::registry::Secret;
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
@@ -49,6 +55,8 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("the token store {path} is damaged ({reason}); it was left as it is")]
+    Damaged { path: PathBuf, reason: String },
 }
 
 /// What opening the store found wrong (reported, never fatal).
@@ -66,6 +74,15 @@ pub struct TokenStore {
     /// provider → subject → credentials (nested so that a lookup on the
     /// request path borrows its keys instead of allocating them).
     entries: RwLock<Entries>,
+    /// SHA-256 of the file content `entries` was last read from or written as.
+    seen: std::sync::Mutex<[u8; 32]>,
+}
+
+fn sha256(b: &[u8]) -> [u8; 32] {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b)
+        .as_ref()
+        .try_into()
+        .expect("32 bytes")
 }
 
 fn aad(provider: &str, subject: &str) -> Vec<u8> {
@@ -104,9 +121,10 @@ impl TokenStore {
             path: path.to_path_buf(),
             key,
             entries: RwLock::new(HashMap::new()),
+            seen: Default::default(),
         };
-        let recovered = match store.load() {
-            Ok(()) => None,
+        let recovered = match store.reload() {
+            Ok(_) => None,
             Err(reason) => {
                 let moved_to = crate::durable::sibling(
                     path,
@@ -120,10 +138,14 @@ impl TokenStore {
         (store, recovered)
     }
 
-    fn load(&self) -> Result<(), String> {
+    /// Reads and unseals the file: its entries and the digest of its
+    /// bytes (a missing file is an empty store).
+    fn read_file(&self) -> Result<(Entries, [u8; 32]), String> {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok((Entries::new(), sha256(b"")))
+            }
             Err(e) => return Err(format!("cannot read: {e}")),
         };
         let file: StoreFile =
@@ -145,8 +167,24 @@ impl TokenStore {
                 .or_default()
                 .insert(t.subject, Arc::new(creds));
         }
+        Ok((map, sha256(text.as_bytes())))
+    }
+
+    /// Re-reads the file if it changed since valet last read or wrote it
+    /// (`Ok(false)`: unchanged). On error the tokens in force stay.
+    pub fn reload(&self) -> Result<bool, String> {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(format!("cannot read: {e}")),
+        };
+        if *self.seen.lock().expect("not poisoned") == sha256(&bytes) {
+            return Ok(false);
+        }
+        let (map, digest) = self.read_file()?;
         *self.entries.write().expect("not poisoned") = map;
-        Ok(())
+        *self.seen.lock().expect("not poisoned") = digest;
+        Ok(true)
     }
 
     fn seal(&self, provider: &str, subject: &str, c: &Credentials) -> String {
@@ -239,7 +277,11 @@ impl TokenStore {
             source,
         };
         let lock = crate::durable::lock(&self.path).map_err(err)?;
-        let mut next = self.entries.read().expect("not poisoned").clone();
+        // Change what is on disk (another process may have written since).
+        let (mut next, _) = self.read_file().map_err(|reason| StoreError::Damaged {
+            path: self.path.clone(),
+            reason,
+        })?;
         f(&mut next);
         next.retain(|_, subjects| !subjects.is_empty());
         let mut tokens: Vec<StoredToken> = next
@@ -258,6 +300,7 @@ impl TokenStore {
         );
         crate::durable::replace(&lock, &self.path, text.as_bytes(), 0o600).map_err(err)?;
         *self.entries.write().expect("not poisoned") = next;
+        *self.seen.lock().expect("not poisoned") = sha256(text.as_bytes());
         Ok(())
     }
 }
@@ -333,6 +376,31 @@ mod tests {
         std::fs::write(&path, swapped).unwrap();
         let (_, rec) = open(&path, KEY);
         assert!(rec.expect("reported").reason.contains("(legacy, mallory)"));
+    }
+
+    #[test]
+    fn two_stores_on_one_file_merge_and_see_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.yaml");
+        let (a, _) = open(&path, KEY);
+        let (b, _) = open(&path, KEY);
+        a.put("p", "alice", creds("ta", "sa")).unwrap();
+        b.put("p", "bob", creds("tb", "sb")).unwrap();
+        assert!(b.get("p", "alice").is_some(), "b wrote on top of a's entry");
+        assert!(a.get("p", "bob").is_none());
+        assert!(a.reload().unwrap());
+        assert!(!a.reload().unwrap(), "unchanged file: no reload");
+        assert_eq!(a.get("p", "bob").unwrap().token, "tb");
+        assert!(b.remove("p", "alice").unwrap());
+        a.reload().unwrap();
+        assert!(a.get("p", "alice").is_none());
+        // Damaged while running: the tokens in force stay, writes refuse.
+        std::fs::write(&path, "tokens: [").unwrap();
+        assert!(a.reload().unwrap_err().contains("not a token store"));
+        assert_eq!(a.get("p", "bob").unwrap().token, "tb");
+        let e = a.put("p", "carol", creds("t", "s")).unwrap_err();
+        assert!(matches!(e, StoreError::Damaged { .. }), "{e}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "tokens: [");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Hot reload: watches the *directories* holding the config, the revocation
-//! file and the TLS files (editors and Kubernetes ConfigMaps replace files by
+//! file, the OAuth 1.0 token store and the TLS files (editors and Kubernetes ConfigMaps replace files by
 //! rename, which a watch on the file itself would miss), debounces bursts of
 //! events, and re-reads whatever changed. Each reload keeps the last good
 //! state on error, logs the file and position, and counts in a metric.
@@ -43,6 +43,11 @@ pub fn start(
     for f in crate::app::companion_files(&snap.config) {
         let d = dir_of(&f);
         // A clients file may not exist yet; its directory must, to be watched.
+        let _ = std::fs::create_dir_all(&d);
+        dirs.push(d);
+    }
+    if let Some(o) = &snap.config.oauth1 {
+        let d = dir_of(&o.store_file);
         let _ = std::fs::create_dir_all(&d);
         dirs.push(d);
     }
@@ -91,6 +96,7 @@ pub fn reload_all(app: &App, resolvers: &[Arc<CertResolver>]) {
         }
     }
     app.reload_revocations();
+    app.reload_oauth1_store();
     for r in resolvers {
         match r.reload() {
             Ok(false) => {}
