@@ -251,6 +251,22 @@ async fn the_three_legged_flow_then_signed_requests() {
     assert!(call.verified.is_ok(), "{:?}", call.verified);
     assert_eq!(call.body, json);
 
+    // A caller cannot smuggle protocol parameters past the signature.
+    let r = c.get("/legacy/items?oauth_token=other", Some(&alice)).await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("oauth_* are reserved"));
+    let req = c
+        .request("POST", "/legacy/submit")
+        .header("authorization", format!("Bearer {alice}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from("a=1&oauth_signature=x")))
+        .unwrap();
+    assert_eq!(c.send(req).await.status, 400);
+    assert_eq!(s.api_calls().len(), 3, "neither reached the upstream");
+
     // Another subject has no token of its own.
     let bob = s.gw.token("bob", "read");
     let r = c.get("/legacy/items", Some(&bob)).await;

@@ -92,8 +92,20 @@ pub async fn sign(
         let (b, e) = LimitedBody::new(body, limit);
         (b, Some(e), Vec::new())
     };
-    let secret = std::str::from_utf8(creds.secret.expose()).unwrap_or("");
     let url = parts.uri.to_string();
+    // Protocol parameters are valet's alone: a caller's `oauth_token` in the
+    // query or body could otherwise shadow or contradict the header's.
+    let query = super::signing::query_params(&url);
+    if query
+        .iter()
+        .chain(form.iter())
+        .any(|(k, _)| k.starts_with("oauth_"))
+    {
+        return Err(ProxyError::BadRequest(
+            "parameters named oauth_* are reserved on this route: valet signs the request itself",
+        ));
+    }
+    let secret = std::str::from_utf8(creds.secret.expose()).unwrap_or("");
     let authz = client::authorization(
         p,
         Some((&creds.token, secret)),
