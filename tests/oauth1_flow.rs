@@ -337,10 +337,31 @@ async fn unknown_replayed_and_foreign_browser_callbacks_are_refused() {
         .await;
     assert_eq!(r.status, 400);
 
+    // The user declines at the provider: back to the return URL with an
+    // error, and the flow is over.
+    let r = s.start_flow(&alice, "").await;
+    let cookie = cookie_pair(r.header("set-cookie"));
+    let tok = r
+        .header("location")
+        .split("oauth_token=")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let declined = format!("{CALLBACK}?denied={tok}");
+    let r = s.callback(&declined, Some(&cookie)).await;
+    assert_eq!(r.status, 302, "{:?}", r.body);
+    assert_eq!(
+        r.header("location"),
+        "https://app.example/done?error=access_denied&provider=legacy"
+    );
+    let r = s.callback(&declined, Some(&cookie)).await;
+    assert_eq!(r.status, 400);
+
     let failed = |reason: &str| {
         format!("valet_oauth1_flows_failed_total{{provider=\"legacy\",reason=\"{reason}\"}}")
     };
-    assert_eq!(s.gw.metric(&failed("unknown_token")).await, 3.0);
+    assert_eq!(s.gw.metric(&failed("unknown_token")).await, 4.0);
+    assert_eq!(s.gw.metric(&failed("denied")).await, 1.0);
     assert_eq!(s.gw.metric(&failed("state_mismatch")).await, 1.0);
     assert_eq!(s.gw.metric(&failed("bad_callback")).await, 1.0);
     // Only the first flow stored a token.

@@ -395,7 +395,11 @@ async fn callback(
         .query()
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
-    let Some(tok) = client::single(&query, "oauth_token") else {
+    // A user who declines comes back with `denied=<temporary token>` (the
+    // de facto convention, e.g. Twitter's) instead of oauth_token.
+    let denied = client::single(&query, "oauth_token").is_none();
+    let token_param = if denied { "denied" } else { "oauth_token" };
+    let Some(tok) = client::single(&query, token_param) else {
         return failed(
             "bad_callback",
             StatusCode::BAD_REQUEST,
@@ -436,6 +440,19 @@ async fn callback(
                 "this callback does not come from the browser that started the flow; {restart}"
             ),
         );
+    }
+    if denied {
+        // The app learns the outcome at its return URL.
+        app.metrics.oauth1_flow_failed(&p.name, "denied");
+        tracing::info!(provider = %p.name, sub = %pending.subject, "OAuth 1.0 authorization declined by the user");
+        let to = client::with_query(
+            &pending.return_url,
+            &[("error", "access_denied"), ("provider", &p.name)],
+        );
+        let mut r = redirect(&to);
+        r.headers_mut()
+            .insert(header::SET_COOKIE, clear_cookie(o, p));
+        return r;
     }
     let Some(verifier) = client::single(&query, "oauth_verifier") else {
         return failed(
