@@ -27,6 +27,21 @@ pub fn authorization(
     url: &str,
     body: &[(String, String)],
 ) -> Result<String, SignError> {
+    let mut params = signing::query_params(url);
+    params.extend_from_slice(body);
+    authorization_with(p, token, extra, method, url, params)
+}
+
+/// [`authorization`] with the request's parameters (query, then form body)
+/// already decoded by the caller.
+pub fn authorization_with(
+    p: &Provider,
+    token: Option<(&str, &str)>,
+    extra: &[(&str, &str)],
+    method: &str,
+    url: &str,
+    mut params: Vec<(String, String)>,
+) -> Result<String, SignError> {
     let timestamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -44,8 +59,6 @@ pub fn authorization(
     for (k, v) in extra {
         oauth.push(((*k).into(), (*v).into()));
     }
-    let mut params = signing::query_params(url);
-    params.extend_from_slice(body);
     params.extend(oauth.iter().cloned());
     let base = signing::base_string(method, url, &params)?;
     let sig = match &p.rsa_key {

@@ -95,24 +95,21 @@ pub async fn sign(
     let url = parts.uri.to_string();
     // Protocol parameters are valet's alone: a caller's `oauth_token` in the
     // query or body could otherwise shadow or contradict the header's.
-    let query = super::signing::query_params(&url);
-    if query
-        .iter()
-        .chain(form.iter())
-        .any(|(k, _)| k.starts_with("oauth_"))
-    {
+    let mut params = super::signing::query_params(&url);
+    params.extend(form);
+    if params.iter().any(|(k, _)| k.starts_with("oauth_")) {
         return Err(ProxyError::BadRequest(
             "parameters named oauth_* are reserved on this route: valet signs the request itself",
         ));
     }
     let secret = std::str::from_utf8(creds.secret.expose()).unwrap_or("");
-    let authz = client::authorization(
+    let authz = client::authorization_with(
         p,
         Some((&creds.token, secret)),
         &[],
         parts.method.as_str(),
         &url,
-        &form,
+        params,
     )
     .map_err(|_| ProxyError::BadRequest("the request target cannot be signed"))?;
     parts.headers.insert(
