@@ -713,6 +713,13 @@ async fn operators_list_and_forget_tokens_through_the_admin_api() {
     assert_eq!(r.status, 200);
     let (status, _) = admin("GET", "/admin/oauth1/nosuch/tokens", Some(admin_token)).await;
     assert_eq!(status, 404);
+    // This gateway has no authorization server: its client endpoints say so.
+    let (status, j) = admin("GET", "/admin/clients", Some(admin_token)).await;
+    assert_eq!(status, 404);
+    assert!(j["error"]
+        .as_str()
+        .unwrap()
+        .contains("no authorization_server"));
 }
 
 #[tokio::test]

@@ -70,13 +70,13 @@ struct NewClient {
 
 fn status_of(e: &ManageError) -> StatusCode {
     match e {
-        ManageError::UnknownClient(_) => StatusCode::NOT_FOUND,
+        ManageError::UnknownClient(_) | ManageError::NoAuthServer => StatusCode::NOT_FOUND,
+        ManageError::NoClientsFile | ManageError::NoPepper => StatusCode::CONFLICT,
         ManageError::Exists(_) | ManageError::NotManaged(_) => StatusCode::CONFLICT,
         ManageError::Invalid(_) => StatusCode::BAD_REQUEST,
         ManageError::Revocation(_) | ManageError::ClientsFile { .. } => {
             StatusCode::SERVICE_UNAVAILABLE
         }
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
