@@ -103,6 +103,47 @@ impl ProviderError {
     }
 }
 
+/// Credentials a provider's token endpoint answered with (§2.1 temporary
+/// credentials or §2.3 token credentials).
+pub struct Issued {
+    pub token: String,
+    pub secret: String,
+    /// The whole decoded answer (e.g. `oauth_callback_confirmed`).
+    pub form: Vec<(String, String)>,
+}
+
+/// Signs and POSTs a request to the token endpoint `url` (with `token`
+/// credentials and `extra` protocol parameters, if any) and returns the
+/// credentials it issued.
+pub async fn obtain(
+    p: &Provider,
+    url: &str,
+    token: Option<(&str, &str)>,
+    extra: &[(&str, &str)],
+) -> Result<Issued, ProviderError> {
+    let authz = authorization(p, token, extra, "POST", url, &[])
+        .map_err(|e| ProviderError::Unreachable(e.to_string()))?;
+    let form = call(p, url, authz).await?;
+    let (Some(token), Some(secret)) = (
+        single(&form, "oauth_token"),
+        single(&form, "oauth_token_secret"),
+    ) else {
+        return Err(ProviderError::BadAnswer(
+            "oauth_token or oauth_token_secret is missing",
+        ));
+    };
+    if token.is_empty() || token.contains(char::is_control) {
+        return Err(ProviderError::BadAnswer(
+            "the oauth_token is empty or holds control characters",
+        ));
+    }
+    Ok(Issued {
+        token: token.to_string(),
+        secret: secret.to_string(),
+        form,
+    })
+}
+
 /// POSTs to a provider token endpoint (parameters in the header only, empty
 /// body) and returns the decoded form answer.
 pub async fn call(

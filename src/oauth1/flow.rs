@@ -287,39 +287,26 @@ async fn authorize(
             "too many authorization flows are in progress; try again shortly".into(),
         );
     }
-    let authz = match client::authorization(
+    let issued = match client::obtain(
         p,
+        &p.request_token_url,
         None,
         &[("oauth_callback", &p.callback_url)],
-        "POST",
-        &p.request_token_url,
-        &[],
-    ) {
-        Ok(a) => a,
-        Err(e) => return provider_failed(app, p, ProviderError::Unreachable(e.to_string())),
-    };
-    let form = match client::call(p, &p.request_token_url, authz).await {
-        Ok(f) => f,
+    )
+    .await
+    {
+        Ok(i) => i,
         Err(e) => return provider_failed(app, p, e),
     };
     // RFC 5849 §2.1: the provider must confirm it took the callback (1.0a).
-    if client::single(&form, "oauth_callback_confirmed") != Some("true") {
+    if client::single(&issued.form, "oauth_callback_confirmed") != Some("true") {
         return provider_failed(
             app,
             p,
             ProviderError::BadAnswer("oauth_callback_confirmed is not `true`"),
         );
     }
-    let (Some(tok), Some(secret)) = (
-        client::single(&form, "oauth_token"),
-        client::single(&form, "oauth_token_secret"),
-    ) else {
-        return provider_failed(
-            app,
-            p,
-            ProviderError::BadAnswer("oauth_token or oauth_token_secret is missing"),
-        );
-    };
+    let (tok, secret) = (issued.token.as_str(), issued.secret.as_str());
     let state = crate::tokens::random_id();
     let to = client::with_query(&p.authorize_url, &[("oauth_token", tok)]);
     app.oauth1_flows.pending.insert(
@@ -462,41 +449,20 @@ async fn callback(
         );
     };
     let secret = std::str::from_utf8(pending.token_secret.expose()).unwrap_or("");
-    let authz = match client::authorization(
+    let issued = match client::obtain(
         p,
+        &p.access_token_url,
         Some((tok, secret)),
         &[("oauth_verifier", verifier)],
-        "POST",
-        &p.access_token_url,
-        &[],
-    ) {
-        Ok(a) => a,
-        Err(e) => return provider_failed(app, p, ProviderError::Unreachable(e.to_string())),
-    };
-    let form = match client::call(p, &p.access_token_url, authz).await {
-        Ok(f) => f,
+    )
+    .await
+    {
+        Ok(i) => i,
         Err(e) => return provider_failed(app, p, e),
     };
-    let (Some(token), Some(token_secret)) = (
-        client::single(&form, "oauth_token"),
-        client::single(&form, "oauth_token_secret"),
-    ) else {
-        return provider_failed(
-            app,
-            p,
-            ProviderError::BadAnswer("oauth_token or oauth_token_secret is missing"),
-        );
-    };
-    if token.is_empty() || token.contains(char::is_control) {
-        return provider_failed(
-            app,
-            p,
-            ProviderError::BadAnswer("the oauth_token is empty or holds control characters"),
-        );
-    }
     let creds = Credentials {
-        token: token.to_string(),
-        secret: Secret::new(token_secret.as_bytes().to_vec()),
+        token: issued.token,
+        secret: Secret::new(issued.secret.into_bytes()),
     };
     let (name, sub) = (p.name.clone(), pending.subject.to_string());
     let stored = match with_store(app, move |s| s.put(&name, &sub, creds)).await {

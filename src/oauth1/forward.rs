@@ -36,18 +36,6 @@ impl RouteSigner {
     }
 }
 
-fn is_form(parts: &Parts) -> bool {
-    parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|t| {
-            t.trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        })
-}
-
 /// Sets `Authorization: OAuth ...` on the upstream request `parts` (whose
 /// URI is already the upstream's), returning the body to send.
 pub async fn sign(
@@ -69,7 +57,7 @@ pub async fn sign(
                 authorize_url: p.start_url.clone(),
             })?,
     };
-    let (body, exceeded, form) = if is_form(parts) {
+    let (body, exceeded, form) = if crate::proxy::headers::is_form_urlencoded(&parts.headers) {
         let bytes = http_body_util::Limited::new(body, limit as usize)
             .collect()
             .await

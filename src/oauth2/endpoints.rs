@@ -93,16 +93,7 @@ async fn read_form(req: Request<Incoming>) -> Result<(http::request::Parts, Form
             "parameters (and above all credentials) must be sent in the request body, not the query string".into(),
         ));
     }
-    let form_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|t| {
-            t.trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        });
-    if !form_type {
+    if !crate::proxy::headers::is_form_urlencoded(req.headers()) {
         return Err(OAuthError::InvalidRequest(
             "the body must be application/x-www-form-urlencoded".into(),
         ));

@@ -51,6 +51,17 @@ pub fn is_reserved(h: &HeaderName) -> bool {
         || h == "x-request-id"
 }
 
+/// Whether the body is `application/x-www-form-urlencoded` (parameters ignored).
+pub fn is_form_urlencoded(h: &HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| {
+            t.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
