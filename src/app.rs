@@ -294,7 +294,11 @@ fn build_snapshot(
             scope_list: r.scopes.join(" "),
             oauth1: r.upstream_auth_oauth1.as_ref().and_then(|name| {
                 let p = config.oauth1.as_ref()?.provider(name)?;
-                Some(crate::oauth1::forward::RouteSigner::new(metrics, p.clone()))
+                Some(crate::oauth1::forward::RouteSigner::new(
+                    metrics,
+                    p.clone(),
+                    r.oauth1_signed_origin.clone(),
+                ))
             }),
             cfg: r.clone(),
         })

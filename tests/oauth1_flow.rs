@@ -47,9 +47,14 @@ async fn setup_with(extra_oauth1: &str, rsa: bool, after: &str) -> Setup {
     let routes = format!(
         r#"  - name: legacy
     match: {{ path_prefix: /legacy }}
-    upstream: "http://{}"
+    upstream: "http://{0}"
     strip_prefix: true
     upstream_auth: {{ oauth1: legacy }}
+  - name: legacy-via-proxy
+    match: {{ path_prefix: /proxied }}
+    upstream: "http://{0}"
+    strip_prefix: true
+    upstream_auth: {{ oauth1: legacy, signed_origin: "https://API.legacy.example:443/" }}
 "#,
         provider.api_addr
     );
@@ -540,6 +545,10 @@ fn provider_config_errors_are_clear() {
     upstream: "http://127.0.0.1:9"
     upstream_auth: { oauth1: nosuch }
     forward_authorization: true
+  - name: proxied
+    match: { path_prefix: /proxied }
+    upstream: "http://127.0.0.1:9"
+    upstream_auth: { oauth1: legacy, signed_origin: "https://api.example.com/v1" }
 "#;
     let extra = r#"oauth1:
   token_store: { file: t.yaml, key_file: missing.key }
@@ -577,6 +586,7 @@ fn provider_config_errors_are_clear() {
         "forward_authorization cannot be combined with upstream_auth",
         "PLAINTEXT sends the secrets themselves",
         "cannot read the token store key file",
+        "is not an origin such as https://api.example.com",
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
@@ -781,4 +791,21 @@ async fn two_gateways_sharing_the_store_see_each_others_tokens() {
         .await
     );
     other.shutdown().await;
+}
+
+#[tokio::test]
+async fn behind_a_proxy_the_providers_origin_is_signed() {
+    let s = setup("").await;
+    let alice = s.gw.token("alice", "read");
+    s.authorize(&alice).await;
+    // The API now checks signatures against its public origin.
+    s.provider.state.lock().unwrap().api_origin = Some("https://api.legacy.example".into());
+    let r = s.client().get("/proxied/items?a=1", Some(&alice)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(s.api_calls().pop().unwrap().verified.is_ok());
+    // Signed with the upstream's own address, the same request fails there.
+    let r = s.client().get("/legacy/items?a=1", Some(&alice)).await;
+    assert_eq!(r.status, 401);
+    let err = s.api_calls().pop().unwrap().verified.unwrap_err();
+    assert!(err.contains("signature mismatch"), "{err}");
 }

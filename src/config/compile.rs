@@ -100,6 +100,8 @@ pub struct RouteConfig {
     pub max_body_size: u64,
     /// The OAuth 1.0 provider whose token signs forwarded requests.
     pub upstream_auth_oauth1: Option<String>,
+    /// The origin signed instead of the upstream's (no trailing `/`).
+    pub oauth1_signed_origin: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -349,6 +351,11 @@ fn compile(
                 response_timeout: d(r.response_timeout, limits.response_timeout),
                 max_body_size: r.max_body_size.map_or(limits.max_body_size, |b| b.0),
                 upstream_auth_oauth1: r.upstream_auth.as_ref().map(|u| u.oauth1.clone()),
+                oauth1_signed_origin: r
+                    .upstream_auth
+                    .as_ref()
+                    .and_then(|u| u.signed_origin.as_ref())
+                    .map(|o| o.trim_end_matches('/').to_string()),
             });
         }
     }
@@ -515,6 +522,20 @@ fn compile(
         }
         if !r.auth.required {
             c.at(&p, "signing for a subject needs auth.required: true");
+        }
+        if let Some(o) = &u.signed_origin {
+            let ok = o.parse::<Uri>().is_ok_and(|x| {
+                matches!(x.scheme_str(), Some("http" | "https"))
+                    && x.authority().is_some()
+                    && matches!(x.path(), "" | "/")
+                    && x.query().is_none()
+            });
+            if !ok {
+                c.at(
+                    &format!("routes[{i}].upstream_auth.signed_origin"),
+                    format!("`{o}` is not an origin such as https://api.example.com (scheme and host, optional port, nothing else)"),
+                );
+            }
         }
         if r.forward_authorization {
             c.at(

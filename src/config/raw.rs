@@ -321,6 +321,10 @@ pub(super) struct RawRoute {
 pub(super) struct RawUpstreamAuth {
     /// Sign forwarded requests with the subject's token of this OAuth 1.0 provider.
     pub(super) oauth1: String,
+    /// The origin (`https://api.example.com`) the provider sees, when valet
+    /// reaches it through a proxy: it replaces the upstream's scheme, host
+    /// and port in the signature base string.
+    pub(super) signed_origin: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

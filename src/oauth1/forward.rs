@@ -20,13 +20,16 @@ use std::sync::Arc;
 /// A route's provider with its metric handles resolved up front.
 pub struct RouteSigner {
     pub provider: Arc<Provider>,
+    /// Signed instead of the upstream's scheme and authority (via a proxy).
+    pub signed_origin: Option<String>,
     pub signed: IntCounter,
     pub unauthorized: IntCounter,
 }
 
 impl RouteSigner {
-    pub fn new(m: &Metrics, provider: Arc<Provider>) -> Self {
+    pub fn new(m: &Metrics, provider: Arc<Provider>, signed_origin: Option<String>) -> Self {
         RouteSigner {
+            signed_origin,
             signed: m.oauth1_signed.with_label_values(&[&provider.name]),
             unauthorized: m
                 .oauth1_upstream_unauthorized
@@ -80,7 +83,13 @@ pub async fn sign(
         let (b, e) = LimitedBody::new(body, limit);
         (b, Some(e), Vec::new())
     };
-    let url = parts.uri.to_string();
+    let url = match &s.signed_origin {
+        Some(o) => format!(
+            "{o}{}",
+            parts.uri.path_and_query().map_or("/", |pq| pq.as_str())
+        ),
+        None => parts.uri.to_string(),
+    };
     // Protocol parameters are valet's alone: a caller's `oauth_token` in the
     // query or body could otherwise shadow or contradict the header's.
     let mut params = super::signing::query_params(&url);

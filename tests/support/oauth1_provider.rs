@@ -51,6 +51,9 @@ pub struct State {
     counter: u32,
     /// Set: the consumer signs with RSA-SHA1 and this public key (PKCS#1 DER).
     pub rsa_public: Option<Vec<u8>>,
+    /// Set: the API's public origin, as when it sits behind a proxy (the
+    /// origin signatures are checked against instead of its own address).
+    pub api_origin: Option<String>,
 }
 
 /// What oauth1-request needs to rebuild the header of a received request.
@@ -378,6 +381,7 @@ async fn api(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let mut st = state.lock().unwrap();
+    let base = st.api_origin.clone().unwrap_or(base);
     let token = auth
         .as_deref()
         .and_then(parse_header)
