@@ -552,6 +552,7 @@ fn provider_config_errors_are_clear() {
 "#;
     let extra = r#"oauth1:
   token_store: { file: t.yaml, key_file: missing.key }
+  path_prefix: "/o auth"
   providers:
     - name: legacy
       request_token_url: "http://provider.example/rt"
@@ -580,13 +581,14 @@ fn provider_config_errors_are_clear() {
         "RSA-SHA1 uses no consumer secret",
         "cannot read",
         "`not a url` is not an absolute http(s) URL",
-        "its path must be `/oauth1/legacy/callback`",
+        "the callback URL must be valet's own callback for this provider",
         "list at least one URL the user may be sent back to",
         "no OAuth 1.0 provider is named `nosuch`",
         "forward_authorization cannot be combined with upstream_auth",
         "PLAINTEXT sends the secrets themselves",
         "cannot read the token store key file",
         "is not an origin such as https://api.example.com",
+        "path_prefix must start with `/`",
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }

@@ -164,10 +164,13 @@ pub(super) fn compile(
         .path_prefix
         .clone()
         .unwrap_or_else(|| DEFAULT_OAUTH1_PREFIX.to_string());
-    if !prefix.starts_with('/') || prefix.ends_with('/') || prefix.contains(['?', '#']) {
+    let plain = prefix
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~/".contains(&b));
+    if !prefix.starts_with('/') || prefix.ends_with('/') || !plain {
         c.at(
             "oauth1.path_prefix",
-            "path_prefix must start with `/`, not end with one, and hold no `?` or `#`",
+            "path_prefix must start with `/`, not end with one, and hold only letters, digits and - . _ ~ /",
         );
     }
     let pending_ttl = raw.pending_ttl.map_or(DEFAULT_PENDING_TTL, |d| d.0);
