@@ -264,8 +264,7 @@ async fn proxy(
     };
     if let Some(s) = &route.oauth1 {
         if resp.status() == http::StatusCode::UNAUTHORIZED {
-            s.unauthorized.inc();
-            tracing::warn!(route = %route.cfg.name, provider = %s.provider.name, "the upstream refused an OAuth 1.0-signed request (401); the provider token may be revoked");
+            s.upstream_refused(&route.cfg.name);
         }
     }
     headers::strip_hop_by_hop(resp.headers_mut());
