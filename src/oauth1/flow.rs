@@ -134,6 +134,7 @@ pub async fn serve(
     target: Result<(&Arc<Provider>, Action), ()>,
     req: Request<Incoming>,
     request_id: &HeaderValue,
+    authenticated: &mut Option<Arc<crate::tokens::VerifiedToken>>,
 ) -> Response<ResponseBody> {
     let Ok((p, action)) = target else {
         return error(
@@ -176,6 +177,8 @@ pub async fn serve(
             return e.into_response(request_id);
         }
     };
+    // For the access log.
+    *authenticated = Some(token.clone());
     let store = app.oauth1_store();
     match (action, req.method()) {
         (Action::Authorize, _) => authorize(app, o, p, &token.subject, &req).await,

@@ -69,7 +69,8 @@ pub async fn handle(
     let mut resp = match (own, oauth1) {
         (Some((a, ep)), _) => crate::oauth2::endpoints::serve(app, &snap, a, ep, peer, req).await,
         (None, Some((o, target))) => {
-            crate::oauth1::flow::serve(app, &snap, o, target, req, &request_id).await
+            crate::oauth1::flow::serve(app, &snap, o, target, req, &request_id, &mut ctx.token)
+                .await
         }
         (None, None) => match proxy(app, &snap, peer, req, &request_id, &mut ctx).await {
             Ok(r) => r,
