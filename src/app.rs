@@ -31,6 +31,8 @@ pub struct Route {
     pub client: UpstreamClient,
     /// `Host` for the upstream request.
     pub host_header: HeaderValue,
+    /// Segments in the path prefix (what `strip_prefix` removes).
+    pub prefix_segments: usize,
     /// The route's scopes, space-separated, for 403 challenges.
     pub scope_list: String,
     /// Signing with an OAuth 1.0 provider's token, if the route asks for it.
@@ -187,9 +189,13 @@ impl App {
         self.metrics.reload("config", result.is_ok());
         let cfg = result?;
         let old = self.snapshot.load();
-        if cfg.listeners != old.config.listeners
-            || cfg.metrics_address != old.config.metrics_address
-        {
+        let addrs = |c: &Config| {
+            c.listeners
+                .iter()
+                .map(|l| (l.address, l.tls.clone()))
+                .collect::<Vec<_>>()
+        };
+        if addrs(&cfg) != addrs(&old.config) || cfg.metrics_address != old.config.metrics_address {
             tracing::warn!(
                 "listener or metrics addresses changed; those take effect on restart only"
             );
@@ -292,6 +298,7 @@ fn build_snapshot(
             host_header: HeaderValue::from_str(r.upstream.authority.as_str())
                 .expect("authority is a header value"),
             scope_list: r.scopes.join(" "),
+            prefix_segments: r.path_prefix.split('/').filter(|s| !s.is_empty()).count(),
             oauth1: r.upstream_auth_oauth1.as_ref().and_then(|name| {
                 let p = config.oauth1.as_ref()?.provider(name)?;
                 Some(crate::oauth1::forward::RouteSigner::new(

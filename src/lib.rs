@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod oauth1;
 pub mod oauth2;
 pub mod proxy;
+pub mod request_target;
 pub mod revocation;
 pub mod saml;
 pub mod server;

@@ -37,6 +37,11 @@ pub struct Metrics {
     pub revocation_entries: IntGaugeVec,
     reloads: IntCounterVec,
     pub tls_handshake_failures: IntCounter,
+    client_errors: IntCounterVec,
+    /// Request handlers that panicked (answered 500; the connection lives on).
+    pub panics: IntCounter,
+    /// Connections valet closed, by why.
+    pub connections_closed: IntCounterVec,
     pub open_connections: IntGauge,
     pub upstream_errors: IntCounterVec,
     pub tokens_issued: IntCounterVec,
@@ -127,6 +132,27 @@ impl Metrics {
         let tls_handshake_failures = IntCounter::new(
             "valet_tls_handshake_failures_total",
             "TLS handshakes that failed or timed out.",
+        )
+        .expect("valid metric");
+        let client_errors = IntCounterVec::new(
+            Opts::new(
+                "valet_client_errors_total",
+                "Requests refused for the client's fault (framing, path, Host, headers, body), by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let connections_closed = IntCounterVec::new(
+            Opts::new(
+                "valet_connections_closed_total",
+                "Client connections valet closed itself, by reason (idle, send_timeout, per_source_limit, panic).",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let panics = IntCounter::new(
+            "valet_panics_total",
+            "Request handlers that panicked; each was answered 500. Any value above 0 is a bug.",
         )
         .expect("valid metric");
         let open_connections =
@@ -224,6 +250,9 @@ impl Metrics {
             Box::new(tls_handshake_failures.clone()),
             Box::new(open_connections.clone()),
             Box::new(upstream_errors.clone()),
+            Box::new(client_errors.clone()),
+            Box::new(connections_closed.clone()),
+            Box::new(panics.clone()),
         ] {
             registry.register(c).expect("unique metric");
         }
@@ -241,6 +270,9 @@ impl Metrics {
             revocation_entries,
             reloads,
             tls_handshake_failures,
+            client_errors,
+            connections_closed,
+            panics,
             open_connections,
             upstream_errors,
             tokens_issued,
@@ -290,6 +322,14 @@ impl Metrics {
         self.reloads
             .with_label_values(&[kind, if ok { "success" } else { "failure" }])
             .inc();
+    }
+
+    pub fn client_error(&self, reason: &str) {
+        self.client_errors.with_label_values(&[reason]).inc();
+    }
+
+    pub fn connection_closed(&self, reason: &str) {
+        self.connections_closed.with_label_values(&[reason]).inc();
     }
 
     pub fn upstream_error(&self, route: &str, kind: &str) {

@@ -49,6 +49,29 @@ pub struct ListenerConfig {
     pub name: String,
     pub address: SocketAddr,
     pub tls: TlsSource,
+    /// How requests on this listener are read (reloadable).
+    pub requests: RequestPolicy,
+}
+
+/// A listener's rules for reading requests; the defaults are the strictest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RequestPolicy {
+    pub paths: crate::request_target::PathPolicy,
+    pub underscores: UnderscoreHeaders,
+}
+
+/// What happens to a request header whose name contains `_` (CGI, WSGI, Rack
+/// and PHP read `x_user` and `x-user` as the same variable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnderscoreHeaders {
+    /// Removed before forwarding (nginx's and Envoy's choice).
+    #[default]
+    Drop,
+    /// The request is refused with 400.
+    Reject,
+    /// Forwarded, except names that read as a header valet sets or strips.
+    Allow,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +111,9 @@ pub struct Upstream {
 pub struct RouteConfig {
     pub name: String,
     pub path_prefix: String,
+    /// Match `path_prefix` ignoring ASCII case.
+    pub case_insensitive: bool,
+    /// Lowercase, no trailing dot.
     pub host: Option<String>,
     pub upstream: Upstream,
     pub strip_prefix: bool,
@@ -102,6 +128,8 @@ pub struct RouteConfig {
     pub upstream_auth_oauth1: Option<String>,
     /// The origin signed instead of the upstream's (no trailing `/`).
     pub oauth1_signed_origin: Option<String>,
+    /// Caller headers removed before forwarding, beyond valet's own list.
+    pub strip_request_headers: Vec<HeaderName>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +149,16 @@ pub struct Limits {
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub shutdown_grace: Duration,
+    pub idle_timeout: Duration,
+    pub send_timeout: Duration,
+    /// Bytes per second; 0 turns the check off.
+    pub min_request_body_rate: u64,
+    pub request_body_grace: Duration,
+    /// Connections per client IP and listener; `None`: no cap.
+    pub max_connections_per_source: Option<usize>,
+    pub http2_max_concurrent_streams: u32,
+    pub http2_keepalive_interval: Duration,
+    pub http2_keepalive_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -254,6 +292,10 @@ fn compile(
                 name: l.name.clone().unwrap_or_else(|| format!("listener{i}")),
                 address,
                 tls,
+                requests: RequestPolicy {
+                    paths: l.paths,
+                    underscores: l.headers_with_underscores,
+                },
             });
         }
     }
@@ -291,6 +333,48 @@ fn compile(
                 &format!("{p}.match.path_prefix"),
                 "path_prefix cannot contain `?` or `#`",
             );
+        } else if r.matcher.path_prefix.starts_with('/') {
+            // Requests are routed on their canonical form; a prefix in
+            // another spelling would never match.
+            match crate::request_target::canonical_path(&r.matcher.path_prefix, &Default::default())
+            {
+                Ok(canon) if canon != r.matcher.path_prefix => c.at(
+                    &format!("{p}.match.path_prefix"),
+                    format!(
+                        "path_prefix `{}` is not in canonical form; write `{canon}`",
+                        r.matcher.path_prefix
+                    ),
+                ),
+                Ok(_) => {}
+                Err(e) => c.at(
+                    &format!("{p}.match.path_prefix"),
+                    format!("path_prefix `{}`: {e}", r.matcher.path_prefix),
+                ),
+            }
+        }
+        let host = r.matcher.host.as_ref().and_then(|h| {
+            match crate::request_target::parse_host(h.as_bytes()) {
+                Ok(a) if a.port_u16().is_none() && !a.as_str().ends_with(':') => {
+                    Some(crate::request_target::host_name(&a).to_ascii_lowercase())
+                }
+                _ => {
+                    c.at(
+                        &format!("{p}.match.host"),
+                        format!("`{h}` is not a host name or IP (without a port)"),
+                    );
+                    None
+                }
+            }
+        });
+        let mut strip_request_headers = Vec::new();
+        for (j, h) in r.strip_request_headers.iter().enumerate() {
+            match HeaderName::from_bytes(h.as_bytes()) {
+                Ok(n) => strip_request_headers.push(n),
+                Err(_) => c.at(
+                    &format!("{p}.strip_request_headers[{j}]"),
+                    format!("`{h}` is not a valid header name"),
+                ),
+            }
         }
         let upstream = compile_upstream(c, &format!("{p}.upstream"), &r.upstream);
         let mut inject = InjectIdentity {
@@ -340,7 +424,9 @@ fn compile(
             routes.push(RouteConfig {
                 name: r.name.clone(),
                 path_prefix: r.matcher.path_prefix.clone(),
-                host: r.matcher.host.as_ref().map(|h| h.to_ascii_lowercase()),
+                case_insensitive: r.matcher.case_insensitive,
+                host,
+                strip_request_headers,
                 upstream: up,
                 strip_prefix: r.strip_prefix,
                 auth_required: r.auth.required,
@@ -623,7 +709,31 @@ fn compile_limits(l: &RawLimits, c: &mut Collector<'_>) -> Limits {
         connect_timeout: d(l.connect_timeout, DEFAULT_CONNECT_TIMEOUT),
         response_timeout: d(l.response_timeout, DEFAULT_RESPONSE_TIMEOUT),
         shutdown_grace: d(l.shutdown_grace, DEFAULT_SHUTDOWN_GRACE),
+        idle_timeout: d(l.idle_timeout, DEFAULT_IDLE_TIMEOUT),
+        send_timeout: d(l.send_timeout, DEFAULT_SEND_TIMEOUT),
+        min_request_body_rate: l
+            .min_request_body_rate
+            .map_or(DEFAULT_MIN_REQUEST_BODY_RATE, |b| b.0),
+        request_body_grace: d(l.request_body_grace, DEFAULT_REQUEST_BODY_GRACE),
+        max_connections_per_source: l.max_connections_per_source,
+        http2_max_concurrent_streams: l
+            .http2_max_concurrent_streams
+            .unwrap_or(DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS),
+        http2_keepalive_interval: d(l.http2_keepalive_interval, DEFAULT_HTTP2_KEEPALIVE_INTERVAL),
+        http2_keepalive_timeout: d(l.http2_keepalive_timeout, DEFAULT_HTTP2_KEEPALIVE_TIMEOUT),
     };
+    if limits.max_connections_per_source == Some(0) {
+        c.at(
+            "limits.max_connections_per_source",
+            "max_connections_per_source must be at least 1 (leave it out for no cap)",
+        );
+    }
+    if limits.http2_max_concurrent_streams == 0 {
+        c.at(
+            "limits.http2_max_concurrent_streams",
+            "http2_max_concurrent_streams must be at least 1",
+        );
+    }
     // hyper's HTTP/1 reader needs at least 8 KiB of buffer.
     if !(8192..=1 << 20).contains(&limits.max_header_size) {
         c.at(
@@ -642,6 +752,10 @@ fn compile_limits(l: &RawLimits, c: &mut Collector<'_>) -> Limits {
         ("tls_handshake_timeout", limits.tls_handshake_timeout),
         ("connect_timeout", limits.connect_timeout),
         ("response_timeout", limits.response_timeout),
+        ("idle_timeout", limits.idle_timeout),
+        ("send_timeout", limits.send_timeout),
+        ("http2_keepalive_interval", limits.http2_keepalive_interval),
+        ("http2_keepalive_timeout", limits.http2_keepalive_timeout),
     ] {
         if v.is_zero() {
             c.at(

@@ -49,3 +49,18 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_SUBJECT_HEADER: &str = "x-valet-subject";
 pub const DEFAULT_CLIENT_ID_HEADER: &str = "x-valet-client-id";
 pub const DEFAULT_SCOPES_HEADER: &str = "x-valet-scopes";
+/// Time a connection may sit with no request in progress (also the wait for
+/// the first request after the TLS handshake). Then it is closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time a client may accept no response bytes while valet has some to send.
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Slowest accepted request body, bytes per second (after the grace period).
+pub const DEFAULT_MIN_REQUEST_BODY_RATE: u64 = 1024;
+/// Time a request body may take before its rate is enforced.
+pub const DEFAULT_REQUEST_BODY_GRACE: Duration = Duration::from_secs(10);
+/// Concurrent HTTP/2 streams per connection.
+pub const DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// Interval of HTTP/2 PINGs that find dead peers.
+pub const DEFAULT_HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// Time to wait for a PING's answer before closing the connection.
+pub const DEFAULT_HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -226,6 +226,12 @@ pub(super) struct RawListener {
     pub(super) name: Option<String>,
     pub(super) address: String,
     pub(super) tls: RawTls,
+    /// The canonical-path rules (README "Canonical paths"); strict by default.
+    #[serde(default)]
+    pub(super) paths: crate::request_target::PathPolicy,
+    /// Request headers whose name contains `_`: drop (default), reject or allow.
+    #[serde(default)]
+    pub(super) headers_with_underscores: super::UnderscoreHeaders,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -314,6 +320,9 @@ pub(super) struct RawRoute {
     pub(super) max_body_size: Option<ByteSize>,
     /// How valet authenticates to the upstream itself.
     pub(super) upstream_auth: Option<RawUpstreamAuth>,
+    /// More caller headers to remove before forwarding.
+    #[serde(default)]
+    pub(super) strip_request_headers: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -332,6 +341,9 @@ pub(super) struct RawUpstreamAuth {
 pub(super) struct RawMatch {
     pub(super) path_prefix: String,
     pub(super) host: Option<String>,
+    /// Match the prefix ignoring ASCII case, for upstreams that ignore it.
+    #[serde(default)]
+    pub(super) case_insensitive: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -363,6 +375,14 @@ pub(super) struct RawLimits {
     pub(super) connect_timeout: Option<ConfigDuration>,
     pub(super) response_timeout: Option<ConfigDuration>,
     pub(super) shutdown_grace: Option<ConfigDuration>,
+    pub(super) idle_timeout: Option<ConfigDuration>,
+    pub(super) send_timeout: Option<ConfigDuration>,
+    pub(super) min_request_body_rate: Option<ByteSize>,
+    pub(super) request_body_grace: Option<ConfigDuration>,
+    pub(super) max_connections_per_source: Option<usize>,
+    pub(super) http2_max_concurrent_streams: Option<u32>,
+    pub(super) http2_keepalive_interval: Option<ConfigDuration>,
+    pub(super) http2_keepalive_timeout: Option<ConfigDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -8,7 +8,7 @@ use super::client;
 use crate::app::App;
 use crate::config::Provider;
 use crate::metrics::Metrics;
-use crate::proxy::body::LimitedBody;
+use crate::proxy::body::{BodyError, BodyOutcome, LimitedBody, MinRate};
 use crate::proxy::ProxyError;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
@@ -89,7 +89,8 @@ pub async fn sign(
     parts: &mut Parts,
     body: Incoming,
     limit: u64,
-) -> Result<(LimitedBody, Option<Arc<std::sync::atomic::AtomicBool>>), ProxyError> {
+    rate: MinRate,
+) -> Result<(LimitedBody, BodyOutcome), ProxyError> {
     let p = &s.provider;
     let creds = match &p.shared_token {
         Some(t) => t.clone(),
@@ -101,17 +102,12 @@ pub async fn sign(
                 authorize_url: p.start_url.clone(),
             })?,
     };
-    let (body, exceeded, form) = if crate::proxy::headers::is_form_urlencoded(&parts.headers) {
-        let bytes = http_body_util::Limited::new(body, limit as usize)
+    let (body, outcome, form) = if crate::proxy::headers::is_form_urlencoded(&parts.headers) {
+        let (limited, outcome) = LimitedBody::new(body, limit, rate);
+        let bytes = limited
             .collect()
             .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    ProxyError::PayloadTooLarge
-                } else {
-                    ProxyError::BadRequest("the request body was cut off")
-                }
-            })?
+            .map_err(|_| ProxyError::Body(outcome.get().unwrap_or(BodyError::Malformed)))?
             .to_bytes();
         let form: Vec<(String, String)> = form_urlencoded::parse(&bytes).into_owned().collect();
         parts.headers.insert(
@@ -119,10 +115,10 @@ pub async fn sign(
             HeaderValue::from(bytes.len() as u64),
         );
         parts.headers.remove(header::TRANSFER_ENCODING);
-        (LimitedBody::full(bytes), None, form)
+        (LimitedBody::full(bytes), outcome, form)
     } else {
-        let (b, e) = LimitedBody::new(body, limit);
-        (b, Some(e), Vec::new())
+        let (b, e) = LimitedBody::new(body, limit, rate);
+        (b, e, Vec::new())
     };
     let url = match &s.signed_origin {
         Some(o) => format!(
@@ -155,7 +151,7 @@ pub async fn sign(
         HeaderValue::from_str(&authz).map_err(|_| ProxyError::BadRequest("unsignable"))?,
     );
     s.signed.inc();
-    Ok((body, exceeded))
+    Ok((body, outcome))
 }
 
 #[cfg(test)]

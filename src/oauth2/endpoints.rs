@@ -58,10 +58,11 @@ pub async fn serve(
         Endpoint::Jwks => return jwks(snap),
         _ => {}
     }
-    let (parts, form) = match read_form(req).await {
-        Ok(f) => f,
-        Err(e) => return e.into_response(),
-    };
+    let (parts, form) =
+        match read_form(req, crate::proxy::body::MinRate::of(&snap.config.limits)).await {
+            Ok(f) => f,
+            Err(e) => return e.into_response(),
+        };
     let result = match ep {
         Endpoint::Token => super::grants::token(app, snap, a, peer, &parts.headers, &form).await,
         Endpoint::Revoke => revoke(app, snap, a, peer, &parts.headers, &form).await,
@@ -84,7 +85,10 @@ pub async fn serve(
 }
 
 /// POST, form body, nothing in the query: RFC 6749 §2.3.1 and §3.2.
-async fn read_form(req: Request<Incoming>) -> Result<(http::request::Parts, Form), OAuthError> {
+async fn read_form(
+    req: Request<Incoming>,
+    rate: crate::proxy::body::MinRate,
+) -> Result<(http::request::Parts, Form), OAuthError> {
     if req.method() != Method::POST {
         return Err(OAuthError::MethodNotAllowed);
     }
@@ -99,7 +103,8 @@ async fn read_form(req: Request<Incoming>) -> Result<(http::request::Parts, Form
         ));
     }
     let (parts, body) = req.into_parts();
-    let bytes = http_body_util::Limited::new(body, MAX_FORM_BYTES)
+    let (body, _) = crate::proxy::body::LimitedBody::new(body, MAX_FORM_BYTES as u64, rate);
+    let bytes = body
         .collect()
         .await
         .map_err(|_| {

@@ -1,38 +1,122 @@
-//! A request body that streams through unchanged but fails once it exceeds
-//! the route's limit, so an oversized chunked upload is cut off without
-//! ever being buffered.
+//! A request body that streams through unchanged, within the route's size
+//! limit and at a minimum data rate, so an oversized chunked upload is cut
+//! off without ever being buffered and a trickled one cannot hold a
+//! connection (and an upstream connection) for ever. How it ended is kept in
+//! a shared [`BodyOutcome`], so a client's fault is answered as the client's
+//! (400/408/413), never blamed on the upstream.
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
 
-#[derive(Debug, thiserror::Error)]
-#[error("request body exceeds the limit")]
-pub struct TooLarge;
+/// How a request body ended, when it ended badly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("the request body is larger than this route allows")]
+    TooLarge,
+    #[error("the request body was sent too slowly")]
+    TooSlow,
+    #[error("the request body is malformed or was cut off")]
+    Malformed,
+}
+
+impl BodyError {
+    /// The `reason` label of `valet_client_errors_total`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            BodyError::TooLarge => "body_too_large",
+            BodyError::TooSlow => "body_too_slow",
+            BodyError::Malformed => "body_malformed",
+        }
+    }
+}
+
+/// Shared between the body (which the upstream client polls) and the proxy
+/// (which must tell a client fault from an upstream fault).
+#[derive(Debug, Default, Clone)]
+pub struct BodyOutcome(Arc<AtomicU8>);
+
+impl BodyOutcome {
+    fn set(&self, e: BodyError) {
+        let v = match e {
+            BodyError::TooLarge => 1,
+            BodyError::TooSlow => 2,
+            BodyError::Malformed => 3,
+        };
+        let _ = self
+            .0
+            .compare_exchange(0, v, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> Option<BodyError> {
+        match self.0.load(Ordering::Relaxed) {
+            1 => Some(BodyError::TooLarge),
+            2 => Some(BodyError::TooSlow),
+            3 => Some(BodyError::Malformed),
+            _ => None,
+        }
+    }
+}
+
+/// The slowest body accepted: after `grace`, at least `bytes_per_sec` on
+/// average over the time spent *waiting for the client* (time the upstream
+/// takes to read is not held against it). `bytes_per_sec == 0`: no check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinRate {
+    pub bytes_per_sec: u64,
+    pub grace: Duration,
+}
+
+impl MinRate {
+    pub fn of(l: &crate::config::Limits) -> Self {
+        MinRate {
+            bytes_per_sec: l.min_request_body_rate,
+            grace: l.request_body_grace,
+        }
+    }
+
+    /// Total waiting time allowed once `received` bytes have arrived.
+    fn allowance(&self, received: u64) -> Duration {
+        self.grace + Duration::from_secs_f64(received as f64 / self.bytes_per_sec as f64)
+    }
+}
 
 pub struct LimitedBody {
     inner: Option<Incoming>,
     /// A body valet already read whole (to sign its form parameters).
     buffered: Option<Bytes>,
     remaining: u64,
-    exceeded: Arc<AtomicBool>,
+    outcome: BodyOutcome,
+    rate: MinRate,
+    received: u64,
+    waited: Duration,
+    pending_since: Option<Instant>,
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl LimitedBody {
-    pub fn new(inner: Incoming, limit: u64) -> (Self, Arc<AtomicBool>) {
-        let exceeded = Arc::new(AtomicBool::new(false));
+    pub fn new(inner: Incoming, limit: u64, rate: MinRate) -> (Self, BodyOutcome) {
+        let outcome = BodyOutcome::default();
         (
             LimitedBody {
                 inner: Some(inner),
                 buffered: None,
                 remaining: limit,
-                exceeded: exceeded.clone(),
+                outcome: outcome.clone(),
+                rate,
+                received: 0,
+                waited: Duration::ZERO,
+                pending_since: None,
+                timer: None,
             },
-            exceeded,
+            outcome,
         )
     }
 
@@ -42,37 +126,91 @@ impl LimitedBody {
             inner: None,
             buffered: (!data.is_empty()).then_some(data),
             remaining: 0,
-            exceeded: Arc::new(AtomicBool::new(false)),
+            outcome: BodyOutcome::default(),
+            rate: MinRate {
+                bytes_per_sec: 0,
+                grace: Duration::ZERO,
+            },
+            received: 0,
+            waited: Duration::ZERO,
+            pending_since: None,
+            timer: None,
         }
+    }
+
+    fn fail(&mut self, e: BodyError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.outcome.set(e);
+        self.inner = None;
+        Poll::Ready(Some(Err(Box::new(e))))
+    }
+
+    /// Called when the client has nothing for us: fails the body if it has
+    /// used up its waiting allowance, else arms a timer for that moment.
+    fn check_rate(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.rate.bytes_per_sec == 0 {
+            return Poll::Pending;
+        }
+        let now = Instant::now();
+        let since = *self.pending_since.get_or_insert(now);
+        let allowance = self.rate.allowance(self.received);
+        let used = self.waited + (now - since);
+        if used >= allowance {
+            return Poll::Ready(());
+        }
+        let deadline = since + (allowance - self.waited);
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        timer.as_mut().poll(cx)
     }
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 impl Body for LimitedBody {
     type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let Some(inner) = self.inner.as_mut() else {
-            return Poll::Ready(self.buffered.take().map(|b| Ok(Frame::data(b))));
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(this.buffered.take().map(|b| Ok(Frame::data(b))));
         };
         match Pin::new(inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    let n = data.len() as u64;
-                    if n > self.remaining {
-                        self.exceeded.store(true, Ordering::Relaxed);
-                        return Poll::Ready(Some(Err(Box::new(TooLarge))));
-                    }
-                    self.remaining -= n;
+            Poll::Pending => {
+                if this.check_rate(cx).is_ready() {
+                    return this.fail(BodyError::TooSlow);
                 }
-                Poll::Ready(Some(Ok(frame)))
+                Poll::Pending
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            Poll::Ready(r) => {
+                if let Some(since) = this.pending_since.take() {
+                    this.waited += since.elapsed();
+                }
+                match r {
+                    Some(Ok(frame)) => {
+                        if let Some(data) = frame.data_ref() {
+                            let n = data.len() as u64;
+                            if n > this.remaining {
+                                return this.fail(BodyError::TooLarge);
+                            }
+                            this.remaining -= n;
+                            this.received += n;
+                        }
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    // hyper's parse errors, a body shorter than its
+                    // Content-Length, a reset stream: the client's doing.
+                    Some(Err(_)) => this.fail(BodyError::Malformed),
+                    None => Poll::Ready(None),
+                }
+            }
         }
     }
 

@@ -2,6 +2,7 @@
 //! challenges for token problems, small JSON bodies for everything else,
 //! always carrying the request id. Nothing internal leaks into a body.
 
+use super::body::BodyError;
 use super::ResponseBody;
 use crate::tokens::TokenError;
 use bytes::Bytes;
@@ -23,11 +24,16 @@ pub enum ProxyError {
     InvalidToken(TokenError),
     /// 403 `insufficient_scope`, with the scopes the route needs.
     InsufficientScope(String),
+    /// 400: the path has no canonical form (`request_target`).
+    BadPath(crate::request_target::PathError),
+    /// 400/408/413: the request body was the client's fault.
+    Body(super::body::BodyError),
     NotFound,
-    PayloadTooLarge,
     HeadersTooLarge,
     BadGateway(&'static str),
     GatewayTimeout(&'static str),
+    /// 500: a bug in valet (a request handler panicked).
+    Internal,
     /// 403: the route signs with an OAuth 1.0 provider and the subject has
     /// no token for it yet.
     OAuth1Required {
@@ -39,16 +45,21 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Body(e) => match e {
+                BodyError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                BodyError::TooSlow => StatusCode::REQUEST_TIMEOUT,
+                BodyError::Malformed => StatusCode::BAD_REQUEST,
+            },
             ProxyError::NoToken | ProxyError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             ProxyError::InsufficientScope(_) | ProxyError::OAuth1Required { .. } => {
                 StatusCode::FORBIDDEN
             }
             ProxyError::NotFound => StatusCode::NOT_FOUND,
-            ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ProxyError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -62,9 +73,14 @@ impl ProxyError {
                 format!("the token lacks a required scope ({s})"),
             ),
             ProxyError::NotFound => ("not_found", "no route matches this request".into()),
-            ProxyError::PayloadTooLarge => (
-                "payload_too_large",
-                "the request body is larger than this route allows".into(),
+            ProxyError::BadPath(e) => ("invalid_request", e.to_string()),
+            ProxyError::Body(e) => (
+                match e {
+                    BodyError::TooLarge => "payload_too_large",
+                    BodyError::TooSlow => "request_timeout",
+                    BodyError::Malformed => "invalid_request",
+                },
+                e.to_string(),
             ),
             ProxyError::HeadersTooLarge => (
                 "headers_too_large",
@@ -72,10 +88,27 @@ impl ProxyError {
             ),
             ProxyError::BadGateway(m) => ("bad_gateway", (*m).to_string()),
             ProxyError::GatewayTimeout(m) => ("gateway_timeout", (*m).to_string()),
+            ProxyError::Internal => (
+                "internal_error",
+                "valet failed to handle this request".into(),
+            ),
             ProxyError::OAuth1Required { provider, authorize_url } => (
                 "oauth1_authorization_required",
                 format!("this route reaches its upstream with your OAuth 1.0 token for provider `{provider}`, and there is none yet; authorize first at {authorize_url}"),
             ),
+        }
+    }
+
+    /// The `valet_client_errors_total` reason when the client is at fault
+    /// in a way an operator watches for (not token refusals: those have
+    /// their own counter).
+    pub fn client_reason(&self) -> Option<&'static str> {
+        match self {
+            ProxyError::BadPath(_) => Some("bad_path"),
+            ProxyError::Body(e) => Some(e.reason()),
+            ProxyError::BadRequest(_) => Some("bad_request"),
+            ProxyError::HeadersTooLarge => Some("headers_too_large"),
+            _ => None,
         }
     }
 

@@ -1,7 +1,109 @@
 //! Header hygiene between caller and upstream (RFC 9110 §7.6.1): hop-by-hop
-//! headers, including any named in `Connection`, never cross valet.
+//! headers, including any named in `Connection`, never cross valet; nor do
+//! caller headers that an upstream would read as an identity, an origin or
+//! a different URL.
 
+use crate::config::UnderscoreHeaders;
 use http::header::{self, HeaderMap, HeaderName};
+
+/// Headers that tell an upstream who the client is or which URL it asked
+/// for. From anyone but a trusted proxy they are forgeries: the URL ones
+/// rewrite the path in IIS and Symfony (a route bypass), the address ones
+/// fool IP allow-lists.
+const ORIGIN_HEADERS: [&str; 8] = [
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "forwarded",
+];
+
+/// What a request's headers are scrubbed of, besides hop-by-hop headers.
+pub struct Scrub<'a> {
+    pub underscores: UnderscoreHeaders,
+    /// The peer is a trusted proxy: its forwarding headers stay.
+    pub trusted: bool,
+    /// Identity headers valet sets (caller copies are always removed).
+    pub identity: [&'a HeaderName; 3],
+    /// The route's own `strip_request_headers`.
+    pub extra: &'a [HeaderName],
+}
+
+/// `a` and `b` are the same name once `_` reads as `-` (names are lowercase).
+fn same_modulo_underscore(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .all(|(x, y)| x == y || (x == b'_' && y == b'-') || (x == b'-' && y == b'_'))
+}
+
+fn is_origin_header(n: &str) -> bool {
+    n.starts_with("x-forwarded-") || ORIGIN_HEADERS.contains(&n)
+}
+
+impl Scrub<'_> {
+    /// Whether a caller header named `n` must not reach the upstream.
+    fn removes(&self, n: &str) -> bool {
+        if n.contains('_') {
+            // Any spelling that CGI-style servers merge with a managed name
+            // goes, whatever the setting; the rest per the setting.
+            let dashed_managed = || {
+                self.identity
+                    .iter()
+                    .any(|h| same_modulo_underscore(n, h.as_str()))
+                    || self
+                        .extra
+                        .iter()
+                        .any(|h| same_modulo_underscore(n, h.as_str()))
+                    || ORIGIN_HEADERS.iter().any(|h| same_modulo_underscore(n, h))
+                    || (n.len() > 12 && same_modulo_underscore(&n[..12], "x-forwarded-"))
+                    || RESERVED.iter().any(|h| same_modulo_underscore(n, h))
+            };
+            return self.underscores != UnderscoreHeaders::Allow || dashed_managed();
+        }
+        self.identity.iter().any(|h| h.as_str() == n)
+            || self.extra.iter().any(|h| h.as_str() == n)
+            || (!self.trusted && is_origin_header(n))
+    }
+
+    /// Removes from `h` every caller header this scrub names. Allocates only
+    /// when there is something to remove.
+    pub fn apply(&self, h: &mut HeaderMap) {
+        let doomed: Vec<HeaderName> = h
+            .keys()
+            .filter(|n| self.removes(n.as_str()))
+            .cloned()
+            .collect();
+        for n in doomed {
+            h.remove(n);
+        }
+    }
+}
+
+/// Whether a request carries a header name with `_` (for `reject`).
+pub fn has_underscore_name(h: &HeaderMap) -> bool {
+    h.keys().any(|n| n.as_str().contains('_'))
+}
+
+/// Names valet sets, checks or strips itself.
+const RESERVED: [&str; 13] = [
+    "host",
+    "authorization",
+    "content-length",
+    "content-type",
+    "cookie",
+    "transfer-encoding",
+    "connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "keep-alive",
+    "proxy-authorization",
+    "x-request-id",
+];
 
 /// Hop-by-hop headers per RFC 9110 plus the legacy ones proxies still see.
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -65,6 +167,70 @@ pub fn is_form_urlencoded(h: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn scrubbed(h: &[(&str, &str)], underscores: UnderscoreHeaders, trusted: bool) -> Vec<String> {
+        let mut m = HeaderMap::new();
+        for (k, v) in h {
+            m.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let (s, c, sc) = (
+            HeaderName::from_static("x-valet-subject"),
+            HeaderName::from_static("x-valet-client-id"),
+            HeaderName::from_static("x-valet-scopes"),
+        );
+        let extra = [HeaderName::from_static("x-debug")];
+        Scrub {
+            underscores,
+            trusted,
+            identity: [&s, &c, &sc],
+            extra: &extra,
+        }
+        .apply(&mut m);
+        let mut left: Vec<String> = m.keys().map(|k| k.to_string()).collect();
+        left.sort();
+        left
+    }
+
+    #[test]
+    fn identity_spellings_never_pass() {
+        let h = [
+            ("x_valet_subject", "admin"),
+            ("X-Valet_Subject", "admin"),
+            ("x-valet-subject", "admin"),
+            ("x_debug", "1"),
+            ("x-debug", "1"),
+            ("x_forwarded_for", "1.1.1.1"),
+            ("x_real_ip", "1.1.1.1"),
+            ("content_length", "5"),
+            ("x_user_agent_ok", "1"),
+            ("accept", "*/*"),
+        ];
+        assert_eq!(scrubbed(&h, UnderscoreHeaders::Drop, false), ["accept"]);
+        assert_eq!(
+            scrubbed(&h, UnderscoreHeaders::Allow, true),
+            ["accept", "x_user_agent_ok"]
+        );
+    }
+
+    #[test]
+    fn origin_headers_pass_only_from_trusted_proxies() {
+        let h = [
+            ("x-real-ip", "1.1.1.1"),
+            ("true-client-ip", "1.1.1.1"),
+            ("x-client-ip", "1.1.1.1"),
+            ("x-original-url", "/admin"),
+            ("x-rewrite-url", "/admin"),
+            ("x-forwarded-prefix", "/admin"),
+            ("x-forwarded-port", "1"),
+            ("x-forwarded-server", "a"),
+            ("accept", "*/*"),
+        ];
+        assert_eq!(scrubbed(&h, UnderscoreHeaders::Drop, false), ["accept"]);
+        assert_eq!(scrubbed(&h, UnderscoreHeaders::Drop, true).len(), h.len());
+    }
 
     #[test]
     fn connection_named_headers_are_removed_too() {

@@ -1,6 +1,8 @@
 //! The proxy path: one ordered pipeline per request.
 //!
-//! 1. framing checks (Host, request target, tokens in the query)
+//! 0. one canonical request target (Host parsed, path canonical): valet's
+//!    own endpoints and the routes see only that
+//! 1. framing checks (tokens in the query, header size)
 //! 2. route selection
 //! 3. authentication (bearer token → verified claims, revocation map)
 //! 4. authorization (the route's scopes)
@@ -15,16 +17,18 @@ pub mod headers;
 pub mod router;
 
 use crate::app::{App, Route, Snapshot};
+use crate::config::{RequestPolicy, UnderscoreHeaders};
 use crate::tokens::VerifiedToken;
-use body::LimitedBody;
+use body::{BodyError, LimitedBody, MinRate};
 use bytes::Bytes;
 pub use error::ProxyError;
 use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::Authority;
 use http::{Request, Response, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -33,96 +37,269 @@ pub type ResponseBody = Either<Incoming, Full<Bytes>>;
 
 const X_REQUEST_ID: &str = "x-request-id";
 
-/// Facts gathered along the pipeline, for metrics and the access log.
-#[derive(Default)]
-struct Ctx {
-    route: Option<usize>,
+/// One request's record: filled in along the pipeline, written to the
+/// metrics and the access log exactly once, when the answer is ready or,
+/// should the request end any other way (the client went away, a task
+/// ended abnormally), when it is dropped.
+struct Exchange {
+    snap: Arc<Snapshot>,
+    start: Instant,
+    peer: SocketAddr,
+    method: http::Method,
+    /// As the client sent it (a clone shares the bytes).
+    uri: Uri,
+    request_id: HeaderValue,
+    kind: Kind,
     token: Option<Arc<VerifiedToken>>,
+    /// `valet_client_errors_total` reason, when the client was at fault.
+    client_error: Option<&'static str>,
+    done: bool,
 }
 
-/// Handles one request from `peer` end to end. Never fails: every error
-/// becomes a response.
+#[derive(Clone, Copy)]
+enum Kind {
+    None,
+    OAuth2,
+    OAuth1,
+    Route(usize),
+}
+
+/// nginx's "client closed request": the status logged for a request whose
+/// answer was never written.
+const CLIENT_CLOSED: u16 = 499;
+
+impl Exchange {
+    fn finish(&mut self, app: &App, status: u16) {
+        self.done = true;
+        let snap = &self.snap;
+        let (route_name, metrics) = match self.kind {
+            Kind::OAuth2 => ("oauth2", &snap.oauth2),
+            Kind::OAuth1 => ("oauth1", &snap.oauth1),
+            Kind::Route(i) => (snap.routes[i].cfg.name.as_str(), &snap.routes[i].metrics),
+            Kind::None => ("none", &snap.unmatched),
+        };
+        metrics.record(
+            &self.method,
+            http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_REQUEST),
+        );
+        let elapsed = self.start.elapsed();
+        metrics.duration.observe(elapsed.as_secs_f64());
+        if let Some(reason) = self.client_error {
+            app.metrics.client_error(reason);
+        }
+        tracing::info!(
+            target: "valet::access",
+            request_id = self.request_id.to_str().unwrap_or_default(),
+            peer = %self.peer.ip(),
+            method = %self.method,
+            path = self.uri.path(),
+            route = route_name,
+            status,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            client_error = self.client_error,
+            token = self.token.as_ref().map(|t| t.fingerprint.as_str()),
+            client_id = self.token.as_ref().map(|t| &*t.client_id),
+            sub = self.token.as_ref().map(|t| &*t.subject),
+        );
+    }
+}
+
+/// Answers that were never written still count once.
+struct ExchangeGuard<'a> {
+    app: &'a App,
+    x: Exchange,
+}
+
+impl Drop for ExchangeGuard<'_> {
+    fn drop(&mut self) {
+        if !self.x.done {
+            // Unwinding from a panic: the client is answered 500 (the
+            // connection's panic guard), and so is the log.
+            let status = if std::thread::panicking() {
+                500
+            } else {
+                self.x.client_error.get_or_insert("client_closed");
+                CLIENT_CLOSED
+            };
+            self.x.finish(self.app, status);
+        }
+    }
+}
+
+/// Handles one request from `peer` on listener number `listener` end to
+/// end. Never fails: every error becomes a response.
 pub async fn handle(
     app: &Arc<App>,
+    listener: usize,
     peer: SocketAddr,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<ResponseBody> {
-    let start = Instant::now();
     let snap = app.snapshot();
-    let request_id = request_id(req.headers());
-    let method = req.method().clone();
-    // A `Uri` clone shares its bytes: no allocation on the request path.
-    let uri_for_log = req.uri().clone();
-    let mut ctx = Ctx::default();
-    // valet's own OAuth endpoints come before any proxy route.
-    let own =
-        snap.config.authorization_server.as_ref().and_then(|a| {
-            crate::oauth2::endpoints::endpoint_for(a, req.uri().path()).map(|e| (a, e))
-        });
-    let oauth1 =
-        match own {
-            Some(_) => None,
-            None => snap.config.oauth1.as_ref().and_then(|o| {
-                crate::oauth1::flow::endpoint_for(o, req.uri().path()).map(|t| (o, t))
-            }),
-        };
-    let mut resp = match (own, oauth1) {
-        (Some((a, ep)), _) => crate::oauth2::endpoints::serve(app, &snap, a, ep, peer, req).await,
-        (None, Some((o, target))) => {
-            crate::oauth1::flow::serve(app, &snap, o, target, req, &request_id, &mut ctx.token)
-                .await
-        }
-        (None, None) => match proxy(app, &snap, peer, req, &request_id, &mut ctx).await {
-            Ok(r) => r,
-            Err(e) => e.into_response(&request_id),
+    let policy = snap
+        .config
+        .listeners
+        .get(listener)
+        .map(|l| l.requests)
+        .unwrap_or_default();
+    let mut g = ExchangeGuard {
+        app,
+        x: Exchange {
+            start: Instant::now(),
+            peer,
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            request_id: request_id(req.headers()),
+            kind: Kind::None,
+            token: None,
+            client_error: None,
+            done: false,
+            snap: snap.clone(),
         },
     };
-    resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
-    let status = resp.status();
-    let (route_name, metrics) = match (own, oauth1.is_some(), ctx.route) {
-        (Some(_), _, _) => ("oauth2", &snap.oauth2),
-        (None, true, _) => ("oauth1", &snap.oauth1),
-        (None, false, Some(i)) => (snap.routes[i].cfg.name.as_str(), &snap.routes[i].metrics),
-        (None, false, None) => ("none", &snap.unmatched),
+    let request_id = g.x.request_id.clone();
+    // 0. One canonical request target, before anything looks at it: valet's
+    //    own endpoints and the routes match on it, the upstream receives it.
+    let mut resp = match prepare(&mut req, &policy) {
+        Err(e) => {
+            g.x.client_error = Some(e.0);
+            e.1.into_response(&request_id)
+        }
+        Ok(authority) => dispatch(app, &snap, &policy, peer, req, authority, &mut g.x).await,
     };
-    metrics.record(&method, status);
-    let elapsed = start.elapsed();
-    metrics.duration.observe(elapsed.as_secs_f64());
-    tracing::info!(
-        target: "valet::access",
-        request_id = request_id.to_str().unwrap_or_default(),
-        peer = %peer.ip(),
-        method = %method,
-        path = uri_for_log.path(),
-        route = route_name,
-        status = status.as_u16(),
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
-        token = ctx.token.as_ref().map(|t| t.fingerprint.as_str()),
-        client_id = ctx.token.as_ref().map(|t| &*t.client_id),
-        sub = ctx.token.as_ref().map(|t| &*t.subject),
-    );
+    resp.headers_mut().insert(X_REQUEST_ID, request_id);
+    g.x.finish(app, resp.status().as_u16());
     resp
+}
+
+async fn dispatch(
+    app: &Arc<App>,
+    snap: &Snapshot,
+    policy: &RequestPolicy,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    authority: Option<(Authority, HeaderValue)>,
+    x: &mut Exchange,
+) -> Response<ResponseBody> {
+    // valet's own OAuth endpoints come before any proxy route.
+    let path = req.uri().path();
+    if let Some((a, ep)) = snap
+        .config
+        .authorization_server
+        .as_ref()
+        .and_then(|a| crate::oauth2::endpoints::endpoint_for(a, path).map(|e| (a, e)))
+    {
+        x.kind = Kind::OAuth2;
+        return crate::oauth2::endpoints::serve(app, snap, a, ep, peer, req).await;
+    }
+    if let Some((o, target)) = snap
+        .config
+        .oauth1
+        .as_ref()
+        .and_then(|o| crate::oauth1::flow::endpoint_for(o, path).map(|t| (o, t)))
+    {
+        x.kind = Kind::OAuth1;
+        let rid = x.request_id.clone();
+        return crate::oauth1::flow::serve(app, snap, o, target, req, &rid, &mut x.token).await;
+    }
+    match proxy(app, snap, policy, peer, req, authority, x).await {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(reason) = e.client_reason() {
+                x.client_error = Some(reason);
+            }
+            e.into_response(&x.request_id)
+        }
+    }
+}
+
+/// The framing step: Host and authority checked and parsed, the path made
+/// canonical (the request's URI is rewritten when its spelling differs).
+/// Returns the authority the client addressed and its header value (for
+/// `X-Forwarded-Host`).
+#[allow(clippy::type_complexity)]
+fn prepare(
+    req: &mut Request<Incoming>,
+    policy: &RequestPolicy,
+) -> Result<Option<(Authority, HeaderValue)>, (&'static str, ProxyError)> {
+    use crate::request_target as rt;
+    let bad = |reason, m| (reason, ProxyError::BadRequest(m));
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(bad("bad_host", "more than one Host header"));
+    }
+    let host = match host {
+        Some(h) => Some((
+            rt::parse_host(h.as_bytes())
+                .map_err(|_| bad("bad_host", "the Host header is not a valid host[:port]"))?,
+            h.clone(),
+        )),
+        None => None,
+    };
+    let authority = match (req.uri().authority(), host) {
+        (Some(a), h) => {
+            rt::check_authority(a)
+                .map_err(|_| bad("bad_host", "the request target's authority is not valid"))?;
+            if let Some((h, _)) = &h {
+                if !rt::same_authority(a, h) {
+                    return Err(bad(
+                        "bad_host",
+                        "the Host header disagrees with the request target",
+                    ));
+                }
+            }
+            let v = match h {
+                Some((_, v)) => v,
+                None => HeaderValue::from_str(a.as_str())
+                    .map_err(|_| bad("bad_host", "the request target's authority is not valid"))?,
+            };
+            Some((a.clone(), v))
+        }
+        (None, Some(h)) => Some(h),
+        // RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request
+        // without Host; HTTP/2 requests carry `:authority` (RFC 9113 §8.3.1).
+        (None, None) if req.version() >= Version::HTTP_11 => {
+            return Err(bad("bad_host", "the request has no Host header"));
+        }
+        (None, None) => None,
+    };
+    if policy.underscores == UnderscoreHeaders::Reject
+        && headers::has_underscore_name(req.headers())
+    {
+        return Err(bad(
+            "header_underscore",
+            "header names with underscores are not accepted",
+        ));
+    }
+    let canonical = rt::canonical_path(req.uri().path(), &policy.paths)
+        .map_err(|e| ("bad_path", ProxyError::BadPath(e)))?;
+    if let Cow::Owned(path) = canonical {
+        let mut pq = path;
+        if let Some(q) = req.uri().query() {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = Some(
+            pq.parse()
+                .map_err(|_| bad("bad_path", "the request target cannot be read"))?,
+        );
+        *req.uri_mut() = Uri::from_parts(parts)
+            .map_err(|_| bad("bad_path", "the request target cannot be read"))?;
+    }
+    Ok(authority)
 }
 
 async fn proxy(
     app: &App,
     snap: &Snapshot,
+    policy: &RequestPolicy,
     peer: SocketAddr,
     req: Request<Incoming>,
-    request_id: &HeaderValue,
-    ctx: &mut Ctx,
+    authority: Option<(Authority, HeaderValue)>,
+    x: &mut Exchange,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    // 1. Framing: requests whose meaning is ambiguous are refused, not guessed at.
-    let host = host_of(&req)?;
-    let path = req.uri().path();
-    if !path.starts_with('/') {
-        return Err(ProxyError::BadRequest(
-            "the request target must be an absolute path",
-        ));
-    }
-    if router::has_dot_segments(path) {
-        return Err(ProxyError::BadRequest("the path contains dot-segments"));
-    }
+    // 1. Framing (the target was made canonical in `prepare`).
     if req.uri().query().is_some_and(query_has_access_token) {
         // RFC 6750 §2.3 tokens in URLs end up in logs and caches; refuse them.
         return Err(ProxyError::BadRequest(
@@ -136,23 +313,30 @@ async fn proxy(
         return Err(ProxyError::HeadersTooLarge);
     }
 
-    // 2. Route.
-    let host_name = host.as_ref().and_then(|h| h.to_str().ok()).map(strip_port);
+    // 2. Route, on the canonical path (`;` parameters aside) and the
+    //    normalised host.
+    let routing = crate::request_target::routing_path(req.uri().path(), &policy.paths);
+    let host_name = authority
+        .as_ref()
+        .map(|(a, _)| crate::request_target::host_name(a));
     let idx = router::select(
-        snap.routes
-            .iter()
-            .map(|r| (r.cfg.host.as_deref(), r.cfg.path_prefix.as_str())),
+        snap.routes.iter().map(|r| router::Candidate {
+            host: r.cfg.host.as_deref(),
+            prefix: r.cfg.path_prefix.as_str(),
+            case_insensitive: r.cfg.case_insensitive,
+        }),
         host_name,
-        path,
+        &routing,
     )
     .ok_or(ProxyError::NotFound)?;
-    ctx.route = Some(idx);
+    drop(routing);
+    x.kind = Kind::Route(idx);
     let route = &snap.routes[idx];
 
     // 3. Authenticate.
     if route.cfg.auth_required {
         match authenticate(app, snap, req.headers()) {
-            Ok(t) => ctx.token = Some(t),
+            Ok(t) => x.token = Some(t),
             Err(e) => {
                 if let ProxyError::InvalidToken(reason) = &e {
                     app.metrics.token_failure(*reason);
@@ -163,7 +347,7 @@ async fn proxy(
     }
 
     // 4. Authorize.
-    if let Some(t) = &ctx.token {
+    if let Some(t) = &x.token {
         if !route.cfg.scopes.iter().all(|s| t.has_scope(s)) {
             return Err(ProxyError::InsufficientScope(route.scope_list.clone()));
         }
@@ -177,7 +361,7 @@ async fn proxy(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return Err(ProxyError::PayloadTooLarge);
+        return Err(ProxyError::Body(BodyError::TooLarge));
     }
 
     // 6. Rewrite.
@@ -190,11 +374,22 @@ async fn proxy(
         h.remove(header::AUTHORIZATION);
     }
     let names = &snap.config.identity_headers;
-    // Caller-sent identity headers are forgeries by definition.
-    h.remove(&names.subject);
-    h.remove(&names.client_id);
-    h.remove(&names.scopes);
-    if let Some(t) = &ctx.token {
+    let trusted = snap
+        .config
+        .trusted_proxies
+        .iter()
+        .any(|c| c.contains(peer.ip()));
+    // Caller-sent identity headers are forgeries by definition, in any
+    // spelling a backend might merge with ours; so are origin headers from
+    // anyone but a trusted proxy.
+    headers::Scrub {
+        underscores: policy.underscores,
+        trusted,
+        identity: [&names.subject, &names.client_id, &names.scopes],
+        extra: &route.cfg.strip_request_headers,
+    }
+    .apply(h);
+    if let Some(t) = &x.token {
         let inject = route.cfg.inject;
         if inject.subject {
             h.insert(names.subject.clone(), t.subject_header.clone());
@@ -206,24 +401,18 @@ async fn proxy(
             h.insert(names.scopes.clone(), t.scopes_header.clone());
         }
     }
-    let trusted = snap
-        .config
-        .trusted_proxies
-        .iter()
-        .any(|c| c.contains(peer.ip()));
-    forwarded::apply(h, peer.ip(), trusted, host.as_ref());
-    h.insert(X_REQUEST_ID, request_id.clone());
+    forwarded::apply(h, peer.ip(), trusted, authority.as_ref().map(|(_, v)| v));
+    h.insert(X_REQUEST_ID, x.request_id.clone());
     h.insert(header::HOST, route.host_header.clone());
 
     // 7. Sign for the upstream (OAuth 1.0 routes), then forward.
-    let (body, exceeded) = match (&route.oauth1, &ctx.token) {
+    let rate = MinRate::of(&snap.config.limits);
+    let (body, outcome) = match (&route.oauth1, &x.token) {
         (Some(signer), Some(t)) => {
-            crate::oauth1::forward::sign(app, signer, &t.subject, &mut parts, body, limit).await?
+            crate::oauth1::forward::sign(app, signer, &t.subject, &mut parts, body, limit, rate)
+                .await?
         }
-        _ => {
-            let (b, e) = LimitedBody::new(body, limit);
-            (b, Some(e))
-        }
+        _ => LimitedBody::new(body, limit, rate),
     };
     let up = Request::from_parts(parts, body);
     let sent = Instant::now();
@@ -232,6 +421,11 @@ async fn proxy(
         .metrics
         .upstream_duration
         .observe(sent.elapsed().as_secs_f64());
+    // A request body that failed is the client's fault, whatever the
+    // upstream made of the cut-off request.
+    if let Some(e) = outcome.get() {
+        return Err(ProxyError::Body(e));
+    }
     let mut resp = match result {
         Err(_) => {
             app.metrics.upstream_error(&route.cfg.name, "timeout");
@@ -240,9 +434,6 @@ async fn proxy(
             ));
         }
         Ok(Err(e)) => {
-            if exceeded.is_some_and(|x| x.load(Ordering::Relaxed)) {
-                return Err(ProxyError::PayloadTooLarge);
-            }
             if is_timeout(&e) {
                 app.metrics
                     .upstream_error(&route.cfg.name, "connect_timeout");
@@ -299,35 +490,6 @@ pub fn authenticate(
         .map_err(ProxyError::InvalidToken)
 }
 
-/// The authority the caller addressed, from `Host` or an absolute URI; the
-/// two must agree and `Host` must not repeat. Only routing reads it.
-fn host_of(req: &Request<Incoming>) -> Result<Option<HeaderValue>, ProxyError> {
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
-        return Err(ProxyError::BadRequest("more than one Host header"));
-    }
-    match (req.uri().authority(), host) {
-        (Some(a), Some(h)) if !a.as_str().eq_ignore_ascii_case(h.to_str().unwrap_or("")) => Err(
-            ProxyError::BadRequest("the Host header disagrees with the request target"),
-        ),
-        (Some(a), _) => Ok(Some(
-            HeaderValue::from_str(a.as_str()).expect("authority is a valid header value"),
-        )),
-        (None, h) => Ok(h.cloned()),
-    }
-}
-
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host
-            .split(']')
-            .next()
-            .map_or(host, |h| &host[..h.len() + 1]);
-    }
-    host.rsplit_once(':').map_or(host, |(h, _)| h)
-}
-
 /// True if any query parameter is named `access_token` (also percent-encoded).
 fn query_has_access_token(q: &str) -> bool {
     q.split('&').any(|pair| {
@@ -366,12 +528,7 @@ fn header_bytes(h: &HeaderMap) -> u64 {
 fn upstream_uri(route: &Route, orig: &Uri) -> Result<Uri, ProxyError> {
     let path = orig.path();
     let rest = if route.cfg.strip_prefix {
-        let r = &path[route.cfg.path_prefix.trim_end_matches('/').len()..];
-        if r.is_empty() {
-            "/"
-        } else {
-            r
-        }
+        strip_segments(path, route.prefix_segments)
     } else {
         path
     };
@@ -392,6 +549,19 @@ fn upstream_uri(route: &Route, orig: &Uri) -> Result<Uri, ProxyError> {
     }
     s.parse()
         .map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))
+}
+
+/// `path` without its first `n` segments (`/a;p=1/b/c`, 1 → `/b/c`): the
+/// prefix matched on the routing form, whose segments may carry `;`
+/// parameters in the forwarded one, so it is cut by count, not by length.
+fn strip_segments(path: &str, n: usize) -> &str {
+    if n == 0 {
+        return path;
+    }
+    match path.match_indices('/').nth(n) {
+        Some((i, _)) => &path[i..],
+        None => "/",
+    }
 }
 
 fn request_id(h: &HeaderMap) -> HeaderValue {
@@ -436,17 +606,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn prefixes_are_stripped_by_segment() {
+        assert_eq!(strip_segments("/api/x/y", 1), "/x/y");
+        assert_eq!(strip_segments("/api", 1), "/");
+        assert_eq!(strip_segments("/api/", 1), "/");
+        assert_eq!(strip_segments("/api;v=2/x", 1), "/x");
+        assert_eq!(strip_segments("/a/b/c", 2), "/c");
+        assert_eq!(strip_segments("/a/b", 0), "/a/b");
+    }
+
+    #[test]
     fn access_token_in_query_is_detected_in_any_spelling() {
         assert!(query_has_access_token("a=1&access_token=x"));
         assert!(query_has_access_token("access%5Ftoken=x"));
         assert!(query_has_access_token("access_token"));
         assert!(!query_has_access_token("my_access_token=x&b=2"));
-    }
-
-    #[test]
-    fn ports_are_stripped_from_hosts() {
-        assert_eq!(strip_port("a.example:8443"), "a.example");
-        assert_eq!(strip_port("a.example"), "a.example");
-        assert_eq!(strip_port("[::1]:8443"), "[::1]");
     }
 }

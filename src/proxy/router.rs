@@ -4,45 +4,55 @@
 
 /// Whether `path` falls under `prefix`.
 pub fn prefix_matches(prefix: &str, path: &str) -> bool {
-    if !path.starts_with(prefix) {
-        return false;
-    }
-    prefix.ends_with('/') || path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/'
+    prefix_matches_as(prefix, path, false)
 }
 
-/// Index of the best route among `(host, prefix)` pairs for `host` and `path`.
-/// Routes with a host beat routes without one; then the longest prefix wins.
+/// Whether `path` falls under `prefix`, optionally ignoring ASCII case.
+pub fn prefix_matches_as(prefix: &str, path: &str, case_insensitive: bool) -> bool {
+    let (p, q) = (prefix.as_bytes(), path.as_bytes());
+    let Some(head) = q.get(..p.len()) else {
+        return false;
+    };
+    let same = if case_insensitive {
+        head.eq_ignore_ascii_case(p)
+    } else {
+        head == p
+    };
+    same && (prefix.ends_with('/') || q.len() == p.len() || q[p.len()] == b'/')
+}
+
+/// One route as the router sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate<'a> {
+    /// Lowercase, without a trailing dot.
+    pub host: Option<&'a str>,
+    pub prefix: &'a str,
+    pub case_insensitive: bool,
+}
+
+/// Index of the best route for `host` (port and trailing dot removed) and
+/// the canonical `path`. Routes with a host beat routes without one; then
+/// the longest prefix wins.
 pub fn select<'a>(
-    routes: impl Iterator<Item = (Option<&'a str>, &'a str)>,
+    routes: impl Iterator<Item = Candidate<'a>>,
     host: Option<&str>,
     path: &str,
 ) -> Option<usize> {
     let mut best: Option<(usize, (bool, usize))> = None;
-    for (i, (rhost, prefix)) in routes.enumerate() {
-        let host_ok = match rhost {
+    for (i, r) in routes.enumerate() {
+        let host_ok = match r.host {
             None => true,
             Some(h) => host.is_some_and(|x| x.eq_ignore_ascii_case(h)),
         };
-        if !host_ok || !prefix_matches(prefix, path) {
+        if !host_ok || !prefix_matches_as(r.prefix, path, r.case_insensitive) {
             continue;
         }
-        let rank = (rhost.is_some(), prefix.len());
+        let rank = (r.host.is_some(), r.prefix.len());
         if best.is_none_or(|(_, r)| rank > r) {
             best = Some((i, rank));
         }
     }
     best.map(|(i, _)| i)
-}
-
-/// Rejects paths with dot-segments (plain or percent-encoded): a route is
-/// chosen by prefix, and `/public/../admin` must not reach `/admin` upstream
-/// while being authorised as `/public`.
-pub fn has_dot_segments(path: &str) -> bool {
-    path.split('/').any(|seg| {
-        let lower = seg.to_ascii_lowercase();
-        let decoded = lower.replace("%2e", ".");
-        decoded == "." || decoded == ".."
-    })
 }
 
 #[cfg(test)]
@@ -60,7 +70,12 @@ mod tests {
 
     #[test]
     fn host_routes_win_then_longest_prefix() {
-        let routes = [(None, "/"), (None, "/api"), (Some("a.example"), "/")];
+        let c = |host, prefix| Candidate {
+            host,
+            prefix,
+            case_insensitive: false,
+        };
+        let routes = [c(None, "/"), c(None, "/api"), c(Some("a.example"), "/")];
         let sel = |h, p| select(routes.iter().copied(), h, p);
         assert_eq!(sel(None, "/api/x"), Some(1));
         assert_eq!(sel(Some("a.example"), "/api/x"), Some(2));
@@ -68,10 +83,10 @@ mod tests {
     }
 
     #[test]
-    fn dot_segments_are_detected_encoded_or_not() {
-        assert!(has_dot_segments("/a/../b"));
-        assert!(has_dot_segments("/a/%2E%2e/b"));
-        assert!(has_dot_segments("/a/./b"));
-        assert!(!has_dot_segments("/a/..b/c.d"));
+    fn case_insensitive_prefixes_match_any_case() {
+        assert!(prefix_matches_as("/admin", "/ADMIN/users", true));
+        assert!(!prefix_matches_as("/admin", "/ADMIN/users", false));
+        assert!(!prefix_matches_as("/admin", "/ADMINX", true));
+        assert!(!prefix_matches_as("/admin", "/adm", true));
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod admin_api;
+pub mod conn;
 pub mod tls;
 pub mod watch;
 
@@ -12,7 +13,6 @@ use crate::config::Config;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,7 +48,8 @@ pub struct Running {
     pub admin: Option<SocketAddr>,
     shutdown: wch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    graceful: Arc<GracefulShutdown>,
+    drain: Drain,
+    drained: tokio::sync::mpsc::Receiver<()>,
     grace: Duration,
     resolvers: Vec<Arc<CertResolver>>,
     _watcher: Option<watch::Watcher>,
@@ -88,7 +89,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     }
     let app = App::new(config)?;
     let (shutdown, shutdown_rx) = wch::channel(false);
-    let graceful = Arc::new(GracefulShutdown::new());
+    let (drain, drained) = tokio::sync::mpsc::channel(1);
     let mut tasks = Vec::new();
 
     let echo_upstream = match echo {
@@ -107,7 +108,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     };
     let mut listeners = Vec::new();
     let mut resolvers = Vec::new();
-    for (name, l, resolver) in bound {
+    for (index, (name, l, resolver)) in bound.into_iter().enumerate() {
         let addr = l.local_addr().expect("bound");
         tracing::info!(listener = %name, %addr, "listening (TLS)");
         listeners.push(addr);
@@ -115,10 +116,11 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         let tls = TlsAcceptor::from(tls::server_config(resolver));
         tasks.push(tokio::spawn(accept_loop(
             app.clone(),
+            index,
             l,
             tls,
             shutdown_rx.clone(),
-            graceful.clone(),
+            drain.clone(),
         )));
     }
     let metrics = match metrics_listener {
@@ -179,7 +181,8 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         admin,
         shutdown,
         tasks,
-        graceful,
+        drain,
+        drained,
         grace,
         resolvers,
         _watcher: Some(watcher),
@@ -196,23 +199,31 @@ impl Running {
         for t in self.tasks {
             let _ = t.await;
         }
-        // Every accept loop has ended, so this is the last reference.
-        let graceful = Arc::try_unwrap(self.graceful).expect("accept loops have ended");
-        tokio::time::timeout(self.grace, graceful.shutdown())
+        // Every accept loop has ended; each connection holds a sender and
+        // closes gracefully on the shutdown signal. `recv` returns `None`
+        // once the last one is gone.
+        drop(self.drain);
+        let mut drained = self.drained;
+        tokio::time::timeout(self.grace, drained.recv())
             .await
             .is_ok()
     }
 }
 
+/// Every connection task holds a clone; shutdown waits until all are gone.
+type Drain = tokio::sync::mpsc::Sender<()>;
+
 async fn accept_loop(
     app: Arc<App>,
+    index: usize,
     listener: TcpListener,
     tls: TlsAcceptor,
     mut shutdown: wch::Receiver<bool>,
-    graceful: Arc<GracefulShutdown>,
+    drain: Drain,
 ) {
     let limits = app.snapshot().config.limits.clone();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_source = Arc::new(conn::PerSource::default());
     loop {
         // At the connection limit, stop accepting until a connection closes.
         let permit = tokio::select! {
@@ -231,49 +242,150 @@ async fn accept_loop(
             },
             _ = shutdown.changed() => return,
         };
+        let limits = app.snapshot().config.limits.clone();
+        // Off by default: behind an ingress, or as a sidecar, every client
+        // has the same source address.
+        let source_slot = match limits.max_connections_per_source {
+            Some(cap) => match per_source.try_take(peer.ip(), cap) {
+                Some(s) => Some(s),
+                None => {
+                    app.metrics.connection_closed("per_source_limit");
+                    tracing::debug!(%peer, "per-source connection limit reached");
+                    continue;
+                }
+            },
+            None => None,
+        };
         let _ = tcp.set_nodelay(true);
         let app = app.clone();
         let tls = tls.clone();
-        let watcher = graceful.watcher();
+        let shutdown = shutdown.clone();
+        let drain = drain.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            let limits = app.snapshot().config.limits.clone();
-            let stream =
-                match tokio::time::timeout(limits.tls_handshake_timeout, tls.accept(tcp)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        app.metrics.tls_handshake_failures.inc();
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        app.metrics.tls_handshake_failures.inc();
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
-            app.metrics.open_connections.inc();
-            let svc_app = app.clone();
-            let svc = service_fn(move |req| {
-                let app = svc_app.clone();
-                async move { Ok::<_, Infallible>(crate::proxy::handle(&app, peer, req).await) }
-            });
-            let mut b = auto::Builder::new(TokioExecutor::new());
-            b.http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .max_buf_size(limits.max_header_size as usize);
-            b.http2()
-                .timer(TokioTimer::new())
-                .max_header_list_size(limits.max_header_size as u32);
-            let conn = b.serve_connection(TokioIo::new(stream), svc);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-            app.metrics.open_connections.dec();
+            let _held = (permit, source_slot, drain);
+            serve_connection(app, index, peer, tcp, tls, limits, shutdown).await;
         });
     }
 }
+
+/// One client connection: TLS handshake within its deadline, then HTTP/1.1
+/// or HTTP/2 as ALPN chose, watched for idleness and for a client that does
+/// not read, until it closes or the gateway drains.
+async fn serve_connection(
+    app: Arc<App>,
+    index: usize,
+    peer: SocketAddr,
+    tcp: tokio::net::TcpStream,
+    tls: TlsAcceptor,
+    limits: crate::config::Limits,
+    mut shutdown: wch::Receiver<bool>,
+) {
+    let stream = match tokio::time::timeout(limits.tls_handshake_timeout, tls.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            app.metrics.tls_handshake_failures.inc();
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            app.metrics.tls_handshake_failures.inc();
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    // A guard, so the gauge is right however this task ends.
+    let _open = conn::GaugeGuard::new(&app.metrics.open_connections);
+    // The protocol comes from ALPN, never from sniffing the first bytes: a
+    // sniffing server waits for those bytes with no deadline.
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let activity = conn::Activity::new();
+    let svc_app = app.clone();
+    let svc_activity = activity.clone();
+    let svc = service_fn(move |req| {
+        let app = svc_app.clone();
+        let guard = svc_activity.begin();
+        let panic_app = app.clone();
+        conn::CatchPanic::new(
+            async move {
+                let resp = crate::proxy::handle(&app, index, peer, req).await;
+                Ok::<_, Infallible>(resp.map(|b| conn::WatchedBody::new(b, guard)))
+            },
+            move || {
+                panic_app.metrics.panics.inc();
+                tracing::error!(%peer, "request handler panicked; answered 500");
+                let id = http::HeaderValue::from_str(&crate::tokens::random_id())
+                    .unwrap_or(http::HeaderValue::from_static("-"));
+                let r = crate::proxy::ProxyError::Internal.into_response(&id);
+                Ok(r.map(conn::WatchedBody::unwatched))
+            },
+        )
+    });
+    let b = auto::Builder::new(TokioExecutor::new());
+    let mut b = if h2 { b.http2_only() } else { b.http1_only() };
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_size as usize);
+    // hyper's (h2's) own defences: a cap on concurrent streams; streams the
+    // client resets before they are served (CVE-2023-44487, "rapid reset")
+    // and streams valet had to reset are counted, and past the cap the
+    // connection ends with GOAWAY; CONTINUATION frames count against the
+    // header list size (h2 >= 0.4.4).
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_size as u32)
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(Some(20))
+        .max_local_error_reset_streams(Some(1024))
+        .keep_alive_interval(Some(limits.http2_keepalive_interval))
+        .keep_alive_timeout(limits.http2_keepalive_timeout);
+    let conn = b.serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    let tick = (limits.idle_timeout.min(limits.send_timeout) / 4)
+        .clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let mut watchdog = tokio::time::interval(tick);
+    // After a graceful close starts, the client gets this long to finish.
+    let mut deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = shutdown.changed(), if deadline.is_none() => {
+                conn.as_mut().graceful_shutdown();
+                deadline = Some(Box::pin(tokio::time::sleep(limits.shutdown_grace)));
+            }
+            _ = watchdog.tick() => match activity.verdict(limits.idle_timeout, limits.send_timeout) {
+                conn::Verdict::Fine => {}
+                conn::Verdict::Idle if deadline.is_none() => {
+                    app.metrics.connection_closed("idle");
+                    tracing::debug!(%peer, "idle connection closed");
+                    if !activity.ever_used() {
+                        return;
+                    }
+                    conn.as_mut().graceful_shutdown();
+                    deadline = Some(Box::pin(tokio::time::sleep(IDLE_CLOSE_GRACE)));
+                }
+                conn::Verdict::Idle => {}
+                conn::Verdict::NotReading => {
+                    app.metrics.connection_closed("send_timeout");
+                    tracing::debug!(%peer, "client stopped reading; connection closed");
+                    return;
+                }
+            },
+            _ = async { deadline.as_mut().expect("guarded").await }, if deadline.is_some() => {
+                return;
+            }
+        }
+    }
+}
+
+/// Time an idle connection gets to close cleanly (GOAWAY acknowledged,
+/// TLS close_notify) before it is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves plain HTTP/1.1 on `listener` (metrics, admin API, the echo
 /// upstream) until `shutdown` flips; `respond` answers each request.

@@ -208,12 +208,23 @@ impl Gateway {
     }
 
     pub async fn start(routes: &str, extra: &str) -> Gateway {
+        Self::start_with_listener("", routes, extra).await
+    }
+
+    /// As `start`, with `listener` (YAML keys, one per line, unindented)
+    /// added to the listener.
+    pub async fn start_with_listener(listener: &str, routes: &str, extra: &str) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::new(dir.path());
         let key = TestKey::new();
         std::fs::write(dir.path().join("signing.pem"), &key.pem).unwrap();
         let config_path = dir.path().join("valet.yaml");
-        std::fs::write(&config_path, config_text(&ca, &dir, routes, extra)).unwrap();
+        let mut text = config_text(&ca, &dir, routes, extra);
+        if !listener.is_empty() {
+            let indented: String = listener.lines().map(|l| format!("    {l}\n")).collect();
+            text = text.replacen("metrics:\n", &format!("{indented}metrics:\n"), 1);
+        }
+        std::fs::write(&config_path, text).unwrap();
         let config = valet::config::load(&config_path).unwrap_or_else(|e| panic!("{e}"));
         let running = valet::server::start(config).await.unwrap();
         Gateway {

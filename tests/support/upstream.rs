@@ -1,5 +1,6 @@
 //! A real upstream HTTP server that records what it received. Paths decide
 //! its behaviour: `/slow` answers after 3 s, `/reset` drops the connection,
+//! `/big` answers 32 MiB,
 //! anything else answers 200 with hop-by-hop headers valet must strip.
 
 use bytes::Bytes;
@@ -61,6 +62,10 @@ async fn answer(
     }
     if path.contains("/slow") {
         tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    }
+    if path.contains("/big") {
+        // 32 MiB: far more than socket buffers hold.
+        return Ok(Response::new(Full::new(Bytes::from(vec![b'x'; 32 << 20]))));
     }
     let body = serde_json::json!({ "ok": true, "path": path, "body_len": body_len }).to_string();
     let mut r = Response::new(Full::new(Bytes::from(body)));
