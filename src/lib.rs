@@ -11,6 +11,8 @@ pub mod app;
 pub mod config;
 pub mod durable;
 pub mod echo;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod oauth1;
 pub mod oauth2;

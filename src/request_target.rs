@@ -166,14 +166,22 @@ pub fn canonical_path<'a>(path: &'a str, policy: &PathPolicy) -> Result<Cow<'a, 
 }
 
 /// Segment rules on the decoded form: dot-segments, `;`, empty segments.
+/// They run on the separator view (see [`separator_view`]), so a path that
+/// passes cannot turn into one that fails in a server that decodes `%2F`.
 fn finish<'a>(path: Cow<'a, str>, policy: &PathPolicy) -> Result<Cow<'a, str>, PathError> {
+    let view = separator_view(&path, policy);
     let mut empty = false;
     // Segments after the leading `/`; a trailing `/` leaves one empty last
     // segment, which is an ordinary directory spelling, not `//`.
-    let rest = &path[1..];
+    let rest = &view[1..];
     let n = rest.split('/').count();
     for (i, seg) in rest.split('/').enumerate() {
         let name = match seg.split_once(';') {
+            // `/;x/admin`: Tomcat drops the parameter and merges the empty
+            // segment, reading `/admin`; valet would route `//admin`.
+            Some(("", _)) if policy.path_parameters == PathParameters::Allow => {
+                return Err(PathError::EmptySegment)
+            }
             Some((name, _)) if policy.path_parameters == PathParameters::Allow => name,
             Some(_) => return Err(PathError::PathParameter),
             None => seg,
@@ -191,6 +199,13 @@ fn finish<'a>(path: Cow<'a, str>, policy: &PathPolicy) -> Result<Cow<'a, str>, P
     if policy.empty_segments == EmptySegments::Reject {
         return Err(PathError::EmptySegment);
     }
+    Ok(match path {
+        Cow::Borrowed(p) if !p.contains("//") => Cow::Borrowed(p),
+        p => Cow::Owned(merge_slashes(&p)),
+    })
+}
+
+fn merge_slashes(path: &str) -> String {
     let mut merged = String::with_capacity(path.len());
     let mut prev_slash = false;
     for ch in path.chars() {
@@ -200,23 +215,69 @@ fn finish<'a>(path: Cow<'a, str>, policy: &PathPolicy) -> Result<Cow<'a, str>, P
         prev_slash = ch == '/';
         merged.push(ch);
     }
-    Ok(Cow::Owned(merged))
+    merged
 }
 
-/// The path routes match against: the canonical path without `;`
-/// parameters (when a listener allows them at all).
+/// The path as a server that decodes `%2F` and `%5C` before splitting
+/// would read it (only different under `encoded_slashes: pass`).
+fn separator_view<'a>(canonical: &'a str, policy: &PathPolicy) -> Cow<'a, str> {
+    if policy.encoded_slashes == EncodedSlashes::Pass
+        && (canonical.contains("%2F") || canonical.contains("%5C"))
+    {
+        Cow::Owned(canonical.replace("%2F", "/").replace("%5C", "/"))
+    } else {
+        Cow::Borrowed(canonical)
+    }
+}
+
+/// Escaped characters that the canonical form keeps escaped (RFC 3986 says
+/// `%3A` and `:` may differ) but that most servers decode before routing.
+const ROUTING_DECODED: &[(&str, char)] = &[
+    ("%21", '!'),
+    ("%24", '$'),
+    ("%26", '&'),
+    ("%27", '\''),
+    ("%28", '('),
+    ("%29", ')'),
+    ("%2A", '*'),
+    ("%2B", '+'),
+    ("%2C", ','),
+    ("%3A", ':'),
+    ("%3D", '='),
+    ("%40", '@'),
+];
+
+/// The path routes match against: the canonical path read as the most
+/// decoding upstream would read it. Escaped sub-delimiters, `:` and `@`
+/// decoded; under the relaxed settings, `%2F`/`%5C` as separators, `//`
+/// merged and `;` parameters dropped. Routing on the most decoded reading
+/// can only send a request to a *more* specific (protected) route, never
+/// around one. Borrowed in the common case.
 pub fn routing_path<'a>(canonical: &'a str, policy: &PathPolicy) -> Cow<'a, str> {
-    if policy.path_parameters == PathParameters::Reject || !canonical.contains(';') {
-        return Cow::Borrowed(canonical);
-    }
-    let mut out = String::with_capacity(canonical.len());
-    for (i, seg) in canonical.split('/').enumerate() {
-        if i > 0 {
-            out.push('/');
+    let mut r = separator_view(canonical, policy);
+    if r.contains('%') && ROUTING_DECODED.iter().any(|(e, _)| r.contains(e)) {
+        let mut s = r.into_owned();
+        for (e, c) in ROUTING_DECODED {
+            if s.contains(e) {
+                s = s.replace(e, c.encode_utf8(&mut [0; 4]));
+            }
         }
-        out.push_str(seg.split_once(';').map_or(seg, |(n, _)| n));
+        r = Cow::Owned(s);
     }
-    Cow::Owned(out)
+    if policy.empty_segments == EmptySegments::Merge && r.contains("//") {
+        r = Cow::Owned(merge_slashes(&r));
+    }
+    if policy.path_parameters == PathParameters::Allow && r.contains(';') {
+        let mut out = String::with_capacity(r.len());
+        for (i, seg) in r.split('/').enumerate() {
+            if i > 0 {
+                out.push('/');
+            }
+            out.push_str(seg.split_once(';').map_or(seg, |(n, _)| n));
+        }
+        r = Cow::Owned(out);
+    }
+    r
 }
 
 /// Why a Host (or `:authority`) is refused.
@@ -342,6 +403,62 @@ mod tests {
         assert_eq!(c("/a/..;x/b"), Err(PathError::DotSegment));
         assert_eq!(c("/%00"), Err(PathError::EncodedNul));
         assert_eq!(routing_path("/admin;x=1/users;y", &p), "/admin/users");
+        assert_eq!(routing_path("/admin%2Fusers", &p), "/admin/users");
+        assert_eq!(routing_path("/a%2F%2Fadmin", &p), "/a/admin");
+    }
+
+    #[test]
+    fn a_parameter_only_segment_is_an_empty_segment() {
+        // Tomcat reads `/;/admin` as `/admin`.
+        let p = PathPolicy {
+            path_parameters: PathParameters::Allow,
+            ..Default::default()
+        };
+        assert_eq!(
+            canonical_path("/;/admin/users", &p),
+            Err(PathError::EmptySegment)
+        );
+        assert_eq!(
+            canonical_path("/;x=1/admin", &p),
+            Err(PathError::EmptySegment)
+        );
+        assert_eq!(
+            canonical_path("/admin/;x", &p),
+            Err(PathError::EmptySegment)
+        );
+    }
+
+    #[test]
+    fn encoded_separators_that_pass_are_checked_as_separators() {
+        let p = PathPolicy {
+            encoded_slashes: EncodedSlashes::Pass,
+            ..Default::default()
+        };
+        assert_eq!(
+            canonical_path("/x%2F..%2Fadmin", &p),
+            Err(PathError::DotSegment)
+        );
+        assert_eq!(
+            canonical_path("/x%5C..%5Cadmin", &p),
+            Err(PathError::DotSegment)
+        );
+        assert_eq!(
+            canonical_path("/x%2F%2Fadmin", &p),
+            Err(PathError::EmptySegment)
+        );
+        assert_eq!(canonical_path("/files/a%2Fb", &p).unwrap(), "/files/a%2Fb");
+    }
+
+    #[test]
+    fn routes_see_sub_delimiters_decoded() {
+        let p = PathPolicy::default();
+        assert_eq!(
+            canonical_path("/v1/jobs%3aadmin", &p).unwrap(),
+            "/v1/jobs%3Aadmin"
+        );
+        assert_eq!(routing_path("/v1/jobs%3Aadmin", &p), "/v1/jobs:admin");
+        assert_eq!(routing_path("/a%40b%2Bc%3D", &p), "/a@b+c=");
+        assert!(matches!(routing_path("/a/b%20c", &p), Cow::Borrowed(_)));
     }
 
     #[test]

@@ -176,7 +176,7 @@ impl futures_util::Stream for BodyStream {
     }
 }
 
-const FAST_LIMITS: &str = "limits:\n  idle_timeout: 1s\n  send_timeout: 1s\n  min_request_body_rate: 1KiB\n  request_body_grace: 1s\n  header_read_timeout: 2s\n";
+const FAST_LIMITS: &str = "limits:\n  idle_timeout: 1s\n  send_timeout: 1s\n  min_request_body_rate: 1KiB\n  request_body_grace: 1s\n  request_body_timeout: 2s\n  header_read_timeout: 2s\n";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn silent_tls_connections_are_closed_after_the_idle_timeout() {
@@ -275,6 +275,28 @@ async fn a_trickled_request_body_is_cut_off_with_408() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_fast_start_does_not_buy_a_long_stall() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&default_routes(up.addr), FAST_LIMITS).await;
+    let mut s = gw.client(Proto::H1).tls_stream().await;
+    // 60 KiB at once earns a minute of credit at 1 KiB/s; the client then
+    // stalls, and the longest single wait (2 s) ends it long before.
+    let mut req =
+        b"POST /public/x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n".to_vec();
+    req.extend(std::iter::repeat_n(b'x', 60 * 1024));
+    s.write_all(&req).await.unwrap();
+    let out = closed_within(&mut s, Duration::from_secs(20))
+        .await
+        .expect("a stalled body held its connection for 20 s");
+    assert_eq!(
+        status_of(&out),
+        "HTTP/1.1 408",
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_stops_reading_is_disconnected() {
     let up = Upstream::start().await;
     let gw = Gateway::start(&default_routes(up.addr), FAST_LIMITS).await;
@@ -325,6 +347,62 @@ async fn an_http2_client_that_withholds_flow_control_is_disconnected() {
         .expect("a stalled HTTP/2 stream kept its connection open")
         .unwrap()
         .ok();
+    assert_eq!(
+        gw.metric("valet_connections_closed_total{reason=\"send_timeout\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn busy_streams_do_not_keep_a_stalled_http2_stream_alive() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&default_routes(up.addr), FAST_LIMITS).await;
+    let c = gw.client(Proto::H2);
+    let io = hyper_util::rt::TokioIo::new(c.tls_stream().await);
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(65_535)
+            .adaptive_window(false)
+            .handshake(io)
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let stalled = send
+        .send_request(
+            c.request("GET", "/public/big")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    // Small requests every 200 ms on the same connection, read in full,
+    // while the big response stays unread.
+    let mut busy = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !conn.is_finished() && tokio::time::Instant::now() < deadline {
+        let req = c
+            .request("GET", "/public/x")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        match send.send_request(req).await {
+            Ok(r) => {
+                use http_body_util::BodyExt;
+                let _ = r.into_body().collect().await;
+                busy += 1;
+            }
+            Err(_) => break,
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(stalled);
+    assert!(busy >= 1, "no busy stream was served");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), conn)
+            .await
+            .is_ok(),
+        "a stalled stream hid behind busy ones for 10 s"
+    );
     assert_eq!(
         gw.metric("valet_connections_closed_total{reason=\"send_timeout\"}")
             .await,

@@ -17,6 +17,14 @@ fn routes(up: std::net::SocketAddr, admin_extra: &str) -> String {
     match: {{ path_prefix: /admin{admin_extra} }}
     upstream: "http://{up}"
     auth: {{ scopes: [admin] }}
+  - name: cancel
+    match: {{ path_prefix: "/v1/jobs:cancel" }}
+    upstream: "http://{up}"
+    auth: {{ scopes: [admin] }}
+  - name: reports
+    match: {{ path_prefix: /reports/ }}
+    upstream: "http://{up}"
+    auth: {{ scopes: [admin] }}
   - name: api-host
     match: {{ path_prefix: /, host: api.example.com }}
     upstream: "http://{up}"
@@ -67,7 +75,16 @@ async fn path_spellings_cannot_reach_a_protected_route_through_the_public_one() 
     // The plain spelling is protected.
     assert_eq!(h1(&gw, "/admin/users", "").await.0, 401);
     // Decoded, the spelling is the protected route: 401 like the plain one.
-    for t in ["/%61dmin/users", "/%61%64%6D%69%6E/users", "/adm%69n"] {
+    for t in [
+        "/%61dmin/users",
+        "/%61%64%6D%69%6E/users",
+        "/adm%69n",
+        // Escaped sub-delimiters: servers decode them before routing.
+        "/v1/jobs%3Acancel",
+        "/v1/jobs%3acancel/1",
+        // A prefix with a trailing slash guards the bare path too.
+        "/reports",
+    ] {
         let (status, _) = h1(&gw, t, "").await;
         assert_eq!(status, 401, "{t}");
         assert_eq!(h2(&gw, t).await.status, 401, "h2 {t}");
@@ -170,11 +187,18 @@ async fn listener_settings_relax_each_rule_without_opening_a_bypass() {
     assert_eq!(up.last().uri, "/admin;x=1/users");
     assert_eq!(h1(&gw, "//admin//users", &auth).await.0, 200);
     assert_eq!(up.last().uri, "/admin/users");
-    // An encoded slash passes untouched (uppercased) and is no separator.
+    // An encoded slash passes untouched (uppercased)...
     assert_eq!(h1(&gw, "/files/a%2fb", "").await.0, 200);
     assert_eq!(up.last().uri, "/files/a%2Fb");
-    assert_eq!(h1(&gw, "/admin%2fusers", "").await.0, 200);
-    assert_eq!(up.last().uri, "/admin%2Fusers");
+    // ...but routes as the separator a decoding server would take it for,
+    // and dot-segments behind it are refused.
+    assert_eq!(h1(&gw, "/admin%2fusers", "").await.0, 401);
+    assert_eq!(h1(&gw, "/x%2F..%2Fadmin", "").await.0, 400);
+    assert_eq!(h1(&gw, "/x%5C..%5Cadmin", "").await.0, 400);
+    // A segment of parameters only is an empty segment (Tomcat reads
+    // `/;/admin` as `/admin`).
+    assert_eq!(h1(&gw, "/;/admin/users", "").await.0, 400);
+    assert_eq!(h1(&gw, "/;x=1/admin", "").await.0, 400);
     // NUL and dot-segments have no setting.
     assert_eq!(h1(&gw, "/a%00", "").await.0, 400);
     assert_eq!(h1(&gw, "/x/..;a/admin", "").await.0, 400);

@@ -154,6 +154,8 @@ pub struct Limits {
     /// Bytes per second; 0 turns the check off.
     pub min_request_body_rate: u64,
     pub request_body_grace: Duration,
+    /// Longest single wait for more of a request body.
+    pub request_body_timeout: Duration,
     /// Connections per client IP and listener; `None`: no cap.
     pub max_connections_per_source: Option<usize>,
     pub http2_max_concurrent_streams: u32,
@@ -715,6 +717,7 @@ fn compile_limits(l: &RawLimits, c: &mut Collector<'_>) -> Limits {
             .min_request_body_rate
             .map_or(DEFAULT_MIN_REQUEST_BODY_RATE, |b| b.0),
         request_body_grace: d(l.request_body_grace, DEFAULT_REQUEST_BODY_GRACE),
+        request_body_timeout: d(l.request_body_timeout, DEFAULT_REQUEST_BODY_TIMEOUT),
         max_connections_per_source: l.max_connections_per_source,
         http2_max_concurrent_streams: l
             .http2_max_concurrent_streams
@@ -754,6 +757,7 @@ fn compile_limits(l: &RawLimits, c: &mut Collector<'_>) -> Limits {
         ("response_timeout", limits.response_timeout),
         ("idle_timeout", limits.idle_timeout),
         ("send_timeout", limits.send_timeout),
+        ("request_body_timeout", limits.request_body_timeout),
         ("http2_keepalive_interval", limits.http2_keepalive_interval),
         ("http2_keepalive_timeout", limits.http2_keepalive_timeout),
     ] {

@@ -56,6 +56,8 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Slowest accepted request body, bytes per second (after the grace period).
 pub const DEFAULT_MIN_REQUEST_BODY_RATE: u64 = 1024;
+/// Longest single wait for more of a request body (nginx's client_body_timeout).
+pub const DEFAULT_REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time a request body may take before its rate is enforced.
 pub const DEFAULT_REQUEST_BODY_GRACE: Duration = Duration::from_secs(10);
 /// Concurrent HTTP/2 streams per connection.

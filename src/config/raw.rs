@@ -379,6 +379,7 @@ pub(super) struct RawLimits {
     pub(super) send_timeout: Option<ConfigDuration>,
     pub(super) min_request_body_rate: Option<ByteSize>,
     pub(super) request_body_grace: Option<ConfigDuration>,
+    pub(super) request_body_timeout: Option<ConfigDuration>,
     pub(super) max_connections_per_source: Option<usize>,
     pub(super) http2_max_concurrent_streams: Option<u32>,
     pub(super) http2_keepalive_interval: Option<ConfigDuration>,

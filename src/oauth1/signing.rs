@@ -77,6 +77,10 @@ pub fn base_string_uri(url: &str) -> Result<String, SignError> {
         "https" => 443,
         _ => return Err(SignError::Scheme),
     };
+    // Found by fuzzing: `http::Uri` takes authorities such as `:1` (no
+    // host) or `,,[,::1]:8`, whose base string URI is no URL at all.
+    crate::request_target::parse_host(authority.as_str().as_bytes())
+        .map_err(|_| SignError::NotAbsolute)?;
     let host = authority.host().to_ascii_lowercase();
     let path = match uri.path() {
         "" => "/",
@@ -197,6 +201,15 @@ pub fn authorization_header(realm: Option<&str>, oauth: &[(String, String)]) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_without_a_host_has_no_base_string_uri() {
+        // Found by fuzzing (fuzz/corpus/oauth1_params/crash-*).
+        assert!(base_string_uri("https://:1/x").is_err());
+        assert!(base_string_uri("https://:?;:1]:8443%zz").is_err());
+        assert!(base_string_uri("https://,,[,::1]:8/p").is_err());
+        assert!(base_string_uri("https://u@h/p").is_err());
+    }
 
     #[test]
     fn base_string_uris_are_normalized() {

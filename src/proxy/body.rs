@@ -67,11 +67,14 @@ impl BodyOutcome {
 
 /// The slowest body accepted: after `grace`, at least `bytes_per_sec` on
 /// average over the time spent *waiting for the client* (time the upstream
-/// takes to read is not held against it). `bytes_per_sec == 0`: no check.
+/// takes to read is not held against it; `bytes_per_sec == 0`: no rate);
+/// and never one wait longer than `max_gap`, so a client cannot bank
+/// credit with a fast start and then stall.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MinRate {
     pub bytes_per_sec: u64,
     pub grace: Duration,
+    pub max_gap: Duration,
 }
 
 impl MinRate {
@@ -79,12 +82,18 @@ impl MinRate {
         MinRate {
             bytes_per_sec: l.min_request_body_rate,
             grace: l.request_body_grace,
+            max_gap: l.request_body_timeout,
         }
     }
 
     /// Total waiting time allowed once `received` bytes have arrived.
     fn allowance(&self, received: u64) -> Duration {
-        self.grace + Duration::from_secs_f64(received as f64 / self.bytes_per_sec as f64)
+        if self.bytes_per_sec == 0 {
+            return Duration::MAX;
+        }
+        self.grace.saturating_add(Duration::from_secs_f64(
+            received as f64 / self.bytes_per_sec as f64,
+        ))
     }
 }
 
@@ -130,6 +139,7 @@ impl LimitedBody {
             rate: MinRate {
                 bytes_per_sec: 0,
                 grace: Duration::ZERO,
+                max_gap: Duration::MAX,
             },
             received: 0,
             waited: Duration::ZERO,
@@ -147,17 +157,17 @@ impl LimitedBody {
     /// Called when the client has nothing for us: fails the body if it has
     /// used up its waiting allowance, else arms a timer for that moment.
     fn check_rate(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.rate.bytes_per_sec == 0 {
-            return Poll::Pending;
-        }
         let now = Instant::now();
         let since = *self.pending_since.get_or_insert(now);
         let allowance = self.rate.allowance(self.received);
         let used = self.waited + (now - since);
-        if used >= allowance {
+        if used >= allowance || now - since >= self.rate.max_gap {
             return Poll::Ready(());
         }
-        let deadline = since + (allowance - self.waited);
+        let by_rate = allowance - self.waited;
+        let Some(deadline) = since.checked_add(by_rate.min(self.rate.max_gap)) else {
+            return Poll::Pending;
+        };
         let timer = self
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));

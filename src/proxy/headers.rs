@@ -10,14 +10,22 @@ use http::header::{self, HeaderMap, HeaderName};
 /// for. From anyone but a trusted proxy they are forgeries: the URL ones
 /// rewrite the path in IIS and Symfony (a route bypass), the address ones
 /// fool IP allow-lists.
-const ORIGIN_HEADERS: [&str; 8] = [
+const ORIGIN_HEADERS: [&str; 16] = [
     "x-real-ip",
     "true-client-ip",
     "x-client-ip",
     "x-cluster-client-ip",
+    "client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-originating-ip",
+    "x-remote-ip",
+    "x-remote-addr",
     "x-original-url",
     "x-rewrite-url",
     "x-original-uri",
+    "x-original-host",
+    "x-host",
     "forwarded",
 ];
 

@@ -180,8 +180,10 @@ async fn dispatch(
     authority: Option<(Authority, HeaderValue)>,
     x: &mut Exchange,
 ) -> Response<ResponseBody> {
-    // valet's own OAuth endpoints come before any proxy route.
-    let path = req.uri().path();
+    // valet's own OAuth endpoints come before any proxy route, matched on
+    // the same reading as the routes.
+    let routing = crate::request_target::routing_path(req.uri().path(), &policy.paths);
+    let path: &str = &routing;
     if let Some((a, ep)) = snap
         .config
         .authorization_server
@@ -189,6 +191,7 @@ async fn dispatch(
         .and_then(|a| crate::oauth2::endpoints::endpoint_for(a, path).map(|e| (a, e)))
     {
         x.kind = Kind::OAuth2;
+        drop(routing);
         return crate::oauth2::endpoints::serve(app, snap, a, ep, peer, req).await;
     }
     if let Some((o, target)) = snap
@@ -198,9 +201,11 @@ async fn dispatch(
         .and_then(|o| crate::oauth1::flow::endpoint_for(o, path).map(|t| (o, t)))
     {
         x.kind = Kind::OAuth1;
+        drop(routing);
         let rid = x.request_id.clone();
         return crate::oauth1::flow::serve(app, snap, o, target, req, &rid, &mut x.token).await;
     }
+    drop(routing);
     match proxy(app, snap, policy, peer, req, authority, x).await {
         Ok(r) => r,
         Err(e) => {

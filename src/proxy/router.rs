@@ -9,7 +9,11 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
 
 /// Whether `path` falls under `prefix`, optionally ignoring ASCII case.
 pub fn prefix_matches_as(prefix: &str, path: &str, case_insensitive: bool) -> bool {
-    let (p, q) = (prefix.as_bytes(), path.as_bytes());
+    let (mut p, q) = (prefix.as_bytes(), path.as_bytes());
+    // `/admin/` also guards `/admin`: servers serve or redirect it.
+    if p.len() > 1 && p.ends_with(b"/") && q.len() == p.len() - 1 {
+        p = &p[..p.len() - 1];
+    }
     let Some(head) = q.get(..p.len()) else {
         return false;
     };
@@ -65,6 +69,8 @@ mod tests {
         assert!(prefix_matches("/api", "/api/x"));
         assert!(!prefix_matches("/api", "/apix"));
         assert!(prefix_matches("/api/", "/api/x"));
+        assert!(prefix_matches("/api/", "/api"));
+        assert!(!prefix_matches("/api/", "/apix"));
         assert!(prefix_matches("/", "/anything"));
     }
 

@@ -37,7 +37,9 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
     let err = || format!("`{s}` is not an RFC 3339 time such as 2026-11-23T12:00:00Z");
     let b = s.as_bytes();
-    if b.len() < 20
+    // Every index below is a byte offset; a multibyte character would make
+    // one fall inside it (found by fuzzing: `...+0ƅ30` panicked).
+    if !s.is_ascii() || b.len() < 20
         || b[4] != b'-'
         || b[7] != b'-'
         || !matches!(b[10], b'T' | b't' | b' ')
@@ -152,6 +154,13 @@ mod tests {
         );
         assert_eq!(format_rfc3339(1795435200), "2026-11-23T12:00:00Z");
         assert_eq!(format_rfc3339(951782400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn multibyte_input_is_refused_not_a_panic() {
+        // Found by fuzzing (fuzz/corpus/rfc3339/crash-*).
+        assert!(parse_rfc3339("2026-11-23T12:00:00.123+0\u{185}30").is_err());
+        assert!(parse_rfc3339("2026-11-23T12:00:0\u{e9}Z").is_err());
     }
 
     #[test]

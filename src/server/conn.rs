@@ -12,7 +12,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -78,15 +78,15 @@ pub struct Activity {
     active: AtomicUsize,
     /// Milliseconds since `base` when `active` last fell to zero.
     idle_since: AtomicU64,
-    /// Response frames handed to hyper that it has not come back after:
-    /// hyper asks for the next frame only when it can write (TCP send
-    /// buffer, HTTP/2 flow-control window), so a frame left waiting means
-    /// the client is not taking the response.
-    handed: AtomicUsize,
-    /// Milliseconds since `base` when hyper last asked for a frame.
-    last_pull: AtomicU64,
     /// Requests begun on this connection.
     started: AtomicU64,
+    /// Each response in progress: when hyper was handed a frame it has not
+    /// come back for (ms since `base`, plus one; 0: none). hyper asks for
+    /// the next frame only when it can write (TCP send buffer, HTTP/2
+    /// flow-control window), so a frame left waiting means the client is
+    /// not taking that response. Tracked per response: one busy HTTP/2
+    /// stream must not hide a stalled one.
+    streams: Mutex<Vec<Weak<AtomicU64>>>,
 }
 
 /// What the watchdog decided.
@@ -95,7 +95,7 @@ pub enum Verdict {
     Fine,
     /// No request for `idle_timeout`: close gracefully.
     Idle,
-    /// The client took no response bytes for `send_timeout`: close now.
+    /// A response's client took none of it for `send_timeout`: close now.
     NotReading,
 }
 
@@ -105,9 +105,8 @@ impl Activity {
             base: Instant::now(),
             active: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
-            handed: AtomicUsize::new(0),
-            last_pull: AtomicU64::new(0),
             started: AtomicU64::new(0),
+            streams: Mutex::new(Vec::new()),
         })
     }
 
@@ -118,12 +117,25 @@ impl Activity {
     /// Marks a request in progress until the returned guard (moved into the
     /// response body) drops.
     pub fn begin(self: &Arc<Self>) -> ActiveGuard {
-        self.active.fetch_add(1, Ordering::Relaxed);
+        let active = self.active.fetch_add(1, Ordering::Relaxed) + 1;
         self.started.fetch_add(1, Ordering::Relaxed);
+        let handed_at = Arc::new(AtomicU64::new(0));
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        // Ended responses leave as the list grows, not only at the watchdog's
+        // tick: a busy connection's list stays near its concurrency.
+        if streams.len() >= 64 && streams.len() > 2 * active {
+            streams.retain(|w| w.strong_count() > 0);
+        }
+        streams.push(Arc::downgrade(&handed_at));
         ActiveGuard {
             activity: self.clone(),
-            handed: false,
+            handed_at,
         }
+    }
+
+    /// Requests in progress.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
     }
 
     /// Whether any request ever began (a connection that never sent one
@@ -135,11 +147,17 @@ impl Activity {
 
     pub fn verdict(&self, idle_timeout: Duration, send_timeout: Duration) -> Verdict {
         let now = self.now_ms();
-        if self.handed.load(Ordering::Relaxed) > 0
-            && now.saturating_sub(self.last_pull.load(Ordering::Relaxed))
-                >= send_timeout.as_millis() as u64
+        let send_ms = send_timeout.as_millis() as u64;
         {
-            return Verdict::NotReading;
+            let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+            streams.retain(|w| w.strong_count() > 0);
+            let stalled = streams.iter().filter_map(Weak::upgrade).any(|h| {
+                let at = h.load(Ordering::Relaxed);
+                at != 0 && now.saturating_sub(at - 1) >= send_ms
+            });
+            if stalled {
+                return Verdict::NotReading;
+            }
         }
         if self.active.load(Ordering::Relaxed) == 0
             && now.saturating_sub(self.idle_since.load(Ordering::Relaxed))
@@ -154,42 +172,40 @@ impl Activity {
 /// One request in progress (see [`Activity::begin`]).
 pub struct ActiveGuard {
     activity: Arc<Activity>,
-    handed: bool,
+    handed_at: Arc<AtomicU64>,
 }
 
 impl ActiveGuard {
-    fn pulled(&mut self) {
-        let a = &self.activity;
-        a.last_pull.store(a.now_ms(), Ordering::Relaxed);
-        if std::mem::take(&mut self.handed) {
-            a.handed.fetch_sub(1, Ordering::Relaxed);
-        }
+    fn pulled(&self) {
+        self.handed_at.store(0, Ordering::Relaxed);
     }
 
-    fn hand(&mut self) {
-        if !self.handed {
-            self.handed = true;
-            self.activity.handed.fetch_add(1, Ordering::Relaxed);
-        }
+    fn hand(&self) {
+        self.handed_at
+            .store(self.activity.now_ms() + 1, Ordering::Relaxed);
     }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         let a = &self.activity;
-        if self.handed {
-            a.handed.fetch_sub(1, Ordering::Relaxed);
-        }
         a.idle_since.store(a.now_ms(), Ordering::Relaxed);
         a.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
+/// Largest piece of a response handed to hyper at once: progress is seen
+/// per piece, so a client reading slowly but steadily (10 KB/s) is never
+/// mistaken for one that stopped, however large the upstream's chunks.
+const MAX_PIECE: usize = 16 * 1024;
+
 /// A response body that keeps its request counted as active until hyper is
-/// done with it, and reports frames the client does not take.
+/// done with it, and reports pieces the client does not take.
 pub struct WatchedBody<B> {
     inner: B,
     guard: Option<ActiveGuard>,
+    /// The rest of an upstream chunk larger than `MAX_PIECE`.
+    rest: Bytes,
 }
 
 impl<B> WatchedBody<B> {
@@ -197,13 +213,26 @@ impl<B> WatchedBody<B> {
         WatchedBody {
             inner,
             guard: Some(guard),
+            rest: Bytes::new(),
         }
     }
 
     /// A body no request is counted for (the answer to a panicked handler,
     /// whose guard was dropped while unwinding).
     pub fn unwatched(inner: B) -> Self {
-        WatchedBody { inner, guard: None }
+        WatchedBody {
+            inner,
+            guard: None,
+            rest: Bytes::new(),
+        }
+    }
+
+    fn piece(&mut self) -> Frame<Bytes> {
+        let n = self.rest.len().min(MAX_PIECE);
+        if let Some(g) = &self.guard {
+            g.hand();
+        }
+        Frame::data(self.rest.split_to(n))
     }
 }
 
@@ -215,29 +244,46 @@ impl<B: Body<Data = Bytes> + Unpin> Body for WatchedBody<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        if let Some(g) = self.guard.as_mut() {
+        if let Some(g) = &self.guard {
             g.pulled();
         }
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
-        match &r {
-            Poll::Ready(Some(Ok(_))) => {
-                if let Some(g) = self.guard.as_mut() {
-                    g.hand();
-                }
-            }
-            // Done (or failed): the request is no longer in progress.
-            Poll::Ready(_) => self.guard = None,
-            Poll::Pending => {}
+        if !self.rest.is_empty() {
+            return Poll::Ready(Some(Ok(self.piece())));
         }
-        r
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => {
+                    self.rest = data;
+                    Poll::Ready(Some(Ok(self.piece())))
+                }
+                Err(trailers) => {
+                    if let Some(g) = &self.guard {
+                        g.hand();
+                    }
+                    Poll::Ready(Some(Ok(trailers)))
+                }
+            },
+            // Done (or failed): the request is no longer in progress.
+            r @ Poll::Ready(_) => {
+                self.guard = None;
+                r
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.rest.is_empty() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let mut h = self.inner.size_hint();
+        let extra = self.rest.len() as u64;
+        h.set_lower(h.lower() + extra);
+        if let Some(u) = h.upper() {
+            h.set_upper(u + extra);
+        }
+        h
     }
 }
 
@@ -309,7 +355,7 @@ mod tests {
     #[test]
     fn a_handed_frame_not_pulled_again_is_a_stall() {
         let a = Activity::new();
-        let mut g = a.begin();
+        let g = a.begin();
         g.pulled();
         g.hand();
         std::thread::sleep(Duration::from_millis(5));
@@ -319,9 +365,54 @@ mod tests {
         );
         g.pulled();
         assert_eq!(
-            a.verdict(Duration::from_secs(60), Duration::from_secs(60)),
+            a.verdict(Duration::from_secs(60), Duration::from_millis(1)),
             Verdict::Fine
         );
+    }
+
+    #[test]
+    fn a_busy_stream_does_not_hide_a_stalled_one() {
+        let a = Activity::new();
+        let stalled = a.begin();
+        let busy = a.begin();
+        stalled.hand();
+        std::thread::sleep(Duration::from_millis(5));
+        busy.pulled();
+        busy.hand();
+        busy.pulled();
+        assert_eq!(
+            a.verdict(Duration::from_secs(60), Duration::from_millis(2)),
+            Verdict::NotReading
+        );
+        drop(stalled);
+        assert_eq!(
+            a.verdict(Duration::from_secs(60), Duration::from_millis(2)),
+            Verdict::Fine
+        );
+    }
+
+    #[test]
+    fn ended_responses_leave_the_watch_list() {
+        let a = Activity::new();
+        for _ in 0..1000 {
+            drop(a.begin());
+        }
+        let _live = a.begin();
+        assert!(a.streams.lock().unwrap().len() <= 64);
+    }
+
+    #[tokio::test]
+    async fn large_chunks_are_handed_in_pieces() {
+        use http_body_util::BodyExt;
+        let a = Activity::new();
+        let body = http_body_util::Full::new(Bytes::from(vec![0u8; 40_000]));
+        let mut w = WatchedBody::new(body, a.begin());
+        let mut sizes = Vec::new();
+        while let Some(f) = w.frame().await {
+            sizes.push(f.unwrap().into_data().unwrap().len());
+        }
+        assert_eq!(sizes, [16384, 16384, 7232]);
+        assert_eq!(a.active(), 0);
     }
 
     #[test]

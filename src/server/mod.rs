@@ -346,6 +346,9 @@ async fn serve_connection(
     let mut watchdog = tokio::time::interval(tick);
     // After a graceful close starts, the client gets this long to finish.
     let mut deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    // An idle close can cross a request that arrived just then: it gets the
+    // drain grace once before the connection is dropped.
+    let mut idle_close = false;
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -368,6 +371,7 @@ async fn serve_connection(
                     }
                     conn.as_mut().graceful_shutdown();
                     deadline = Some(Box::pin(tokio::time::sleep(IDLE_CLOSE_GRACE)));
+                    idle_close = true;
                 }
                 conn::Verdict::Idle => {}
                 conn::Verdict::NotReading => {
@@ -377,6 +381,10 @@ async fn serve_connection(
                 }
             },
             _ = async { deadline.as_mut().expect("guarded").await }, if deadline.is_some() => {
+                if std::mem::take(&mut idle_close) && activity.active() > 0 {
+                    deadline = Some(Box::pin(tokio::time::sleep(limits.shutdown_grace)));
+                    continue;
+                }
                 return;
             }
         }
