@@ -76,16 +76,20 @@ pub enum PathError {
     PathParameter,
 }
 
-const fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
-}
+const UNRESERVED: u8 = 1;
+/// Stays literal in the canonical form: unreserved, sub-delims, `:` `@`
+/// `/` (RFC 3986 `pchar` plus the separator), and `;` (judged per segment).
+const LITERAL: u8 = 2;
 
-/// Bytes that stay literal in the canonical form: unreserved, sub-delims,
-/// `:` `@` `/` (RFC 3986 `pchar` plus the separator). `;` and `%` are
-/// handled on their own.
-const fn is_literal(b: u8) -> bool {
-    is_unreserved(b)
-        || matches!(
+/// Byte classes, looked up once per byte on the hot path.
+const CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            t[i] = UNRESERVED | LITERAL;
+        } else if matches!(
             b,
             b'!' | b'$'
                 | b'&'
@@ -99,7 +103,23 @@ const fn is_literal(b: u8) -> bool {
                 | b':'
                 | b'@'
                 | b'/'
-        )
+                | b';'
+        ) {
+            t[i] = LITERAL;
+        }
+        i += 1;
+    }
+    t
+};
+
+#[inline]
+fn is_unreserved(b: u8) -> bool {
+    CLASS[b as usize] & UNRESERVED != 0
+}
+
+#[inline]
+fn is_literal(b: u8) -> bool {
+    CLASS[b as usize] & LITERAL != 0
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -152,7 +172,7 @@ pub fn canonical_path<'a>(path: &'a str, policy: &PathPolicy) -> Result<Cow<'a, 
             if c == b'\\' && policy.encoded_slashes == EncodedSlashes::Reject {
                 return Err(PathError::EncodedSlash);
             }
-            if is_literal(c) || c == b';' {
+            if is_literal(c) {
                 out.push(c);
             } else {
                 out.extend_from_slice(&[b'%', HEX[(c >> 4) as usize], HEX[(c & 15) as usize]]);
@@ -170,28 +190,34 @@ pub fn canonical_path<'a>(path: &'a str, policy: &PathPolicy) -> Result<Cow<'a, 
 /// passes cannot turn into one that fails in a server that decodes `%2F`.
 fn finish<'a>(path: Cow<'a, str>, policy: &PathPolicy) -> Result<Cow<'a, str>, PathError> {
     let view = separator_view(&path, policy);
+    let b = view.as_bytes();
+    let allow_params = policy.path_parameters == PathParameters::Allow;
     let mut empty = false;
-    // Segments after the leading `/`; a trailing `/` leaves one empty last
-    // segment, which is an ordinary directory spelling, not `//`.
-    let rest = &view[1..];
-    let n = rest.split('/').count();
-    for (i, seg) in rest.split('/').enumerate() {
-        let name = match seg.split_once(';') {
+    // Segments after the leading `/`, one byte scan; a trailing `/` leaves
+    // an empty last segment, an ordinary directory spelling, not `//`.
+    let mut start = 1;
+    loop {
+        let end = b[start..]
+            .iter()
+            .position(|&c| c == b'/')
+            .map_or(b.len(), |k| start + k);
+        let seg = &b[start..end];
+        let name = match seg.iter().position(|&c| c == b';') {
+            None => seg,
+            Some(_) if !allow_params => return Err(PathError::PathParameter),
             // `/;x/admin`: Tomcat drops the parameter and merges the empty
             // segment, reading `/admin`; valet would route `//admin`.
-            Some(("", _)) if policy.path_parameters == PathParameters::Allow => {
-                return Err(PathError::EmptySegment)
-            }
-            Some((name, _)) if policy.path_parameters == PathParameters::Allow => name,
-            Some(_) => return Err(PathError::PathParameter),
-            None => seg,
+            Some(0) => return Err(PathError::EmptySegment),
+            Some(k) => &seg[..k],
         };
-        if name == "." || name == ".." {
+        if matches!(name, [b'.'] | [b'.', b'.']) {
             return Err(PathError::DotSegment);
         }
-        if seg.is_empty() && i + 1 < n {
-            empty = true;
+        if end == b.len() {
+            break;
         }
+        empty |= seg.is_empty();
+        start = end + 1;
     }
     if !empty {
         return Ok(path);

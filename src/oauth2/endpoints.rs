@@ -269,7 +269,11 @@ async fn revoke(
         ));
     }
     let now = crate::revocation::now();
-    if own.exp + (snap.config.tokens.clock_skew.as_secs() as i64) < now {
+    if own
+        .exp
+        .saturating_add(snap.config.tokens.clock_skew.as_secs() as i64)
+        < now
+    {
         return Ok(ok());
     }
     let mut changes = vec![Change::Token(RevokedToken {

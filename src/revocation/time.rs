@@ -39,7 +39,8 @@ pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
     let b = s.as_bytes();
     // Every index below is a byte offset; a multibyte character would make
     // one fall inside it (found by fuzzing: `...+0ƅ30` panicked).
-    if !s.is_ascii() || b.len() < 20
+    if !s.is_ascii()
+        || b.len() < 20
         || b[4] != b'-'
         || b[7] != b'-'
         || !matches!(b[10], b'T' | b't' | b' ')

@@ -200,10 +200,13 @@ impl Validator {
             }
         };
         // Checked on every request: time moves and revocations arrive.
-        if now > verified.exp + self.skew {
+        if now > verified.exp.saturating_add(self.skew) {
             return Err(TokenError::Expired);
         }
-        if verified.nbf.is_some_and(|nbf| now + self.skew < nbf) {
+        if verified
+            .nbf
+            .is_some_and(|nbf| now.saturating_add(self.skew) < nbf)
+        {
             return Err(TokenError::NotYetValid);
         }
         match revoked.check(
@@ -220,7 +223,8 @@ impl Validator {
 
     /// Drops cached entries that expired; called periodically off the request path.
     pub fn prune(&self, now: i64) {
-        self.cache.retain(|_, v| v.exp + self.skew >= now);
+        self.cache
+            .retain(|_, v| v.exp.saturating_add(self.skew) >= now);
     }
 
     pub fn cached(&self) -> usize {
