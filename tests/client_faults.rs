@@ -317,11 +317,15 @@ async fn a_client_that_stops_reading_is_disconnected() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_http2_client_that_withholds_flow_control_is_disconnected() {
-    let up = Upstream::start().await;
-    let gw = Gateway::start(&default_routes(up.addr), FAST_LIMITS).await;
-    let c = gw.client(Proto::H2);
+/// An HTTP/2 connection with a plain 64 KiB stream window (no adaptive
+/// window) and a 32 MiB download on it that the caller leaves unread.
+async fn h2_big_download_unread(
+    c: &Client,
+) -> (
+    hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+    http::Response<hyper::body::Incoming>,
+) {
     let io = hyper_util::rt::TokioIo::new(c.tls_stream().await);
     let (mut send, conn) =
         hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
@@ -340,6 +344,15 @@ async fn an_http2_client_that_withholds_flow_control_is_disconnected() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    (send, conn, r)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_client_that_withholds_flow_control_is_disconnected() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&default_routes(up.addr), FAST_LIMITS).await;
+    let c = gw.client(Proto::H2);
+    let (_send, conn, r) = h2_big_download_unread(&c).await;
     // Hold the response body unread: the window closes after 64 KiB.
     let _held = r;
     tokio::time::timeout(Duration::from_secs(8), conn)
@@ -359,23 +372,7 @@ async fn busy_streams_do_not_keep_a_stalled_http2_stream_alive() {
     let up = Upstream::start().await;
     let gw = Gateway::start(&default_routes(up.addr), FAST_LIMITS).await;
     let c = gw.client(Proto::H2);
-    let io = hyper_util::rt::TokioIo::new(c.tls_stream().await);
-    let (mut send, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .initial_stream_window_size(65_535)
-            .adaptive_window(false)
-            .handshake(io)
-            .await
-            .unwrap();
-    let conn = tokio::spawn(conn);
-    let stalled = send
-        .send_request(
-            c.request("GET", "/public/big")
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let (mut send, conn, stalled) = h2_big_download_unread(&c).await;
     // Small requests every 200 ms on the same connection, read in full,
     // while the big response stays unread.
     let mut busy = 0;
