@@ -17,6 +17,7 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
 const GOAWAY: u8 = 0x7;
 const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
@@ -208,4 +209,37 @@ async fn concurrent_streams_are_capped_per_connection() {
         .find(|c| u16::from_be_bytes([c[0], c[1]]) == 3)
         .map(|c| u32::from_be_bytes(c[2..6].try_into().unwrap()));
     assert_eq!(advertised, Some(7));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_that_stops_answering_pings_is_cut_off() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(
+        &default_routes(up.addr),
+        "limits:\n  http2_keepalive_interval: 500ms\n  http2_keepalive_timeout: 500ms\n",
+    )
+    .await;
+    let mut s = gw.client(Proto::H2).tls_stream().await;
+    let mut out = PREFACE.to_vec();
+    frame(&mut out, SETTINGS, 0, 0, &[]);
+    frame(&mut out, SETTINGS, 0x1, 0, &[]);
+    // A request whose answer takes 3 s keeps the connection busy (so the
+    // idle timeout is not what ends it); the client then goes silent and
+    // never acknowledges valet's PINGs.
+    frame(
+        &mut out,
+        HEADERS,
+        END_STREAM | END_HEADERS,
+        1,
+        &get_block("/public/slow"),
+    );
+    s.write_all(&out).await.unwrap();
+    let (frames, closed) = read_frames(&mut s, Duration::from_millis(2800)).await;
+    assert!(
+        frames.iter().any(|f| f.0 == PING && f.1 == 0),
+        "valet sent no PING"
+    );
+    assert!(closed, "a peer that answers no PING is still connected");
+    // Cut before the slow answer could come.
+    assert!(!frames.iter().any(|f| f.0 == HEADERS && f.2 == 1));
 }

@@ -233,6 +233,13 @@ async fn oversized_headers_answer_431_and_bodies_413() {
     // The upstream may have seen the start of the stream, never all of it.
     let seen = up.seen.lock().unwrap().clone();
     assert!(seen.iter().all(|s| s.body_len <= 1024), "{seen:?}");
+    // Each is the client's fault, counted as such, never as the upstream's.
+    assert_eq!(
+        gw.metric("valet_client_errors_total{reason=\"body_too_large\"}")
+            .await,
+        3.0
+    );
+    assert!(!gw.metrics().await.contains("valet_upstream_errors_total{"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
