@@ -473,5 +473,11 @@ pub fn saml_assertion(data: &[u8], idp_cert_der: &[u8]) {
             "an unsigned ID validated: {}",
             a.id
         );
+        let doc = roxmltree::Document::parse(xml).expect("a validated document parses");
+        let assertions = doc
+            .descendants()
+            .filter(|n| n.is_element() && n.tag_name().name() == "Assertion")
+            .count();
+        assert_eq!(assertions, 1, "a document shaped for wrapping validated");
     }
 }

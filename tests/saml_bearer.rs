@@ -136,7 +136,16 @@ async fn tampered_wrapped_and_hostile_documents_are_refused() {
     let evil = format!(
         "<saml:Assertion xmlns:saml=\"urn:oasis:names:tc:SAML:2.0:assertion\" ID=\"_evil\" Version=\"2.0\" IssueInstant=\"2026-01-01T00:00:00Z\"><saml:Issuer>https://idp.test</saml:Issuer><saml:Subject><saml:NameID>admin@idp.test</saml:NameID></saml:Subject><saml:Advice>{body}</saml:Advice></saml:Assertion>"
     );
-    assert_refused(&grant(&gw, &evil).await, "not signed");
+    assert_refused(&grant(&gw, &evil).await, "more than one Assertion");
+    // The signed assertion intact, a second one inside ds:Signature/ds:Object
+    // (outside the enveloped digest, so the signature still verifies): the
+    // shape alone is refused.
+    let in_object = valid.replacen(
+        "</ds:Signature>",
+        "<ds:Object><saml:Assertion ID=\"_other\"><saml:Subject><saml:NameID>admin@idp.test</saml:NameID></saml:Subject></saml:Assertion></ds:Object></ds:Signature>",
+        1,
+    );
+    assert_refused(&grant(&gw, &in_object).await, "more than one Assertion");
     // Not base64url, not XML.
     assert_refused(&grant_raw(&gw, "%%%").await, "base64url");
     assert_refused(&grant(&gw, "not xml").await, "well-formed");
@@ -145,6 +154,6 @@ async fn tampered_wrapped_and_hostile_documents_are_refused() {
             "valet_token_requests_failed_total{error=\"invalid_grant\",grant=\"saml2_bearer\"}"
         )
         .await,
-        5.0
+        6.0
     );
 }

@@ -166,12 +166,13 @@ fn signature_wrapping_is_refused_in_every_position() {
     // 1. Evil assertion first, the signed one inside its Advice; no signature on the evil one.
     let in_advice =
         format!("{EVIL_OPEN}<saml:Advice>{signed}</saml:Advice>{EVIL_SUBJECT}</saml:Assertion>");
-    assert_eq!(check(&in_advice), Err(DsigError::Unsigned));
+    const TWO: DsigError = DsigError::Structure("more than one Assertion in the document");
+    assert_eq!(check(&in_advice), Err(TWO));
     // 2. The same, with the original signature copied onto the evil assertion.
     let copied = format!(
         "{EVIL_OPEN}{signature}<saml:Advice>{signed}</saml:Advice>{EVIL_SUBJECT}</saml:Assertion>"
     );
-    assert_eq!(check(&copied), Err(DsigError::WrongReference));
+    assert_eq!(check(&copied), Err(TWO));
     // 3. The evil assertion takes the signed one's ID (so the reference matches) and hides the original.
     let same_id = copied.replacen("ID=\"_evil\"", "ID=\"_assertion-1\"", 1);
     assert_eq!(
@@ -182,7 +183,7 @@ fn signature_wrapping_is_refused_in_every_position() {
     let after = format!(
         "{EVIL_OPEN}{signature}{EVIL_SUBJECT}<ext:Extensions xmlns:ext=\"urn:example:ext\">{signed}</ext:Extensions></saml:Assertion>"
     );
-    assert_eq!(check(&after), Err(DsigError::WrongReference));
+    assert_eq!(check(&after), Err(TWO));
     // 5. The evil assertion with the signature and the ID, and no original at all.
     let forged = format!(
         "{}{signature}{EVIL_SUBJECT}</saml:Assertion>",
@@ -216,4 +217,60 @@ fn deeply_nested_documents_are_refused_without_exhausting_the_stack() {
     );
     // A realistic assertion is far below the limit.
     assert_eq!(check(&read("assertion-signed.xml")), Ok(()));
+}
+
+/// Documents shaped for signature wrapping are refused whole, even where
+/// the signed assertion itself is intact and valet would read the right
+/// subject (another consumer of the same document might not).
+#[test]
+fn a_second_assertion_anywhere_or_extra_signature_content_is_refused() {
+    let signed = signed_element();
+    let evil = format!("{EVIL_OPEN}{EVIL_SUBJECT}</saml:Assertion>");
+    let close = "</ds:Signature>";
+    let in_sig = |extra: &str| signed.replacen(close, &format!("{extra}{close}"), 1);
+    // Inside ds:Object: outside the enveloped digest, so the signature
+    // still verifies; the document is refused for its shape.
+    let in_object = in_sig(&format!("<ds:Object>{evil}</ds:Object>"));
+    assert_eq!(
+        check(&in_object),
+        Err(DsigError::Structure(
+            "more than one Assertion in the document"
+        ))
+    );
+    // Inside KeyInfo, which is allowed but ignored.
+    let key_info = in_sig(&format!("<ds:KeyInfo>{evil}</ds:KeyInfo>"));
+    assert_eq!(
+        check(&key_info),
+        Err(DsigError::Structure(
+            "more than one Assertion in the document"
+        ))
+    );
+    // A ds:Object with no assertion, and a foreign element: nothing but
+    // SignedInfo, SignatureValue and KeyInfo.
+    for extra in [
+        "<ds:Object><x>1</x></ds:Object>",
+        "<ext:Note xmlns:ext=\"urn:example:ext\">hi</ext:Note>",
+    ] {
+        assert_eq!(
+            check(&in_sig(extra)),
+            Err(DsigError::Structure(
+                "the Signature holds more than SignedInfo, SignatureValue and KeyInfo"
+            )),
+            "{extra}"
+        );
+    }
+    assert_eq!(
+        check(&in_sig("stray text")),
+        Err(DsigError::Structure("text inside the Signature"))
+    );
+    // An empty KeyInfo (ignored) still verifies: the rule is about shape.
+    assert_eq!(check(&in_sig("<ds:KeyInfo/>")), Ok(()));
+    // A second assertion before or after the signed one under a wrapper
+    // root: not an assertion document at all.
+    for doc in [
+        format!("<w:Wrap xmlns:w=\"urn:example:w\">{evil}{signed}</w:Wrap>"),
+        format!("<w:Wrap xmlns:w=\"urn:example:w\">{signed}{evil}</w:Wrap>"),
+    ] {
+        assert_eq!(check(&doc), Err(DsigError::NotAnAssertion));
+    }
 }

@@ -142,10 +142,42 @@ pub fn verify<'a, 'i>(
             }
         }
     }
+    // Exactly one Assertion in the whole document, the root: a document
+    // shaped for signature wrapping is refused outright, whichever copy this
+    // verifier would read, since another consumer of it may read the other.
+    let assertions = doc
+        .descendants()
+        .filter(|n| n.is_element() && n.tag_name().name() == "Assertion")
+        .count();
+    if assertions != 1 {
+        return Err(DsigError::Structure(
+            "more than one Assertion in the document",
+        ));
+    }
     let mut sigs = ds_children(root, "Signature");
     let signature = sigs.next().ok_or(DsigError::Unsigned)?;
     if sigs.next().is_some() {
         return Err(DsigError::Structure("more than one Signature"));
+    }
+    // Inside the Signature only what it needs: ds:Object and anything else
+    // is outside the enveloped digest, a place to hide content.
+    for c in signature.children().filter(|c| c.is_element()) {
+        let allowed = c.tag_name().namespace() == Some(DSIG_NS)
+            && matches!(
+                c.tag_name().name(),
+                "SignedInfo" | "SignatureValue" | "KeyInfo"
+            );
+        if !allowed {
+            return Err(DsigError::Structure(
+                "the Signature holds more than SignedInfo, SignatureValue and KeyInfo",
+            ));
+        }
+    }
+    if signature
+        .children()
+        .any(|c| c.is_text() && !c.text().unwrap_or("").trim().is_empty())
+    {
+        return Err(DsigError::Structure("text inside the Signature"));
     }
     let signed_info = only(signature, "SignedInfo")?;
     let c14n_method = only(signed_info, "CanonicalizationMethod")?;
