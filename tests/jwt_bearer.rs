@@ -80,6 +80,11 @@ async fn setup(idp: &Idp) -> (Gateway, Upstream) {
         max_assertion_lifetime: 10m
         claims: {{ email: email }}
         scopes_claim: scp
+    - client_id: billing
+      secret_hash: "{hash}"
+      grant_types: [client_credentials]
+      operator: billing-svc
+      scopes: [read]
 "#,
         hash = valet::oauth2::registry::argon2id_hash("fed-secret"),
         jwks = idp.jwks.display()
@@ -234,4 +239,18 @@ async fn attacks_on_the_assertion_are_refused() {
             .await as usize,
         cases.len() + 4
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_assertion_cannot_take_a_service_identity() {
+    // `billing-svc` is the operator of the client-credentials client
+    // `billing`: only that client obtains tokens for it, and its subject
+    // cut-offs must not be shared with an IdP's user of the same name.
+    let idp = Idp::new();
+    let (gw, _up) = setup(&idp).await;
+    let mut c = assertion_claims();
+    c["sub"] = json!("billing-svc");
+    assert_refused(&grant(&gw, &idp.sign(&c)).await, "service identity");
+    // Any other subject is mapped as before.
+    assert_eq!(grant(&gw, &idp.sign(&assertion_claims())).await.status, 200);
 }

@@ -264,6 +264,21 @@ fn assertion_token(
     m: super::jwt_bearer::Mapped,
     now: i64,
 ) -> Result<Value, OAuthError> {
+    // Operators are service identities that only their own client obtains:
+    // an IdP asserting `sub: billing-svc` must not become that service (nor
+    // share its subject cut-offs). Mapping onto a local *user* stays allowed.
+    if let Some(a) = &snap.config.authorization_server {
+        if a.registry
+            .clients
+            .values()
+            .any(|c| c.operator.as_deref() == Some(m.subject.as_str()))
+        {
+            return Err(OAuthError::InvalidGrant(format!(
+                "the assertion is invalid: its subject `{}` is a service identity (a client's operator), which assertions cannot take",
+                m.subject
+            )));
+        }
+    }
     let scope = client_scope(client, form, |s| {
         m.scopes.as_ref().is_none_or(|a| a.iter().any(|x| x == s))
     })?;
