@@ -41,6 +41,7 @@ fn big_revocation_set(n: usize, now: i64) -> RevocationSet {
                 jti: format!("revoked-token-id-{i:010}"),
                 expires_at: valet::revocation::time::Timestamp(now + 3600),
                 rotated_at: None,
+                rotated_at_ms: None,
             })
             .collect(),
         ..Default::default()

@@ -712,3 +712,64 @@ fn unknown_clients_and_users_are_checked_against_a_dummy_of_the_same_kind() {
     assert!(reg.users.contains_key("erin"), "users_file is read");
     assert!(reg.users.contains_key("alice"), "alongside inline users");
 }
+
+async fn setup_with_grace(grace: &str) -> (Gateway, Upstream) {
+    let up = Upstream::start().await;
+    let yaml =
+        auth_server_yaml("").replace("refresh_grace: 1s", &format!("refresh_grace: {grace}"));
+    let gw = Gateway::start(&default_routes(up.addr), &yaml).await;
+    (gw, up)
+}
+
+fn refresh_token_of(r: &Reply) -> String {
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.json()["refresh_token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grace_of_zero_means_a_rotated_refresh_token_never_yields_a_pair_again() {
+    let (gw, _up) = setup_with_grace("0s").await;
+    let c = gw.client(Proto::H1);
+    let rt = refresh_token_of(&password_grant(&c, "app").await);
+    let next = refresh_token_of(&refresh(&c, &rt, None).await);
+    // At once, within the same second: reuse, and the family ends.
+    assert_oauth_error(&refresh(&c, &rt, None).await, 400, "invalid_grant");
+    assert_oauth_error(&refresh(&c, &next, None).await, 400, "invalid_grant");
+    assert_eq!(
+        gw.metric("valet_revocations_total{kind=\"refresh_reuse\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_concurrent_uses_of_one_refresh_token_yield_exactly_one_pair() {
+    let (gw, _up) = setup_with_grace("0s").await;
+    let c = gw.client(Proto::H1);
+    for round in 0..5 {
+        let rt = refresh_token_of(&password_grant(&c, "app").await);
+        let (a, b) = tokio::join!(refresh(&c, &rt, None), refresh(&c, &rt, None));
+        let ok = [&a, &b].iter().filter(|r| r.status == 200).count();
+        assert_eq!(ok, 1, "round {round}: {} and {}", a.status, b.status);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_use_within_the_grace_does_not_extend_it() {
+    let (gw, _up) = setup_with_grace("3s").await;
+    let c = gw.client(Proto::H1);
+    let rt = refresh_token_of(&password_grant(&c, "app").await);
+    refresh_token_of(&refresh(&c, &rt, None).await);
+    // 2 s after the first use: within the grace, a pair.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    refresh_token_of(&refresh(&c, &rt, None).await);
+    // 4 s after the first use (2 s after the second): past the grace of the
+    // first use, which the second did not move: reuse.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_oauth_error(&refresh(&c, &rt, None).await, 400, "invalid_grant");
+    assert_eq!(
+        gw.metric("valet_revocations_total{kind=\"refresh_reuse\"}")
+            .await,
+        1.0
+    );
+}

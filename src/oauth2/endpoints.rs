@@ -203,6 +203,41 @@ pub(super) async fn apply(app: &Arc<App>, changes: Vec<Change>) -> Result<(), OA
     Ok(())
 }
 
+/// Rotates a refresh token in the durable store (see
+/// [`crate::revocation::Revocations::rotate`]), off the async workers.
+pub(super) async fn rotate(
+    app: &Arc<App>,
+    jti: &str,
+    expires_at: i64,
+    now_ms: i64,
+    grace_ms: i64,
+) -> Result<crate::revocation::Rotation, OAuthError> {
+    let (a2, jti) = (app.clone(), jti.to_string());
+    let r = tokio::task::spawn_blocking(move || {
+        a2.revocations.rotate(&jti, expires_at, now_ms, grace_ms)
+    })
+    .await;
+    match r {
+        Ok(Ok(rotation)) => {
+            app.metrics
+                .set_revocation_sizes(app.revocations.current().len());
+            Ok(rotation)
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "a refresh token rotation could not be recorded; answering 503");
+            Err(OAuthError::Unavailable(
+                "the request could not be recorded; retry later".into(),
+            ))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the rotation writer failed; answering 503");
+            Err(OAuthError::Unavailable(
+                "the request could not be recorded; retry later".into(),
+            ))
+        }
+    }
+}
+
 /// Records one use of an assertion (`kind`: "assertion" or "saml"), keyed by
 /// its issuer and id, until `expires_at`; `Ok(false)` if it was used before.
 pub(super) async fn record_assertion_use(
@@ -226,6 +261,7 @@ pub(super) async fn record_assertion_use(
             jti: format!("{kind}:{hex}"),
             expires_at: crate::revocation::time::Timestamp(expires_at),
             rotated_at: None,
+            rotated_at_ms: None,
         },
     )
     .await
@@ -280,6 +316,7 @@ async fn revoke(
         jti: own.jti.clone(),
         expires_at: crate::revocation::time::Timestamp(own.exp),
         rotated_at: None,
+        rotated_at_ms: None,
     })];
     let kind = match (own.kind, &own.family) {
         (Kind::Refresh, Some(fam)) => {

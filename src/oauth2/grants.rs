@@ -14,8 +14,7 @@ use super::registry::{Client, Grant};
 use crate::app::{App, Snapshot};
 use crate::config::AuthServerConfig;
 use crate::proxy::ResponseBody;
-use crate::revocation::time::Timestamp;
-use crate::revocation::{Change, RevokedToken};
+use crate::revocation::Rotation;
 use crate::tokens::issue::{decode_own, mint, mint_refresh, Kind, TokenRequest};
 use http::{HeaderMap, Response, StatusCode};
 use serde_json::{Map, Value};
@@ -316,37 +315,32 @@ async fn refresh(
     {
         return Err(invalid());
     }
-    match set.token(&rt.jti) {
-        Some(entry) => {
-            let in_grace = entry
-                .rotated_at
-                .is_some_and(|t| now - t <= a.refresh_grace.as_secs() as i64);
-            if !in_grace {
-                drop(set);
-                if entry.rotated_at.is_some() {
-                    // Reuse of a rotated token: someone else may hold it. End the family.
-                    apply(app, vec![family_revocation(snap, client, &family, now)]).await?;
-                    app.metrics
-                        .revocations
-                        .with_label_values(&["refresh_reuse"])
-                        .inc();
-                    tracing::warn!(client_id = %client.id, sub = %rt.sub, "refresh token reuse detected; the token family is revoked");
-                }
-                return Err(invalid());
-            }
+    drop(set);
+    // Decided and recorded in one check-and-set under the store's lock, at
+    // millisecond precision: two concurrent uses (or two replicas) cannot
+    // both be the first, and a use within the grace never moves it.
+    let grace_ms = a.refresh_grace.as_millis().min(i64::MAX as u128) as i64;
+    match super::endpoints::rotate(app, &rt.jti, rt.exp, crate::revocation::now_ms(), grace_ms)
+        .await?
+    {
+        Rotation::First => {}
+        Rotation::InGrace => {
+            app.metrics
+                .revocations
+                .with_label_values(&["refresh_in_grace"])
+                .inc();
         }
-        None => {
-            drop(set);
-            apply(
-                app,
-                vec![Change::Token(RevokedToken {
-                    jti: rt.jti.clone(),
-                    expires_at: Timestamp(rt.exp),
-                    rotated_at: Some(Timestamp(now)),
-                })],
-            )
-            .await?;
+        Rotation::Reuse => {
+            // Reuse of a rotated token: someone else may hold it. End the family.
+            apply(app, vec![family_revocation(snap, client, &family, now)]).await?;
+            app.metrics
+                .revocations
+                .with_label_values(&["refresh_reuse"])
+                .inc();
+            tracing::warn!(client_id = %client.id, sub = %rt.sub, "refresh token reuse detected; the token family is revoked");
+            return Err(invalid());
         }
+        Rotation::Revoked => return Err(invalid()),
     }
     let original: Vec<&str> = rt.scope.split(' ').filter(|s| !s.is_empty()).collect();
     let scope = grant_scope(form.get("scope"), &original, &original)?;

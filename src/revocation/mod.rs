@@ -57,6 +57,32 @@ pub struct RevokedToken {
     /// presenting one again after the grace period is reuse.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotated_at: Option<Timestamp>,
+    /// The same instant in milliseconds: the grace period is compared at
+    /// this precision (whole seconds made `refresh_grace: 0s` a second long).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated_at_ms: Option<i64>,
+}
+
+impl RevokedToken {
+    /// When it was rotated, in milliseconds (older files: whole seconds).
+    pub fn rotated_ms(&self) -> Option<i64> {
+        self.rotated_at_ms
+            .or(self.rotated_at.map(|t| t.0.saturating_mul(1000)))
+    }
+}
+
+/// What presenting a refresh token meant, decided under the store's lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotation {
+    /// First use: recorded as rotated now; a new pair may be issued.
+    First,
+    /// Used before, within the grace period of its first use (which is not
+    /// moved): a pair may be issued.
+    InGrace,
+    /// Used before, after the grace period: reuse.
+    Reuse,
+    /// Revoked outright (not by rotation).
+    Revoked,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -122,7 +148,7 @@ impl RevocationSet {
             if t.expires_at.0 >= now {
                 let entry = TokenEntry {
                     expires_at: t.expires_at.0,
-                    rotated_at: t.rotated_at.map(|r| r.0),
+                    rotated_at: t.rotated_ms().map(|ms| ms.div_euclid(1000)),
                 };
                 set.jtis.insert(t.jti.into_boxed_str(), entry);
             }
@@ -234,6 +260,13 @@ const HEADER: &str = "\
 const NEW_FILE: &str = "tokens: []\nclients: []\nsubjects: []\nfamilies: []\n";
 
 /// Now, in unix seconds.
+/// Milliseconds since the unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 pub fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -330,7 +363,7 @@ impl Revocations {
     /// it off the async workers. On error nothing is in force that was not
     /// already, and the file is as it was.
     pub fn apply(&self, changes: &[Change]) -> Result<(), RevocationError> {
-        self.apply_inner(changes, None).map(|_| ())
+        self.apply_inner(changes, |_| Ok::<(), ()>(())).map(|_| ())
     }
 
     /// Records a single-use id (an assertion's) durably. `Ok(false)` if it
@@ -338,10 +371,60 @@ impl Revocations {
     /// concurrent uses (in this process or another) exactly one wins.
     pub fn record_once(&self, t: RevokedToken) -> Result<bool, RevocationError> {
         let jti = t.jti.clone();
-        self.apply_inner(&[Change::Token(t)], Some(&jti))
+        let gate = |file: &RevocationFile| {
+            let used = file
+                .tokens
+                .iter()
+                .any(|t| t.jti == jti && t.expires_at.0 >= now());
+            if used {
+                Err(())
+            } else {
+                Ok(())
+            }
+        };
+        Ok(self.apply_inner(&[Change::Token(t)], gate)?.is_ok())
     }
 
-    fn apply_inner(&self, changes: &[Change], once: Option<&str>) -> Result<bool, RevocationError> {
+    /// Rotates refresh token `jti` (valid until `expires_at`) at `now_ms`,
+    /// in one check-and-set under the file lock: of two concurrent uses, in
+    /// this process or another, exactly one is `First`. A use within
+    /// `grace_ms` of the first is `InGrace` (strictly less: a grace of zero
+    /// never yields a pair again), and leaves the first use's time as it was.
+    pub fn rotate(
+        &self,
+        jti: &str,
+        expires_at: i64,
+        now_ms: i64,
+        grace_ms: i64,
+    ) -> Result<Rotation, RevocationError> {
+        let gate = |file: &RevocationFile| match file.tokens.iter().find(|t| t.jti == jti) {
+            None => Ok(()),
+            Some(t) => Err(match t.rotated_ms() {
+                None => Rotation::Revoked,
+                Some(at) if now_ms.saturating_sub(at) < grace_ms => Rotation::InGrace,
+                Some(_) => Rotation::Reuse,
+            }),
+        };
+        let change = Change::Token(RevokedToken {
+            jti: jti.to_string(),
+            expires_at: Timestamp(expires_at),
+            rotated_at: Some(Timestamp(now_ms.div_euclid(1000))),
+            rotated_at_ms: Some(now_ms),
+        });
+        Ok(match self.apply_inner(&[change], gate)? {
+            Ok(()) => Rotation::First,
+            Err(r) => r,
+        })
+    }
+
+    /// Locks the file, reads and merges it, asks `gate` whether to go on
+    /// (its `Err` is returned as is, nothing written), writes durably and
+    /// puts the result in force.
+    fn apply_inner<E>(
+        &self,
+        changes: &[Change],
+        gate: impl FnOnce(&RevocationFile) -> Result<(), E>,
+    ) -> Result<Result<(), E>, RevocationError> {
         let io = |what: &str, e: std::io::Error| self.error(None, format!("{what}: {e}"));
         // One writer at a time, across processes sharing the file.
         let lock = crate::durable::lock(&self.path).map_err(|e| io("cannot lock", e))?;
@@ -358,14 +441,8 @@ impl Revocations {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => RevocationFile::default(),
             Err(e) => return Err(io("cannot read", e)),
         };
-        if let Some(id) = once {
-            if file
-                .tokens
-                .iter()
-                .any(|t| t.jti == id && t.expires_at.0 >= now())
-            {
-                return Ok(false);
-            }
+        if let Err(e) = gate(&file) {
+            return Ok(Err(e));
         }
         for c in changes {
             match c.clone() {
@@ -407,7 +484,7 @@ impl Revocations {
         *self.loaded_digest.lock().expect("not poisoned") =
             Some(digest.as_ref().try_into().expect("32 bytes"));
         drop(lock);
-        Ok(true)
+        Ok(Ok(()))
     }
 }
 
@@ -474,6 +551,7 @@ mod tests {
                 jti: "t1".into(),
                 expires_at: Timestamp(4102444800),
                 rotated_at: Some(Timestamp(1000)),
+                rotated_at_ms: None,
             }),
             Change::Family(RevokedFamily {
                 family: "f1".into(),
@@ -519,10 +597,52 @@ mod tests {
                 jti: "t1".into(),
                 expires_at: Timestamp(4102444800),
                 rotated_at: None,
+                rotated_at_ms: None,
             })])
             .unwrap_err();
         assert!(e.message.contains("temporary file"), "{e}");
         assert!(r.current().check("t1", "", "", 0, None).is_none());
         assert_eq!(before, std::fs::read(&path).unwrap());
+    }
+
+    #[test]
+    fn rotation_is_decided_once_under_the_lock_across_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("revocations.yaml");
+        std::fs::write(&path, "tokens: []\n").unwrap();
+        // Two stores on one file: two replicas, neither having reloaded.
+        let a = Revocations::open(&path).unwrap();
+        let b = Revocations::open(&path).unwrap();
+        let exp = now() + 3600;
+        let t0 = now_ms();
+        assert_eq!(a.rotate("rt", exp, t0, 5000).unwrap(), Rotation::First);
+        assert_eq!(
+            b.rotate("rt", exp, t0 + 10, 5000).unwrap(),
+            Rotation::InGrace
+        );
+        // The in-grace use did not move the first use's time.
+        assert_eq!(
+            b.rotate("rt", exp, t0 + 4999, 5000).unwrap(),
+            Rotation::InGrace
+        );
+        assert_eq!(
+            a.rotate("rt", exp, t0 + 5000, 5000).unwrap(),
+            Rotation::Reuse
+        );
+        // A grace of zero: the very next use is reuse, even 1 ms later.
+        assert_eq!(a.rotate("rt2", exp, t0, 0).unwrap(), Rotation::First);
+        assert_eq!(b.rotate("rt2", exp, t0, 0).unwrap(), Rotation::Reuse);
+        // Revoked outright.
+        a.apply(&[Change::Token(RevokedToken {
+            jti: "gone".into(),
+            expires_at: Timestamp(exp),
+            rotated_at: None,
+            rotated_at_ms: None,
+        })])
+        .unwrap();
+        assert_eq!(b.rotate("gone", exp, t0, 5000).unwrap(), Rotation::Revoked);
+        // Millisecond precision survives the file.
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(&format!("rotated_at_ms: {t0}")), "{text}");
     }
 }
