@@ -23,6 +23,9 @@ fn yaml(admin_token_file: &std::path::Path) -> String {
       grant_types: [client_credentials]
       operator: static-op
       scopes: [read]
+  users:
+    - username: alice
+      password_hash: "{hash}"
 admin:
   address: "127.0.0.1:0"
   token_file: "{file}"
@@ -193,6 +196,25 @@ async fn admin_api_adds_regenerates_and_revokes() {
     assert!(
         body["error"].as_str().unwrap().contains("operator"),
         "{body}"
+    );
+    // An operator that is a user's login: the config load would refuse the
+    // clients file at the next reload, so the API refuses the client now.
+    let (status, body) = admin(
+        &gw,
+        "POST",
+        "/admin/clients",
+        Some(ADMIN_TOKEN),
+        r#"{"client_id": "sneaky", "grant_types": ["client_credentials"], "operator": "alice", "scopes": ["read"]}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("user's login"),
+        "{body}"
+    );
+    assert!(
+        valet::config::load(&gw.config_path).is_ok(),
+        "the config no longer loads"
     );
 }
 

@@ -689,6 +689,18 @@ pub fn check_clients_file(config: &super::Config, file: &ClientsFile) -> Result<
         .to_path_buf();
     let resolve = |f: &str| dir.join(f);
     for (i, rc) in file.clients.iter().enumerate() {
+        // The config load's own rule (see `compile`): refused here rather
+        // than written into a file that would fail the next reload.
+        if let Some(op) = rc
+            .operator
+            .as_deref()
+            .filter(|op| a.registry.users.contains_key(*op))
+        {
+            c.at(
+                &format!("clients[{i}].operator"),
+                format!("operator `{op}` is also a user's login; an operator must be a service identity"),
+            );
+        }
         compile_client(
             rc,
             true,
