@@ -773,3 +773,45 @@ async fn a_use_within_the_grace_does_not_extend_it() {
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_carries_the_rights_of_now_not_of_the_login() {
+    let (gw, _up) = setup().await;
+    let c = gw.client(Proto::H1);
+    let r = c
+        .post_form(
+            TOKEN,
+            &[
+                ("grant_type", "password"),
+                ("username", "alice"),
+                ("password", "alice-pw"),
+                ("scope", "read write"),
+            ],
+            Some(("app", APP_SECRET)),
+        )
+        .await;
+    let rt = refresh_token_of(&r);
+    assert_eq!(r.json()["scope"], "read write");
+    // The operator takes `write` from the client and changes alice's email.
+    let text = std::fs::read_to_string(&gw.config_path).unwrap();
+    let text = text
+        .replacen(
+            "      grant_types: [password]\n      scopes: [read, write]",
+            "      grant_types: [password]\n      scopes: [read]",
+            1,
+        )
+        .replace("alice@example.com", "alice@new.example");
+    std::fs::write(&gw.config_path, text).unwrap();
+    assert!(gw.running.as_ref().unwrap().app.reload_config().is_ok());
+    let r = refresh(&c, &rt, None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let j = r.json();
+    assert_eq!(j["scope"], "read", "a scope the client lost stays lost");
+    assert_eq!(
+        claims_of(&s(&j["access_token"]))["email"],
+        "alice@new.example"
+    );
+    // And the family's next refresh token carries no more than that.
+    let r = refresh(&c, &s(&j["refresh_token"]), Some("write")).await;
+    assert_oauth_error(&r, 400, "invalid_scope");
+}

@@ -342,9 +342,26 @@ async fn refresh(
         }
         Rotation::Revoked => return Err(invalid()),
     }
-    let original: Vec<&str> = rt.scope.split(' ').filter(|s| !s.is_empty()).collect();
-    let scope = grant_scope(form.get("scope"), &original, &original)?;
-    let claims = rt.ext.clone().unwrap_or_default();
+    // Rights as they are now, not as they were at login: the family's
+    // scopes narrowed to what the client and the user may still hold, and
+    // the user's claims as the user record has them today.
+    let Some(user) = a.registry.users.get(&rt.sub) else {
+        return Err(invalid());
+    };
+    let still: Vec<&str> = rt
+        .scope
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .filter(|s| client.scopes.iter().any(|c| c == s))
+        .filter(|s| user.scopes.is_empty() || user.scopes.iter().any(|u| u == s))
+        .collect();
+    if still.is_empty() && !rt.scope.trim().is_empty() {
+        return Err(OAuthError::InvalidGrant(
+            "none of this refresh token's scopes is allowed any more; sign in again".into(),
+        ));
+    }
+    let scope = grant_scope(form.get("scope"), &still, &still)?;
+    let claims = user.claims.clone();
     let now = issue_time(app, &client.id, &rt.sub, now);
     issue_pair(snap, client, &rt.sub, &scope, Some(&family), &claims, now)
 }
