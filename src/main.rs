@@ -361,6 +361,7 @@ fn client_command(cmd: ClientCommand) -> ExitCode {
                 audience,
                 access_token_ttl: None,
                 refresh_token_ttl: None,
+                refresh_token_max_lifetime: None,
                 use_refresh_token: refresh_tokens,
                 introspect_any: false,
                 jwt_bearer: None,

@@ -815,3 +815,32 @@ async fn a_refresh_carries_the_rights_of_now_not_of_the_login() {
     let r = refresh(&c, &s(&j["refresh_token"]), Some("write")).await;
     assert_oauth_error(&r, 400, "invalid_scope");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_family_ends_at_its_max_lifetime_however_often_it_is_used() {
+    let up = Upstream::start().await;
+    let yaml = auth_server_yaml("").replacen(
+        "      use_refresh_token: true\n",
+        "      use_refresh_token: true\n      refresh_token_max_lifetime: 3s\n",
+        1,
+    );
+    let gw = Gateway::start(&default_routes(up.addr), &yaml).await;
+    let c = gw.client(Proto::H1);
+    let login = now();
+    let mut rt = refresh_token_of(&password_grant(&c, "app").await);
+    let fexp = claims_of(&rt)["fexp"].as_i64().unwrap();
+    assert!((login + 3..=now() + 3).contains(&fexp), "{fexp}");
+    // Refreshing keeps the family's end, and no refresh token outlives it.
+    for _ in 0..2 {
+        rt = refresh_token_of(&refresh(&c, &rt, None).await);
+        let claims = claims_of(&rt);
+        assert_eq!(claims["fexp"], fexp);
+        assert!(claims["exp"].as_i64().unwrap() <= fexp);
+    }
+    // Past the family's end, its newest refresh token no longer works.
+    tokio::time::sleep(std::time::Duration::from_secs(
+        (fexp - now() + 1).max(0) as u64
+    ))
+    .await;
+    assert_oauth_error(&refresh(&c, &rt, None).await, 400, "invalid_grant");
+}

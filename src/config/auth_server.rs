@@ -17,6 +17,9 @@ use std::time::Duration;
 /// Default token lifetimes of a client (seconds: 3600 and 86400).
 pub const DEFAULT_CLIENT_ACCESS_TTL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_CLIENT_REFRESH_TTL: Duration = Duration::from_secs(86400);
+/// Longest life of a refresh-token family from its login, however often it
+/// is refreshed (30 days): then the user signs in again.
+pub const DEFAULT_REFRESH_TOKEN_MAX_LIFETIME: Duration = Duration::from_secs(30 * 86400);
 /// A just-rotated refresh token still works this long (concurrent refreshes).
 pub const DEFAULT_REFRESH_GRACE: Duration = Duration::from_secs(5);
 /// Failed client authentications per client id and per source address,
@@ -445,6 +448,9 @@ fn compile_client(
             refresh_ttl: rc
                 .refresh_token_ttl
                 .map_or(DEFAULT_CLIENT_REFRESH_TTL, |d| d.0),
+            family_max_lifetime: rc
+                .refresh_token_max_lifetime
+                .map_or(DEFAULT_REFRESH_TOKEN_MAX_LIFETIME, |d| d.0),
             use_refresh_token: rc.use_refresh_token,
             introspect_any: rc.introspect_any,
             jwt_bearer,

@@ -143,6 +143,9 @@ pub struct RawClient {
     pub access_token_ttl: Option<ConfigDuration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_token_ttl: Option<ConfigDuration>,
+    /// How long a refresh-token family lives, however often it is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token_max_lifetime: Option<ConfigDuration>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub use_refresh_token: bool,
     /// May introspect tokens issued to other clients (resource servers).

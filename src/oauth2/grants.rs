@@ -211,23 +211,27 @@ async fn password(
         user.scopes.is_empty() || user.scopes.iter().any(|u| u == s)
     })?;
     let family = client.use_refresh_token.then(crate::tokens::random_id);
+    let ends = now.saturating_add(client.family_max_lifetime.as_secs() as i64);
     issue_pair(
         snap,
         client,
         &user.username,
         &scope,
-        family.as_deref(),
+        family.as_deref().map(|f| (f, ends)),
         &user.claims,
         now,
     )
 }
+
+/// A family: its id and when it ends.
+type Family<'a> = Option<(&'a str, i64)>;
 
 fn issue_pair(
     snap: &Snapshot,
     client: &Client,
     subject: &str,
     scope: &str,
-    family: Option<&str>,
+    family: Family<'_>,
     claims: &Map<String, Value>,
     now: i64,
 ) -> Result<Value, OAuthError> {
@@ -237,7 +241,8 @@ fn issue_pair(
         scope,
         ttl: Some(client.access_ttl),
         audience: Some(&client.audience),
-        family,
+        family: family.map(|f| f.0),
+        family_expires: family.map(|f| f.1),
         extra: Some(claims),
     };
     let access = mint(&snap.config.tokens, &req, now).map_err(sign_error)?;
@@ -303,6 +308,10 @@ async fn refresh(
     if rt.client_id != client.id {
         return Err(invalid());
     }
+    // The family's end is valet's own clock's: no skew.
+    if rt.family_expires.is_some_and(|end| now >= end) {
+        return Err(invalid());
+    }
     // The user must still exist; a removed user's refresh tokens stop working.
     if !a.registry.users.contains_key(&rt.sub) {
         return Err(invalid());
@@ -363,7 +372,19 @@ async fn refresh(
     let scope = grant_scope(form.get("scope"), &still, &still)?;
     let claims = user.claims.clone();
     let now = issue_time(app, &client.id, &rt.sub, now);
-    issue_pair(snap, client, &rt.sub, &scope, Some(&family), &claims, now)
+    // Families from before `fexp` existed end a full lifetime from now.
+    let ends = rt
+        .family_expires
+        .unwrap_or_else(|| now.saturating_add(client.family_max_lifetime.as_secs() as i64));
+    issue_pair(
+        snap,
+        client,
+        &rt.sub,
+        &scope,
+        Some((&family, ends)),
+        &claims,
+        now,
+    )
 }
 
 #[cfg(test)]

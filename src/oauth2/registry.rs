@@ -177,6 +177,8 @@ pub struct Client {
     pub audience: String,
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
+    /// A refresh-token family ends this long after its login.
+    pub family_max_lifetime: Duration,
     pub use_refresh_token: bool,
     pub introspect_any: bool,
     pub jwt_bearer: Option<JwtBearer>,

@@ -126,6 +126,7 @@ pub async fn respond(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Byt
                     audience: n.audience,
                     access_token_ttl: None,
                     refresh_token_ttl: None,
+                refresh_token_max_lifetime: None,
                     use_refresh_token: n.use_refresh_token,
                     introspect_any: false,
                     jwt_bearer: None,

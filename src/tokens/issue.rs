@@ -28,6 +28,9 @@ pub struct TokenRequest<'a> {
     pub audience: Option<&'a str>,
     /// The refresh-token family the token belongs to (`fam`).
     pub family: Option<&'a str>,
+    /// When the family ends (`fexp`, unix seconds): a refresh token never
+    /// outlives it, however often the family is refreshed.
+    pub family_expires: Option<i64>,
     /// Extra claims (identity mapping). Reserved names are refused by config validation.
     pub extra: Option<&'a Map<String, Value>>,
 }
@@ -91,7 +94,13 @@ fn sign(
             claims.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
     }
-    let exp = now + ttl as i64;
+    let mut exp = now + ttl as i64;
+    if refresh {
+        if let Some(fexp) = req.family_expires {
+            exp = exp.min(fexp);
+            claims.insert("fexp".into(), Value::from(fexp));
+        }
+    }
     for (k, v) in [
         ("iss", Value::from(cfg.issuer.as_str())),
         ("sub", Value::from(req.subject)),
@@ -119,7 +128,7 @@ fn sign(
     Ok(Minted {
         token,
         jti,
-        expires_in: ttl,
+        expires_in: exp.saturating_sub(now).max(0) as u64,
         expires_at: exp,
     })
 }
@@ -144,6 +153,8 @@ pub struct Own {
     pub nbf: Option<i64>,
     pub aud: Value,
     pub family: Option<String>,
+    /// When the family ends (refresh tokens).
+    pub family_expires: Option<i64>,
     pub ext: Option<Map<String, Value>>,
 }
 
@@ -191,6 +202,7 @@ pub fn decode_own(cfg: &TokenConfig, token: &str, check_exp: bool) -> Option<Own
         nbf: i("nbf"),
         aud,
         family: s("fam"),
+        family_expires: i("fexp"),
         ext: c.get("ext").and_then(Value::as_object).cloned(),
     })
 }
