@@ -102,12 +102,7 @@ async fn a_body_reset_mid_stream_over_http2_is_the_clients_fault() {
     let up = Upstream::start().await;
     let gw = Gateway::start(&default_routes(up.addr), "").await;
     let c = gw.client(Proto::H2);
-    let io = hyper_util::rt::TokioIo::new(c.tls_stream().await);
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let (mut send, _conn) = h2_connect(&c, None).await;
     let (mut tx, body) = http_body_channel();
     let req = c
         .request("POST", "/public/x")
@@ -206,12 +201,7 @@ async fn an_idle_http2_connection_is_closed_after_its_last_request() {
     let up = Upstream::start().await;
     let gw = Gateway::start(&default_routes(up.addr), FAST_LIMITS).await;
     let c = gw.client(Proto::H2);
-    let io = hyper_util::rt::TokioIo::new(c.tls_stream().await);
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
-            .await
-            .unwrap();
-    let conn = tokio::spawn(conn);
+    let (mut send, conn) = h2_connect(&c, None).await;
     let r = send
         .send_request(
             c.request("GET", "/public/x")
@@ -317,6 +307,29 @@ async fn a_client_that_stops_reading_is_disconnected() {
     );
 }
 
+/// An HTTP/2 connection (hyper's client), optionally with a fixed stream
+/// window; the connection task is spawned.
+async fn h2_connect<B>(
+    c: &Client,
+    window: Option<u32>,
+) -> (
+    hyper::client::conn::http2::SendRequest<B>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+)
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let io = hyper_util::rt::TokioIo::new(c.tls_stream().await);
+    let mut b = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    if let Some(w) = window {
+        b.initial_stream_window_size(w).adaptive_window(false);
+    }
+    let (send, conn) = b.handshake(io).await.unwrap();
+    (send, tokio::spawn(conn))
+}
+
 /// An HTTP/2 connection with a plain 64 KiB stream window (no adaptive
 /// window) and a 32 MiB download on it that the caller leaves unread.
 async fn h2_big_download_unread(
@@ -326,15 +339,7 @@ async fn h2_big_download_unread(
     tokio::task::JoinHandle<Result<(), hyper::Error>>,
     http::Response<hyper::body::Incoming>,
 ) {
-    let io = hyper_util::rt::TokioIo::new(c.tls_stream().await);
-    let (mut send, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .initial_stream_window_size(65_535)
-            .adaptive_window(false)
-            .handshake(io)
-            .await
-            .unwrap();
-    let conn = tokio::spawn(conn);
+    let (mut send, conn) = h2_connect(c, Some(65_535)).await;
     let r = send
         .send_request(
             c.request("GET", "/public/big")

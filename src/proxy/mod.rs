@@ -181,7 +181,7 @@ async fn dispatch(
     x: &mut Exchange,
 ) -> Response<ResponseBody> {
     // valet's own OAuth endpoints come before any proxy route, matched on
-    // the same reading as the routes.
+    // the same reading as the routes (computed once, here).
     let routing = crate::request_target::routing_path(req.uri().path(), &policy.paths);
     let path: &str = &routing;
     if let Some((a, ep)) = snap
@@ -205,8 +205,13 @@ async fn dispatch(
         let rid = x.request_id.clone();
         return crate::oauth1::flow::serve(app, snap, o, target, req, &rid, &mut x.token).await;
     }
-    drop(routing);
-    match proxy(app, snap, policy, peer, req, authority, x).await {
+    // Kept only when it differs from the request's path (rare), so that
+    // `req` can move on.
+    let routing = match routing {
+        Cow::Owned(r) => Some(r),
+        Cow::Borrowed(_) => None,
+    };
+    match proxy(app, snap, policy, peer, req, routing, authority, x).await {
         Ok(r) => r,
         Err(e) => {
             if let Some(reason) = e.client_reason() {
@@ -295,12 +300,14 @@ fn prepare(
     Ok(authority)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn proxy(
     app: &App,
     snap: &Snapshot,
     policy: &RequestPolicy,
     peer: SocketAddr,
     req: Request<Incoming>,
+    routing: Option<String>,
     authority: Option<(Authority, HeaderValue)>,
     x: &mut Exchange,
 ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -318,9 +325,9 @@ async fn proxy(
         return Err(ProxyError::HeadersTooLarge);
     }
 
-    // 2. Route, on the canonical path (`;` parameters aside) and the
-    //    normalised host.
-    let routing = crate::request_target::routing_path(req.uri().path(), &policy.paths);
+    // 2. Route, on the routing reading of the canonical path (see
+    //    `request_target::routing_path`) and the normalised host.
+    let routing = routing.as_deref().unwrap_or(req.uri().path());
     let host_name = authority
         .as_ref()
         .map(|(a, _)| crate::request_target::host_name(a));
@@ -331,10 +338,9 @@ async fn proxy(
             case_insensitive: r.cfg.case_insensitive,
         }),
         host_name,
-        &routing,
+        routing,
     )
     .ok_or(ProxyError::NotFound)?;
-    drop(routing);
     x.kind = Kind::Route(idx);
     let route = &snap.routes[idx];
 
