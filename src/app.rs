@@ -57,8 +57,13 @@ pub struct App {
     snapshot: ArcSwap<Snapshot>,
     pub revocations: Revocations,
     pub metrics: Metrics,
-    /// Failed client authentications, across config reloads.
-    pub limiter: crate::oauth2::limiter::FailureLimiter,
+    /// Allowances of authentication attempts, across config reloads
+    /// (rebuilt only when the configured allowances change).
+    pub throttle: ArcSwap<crate::oauth2::throttle::Throttle>,
+    /// The only place password hashes are verified.
+    pub hash_pool: crate::oauth2::hash_pool::HashPool,
+    /// Recently verified argon2id client secrets.
+    pub verified_secrets: crate::oauth2::verified::VerifiedSecrets,
     /// Pools by connect timeout; they outlive snapshots so reloads keep connections.
     clients: Mutex<HashMap<Duration, UpstreamClient>>,
     ready: AtomicBool,
@@ -114,11 +119,26 @@ impl App {
             .unwrap_or_default();
         let clients = Mutex::new(HashMap::new());
         let snapshot = build_snapshot(&metrics, &clients, config);
+        let auth = snapshot.config.authorization_server.as_ref();
+        let throttle = crate::oauth2::throttle::Throttle::new(
+            auth.map_or_else(default_allowances, |a| a.allowances),
+        );
+        let workers = match auth.map_or(0, |a| a.hash_workers) {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let hash_pool = crate::oauth2::hash_pool::HashPool::start(
+            workers,
+            metrics.hash_queue_depth.clone(),
+            metrics.hash_jobs.clone(),
+        );
         let app = App {
             snapshot: ArcSwap::from_pointee(snapshot),
             revocations,
             metrics,
-            limiter: Default::default(),
+            throttle: ArcSwap::from_pointee(throttle),
+            hash_pool,
+            verified_secrets: Default::default(),
             clients,
             ready: AtomicBool::new(false),
             config_digest: Mutex::new(config_digest),
@@ -207,6 +227,18 @@ impl App {
         let d = config_digest(&bytes, &companion_files(&cfg));
         self.open_oauth1_store(&cfg);
         let snap = build_snapshot(&self.metrics, &self.clients, cfg);
+        let allowances = snap
+            .config
+            .authorization_server
+            .as_ref()
+            .map_or_else(default_allowances, |a| a.allowances);
+        if allowances != self.throttle.load().allowances {
+            self.throttle
+                .store(Arc::new(crate::oauth2::throttle::Throttle::new(allowances)));
+        }
+        // A changed secret can never match an old entry (the key includes
+        // the stored hash); forgetting them all also forgets removed clients.
+        self.verified_secrets.clear();
         self.snapshot.store(Arc::new(snap));
         *self.config_digest.lock().expect("not poisoned") = d;
         Ok(true)
@@ -256,10 +288,35 @@ impl App {
     /// OAuth 1.0 flows.
     pub fn prune_caches(&self) {
         self.oauth1_flows.prune();
+        self.throttle.load().prune();
+        let snap = self.snapshot.load();
+        let ttl = snap
+            .config
+            .authorization_server
+            .as_ref()
+            .map_or(Duration::ZERO, |a| a.verified_secret_ttl);
+        self.verified_secrets.prune(ttl);
+        self.metrics
+            .throttle_keys
+            .set(self.throttle.load().len() as i64);
         self.snapshot
             .load()
             .validator
             .prune(crate::revocation::now());
+    }
+}
+
+/// Allowances when there is no authorization server (nothing uses them).
+fn default_allowances() -> crate::oauth2::throttle::Allowances {
+    use crate::config as d;
+    let a = |burst| crate::oauth2::throttle::Allowance {
+        burst,
+        window: d::DEFAULT_FAILED_AUTH_WINDOW,
+    };
+    crate::oauth2::throttle::Allowances {
+        per_client_source: a(d::DEFAULT_MAX_FAILED_AUTH),
+        per_source: a(d::DEFAULT_MAX_FAILED_AUTH_PER_SOURCE),
+        per_username: a(d::DEFAULT_MAX_FAILED_AUTH),
     }
 }
 

@@ -49,6 +49,14 @@ pub struct Metrics {
     pub revocations: IntCounterVec,
     pub client_auth_failures: IntCounter,
     pub rate_limited: IntCounterVec,
+    /// Password-hash verifications waiting for a worker.
+    pub hash_queue_depth: IntGauge,
+    /// Password-hash attempts by outcome (match, mismatch, or why refused).
+    pub hash_jobs: IntCounterVec,
+    /// Keys the authentication throttle holds (after the last prune).
+    pub throttle_keys: IntGauge,
+    /// Client-secret checks answered from the verified-secret cache.
+    pub verified_secret_hits: IntCounter,
     pub oauth1_flows_started: IntCounterVec,
     pub oauth1_flows_completed: IntCounterVec,
     pub oauth1_flows_failed: IntCounterVec,
@@ -198,9 +206,34 @@ impl Metrics {
         let rate_limited = IntCounterVec::new(
             Opts::new(
                 "valet_rate_limited_total",
-                "Requests refused by the failed-authentication limiter, by key kind.",
+                "Authentication attempts refused by the throttle, by key kind \
+                 (client_source, source, username).",
             ),
             &["by"],
+        )
+        .expect("valid metric");
+        let hash_queue_depth = IntGauge::new(
+            "valet_password_hash_queue_depth",
+            "Password-hash verifications waiting for a worker.",
+        )
+        .expect("valid metric");
+        let hash_jobs = IntCounterVec::new(
+            Opts::new(
+                "valet_password_hash_jobs_total",
+                "Password-hash verifications by outcome: match, mismatch, or refused \
+                 (source_full, queue_full, deadline) or skipped (nobody waiting).",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let throttle_keys = IntGauge::new(
+            "valet_auth_throttle_keys",
+            "Keys the authentication throttle holds, after its last prune.",
+        )
+        .expect("valid metric");
+        let verified_secret_hits = IntCounter::new(
+            "valet_verified_secret_hits_total",
+            "Client-secret checks answered from the cache of verified argon2id secrets.",
         )
         .expect("valid metric");
         let by_provider = |name: &str, help: &str| {
@@ -241,6 +274,10 @@ impl Metrics {
             Box::new(revocations.clone()),
             Box::new(client_auth_failures.clone()),
             Box::new(rate_limited.clone()),
+            Box::new(hash_queue_depth.clone()),
+            Box::new(hash_jobs.clone()),
+            Box::new(throttle_keys.clone()),
+            Box::new(verified_secret_hits.clone()),
             Box::new(requests.clone()),
             Box::new(request_duration.clone()),
             Box::new(upstream_duration.clone()),
@@ -280,6 +317,10 @@ impl Metrics {
             revocations,
             client_auth_failures,
             rate_limited,
+            hash_queue_depth,
+            hash_jobs,
+            throttle_keys,
+            verified_secret_hits,
             oauth1_flows_started,
             oauth1_flows_completed,
             oauth1_flows_failed,

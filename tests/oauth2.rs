@@ -578,11 +578,11 @@ async fn metadata_issuer_matches_tokens_and_jwks_verifies_them() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn repeated_secret_guessing_is_rate_limited() {
+async fn repeated_secret_guessing_is_throttled_but_never_locks_out_the_real_client() {
     let (gw, _up) = setup().await;
-    let c = gw.client(Proto::H1);
+    let attacker = gw.client(Proto::H1);
     for _ in 0..3 {
-        let r = c
+        let r = attacker
             .post_form(
                 TOKEN,
                 &[("grant_type", "client_credentials")],
@@ -591,13 +591,21 @@ async fn repeated_secret_guessing_is_rate_limited() {
             .await;
         assert_oauth_error(&r, 401, "invalid_client");
     }
-    // Locked out now, even with the right secret.
-    let r = client_credentials(&c, None).await;
+    // The guessing source is throttled, even when it tries the right secret
+    // (so the throttle is no oracle)...
+    let r = client_credentials(&attacker, None).await;
     assert_eq!(r.status, 429, "{:?}", r.body);
     let retry: u64 = r.header("retry-after").parse().unwrap();
-    assert!((1..=60).contains(&retry));
+    assert!((1..=60).contains(&retry), "{retry}");
     assert_eq!(gw.metric("valet_client_auth_failures_total").await, 3.0);
-    assert!(gw.metric("valet_rate_limited_total{by=\"client\"}").await >= 1.0);
+    assert_eq!(
+        gw.metric("valet_rate_limited_total{by=\"client_source\"}")
+            .await,
+        1.0
+    );
+    // ...but the real client, from anywhere else, is not locked out.
+    let real = gw.client(Proto::H1).from("127.0.0.2");
+    assert_eq!(client_credentials(&real, None).await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]

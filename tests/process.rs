@@ -204,6 +204,108 @@ fn one_client_yaml() -> String {
     )
 }
 
+/// The issue's flood, against the real binary: 200 concurrent wrong secrets
+/// from one source (with the throttle out of the way, so the hash pool alone
+/// bounds the work), the right secret from another source during it, then
+/// 64 concurrent requests with a correct argon2id secret nobody has used yet.
+/// Before the pool, each wrong secret held its own 19 MiB argon2 buffer at
+/// once (96 concurrent: +1.7 GiB) and the memory stayed after the load.
+#[tokio::test(flavor = "multi_thread")]
+async fn hashing_memory_is_bounded_under_a_flood_and_returns_after_it() {
+    const MIB: u64 = 1024;
+    let up = Upstream::start().await;
+    let yaml = format!(
+        "{}    - client_id: svc2\n      secret_hash: \"{}\"\n      grant_types: [client_credentials]\n      operator: svc2-op\n      scopes: [read]\n",
+        one_client_yaml().replacen(
+            "authorization_server:\n",
+            "authorization_server:\n  max_failed_auth: 100000\n  max_failed_auth_per_source: 100000\n",
+            1
+        ),
+        valet::oauth2::registry::argon2id_hash("svc2-secret")
+    );
+    let p = Proc::start_with(&default_routes(up.addr), &yaml, Stdio::null()).await;
+    issue(&p).await;
+    let idle = p.rss_kib();
+    let flood: Vec<_> = (0..200)
+        .map(|i| {
+            let c = p.client(Proto::H1);
+            tokio::spawn(async move {
+                c.post_form(
+                    "/oauth2/token",
+                    &[("grant_type", "client_credentials")],
+                    Some(("svc", &format!("wrong-{i}"))),
+                )
+                .await
+                .status
+                .as_u16()
+            })
+        })
+        .collect();
+    let good = p.client(Proto::H1).from("127.0.0.2");
+    let started = std::time::Instant::now();
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        good.post_form(
+            "/oauth2/token",
+            &[("grant_type", "client_credentials")],
+            Some(("svc", "svc-secret")),
+        ),
+    )
+    .await
+    .expect("the right secret from another source is answered during the flood");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let good_latency = started.elapsed();
+    let mut statuses = std::collections::BTreeMap::new();
+    for t in flood {
+        *statuses.entry(t.await.unwrap()).or_insert(0) += 1;
+    }
+    assert!(
+        statuses.keys().all(|s| [401, 429, 503].contains(s)),
+        "{statuses:?}"
+    );
+    let after_flood = p.peak_rss_kib();
+
+    let correct: Vec<_> = (0..64)
+        .map(|_| {
+            let c = p.client(Proto::H1).from("127.0.0.3");
+            tokio::spawn(async move {
+                c.post_form(
+                    "/oauth2/token",
+                    &[("grant_type", "client_credentials")],
+                    Some(("svc2", "svc2-secret")),
+                )
+                .await
+                .status
+                .as_u16()
+            })
+        })
+        .collect();
+    for t in correct {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let peak = p.peak_rss_kib();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let settled = p.rss_kib();
+    eprintln!(
+        "idle {} MiB, peak after flood {} MiB, peak {} MiB, settled {} MiB; \
+         flood answers {statuses:?}; good client answered in {good_latency:?}",
+        idle / MIB,
+        after_flood / MIB,
+        peak / MIB,
+        settled / MIB
+    );
+    assert!(
+        peak.saturating_sub(idle) <= 150 * MIB,
+        "peak grew {} MiB over idle",
+        (peak - idle) / MIB
+    );
+    assert!(
+        settled.saturating_sub(idle) <= 48 * MIB,
+        "memory did not return: {} MiB over idle",
+        settled.saturating_sub(idle) / MIB
+    );
+}
+
 async fn issue(p: &Proc) -> String {
     let r = p
         .client(Proto::H1)

@@ -22,10 +22,20 @@ pub const DEFAULT_CLIENT_REFRESH_TTL: Duration = Duration::from_secs(86400);
 pub const DEFAULT_REFRESH_TOKEN_MAX_LIFETIME: Duration = Duration::from_secs(30 * 86400);
 /// A just-rotated refresh token still works this long (concurrent refreshes).
 pub const DEFAULT_REFRESH_GRACE: Duration = Duration::from_secs(5);
-/// Failed client authentications per client id and per source address,
-/// within the window, before further attempts are refused (429).
+/// Attempts per (client id, source) and per username within the window
+/// before further attempts are throttled (429); the allowance refills
+/// steadily over the window.
 pub const DEFAULT_MAX_FAILED_AUTH: u32 = 10;
 pub const DEFAULT_FAILED_AUTH_WINDOW: Duration = Duration::from_secs(60);
+/// The same, per source whatever client or user it tries.
+pub const DEFAULT_MAX_FAILED_AUTH_PER_SOURCE: u32 = 30;
+/// Password-hash verifications waiting for a worker, all sources together
+/// and from one source, and how long one may wait.
+pub const DEFAULT_HASH_QUEUE: usize = 128;
+pub const DEFAULT_HASH_QUEUE_PER_SOURCE: usize = 16;
+pub const DEFAULT_HASH_WAIT: Duration = Duration::from_secs(2);
+/// How long a verified argon2id client secret is remembered.
+pub const DEFAULT_VERIFIED_SECRET_TTL: Duration = Duration::from_secs(300);
 /// Longest accepted remaining lifetime of a JWT bearer assertion.
 pub const DEFAULT_MAX_ASSERTION_LIFETIME: Duration = Duration::from_secs(3600);
 
@@ -62,8 +72,13 @@ pub struct AuthServerConfig {
     pub users_file: Option<PathBuf>,
     pub paths: EndpointPaths,
     pub refresh_grace: Duration,
-    pub max_failed_auth: u32,
-    pub failed_auth_window: Duration,
+    /// Throttling of authentication attempts.
+    pub allowances: crate::oauth2::throttle::Allowances,
+    /// The password-hash queue.
+    pub hash_queue: crate::oauth2::hash_pool::QueueLimits,
+    /// Hashing threads (read at start-up only; 0: one per core).
+    pub hash_workers: usize,
+    pub verified_secret_ttl: Duration,
     /// Notes that do not stop valet (e.g. password grant enabled).
     pub warnings: Vec<ConfigError>,
 }
@@ -249,8 +264,44 @@ pub(super) fn compile(
         users_file,
         paths,
         refresh_grace: d(raw.refresh_grace, DEFAULT_REFRESH_GRACE),
-        max_failed_auth: raw.max_failed_auth.unwrap_or(DEFAULT_MAX_FAILED_AUTH),
-        failed_auth_window: d(raw.failed_auth_window, DEFAULT_FAILED_AUTH_WINDOW),
+        allowances: {
+            use crate::oauth2::throttle::{Allowance, Allowances};
+            let window = d(raw.failed_auth_window, DEFAULT_FAILED_AUTH_WINDOW);
+            let max = raw.max_failed_auth.unwrap_or(DEFAULT_MAX_FAILED_AUTH);
+            let per_source = raw
+                .max_failed_auth_per_source
+                .unwrap_or(DEFAULT_MAX_FAILED_AUTH_PER_SOURCE);
+            if max == 0 || per_source == 0 || window.is_zero() {
+                c.at(
+                    "authorization_server.max_failed_auth",
+                    "max_failed_auth, max_failed_auth_per_source and failed_auth_window must be positive",
+                );
+            }
+            let a = |burst| Allowance { burst, window };
+            Allowances {
+                per_client_source: a(max),
+                per_source: a(per_source),
+                per_username: a(max),
+            }
+        },
+        hash_queue: {
+            let q = crate::oauth2::hash_pool::QueueLimits {
+                capacity: raw.password_hash_queue.unwrap_or(DEFAULT_HASH_QUEUE),
+                per_source: raw
+                    .password_hash_queue_per_source
+                    .unwrap_or(DEFAULT_HASH_QUEUE_PER_SOURCE),
+                wait: d(raw.password_hash_wait, DEFAULT_HASH_WAIT),
+            };
+            if q.capacity == 0 || q.per_source == 0 || q.wait.is_zero() {
+                c.at(
+                    "authorization_server.password_hash_queue",
+                    "password_hash_queue, password_hash_queue_per_source and password_hash_wait must be positive",
+                );
+            }
+            q
+        },
+        hash_workers: raw.password_hash_workers.unwrap_or(0),
+        verified_secret_ttl: d(raw.verified_secret_ttl, DEFAULT_VERIFIED_SECRET_TTL),
         warnings,
     }
 }

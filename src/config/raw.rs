@@ -104,7 +104,13 @@ pub(super) struct RawAuthServer {
     pub(super) introspection_path: Option<String>,
     pub(super) refresh_grace: Option<ConfigDuration>,
     pub(super) max_failed_auth: Option<u32>,
+    pub(super) max_failed_auth_per_source: Option<u32>,
     pub(super) failed_auth_window: Option<ConfigDuration>,
+    pub(super) password_hash_workers: Option<usize>,
+    pub(super) password_hash_queue: Option<usize>,
+    pub(super) password_hash_queue_per_source: Option<usize>,
+    pub(super) password_hash_wait: Option<ConfigDuration>,
+    pub(super) verified_secret_ttl: Option<ConfigDuration>,
 }
 
 /// The clients file: `clients: [...]`.

@@ -2,16 +2,18 @@
 //! `client_secret_basic` or `client_secret_post`, never both; Basic
 //! credentials are form-url-decoded before comparison; secrets are compared
 //! in constant time; an unknown client id costs what a wrong secret costs;
-//! repeated failures per client id and per source address are refused.
+//! attempts are throttled per (client id, source) and per source.
 
 use super::error::OAuthError;
 use super::form::{decode_component, Form};
-use super::registry::Client;
+use super::hash_pool::Busy;
+use super::registry::{Argon2Hash, Client, SecretHash};
+use super::throttle::{Key, Source, Throttled};
 use crate::app::App;
 use crate::config::AuthServerConfig;
 use http::header::{self, HeaderMap};
-use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Credentials as presented.
 struct Presented {
@@ -81,53 +83,113 @@ fn presented(headers: &HeaderMap, form: &Form) -> Result<Presented, OAuthError> 
 }
 
 /// Authenticates the calling client or explains why not.
+///
+/// Order matters: the throttle is asked first (a throttled key gets no
+/// answer about its secret, not even from the cache); a fast (HMAC) secret
+/// is checked inline and a failure then counted; an argon2id secret is
+/// looked up in the verified-secret cache, and only a miss spends allowance
+/// (given back if the secret was right) and goes to the hash pool.
 pub async fn authenticate(
     app: &Arc<App>,
     a: &AuthServerConfig,
-    peer: SocketAddr,
+    source: Source,
     headers: &HeaderMap,
     form: &Form,
 ) -> Result<Arc<Client>, OAuthError> {
     let p = presented(headers, form)?;
-    let keys = [
-        (format!("client:{}", p.id), "client"),
-        (format!("address:{}", peer.ip()), "address"),
-    ];
-    for (key, by) in &keys {
-        if let Some(after) = app
-            .limiter
-            .blocked(key, a.max_failed_auth, a.failed_auth_window)
-        {
-            app.metrics.rate_limited.with_label_values(&[by]).inc();
-            return Err(OAuthError::RateLimited(after));
-        }
-    }
+    let keys = [Key::ClientSource(&p.id, source), Key::Source(source)];
+    let throttle = app.throttle.load();
+    throttle.check(&keys).map_err(|t| throttled(app, t))?;
     let client = a.registry.clients.get(&p.id).cloned();
     // An unknown client is checked against a dummy hash of the same kind, so
     // the answer takes as long as for a known client with a wrong secret.
     let hash = match &client {
-        Some(c) => Some(c.secret.clone()),
-        None => a.registry.dummy_client.clone(),
+        Some(c) => Some(&c.secret),
+        None => a.registry.dummy_client.as_ref(),
     };
-    let pepper = a.registry.pepper.clone();
-    let secret = p.secret;
-    let ok = tokio::task::spawn_blocking(move || {
-        hash.is_some_and(|h| h.verify(secret.as_bytes(), pepper.as_ref()))
-    })
-    .await
-    .unwrap_or(false);
+    let ok = match hash {
+        Some(SecretHash::Argon2id(h)) => {
+            let slot_key = app
+                .verified_secrets
+                .key(&p.id, h.fingerprint(), p.secret.as_bytes());
+            let check = || async {
+                throttle.spend(&keys).map_err(|t| throttled(app, t))?;
+                let ok = hashed(app, a, source, h, p.secret.as_bytes()).await?;
+                // (The dummy hash of an unknown client can "match" too: no refund.)
+                if ok && client.is_some() {
+                    throttle.refund(&keys);
+                }
+                Ok(ok)
+            };
+            // Unknown clients are never cached (nothing to remember).
+            match client
+                .is_some()
+                .then(|| app.verified_secrets.slot(&slot_key, a.verified_secret_ttl))
+                .flatten()
+            {
+                Some(slot) => {
+                    let mut ran = false;
+                    let r = slot
+                        .get_or_verify(|| {
+                            ran = true;
+                            check()
+                        })
+                        .await;
+                    app.verified_secrets.settle(&slot_key, &slot);
+                    if !ran && r == Ok(true) {
+                        app.metrics.verified_secret_hits.inc();
+                    }
+                    r?
+                }
+                None => check().await?,
+            }
+        }
+        Some(h @ SecretHash::HmacSha256(_)) => {
+            let ok = h.verify(p.secret.as_bytes(), a.registry.pepper.as_ref());
+            if !ok {
+                // Counted after the fact: the check costs nothing.
+                let _ = throttle.spend(&keys);
+            }
+            ok
+        }
+        None => {
+            let _ = throttle.spend(&keys);
+            false
+        }
+    };
     match client {
         Some(c) if ok => Ok(c),
         _ => {
-            for (key, _) in &keys {
-                app.limiter.failure(key, a.failed_auth_window);
-            }
             app.metrics.client_auth_failures.inc();
-            tracing::info!(client_id = %p.id, peer = %peer.ip(), "client authentication failed");
+            tracing::info!(client_id = %p.id, %source, "client authentication failed");
             Err(OAuthError::InvalidClient {
                 basic: p.basic,
                 description: "client authentication failed",
             })
         }
     }
+}
+
+/// Checks a password or secret against an argon2id hash in the hash pool,
+/// with allowance already spent; saturation becomes 429 or 503.
+pub async fn hashed(
+    app: &App,
+    a: &AuthServerConfig,
+    source: Source,
+    hash: &Arc<Argon2Hash>,
+    candidate: &[u8],
+) -> Result<bool, OAuthError> {
+    app.hash_pool
+        .verify(source, hash.clone(), candidate.to_vec(), &a.hash_queue)
+        .await
+        .map_err(|busy| match busy {
+            Busy::SourceFull => OAuthError::RateLimited(Duration::from_secs(1)),
+            Busy::Full | Busy::Deadline => OAuthError::Busy(a.hash_queue.wait),
+        })
+}
+
+/// A throttle refusal, counted.
+pub fn throttled(app: &App, t: Throttled) -> OAuthError {
+    app.metrics.rate_limited.with_label_values(&[t.by]).inc();
+    OAuthError::RateLimited(t.retry_after)
 }

@@ -7,6 +7,7 @@
 use super::client_auth::authenticate;
 use super::error::{json, OAuthError};
 use super::form::Form;
+use super::throttle::Source;
 use crate::app::{App, Snapshot};
 use crate::config::AuthServerConfig;
 use crate::proxy::ResponseBody;
@@ -63,10 +64,17 @@ pub async fn serve(
             Ok(f) => f,
             Err(e) => return e.into_response(),
         };
+    // Who is asking, for the throttle and the hash queue: the peer, or
+    // behind a trusted proxy the client it names.
+    let source = Source::of(crate::proxy::forwarded::client_address(
+        peer.ip(),
+        &parts.headers,
+        &snap.config.trusted_proxies,
+    ));
     let result = match ep {
-        Endpoint::Token => super::grants::token(app, snap, a, peer, &parts.headers, &form).await,
-        Endpoint::Revoke => revoke(app, snap, a, peer, &parts.headers, &form).await,
-        Endpoint::Introspect => introspect(app, snap, a, peer, &parts.headers, &form).await,
+        Endpoint::Token => super::grants::token(app, snap, a, source, &parts.headers, &form).await,
+        Endpoint::Revoke => revoke(app, snap, a, source, &parts.headers, &form).await,
+        Endpoint::Introspect => introspect(app, snap, a, source, &parts.headers, &form).await,
         Endpoint::Metadata | Endpoint::Jwks => unreachable!("answered above"),
     };
     match result {
@@ -288,11 +296,11 @@ async fn revoke(
     app: &Arc<App>,
     snap: &Snapshot,
     a: &AuthServerConfig,
-    peer: SocketAddr,
+    source: Source,
     headers: &http::HeaderMap,
     form: &Form,
 ) -> Result<Response<ResponseBody>, OAuthError> {
-    let client = authenticate(app, a, peer, headers, form).await?;
+    let client = authenticate(app, a, source, headers, form).await?;
     let token = form.require("token")?;
     // `token_type_hint` is a hint: the token's own `typ` decides.
     let ok = || json(StatusCode::OK, &serde_json::json!({}));
@@ -338,11 +346,11 @@ async fn introspect(
     app: &Arc<App>,
     snap: &Snapshot,
     a: &AuthServerConfig,
-    peer: SocketAddr,
+    source: Source,
     headers: &http::HeaderMap,
     form: &Form,
 ) -> Result<Response<ResponseBody>, OAuthError> {
-    let client = authenticate(app, a, peer, headers, form).await?;
+    let client = authenticate(app, a, source, headers, form).await?;
     let token = form.require("token")?;
     let inactive = || json(StatusCode::OK, &serde_json::json!({"active": false}));
     let Some(own) = decode_own(&snap.config.tokens, token, true) else {

@@ -22,7 +22,10 @@ pub enum OAuthError {
     InvalidScope(String),
     /// The change could not be made durable; nothing was changed.
     Unavailable(String),
+    /// Too many attempts from here: come back after this long (429).
     RateLimited(Duration),
+    /// Password hashing is saturated: come back after this long (503).
+    Busy(Duration),
     MethodNotAllowed,
 }
 
@@ -35,14 +38,14 @@ impl OAuthError {
             OAuthError::UnauthorizedClient(_) => "unauthorized_client",
             OAuthError::UnsupportedGrantType(_) => "unsupported_grant_type",
             OAuthError::InvalidScope(_) => "invalid_scope",
-            OAuthError::Unavailable(_) => "temporarily_unavailable",
+            OAuthError::Unavailable(_) | OAuthError::Busy(_) => "temporarily_unavailable",
         }
     }
 
     fn status(&self) -> StatusCode {
         match self {
             OAuthError::InvalidClient { .. } => StatusCode::UNAUTHORIZED,
-            OAuthError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            OAuthError::Unavailable(_) | OAuthError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             OAuthError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             OAuthError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             _ => StatusCode::BAD_REQUEST,
@@ -59,8 +62,9 @@ impl OAuthError {
             OAuthError::UnsupportedGrantType(g) => format!("grant type `{g}` is not supported"),
             OAuthError::InvalidClient { description, .. } => (*description).to_string(),
             OAuthError::RateLimited(_) => {
-                "too many failed client authentications; retry later".into()
+                "too many authentication attempts from here; retry later".into()
             }
+            OAuthError::Busy(_) => "too many authentications in progress; retry later".into(),
             OAuthError::MethodNotAllowed => "use POST".into(),
         }
     }
@@ -77,10 +81,12 @@ impl OAuthError {
                     HeaderValue::from_static("Basic realm=\"valet\""),
                 );
             }
-            OAuthError::RateLimited(after) => {
+            OAuthError::RateLimited(after) | OAuthError::Busy(after) => {
                 h.insert(
                     header::RETRY_AFTER,
-                    HeaderValue::from(after.as_secs().max(1)),
+                    HeaderValue::from(
+                        (after.as_secs() + u64::from(after.subsec_nanos() > 0)).max(1),
+                    ),
                 );
             }
             OAuthError::MethodNotAllowed => {

@@ -6,11 +6,12 @@
 //! reuse (RFC 9700 §4.14.2) and the whole family is revoked, including the
 //! access tokens issued from it.
 
-use super::client_auth::authenticate;
+use super::client_auth::{authenticate, hashed, throttled};
 use super::endpoints::{apply, family_revocation};
 use super::error::{json, OAuthError};
 use super::form::Form;
-use super::registry::{Client, Grant};
+use super::registry::{Client, Grant, SecretHash};
+use super::throttle::{Key, Source};
 use crate::app::{App, Snapshot};
 use crate::config::AuthServerConfig;
 use crate::proxy::ResponseBody;
@@ -18,7 +19,6 @@ use crate::revocation::Rotation;
 use crate::tokens::issue::{decode_own, mint, mint_refresh, Kind, TokenRequest};
 use http::{HeaderMap, Response, StatusCode};
 use serde_json::{Map, Value};
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// The metrics label for a `grant_type` value (bounded: unknown ones are `other`).
@@ -86,14 +86,14 @@ pub async fn token(
     app: &Arc<App>,
     snap: &Snapshot,
     a: &AuthServerConfig,
-    peer: SocketAddr,
+    source: Source,
     headers: &HeaderMap,
     form: &Form,
 ) -> Result<Response<ResponseBody>, OAuthError> {
     let grant_type = form.require("grant_type")?;
     let grant = Grant::parse(grant_type)
         .ok_or_else(|| OAuthError::UnsupportedGrantType(grant_type.to_string()))?;
-    let client = authenticate(app, a, peer, headers, form).await?;
+    let client = authenticate(app, a, source, headers, form).await?;
     if !client.allows(grant) {
         return Err(OAuthError::UnauthorizedClient(format!(
             "this client may not use the {} grant",
@@ -111,7 +111,7 @@ pub async fn token(
             );
             client_credentials(snap, &client, form, now)?
         }
-        Grant::Password => password(app, snap, a, &client, form, now).await?,
+        Grant::Password => password(app, snap, a, source, &client, form, now).await?,
         Grant::RefreshToken => refresh(app, snap, a, &client, form, now).await?,
         Grant::JwtBearer => {
             let m = super::jwt_bearer::verify(app, snap, a, &client, form, now).await?;
@@ -182,22 +182,35 @@ async fn password(
     app: &Arc<App>,
     snap: &Snapshot,
     a: &AuthServerConfig,
+    source: Source,
     client: &Client,
     form: &Form,
     now: i64,
 ) -> Result<Value, OAuthError> {
     let username = form.require("username")?;
-    let password = form.require("password")?.to_string();
+    let password = form.require("password")?;
+    // Per username as well as per source: guesses at one account from many
+    // sources are counted against it. Spent before the hash runs.
+    let keys = [Key::Source(source), Key::Username(username)];
+    let throttle = app.throttle.load();
+    throttle.check(&keys).map_err(|t| throttled(app, t))?;
     let user = a.registry.users.get(username).cloned();
     let hash = match &user {
-        Some(u) => Some(u.password.clone()),
-        None => a.registry.dummy_user.clone(),
+        Some(u) => Some(&u.password),
+        None => a.registry.dummy_user.as_ref(),
     };
-    let ok = tokio::task::spawn_blocking(move || {
-        hash.is_some_and(|h| h.verify(password.as_bytes(), None))
-    })
-    .await
-    .unwrap_or(false);
+    let ok = match hash {
+        Some(SecretHash::Argon2id(h)) => {
+            throttle.spend(&keys).map_err(|t| throttled(app, t))?;
+            let ok = hashed(app, a, source, h, password.as_bytes()).await?;
+            if ok && user.is_some() {
+                throttle.refund(&keys);
+            }
+            ok
+        }
+        // Users' passwords are always argon2id (checked at load).
+        _ => false,
+    };
     let user = match user {
         Some(u) if ok => u,
         _ => {

@@ -4,7 +4,7 @@
 //! (fast, so the token endpoint cannot be made to burn CPU on argon2).
 
 use argon2::password_hash::phc::PasswordHash;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::password_hash::PasswordHasher;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -32,8 +32,93 @@ impl fmt::Debug for Secret {
 /// A stored secret hash.
 #[derive(Clone)]
 pub enum SecretHash {
-    Argon2id(String),
+    Argon2id(Arc<Argon2Hash>),
     HmacSha256([u8; 32]),
+}
+
+/// The largest argon2 memory cost a stored hash may ask for (256 MiB): every
+/// verification holds this much, so it bounds what one attempt can cost.
+pub const MAX_ARGON2_MEMORY_KIB: u32 = 256 * 1024;
+/// The largest argon2 time cost a stored hash may ask for.
+pub const MAX_ARGON2_PASSES: u32 = 16;
+
+/// An argon2id hash, parsed once at load so a verification only hashes.
+pub struct Argon2Hash {
+    params: argon2::Params,
+    version: argon2::Version,
+    salt: Box<[u8]>,
+    expected: Box<[u8]>,
+}
+
+impl Argon2Hash {
+    /// Memory blocks (1 KiB each) one verification needs.
+    pub fn blocks(&self) -> usize {
+        self.params.block_count()
+    }
+
+    /// Verifies with the caller's memory, grown if it is too small, so a
+    /// worker that verifies all day allocates once.
+    pub fn verify_with(&self, candidate: &[u8], memory: &mut Vec<argon2::Block>) -> bool {
+        let n = self.blocks();
+        if memory.len() < n {
+            memory.resize(n, argon2::Block::new());
+        }
+        let mut out = [0u8; 64];
+        let Some(out) = out.get_mut(..self.expected.len()) else {
+            return false;
+        };
+        let ctx = argon2::Argon2::new(
+            argon2::Algorithm::Argon2id,
+            self.version,
+            self.params.clone(),
+        );
+        ctx.hash_password_into_with_memory(candidate, &self.salt, out, &mut memory[..n])
+            .is_ok()
+            && aws_lc_rs::constant_time::verify_slices_are_equal(out, &self.expected).is_ok()
+    }
+
+    /// A fingerprint of the stored hash (not of the secret): a cache keyed
+    /// with it forgets entries when the secret changes.
+    pub fn fingerprint(&self) -> &[u8] {
+        &self.expected
+    }
+
+    fn parse(s: &str) -> Result<Argon2Hash, String> {
+        let parsed =
+            PasswordHash::new(s).map_err(|e| format!("not an argon2id PHC string: {e}"))?;
+        if parsed.algorithm.as_str() != "argon2id" {
+            return Err(format!(
+                "hash algorithm `{}` is not allowed; use argon2id",
+                parsed.algorithm
+            ));
+        }
+        let params =
+            argon2::Params::try_from(&parsed).map_err(|e| format!("argon2id parameters: {e}"))?;
+        if params.m_cost() > MAX_ARGON2_MEMORY_KIB || params.t_cost() > MAX_ARGON2_PASSES {
+            return Err(format!(
+                "argon2id cost m={} KiB, t={} is above valet's bound (m <= {MAX_ARGON2_MEMORY_KIB}, \
+                 t <= {MAX_ARGON2_PASSES}): every attempt, even a wrong one, would cost that much",
+                params.m_cost(),
+                params.t_cost()
+            ));
+        }
+        let version = match parsed.version {
+            None => argon2::Version::default(),
+            Some(v) => argon2::Version::try_from(v)
+                .map_err(|_| format!("argon2id version {v} is not supported"))?,
+        };
+        let salt = parsed.salt.ok_or("the argon2id hash has no salt")?;
+        let expected = parsed.hash.ok_or("the argon2id hash has no output")?;
+        if expected.len() < 16 || expected.len() > 64 {
+            return Err("the argon2id output must be 16 to 64 bytes".into());
+        }
+        Ok(Argon2Hash {
+            params,
+            version,
+            salt: salt.as_ref().into(),
+            expected: expected.as_bytes().into(),
+        })
+    }
 }
 
 impl fmt::Debug for SecretHash {
@@ -60,26 +145,17 @@ impl SecretHash {
                 .map_err(|_| "the hmac-sha256 hash must be 32 bytes".to_string())?;
             return Ok(SecretHash::HmacSha256(arr));
         }
-        let parsed =
-            PasswordHash::new(s).map_err(|e| format!("not an argon2id PHC string: {e}"))?;
-        if parsed.algorithm.as_str() != "argon2id" {
-            return Err(format!(
-                "hash algorithm `{}` is not allowed; use argon2id",
-                parsed.algorithm
-            ));
-        }
-        Ok(SecretHash::Argon2id(s.to_string()))
+        Argon2Hash::parse(s).map(|h| SecretHash::Argon2id(Arc::new(h)))
     }
 
     /// Checks `candidate` in constant time with respect to its content.
+    /// Allocates argon2's memory on every call: the token endpoint uses
+    /// [`crate::oauth2::hash_pool`] instead.
     pub fn verify(&self, candidate: &[u8], pepper: Option<&Secret>) -> bool {
         match self {
-            SecretHash::Argon2id(phc) => match PasswordHash::new(phc) {
-                Ok(h) => argon2::Argon2::default()
-                    .verify_password(candidate, &h)
-                    .is_ok(),
-                Err(_) => false,
-            },
+            // Off the token endpoint (which goes through the hash pool): the
+            // CLI and tests, where a fresh buffer per call is fine.
+            SecretHash::Argon2id(h) => h.verify_with(candidate, &mut Vec::new()),
             SecretHash::HmacSha256(expected) => {
                 let Some(pepper) = pepper else { return false };
                 let got = hmac(pepper, candidate);
@@ -273,6 +349,48 @@ mod tests {
         let a = SecretHash::parse(&argon2id_hash("pw:%+")).unwrap();
         assert!(a.verify(b"pw:%+", None));
         assert!(!a.verify(b"pw", None));
+    }
+
+    /// Our verification (parsed once, caller's memory) agrees with the
+    /// crate's own `PasswordVerifier` on hashes with other costs, lanes and
+    /// versions, and on wrong candidates.
+    #[test]
+    fn argon2_verification_agrees_with_the_crate() {
+        use argon2::password_hash::{CustomizedPasswordHasher, PasswordVerifier};
+        let mut memory = Vec::new();
+        for (m, t, p, v) in [(19456, 2, 1, 0x13), (4096, 3, 2, 0x13), (2048, 1, 4, 0x10)] {
+            let params = argon2::Params::new(m, t, p, Some(32)).unwrap();
+            let phc = argon2::Argon2::default()
+                .hash_password_customized(b"pw", b"saltsaltsalt", None, Some(v), params)
+                .unwrap()
+                .to_string();
+            let parsed = argon2::PasswordHash::new(&phc).unwrap();
+            let SecretHash::Argon2id(ours) = SecretHash::parse(&phc).unwrap() else {
+                panic!("an argon2id hash")
+            };
+            for cand in [&b"pw"[..], b"pW", b"", b"pw\0"] {
+                let crate_says = argon2::Argon2::default()
+                    .verify_password(cand, &parsed)
+                    .is_ok();
+                assert_eq!(
+                    ours.verify_with(cand, &mut memory),
+                    crate_says,
+                    "{phc} {cand:?}"
+                );
+            }
+            assert!(ours.verify_with(b"pw", &mut memory));
+        }
+        // The buffer grew to the largest hash and was reused.
+        assert_eq!(memory.len(), 19456);
+    }
+
+    #[test]
+    fn argon2_costs_above_the_bound_are_refused() {
+        let big = "$argon2id$v=19$m=1048576,t=2,p=1$c2FsdHNhbHQ$fQ0J0Vf3JjN8cGwZ5x0bUwfQ0J0Vf3JjN8cGwZ5x0bU";
+        let e = SecretHash::parse(big).err().unwrap();
+        assert!(e.contains("above valet's bound"), "{e}");
+        let slow = "$argon2id$v=19$m=19456,t=100,p=1$c2FsdHNhbHQ$fQ0J0Vf3JjN8cGwZ5x0bUwfQ0J0Vf3JjN8cGwZ5x0bU";
+        assert!(SecretHash::parse(slow).is_err());
     }
 
     #[test]

@@ -62,6 +62,34 @@ const XFF: &str = "x-forwarded-for";
 const XFP: &str = "x-forwarded-proto";
 const XFH: &str = "x-forwarded-host";
 
+/// The address a request came from: the TCP peer, unless the peer is a
+/// trusted proxy, in which case the nearest address in `X-Forwarded-For`
+/// that is not itself a trusted proxy (read right to left, the way the
+/// proxies appended it). Anything unparseable in the chain stops the walk
+/// at the last address believed: a caller cannot make itself look like
+/// someone else by writing garbage.
+pub fn client_address(peer: IpAddr, h: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let values: Vec<&HeaderValue> = h.get_all(XFF).iter().collect();
+    for v in values.iter().rev() {
+        let Ok(v) = v.to_str() else { return client };
+        for hop in v.rsplit(',') {
+            let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+                return client;
+            };
+            client = ip;
+            if !is_trusted(ip) {
+                return ip;
+            }
+        }
+    }
+    client
+}
+
 /// Sets the forwarding headers for a request from `peer` to an upstream.
 pub fn apply(h: &mut HeaderMap, peer: IpAddr, trusted: bool, host: Option<&HeaderValue>) {
     // RFC 7239 `Forwarded` is never produced by valet; a caller's copy would
@@ -110,6 +138,36 @@ pub fn apply(h: &mut HeaderMap, peer: IpAddr, trusted: bool, host: Option<&Heade
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_address_is_believed_only_through_trusted_proxies() {
+        let trusted: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let with = |v: &[&str]| {
+            let mut h = HeaderMap::new();
+            for x in v {
+                h.append(XFF, x.parse().unwrap());
+            }
+            h
+        };
+        // An untrusted peer's header is ignored.
+        assert_eq!(
+            client_address(ip("8.8.8.8"), &with(&["1.2.3.4"]), &trusted),
+            ip("8.8.8.8")
+        );
+        // Through a trusted proxy: the nearest untrusted hop, not the leftmost
+        // (which the caller wrote).
+        let h = with(&["6.6.6.6, 1.2.3.4", "10.0.0.7"]);
+        assert_eq!(client_address(ip("10.0.0.1"), &h, &trusted), ip("1.2.3.4"));
+        // Garbage stops the walk at the last believed hop.
+        let h = with(&["1.2.3.4, bogus, 10.0.0.9"]);
+        assert_eq!(client_address(ip("10.0.0.1"), &h, &trusted), ip("10.0.0.9"));
+        // No header: the proxy itself.
+        assert_eq!(
+            client_address(ip("10.0.0.1"), &HeaderMap::new(), &trusted),
+            ip("10.0.0.1")
+        );
+    }
 
     #[test]
     fn cidr_matching() {

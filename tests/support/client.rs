@@ -29,6 +29,9 @@ pub struct Client {
     pub addr: SocketAddr,
     pub tls: Arc<rustls::ClientConfig>,
     pub proto: Proto,
+    /// The local address to connect from (another loopback address is
+    /// another source to valet).
+    pub from: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug)]
@@ -54,11 +57,29 @@ impl Reply {
 
 impl Client {
     pub fn new(addr: SocketAddr, tls: Arc<rustls::ClientConfig>, proto: Proto) -> Self {
-        Client { addr, tls, proto }
+        Client {
+            addr,
+            tls,
+            proto,
+            from: None,
+        }
+    }
+
+    /// The same client, connecting from `ip` (e.g. `127.0.0.2`).
+    pub fn from(mut self, ip: &str) -> Self {
+        self.from = Some(ip.parse().unwrap());
+        self
     }
 
     pub async fn tls_stream(&self) -> tokio_rustls::client::TlsStream<TcpStream> {
-        let tcp = TcpStream::connect(self.addr).await.unwrap();
+        let tcp = match self.from {
+            None => TcpStream::connect(self.addr).await.unwrap(),
+            Some(ip) => {
+                let s = tokio::net::TcpSocket::new_v4().unwrap();
+                s.bind(SocketAddr::new(ip, 0)).unwrap();
+                s.connect(self.addr).await.unwrap()
+            }
+        };
         let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
         TlsConnector::from(self.tls.clone())
             .connect(name, tcp)
