@@ -34,6 +34,9 @@ pub const DEFAULT_MAX_FAILED_AUTH_PER_SOURCE: u32 = 30;
 pub const DEFAULT_HASH_QUEUE: usize = 128;
 pub const DEFAULT_HASH_QUEUE_PER_SOURCE: usize = 16;
 pub const DEFAULT_HASH_WAIT: Duration = Duration::from_secs(2);
+/// Bounds on the durations above, so no arithmetic on them can overflow.
+const MAX_SETTING_DURATION: Duration = Duration::from_secs(86400);
+const MAX_HASH_WAIT: Duration = Duration::from_secs(60);
 /// How long a verified argon2id client secret is remembered.
 pub const DEFAULT_VERIFIED_SECRET_TTL: Duration = Duration::from_secs(300);
 /// Longest accepted remaining lifetime of a JWT bearer assertion.
@@ -271,10 +274,10 @@ pub(super) fn compile(
             let per_source = raw
                 .max_failed_auth_per_source
                 .unwrap_or(DEFAULT_MAX_FAILED_AUTH_PER_SOURCE);
-            if max == 0 || per_source == 0 || window.is_zero() {
+            if max == 0 || per_source == 0 || window.is_zero() || window > MAX_SETTING_DURATION {
                 c.at(
                     "authorization_server.max_failed_auth",
-                    "max_failed_auth, max_failed_auth_per_source and failed_auth_window must be positive",
+                    "max_failed_auth, max_failed_auth_per_source and failed_auth_window must be positive (the window at most 1d)",
                 );
             }
             let a = |burst| Allowance { burst, window };
@@ -292,16 +295,25 @@ pub(super) fn compile(
                     .unwrap_or(DEFAULT_HASH_QUEUE_PER_SOURCE),
                 wait: d(raw.password_hash_wait, DEFAULT_HASH_WAIT),
             };
-            if q.capacity == 0 || q.per_source == 0 || q.wait.is_zero() {
+            if q.capacity == 0 || q.per_source == 0 || q.wait.is_zero() || q.wait > MAX_HASH_WAIT {
                 c.at(
                     "authorization_server.password_hash_queue",
-                    "password_hash_queue, password_hash_queue_per_source and password_hash_wait must be positive",
+                    "password_hash_queue, password_hash_queue_per_source and password_hash_wait must be positive (the wait at most 1m)",
                 );
             }
             q
         },
         hash_workers: raw.password_hash_workers.unwrap_or(0),
-        verified_secret_ttl: d(raw.verified_secret_ttl, DEFAULT_VERIFIED_SECRET_TTL),
+        verified_secret_ttl: {
+            let ttl = d(raw.verified_secret_ttl, DEFAULT_VERIFIED_SECRET_TTL);
+            if ttl > MAX_SETTING_DURATION {
+                c.at(
+                    "authorization_server.verified_secret_ttl",
+                    "verified_secret_ttl must be at most 1d",
+                );
+            }
+            ttl
+        },
         warnings,
     }
 }

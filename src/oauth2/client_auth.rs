@@ -8,7 +8,7 @@ use super::error::OAuthError;
 use super::form::{decode_component, Form};
 use super::hash_pool::Busy;
 use super::registry::{Argon2Hash, Client, SecretHash};
-use super::throttle::{Key, Source, Throttled};
+use super::throttle::{Key, Source, Throttle, Throttled};
 use crate::app::App;
 use crate::config::AuthServerConfig;
 use http::header::{self, HeaderMap};
@@ -112,21 +112,13 @@ pub async fn authenticate(
             let slot_key = app
                 .verified_secrets
                 .key(&p.id, h.fingerprint(), p.secret.as_bytes());
-            let check = || async {
-                throttle.spend(&keys).map_err(|t| throttled(app, t))?;
-                let ok = hashed(app, a, source, h, p.secret.as_bytes()).await?;
-                // (The dummy hash of an unknown client can "match" too: no refund.)
-                if ok && client.is_some() {
-                    throttle.refund(&keys);
-                }
-                Ok(ok)
-            };
-            // Unknown clients are never cached (nothing to remember).
-            match client
-                .is_some()
-                .then(|| app.verified_secrets.slot(&slot_key, a.verified_secret_ttl))
-                .flatten()
-            {
+            // (The dummy hash of an unknown client can "match" too: no refund.)
+            let real = client.is_some();
+            let check = || spend_and_hash(app, a, &throttle, &keys, h, p.secret.as_bytes(), real);
+            // Unknown ids go through the cache too, so identical concurrent
+            // attempts are coalesced alike and the answers cannot tell
+            // whether a client exists.
+            match app.verified_secrets.slot(&slot_key, a.verified_secret_ttl) {
                 Some(slot) => {
                     let mut ran = false;
                     let r = slot
@@ -135,7 +127,6 @@ pub async fn authenticate(
                             check()
                         })
                         .await;
-                    app.verified_secrets.settle(&slot_key, &slot);
                     if !ran && r == Ok(true) {
                         app.metrics.verified_secret_hits.inc();
                     }
@@ -170,22 +161,36 @@ pub async fn authenticate(
     }
 }
 
-/// Checks a password or secret against an argon2id hash in the hash pool,
-/// with allowance already spent; saturation becomes 429 or 503.
-pub async fn hashed(
+/// Spends one unit of each key's allowance, then checks `candidate` against
+/// an argon2id hash in the hash pool (the source is the first key's). The
+/// allowance is given back when the check matched a `real` principal (only
+/// failures stay counted) or never ran (a saturated pool is not the
+/// caller's failure). Saturation becomes 429 or 503.
+pub async fn spend_and_hash(
     app: &App,
     a: &AuthServerConfig,
-    source: Source,
+    throttle: &Throttle,
+    keys: &[Key<'_>],
     hash: &Arc<Argon2Hash>,
     candidate: &[u8],
+    real: bool,
 ) -> Result<bool, OAuthError> {
-    app.hash_pool
+    throttle.spend(keys).map_err(|t| throttled(app, t))?;
+    let source = keys
+        .iter()
+        .find_map(Key::source)
+        .expect("a key with a source");
+    let r = app
+        .hash_pool
         .verify(source, hash.clone(), candidate.to_vec(), &a.hash_queue)
-        .await
-        .map_err(|busy| match busy {
-            Busy::SourceFull => OAuthError::RateLimited(Duration::from_secs(1)),
-            Busy::Full | Busy::Deadline => OAuthError::Busy(a.hash_queue.wait),
-        })
+        .await;
+    if r.is_err() || (r == Ok(true) && real) {
+        throttle.refund(keys);
+    }
+    r.map_err(|busy| match busy {
+        Busy::SourceFull => OAuthError::RateLimited(Duration::from_secs(1)),
+        Busy::Full | Busy::Deadline => OAuthError::Busy(Duration::from_secs(1)),
+    })
 }
 
 /// A throttle refusal, counted.

@@ -6,7 +6,7 @@
 //! reuse (RFC 9700 §4.14.2) and the whole family is revoked, including the
 //! access tokens issued from it.
 
-use super::client_auth::{authenticate, hashed, throttled};
+use super::client_auth::{authenticate, spend_and_hash, throttled};
 use super::endpoints::{apply, family_revocation};
 use super::error::{json, OAuthError};
 use super::form::Form;
@@ -189,11 +189,19 @@ async fn password(
 ) -> Result<Value, OAuthError> {
     let username = form.require("username")?;
     let password = form.require("password")?;
-    // Per username as well as per source: guesses at one account from many
-    // sources are counted against it. Spent before the hash runs.
-    let keys = [Key::Source(source), Key::Username(username)];
+    // Per (username, source) and per source; and per username from the
+    // sources that never signed in as this user, so guesses at one account
+    // from many places are counted against it without locking the user out
+    // of the places they use. Spent before the hash runs.
     let throttle = app.throttle.load();
-    throttle.check(&keys).map_err(|t| throttled(app, t))?;
+    let familiar = throttle.familiar(username, source);
+    let all = [
+        Key::UserSource(username, source),
+        Key::Source(source),
+        Key::Username(username),
+    ];
+    let keys = if familiar { &all[..2] } else { &all[..] };
+    throttle.check(keys).map_err(|t| throttled(app, t))?;
     let user = a.registry.users.get(username).cloned();
     let hash = match &user {
         Some(u) => Some(&u.password),
@@ -201,16 +209,15 @@ async fn password(
     };
     let ok = match hash {
         Some(SecretHash::Argon2id(h)) => {
-            throttle.spend(&keys).map_err(|t| throttled(app, t))?;
-            let ok = hashed(app, a, source, h, password.as_bytes()).await?;
-            if ok && user.is_some() {
-                throttle.refund(&keys);
-            }
-            ok
+            let real = user.is_some();
+            spend_and_hash(app, a, &throttle, keys, h, password.as_bytes(), real).await?
         }
         // Users' passwords are always argon2id (checked at load).
         _ => false,
     };
+    if ok && user.is_some() {
+        throttle.signed_in(username, source);
+    }
     let user = match user {
         Some(u) if ok => u,
         _ => {

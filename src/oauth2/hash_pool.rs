@@ -22,6 +22,7 @@ use super::registry::Argon2Hash;
 use super::throttle::Source;
 use prometheus::{IntCounterVec, IntGauge};
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -63,6 +64,20 @@ struct Job {
     candidate: Vec<u8>,
     deadline: Instant,
     reply: oneshot::Sender<bool>,
+    /// `QUEUED`, then `STARTED` (a worker took it) or `ABANDONED` (its
+    /// waiter gave up): whoever moves it first decides, so a check a worker
+    /// started is always waited for and never wasted.
+    state: Arc<AtomicU8>,
+}
+
+const QUEUED: u8 = 0;
+const STARTED: u8 = 1;
+const ABANDONED: u8 = 2;
+
+fn moved(state: &AtomicU8, to: u8) -> bool {
+    state
+        .compare_exchange(QUEUED, to, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
 }
 
 #[derive(Default)]
@@ -145,7 +160,8 @@ impl HashPool {
     }
 
     /// Verifies `candidate` against `hash` when `source`'s turn comes, or
-    /// says why it cannot.
+    /// says why it cannot. The deadline is for starting: a verification a
+    /// worker started is waited for (it takes one hash's time).
     pub async fn verify(
         &self,
         source: Source,
@@ -154,12 +170,14 @@ impl HashPool {
         limits: &QueueLimits,
     ) -> Result<bool, Busy> {
         let deadline = Instant::now() + limits.wait;
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
+        let state = Arc::new(AtomicU8::new(QUEUED));
         let job = Job {
             hash,
             candidate,
             deadline,
             reply: tx,
+            state: state.clone(),
         };
         {
             let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -174,18 +192,19 @@ impl HashPool {
             self.shared.depth.set(q.len as i64);
         }
         self.shared.ready.notify_one();
-        match tokio::time::timeout_at(deadline.into(), rx).await {
-            Ok(Ok(ok)) => Ok(ok),
-            // Timed out, or the worker skipped it as too late: either way
-            // the deadline passed. Dropping `rx` tells a worker not to start it.
-            _ => {
-                self.shared
-                    .outcomes
-                    .with_label_values(&[Busy::Deadline.label()])
-                    .inc();
-                Err(Busy::Deadline)
-            }
-        }
+        let answer = match tokio::time::timeout_at(deadline.into(), &mut rx).await {
+            Ok(answer) => answer.ok(),
+            // Not started in time: give it up, unless a worker just took it.
+            Err(_) if moved(&state, ABANDONED) => None,
+            Err(_) => rx.await.ok(),
+        };
+        answer.ok_or_else(|| {
+            self.shared
+                .outcomes
+                .with_label_values(&[Busy::Deadline.label()])
+                .inc();
+            Busy::Deadline
+        })
     }
 }
 
@@ -221,7 +240,8 @@ fn work(shared: &Shared) {
             }
         };
         // Whoever asked has gone (client closed, deadline passed): skip.
-        if job.reply.is_closed() || Instant::now() >= job.deadline {
+        let late = Instant::now() >= job.deadline && moved(&job.state, ABANDONED);
+        if late || job.reply.is_closed() || !moved(&job.state, STARTED) {
             shared.outcomes.with_label_values(&["skipped"]).inc();
             continue;
         }
@@ -262,6 +282,7 @@ mod tests {
                 candidate,
                 deadline,
                 reply: tx,
+                state: Arc::new(AtomicU8::new(QUEUED)),
             },
             rx,
         )

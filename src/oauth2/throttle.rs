@@ -7,10 +7,12 @@
 //! fast (HMAC) secret uses one afterwards. A key out of allowance is
 //! refused with `Retry-After` until it refills.
 //!
-//! The keys are (client id, source), source, and for the password grant the
-//! username. None is a client id alone: then anyone could throttle the real
-//! client, which is the lockout this replaces. So the right secret from a
-//! source that has not been failing always works.
+//! The keys are (client id, source) and source; for the password grant
+//! also (username, source), and the username from sources that have never
+//! signed in as that user. None is a client id alone: then anyone could
+//! throttle the real client, which is the lockout this replaces. So the
+//! right secret from a source that has not been failing always works, and
+//! a user's password from a place they signed in from before does too.
 //!
 //! Memory: keys are 64-bit keyed hashes (SipHash under a per-process random
 //! key, so attacker-chosen ids cannot collide on purpose or grow entries);
@@ -63,14 +65,27 @@ impl fmt::Display for Source {
 pub enum Key<'a> {
     ClientSource(&'a str, Source),
     Source(Source),
+    /// A username from one source (password grant).
+    UserSource(&'a str, Source),
+    /// A username from sources it has never signed in from (see
+    /// [`Throttle::familiar`]).
     Username(&'a str),
 }
 
 impl Key<'_> {
+    /// The source this key counts, if it counts one.
+    pub fn source(&self) -> Option<Source> {
+        match self {
+            Key::ClientSource(_, s) | Key::Source(s) | Key::UserSource(_, s) => Some(*s),
+            Key::Username(_) => None,
+        }
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             Key::ClientSource(..) => "client_source",
             Key::Source(_) => "source",
+            Key::UserSource(..) => "username_source",
             Key::Username(_) => "username",
         }
     }
@@ -110,6 +125,9 @@ pub struct Allowances {
 
 /// Keys one limiter keeps at most; beyond this the pruner evicts.
 pub const MAX_KEYS: usize = 100_000;
+
+/// How long a (username, source) that signed in stays familiar.
+pub const FAMILIAR_FOR: Duration = Duration::from_secs(30 * 86400);
 
 thread_local! {
     /// Set while a check must not use any allowance (see [`Store`]).
@@ -157,15 +175,19 @@ impl ShrinkableKeyedStateStore<u64> for Store {
         self.map
             .retain(|_, s| read(s).is_some_and(|t| t > drop_below));
         // Still too many live keys (a flood from very many sources): evict
-        // arbitrary ones. Evicting forgets failures, so the cap is set far
-        // above what real traffic holds.
-        let mut excess = self.map.len().saturating_sub(MAX_KEYS);
+        // those closest to a full allowance first, so the keys an attacker
+        // has exhausted are the last to be forgotten.
+        let excess = self.map.len().saturating_sub(MAX_KEYS);
         if excess > 0 {
-            self.map.retain(|_, _| {
-                let keep = excess == 0;
-                excess = excess.saturating_sub(1);
-                keep
-            });
+            let mut by_tat: Vec<(Nanos, u64)> = self
+                .map
+                .iter()
+                .map(|e| (read(e.value()).unwrap_or_default(), *e.key()))
+                .collect();
+            by_tat.sort_unstable();
+            for (_, k) in by_tat.into_iter().take(excess) {
+                self.map.remove(&k);
+            }
         }
     }
     fn shrink_to_fit(&self) {
@@ -217,6 +239,8 @@ pub struct Throttle {
     pub allowances: Allowances,
     keys: std::collections::hash_map::RandomState,
     clock: DefaultClock,
+    /// (username, source) pairs that signed in, and when last.
+    familiar: dashmap::DashMap<u64, std::time::Instant>,
     client_source: Limiter,
     source: Limiter,
     username: Limiter,
@@ -232,13 +256,16 @@ impl Throttle {
             source: Limiter::new(allowances.per_source, &clock),
             username: Limiter::new(allowances.per_username, &clock),
             clock,
+            familiar: Default::default(),
         }
     }
 
     fn limiter(&self, k: &Key<'_>) -> (&Limiter, u64) {
         let mut h = self.keys.build_hasher();
+        // The label keeps kinds sharing a limiter apart.
+        k.label().hash(&mut h);
         let l = match k {
-            Key::ClientSource(id, s) => {
+            Key::ClientSource(id, s) | Key::UserSource(id, s) => {
                 id.hash(&mut h);
                 s.hash(&mut h);
                 &self.client_source
@@ -255,6 +282,30 @@ impl Throttle {
         (l, h.finish())
     }
 
+    fn pair(&self, username: &str, source: Source) -> u64 {
+        self.keys.hash_one(("familiar", username, source))
+    }
+
+    /// Whether `username` signed in from `source` lately. A per-username
+    /// allowance alone would let anyone lock a user out by failing for
+    /// them; so a familiar source is held only to its own (username,
+    /// source) allowance, and the per-username one throttles the sources a
+    /// distributed guesser uses, which have never signed in as that user.
+    pub fn familiar(&self, username: &str, source: Source) -> bool {
+        self.familiar
+            .get(&self.pair(username, source))
+            .is_some_and(|t| t.elapsed() < FAMILIAR_FOR)
+    }
+
+    /// Records a sign-in of `username` from `source` (bounded: past
+    /// `MAX_KEYS` pairs, new ones are not remembered until a prune).
+    pub fn signed_in(&self, username: &str, source: Source) {
+        let k = self.pair(username, source);
+        if self.familiar.len() < MAX_KEYS || self.familiar.contains_key(&k) {
+            self.familiar.insert(k, std::time::Instant::now());
+        }
+    }
+
     fn one(&self, k: &Key<'_>) -> Result<(), Throttled> {
         let (l, key) = self.limiter(k);
         l.gcra.check_key(&key).map_err(|not_until| Throttled {
@@ -263,7 +314,8 @@ impl Throttle {
         })
     }
 
-    /// Refuses if any key is out of allowance; uses none.
+    /// Refuses if any key is out of allowance (saying the longest wait);
+    /// uses none.
     pub fn check(&self, keys: &[Key<'_>]) -> Result<(), Throttled> {
         struct Reset;
         impl Drop for Reset {
@@ -273,15 +325,22 @@ impl Throttle {
         }
         PEEK.set(true);
         let _reset = Reset;
-        keys.iter().try_for_each(|k| self.one(k))
+        self.each(keys)
     }
 
-    /// Uses one unit of every key's allowance; refuses if any was out.
+    /// Uses one unit of every key's allowance; refuses if any was out
+    /// (saying the longest wait).
     pub fn spend(&self, keys: &[Key<'_>]) -> Result<(), Throttled> {
-        let mut refused = None;
+        self.each(keys)
+    }
+
+    fn each(&self, keys: &[Key<'_>]) -> Result<(), Throttled> {
+        let mut refused: Option<Throttled> = None;
         for k in keys {
             if let Err(t) = self.one(k) {
-                refused.get_or_insert(t);
+                if refused.is_none_or(|r| t.retry_after > r.retry_after) {
+                    refused = Some(t);
+                }
             }
         }
         refused.map_or(Ok(()), Err)
@@ -305,6 +364,8 @@ impl Throttle {
             l.gcra.retain_recent();
             l.gcra.shrink_to_fit();
         }
+        self.familiar.retain(|_, t| t.elapsed() < FAMILIAR_FOR);
+        self.familiar.shrink_to_fit();
     }
 
     /// Keys held, all limiters together.
@@ -396,6 +457,66 @@ mod tests {
         assert_eq!(
             t.check(&[Key::ClientSource("billing", good), Key::Source(good)]),
             Ok(())
+        );
+    }
+
+    #[test]
+    fn a_user_under_distributed_guessing_still_signs_in_from_a_familiar_source() {
+        let t = Throttle::new(allowances(3));
+        let home = src("192.0.2.1");
+        t.signed_in("alice", home);
+        for i in 0..10 {
+            let s = src(&format!("198.51.100.{i}"));
+            let _ = t.spend(&[Key::UserSource("alice", s), Key::Username("alice")]);
+        }
+        // A new source is throttled on the username...
+        let fresh = src("203.0.113.5");
+        assert!(!t.familiar("alice", fresh));
+        assert_eq!(
+            t.check(&[Key::UserSource("alice", fresh), Key::Username("alice")])
+                .unwrap_err()
+                .by,
+            "username"
+        );
+        // ...home is not asked about it.
+        assert!(t.familiar("alice", home));
+        assert_eq!(t.check(&[Key::UserSource("alice", home)]), Ok(()));
+    }
+
+    #[test]
+    fn the_longest_wait_is_the_one_reported() {
+        let t = Throttle::new(Allowances {
+            per_source: Allowance {
+                burst: 1,
+                window: Duration::from_secs(3600),
+            },
+            ..allowances(1)
+        });
+        let s = src("192.0.2.1");
+        let keys = [Key::ClientSource("c", s), Key::Source(s)];
+        assert_eq!(t.spend(&keys), Ok(()));
+        let r = t.check(&keys).unwrap_err();
+        assert_eq!(r.by, "source");
+        assert!(r.retry_after > Duration::from_secs(60), "{r:?}");
+    }
+
+    #[test]
+    fn past_the_cap_the_most_throttled_keys_are_kept() {
+        let t = Throttle::new(allowances(3));
+        let victim = [Key::Username("alice")];
+        for _ in 0..3 {
+            let _ = t.spend(&victim);
+        }
+        // A spray of fresh keys pushes the limiter past its cap.
+        for i in 0..MAX_KEYS + 10 {
+            let _ = t.spend(&[Key::Username(&format!("spray-{i}"))]);
+        }
+        assert_eq!(t.username.gcra.len(), MAX_KEYS + 11);
+        t.prune();
+        assert_eq!(t.username.gcra.len(), MAX_KEYS);
+        assert!(
+            t.check(&victim).is_err(),
+            "the exhausted key survived eviction"
         );
     }
 

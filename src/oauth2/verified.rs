@@ -16,6 +16,30 @@ use tokio::sync::OnceCell;
 /// Entries held at most.
 pub const MAX_ENTRIES: usize = 10_000;
 
+/// A pending entry older than this belongs to a check that will never
+/// finish (every check has a deadline far shorter).
+const PENDING_FOR: Duration = Duration::from_secs(60);
+
+/// A slot in use; settles it when dropped.
+pub struct Held<'a> {
+    cache: &'a VerifiedSecrets,
+    key: SlotKey,
+    slot: Arc<Slot>,
+}
+
+impl std::ops::Deref for Held<'_> {
+    type Target = Slot;
+    fn deref(&self) -> &Slot {
+        &self.slot
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.cache.settle(&self.key, &self.slot);
+    }
+}
+
 /// One (client, stored hash, secret): pending while a check runs, then
 /// verified until it expires. Mismatches are removed at once.
 pub struct Slot {
@@ -66,8 +90,17 @@ impl VerifiedSecrets {
     }
 
     /// The slot for `key`, fresh if the old one expired; `None` when the
-    /// cache is full (check without it).
-    pub fn slot(&self, key: &SlotKey, ttl: Duration) -> Option<Arc<Slot>> {
+    /// cache is full (check without it). Held until dropped, which settles
+    /// it (even when the request is cancelled mid-check).
+    pub fn slot(&self, key: &SlotKey, ttl: Duration) -> Option<Held<'_>> {
+        self.raw_slot(key, ttl).map(|slot| Held {
+            cache: self,
+            key: *key,
+            slot,
+        })
+    }
+
+    fn raw_slot(&self, key: &SlotKey, ttl: Duration) -> Option<Arc<Slot>> {
         if ttl.is_zero() {
             return None;
         }
@@ -93,17 +126,24 @@ impl VerifiedSecrets {
     }
 
     /// Forgets `slot` unless it verified (a mismatch, or a check that never
-    /// ran), if it is still the one under `key`.
-    pub fn settle(&self, key: &SlotKey, slot: &Arc<Slot>) {
+    /// ran), if it is still the one under `key` and nobody else holds it.
+    fn settle(&self, key: &SlotKey, slot: &Arc<Slot>) {
         if slot.result.get() != Some(&true) {
             self.slots.remove_if(key, |_, s| Arc::ptr_eq(s, slot));
         }
     }
 
-    /// Drops expired entries; run off the request path.
+    /// Drops expired entries, and pending ones whose check has long gone
+    /// (its request was cancelled); run off the request path.
     pub fn prune(&self, ttl: Duration) {
-        self.slots
-            .retain(|_, s| s.created.elapsed() < ttl && s.result.get() != Some(&false));
+        self.slots.retain(|_, s| {
+            let age = s.created.elapsed();
+            match s.result.get() {
+                Some(true) => age < ttl,
+                Some(false) => false,
+                None => age < ttl.min(PENDING_FOR),
+            }
+        });
         self.slots.shrink_to_fit();
     }
 
@@ -135,7 +175,7 @@ mod tests {
             s.get_or_verify(|| async { Ok::<_, ()>(true) }).await,
             Ok(true)
         );
-        c.settle(&right, &s);
+        drop(s);
         // Remembered: the second check does not run.
         let s2 = c.slot(&right, ttl).unwrap();
         assert_eq!(
@@ -149,7 +189,17 @@ mod tests {
             s.get_or_verify(|| async { Ok::<_, ()>(false) }).await,
             Ok(false)
         );
-        c.settle(&wrong, &s);
+        drop(s);
+        assert_eq!(c.len(), 1);
+        drop(s2);
+        // A check whose request is cancelled leaves nothing behind.
+        let gone = c.key("svc", b"fp", b"cancelled");
+        let s = c.slot(&gone, ttl).unwrap();
+        let pending = s.get_or_verify(std::future::pending::<Result<bool, ()>>);
+        assert!(tokio::time::timeout(Duration::from_millis(10), pending)
+            .await
+            .is_err());
+        drop(s);
         assert_eq!(c.len(), 1);
         // Another stored hash, another client or another secret: another key.
         assert_ne!(right, c.key("svc", b"fp2", b"right"));

@@ -78,7 +78,7 @@ pub fn client_address(peer: IpAddr, h: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
     for v in values.iter().rev() {
         let Ok(v) = v.to_str() else { return client };
         for hop in v.rsplit(',') {
-            let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+            let Some(ip) = hop_address(hop.trim()) else {
                 return client;
             };
             client = ip;
@@ -88,6 +88,14 @@ pub fn client_address(peer: IpAddr, h: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
         }
     }
     client
+}
+
+/// One `X-Forwarded-For` entry: an address, or one with a port as some load
+/// balancers write it (`192.0.2.1:5678`, `[2001:db8::1]:443`).
+fn hop_address(hop: &str) -> Option<IpAddr> {
+    hop.parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
 }
 
 /// Sets the forwarding headers for a request from `peer` to an upstream.
@@ -162,6 +170,12 @@ mod tests {
         // Garbage stops the walk at the last believed hop.
         let h = with(&["1.2.3.4, bogus, 10.0.0.9"]);
         assert_eq!(client_address(ip("10.0.0.1"), &h, &trusted), ip("10.0.0.9"));
+        // Ports, as some load balancers add them, are not garbage.
+        let h = with(&["192.0.2.1:5678, [2001:db8::1]:443"]);
+        assert_eq!(
+            client_address(ip("10.0.0.1"), &h, &trusted),
+            ip("2001:db8::1")
+        );
         // No header: the proxy itself.
         assert_eq!(
             client_address(ip("10.0.0.1"), &HeaderMap::new(), &trusted),

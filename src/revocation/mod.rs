@@ -401,7 +401,11 @@ impl Revocations {
             None => Ok(()),
             Some(t) => Err(match t.rotated_ms() {
                 None => Rotation::Revoked,
-                Some(at) if now_ms.saturating_sub(at) < grace_ms => Rotation::InGrace,
+                // `now_ms` was read before the lock was taken, so a use that
+                // began first may be recorded second: its time can be
+                // before the first use's. That counts as no time at all
+                // (never negative, which would be "in grace" even at zero).
+                Some(at) if now_ms.saturating_sub(at).max(0) < grace_ms => Rotation::InGrace,
                 Some(_) => Rotation::Reuse,
             }),
         };
@@ -632,6 +636,10 @@ mod tests {
         // A grace of zero: the very next use is reuse, even 1 ms later.
         assert_eq!(a.rotate("rt2", exp, t0, 0).unwrap(), Rotation::First);
         assert_eq!(b.rotate("rt2", exp, t0, 0).unwrap(), Rotation::Reuse);
+        // A use whose clock was read first but whose write came second (it
+        // waited for the lock) is reuse too, not "-1 ms, in grace".
+        assert_eq!(a.rotate("rt3", exp, t0 + 1, 0).unwrap(), Rotation::First);
+        assert_eq!(b.rotate("rt3", exp, t0, 0).unwrap(), Rotation::Reuse);
         // Revoked outright.
         a.apply(&[Change::Token(RevokedToken {
             jti: "gone".into(),
