@@ -68,6 +68,15 @@ pub struct App {
     clients: Mutex<HashMap<Duration, UpstreamClient>>,
     ready: AtomicBool,
     config_digest: Mutex<[u8; 32]>,
+    /// What the config, its companions and the revocation file looked like
+    /// (inode, mtime, length) when last read; see [`App::sync_files`].
+    files_seen: Mutex<Vec<FileStamp>>,
+    /// One re-read at a time for [`App::sync_files`].
+    sync: tokio::sync::Mutex<()>,
+    /// Every reload (file watcher, SIGHUP, admin API, token endpoint) goes
+    /// through [`App::reload_files`], one at a time: an older read can never
+    /// be stored after a newer one.
+    reload_lock: Mutex<()>,
     /// OAuth 1.0 tokens; opened with the first config that configures them.
     oauth1_store: OnceLock<TokenStore>,
     /// OAuth 1.0 flows waiting for their callback.
@@ -142,6 +151,9 @@ impl App {
             clients,
             ready: AtomicBool::new(false),
             config_digest: Mutex::new(config_digest),
+            files_seen: Mutex::new(Vec::new()),
+            sync: Default::default(),
+            reload_lock: Mutex::new(()),
             oauth1_store: OnceLock::new(),
             oauth1_flows: Default::default(),
         };
@@ -192,6 +204,11 @@ impl App {
     /// Re-reads the config file. Unchanged content is a no-op (`Ok(false)`);
     /// an invalid file keeps the current snapshot and returns every error.
     pub fn reload_config(&self) -> Result<bool, ConfigErrors> {
+        let _one = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.load_config()
+    }
+
+    fn load_config(&self) -> Result<bool, ConfigErrors> {
         let path = self.snapshot.load().config.path.clone();
         let bytes = std::fs::read(&path).map_err(|e| {
             ConfigErrors(vec![config::ConfigError {
@@ -242,6 +259,68 @@ impl App {
         self.snapshot.store(Arc::new(snap));
         *self.config_digest.lock().expect("not poisoned") = d;
         Ok(true)
+    }
+
+    /// The files the token endpoint's answers depend on.
+    fn synced_files(&self) -> Vec<std::path::PathBuf> {
+        let snap = self.snapshot.load();
+        let mut files = vec![
+            snap.config.path.clone(),
+            self.revocations.path().to_path_buf(),
+        ];
+        files.extend(companion_files(&snap.config));
+        files
+    }
+
+    /// Makes what is in memory at least as new as the files on disk now,
+    /// and returns the time (seconds) it was so. The token endpoints call it
+    /// first: another process (the CLI, a sibling sidecar) may have written
+    /// a new secret and then a cut-off, and the file watcher's pickup comes
+    /// later. A token issued with `iat` at this time was authenticated
+    /// against the files as they were at it; had a secret been replaced
+    /// after, its cut-off is later still and revokes the token. Costs a few
+    /// `stat`s when nothing changed; re-reads (one at a time) when something
+    /// did.
+    pub async fn sync_files(self: &Arc<Self>) -> i64 {
+        let now = crate::revocation::now();
+        let files = self.synced_files();
+        let stamps = FileStamp::of(&files);
+        if *self.files_seen.lock().expect("not poisoned") == stamps {
+            return now;
+        }
+        let _one = self.sync.lock().await;
+        let stamps = FileStamp::of(&files);
+        if *self.files_seen.lock().expect("not poisoned") == stamps {
+            return now;
+        }
+        let app = self.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            // Stamped before reading: a write during the read is seen next time.
+            app.reload_files();
+            *app.files_seen.lock().expect("not poisoned") = stamps;
+        })
+        .await;
+        now
+    }
+
+    /// The one reload path: config (with its clients and users files), the
+    /// revocation file and the OAuth 1.0 token store, each kept as it was if
+    /// its file is invalid (logged with file and position, and counted).
+    /// Blocking; one at a time.
+    pub fn reload_files(&self) {
+        let _one = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        match self.load_config() {
+            Ok(true) => tracing::info!("config reloaded"),
+            Ok(false) => {}
+            Err(errors) => {
+                for e in &errors.0 {
+                    let (line, column) = e.position.unwrap_or((0, 0));
+                    tracing::error!(file = %e.file.display(), line, column, error = %e.message, "config not reloaded; the previous config stays in force");
+                }
+            }
+        }
+        self.reload_revocations();
+        self.reload_oauth1_store();
     }
 
     /// Re-reads the OAuth 1.0 token store if another process changed it.
@@ -303,6 +382,36 @@ impl App {
             .load()
             .validator
             .prune(crate::revocation::now());
+    }
+}
+
+/// Identifies a file's content without reading it: a replaced file (valet
+/// writes by rename) has a new inode, an edited one a new mtime or length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    inode: u64,
+    mtime_ns: i128,
+    len: u64,
+}
+
+impl FileStamp {
+    fn of(paths: &[std::path::PathBuf]) -> Vec<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        paths
+            .iter()
+            .map(|p| match std::fs::metadata(p) {
+                Ok(m) => FileStamp {
+                    inode: m.ino(),
+                    mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+                    len: m.len(),
+                },
+                Err(_) => FileStamp {
+                    inode: 0,
+                    mtime_ns: 0,
+                    len: 0,
+                },
+            })
+            .collect()
     }
 }
 

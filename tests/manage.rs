@@ -14,6 +14,7 @@ fn yaml(admin_token_file: &std::path::Path) -> String {
         r#"authorization_server:
   # The tests poll for changes; rate limiting has its own test.
   max_failed_auth: 100000
+  max_failed_auth_per_source: 100000
   secret_pepper_file: pepper
   generate_pepper_if_missing: true
   clients_file: clients.yaml
@@ -69,6 +70,33 @@ async fn cc_token(gw: &Gateway, id: &str, secret: &str) -> Result<String, u16> {
     } else {
         Err(r.status.as_u16())
     }
+}
+
+/// As `cc_token`, waiting out the 503 + Retry-After the token endpoint
+/// answers while a fresh cut-off lies ahead (a token issued then would be
+/// born revoked).
+async fn cc_token_after_cutoff(gw: &Gateway, id: &str, secret: &str) -> Result<String, u16> {
+    for _ in 0..4 {
+        let r = gw
+            .client(Proto::H1)
+            .post_form(
+                "/oauth2/token",
+                &[("grant_type", "client_credentials")],
+                Some((id, secret)),
+            )
+            .await;
+        match r.status.as_u16() {
+            200 => return Ok(r.json()["access_token"].as_str().unwrap().to_string()),
+            503 => {
+                assert_eq!(r.json()["error"], "temporarily_unavailable");
+                let after: u64 = r.header("retry-after").parse().unwrap();
+                assert!((1..=6).contains(&after), "{after}");
+                tokio::time::sleep(Duration::from_secs(after)).await;
+            }
+            s => return Err(s),
+        }
+    }
+    panic!("still 503 after the cut-off passed")
 }
 
 async fn proxied(gw: &Gateway, token: &str) -> u16 {
@@ -141,7 +169,7 @@ async fn admin_api_adds_regenerates_and_revokes() {
     assert_ne!(new_secret, secret);
     assert_eq!(proxied(&gw, &old_token).await, 401);
     assert_eq!(cc_token(&gw, "billing", &secret).await, Err(401));
-    let fresh = cc_token(&gw, "billing", &new_secret)
+    let fresh = cc_token_after_cutoff(&gw, "billing", &new_secret)
         .await
         .expect("the new secret works");
     assert_eq!(
@@ -161,7 +189,9 @@ async fn admin_api_adds_regenerates_and_revokes() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(proxied(&gw, &fresh).await, 401);
-    let after = cc_token(&gw, "billing", &new_secret).await.unwrap();
+    let after = cc_token_after_cutoff(&gw, "billing", &new_secret)
+        .await
+        .unwrap();
     assert_eq!(proxied(&gw, &after).await, 200);
 
     // A client written in the config by hand is not rewritten by valet.
@@ -216,6 +246,164 @@ async fn admin_api_adds_regenerates_and_revokes() {
         valet::config::load(&gw.config_path).is_ok(),
         "the config no longer loads"
     );
+}
+
+/// The issue's race: a leaked secret used as fast as possible while the
+/// operator regenerates it (`regenerate` returns the new secret). Every
+/// token it obtained, before, during or after the regeneration, must be
+/// dead afterwards; the new secret works.
+async fn hammer_during_regeneration<F, Fut>(gw: &Gateway, regenerate: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = String>,
+{
+    let (status, body) = admin(
+        gw,
+        "POST",
+        "/admin/clients",
+        Some(ADMIN_TOKEN),
+        r#"{"client_id": "leaky", "grant_types": ["client_credentials"], "operator": "svc-leaky", "scopes": ["read"]}"#,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let old = body["client_secret"].as_str().unwrap().to_string();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let attackers: Vec<_> = (0..4)
+        .map(|_| {
+            let (c, old, stop) = (gw.client(Proto::H1), old.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r = c
+                        .post_form(
+                            "/oauth2/token",
+                            &[("grant_type", "client_credentials")],
+                            Some(("leaky", &old)),
+                        )
+                        .await;
+                    if r.status == 200 {
+                        got.push(r.json()["access_token"].as_str().unwrap().to_string());
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let new = regenerate().await;
+    // Keep hammering past the cut-off's second.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut tokens = Vec::new();
+    for a in attackers {
+        tokens.extend(a.await.unwrap());
+    }
+    assert!(
+        !tokens.is_empty(),
+        "the old secret worked before the regeneration"
+    );
+    for t in &tokens {
+        assert_eq!(
+            proxied(gw, t).await,
+            401,
+            "a token from the old secret survived"
+        );
+    }
+    assert_eq!(cc_token(gw, "leaky", &old).await, Err(401));
+    let t = cc_token_after_cutoff(gw, "leaky", &new).await.unwrap();
+    assert_eq!(proxied(gw, &t).await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_token_obtained_with_the_old_secret_survives_its_regeneration() {
+    let (gw, _up, _s) = start().await;
+    hammer_during_regeneration(&gw, || async {
+        let (status, body) = admin(
+            &gw,
+            "POST",
+            "/admin/clients/leaky/regenerate-secret",
+            Some(ADMIN_TOKEN),
+            "",
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        body["client_secret"].as_str().unwrap().to_string()
+    })
+    .await;
+}
+
+/// The same from the CLI, another process: the running gateway learns of
+/// the new secret and the cut-off from its file watcher, in either order.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_token_obtained_with_the_old_secret_survives_a_cli_regeneration() {
+    let (gw, _up, _s) = start().await;
+    let cfg = gw.config_path.clone();
+    hammer_during_regeneration(&gw, || async move {
+        let (ok, out, err) = tokio::task::spawn_blocking(move || {
+            valet(&["client", "regenerate-secret", "leaky"], &cfg)
+        })
+        .await
+        .unwrap();
+        assert!(ok, "{err}");
+        secret_from(&out)
+    })
+    .await;
+}
+
+/// A process that loads the cut-off before the new secret (its reload read
+/// the clients file just before the regeneration wrote it, or another
+/// replica's files arrive in another order) must not honour the replaced
+/// secret once the cut-off has passed: it re-reads the clients file first.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cutoff_seen_before_the_new_secret_still_stops_the_old_secret() {
+    use valet::revocation::time::Timestamp;
+    use valet::revocation::{Change, ClientCutoff};
+    let (gw, _up, _s) = start().await;
+    let (status, body) = admin(
+        &gw,
+        "POST",
+        "/admin/clients",
+        Some(ADMIN_TOKEN),
+        r#"{"client_id": "leaky", "grant_types": ["client_credentials"], "operator": "svc-leaky", "scopes": ["read"]}"#,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let old = body["client_secret"].as_str().unwrap().to_string();
+    assert!(cc_token(&gw, "leaky", &old).await.is_ok());
+    // Into the next second, so the cut-off is newer than the last read.
+    let ms = valet::revocation::now_ms();
+    tokio::time::sleep(Duration::from_millis(
+        (1000 - ms.rem_euclid(1000)) as u64 + 50,
+    ))
+    .await;
+    // The new secret lands in the clients file, unread; then the cut-off,
+    // which this process has in memory at once.
+    let pepper = std::fs::read_to_string(gw.dir.path().join("pepper")).unwrap();
+    let pepper = valet::oauth2::registry::Secret::new(pepper.trim().as_bytes().to_vec());
+    let file = gw.dir.path().join("clients.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("hmac-sha256:"))
+        .unwrap()
+        .to_string();
+    let new_hash = valet::oauth2::registry::hmac_hash(&pepper, "the-new-secret");
+    let indent = &line[..line.find("secret_hash").unwrap()];
+    std::fs::write(
+        &file,
+        text.replace(&line, &format!("{indent}secret_hash: {new_hash}")),
+    )
+    .unwrap();
+    let app = &gw.running.as_ref().unwrap().app;
+    app.revocations
+        .apply(&[Change::Client(ClientCutoff {
+            client_id: "leaky".into(),
+            revoked_before: Timestamp(valet::revocation::now()),
+        })])
+        .unwrap();
+    // Before the file watcher's pickup (100 ms): the old secret is refused.
+    assert_eq!(cc_token(&gw, "leaky", &old).await, Err(401));
+    assert!(cc_token(&gw, "leaky", "the-new-secret").await.is_ok());
 }
 
 const VALET: &str = env!("CARGO_BIN_EXE_valet");
@@ -307,7 +495,9 @@ async fn cli_client_commands_change_a_running_gateway() {
         })
         .await
     );
-    assert!(cc_token(&gw, "billing", &new_secret).await.is_ok());
+    assert!(cc_token_after_cutoff(&gw, "billing", &new_secret)
+        .await
+        .is_ok());
 
     let t = cc_token(&gw, "static", "static-secret").await.unwrap();
     let (ok, _, err) = valet(&["client", "revoke-tokens", "static"], &cfg);

@@ -248,3 +248,100 @@ async fn certificate_files_are_reloaded_without_restart() {
     );
     assert_eq!(served(&gw).await, new_der);
 }
+
+/// Issue 9: every reload trigger racing this process's own revocations. Two
+/// threads revoke (and check their revocation the moment it is
+/// acknowledged), two reload through the one reload path (the watcher's,
+/// SIGHUP's and the admin API's), another writer edits the file under its
+/// lock as a sibling process would, and the file watcher reloads on every
+/// change; a checker looks at every acknowledged revocation, all the time.
+/// Not one may be unenforced, even for a moment.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_acknowledged_revocation_is_never_unenforced_by_a_racing_reload() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use valet::revocation::time::Timestamp;
+    use valet::revocation::{Change, Revocations, RevokedToken};
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&default_routes(up.addr), "").await;
+    let app = gw.running.as_ref().unwrap().app.clone();
+    let acked: Arc<Mutex<Vec<String>>> = Default::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let lapses = Arc::new(AtomicUsize::new(0));
+    let exp = valet::revocation::now() + 3600;
+    let token = move |jti: String| {
+        Change::Token(RevokedToken {
+            jti,
+            expires_at: Timestamp(exp),
+            rotated_at: None,
+            rotated_at_ms: None,
+        })
+    };
+    let mut threads = Vec::new();
+    for r in 0..2 {
+        let (app, acked, stop, lapses) = (app.clone(), acked.clone(), stop.clone(), lapses.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let jti = format!("revoked-{r}-{i}");
+                app.revocations.apply(&[token(jti.clone())]).unwrap();
+                if app
+                    .revocations
+                    .current()
+                    .check(&jti, "", "", 0, None)
+                    .is_none()
+                {
+                    lapses.fetch_add(1, Ordering::Relaxed);
+                }
+                acked.lock().unwrap().push(jti);
+                i += 1;
+            }
+        }));
+    }
+    for _ in 0..2 {
+        let (app, stop) = (app.clone(), stop.clone());
+        threads.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                app.reload_files();
+            }
+        }));
+    }
+    {
+        let (path, stop) = (gw.revocation_path.clone(), stop.clone());
+        threads.push(std::thread::spawn(move || {
+            let sibling = Revocations::open(&path).unwrap();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                sibling.apply(&[token(format!("edit-{i}"))]).unwrap();
+                i += 1;
+                std::thread::sleep(Duration::from_millis(3));
+            }
+        }));
+    }
+    {
+        let (app, acked, stop, lapses) = (app.clone(), acked.clone(), stop.clone(), lapses.clone());
+        threads.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let now: Vec<String> = acked.lock().unwrap().clone();
+                let set = app.revocations.current();
+                for jti in &now {
+                    if set.check(jti, "", "", 0, None).is_none() {
+                        lapses.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let n = acked.lock().unwrap().len();
+    assert!(n >= 50, "only {n} revocations were made");
+    assert_eq!(
+        lapses.load(Ordering::Relaxed),
+        0,
+        "of {n} acknowledged revocations"
+    );
+}

@@ -64,6 +64,17 @@ pub async fn serve(
             Ok(f) => f,
             Err(e) => return e.into_response(),
         };
+    // Clients, users and revocations as the files have them now, not as
+    // the watcher last saw them; `now` is when that was true.
+    let now = app.sync_files().await;
+    let fresh = app.snapshot();
+    let (snap, a) = match fresh.config.authorization_server.as_ref() {
+        Some(a) => (&*fresh, a),
+        None => {
+            return OAuthError::Unavailable("the authorization server is not configured".into())
+                .into_response()
+        }
+    };
     // Who is asking, for the throttle and the hash queue: the peer, or
     // behind a trusted proxy the client it names.
     let source = Source::of(crate::proxy::forwarded::client_address(
@@ -72,7 +83,9 @@ pub async fn serve(
         &snap.config.trusted_proxies,
     ));
     let result = match ep {
-        Endpoint::Token => super::grants::token(app, snap, a, source, &parts.headers, &form).await,
+        Endpoint::Token => {
+            super::grants::token(app, snap, a, source, &parts.headers, &form, now).await
+        }
         Endpoint::Revoke => revoke(app, snap, a, source, &parts.headers, &form).await,
         Endpoint::Introspect => introspect(app, snap, a, source, &parts.headers, &form).await,
         Endpoint::Metadata | Endpoint::Jwks => unreachable!("answered above"),

@@ -89,6 +89,7 @@ pub async fn token(
     source: Source,
     headers: &HeaderMap,
     form: &Form,
+    now: i64,
 ) -> Result<Response<ResponseBody>, OAuthError> {
     let grant_type = form.require("grant_type")?;
     let grant = Grant::parse(grant_type)
@@ -100,27 +101,25 @@ pub async fn token(
             grant.as_str()
         )));
     }
-    let now = crate::revocation::now();
+    // `now` is when the files were known current (see `App::sync_files`):
+    // the issue time of what follows.
+    // Before anything the grant uses up (an assertion's id, a rotation).
+    client_cutoff_ahead(app, &client.id, now)?;
     let issued = match grant {
         Grant::ClientCredentials => {
-            let now = issue_time(
-                app,
-                &client.id,
-                client.operator.as_deref().unwrap_or_default(),
-                now,
-            );
+            let now = issue_time(app, client.operator.as_deref().unwrap_or_default(), now);
             client_credentials(snap, &client, form, now)?
         }
         Grant::Password => password(app, snap, a, source, &client, form, now).await?,
         Grant::RefreshToken => refresh(app, snap, a, &client, form, now).await?,
         Grant::JwtBearer => {
             let m = super::jwt_bearer::verify(app, snap, a, &client, form, now).await?;
-            let now = issue_time(app, &client.id, &m.subject, now);
+            let now = issue_time(app, &m.subject, now);
             assertion_token(snap, &client, form, m, now)?
         }
         Grant::Saml2Bearer => {
             let m = super::saml_bearer::verify(app, snap, a, &client, form, now).await?;
-            let now = issue_time(app, &client.id, &m.subject, now);
+            let now = issue_time(app, &m.subject, now);
             assertion_token(snap, &client, form, m, now)?
         }
     };
@@ -135,16 +134,32 @@ pub async fn token(
 /// `manage::revoke_tokens`); further ahead, an operator chose a future time.
 const CUTOFF_LEAD: i64 = 5;
 
-/// The issue time of a new token: now, or a cut-off of its client or subject
-/// that lies (by a few seconds at most) in the future, so that a token issued
-/// right after "revoke all" is not born revoked (cut-offs reject `iat < T`).
-fn issue_time(app: &App, client_id: &str, sub: &str, now: i64) -> i64 {
-    let set = app.revocations.current();
-    [set.client_cutoff(client_id), set.subject_cutoff(sub)]
-        .into_iter()
-        .flatten()
+/// A client cut-off just ahead (a "revoke all" or a secret regeneration
+/// this second; cut-offs reject `iat < T` and `iat` has whole seconds):
+/// a token issued now would be born revoked, and the secret that just
+/// authenticated may be the one being replaced, so nothing is issued until
+/// the cut-off has passed: 503 with Retry-After. (Lifting `iat` to the
+/// cut-off instead, as valet once did, let a token obtained with the old
+/// secret during a regeneration outlive it.)
+fn client_cutoff_ahead(app: &App, client_id: &str, now: i64) -> Result<(), OAuthError> {
+    match app.revocations.current().client_cutoff(client_id) {
+        Some(t) if t > now && t <= now + CUTOFF_LEAD => Err(OAuthError::Busy(
+            std::time::Duration::from_secs((t - now) as u64),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The issue time of a new token: now, or a cut-off of its subject that
+/// lies (by a few seconds at most) in the future, so that a token issued
+/// right after "revoke all of this subject" is not born revoked. Safe for
+/// subjects: the credential that authenticated is not what was revoked.
+fn issue_time(app: &App, sub: &str, now: i64) -> i64 {
+    app.revocations
+        .current()
+        .subject_cutoff(sub)
         .filter(|t| *t <= now + CUTOFF_LEAD)
-        .fold(now, i64::max)
+        .map_or(now, |t| t.max(now))
 }
 
 fn response(access: &crate::tokens::issue::Minted, scope: &str, refresh: Option<String>) -> Value {
@@ -391,7 +406,7 @@ async fn refresh(
     }
     let scope = grant_scope(form.get("scope"), &still, &still)?;
     let claims = user.claims.clone();
-    let now = issue_time(app, &client.id, &rt.sub, now);
+    let now = issue_time(app, &rt.sub, now);
     // Families from before `fexp` existed end a full lifetime from now.
     let ends = rt
         .family_expires

@@ -160,12 +160,19 @@ pub fn revoke_tokens(
     Ok(())
 }
 
-/// A new secret for a managed client; every token issued so far is revoked
-/// first, so a failure leaves the old secret in place.
+/// A new secret for a managed client, and every token issued so far revoked.
+///
+/// The order is what makes it hold: the new secret is written first and
+/// `put_in_force` makes the running process use it (the admin API reloads;
+/// the CLI leaves it to the gateway, which re-reads the clients file before
+/// honouring a secret of a client with a newer cut-off). Only then is the
+/// cut-off written, so any token the old secret could still obtain was
+/// issued before it, and is revoked by it.
 pub fn regenerate_secret(
     config: &Config,
     revocations: &Revocations,
     client_id: &str,
+    put_in_force: impl FnOnce(),
 ) -> Result<String, ManageError> {
     let a = config
         .authorization_server
@@ -180,7 +187,6 @@ pub fn regenerate_secret(
         return Err(ManageError::NotManaged(client_id.to_string()));
     }
     let pepper = a.registry.pepper.as_ref().ok_or(ManageError::NoPepper)?;
-    revoke_tokens(config, revocations, client_id)?;
     let secret = generate_secret();
     let hash = hmac_hash(pepper, &secret);
     update_clients_file(config, |f| {
@@ -192,6 +198,8 @@ pub fn regenerate_secret(
         c.secret_hash = hash;
         Ok(())
     })?;
+    put_in_force();
+    revoke_tokens(config, revocations, client_id)?;
     Ok(secret)
 }
 

@@ -164,6 +164,17 @@ impl SecretHash {
         }
     }
 
+    /// Whether two stored hashes are the same (the same secret, stored once).
+    pub fn same(&self, other: &SecretHash) -> bool {
+        match (self, other) {
+            (SecretHash::Argon2id(a), SecretHash::Argon2id(b)) => {
+                a.fingerprint() == b.fingerprint() && a.salt == b.salt
+            }
+            (SecretHash::HmacSha256(a), SecretHash::HmacSha256(b)) => a == b,
+            _ => false,
+        }
+    }
+
     pub fn is_argon2(&self) -> bool {
         matches!(self, SecretHash::Argon2id(_))
     }

@@ -247,6 +247,13 @@ pub struct Revocations {
     current: ArcSwap<RevocationSet>,
     /// Hash of the bytes last loaded, to skip no-op reloads.
     loaded_digest: std::sync::Mutex<Option<[u8; 32]>>,
+    /// Held from reading (or writing) the file until the set is stored, by
+    /// reloads and by this process's writes alike. Without it a reload that
+    /// read the file just before a write could store its older set after
+    /// the write's, un-revoking an acknowledged revocation until the next
+    /// change. (Other processes' writes merge what is on disk, under the
+    /// file lock, so they carry ours.)
+    order: std::sync::Mutex<()>,
 }
 
 const HEADER: &str = "\
@@ -293,6 +300,7 @@ impl Revocations {
             path: path.to_path_buf(),
             current: ArcSwap::from_pointee(RevocationSet::default()),
             loaded_digest: std::sync::Mutex::new(None),
+            order: std::sync::Mutex::new(()),
         };
         r.reload()?;
         Ok(r)
@@ -316,6 +324,7 @@ impl Revocations {
             position,
             message,
         };
+        let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
         let bytes =
             std::fs::read(&self.path).map_err(|e| err(None, format!("cannot read: {e}")))?;
         let digest: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes)
@@ -430,7 +439,9 @@ impl Revocations {
         gate: impl FnOnce(&RevocationFile) -> Result<(), E>,
     ) -> Result<Result<(), E>, RevocationError> {
         let io = |what: &str, e: std::io::Error| self.error(None, format!("{what}: {e}"));
-        // One writer at a time, across processes sharing the file.
+        // One writer at a time, across processes sharing the file; and no
+        // reload of this process between our read and our store.
+        let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
         let lock = crate::durable::lock(&self.path).map_err(|e| io("cannot lock", e))?;
 
         // Merge into what is on disk now (another process may have written).

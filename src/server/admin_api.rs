@@ -137,7 +137,8 @@ pub async fn respond(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Byt
                 })
             }
             (&Method::POST, ["admin", "clients", id, "regenerate-secret"]) => {
-                manage::regenerate_secret(config, &app.revocations, id).map(|secret| {
+                let in_force = || app.reload_files();
+                manage::regenerate_secret(config, &app.revocations, id, in_force).map(|secret| {
                     reply(
                         StatusCode::OK,
                         serde_json::json!({"client_id": id, "client_secret": secret, "tokens_revoked": true}),
@@ -154,9 +155,7 @@ pub async fn respond(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Byt
         // Put the change in force now rather than when the watcher notices.
         if out.is_ok() {
             app.metrics.set_revocation_sizes(app.revocations.current().len());
-            if let Err(e) = app.reload_config() {
-                tracing::error!("config reload after an admin change failed: {e}");
-            }
+            app.reload_files();
         }
         out
     })

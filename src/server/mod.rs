@@ -446,7 +446,9 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
             _ = int.recv() => break,
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading");
-                watch::reload_all(&running.app, &running.resolvers);
+                // Off the async workers, like every reload.
+                let (app, resolvers) = (running.app.clone(), running.resolvers.clone());
+                let _ = tokio::task::spawn_blocking(move || watch::reload_all(&app, &resolvers)).await;
             }
         }
     }

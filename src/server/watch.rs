@@ -85,18 +85,7 @@ pub fn start(
 
 /// Re-reads config, revocations and certificates; each one independently.
 pub fn reload_all(app: &App, resolvers: &[Arc<CertResolver>]) {
-    match app.reload_config() {
-        Ok(true) => tracing::info!("config reloaded"),
-        Ok(false) => {}
-        Err(errors) => {
-            for e in &errors.0 {
-                let (line, column) = e.position.unwrap_or((0, 0));
-                tracing::error!(file = %e.file.display(), line, column, error = %e.message, "config not reloaded; the previous config stays in force");
-            }
-        }
-    }
-    app.reload_revocations();
-    app.reload_oauth1_store();
+    app.reload_files();
     for r in resolvers {
         match r.reload() {
             Ok(false) => {}
