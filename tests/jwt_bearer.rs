@@ -85,6 +85,15 @@ async fn setup(idp: &Idp) -> (Gateway, Upstream) {
       grant_types: [client_credentials]
       operator: billing-svc
       scopes: [read]
+    - client_id: federated-ns
+      secret_hash: "{hash}"
+      grant_types: ["{JWT_BEARER}"]
+      scopes: [read]
+      jwt_bearer:
+        issuers:
+          - issuer: "{IDP}"
+            jwks_file: "{jwks}"
+            subject_prefix: "idp:"
 "#,
         hash = valet::oauth2::registry::argon2id_hash("fed-secret"),
         jwks = idp.jwks.display()
@@ -253,4 +262,26 @@ async fn an_assertion_cannot_take_a_service_identity() {
     assert_refused(&grant(&gw, &idp.sign(&c)).await, "service identity");
     // Any other subject is mapped as before.
     assert_eq!(grant(&gw, &idp.sign(&assertion_claims())).await.status, 200);
+
+    // With a per-issuer subject prefix the IdP's users live in their own
+    // namespace: the same name is another subject, and allowed.
+    c["jti"] = json!(valet::tokens::random_id());
+    let r = gw
+        .client(Proto::H1)
+        .post_form(
+            "/oauth2/token",
+            &[("grant_type", JWT_BEARER), ("assertion", &idp.sign(&c))],
+            Some(("federated-ns", "fed-secret")),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let at = r.json()["access_token"].as_str().unwrap().to_string();
+    use base64::Engine;
+    let payload: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(at.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(payload["sub"], "idp:billing-svc");
 }

@@ -28,6 +28,14 @@ async fn setup() -> (Gateway, Upstream) {
         idp_certificate_file: "{DIR}idp-cert.pem"
         claims: {{ email: email, roles: roles }}
         scopes_attribute: roles
+    - client_id: sso-ns
+      secret_hash: "{hash}"
+      grant_types: ["{SAML2_BEARER}"]
+      scopes: [read]
+      saml2_bearer:
+        idp_entity_id: "https://idp.test"
+        idp_certificate_file: "{DIR}idp-cert.pem"
+        subject_prefix: "corp:"
 "#,
         hash = valet::oauth2::registry::argon2id_hash("sso-secret"),
     );
@@ -94,6 +102,30 @@ async fn a_valid_assertion_yields_a_mapped_token_usable_on_the_proxy_once() {
     // A padded encoding of another valid assertion is accepted too.
     let padded = base64::engine::general_purpose::URL_SAFE.encode(fixture("grant-valid-2.xml"));
     assert_eq!(grant_raw(&gw, &padded).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subject_prefix_keeps_the_idps_users_in_their_own_namespace() {
+    let (gw, _up) = setup().await;
+    let xml = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(fixture("grant-valid-2.xml"));
+    let r = gw
+        .client(Proto::H1)
+        .post_form(
+            "/oauth2/token",
+            &[("grant_type", SAML2_BEARER), ("assertion", &xml)],
+            Some(("sso-ns", "sso-secret")),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let at = r.json()["access_token"].as_str().unwrap().to_string();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(at.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let sub = claims["sub"].as_str().unwrap();
+    assert!(sub.starts_with("corp:") && sub.len() > 5, "{sub}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

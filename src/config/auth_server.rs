@@ -575,6 +575,7 @@ fn compile_jwt_bearer(
             Ok(keys) if !keys.is_empty() => issuers.push(AssertionIssuer {
                 issuer: ri.issuer.clone(),
                 keys,
+                subject_prefix: ri.subject_prefix.clone().unwrap_or_default(),
             }),
             Ok(_) => c.at(&ip, "the JWKS holds no usable signing key"),
             Err(e) => c.at(&ip, e),
@@ -649,6 +650,7 @@ fn compile_saml(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         scopes_attribute: sb.scopes_attribute.clone(),
+        subject_prefix: sb.subject_prefix.clone().unwrap_or_default(),
     })
 }
 

@@ -184,6 +184,10 @@ pub struct RawSaml2Bearer {
     /// Identity mapping: an attribute whose values are granted as scopes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scopes_attribute: Option<String>,
+    /// Identity mapping: put before every subject from this IdP (e.g.
+    /// `corp-idp:`), for deployments that keep IdP users and local ones apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_prefix: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -216,6 +220,9 @@ pub struct RawAssertionIssuer {
     pub public_key_file: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub algorithm: Option<String>,
+    /// Identity mapping: put before every subject this issuer asserts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_prefix: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

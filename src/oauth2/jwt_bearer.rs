@@ -124,8 +124,8 @@ pub async fn verify(
                 "the {} claim (the subject) is required",
                 jb.subject_claim
             ))
-        })?
-        .to_string();
+        })?;
+    let subject = format!("{}{subject}", issuer.subject_prefix);
     let jti = claims
         .get("jti")
         .and_then(Value::as_str)

@@ -300,6 +300,8 @@ impl fmt::Debug for AssertionKey {
 pub struct AssertionIssuer {
     pub issuer: String,
     pub keys: Vec<AssertionKey>,
+    /// Put before every subject it asserts ("" for none).
+    pub subject_prefix: String,
 }
 
 /// A client's JWT bearer grant settings (RFC 7523) and identity mapping.
@@ -324,6 +326,8 @@ pub struct Saml2Bearer {
     /// Access token claim ← SAML attribute.
     pub claims: Vec<(String, String)>,
     pub scopes_attribute: Option<String>,
+    /// Put before every subject the IdP asserts ("" for none).
+    pub subject_prefix: String,
 }
 
 #[derive(Debug)]

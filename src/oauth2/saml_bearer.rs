@@ -81,6 +81,7 @@ pub async fn verify(
             .filter(|s| !s.is_empty())
             .ok_or_else(|| invalid(format!("the subject attribute `{name}` is missing")))?,
     };
+    let subject = format!("{}{subject}", sb.subject_prefix);
     let mut claims = Map::new();
     for (out, name) in &sb.claims {
         match attr(name).map(|v| v.as_slice()) {
