@@ -14,7 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -68,9 +68,13 @@ pub struct App {
     clients: Mutex<HashMap<Duration, UpstreamClient>>,
     ready: AtomicBool,
     config_digest: Mutex<[u8; 32]>,
-    /// What the config, its companions and the revocation file looked like
-    /// (inode, mtime, length) when last read; see [`App::sync_files`].
-    files_seen: Mutex<Vec<FileStamp>>,
+    /// What the config and its companions, and the revocation file, looked
+    /// like when last read; see [`App::sync_files`].
+    files_seen: Mutex<(Vec<FileStamp>, FileStamp)>,
+    /// The last config read succeeded, and since when (ms) the config in
+    /// memory is known to be the files' content.
+    config_good: AtomicBool,
+    config_current_ms: AtomicI64,
     /// One re-read at a time for [`App::sync_files`].
     sync: tokio::sync::Mutex<()>,
     /// Every reload (file watcher, SIGHUP, admin API, token endpoint) goes
@@ -151,7 +155,10 @@ impl App {
             clients,
             ready: AtomicBool::new(false),
             config_digest: Mutex::new(config_digest),
-            files_seen: Mutex::new(Vec::new()),
+            files_seen: Mutex::new((Vec::new(), FileStamp::MISSING)),
+            config_good: AtomicBool::new(true),
+            // Read just before this, at start-up.
+            config_current_ms: AtomicI64::new(crate::revocation::now_ms() - 1000),
             sync: Default::default(),
             reload_lock: Mutex::new(()),
             oauth1_store: OnceLock::new(),
@@ -209,6 +216,29 @@ impl App {
     }
 
     fn load_config(&self) -> Result<bool, ConfigErrors> {
+        let started = crate::revocation::now_ms();
+        let r = self.load_config_files();
+        match &r {
+            Ok(_) => {
+                self.config_good.store(true, Ordering::Release);
+                self.config_current_ms.fetch_max(started, Ordering::AcqRel);
+            }
+            Err(_) => self.config_good.store(false, Ordering::Release),
+        }
+        r
+    }
+
+    /// Whether the last config read succeeded.
+    pub fn config_good(&self) -> bool {
+        self.config_good.load(Ordering::Acquire)
+    }
+
+    /// The config in memory was the files' content as of this time (ms).
+    pub fn config_current_ms(&self) -> i64 {
+        self.config_current_ms.load(Ordering::Acquire)
+    }
+
+    fn load_config_files(&self) -> Result<bool, ConfigErrors> {
         let path = self.snapshot.load().config.path.clone();
         let bytes = std::fs::read(&path).map_err(|e| {
             ConfigErrors(vec![config::ConfigError {
@@ -240,8 +270,16 @@ impl App {
         if cfg.revocation_file != old.config.revocation_file {
             tracing::warn!("revocation.file changed; the new path takes effect on restart only");
         }
-        // Companion paths may have changed with the config: hash what the new one names.
-        let d = config_digest(&bytes, &companion_files(&cfg));
+        // The digest stored is of the files as read *before* parsing: a write
+        // landing during the parse then differs from it, and the next reload
+        // reads again. If the companion paths changed, nothing read before
+        // matches them: store a digest nothing equals, so the next reload
+        // reads them under their new names.
+        let d = if companion_files(&cfg) == companion_files(&old.config) {
+            d
+        } else {
+            [0xff; 32]
+        };
         self.open_oauth1_store(&cfg);
         let snap = build_snapshot(&self.metrics, &self.clients, cfg);
         let allowances = snap
@@ -261,17 +299,6 @@ impl App {
         Ok(true)
     }
 
-    /// The files the token endpoint's answers depend on.
-    fn synced_files(&self) -> Vec<std::path::PathBuf> {
-        let snap = self.snapshot.load();
-        let mut files = vec![
-            snap.config.path.clone(),
-            self.revocations.path().to_path_buf(),
-        ];
-        files.extend(companion_files(&snap.config));
-        files
-    }
-
     /// Makes what is in memory at least as new as the files on disk now,
     /// and returns the time (seconds) it was so. The token endpoints call it
     /// first: another process (the CLI, a sibling sidecar) may have written
@@ -279,25 +306,46 @@ impl App {
     /// later. A token issued with `iat` at this time was authenticated
     /// against the files as they were at it; had a secret been replaced
     /// after, its cut-off is later still and revokes the token. Costs a few
-    /// `stat`s when nothing changed; re-reads (one at a time) when something
-    /// did.
+    /// `stat`s when nothing changed; re-reads (one at a time) what did: the
+    /// config with its clients and users files, or only the revocation file
+    /// (as after valet's own writes).
     pub async fn sync_files(self: &Arc<Self>) -> i64 {
-        let now = crate::revocation::now();
-        let files = self.synced_files();
-        let stamps = FileStamp::of(&files);
-        if *self.files_seen.lock().expect("not poisoned") == stamps {
+        let now_ms = crate::revocation::now_ms();
+        let now = now_ms.div_euclid(1000);
+        let (config_files, revocation_file) = {
+            let snap = self.snapshot.load();
+            let mut files = vec![snap.config.path.clone()];
+            files.extend(companion_files(&snap.config));
+            (files, self.revocations.path().to_path_buf())
+        };
+        let stamps = || {
+            (
+                FileStamp::of(&config_files),
+                FileStamp::one(&revocation_file),
+            )
+        };
+        let seen = stamps();
+        if *self.files_seen.lock().expect("not poisoned") == seen {
+            if self.config_good() {
+                self.config_current_ms.fetch_max(now_ms, Ordering::AcqRel);
+            }
             return now;
         }
         let _one = self.sync.lock().await;
-        let stamps = FileStamp::of(&files);
-        if *self.files_seen.lock().expect("not poisoned") == stamps {
+        let seen = stamps();
+        let last = self.files_seen.lock().expect("not poisoned").clone();
+        if last == seen {
             return now;
         }
         let app = self.clone();
         let _ = tokio::task::spawn_blocking(move || {
             // Stamped before reading: a write during the read is seen next time.
-            app.reload_files();
-            *app.files_seen.lock().expect("not poisoned") = stamps;
+            if last.0 != seen.0 {
+                app.reload_files();
+            } else {
+                app.reload_revocations();
+            }
+            *app.files_seen.lock().expect("not poisoned") = seen;
         })
         .await;
         now
@@ -306,21 +354,26 @@ impl App {
     /// The one reload path: config (with its clients and users files), the
     /// revocation file and the OAuth 1.0 token store, each kept as it was if
     /// its file is invalid (logged with file and position, and counted).
-    /// Blocking; one at a time.
-    pub fn reload_files(&self) {
+    /// Blocking; one at a time. Returns whether the config loaded.
+    pub fn reload_files(&self) -> bool {
         let _one = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
-        match self.load_config() {
-            Ok(true) => tracing::info!("config reloaded"),
-            Ok(false) => {}
+        let ok = match self.load_config() {
+            Ok(true) => {
+                tracing::info!("config reloaded");
+                true
+            }
+            Ok(false) => true,
             Err(errors) => {
                 for e in &errors.0 {
                     let (line, column) = e.position.unwrap_or((0, 0));
                     tracing::error!(file = %e.file.display(), line, column, error = %e.message, "config not reloaded; the previous config stays in force");
                 }
+                false
             }
-        }
+        };
         self.reload_revocations();
         self.reload_oauth1_store();
+        ok
     }
 
     /// Re-reads the OAuth 1.0 token store if another process changed it.
@@ -389,29 +442,39 @@ impl App {
 /// writes by rename) has a new inode, an edited one a new mtime or length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FileStamp {
+    dev: u64,
     inode: u64,
     mtime_ns: i128,
+    ctime_ns: i128,
     len: u64,
 }
 
 impl FileStamp {
-    fn of(paths: &[std::path::PathBuf]) -> Vec<FileStamp> {
+    const MISSING: FileStamp = FileStamp {
+        dev: 0,
+        inode: 0,
+        mtime_ns: 0,
+        ctime_ns: 0,
+        len: 0,
+    };
+
+    fn one(p: &std::path::Path) -> FileStamp {
         use std::os::unix::fs::MetadataExt;
-        paths
-            .iter()
-            .map(|p| match std::fs::metadata(p) {
-                Ok(m) => FileStamp {
-                    inode: m.ino(),
-                    mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
-                    len: m.len(),
-                },
-                Err(_) => FileStamp {
-                    inode: 0,
-                    mtime_ns: 0,
-                    len: 0,
-                },
-            })
-            .collect()
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        match std::fs::metadata(p) {
+            Ok(m) => FileStamp {
+                dev: m.dev(),
+                inode: m.ino(),
+                mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+                ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+                len: m.len(),
+            },
+            Err(_) => FileStamp::MISSING,
+        }
+    }
+
+    fn of(paths: &[std::path::PathBuf]) -> Vec<FileStamp> {
+        paths.iter().map(|p| FileStamp::one(p)).collect()
     }
 }
 

@@ -381,8 +381,8 @@ fn client_command(cmd: ClientCommand) -> ExitCode {
             };
             // The running gateway re-reads the clients file before it honours
             // a secret of a client whose cut-off is newer than its last read.
-            match manage::regenerate_secret(&c, &r, &id, || {}) {
-                Ok(secret) => {
+            match manage::regenerate_secret(&c, &r, &id, || true) {
+                Ok((secret, _)) => {
                     eprintln!("Every token issued to {id} so far is revoked.");
                     print_secret(&id, &secret, &secret_file)
                 }

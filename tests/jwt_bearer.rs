@@ -284,4 +284,24 @@ async fn an_assertion_cannot_take_a_service_identity() {
     )
     .unwrap();
     assert_eq!(payload["sub"], "idp:billing-svc");
+
+    // An issuer without the prefix cannot assert a subject inside it.
+    let mut c = assertion_claims();
+    c["sub"] = json!("idp:bob@idp.test");
+    assert_refused(
+        &grant(&gw, &idp.sign(&c)).await,
+        "another issuer's namespace",
+    );
+
+    // Nor may a local user or an operator live inside a namespace.
+    let text = std::fs::read_to_string(&gw.config_path).unwrap();
+    let bad = text.replacen(
+        "      operator: billing-svc\n",
+        "      operator: \"idp:billing\"\n",
+        1,
+    );
+    let e = valet::config::parse(&gw.config_path, &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("inside the subject namespace `idp:`"), "{e}");
 }

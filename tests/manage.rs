@@ -406,6 +406,82 @@ async fn a_cutoff_seen_before_the_new_secret_still_stops_the_old_secret() {
     assert!(cc_token(&gw, "leaky", "the-new-secret").await.is_ok());
 }
 
+/// A regeneration while the config does not load (someone is mid-edit):
+/// the new secret cannot be put in force, so once the cut-off has passed
+/// the token endpoint issues nothing for that client (503) rather than honour
+/// the secret it still holds; when the config loads again, the new secret
+/// works and the old one does not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_regeneration_that_cannot_be_put_in_force_issues_nothing_for_the_old_secret() {
+    let (gw, _up, _s) = start().await;
+    let (status, body) = admin(
+        &gw,
+        "POST",
+        "/admin/clients",
+        Some(ADMIN_TOKEN),
+        r#"{"client_id": "leaky", "grant_types": ["client_credentials"], "operator": "svc-leaky", "scopes": ["read"]}"#,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let old = body["client_secret"].as_str().unwrap().to_string();
+    let good = std::fs::read_to_string(&gw.config_path).unwrap();
+    std::fs::write(&gw.config_path, format!("{good}\nnot: [valid\n")).unwrap();
+    let (status, body) = admin(
+        &gw,
+        "POST",
+        "/admin/clients/leaky/regenerate-secret",
+        Some(ADMIN_TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["in_force"], false, "{body}");
+    let new = body["client_secret"].as_str().unwrap().to_string();
+    // Through the cut-off's second and past it: never a token for the old secret.
+    let until = std::time::Instant::now() + Duration::from_millis(2500);
+    while std::time::Instant::now() < until {
+        let r = cc_token(&gw, "leaky", &old).await;
+        assert_eq!(r, Err(503), "the old secret must not obtain a token");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    std::fs::write(&gw.config_path, good).unwrap();
+    assert!(cc_token_after_cutoff(&gw, "leaky", &new).await.is_ok());
+    assert_eq!(cc_token(&gw, "leaky", &old).await, Err(401));
+}
+
+/// "Revoke everything of this subject" just now: a token issued in the same
+/// second would be born revoked; valet answers 503 + Retry-After rather
+/// than lift its iat past a cut-off a regeneration may write next.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subject_cutoff_just_ahead_answers_503_until_it_passes() {
+    use valet::revocation::time::Timestamp;
+    use valet::revocation::{Change, SubjectCutoff};
+    let (gw, _up, _s) = start().await;
+    let app = &gw.running.as_ref().unwrap().app;
+    app.revocations
+        .apply(&[Change::Subject(SubjectCutoff {
+            subject: "static-op".into(),
+            revoked_before: Timestamp(valet::revocation::now() + 2),
+        })])
+        .unwrap();
+    let r = gw
+        .client(Proto::H1)
+        .post_form(
+            "/oauth2/token",
+            &[("grant_type", "client_credentials")],
+            Some(("static", "static-secret")),
+        )
+        .await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert_eq!(r.json()["error"], "temporarily_unavailable");
+    let after: u64 = r.header("retry-after").parse().unwrap();
+    assert!((1..=2).contains(&after), "{after}");
+    let t = cc_token_after_cutoff(&gw, "static", "static-secret")
+        .await
+        .unwrap();
+    assert_eq!(proxied(&gw, &t).await, 200);
+}
+
 const VALET: &str = env!("CARGO_BIN_EXE_valet");
 
 /// How long a running gateway may take to notice a changed file. It normally

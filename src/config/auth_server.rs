@@ -230,6 +230,52 @@ pub(super) fn compile(
         }
     }
 
+    // Subject namespaces: an issuer's prefix is its own. No prefix may start
+    // another (their namespaces would overlap), and no login or operator may
+    // live inside one.
+    let mut subject_prefixes: Vec<String> = clients
+        .values()
+        .flat_map(|cl| {
+            let jwt = cl
+                .jwt_bearer
+                .iter()
+                .flat_map(|j| j.issuers.iter().map(|i| &i.subject_prefix));
+            jwt.chain(cl.saml2_bearer.iter().map(|s| &s.subject_prefix))
+        })
+        .filter(|p| !p.is_empty())
+        .cloned()
+        .collect();
+    subject_prefixes.sort();
+    subject_prefixes.dedup();
+    for p in &subject_prefixes {
+        if let Some(q) = subject_prefixes
+            .iter()
+            .find(|q| *q != p && q.starts_with(p.as_str()))
+        {
+            c.at(
+                "authorization_server",
+                format!("subject prefixes `{p}` and `{q}` overlap; give each issuer a namespace of its own (e.g. end them with `:`)"),
+            );
+        }
+        let inside = users
+            .keys()
+            .map(|u| (u.as_str(), "user"))
+            .chain(
+                clients
+                    .values()
+                    .filter_map(|cl| Some((cl.operator.as_deref()?, "operator"))),
+            )
+            .find(|(name, _)| name.starts_with(p.as_str()));
+        if let Some((name, what)) = inside {
+            c.at(
+                "authorization_server",
+                format!(
+                    "{what} `{name}` is inside the subject namespace `{p}` of an assertion issuer"
+                ),
+            );
+        }
+    }
+
     // A service identity must never be a person's login.
     for cl in clients.values() {
         if let Some(op) = &cl.operator {
@@ -260,6 +306,7 @@ pub(super) fn compile(
             clients,
             users,
             pepper,
+            subject_prefixes,
             dummy_client,
             dummy_user,
         },
@@ -770,6 +817,21 @@ pub fn check_clients_file(config: &super::Config, file: &ClientsFile) -> Result<
             c.at(
                 &format!("clients[{i}].operator"),
                 format!("operator `{op}` is also a user's login; an operator must be a service identity"),
+            );
+        }
+        if let Some((op, p)) = rc.operator.as_deref().and_then(|op| {
+            let p = a
+                .registry
+                .subject_prefixes
+                .iter()
+                .find(|p| op.starts_with(p.as_str()))?;
+            Some((op, p))
+        }) {
+            c.at(
+                &format!("clients[{i}].operator"),
+                format!(
+                    "operator `{op}` is inside the subject namespace `{p}` of an assertion issuer"
+                ),
             );
         }
         compile_client(

@@ -20,6 +20,7 @@ use crate::tokens::issue::{decode_own, mint, mint_refresh, Kind, TokenRequest};
 use http::{HeaderMap, Response, StatusCode};
 use serde_json::{Map, Value};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The metrics label for a `grant_type` value (bounded: unknown ones are `other`).
 pub fn grant_label(g: Option<&str>) -> &'static str {
@@ -104,22 +105,22 @@ pub async fn token(
     // `now` is when the files were known current (see `App::sync_files`):
     // the issue time of what follows.
     // Before anything the grant uses up (an assertion's id, a rotation).
-    client_cutoff_ahead(app, &client.id, now)?;
+    client_may_be_issued(app, &client.id, now)?;
     let issued = match grant {
         Grant::ClientCredentials => {
-            let now = issue_time(app, client.operator.as_deref().unwrap_or_default(), now);
+            subject_may_be_issued(app, client.operator.as_deref().unwrap_or_default(), now)?;
             client_credentials(snap, &client, form, now)?
         }
         Grant::Password => password(app, snap, a, source, &client, form, now).await?,
         Grant::RefreshToken => refresh(app, snap, a, &client, form, now).await?,
         Grant::JwtBearer => {
             let m = super::jwt_bearer::verify(app, snap, a, &client, form, now).await?;
-            let now = issue_time(app, &m.subject, now);
+            subject_may_be_issued(app, &m.subject, now)?;
             assertion_token(snap, &client, form, m, now)?
         }
         Grant::Saml2Bearer => {
             let m = super::saml_bearer::verify(app, snap, a, &client, form, now).await?;
-            let now = issue_time(app, &m.subject, now);
+            subject_may_be_issued(app, &m.subject, now)?;
             assertion_token(snap, &client, form, m, now)?
         }
     };
@@ -134,32 +135,40 @@ pub async fn token(
 /// `manage::revoke_tokens`); further ahead, an operator chose a future time.
 const CUTOFF_LEAD: i64 = 5;
 
-/// A client cut-off just ahead (a "revoke all" or a secret regeneration
-/// this second; cut-offs reject `iat < T` and `iat` has whole seconds):
-/// a token issued now would be born revoked, and the secret that just
-/// authenticated may be the one being replaced, so nothing is issued until
-/// the cut-off has passed: 503 with Retry-After. (Lifting `iat` to the
-/// cut-off instead, as valet once did, let a token obtained with the old
-/// secret during a regeneration outlive it.)
-fn client_cutoff_ahead(app: &App, client_id: &str, now: i64) -> Result<(), OAuthError> {
-    match app.revocations.current().client_cutoff(client_id) {
-        Some(t) if t > now && t <= now + CUTOFF_LEAD => Err(OAuthError::Busy(
-            std::time::Duration::from_secs((t - now) as u64),
-        )),
-        _ => Ok(()),
+/// Whether a token for `client_id` may be issued now (`now` from
+/// `App::sync_files`). Not while its cut-off lies just ahead: cut-offs reject
+/// `iat < T` and `iat` has whole seconds, so the token would be born revoked,
+/// and the secret that just authenticated may be the one a regeneration is
+/// replacing. Not either while the config in memory may predate a passed
+/// cut-off (its re-read failed): the secret it holds may be the replaced one.
+/// Either way: 503 with Retry-After. (Lifting `iat` to the cut-off instead,
+/// as valet once did, let a token obtained with the old secret during a
+/// regeneration outlive it.)
+fn client_may_be_issued(app: &App, client_id: &str, now: i64) -> Result<(), OAuthError> {
+    let Some(t) = app.revocations.current().client_cutoff(client_id) else {
+        return Ok(());
+    };
+    if t > now && t <= now + CUTOFF_LEAD {
+        return Err(OAuthError::Busy(Duration::from_secs((t - now) as u64)));
     }
+    if t <= now && app.config_current_ms() < t.saturating_mul(1000) {
+        tracing::warn!(
+            client_id,
+            "a cut-off is newer than the last good read of the clients file; not issuing"
+        );
+        return Err(OAuthError::Busy(Duration::from_secs(1)));
+    }
+    Ok(())
 }
 
-/// The issue time of a new token: now, or a cut-off of its subject that
-/// lies (by a few seconds at most) in the future, so that a token issued
-/// right after "revoke all of this subject" is not born revoked. Safe for
-/// subjects: the credential that authenticated is not what was revoked.
-fn issue_time(app: &App, sub: &str, now: i64) -> i64 {
-    app.revocations
-        .current()
-        .subject_cutoff(sub)
-        .filter(|t| *t <= now + CUTOFF_LEAD)
-        .map_or(now, |t| t.max(now))
+/// The same for a subject's cut-off just ahead ("revoke all of this user").
+fn subject_may_be_issued(app: &App, sub: &str, now: i64) -> Result<(), OAuthError> {
+    match app.revocations.current().subject_cutoff(sub) {
+        Some(t) if t > now && t <= now + CUTOFF_LEAD => {
+            Err(OAuthError::Busy(Duration::from_secs((t - now) as u64)))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn response(access: &crate::tokens::issue::Minted, scope: &str, refresh: Option<String>) -> Value {
@@ -204,6 +213,7 @@ async fn password(
 ) -> Result<Value, OAuthError> {
     let username = form.require("username")?;
     let password = form.require("password")?;
+    subject_may_be_issued(app, username, now)?;
     // Per (username, source) and per source; and per username from the
     // sources that never signed in as this user, so guesses at one account
     // from many places are counted against it without locking the user out
@@ -317,6 +327,19 @@ fn assertion_token(
                 m.subject
             )));
         }
+        // Nor another issuer's namespace: an unprefixed IdP asserting
+        // `corp:alice` is not the `corp:` IdP's alice.
+        if let Some(p) = a
+            .registry
+            .subject_prefixes
+            .iter()
+            .find(|p| **p != m.prefix && m.subject.starts_with(p.as_str()))
+        {
+            return Err(OAuthError::InvalidGrant(format!(
+                "the assertion is invalid: its subject `{}` is in another issuer's namespace `{p}`",
+                m.subject
+            )));
+        }
     }
     let scope = client_scope(client, form, |s| {
         m.scopes.as_ref().is_none_or(|a| a.iter().any(|x| x == s))
@@ -351,6 +374,9 @@ async fn refresh(
     if !a.registry.users.contains_key(&rt.sub) {
         return Err(invalid());
     }
+    // Before the rotation: a retry after the Retry-After must find the
+    // token unused.
+    subject_may_be_issued(app, &rt.sub, now)?;
     let set = app.revocations.current();
     // Family, client and subject revocations (the token id is looked at below).
     if set
@@ -406,7 +432,7 @@ async fn refresh(
     }
     let scope = grant_scope(form.get("scope"), &still, &still)?;
     let claims = user.claims.clone();
-    let now = issue_time(app, &rt.sub, now);
+
     // Families from before `fexp` existed end a full lifetime from now.
     let ends = rt
         .family_expires

@@ -19,6 +19,8 @@ use std::sync::Arc;
 /// A verified assertion, mapped to valet's terms.
 pub struct Mapped {
     pub subject: String,
+    /// The subject prefix of the issuer that asserted it ("" for none).
+    pub prefix: String,
     pub claims: Map<String, Value>,
     /// Scopes the assertion grants (None: no scopes claim configured).
     pub scopes: Option<Vec<String>>,
@@ -157,6 +159,7 @@ pub async fn verify(
     });
     Ok(Mapped {
         subject,
+        prefix: issuer.subject_prefix.clone(),
         claims: mapped,
         scopes,
     })

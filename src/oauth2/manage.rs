@@ -167,13 +167,17 @@ pub fn revoke_tokens(
 /// the CLI leaves it to the gateway, which re-reads the clients file before
 /// honouring a secret of a client with a newer cut-off). Only then is the
 /// cut-off written, so any token the old secret could still obtain was
-/// issued before it, and is revoked by it.
+/// issued before it, and is revoked by it. If `put_in_force` says it could
+/// not (the config does not load), the cut-off is written all the same: the
+/// token endpoint issues nothing for a client whose cut-off is newer than
+/// its last good read of the clients file. Returns the secret and whether
+/// it is in force.
 pub fn regenerate_secret(
     config: &Config,
     revocations: &Revocations,
     client_id: &str,
-    put_in_force: impl FnOnce(),
-) -> Result<String, ManageError> {
+    put_in_force: impl FnOnce() -> bool,
+) -> Result<(String, bool), ManageError> {
     let a = config
         .authorization_server
         .as_ref()
@@ -198,9 +202,9 @@ pub fn regenerate_secret(
         c.secret_hash = hash;
         Ok(())
     })?;
-    put_in_force();
+    let in_force = put_in_force();
     revoke_tokens(config, revocations, client_id)?;
-    Ok(secret)
+    Ok((secret, in_force))
 }
 
 /// Writes a secret to a new 0600 file (refusing to overwrite one).

@@ -348,6 +348,8 @@ pub struct Registry {
     /// wrong secret costs.
     pub dummy_client: Option<SecretHash>,
     pub dummy_user: Option<SecretHash>,
+    /// Every assertion issuer's subject prefix (namespaces that do not overlap).
+    pub subject_prefixes: Vec<String>,
 }
 
 #[cfg(test)]

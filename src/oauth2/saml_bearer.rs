@@ -100,6 +100,7 @@ pub async fn verify(
         .map(|name| attr(name).cloned().unwrap_or_default());
     Ok(Mapped {
         subject,
+        prefix: sb.subject_prefix.clone(),
         claims,
         scopes,
     })

@@ -138,10 +138,10 @@ pub async fn respond(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Byt
             }
             (&Method::POST, ["admin", "clients", id, "regenerate-secret"]) => {
                 let in_force = || app.reload_files();
-                manage::regenerate_secret(config, &app.revocations, id, in_force).map(|secret| {
+                manage::regenerate_secret(config, &app.revocations, id, in_force).map(|(secret, in_force)| {
                     reply(
                         StatusCode::OK,
-                        serde_json::json!({"client_id": id, "client_secret": secret, "tokens_revoked": true}),
+                        serde_json::json!({"client_id": id, "client_secret": secret, "tokens_revoked": true, "in_force": in_force}),
                     )
                 })
             }
