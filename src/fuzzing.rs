@@ -314,8 +314,8 @@ pub fn rfc3339(data: &[u8]) {
     };
     use crate::revocation::time::{format_rfc3339, parse_rfc3339};
     if let Ok(t) = parse_rfc3339(s) {
-        if (-62_135_596_800..=253_402_300_799).contains(&t) {
-            assert_eq!(parse_rfc3339(&format_rfc3339(t)), Ok(t), "{s:?}");
+        if let Some(text) = format_rfc3339(t) {
+            assert_eq!(parse_rfc3339(&text), Ok(t), "{s:?}");
         }
     }
 }

@@ -93,7 +93,7 @@ async fn client_and_subject_cutoffs_revoke_earlier_tokens() {
         &gw.revocation_path,
         &format!(
             "subjects:\n  - subject: bob\n    revoked_before: \"{}\"\n",
-            valet::revocation::time::format_rfc3339(cutoff)
+            valet::revocation::time::format_rfc3339(cutoff).unwrap()
         ),
     );
     assert!(eventually(ONE_SECOND, || async { status(&gw, &bob).await == 401 }).await);
