@@ -16,27 +16,19 @@ pub struct ConfigDuration(pub Duration);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
 
-/// Parses `"250ms"`, `"30s"`, `"5m"`, `"2h"`, `"1d"` or `"30"` (seconds).
+/// Parses `"250ms"`, `"30s"`, `"5m"`, `"2h"`, `"1d"`, combinations such as
+/// `"1h 30m"` (humantime's grammar), or `"30"` (seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration; write e.g. \"500ms\", \"30s\", \"5m\""))?;
-    let d = match unit.trim() {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        "d" => Duration::from_secs(n * 86400),
-        other => {
-            return Err(format!(
-                "unknown duration unit `{other}` in `{s}`; use ms, s, m, h or d"
-            ))
-        }
-    };
-    Ok(d)
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|_| format!("`{s}` is too large a number of seconds"));
+    }
+    humantime::parse_duration(s).map_err(|e| {
+        format!("`{s}` is not a duration ({e}); write e.g. \"500ms\", \"30s\", \"5m\", \"2h\" or \"1d\"")
+    })
 }
 
 /// Parses `"512"`, `"16KiB"`, `"10MiB"`, `"1GiB"` (also KB/MB/GB as powers of 1000).
@@ -119,8 +111,15 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
-        assert!(parse_duration("5 weeks").is_err());
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86400));
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
         assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("5 fortnights").is_err());
+        assert!(parse_duration("").is_err());
+        // Overflow is an error, not a panic (the hand-written parser multiplied).
+        assert!(parse_duration("99999999999999999999d").is_err());
+        assert!(parse_duration("18446744073709551615d").is_err());
     }
 
     #[test]
