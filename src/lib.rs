@@ -14,6 +14,7 @@ pub mod echo;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod metrics;
+pub mod net;
 pub mod oauth1;
 pub mod oauth2;
 pub mod proxy;

@@ -4,7 +4,6 @@
 use super::error::{from_yaml, Collector, ConfigError, ConfigErrors};
 use super::raw::*;
 use super::*;
-use crate::proxy::forwarded::Cidr;
 use crate::tokens::keys::{self, KeyConfig, LoadedKey};
 use http::header::HeaderName;
 use http::uri::{Authority, Scheme};
@@ -25,7 +24,7 @@ pub struct Config {
     pub revocation_file: PathBuf,
     pub routes: Vec<RouteConfig>,
     pub limits: Limits,
-    pub trusted_proxies: Vec<Cidr>,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub identity_headers: IdentityHeaderNames,
     pub logging: LoggingConfig,
     pub echo_upstream: Option<SocketAddr>,
@@ -450,7 +449,7 @@ fn compile(
 
     let mut trusted_proxies = Vec::new();
     for (i, t) in raw.forwarding.trusted_proxies.iter().enumerate() {
-        match t.parse::<Cidr>() {
+        match crate::net::parse_cidr(t) {
             Ok(n) => trusted_proxies.push(n),
             Err(e) => c.at(&format!("forwarding.trusted_proxies[{i}]"), e),
         }

@@ -77,7 +77,7 @@ pub async fn serve(
     };
     // Who is asking, for the throttle and the hash queue: the peer, or
     // behind a trusted proxy the client it names.
-    let source = Source::of(crate::proxy::forwarded::client_address(
+    let source = Source::of(crate::net::client_address(
         peer.ip(),
         &parts.headers,
         &snap.config.trusted_proxies,

@@ -385,11 +385,7 @@ async fn proxy(
         h.remove(header::AUTHORIZATION);
     }
     let names = &snap.config.identity_headers;
-    let trusted = snap
-        .config
-        .trusted_proxies
-        .iter()
-        .any(|c| c.contains(peer.ip()));
+    let trusted = crate::net::in_any(&snap.config.trusted_proxies, peer.ip());
     // Caller-sent identity headers are forgeries by definition, in any
     // spelling a backend might merge with ours; so are origin headers from
     // anyone but a trusted proxy.
