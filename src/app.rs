@@ -21,6 +21,9 @@ use std::time::Duration;
 /// Pooled HTTP/1.1 client towards upstreams.
 pub type UpstreamClient = Client<HttpConnector, LimitedBody>;
 
+/// An invalid config read again within this long is not reported again.
+const REPEATED_FAILURE: Duration = Duration::from_secs(2);
+
 /// Idle upstream connections are kept this long for reuse.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -75,6 +78,8 @@ pub struct App {
     /// memory is known to be the files' content.
     config_good: AtomicBool,
     config_current_ms: AtomicI64,
+    /// The digest and errors of the last invalid config read.
+    config_failed: Mutex<Option<([u8; 32], std::time::Instant, ConfigErrors)>>,
     /// One re-read at a time for [`App::sync_files`].
     sync: tokio::sync::Mutex<()>,
     /// Every reload (file watcher, SIGHUP, admin API, token endpoint) goes
@@ -157,6 +162,7 @@ impl App {
             config_digest: Mutex::new(config_digest),
             files_seen: Mutex::new((Vec::new(), FileStamp::MISSING)),
             config_good: AtomicBool::new(true),
+            config_failed: Mutex::new(None),
             // Read just before this, at start-up.
             config_current_ms: AtomicI64::new(crate::revocation::now_ms() - 1000),
             sync: Default::default(),
@@ -251,10 +257,31 @@ impl App {
         if *self.config_digest.lock().expect("not poisoned") == d {
             return Ok(false);
         }
+        // The same invalid files again within moments (the watcher saw more
+        // events of one edit): the same answer, not logged or counted twice.
+        // Later it is read again: what made it fail may lie outside the
+        // digest (a key file that now exists; SIGHUP after fixing it).
+        if let Some((failed, at, errors)) = &*self.config_failed.lock().expect("not poisoned") {
+            if *failed == d && at.elapsed() < REPEATED_FAILURE {
+                return Err(errors.clone());
+            }
+        }
         let text = String::from_utf8_lossy(&bytes);
         let result = config::parse(&path, &text);
         self.metrics.reload("config", result.is_ok());
-        let cfg = result?;
+        let cfg = match result {
+            Ok(cfg) => cfg,
+            Err(errors) => {
+                for e in &errors.0 {
+                    let (line, column) = e.position.unwrap_or((0, 0));
+                    tracing::error!(file = %e.file.display(), line, column, error = %e.message, "config not reloaded; the previous config stays in force");
+                }
+                *self.config_failed.lock().expect("not poisoned") =
+                    Some((d, std::time::Instant::now(), errors.clone()));
+                return Err(errors);
+            }
+        };
+        *self.config_failed.lock().expect("not poisoned") = None;
         let old = self.snapshot.load();
         let addrs = |c: &Config| {
             c.listeners
@@ -363,13 +390,8 @@ impl App {
                 true
             }
             Ok(false) => true,
-            Err(errors) => {
-                for e in &errors.0 {
-                    let (line, column) = e.position.unwrap_or((0, 0));
-                    tracing::error!(file = %e.file.display(), line, column, error = %e.message, "config not reloaded; the previous config stays in force");
-                }
-                false
-            }
+            // Logged and counted where it was found (once per content).
+            Err(_) => false,
         };
         self.reload_revocations();
         self.reload_oauth1_store();

@@ -7,7 +7,8 @@
 use super::tls::CertResolver;
 use crate::app::App;
 use crate::config::TlsSource;
-use notify::{RecursiveMode, Watcher as _};
+use notify::RecursiveMode;
+use notify_debouncer_mini::{new_debouncer, DebounceEventResult, Debouncer};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use tokio::sync::watch;
 const DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// Keeps the OS watch alive; dropping it stops watching.
-pub struct Watcher(#[allow(dead_code)] notify::RecommendedWatcher);
+pub struct Watcher(#[allow(dead_code)] Debouncer<notify::RecommendedWatcher>);
 
 fn dir_of(p: &Path) -> PathBuf {
     match p.parent() {
@@ -31,10 +32,13 @@ pub fn start(
     resolvers: Vec<Arc<CertResolver>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Watcher, String> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+    // One slot: a burst of changes while a reload runs is one more reload,
+    // never a queue (notify-debouncer-mini already folds each burst into
+    // one batch).
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+    let mut w = new_debouncer(DEBOUNCE, move |res: DebounceEventResult| {
         if res.is_ok() {
-            let _ = tx.send(());
+            let _ = tx.try_send(());
         }
     })
     .map_err(|e| e.to_string())?;
@@ -60,7 +64,8 @@ pub fn start(
     dirs.sort();
     dirs.dedup();
     for d in &dirs {
-        w.watch(d, RecursiveMode::NonRecursive)
+        w.watcher()
+            .watch(d, RecursiveMode::NonRecursive)
             .map_err(|e| format!("{}: {e}", d.display()))?;
     }
     tokio::spawn(async move {
@@ -70,8 +75,6 @@ pub fn start(
                     if ev.is_none() {
                         return;
                     }
-                    tokio::time::sleep(DEBOUNCE).await;
-                    while rx.try_recv().is_ok() {}
                     let (app, resolvers) = (app.clone(), resolvers.clone());
                     // File reads and parsing stay off the async workers.
                     let _ = tokio::task::spawn_blocking(move || reload_all(&app, &resolvers)).await;
