@@ -14,13 +14,17 @@ use valet::tokens::Validator;
 
 fn token_config(alg: jsonwebtoken::Algorithm, cache: usize) -> (TokenConfig, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let key = keys::load(&KeyConfig {
-        id: "k".into(),
-        algorithm: alg,
-        private_key_file: Some(dir.path().join("k.pem")),
-        public_key_file: None,
-        generate_if_missing: true,
-    })
+    // Generated in memory; a benchmark has no use for the file.
+    let key = keys::load(
+        &KeyConfig {
+            id: "k".into(),
+            algorithm: alg,
+            private_key_file: Some(dir.path().join("k.pem")),
+            public_key_file: None,
+            generate_if_missing: true,
+        },
+        &mut Vec::new(),
+    )
     .unwrap();
     let cfg = TokenConfig {
         issuer: "https://valet.bench".into(),

@@ -234,6 +234,23 @@ impl App {
         r
     }
 
+    /// Writes what the new config's `generate_if_missing` asks for (a file
+    /// deleted while valet runs); another process's file wins.
+    fn with_new_files(&self, cfg: Config) -> Result<Config, ConfigErrors> {
+        let err = |message: String| {
+            ConfigErrors(vec![config::ConfigError {
+                file: cfg.path.clone(),
+                position: None,
+                message,
+            }])
+        };
+        match cfg.create_new_files() {
+            Ok(true) => Ok(cfg),
+            Ok(false) => config::load(&cfg.path),
+            Err(e) => Err(err(e)),
+        }
+    }
+
     /// Whether the last config read succeeded.
     pub fn config_good(&self) -> bool {
         self.config_good.load(Ordering::Acquire)
@@ -269,7 +286,7 @@ impl App {
         let text = String::from_utf8_lossy(&bytes);
         let result = config::parse(&path, &text);
         self.metrics.reload("config", result.is_ok());
-        let cfg = match result {
+        let cfg = match result.and_then(|cfg| self.with_new_files(cfg)) {
             Ok(cfg) => cfg,
             Err(errors) => {
                 for e in &errors.0 {

@@ -366,13 +366,16 @@ impl BearerOracle {
         std::fs::create_dir_all(&dir).expect("temp dir");
         let file = dir.join("k.pem");
         std::fs::write(&file, pkcs8_pem).expect("key file");
-        let key = keys::load(&KeyConfig {
-            id: "fuzz".into(),
-            algorithm: jsonwebtoken::Algorithm::EdDSA,
-            private_key_file: Some(file),
-            public_key_file: None,
-            generate_if_missing: false,
-        })
+        let key = keys::load(
+            &KeyConfig {
+                id: "fuzz".into(),
+                algorithm: jsonwebtoken::Algorithm::EdDSA,
+                private_key_file: Some(file),
+                public_key_file: None,
+                generate_if_missing: false,
+            },
+            &mut Vec::new(),
+        )
         .expect("the fuzz key loads");
         let _ = std::fs::remove_dir_all(&dir);
         let public = crate::fuzzing::ed25519_public(&key);

@@ -128,12 +128,22 @@ enum TokenCommand {
     },
 }
 
+/// Loads and validates; writes nothing (`valet check`, and `serve`, whose
+/// start writes what `generate_if_missing` asks for).
 fn load(path: &std::path::Path) -> Result<config::Config, ExitCode> {
-    config::load(path).map_err(|errors| {
-        eprintln!("{errors}");
-        eprintln!("{} error(s) in {}", errors.0.len(), path.display());
-        ExitCode::from(EXIT_CONFIG)
-    })
+    config::load(path).map_err(|errors| config_failed(path, &errors))
+}
+
+/// Loads for a command that uses the keys and pepper: creates them first
+/// if `generate_if_missing` asks for it.
+fn load_for_use(path: &std::path::Path) -> Result<config::Config, ExitCode> {
+    config::load_for_use(path).map_err(|errors| config_failed(path, &errors))
+}
+
+fn config_failed(path: &std::path::Path, errors: &config::ConfigErrors) -> ExitCode {
+    eprintln!("{errors}");
+    eprintln!("{} error(s) in {}", errors.0.len(), path.display());
+    ExitCode::from(EXIT_CONFIG)
 }
 
 fn init_tracing(c: &config::LoggingConfig) {
@@ -173,6 +183,13 @@ fn main() -> ExitCode {
                 for w in c.authorization_server.iter().flat_map(|a| &a.warnings) {
                     eprintln!("warning: {w}");
                 }
+                for f in &c.new_files {
+                    eprintln!(
+                        "note: `valet serve` would create the {} {} (generate_if_missing)",
+                        f.what,
+                        f.path.display()
+                    );
+                }
                 println!(
                     "{}: OK ({} listener(s), {} route(s))",
                     config.display(),
@@ -194,7 +211,7 @@ fn main() -> ExitCode {
                     json,
                 },
         } => {
-            let c = match load(&config) {
+            let c = match load_for_use(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -296,7 +313,7 @@ fn client_command(cmd: ClientCommand) -> ExitCode {
         | ClientCommand::RegenerateSecret { config, .. }
         | ClientCommand::RevokeTokens { config, .. } => config.clone(),
     };
-    let c = match load(&path) {
+    let c = match load_for_use(&path) {
         Ok(c) => c,
         Err(code) => return code,
     };

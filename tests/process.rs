@@ -82,6 +82,29 @@ fn the_example_config_is_valid_and_check_warns_about_the_password_grant() {
         !err.contains("demo-service` enables"),
         "only password-grant clients are warned about"
     );
+    // `check` writes nothing: it says what `serve` would create.
+    let files: Vec<_> = walk(dir.path());
+    assert_eq!(files, vec![cfg], "check wrote files: {files:?}");
+    for what in ["signing key", "secret pepper"] {
+        assert!(
+            err.contains(&format!("would create the {what}")),
+            "{what}: {err}"
+        );
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -138,7 +138,7 @@ pub(super) fn compile(
     let pepper = match &raw.secret_pepper_file {
         Some(f) => {
             let path = resolve(f);
-            match read_or_make_pepper(&path, raw.generate_pepper_if_missing) {
+            match read_or_make_pepper(&path, raw.generate_pepper_if_missing, &mut c.new_files) {
                 Ok(p) => Some(p),
                 Err(e) => {
                     c.at("authorization_server.secret_pepper_file", e);
@@ -377,7 +377,11 @@ fn dummy_argon2() -> SecretHash {
         .clone()
 }
 
-fn read_or_make_pepper(path: &Path, generate: bool) -> Result<Secret, String> {
+fn read_or_make_pepper(
+    path: &Path,
+    generate: bool,
+    new_files: &mut Vec<crate::durable::NewFile>,
+) -> Result<Secret, String> {
     match std::fs::read_to_string(path) {
         Ok(s) if s.trim().len() >= 16 => Ok(Secret::new(s.trim().as_bytes().to_vec())),
         Ok(_) => Err(format!(
@@ -386,8 +390,11 @@ fn read_or_make_pepper(path: &Path, generate: bool) -> Result<Secret, String> {
         )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && generate => {
             let pepper = crate::oauth2::registry::generate_secret();
-            crate::tokens::keys::write_private(path, &format!("{pepper}\n"))
-                .map_err(|e| format!("cannot write a new pepper to {}: {e}", path.display()))?;
+            new_files.push(crate::durable::NewFile::new(
+                path,
+                "secret pepper",
+                format!("{pepper}\n"),
+            ));
             Ok(Secret::new(pepper.into_bytes()))
         }
         Err(e) => Err(format!(

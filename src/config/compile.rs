@@ -18,6 +18,9 @@ use std::sync::Arc;
 pub struct Config {
     /// The file it was read from.
     pub path: PathBuf,
+    /// Secret files `generate_if_missing` asks for, generated in memory and
+    /// not yet written ([`Config::create_new_files`] writes them).
+    pub new_files: Vec<crate::durable::NewFile>,
     pub listeners: Vec<ListenerConfig>,
     pub metrics_address: Option<SocketAddr>,
     pub tokens: TokenConfig,
@@ -193,16 +196,60 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     parse(path, &src)
 }
 
-/// Validates config text `src` that was read from `path`.
+impl Config {
+    /// Writes the files `generate_if_missing` asked for. `Ok(false)` if
+    /// another process created one first: load the config again to use it.
+    pub fn create_new_files(&self) -> Result<bool, String> {
+        let mut all_ours = true;
+        for f in &self.new_files {
+            match f.create() {
+                Ok(true) => {
+                    tracing::warn!(path = %f.path.display(), "generated a new {} (generate_if_missing); do not use generated secrets in production", f.what)
+                }
+                Ok(false) => all_ours = false,
+                Err(e) => {
+                    return Err(format!(
+                        "cannot write the new {} {}: {e}",
+                        f.what,
+                        f.path.display()
+                    ))
+                }
+            }
+        }
+        Ok(all_ours)
+    }
+}
+
+/// Loads the config for use, creating what `generate_if_missing` asks for
+/// (`valet check` uses [`load`], which writes nothing).
+pub fn load_for_use(path: &Path) -> Result<Config, ConfigErrors> {
+    let cfg = load(path)?;
+    let io = |message: String| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            position: None,
+            message,
+        }])
+    };
+    match cfg.create_new_files().map_err(io)? {
+        true => Ok(cfg),
+        // Someone else's files won the race: use theirs.
+        false => load(path),
+    }
+}
+
+/// Validates config text `src` that was read from `path`. Reads the files
+/// it names; writes nothing.
 pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
     let raw: RawConfig =
         serde_yaml::from_str(src).map_err(|e| ConfigErrors(vec![from_yaml(path, &e)]))?;
     let mut c = Collector::new(path, src);
     let base = path.parent().unwrap_or(Path::new("."));
     let mut extra = Vec::new();
-    let config = compile(raw, path, base, &mut c, &mut extra);
+    let mut config = compile(raw, path, base, &mut c, &mut extra);
     c.errors.append(&mut extra);
     if c.errors.is_empty() {
+        config.new_files = std::mem::take(&mut c.new_files);
         Ok(config)
     } else {
         Err(ConfigErrors(c.errors))
@@ -649,6 +696,7 @@ fn compile(
     }
 
     Config {
+        new_files: Vec::new(),
         oauth1,
         admin,
         authorization_server,
@@ -817,7 +865,7 @@ fn compile_tokens(t: &RawTokens, base: &Path, c: &mut Collector<'_>) -> TokenCon
             public_key_file: k.public_key_file.as_deref().map(|f| resolve(base, f)),
             generate_if_missing: k.generate_if_missing,
         };
-        match keys::load(&kc) {
+        match keys::load(&kc, &mut c.new_files) {
             Ok(key) => loaded.push(Arc::new(key)),
             Err(e) => c.at(&p, e.to_string()),
         }

@@ -50,6 +50,8 @@ pub(crate) struct Collector<'a> {
     file: &'a Path,
     src: &'a str,
     pub(crate) errors: Vec<ConfigError>,
+    /// Files to generate (`generate_if_missing`); the compiler never writes.
+    pub(crate) new_files: Vec<crate::durable::NewFile>,
 }
 
 impl<'a> Collector<'a> {
@@ -58,6 +60,7 @@ impl<'a> Collector<'a> {
             file,
             src,
             errors: Vec::new(),
+            new_files: Vec::new(),
         }
     }
 

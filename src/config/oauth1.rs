@@ -83,7 +83,11 @@ fn read_secret(path: &Path, what: &str) -> Result<Secret, String> {
     Ok(Secret::new(s.as_bytes().to_vec()))
 }
 
-fn store_key(path: Option<&Path>, generate: bool) -> Result<Secret, String> {
+fn store_key(
+    path: Option<&Path>,
+    generate: bool,
+    new_files: &mut Vec<crate::durable::NewFile>,
+) -> Result<Secret, String> {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD;
     let text = match path {
@@ -93,9 +97,11 @@ fn store_key(path: Option<&Path>, generate: bool) -> Result<Secret, String> {
                 let mut key = [0u8; 32];
                 aws_lc_rs::rand::fill(&mut key).expect("system randomness");
                 let t = format!("{}\n", b64.encode(key));
-                crate::tokens::keys::write_private(p, &t).map_err(|e| {
-                    format!("cannot write a new token store key to {}: {e}", p.display())
-                })?;
+                new_files.push(crate::durable::NewFile::new(
+                    p,
+                    "OAuth 1.0 token store key",
+                    t.clone(),
+                ));
                 t
             }
             Err(e) => {
@@ -153,6 +159,7 @@ pub(super) fn compile(
     let key = match store_key(
         raw.token_store.key_file.as_deref().map(&resolve).as_deref(),
         raw.token_store.generate_key_if_missing,
+        &mut c.new_files,
     ) {
         Ok(k) => Some(k),
         Err(e) => {

@@ -36,6 +36,9 @@ pub enum ServeError {
     Start(#[from] crate::app::StartError),
     #[error("cannot watch files for changes: {0}")]
     Watch(String),
+    /// Creating what `generate_if_missing` asks for failed.
+    #[error("{0}")]
+    NewFiles(String),
 }
 
 /// A started gateway. Dropping it does not stop it; call [`Running::shutdown`].
@@ -63,6 +66,15 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
 
 /// Binds every listener and starts serving `config`.
 pub async fn start(config: Config) -> Result<Running, ServeError> {
+    // The config compiler writes nothing; serving is when generated keys,
+    // peppers and store keys are written. If another process wrote them
+    // first, theirs are the ones to use.
+    let config = match config.create_new_files().map_err(ServeError::NewFiles)? {
+        true => config,
+        false => {
+            crate::config::load(&config.path).map_err(|e| ServeError::NewFiles(e.to_string()))?
+        }
+    };
     let echo = match config.echo_upstream {
         Some(a) => Some(bind(a).await?),
         None => None,

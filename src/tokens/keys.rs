@@ -11,7 +11,6 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::PrivateKeyDer;
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// How one key is configured (paths already resolved).
@@ -51,11 +50,6 @@ pub enum KeyError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot write generated key to {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error("key file {path} does not hold a usable {alg:?} key: {why}")]
     Parse {
         path: PathBuf,
@@ -68,10 +62,14 @@ pub enum KeyError {
     CannotGenerate,
 }
 
-/// Loads (or, when allowed and absent, generates) one key.
-pub fn load(cfg: &KeyConfig) -> Result<LoadedKey, KeyError> {
+/// Loads one key, or when allowed and absent generates it in memory and
+/// adds the file to write to `new_files` (this never writes).
+pub fn load(
+    cfg: &KeyConfig,
+    new_files: &mut Vec<crate::durable::NewFile>,
+) -> Result<LoadedKey, KeyError> {
     match (&cfg.private_key_file, &cfg.public_key_file) {
-        (Some(path), None) => load_private(cfg, path),
+        (Some(path), None) => load_private(cfg, path, new_files),
         (None, Some(path)) => {
             let pem = std::fs::read(path).map_err(|source| KeyError::Read {
                 path: path.clone(),
@@ -128,15 +126,19 @@ fn family(alg: Algorithm) -> Family {
     }
 }
 
-fn load_private(cfg: &KeyConfig, path: &Path) -> Result<LoadedKey, KeyError> {
+fn load_private(
+    cfg: &KeyConfig,
+    path: &Path,
+    new_files: &mut Vec<crate::durable::NewFile>,
+) -> Result<LoadedKey, KeyError> {
     let pem = match std::fs::read(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && cfg.generate_if_missing => {
             let pem = generate(cfg.algorithm)?;
-            write_private(path, &pem).map_err(|source| KeyError::Write {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            tracing::warn!(key = %cfg.id, path = %path.display(), "generated a new signing key (generate_if_missing); do not use generated keys in production");
+            new_files.push(crate::durable::NewFile::new(
+                path,
+                "signing key",
+                pem.clone(),
+            ));
             pem.into_bytes()
         }
         Err(source) => {
@@ -314,24 +316,6 @@ pub(crate) fn pem_encode(label: &str, der: &[u8]) -> String {
     out
 }
 
-/// Writes a secret file with mode 0600, atomically (temp file + rename).
-pub(crate) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,12 +336,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for alg in [Algorithm::EdDSA, Algorithm::ES256] {
             let path = dir.path().join(format!("{alg:?}.pem"));
-            load(&cfg(alg, path.clone())).unwrap();
+            let mut new_files = Vec::new();
+            let generated = load(&cfg(alg, path.clone()), &mut new_files).unwrap();
+            // Loading writes nothing; creating the listed file does.
+            assert!(!path.exists());
+            assert_eq!(new_files.len(), 1);
+            assert!(new_files[0].create().unwrap());
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
             let before = std::fs::read(&path).unwrap();
-            load(&cfg(alg, path.clone())).unwrap();
-            assert_eq!(before, std::fs::read(&path).unwrap(), "must not regenerate");
+            let mut again = Vec::new();
+            let loaded = load(&cfg(alg, path.clone()), &mut again).unwrap();
+            assert!(again.is_empty(), "must not regenerate");
+            assert_eq!(before, std::fs::read(&path).unwrap());
+            assert_eq!(
+                generated.jwk, loaded.jwk,
+                "the key in memory is the key written"
+            );
+            // A second creation finds the file and leaves it.
+            assert!(!new_files[0].create().unwrap());
         }
     }
 
@@ -368,14 +365,20 @@ mod tests {
         std::fs::write(&path, generate(Algorithm::ES256).unwrap()).unwrap();
         let mut c = cfg(Algorithm::ES384, path);
         c.generate_if_missing = false;
-        assert!(matches!(load(&c), Err(KeyError::Parse { .. })));
+        assert!(matches!(
+            load(&c, &mut Vec::new()),
+            Err(KeyError::Parse { .. })
+        ));
     }
 
     #[test]
     fn missing_key_without_generate_is_an_error() {
         let mut c = cfg(Algorithm::EdDSA, "/nonexistent/k.pem".into());
         c.generate_if_missing = false;
-        assert!(matches!(load(&c), Err(KeyError::Read { .. })));
+        assert!(matches!(
+            load(&c, &mut Vec::new()),
+            Err(KeyError::Read { .. })
+        ));
     }
 
     /// An RS256 private key (PKCS#8) signs; a verification-only entry holding
@@ -413,21 +416,27 @@ mod tests {
             );
             std::fs::write(&pp, private_pem).unwrap();
             std::fs::write(&qp, public_pem).unwrap();
-            let private = load(&KeyConfig {
-                id: "p".into(),
-                algorithm: alg,
-                private_key_file: Some(pp),
-                public_key_file: None,
-                generate_if_missing: false,
-            })
+            let private = load(
+                &KeyConfig {
+                    id: "p".into(),
+                    algorithm: alg,
+                    private_key_file: Some(pp),
+                    public_key_file: None,
+                    generate_if_missing: false,
+                },
+                &mut Vec::new(),
+            )
             .unwrap();
-            let public = load(&KeyConfig {
-                id: "p".into(),
-                algorithm: alg,
-                private_key_file: None,
-                public_key_file: Some(qp),
-                generate_if_missing: false,
-            })
+            let public = load(
+                &KeyConfig {
+                    id: "p".into(),
+                    algorithm: alg,
+                    private_key_file: None,
+                    public_key_file: Some(qp),
+                    generate_if_missing: false,
+                },
+                &mut Vec::new(),
+            )
             .unwrap();
             assert!(public.encoding.is_none());
             assert_eq!(private.jwk, public.jwk, "both halves publish the same JWK");
