@@ -518,13 +518,13 @@ impl FileStamp {
 }
 
 /// Allowances when there is no authorization server (nothing uses them).
-fn default_allowances() -> crate::oauth2::throttle::Allowances {
+fn default_allowances() -> crate::config::Allowances {
     use crate::config as d;
-    let a = |burst| crate::oauth2::throttle::Allowance {
+    let a = |burst| crate::config::Allowance {
         burst,
         window: d::DEFAULT_FAILED_AUTH_WINDOW,
     };
-    crate::oauth2::throttle::Allowances {
+    crate::config::Allowances {
         per_client_source: a(d::DEFAULT_MAX_FAILED_AUTH),
         per_source: a(d::DEFAULT_MAX_FAILED_AUTH_PER_SOURCE),
         per_username: a(d::DEFAULT_MAX_FAILED_AUTH),

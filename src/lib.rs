@@ -8,11 +8,14 @@
 #![deny(unsafe_code)]
 
 pub mod app;
+pub mod certs;
 pub mod config;
+pub mod credentials;
 pub mod durable;
 pub mod echo;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod header_names;
 pub mod metrics;
 pub mod net;
 pub mod oauth1;

@@ -174,7 +174,7 @@ fn main() -> ExitCode {
             }
             println!(
                 "{}",
-                valet::oauth2::registry::argon2id_hash(line.trim_end_matches(['\r', '\n']))
+                valet::credentials::argon2id_hash(line.trim_end_matches(['\r', '\n']))
             );
             ExitCode::SUCCESS
         }

@@ -361,6 +361,31 @@ pub fn same_authority(a: &Authority, b: &Authority) -> bool {
     host_name(a).eq_ignore_ascii_case(host_name(b)) && a.port_u16() == b.port_u16()
 }
 
+/// Path prefixes match whole segments (`/api` matches `/api/x` and `/api`,
+/// not `/apix`), so a route never captures a sibling by accident.
+/// Whether `path` falls under `prefix`.
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    prefix_matches_as(prefix, path, false)
+}
+
+/// Whether `path` falls under `prefix`, optionally ignoring ASCII case.
+pub fn prefix_matches_as(prefix: &str, path: &str, case_insensitive: bool) -> bool {
+    let (mut p, q) = (prefix.as_bytes(), path.as_bytes());
+    // `/admin/` also guards `/admin`: servers serve or redirect it.
+    if p.len() > 1 && p.ends_with(b"/") && q.len() == p.len() - 1 {
+        p = &p[..p.len() - 1];
+    }
+    let Some(head) = q.get(..p.len()) else {
+        return false;
+    };
+    let same = if case_insensitive {
+        head.eq_ignore_ascii_case(p)
+    } else {
+        head == p
+    };
+    same && (prefix.ends_with('/') || q.len() == p.len() || q[p.len()] == b'/')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@ use super::error::{from_yaml, Collector, ConfigError};
 use super::raw::{
     ClientsFile, RawAuthServer, RawClient, RawJwtBearer, RawSaml2Bearer, RawUser, UsersFile,
 };
-use crate::oauth2::registry::{
+use crate::credentials::{
     AssertionIssuer, AssertionKey, Client, Grant, JwtBearer, Registry, Saml2Bearer, Secret,
     SecretHash, User,
 };
@@ -34,6 +34,32 @@ pub const DEFAULT_MAX_FAILED_AUTH_PER_SOURCE: u32 = 30;
 pub const DEFAULT_HASH_QUEUE: usize = 128;
 pub const DEFAULT_HASH_QUEUE_PER_SOURCE: usize = 16;
 pub const DEFAULT_HASH_WAIT: Duration = Duration::from_secs(2);
+/// Allowances: `burst` attempts, refilled over `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allowance {
+    pub burst: u32,
+    pub window: Duration,
+}
+
+/// The allowances for each kind of key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allowances {
+    pub per_client_source: Allowance,
+    pub per_source: Allowance,
+    pub per_username: Allowance,
+}
+
+/// Queue limits; read per attempt, so a reload changes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Attempts waiting, all sources together.
+    pub capacity: usize,
+    /// Attempts waiting from one source.
+    pub per_source: usize,
+    /// How long an attempt may wait for a worker.
+    pub wait: Duration,
+}
+
 /// Bounds on the durations above, so no arithmetic on them can overflow.
 const MAX_SETTING_DURATION: Duration = Duration::from_secs(86400);
 const MAX_HASH_WAIT: Duration = Duration::from_secs(60);
@@ -76,9 +102,9 @@ pub struct AuthServerConfig {
     pub paths: EndpointPaths,
     pub refresh_grace: Duration,
     /// Throttling of authentication attempts.
-    pub allowances: crate::oauth2::throttle::Allowances,
+    pub allowances: Allowances,
     /// The password-hash queue.
-    pub hash_queue: crate::oauth2::hash_pool::QueueLimits,
+    pub hash_queue: QueueLimits,
     /// Hashing threads (read at start-up only; 0: one per core).
     pub hash_workers: usize,
     pub verified_secret_ttl: Duration,
@@ -315,7 +341,6 @@ pub(super) fn compile(
         paths,
         refresh_grace: d(raw.refresh_grace, DEFAULT_REFRESH_GRACE),
         allowances: {
-            use crate::oauth2::throttle::{Allowance, Allowances};
             let window = d(raw.failed_auth_window, DEFAULT_FAILED_AUTH_WINDOW);
             let max = raw.max_failed_auth.unwrap_or(DEFAULT_MAX_FAILED_AUTH);
             let per_source = raw
@@ -335,7 +360,7 @@ pub(super) fn compile(
             }
         },
         hash_queue: {
-            let q = crate::oauth2::hash_pool::QueueLimits {
+            let q = QueueLimits {
                 capacity: raw.password_hash_queue.unwrap_or(DEFAULT_HASH_QUEUE),
                 per_source: raw
                     .password_hash_queue_per_source
@@ -371,7 +396,7 @@ fn dummy_argon2() -> SecretHash {
     static DUMMY: std::sync::OnceLock<SecretHash> = std::sync::OnceLock::new();
     DUMMY
         .get_or_init(|| {
-            SecretHash::parse(&crate::oauth2::registry::argon2id_hash("dummy"))
+            SecretHash::parse(&crate::credentials::argon2id_hash("dummy"))
                 .expect("a fresh argon2id hash parses")
         })
         .clone()
@@ -389,7 +414,7 @@ fn read_or_make_pepper(
             path.display()
         )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && generate => {
-            let pepper = crate::oauth2::registry::generate_secret();
+            let pepper = crate::credentials::generate_secret();
             new_files.push(crate::durable::NewFile::new(
                 path,
                 "secret pepper",
@@ -517,7 +542,7 @@ fn compile_client(
                 &format!("{p}.jwt_bearer"),
                 format!(
                     "jwt_bearer is set but grant_types lacks {}",
-                    crate::oauth2::registry::JWT_BEARER
+                    crate::credentials::JWT_BEARER
                 ),
             );
             None
@@ -538,7 +563,7 @@ fn compile_client(
                 &format!("{p}.saml2_bearer"),
                 format!(
                     "saml2_bearer is set but grant_types lacks {}",
-                    crate::oauth2::registry::SAML2_BEARER
+                    crate::credentials::SAML2_BEARER
                 ),
             );
             None

@@ -82,23 +82,7 @@ pub enum TlsSource {
     SelfSignedForDevelopment,
 }
 
-#[derive(Debug)]
-pub struct TokenConfig {
-    pub issuer: String,
-    pub audiences: Vec<String>,
-    pub clock_skew: Duration,
-    pub keys: Vec<Arc<LoadedKey>>,
-    /// Index into `keys` of the key that signs new tokens, if any.
-    pub signing_key: Option<usize>,
-    pub access_token_ttl: Duration,
-    pub cache_entries: usize,
-}
-
-impl TokenConfig {
-    pub fn signer(&self) -> Option<&LoadedKey> {
-        self.signing_key.map(|i| &*self.keys[i])
-    }
-}
+pub use crate::tokens::TokenConfig;
 
 /// Where a proxied request goes: `scheme://authority` plus a base path.
 #[derive(Debug, Clone)]
@@ -314,7 +298,7 @@ fn compile(
         ) {
             (Some(cert), Some(key), false) => {
                 let (cert, key) = (resolve(base, cert), resolve(base, key));
-                if let Err(e) = crate::server::tls::load_certified_key(&cert, &key) {
+                if let Err(e) = crate::certs::load_certified_key(&cert, &key) {
                     c.at(&format!("{p}.tls"), e.to_string());
                 }
                 Some(TlsSource::Files { cert, key })
@@ -528,7 +512,7 @@ fn compile(
         &identity_headers.client_id,
         &identity_headers.scopes,
     ] {
-        if crate::proxy::headers::is_reserved(h) {
+        if crate::header_names::is_reserved(h) {
             c.at(
                 "identity_headers",
                 format!("`{h}` cannot be used as an identity header"),
@@ -593,7 +577,7 @@ fn compile(
         for (i, r) in routes.iter().enumerate() {
             if own
                 .iter()
-                .any(|p| crate::proxy::router::prefix_matches(&r.path_prefix, p))
+                .any(|p| crate::request_target::prefix_matches(&r.path_prefix, p))
                 && r.path_prefix != "/"
             {
                 c.at(
@@ -681,8 +665,8 @@ fn compile(
     if let Some(o) = &oauth1 {
         for (i, r) in routes.iter().enumerate() {
             if r.path_prefix != "/"
-                && (crate::proxy::router::prefix_matches(&r.path_prefix, &o.path_prefix)
-                    || crate::proxy::router::prefix_matches(&o.path_prefix, &r.path_prefix))
+                && (crate::request_target::prefix_matches(&r.path_prefix, &o.path_prefix)
+                    || crate::request_target::prefix_matches(&o.path_prefix, &r.path_prefix))
             {
                 c.at(
                     &format!("routes[{i}].match.path_prefix"),

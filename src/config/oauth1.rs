@@ -3,9 +3,9 @@
 
 use super::error::Collector;
 use super::raw::{RawOAuth1, RawProvider};
+use crate::credentials::Secret;
 use crate::oauth1::signing::SignatureMethod;
 use crate::oauth1::store::Credentials;
-use crate::oauth2::registry::Secret;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;

@@ -14,7 +14,7 @@ use super::client::{self, ProviderError};
 use super::store::Credentials;
 use crate::app::{App, Snapshot};
 use crate::config::{OAuth1Config, Provider};
-use crate::oauth2::registry::Secret;
+use crate::credentials::Secret;
 use crate::proxy::error::json_response;
 use crate::proxy::{ProxyError, ResponseBody};
 use dashmap::DashMap;

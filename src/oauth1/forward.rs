@@ -102,7 +102,7 @@ pub async fn sign(
                 authorize_url: p.start_url.clone(),
             })?,
     };
-    let (body, outcome, form) = if crate::proxy::headers::is_form_urlencoded(&parts.headers) {
+    let (body, outcome, form) = if crate::header_names::is_form_urlencoded(&parts.headers) {
         let (limited, outcome) = LimitedBody::new(body, limit, rate);
         let bytes = limited
             .collect()

@@ -14,7 +14,7 @@
 //! damaged while running is refused, never overwritten: the tokens in
 //! memory stay in force and writes fail until it is repaired.
 
-use crate::oauth2::registry::Secret;
+use crate::credentials::Secret;
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use base64::Engine;
 use serde::{Deserialize, Serialize};

@@ -7,10 +7,10 @@
 use super::error::OAuthError;
 use super::form::{decode_component, Form};
 use super::hash_pool::Busy;
-use super::registry::{Argon2Hash, Client, SecretHash};
 use super::throttle::{Key, Source, Throttle, Throttled};
 use crate::app::App;
 use crate::config::AuthServerConfig;
+use crate::credentials::{Argon2Hash, Client, SecretHash};
 use http::header::{self, HeaderMap};
 use std::sync::Arc;
 use std::time::Duration;

@@ -118,7 +118,7 @@ async fn read_form(
             "parameters (and above all credentials) must be sent in the request body, not the query string".into(),
         ));
     }
-    if !crate::proxy::headers::is_form_urlencoded(req.headers()) {
+    if !crate::header_names::is_form_urlencoded(req.headers()) {
         return Err(OAuthError::InvalidRequest(
             "the body must be application/x-www-form-urlencoded".into(),
         ));
@@ -156,7 +156,7 @@ fn metadata(snap: &Snapshot, a: &AuthServerConfig) -> Response<ResponseBody> {
         "revocation_endpoint": format!("{o}{}", a.paths.revocation),
         "introspection_endpoint": format!("{o}{}", a.paths.introspection),
         "jwks_uri": format!("{o}{}", a.paths.jwks),
-        "grant_types_supported": ["client_credentials", "password", "refresh_token", super::registry::JWT_BEARER, super::registry::SAML2_BEARER],
+        "grant_types_supported": ["client_credentials", "password", "refresh_token", crate::credentials::JWT_BEARER, crate::credentials::SAML2_BEARER],
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": methods,
         "revocation_endpoint_auth_methods_supported": methods,
@@ -189,7 +189,7 @@ fn jwks(snap: &Snapshot) -> Response<ResponseBody> {
 /// now + the longer of the client's lifetimes (+ skew).
 pub(super) fn family_revocation(
     snap: &Snapshot,
-    client: &super::registry::Client,
+    client: &crate::credentials::Client,
     family: &str,
     now: i64,
 ) -> Change {

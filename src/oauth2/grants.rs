@@ -10,10 +10,10 @@ use super::client_auth::{authenticate, spend_and_hash, throttled};
 use super::endpoints::{apply, family_revocation};
 use super::error::{json, OAuthError};
 use super::form::Form;
-use super::registry::{Client, Grant, SecretHash};
 use super::throttle::{Key, Source};
 use crate::app::{App, Snapshot};
 use crate::config::AuthServerConfig;
+use crate::credentials::{Client, Grant, SecretHash};
 use crate::proxy::ResponseBody;
 use crate::revocation::Rotation;
 use crate::tokens::issue::{decode_own, mint, mint_refresh, Kind, TokenRequest};
@@ -28,8 +28,8 @@ pub fn grant_label(g: Option<&str>) -> &'static str {
         Some("client_credentials") => "client_credentials",
         Some("password") => "password",
         Some("refresh_token") => "refresh_token",
-        Some(super::registry::JWT_BEARER) => "jwt_bearer",
-        Some(super::registry::SAML2_BEARER) => "saml2_bearer",
+        Some(crate::credentials::JWT_BEARER) => "jwt_bearer",
+        Some(crate::credentials::SAML2_BEARER) => "saml2_bearer",
         None => "none",
         Some(_) => "other",
     }

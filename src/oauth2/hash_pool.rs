@@ -18,25 +18,15 @@
 //! The tokio blocking pool (which revocation and store writes need) is no
 //! longer touched by hashing at all.
 
-use super::registry::Argon2Hash;
 use super::throttle::Source;
+pub use crate::config::QueueLimits;
+use crate::credentials::Argon2Hash;
 use prometheus::{IntCounterVec, IntGauge};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::oneshot;
-
-/// Queue limits; read per attempt, so a reload changes them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QueueLimits {
-    /// Attempts waiting, all sources together.
-    pub capacity: usize,
-    /// Attempts waiting from one source.
-    pub per_source: usize,
-    /// How long an attempt may wait for a worker.
-    pub wait: Duration,
-}
 
 /// Why an attempt was not verified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,9 +250,10 @@ fn work(shared: &Shared) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::registry::{argon2id_hash, SecretHash};
     use super::*;
+    use crate::credentials::{argon2id_hash, SecretHash};
     use std::net::{IpAddr, Ipv4Addr};
+    use std::time::Duration;
 
     fn src(n: u8) -> Source {
         Source::of(IpAddr::V4(Ipv4Addr::new(10, 0, 0, n)))

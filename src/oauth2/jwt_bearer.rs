@@ -9,9 +9,9 @@
 use super::endpoints::record_assertion_use;
 use super::error::OAuthError;
 use super::form::Form;
-use super::registry::{Client, JwtBearer};
 use crate::app::{App, Snapshot};
 use crate::config::AuthServerConfig;
+use crate::credentials::{Client, JwtBearer};
 use jsonwebtoken::errors::ErrorKind;
 use serde_json::{Map, Value};
 use std::sync::Arc;

@@ -3,8 +3,8 @@
 //! Shared by the `valet client` commands and the admin API. Valet rewrites
 //! only the clients file, never the operator's config.
 
-use super::registry::{generate_secret, hmac_hash, Client};
 use crate::config::{ClientsFile, Config, RawClient};
+use crate::credentials::{generate_secret, hmac_hash, Client};
 use crate::revocation::time::Timestamp;
 use crate::revocation::{Change, ClientCutoff, RevocationError, Revocations};
 use serde::Serialize;

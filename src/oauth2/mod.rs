@@ -2,7 +2,9 @@
 //! revocation (RFC 7009), introspection (RFC 7662), metadata (RFC 8414) and
 //! the JWKS, served on the same TLS listeners as the proxy.
 
-pub mod registry;
+/// Credentials moved down to a foundation module; this path stays for
+/// callers outside the crate.
+pub use crate::credentials as registry;
 
 pub mod client_auth;
 pub mod endpoints;

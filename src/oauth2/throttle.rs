@@ -20,6 +20,7 @@
 //! `MAX_KEYS` per limiter, evicts the rest. Nothing is pruned on the request
 //! path.
 
+use crate::config::{Allowance, Allowances};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
@@ -98,13 +99,6 @@ pub struct Throttled {
     pub retry_after: Duration,
 }
 
-/// Allowances: `burst` attempts, refilled over `window`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Allowance {
-    pub burst: u32,
-    pub window: Duration,
-}
-
 impl Allowance {
     fn quota(self) -> Quota {
         let burst = NonZeroU32::new(self.burst.max(1)).expect("at least one");
@@ -113,14 +107,6 @@ impl Allowance {
             .expect("a positive period")
             .allow_burst(burst)
     }
-}
-
-/// The allowances for each kind of key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Allowances {
-    pub per_client_source: Allowance,
-    pub per_source: Allowance,
-    pub per_username: Allowance,
 }
 
 /// Keys one limiter keeps at most; beyond this the pruner evicts.

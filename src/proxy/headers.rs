@@ -113,17 +113,7 @@ const RESERVED: [&str; 13] = [
     "x-request-id",
 ];
 
-/// Hop-by-hop headers per RFC 9110 plus the legacy ones proxies still see.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    HeaderName::from_static("keep-alive"),
-];
+use crate::header_names::HOP_BY_HOP;
 
 /// Removes hop-by-hop headers and every header the `Connection` header names.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
@@ -144,32 +134,6 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         h.remove(n);
     }
     h.remove("proxy-connection");
-}
-
-/// Header names that cannot be identity headers (valet sets or strips them).
-pub fn is_reserved(h: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(h)
-        || [
-            header::HOST,
-            header::AUTHORIZATION,
-            header::CONTENT_LENGTH,
-            header::CONTENT_TYPE,
-            header::COOKIE,
-        ]
-        .contains(h)
-        || h.as_str().starts_with("x-forwarded-")
-        || h == "x-request-id"
-}
-
-/// Whether the body is `application/x-www-form-urlencoded` (parameters ignored).
-pub fn is_form_urlencoded(h: &HeaderMap) -> bool {
-    h.get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|t| {
-            t.trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        })
 }
 
 #[cfg(test)]

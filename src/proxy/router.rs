@@ -2,28 +2,7 @@
 //! Prefixes match on segment boundaries (`/api` matches `/api` and `/api/x`,
 //! not `/apix`), so a route never captures a sibling by accident.
 
-/// Whether `path` falls under `prefix`.
-pub fn prefix_matches(prefix: &str, path: &str) -> bool {
-    prefix_matches_as(prefix, path, false)
-}
-
-/// Whether `path` falls under `prefix`, optionally ignoring ASCII case.
-pub fn prefix_matches_as(prefix: &str, path: &str, case_insensitive: bool) -> bool {
-    let (mut p, q) = (prefix.as_bytes(), path.as_bytes());
-    // `/admin/` also guards `/admin`: servers serve or redirect it.
-    if p.len() > 1 && p.ends_with(b"/") && q.len() == p.len() - 1 {
-        p = &p[..p.len() - 1];
-    }
-    let Some(head) = q.get(..p.len()) else {
-        return false;
-    };
-    let same = if case_insensitive {
-        head.eq_ignore_ascii_case(p)
-    } else {
-        head == p
-    };
-    same && (prefix.ends_with('/') || q.len() == p.len() || q[p.len()] == b'/')
-}
+use crate::request_target::prefix_matches_as;
 
 /// One route as the router sees it.
 #[derive(Debug, Clone, Copy)]
@@ -62,6 +41,7 @@ pub fn select<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::request_target::prefix_matches;
 
     #[test]
     fn prefixes_match_on_segment_boundaries() {

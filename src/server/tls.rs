@@ -8,60 +8,9 @@ use arc_swap::ArcSwap;
 use rustls::crypto::aws_lc_rs;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("cannot read certificate file {0}: {1}")]
-    Cert(PathBuf, String),
-    #[error("cannot read private key file {0}: {1}")]
-    Key(PathBuf, String),
-    #[error("certificate file {0} holds no certificate")]
-    NoCert(PathBuf),
-    #[error("the private key does not match the certificate: {0}")]
-    Mismatch(String),
-    #[error("cannot make a development certificate: {0}")]
-    SelfSigned(String),
-}
-
-/// Loads a certificate chain and its private key, checking that they match.
-pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| TlsError::Cert(cert.to_path_buf(), format!("{e:?}")))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::Cert(cert.to_path_buf(), format!("{e:?}")))?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCert(cert.to_path_buf()));
-    }
-    let key_der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| TlsError::Key(key.to_path_buf(), format!("{e:?}")))?;
-    certified(certs, key_der)
-}
-
-fn certified(
-    certs: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-) -> Result<Arc<CertifiedKey>, TlsError> {
-    let ck = CertifiedKey::from_der(certs, key, &aws_lc_rs::default_provider())
-        .map_err(|e| TlsError::Mismatch(e.to_string()))?;
-    Ok(Arc::new(ck))
-}
-
-/// A self-signed certificate for localhost, made at start-up (development only).
-pub fn self_signed() -> Result<Arc<CertifiedKey>, TlsError> {
-    let names = vec![
-        "localhost".to_string(),
-        "127.0.0.1".to_string(),
-        "::1".to_string(),
-    ];
-    let ck = rcgen::generate_simple_self_signed(names)
-        .map_err(|e| TlsError::SelfSigned(e.to_string()))?;
-    let key = PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
-    certified(vec![ck.cert.der().clone()], key)
-}
+pub use crate::certs::{load_certified_key, self_signed, TlsError};
 
 /// Serves the current certificate of one listener; swapped on reload.
 #[derive(Debug)]

@@ -3,7 +3,7 @@
 //! so a refresh token is never accepted where an access token is expected),
 //! and decoding them back for revocation and introspection.
 
-use crate::config::TokenConfig;
+use super::TokenConfig;
 use jsonwebtoken::{Header, Validation};
 use serde_json::{Map, Value};
 use std::time::Duration;

@@ -7,6 +7,29 @@ pub mod validate;
 
 pub use validate::{TokenError, Validator, VerifiedToken};
 
+use keys::LoadedKey;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How tokens are validated and minted (the `tokens` section, compiled).
+#[derive(Debug)]
+pub struct TokenConfig {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub clock_skew: Duration,
+    pub keys: Vec<Arc<LoadedKey>>,
+    /// Index into `keys` of the key that signs new tokens, if any.
+    pub signing_key: Option<usize>,
+    pub access_token_ttl: Duration,
+    pub cache_entries: usize,
+}
+
+impl TokenConfig {
+    pub fn signer(&self) -> Option<&LoadedKey> {
+        self.signing_key.map(|i| &*self.keys[i])
+    }
+}
+
 /// A short, non-reversible token fingerprint for logs: 8 hex digits of SHA-256.
 pub fn fingerprint(token: &str) -> String {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());

@@ -7,7 +7,7 @@
 //! every request, cache hit or not.
 
 use super::keys::LoadedKey;
-use crate::config::TokenConfig;
+use super::TokenConfig;
 use crate::revocation::RevocationSet;
 use dashmap::DashMap;
 use http::HeaderValue;

@@ -1,4 +1,5 @@
-//! Registered clients and password-grant users, with their secrets stored
+//! Credentials (a foundation: no handler needed to read them): registered
+//! clients and password-grant users, with their secrets stored
 //! hashed: argon2id (PHC strings) for anything a human chose, HMAC-SHA256
 //! under a per-installation pepper for the 256-bit secrets valet generates
 //! (fast, so the token endpoint cannot be made to burn CPU on argon2).
@@ -150,7 +151,7 @@ impl SecretHash {
 
     /// Checks `candidate` in constant time with respect to its content.
     /// Allocates argon2's memory on every call: the token endpoint uses
-    /// [`crate::oauth2::hash_pool`] instead.
+    /// the hash pool of the token endpoints instead.
     pub fn verify(&self, candidate: &[u8], pepper: Option<&Secret>) -> bool {
         match self {
             // Off the token endpoint (which goes through the hash pool): the
