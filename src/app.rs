@@ -2,10 +2,10 @@
 //! revocation map, metrics, and the upstream connection pools. Reloads build a
 //! whole new snapshot and swap it in, or keep the old one and say why.
 
+use crate::bodies::LimitedBody;
 use crate::config::{self, Config, ConfigErrors, RouteConfig};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::oauth1::store::TokenStore;
-use crate::proxy::body::LimitedBody;
 use crate::revocation::{RevocationError, Revocations};
 use crate::tokens::Validator;
 use arc_swap::ArcSwap;

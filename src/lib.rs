@@ -8,6 +8,7 @@
 #![deny(unsafe_code)]
 
 pub mod app;
+pub mod bodies;
 pub mod certs;
 pub mod config;
 pub mod credentials;

@@ -13,9 +13,9 @@
 use super::client::{self, ProviderError};
 use super::store::Credentials;
 use crate::app::{App, Snapshot};
+use crate::bodies::json as json_response;
 use crate::config::{OAuth1Config, Provider};
 use crate::credentials::Secret;
-use crate::proxy::error::json_response;
 use crate::proxy::{ProxyError, ResponseBody};
 use dashmap::DashMap;
 use http::header::{self, HeaderValue};

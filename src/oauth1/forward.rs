@@ -6,9 +6,9 @@
 
 use super::client;
 use crate::app::App;
+use crate::bodies::{BodyError, BodyOutcome, LimitedBody, MinRate};
 use crate::config::Provider;
 use crate::metrics::Metrics;
-use crate::proxy::body::{BodyError, BodyOutcome, LimitedBody, MinRate};
 use crate::proxy::ProxyError;
 use http::header::{self, HeaderValue};
 use http::request::Parts;

@@ -9,8 +9,8 @@ use super::error::{json, OAuthError};
 use super::form::Form;
 use super::throttle::Source;
 use crate::app::{App, Snapshot};
+use crate::bodies::ResponseBody;
 use crate::config::AuthServerConfig;
-use crate::proxy::ResponseBody;
 use crate::revocation::{Change, RevokedFamily, RevokedToken};
 use crate::tokens::issue::{decode_own, Kind};
 use http::{header, Method, Request, Response, StatusCode};
@@ -59,11 +59,11 @@ pub async fn serve(
         Endpoint::Jwks => return jwks(snap),
         _ => {}
     }
-    let (parts, form) =
-        match read_form(req, crate::proxy::body::MinRate::of(&snap.config.limits)).await {
-            Ok(f) => f,
-            Err(e) => return e.into_response(),
-        };
+    let (parts, form) = match read_form(req, crate::bodies::MinRate::of(&snap.config.limits)).await
+    {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
+    };
     // Clients, users and revocations as the files have them now, not as
     // the watcher last saw them; `now` is when that was true.
     let now = app.sync_files().await;
@@ -108,7 +108,7 @@ pub async fn serve(
 /// POST, form body, nothing in the query: RFC 6749 §2.3.1 and §3.2.
 async fn read_form(
     req: Request<Incoming>,
-    rate: crate::proxy::body::MinRate,
+    rate: crate::bodies::MinRate,
 ) -> Result<(http::request::Parts, Form), OAuthError> {
     if req.method() != Method::POST {
         return Err(OAuthError::MethodNotAllowed);
@@ -124,7 +124,7 @@ async fn read_form(
         ));
     }
     let (parts, body) = req.into_parts();
-    let (body, _) = crate::proxy::body::LimitedBody::new(body, MAX_FORM_BYTES as u64, rate);
+    let (body, _) = crate::bodies::LimitedBody::new(body, MAX_FORM_BYTES as u64, rate);
     let bytes = body
         .collect()
         .await

@@ -1,11 +1,9 @@
 //! RFC 6749 §5.2 error responses, the only way the token, revocation and
 //! introspection endpoints fail. JSON, `Cache-Control: no-store`.
 
-use crate::proxy::ResponseBody;
-use bytes::Bytes;
+use crate::bodies::ResponseBody;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
-use http_body_util::{Either, Full};
 use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,16 +96,4 @@ impl OAuthError {
     }
 }
 
-/// A JSON response that must not be cached (RFC 6749 §5.1).
-pub fn json(status: StatusCode, body: &serde_json::Value) -> Response<ResponseBody> {
-    let mut r = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
-    *r.status_mut() = status;
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    r
-}
+pub use crate::bodies::json;

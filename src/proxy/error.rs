@@ -5,10 +5,8 @@
 use super::body::BodyError;
 use super::ResponseBody;
 use crate::tokens::TokenError;
-use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
-use http_body_util::{Either, Full};
 
 /// The `realm` of valet's Bearer challenges.
 pub const REALM: &str = "valet";
@@ -154,14 +152,4 @@ impl ProxyError {
     }
 }
 
-pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<ResponseBody> {
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
-}
+pub use crate::bodies::json as json_response;

@@ -10,7 +10,8 @@
 //! 6. rewrite (hop-by-hop out, caller identity out, ours in, X-Forwarded-*)
 //! 7. forward with timeouts, stream the response back
 
-pub mod body;
+/// The request and response bodies, a foundation all handlers share.
+pub use crate::bodies as body;
 pub mod error;
 pub mod forwarded;
 pub mod headers;
@@ -20,12 +21,11 @@ use crate::app::{App, Route, Snapshot};
 use crate::config::{RequestPolicy, UnderscoreHeaders};
 use crate::tokens::VerifiedToken;
 use body::{BodyError, LimitedBody, MinRate};
-use bytes::Bytes;
 pub use error::ProxyError;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::Authority;
 use http::{Request, Response, Uri, Version};
-use http_body_util::{Either, Full};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// What valet answers with: the upstream's streamed body, or its own.
-pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+pub use crate::bodies::ResponseBody;
 
 const X_REQUEST_ID: &str = "x-request-id";
 

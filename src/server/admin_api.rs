@@ -21,17 +21,7 @@ use serde::Deserialize;
 use std::sync::Arc;
 
 fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    r.headers_mut().insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-store"),
-    );
-    r
+    crate::bodies::json_full(status, &body)
 }
 
 fn error(status: StatusCode, e: impl std::fmt::Display) -> Response<Full<Bytes>> {

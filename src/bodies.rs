@@ -238,3 +238,32 @@ impl Body for LimitedBody {
         }
     }
 }
+
+/// What every handler answers with: a streamed upstream body or a body
+/// valet made.
+pub type ResponseBody = http_body_util::Either<Incoming, http_body_util::Full<Bytes>>;
+
+/// A JSON answer that must not be cached (RFC 6749 §5.1 for the token
+/// endpoints; valet's own errors and the admin API alike): the one place
+/// such a response is built.
+pub fn json_full(
+    status: http::StatusCode,
+    body: &serde_json::Value,
+) -> http::Response<http_body_util::Full<Bytes>> {
+    use http::header::{self, HeaderValue};
+    let mut r = http::Response::new(http_body_util::Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    r
+}
+
+/// [`json_full`] as a handler's response.
+pub fn json(status: http::StatusCode, body: &serde_json::Value) -> http::Response<ResponseBody> {
+    json_full(status, body).map(http_body_util::Either::Right)
+}
