@@ -10,6 +10,7 @@
 pub mod app;
 pub mod bodies;
 pub mod certs;
+pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod durable;

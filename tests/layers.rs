@@ -33,6 +33,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("oauth2", 6),
     ("proxy", 6),
     ("server", 7),
+    ("cli", 8),
     ("fuzzing", 9),
 ];
 

@@ -93,6 +93,33 @@ fn the_example_config_is_valid_and_check_warns_about_the_password_grant() {
     }
 }
 
+/// The command line runs in-process too: `main` only parses and calls it.
+#[test]
+fn the_cli_runs_without_spawning_the_binary() {
+    use clap::Parser;
+    use valet::cli::{run, Cli};
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("config.example.yaml");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.yaml"),
+        &good,
+    )
+    .unwrap();
+    let code = |args: &[&str]| format!("{:?}", run(Cli::try_parse_from(args).unwrap()));
+    let ok = format!("{:?}", std::process::ExitCode::SUCCESS);
+    assert_eq!(
+        code(&["valet", "check", "--config", good.to_str().unwrap()]),
+        ok
+    );
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "listeners: [nope\n").unwrap();
+    assert_eq!(
+        code(&["valet", "check", "--config", bad.to_str().unwrap()]),
+        format!("{:?}", std::process::ExitCode::from(64))
+    );
+    assert!(Cli::try_parse_from(["valet", "no-such-command"]).is_err());
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {

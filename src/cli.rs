@@ -1,0 +1,424 @@
+//! The `valet` command line: every subcommand, callable without spawning
+//! the binary (`run(Cli::try_parse_from([...])?)`).
+
+use crate::config::{self, LogFormat};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Exit code for a configuration error (EX_CONFIG-style, as in sysexits: 64 = usage/config).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "valet",
+    version,
+    about = "An OAuth sidecar gateway: TLS-terminating reverse proxy that validates bearer tokens"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file; prints every error with file, line and column.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Work with access tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Manage the authorization server's clients (never prints stored secrets).
+    Client {
+        #[command(subcommand)]
+        command: ClientCommand,
+    },
+    /// Print an argon2id hash of a password read from standard input (one line),
+    /// for `password_hash` / `secret_hash` in the config.
+    HashPassword,
+    /// Probe a health endpoint over plain HTTP; exit 0 on 200 (for container HEALTHCHECKs).
+    Healthcheck {
+        #[arg(long, default_value = "http://127.0.0.1:9090/healthz")]
+        url: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientCommand {
+    /// List registered clients.
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Register a client in the clients file with a new generated secret (printed once).
+    Add {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The new client's id.
+        id: String,
+        /// Grant types, e.g. client_credentials or password (repeatable).
+        #[arg(long = "grant", required = true)]
+        grants: Vec<String>,
+        /// client_credentials: the service identity tokens are issued to.
+        #[arg(long)]
+        operator: Option<String>,
+        /// Space-separated scopes the client may ask for.
+        #[arg(long, default_value = "")]
+        scope: String,
+        /// The tokens' audience (default: tokens.audiences[0]).
+        #[arg(long)]
+        audience: Option<String>,
+        /// Password grant: also issue refresh tokens.
+        #[arg(long)]
+        refresh_tokens: bool,
+        /// Also write the secret to this new file (mode 0600).
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+    },
+    /// Give a client a new secret and revoke every token issued to it so far.
+    RegenerateSecret {
+        #[arg(long, short)]
+        config: PathBuf,
+        id: String,
+        /// Also write the secret to this new file (mode 0600).
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+    },
+    /// Revoke every token issued to a client so far.
+    RevokeTokens {
+        #[arg(long, short)]
+        config: PathBuf,
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a signed access token made with the configured signing key.
+    Issue {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The token's subject (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// Space-separated scopes, e.g. "read write".
+        #[arg(long, default_value = "")]
+        scope: String,
+        /// The token's `client_id`.
+        #[arg(long, default_value = "valet-cli")]
+        client_id: String,
+        /// Lifetime in seconds (default: tokens.access_token_ttl).
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// Print a JSON object with the token, its `jti` and lifetime.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Loads and validates; writes nothing (`valet check`, and `serve`, whose
+/// start writes what `generate_if_missing` asks for).
+fn load(path: &std::path::Path) -> Result<config::Config, ExitCode> {
+    config::load(path).map_err(|errors| config_failed(path, &errors))
+}
+
+/// Loads for a command that uses the keys and pepper: creates them first
+/// if `generate_if_missing` asks for it.
+fn load_for_use(path: &std::path::Path) -> Result<config::Config, ExitCode> {
+    config::load_for_use(path).map_err(|errors| config_failed(path, &errors))
+}
+
+fn config_failed(path: &std::path::Path, errors: &config::ConfigErrors) -> ExitCode {
+    eprintln!("{errors}");
+    eprintln!("{} error(s) in {}", errors.0.len(), path.display());
+    ExitCode::from(EXIT_CONFIG)
+}
+
+fn init_tracing(c: &config::LoggingConfig) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(&c.level));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match c.format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Human => b.init(),
+    }
+}
+
+/// Runs one parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Client { command } => client_command(command),
+        Command::HashPassword => {
+            let mut line = String::new();
+            if std::io::stdin().read_line(&mut line).is_err()
+                || line.trim_end_matches(['\r', '\n']).is_empty()
+            {
+                eprintln!("error: write the password on standard input");
+                return ExitCode::FAILURE;
+            }
+            println!(
+                "{}",
+                crate::credentials::argon2id_hash(line.trim_end_matches(['\r', '\n']))
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Check { config } => match load(&config) {
+            Ok(c) => {
+                for w in c.authorization_server.iter().flat_map(|a| &a.warnings) {
+                    eprintln!("warning: {w}");
+                }
+                for f in &c.new_files {
+                    eprintln!(
+                        "note: `valet serve` would create the {} {} (generate_if_missing)",
+                        f.what,
+                        f.path.display()
+                    );
+                }
+                println!(
+                    "{}: OK ({} listener(s), {} route(s))",
+                    config.display(),
+                    c.listeners.len(),
+                    c.routes.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Token {
+            command:
+                TokenCommand::Issue {
+                    config,
+                    sub,
+                    scope,
+                    client_id,
+                    ttl,
+                    json,
+                },
+        } => {
+            let c = match load_for_use(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let req = crate::tokens::issue::TokenRequest {
+                subject: &sub,
+                client_id: &client_id,
+                scope: &scope,
+                ttl: ttl.map(Duration::from_secs),
+                ..Default::default()
+            };
+            match crate::tokens::issue::mint(&c.tokens, &req, crate::revocation::now()) {
+                Ok(m) if json => {
+                    let out = serde_json::json!({
+                        "access_token": m.token,
+                        "token_type": "Bearer",
+                        "expires_in": m.expires_in,
+                        "jti": m.jti,
+                    });
+                    println!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Ok(m) => {
+                    println!("{}", m.token);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Healthcheck { url } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            match rt.block_on(probe(&url)) {
+                Ok(200) => ExitCode::SUCCESS,
+                Ok(status) => {
+                    eprintln!("{url}: HTTP {status}");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("{url}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Serve { config } => {
+            let c = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_tracing(&c.logging);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            match rt.block_on(crate::server::run(c)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// GET `url` (plain http) and return the status code, within 5 seconds.
+async fn probe(url: &str) -> Result<u16, Box<dyn std::error::Error>> {
+    use http_body_util::Empty;
+    use hyper_util::rt::TokioIo;
+    let uri: http::Uri = url.parse()?;
+    if uri.scheme_str() != Some("http") {
+        return Err("only http:// URLs can be probed".into());
+    }
+    let authority = uri.authority().ok_or("the URL needs a host")?.clone();
+    let port = authority.port_u16().unwrap_or(80);
+    let fut = async {
+        let tcp = tokio::net::TcpStream::connect((authority.host(), port)).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+        tokio::spawn(conn);
+        let req = http::Request::get(uri.path())
+            .header(http::header::HOST, authority.as_str())
+            .body(Empty::<bytes::Bytes>::new())?;
+        let resp = sender.send_request(req).await?;
+        Ok::<_, Box<dyn std::error::Error>>(resp.status().as_u16())
+    };
+    tokio::time::timeout(Duration::from_secs(5), fut).await?
+}
+
+fn client_command(cmd: ClientCommand) -> ExitCode {
+    use crate::oauth2::manage;
+    let path = match &cmd {
+        ClientCommand::List { config, .. }
+        | ClientCommand::Add { config, .. }
+        | ClientCommand::RegenerateSecret { config, .. }
+        | ClientCommand::RevokeTokens { config, .. } => config.clone(),
+    };
+    let c = match load_for_use(&path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    };
+    let print_secret = |id: &str, secret: &str, file: &Option<PathBuf>| -> ExitCode {
+        if let Some(f) = file {
+            if let Err(e) = manage::write_secret_file(f, secret) {
+                eprintln!("warning: cannot write {}: {e}", f.display());
+            }
+        }
+        println!("client_id: {id}");
+        println!("client_secret: {secret}");
+        eprintln!("Store this secret now: valet keeps only its hash and cannot show it again.");
+        ExitCode::SUCCESS
+    };
+    let revocations = || crate::revocation::Revocations::open(&c.revocation_file);
+    match cmd {
+        ClientCommand::List { json, .. } => match manage::list(&c) {
+            Ok(list) if json => {
+                println!("{}", serde_json::to_string_pretty(&list).expect("json"));
+                ExitCode::SUCCESS
+            }
+            Ok(list) => {
+                println!(
+                    "{:<24} {:<12} {:<32} {:<20} scopes",
+                    "client_id", "source", "grants", "operator"
+                );
+                for i in list {
+                    println!(
+                        "{:<24} {:<12} {:<32} {:<20} {}",
+                        i.client_id,
+                        i.source,
+                        i.grant_types.join(","),
+                        i.operator.as_deref().unwrap_or("-"),
+                        i.scopes.join(" ")
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
+        ClientCommand::Add {
+            id,
+            grants,
+            operator,
+            scope,
+            audience,
+            refresh_tokens,
+            secret_file,
+            ..
+        } => {
+            let raw = crate::config::RawClient {
+                client_id: id.clone(),
+                secret_hash: String::new(),
+                grant_types: grants,
+                operator,
+                scopes: scope.split_whitespace().map(str::to_owned).collect(),
+                default_scopes: None,
+                audience,
+                access_token_ttl: None,
+                refresh_token_ttl: None,
+                refresh_token_max_lifetime: None,
+                use_refresh_token: refresh_tokens,
+                introspect_any: false,
+                jwt_bearer: None,
+                saml2_bearer: None,
+            };
+            match manage::add(&c, raw) {
+                Ok(secret) => print_secret(&id, &secret, &secret_file),
+                Err(e) => fail(&e),
+            }
+        }
+        ClientCommand::RegenerateSecret {
+            id, secret_file, ..
+        } => {
+            let r = match revocations() {
+                Ok(r) => r,
+                Err(e) => return fail(&e),
+            };
+            // The running gateway re-reads the clients file before it honours
+            // a secret of a client whose cut-off is newer than its last read.
+            match manage::regenerate_secret(&c, &r, &id, || true) {
+                Ok((secret, _)) => {
+                    eprintln!("Every token issued to {id} so far is revoked.");
+                    print_secret(&id, &secret, &secret_file)
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        ClientCommand::RevokeTokens { id, .. } => {
+            let r = match revocations() {
+                Ok(r) => r,
+                Err(e) => return fail(&e),
+            };
+            match manage::revoke_tokens(&c, &r, &id) {
+                Ok(()) => {
+                    println!("every token issued to {id} so far is revoked");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
+    }
+}
