@@ -51,7 +51,7 @@ async fn an_overflowing_chunk_size_is_the_clients_fault_not_a_bad_gateway() {
     );
     assert!(!text.contains("bad_gateway"), "{text}");
     assert!(
-        eventually(Duration::from_secs(5), || async {
+        eventually(PICKUP, || async {
             gw.metrics()
                 .await
                 .contains("valet_client_errors_total{reason=\"body_malformed\"} 1")
@@ -87,7 +87,7 @@ async fn a_body_shorter_than_its_content_length_is_the_clients_fault() {
         "{text}"
     );
     assert!(
-        eventually(Duration::from_secs(5), || async {
+        eventually(PICKUP, || async {
             gw.metrics()
                 .await
                 .contains("valet_client_errors_total{reason=\"body_malformed\"} 1")
@@ -116,7 +116,7 @@ async fn a_body_reset_mid_stream_over_http2_is_the_clients_fault() {
     tx.abort();
     let _ = tokio::time::timeout(Duration::from_secs(5), resp).await;
     assert!(
-        eventually(Duration::from_secs(5), || async {
+        eventually(PICKUP, || async {
             // The stream's reset ends the request before or after its body
             // fails: either way it is the client's.
             let m = gw.metrics().await;
@@ -189,7 +189,7 @@ async fn silent_tls_connections_are_closed_after_the_idle_timeout() {
             >= 1.0
     );
     assert!(
-        eventually(Duration::from_secs(5), || async {
+        eventually(PICKUP, || async {
             gw.metric("valet_open_connections").await == 0.0
         })
         .await
@@ -451,7 +451,7 @@ async fn a_good_client_is_served_while_a_flood_of_idle_and_slow_connections_is_i
         );
     }
     assert!(
-        eventually(Duration::from_secs(5), || async {
+        eventually(PICKUP, || async {
             gw.metric("valet_open_connections").await == 0.0
         })
         .await
@@ -508,10 +508,7 @@ async fn the_per_source_cap_refuses_connections_beyond_it() {
     // A slot is free again once a connection closes.
     drop(a);
     assert!(
-        eventually(Duration::from_secs(5), || async {
-            handshake().await.is_ok()
-        })
-        .await,
+        eventually(PICKUP, || async { handshake().await.is_ok() }).await,
         "the slot of a closed connection was not released"
     );
 }

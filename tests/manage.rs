@@ -484,10 +484,6 @@ async fn a_subject_cutoff_just_ahead_answers_503_until_it_passes() {
 
 const VALET: &str = env!("CARGO_BIN_EXE_valet");
 
-/// How long a running gateway may take to notice a changed file. It normally
-/// takes ~150 ms; the margin is for a CI machine busy with other tests.
-const PICKUP: Duration = Duration::from_secs(10);
-
 fn valet(args: &[&str], config: &std::path::Path) -> (bool, String, String) {
     let out = Command::new(VALET)
         .args(args)

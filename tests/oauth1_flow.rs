@@ -773,7 +773,7 @@ async fn two_gateways_sharing_the_store_see_each_others_tokens() {
     assert_eq!(b.get("/legacy/x", Some(&alice)).await.status, 403);
     s.authorize(&alice).await;
     assert!(
-        eventually(Duration::from_secs(3), || async {
+        eventually(PICKUP, || async {
             b.get("/legacy/x", Some(&alice)).await.status == 200
         })
         .await,
@@ -787,7 +787,7 @@ async fn two_gateways_sharing_the_store_see_each_others_tokens() {
         .unwrap();
     assert_eq!(b.send(req).await.json()["forgotten"], true);
     assert!(
-        eventually(Duration::from_secs(3), || async {
+        eventually(PICKUP, || async {
             s.client().get("/legacy/x", Some(&alice)).await.status == 403
         })
         .await

@@ -653,7 +653,7 @@ async fn signing_keys_rotate_without_failing_tokens_in_flight() {
     let tmp = gw.config_path.with_extension("swp");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, &gw.config_path).unwrap();
-    let rotated = eventually(Duration::from_secs(5), || async {
+    let rotated = eventually(PICKUP, || async {
         let t = s(&client_credentials(&c, None).await.json()["access_token"]);
         jsonwebtoken::decode_header(&t).unwrap().kid.as_deref() == Some("next-key")
     })

@@ -298,7 +298,7 @@ async fn plaintext_is_refused_and_counted_and_tls12_is_accepted() {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), s.read_to_end(&mut buf)).await;
     assert!(!String::from_utf8_lossy(&buf).contains("HTTP/1.1 200"));
     assert!(
-        eventually(std::time::Duration::from_secs(2), || async {
+        eventually(PICKUP, || async {
             gw.metric("valet_tls_handshake_failures_total").await > before
         })
         .await

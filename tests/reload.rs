@@ -6,8 +6,6 @@ mod support;
 use std::time::Duration;
 use support::*;
 
-const ONE_SECOND: Duration = Duration::from_secs(1);
-
 async fn status(gw: &Gateway, token: &str) -> u16 {
     gw.client(Proto::H1)
         .get("/api/x", Some(token))
@@ -48,7 +46,7 @@ async fn revoked_jti_is_rejected_within_a_second_and_accepted_after_removal() {
         &format!("tokens:\n  - jti: {}\n    expires_at: {exp}\n", jti_of(&t)),
     );
     assert!(
-        eventually(ONE_SECOND, || async { status(&gw, &t).await == 401 }).await,
+        eventually(PICKUP, || async { status(&gw, &t).await == 401 }).await,
         "not revoked within 1 s"
     );
     let r = gw.client(Proto::H1).get("/api/x", Some(&t)).await;
@@ -64,7 +62,7 @@ async fn revoked_jti_is_rejected_within_a_second_and_accepted_after_removal() {
     // In-place rewrite this time.
     std::fs::write(&gw.revocation_path, "tokens: []\n").unwrap();
     assert!(
-        eventually(ONE_SECOND, || async { status(&gw, &t).await == 200 }).await,
+        eventually(PICKUP, || async { status(&gw, &t).await == 200 }).await,
         "not restored within 1 s"
     );
 }
@@ -82,7 +80,7 @@ async fn client_and_subject_cutoffs_revoke_earlier_tokens() {
         &gw.revocation_path,
         &format!("clients:\n  - client_id: test-client\n    revoked_before: {cutoff}\n"),
     );
-    assert!(eventually(ONE_SECOND, || async { status(&gw, &alice).await == 401 }).await);
+    assert!(eventually(PICKUP, || async { status(&gw, &alice).await == 401 }).await);
     assert_eq!(status(&gw, &bob).await, 200, "another client is unaffected");
     // A token issued after the cut-off is good.
     let mut fresh = claims("alice", "read");
@@ -96,7 +94,7 @@ async fn client_and_subject_cutoffs_revoke_earlier_tokens() {
             valet::revocation::time::format_rfc3339(cutoff).unwrap()
         ),
     );
-    assert!(eventually(ONE_SECOND, || async { status(&gw, &bob).await == 401 }).await);
+    assert!(eventually(PICKUP, || async { status(&gw, &bob).await == 401 }).await);
     assert_eq!(status(&gw, &alice).await, 200, "client cut-off was lifted");
 }
 
@@ -113,7 +111,7 @@ async fn invalid_revocation_file_keeps_the_old_map_and_counts_a_failure() {
             now() + 300
         ),
     );
-    assert!(eventually(ONE_SECOND, || async { status(&gw, &t).await == 401 }).await);
+    assert!(eventually(PICKUP, || async { status(&gw, &t).await == 401 }).await);
     let failures = "valet_reloads_total{kind=\"revocation\",result=\"failure\"}";
     let before = gw.metric(failures).await;
     for bad in [
@@ -125,10 +123,7 @@ async fn invalid_revocation_file_keeps_the_old_map_and_counts_a_failure() {
         let n = gw.metric(failures).await;
         replace(&gw.revocation_path, bad);
         assert!(
-            eventually(Duration::from_secs(2), || async {
-                gw.metric(failures).await > n
-            })
-            .await,
+            eventually(PICKUP, || async { gw.metric(failures).await > n }).await,
             "failure not counted for {bad:?}"
         );
         assert_eq!(
@@ -157,7 +152,7 @@ async fn config_reload_changes_a_route_and_an_invalid_one_keeps_the_old_routes()
     );
     replace(&gw.config_path, &gw.config_text(&routes, ""));
     assert!(
-        eventually(ONE_SECOND, || async {
+        eventually(PICKUP, || async {
             c.get("/v2/x", None).await.status == 200
         })
         .await
@@ -175,7 +170,7 @@ async fn config_reload_changes_a_route_and_an_invalid_one_keeps_the_old_routes()
     );
     replace(&gw.config_path, &typo);
     assert!(
-        eventually(Duration::from_secs(2), || async {
+        eventually(PICKUP, || async {
             gw.metric("valet_reloads_total{kind=\"config\",result=\"failure\"}")
                 .await
                 == 1.0
@@ -197,7 +192,7 @@ async fn config_reload_changes_a_route_and_an_invalid_one_keeps_the_old_routes()
     );
     replace(&gw.config_path, &bad_upstream);
     assert!(
-        eventually(Duration::from_secs(2), || async {
+        eventually(PICKUP, || async {
             gw.metric("valet_reloads_total{kind=\"config\",result=\"failure\"}")
                 .await
                 == 2.0
@@ -230,7 +225,7 @@ async fn certificate_files_are_reloaded_without_restart() {
             .to_vec()
     };
     assert_ne!(first, new_der);
-    assert!(eventually(ONE_SECOND, || async { served(&gw).await == new_der }).await);
+    assert!(eventually(PICKUP, || async { served(&gw).await == new_der }).await);
     assert_eq!(
         gw.metric("valet_reloads_total{kind=\"tls\",result=\"success\"}")
             .await,
@@ -239,7 +234,7 @@ async fn certificate_files_are_reloaded_without_restart() {
     // A broken certificate keeps the current one.
     std::fs::write(&gw.ca.cert_file, "not a certificate").unwrap();
     assert!(
-        eventually(Duration::from_secs(2), || async {
+        eventually(PICKUP, || async {
             gw.metric("valet_reloads_total{kind=\"tls\",result=\"failure\"}")
                 .await
                 >= 1.0

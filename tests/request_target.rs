@@ -258,7 +258,7 @@ async fn a_malformed_host_is_refused_without_a_panic() {
     assert_eq!(up.count(), 1);
     // Every connection was closed and counted down; nothing panicked.
     assert!(
-        eventually(std::time::Duration::from_secs(5), || async {
+        eventually(PICKUP, || async {
             gw.metric("valet_open_connections").await == 0.0
         })
         .await,

@@ -449,6 +449,23 @@ pub async fn serve_plain<F, Fut>(
 pub async fn run(config: Config) -> Result<(), ServeError> {
     use tokio::signal::unix::{signal, SignalKind};
     let running = start(config).await?;
+    // The bound addresses on standard output (logs go to standard error):
+    // with port 0 in the config, this is how a supervisor or a test learns
+    // them, with no race for a port picked in advance.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        for a in &running.listeners {
+            let _ = writeln!(out, "valet: listening on {a}");
+        }
+        if let Some(a) = running.metrics {
+            let _ = writeln!(out, "valet: metrics on {a}");
+        }
+        if let Some(a) = running.admin {
+            let _ = writeln!(out, "valet: admin API on {a}");
+        }
+        let _ = out.flush();
+    }
     let mut term = signal(SignalKind::terminate()).expect("signal handler");
     let mut int = signal(SignalKind::interrupt()).expect("signal handler");
     let mut hup = signal(SignalKind::hangup()).expect("signal handler");

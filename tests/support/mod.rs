@@ -293,6 +293,11 @@ routes:
     )
 }
 
+/// How long a test waits for something to propagate (a reload, another
+/// process, a watcher): generous, because a busy 2-core CI machine is slow;
+/// the wait ends as soon as the thing is seen.
+pub const PICKUP: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Polls `f` every 20 ms until it is true or `limit` passes; returns whether it became true.
 pub async fn eventually<F, Fut>(limit: std::time::Duration, mut f: F) -> bool
 where

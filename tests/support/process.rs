@@ -6,14 +6,6 @@ use std::time::Duration;
 
 pub const VALET: &str = env!("CARGO_BIN_EXE_valet");
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 pub struct Proc {
     pub child: Child,
     pub addr: std::net::SocketAddr,
@@ -42,18 +34,16 @@ impl Proc {
         let ca = TestCa::new(dir.path());
         let key = TestKey::new();
         std::fs::write(dir.path().join("signing.pem"), &key.pem).unwrap();
-        let (port, mport) = (free_port(), free_port());
+        // Port 0 everywhere: valet binds and says which ports it got.
         let text = config_text(
             &ca,
             &dir,
             routes,
             &format!("limits:\n  shutdown_grace: 10s\n{extra}"),
-        )
-        .replacen("127.0.0.1:0", &format!("127.0.0.1:{port}"), 1)
-        .replacen("127.0.0.1:0", &format!("127.0.0.1:{mport}"), 1);
+        );
         let config = dir.path().join("valet.yaml");
         std::fs::write(&config, text).unwrap();
-        let (child, addr, metrics) = spawn(&config, port, mport, stderr).await;
+        let (child, addr, metrics) = spawn(&config, stderr).await;
         Proc {
             child,
             addr,
@@ -69,27 +59,15 @@ impl Proc {
     /// Another valet on the same directory (key, certificate, revocation
     /// file), on its own ports.
     pub async fn sibling(&self) -> Proc {
-        let text = std::fs::read_to_string(&self.config).unwrap();
-        let (port, mport) = (free_port(), free_port());
-        let text = text
-            .replace(
-                &format!("127.0.0.1:{}", self.addr.port()),
-                &format!("127.0.0.1:{port}"),
-            )
-            .replace(
-                &format!("127.0.0.1:{}", self.metrics.port()),
-                &format!("127.0.0.1:{mport}"),
-            );
-        let config = self.dir.join(format!("valet-{port}.yaml"));
-        std::fs::write(&config, text).unwrap();
-        let (child, addr, metrics) = spawn(&config, port, mport, Stdio::null()).await;
+        // The same config: its ports are 0, so the sibling gets its own.
+        let (child, addr, metrics) = spawn(&self.config, Stdio::null()).await;
         Proc {
             child,
             addr,
             metrics,
             ca: self.ca.clone(),
             key: self.key.clone(),
-            config,
+            config: self.config.clone(),
             dir: self.dir.clone(),
             _dir: None,
         }
@@ -127,28 +105,48 @@ impl Proc {
     }
 }
 
+/// Starts `valet serve` and reads the addresses it bound from its standard
+/// output; then waits for it to be ready.
 pub async fn spawn(
     config: &std::path::Path,
-    port: u16,
-    mport: u16,
     stderr: Stdio,
 ) -> (Child, std::net::SocketAddr, std::net::SocketAddr) {
-    let child = Command::new(VALET)
+    use std::io::BufRead;
+    let mut child = Command::new(VALET)
         .args(["serve", "--config"])
         .arg(config)
         .env("RUST_LOG", "debug")
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(stderr)
         .spawn()
         .unwrap();
-    let metrics: std::net::SocketAddr = format!("127.0.0.1:{mport}").parse().unwrap();
-    let ready = eventually(Duration::from_secs(10), || async {
-        match tokio::net::TcpStream::connect(metrics).await {
-            Ok(_) => client::plain_get(metrics, "/readyz").await.0 == 200,
-            Err(_) => false,
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Reads every line to the end, so valet never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            let _ = tx.send(line);
         }
+    });
+    let (mut addr, mut metrics) = (None, None);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while addr.is_none() || metrics.is_none() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("valet did not say which addresses it bound");
+        if let Some(a) = line.strip_prefix("valet: listening on ") {
+            addr.get_or_insert(a.parse::<std::net::SocketAddr>().unwrap());
+        } else if let Some(a) = line.strip_prefix("valet: metrics on ") {
+            metrics = Some(a.parse::<std::net::SocketAddr>().unwrap());
+        }
+    }
+    let (addr, metrics) = (addr.unwrap(), metrics.unwrap());
+    let ready = eventually(Duration::from_secs(20), || async {
+        client::plain_get(metrics, "/readyz").await.0 == 200
     })
     .await;
     assert!(ready, "valet did not become ready");
-    (child, format!("127.0.0.1:{port}").parse().unwrap(), metrics)
+    (child, addr, metrics)
 }
