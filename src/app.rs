@@ -98,13 +98,6 @@ pub enum StartError {
     Revocation(#[from] RevocationError),
 }
 
-fn digest(b: &[u8]) -> [u8; 32] {
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b)
-        .as_ref()
-        .try_into()
-        .expect("32 bytes")
-}
-
 /// The files besides the main config whose content is part of a snapshot.
 pub fn companion_files(c: &Config) -> Vec<std::path::PathBuf> {
     c.authorization_server
@@ -133,7 +126,7 @@ impl App {
         let revocations = Revocations::open(&config.revocation_file)?;
         metrics.set_revocation_sizes(revocations.current().len());
         let config_digest = std::fs::read(&config.path)
-            .map(|b| digest(&b))
+            .map(|b| crate::digest::sha256(&b))
             .unwrap_or_default();
         let clients = Mutex::new(HashMap::new());
         let snapshot = build_snapshot(&metrics, &clients, config);

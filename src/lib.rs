@@ -13,6 +13,7 @@ pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod credentials;
+pub mod digest;
 pub mod durable;
 pub mod echo;
 #[doc(hidden)]

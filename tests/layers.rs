@@ -16,6 +16,7 @@ use std::path::Path;
 const LAYERS: &[(&str, u8)] = &[
     ("certs", 0),
     ("credentials", 0),
+    ("digest", 0),
     ("durable", 0),
     ("echo", 0),
     ("header_names", 0),

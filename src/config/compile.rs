@@ -607,7 +607,7 @@ fn compile(
         };
         match token {
             Ok(t) if t.len() >= 16 => {
-                let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, t.as_bytes());
+                let d = crate::digest::sha256(t.as_bytes());
                 Some(AdminConfig {
                     address,
                     token_sha256: d.as_ref().try_into().expect("32 bytes"),

@@ -100,13 +100,6 @@ impl Flows {
     }
 }
 
-fn sha256(b: &[u8]) -> [u8; 32] {
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b)
-        .as_ref()
-        .try_into()
-        .expect("32 bytes")
-}
-
 fn cookie_name(p: &Provider) -> String {
     format!("valet_oauth1_{}", p.name.replace('.', "_"))
 }
@@ -318,7 +311,7 @@ async fn authorize(
             provider: p.name.clone(),
             subject: subject.into(),
             token_secret: Secret::new(secret.as_bytes().to_vec()),
-            state_digest: sha256(state.as_bytes()),
+            state_digest: crate::digest::sha256(state.as_bytes()),
             return_url,
             expires: Instant::now() + o.pending_ttl,
         },
@@ -417,7 +410,7 @@ async fn callback(
     }
     let state_ok = cookie(req, &cookie_name(p)).is_some_and(|s| {
         aws_lc_rs::constant_time::verify_slices_are_equal(
-            &sha256(s.as_bytes()),
+            &crate::digest::sha256(s.as_bytes()),
             &pending.state_digest,
         )
         .is_ok()

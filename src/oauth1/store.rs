@@ -78,13 +78,6 @@ pub struct TokenStore {
     seen: std::sync::Mutex<[u8; 32]>,
 }
 
-fn sha256(b: &[u8]) -> [u8; 32] {
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b)
-        .as_ref()
-        .try_into()
-        .expect("32 bytes")
-}
-
 fn aad(provider: &str, subject: &str) -> Vec<u8> {
     let mut v = Vec::with_capacity(provider.len() + subject.len() + 1);
     v.extend_from_slice(provider.as_bytes());
@@ -144,7 +137,7 @@ impl TokenStore {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok((Entries::new(), sha256(b"")))
+                return Ok((Entries::new(), crate::digest::sha256(b"")))
             }
             Err(e) => return Err(format!("cannot read: {e}")),
         };
@@ -167,7 +160,7 @@ impl TokenStore {
                 .or_default()
                 .insert(t.subject, Arc::new(creds));
         }
-        Ok((map, sha256(text.as_bytes())))
+        Ok((map, crate::digest::sha256(text.as_bytes())))
     }
 
     /// Re-reads the file if it changed since valet last read or wrote it
@@ -178,7 +171,7 @@ impl TokenStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(format!("cannot read: {e}")),
         };
-        if *self.seen.lock().expect("not poisoned") == sha256(&bytes) {
+        if *self.seen.lock().expect("not poisoned") == crate::digest::sha256(&bytes) {
             return Ok(false);
         }
         let (map, digest) = self.read_file()?;
@@ -300,7 +293,7 @@ impl TokenStore {
         );
         crate::durable::replace(&lock, &self.path, text.as_bytes(), 0o600).map_err(err)?;
         *self.entries.write().expect("not poisoned") = next;
-        *self.seen.lock().expect("not poisoned") = sha256(text.as_bytes());
+        *self.seen.lock().expect("not poisoned") = crate::digest::sha256(text.as_bytes());
         Ok(())
     }
 }

@@ -268,10 +268,7 @@ pub(super) async fn record_assertion_use(
     id: &str,
     expires_at: i64,
 ) -> Result<bool, OAuthError> {
-    let digest = aws_lc_rs::digest::digest(
-        &aws_lc_rs::digest::SHA256,
-        format!("{issuer}\n{id}").as_bytes(),
-    );
+    let digest = crate::digest::sha256(format!("{issuer}\n{id}").as_bytes());
     let hex: String = digest.as_ref()[..16]
         .iter()
         .map(|b| format!("{b:02x}"))

@@ -327,10 +327,7 @@ impl Revocations {
         let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
         let bytes =
             std::fs::read(&self.path).map_err(|e| err(None, format!("cannot read: {e}")))?;
-        let digest: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes)
-            .as_ref()
-            .try_into()
-            .expect("sha256 is 32 bytes");
+        let digest: [u8; 32] = crate::digest::sha256(&bytes);
         if *self.loaded_digest.lock().expect("not poisoned") == Some(digest) {
             return Ok(false);
         }
@@ -493,7 +490,7 @@ impl Revocations {
         crate::durable::replace(&lock, &self.path, text.as_bytes(), 0o644)
             .map_err(|e| io("cannot write the temporary file or replace the file", e))?;
 
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
+        let digest = crate::digest::sha256(text.as_bytes());
         self.current
             .store(Arc::new(RevocationSet::from_file(file, now)));
         *self.loaded_digest.lock().expect("not poisoned") =

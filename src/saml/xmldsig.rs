@@ -212,7 +212,7 @@ pub fn verify<'a, 'i>(
 
     // The reference: the assertion without its signature, canonicalized.
     let canonical = canonicalize(src, root, Some(signature.id()), &ref_prefixes);
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes());
+    let digest = crate::digest::sha256(canonical.as_bytes());
     if aws_lc_rs::constant_time::verify_slices_are_equal(digest.as_ref(), &expected).is_err() {
         return Err(DsigError::Digest);
     }

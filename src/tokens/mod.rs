@@ -32,7 +32,7 @@ impl TokenConfig {
 
 /// A short, non-reversible token fingerprint for logs: 8 hex digits of SHA-256.
 pub fn fingerprint(token: &str) -> String {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let d = crate::digest::sha256(token.as_bytes());
     hex4(d.as_ref())
 }
 

@@ -184,11 +184,7 @@ impl Validator {
         revoked: &RevocationSet,
         now: i64,
     ) -> Result<Arc<VerifiedToken>, TokenError> {
-        let digest: [u8; 32] =
-            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
-                .as_ref()
-                .try_into()
-                .expect("32 bytes");
+        let digest: [u8; 32] = crate::digest::sha256(token.as_bytes());
         let verified = match self.cache.get(&digest) {
             Some(v) => v.clone(),
             None => {
