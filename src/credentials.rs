@@ -11,9 +11,16 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A secret held in memory; never printed.
+/// A secret held in memory; never printed, and overwritten with zeros when
+/// dropped (`zeroize`, whose writes the compiler may not elide).
 #[derive(Clone)]
 pub struct Secret(Box<[u8]>);
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut *self.0);
+    }
+}
 
 impl Secret {
     pub fn new(b: impl Into<Box<[u8]>>) -> Self {
