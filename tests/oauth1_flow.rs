@@ -183,7 +183,8 @@ async fn the_three_legged_flow_then_signed_requests() {
             && set_cookie.contains("Path=/oauth1/legacy/callback")
             && set_cookie.contains("Secure")
             && set_cookie.contains("HttpOnly")
-            && set_cookie.contains("Max-Age=600"),
+            && set_cookie.contains("Max-Age=600")
+            && set_cookie.contains("SameSite=Lax"),
         "{set_cookie}"
     );
     assert_eq!(s.provider.state.lock().unwrap().callbacks, vec![CALLBACK]);

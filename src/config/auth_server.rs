@@ -602,21 +602,7 @@ fn compile_client(
     );
 }
 
-fn parse_alg(s: &str) -> Option<jsonwebtoken::Algorithm> {
-    use jsonwebtoken::Algorithm::*;
-    Some(match s {
-        "EdDSA" => EdDSA,
-        "ES256" => ES256,
-        "ES384" => ES384,
-        "RS256" => RS256,
-        "RS384" => RS384,
-        "RS512" => RS512,
-        "PS256" => PS256,
-        "PS384" => PS384,
-        "PS512" => PS512,
-        _ => return None,
-    })
-}
+use crate::tokens::keys::parse_algorithm as parse_alg;
 
 fn compile_jwt_bearer(
     j: &RawJwtBearer,

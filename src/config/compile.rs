@@ -8,7 +8,6 @@ use crate::tokens::keys::{self, KeyConfig, LoadedKey};
 use http::header::HeaderName;
 use http::uri::{Authority, Scheme};
 use http::Uri;
-use jsonwebtoken::Algorithm;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -824,23 +823,16 @@ fn compile_tokens(t: &RawTokens, base: &Path, c: &mut Collector<'_>) -> TokenCon
                 format!("key id `{}` is used twice", k.id),
             );
         }
-        let algorithm = match k.algorithm.as_str() {
-            "EdDSA" => Algorithm::EdDSA,
-            "ES256" => Algorithm::ES256,
-            "ES384" => Algorithm::ES384,
-            "RS256" => Algorithm::RS256,
-            "RS384" => Algorithm::RS384,
-            "RS512" => Algorithm::RS512,
-            "PS256" => Algorithm::PS256,
-            "PS384" => Algorithm::PS384,
-            "PS512" => Algorithm::PS512,
-            other => {
-                c.at(
-                    &format!("{p}.algorithm"),
-                    format!("algorithm `{other}` is not supported; use EdDSA, ES256, ES384, RS256, RS384, RS512, PS256, PS384 or PS512 (symmetric algorithms are refused)"),
-                );
-                continue;
-            }
+        let Some(algorithm) = keys::parse_algorithm(&k.algorithm) else {
+            c.at(
+                &format!("{p}.algorithm"),
+                format!(
+                    "algorithm `{}` is not supported; use {} (symmetric algorithms are refused)",
+                    k.algorithm,
+                    keys::ALGORITHMS.join(", ")
+                ),
+            );
+            continue;
         };
         let kc = KeyConfig {
             id: k.id.clone(),

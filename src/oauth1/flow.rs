@@ -323,17 +323,9 @@ async fn authorize(
     tracing::info!(provider = %p.name, sub = %subject, "OAuth 1.0 flow started");
     let mut r = redirect(&to);
     // The cookie ties the callback to the browser that started the flow.
-    let cookie = format!(
-        "{}={state}; Path={}/{}/callback; Max-Age={}; Secure; HttpOnly; SameSite=Lax",
-        cookie_name(p),
-        o.path_prefix,
-        p.name,
-        o.pending_ttl.as_secs()
-    );
-    r.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_str(&cookie).expect("ASCII"),
-    );
+    let max_age = cookie::time::Duration::seconds(o.pending_ttl.as_secs() as i64);
+    r.headers_mut()
+        .insert(header::SET_COOKIE, state_cookie(o, p, &state, max_age));
     r
 }
 
@@ -347,15 +339,35 @@ fn provider_failed(app: &App, p: &Provider, e: ProviderError) -> Response<Respon
     error(status, e.label(), e.to_string())
 }
 
+/// The value of the cookie `name` in the request (parsed by the `cookie`
+/// crate; a malformed pair is skipped, not an error).
 fn cookie<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
     req.headers()
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == name)
+        .and_then(|c| c.value_raw())
+}
+
+/// The state cookie: only for this provider's callback, only over HTTPS,
+/// not readable by scripts, sent on the provider's top-level redirect back.
+fn state_cookie(
+    o: &OAuth1Config,
+    p: &Provider,
+    value: &str,
+    max_age: cookie::time::Duration,
+) -> HeaderValue {
+    let c = cookie::Cookie::build((cookie_name(p), value.to_string()))
+        .path(format!("{}/{}/callback", o.path_prefix, p.name))
+        .max_age(max_age)
+        .secure(true)
+        .http_only(true)
+        .same_site(cookie::SameSite::Lax)
+        .build();
+    HeaderValue::from_str(&c.to_string()).expect("a cookie is a valid header value")
 }
 
 async fn callback(
@@ -486,11 +498,5 @@ async fn callback(
 }
 
 fn clear_cookie(o: &OAuth1Config, p: &Provider) -> HeaderValue {
-    HeaderValue::from_str(&format!(
-        "{}=; Path={}/{}/callback; Max-Age=0; Secure; HttpOnly; SameSite=Lax",
-        cookie_name(p),
-        o.path_prefix,
-        p.name
-    ))
-    .expect("ASCII")
+    state_cookie(o, p, "", cookie::time::Duration::ZERO)
 }

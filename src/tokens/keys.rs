@@ -62,6 +62,29 @@ pub enum KeyError {
     CannotGenerate,
 }
 
+/// The signature algorithms valet accepts, by their JOSE names: asymmetric
+/// only (a shared HMAC key would let any holder mint tokens).
+pub const ALGORITHMS: [&str; 9] = [
+    "EdDSA", "ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+];
+
+/// One of [`ALGORITHMS`] by name; anything else is `None`.
+pub fn parse_algorithm(s: &str) -> Option<Algorithm> {
+    use Algorithm::*;
+    Some(match s {
+        "EdDSA" => EdDSA,
+        "ES256" => ES256,
+        "ES384" => ES384,
+        "RS256" => RS256,
+        "RS384" => RS384,
+        "RS512" => RS512,
+        "PS256" => PS256,
+        "PS384" => PS384,
+        "PS512" => PS512,
+        _ => return None,
+    })
+}
+
 /// Loads one key, or when allowed and absent generates it in memory and
 /// adds the file to write to `new_files` (this never writes).
 pub fn load(
@@ -355,6 +378,17 @@ mod tests {
             );
             // A second creation finds the file and leaves it.
             assert!(!new_files[0].create().unwrap());
+        }
+    }
+
+    #[test]
+    fn every_accepted_algorithm_name_parses_and_nothing_else() {
+        for name in ALGORITHMS {
+            let alg = parse_algorithm(name).unwrap();
+            assert_eq!(format!("{alg:?}"), name);
+        }
+        for bad in ["HS256", "none", "eddsa", "RS1", ""] {
+            assert!(parse_algorithm(bad).is_none(), "{bad}");
         }
     }
 
