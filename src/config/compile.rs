@@ -280,56 +280,7 @@ fn compile(
     c: &mut Collector<'_>,
     extra: &mut Vec<ConfigError>,
 ) -> Config {
-    let d = |v: Option<units::ConfigDuration>, def: Duration| v.map_or(def, |v| v.0);
-
-    // Listeners.
-    if raw.listeners.is_empty() {
-        c.at("listeners", "at least one listener is needed");
-    }
-    let mut listeners = Vec::new();
-    for (i, l) in raw.listeners.iter().enumerate() {
-        let p = format!("listeners[{i}]");
-        let address = addr(c, &format!("{p}.address"), &l.address);
-        let tls = match (
-            &l.tls.cert_file,
-            &l.tls.key_file,
-            l.tls.self_signed_for_development,
-        ) {
-            (Some(cert), Some(key), false) => {
-                let (cert, key) = (resolve(base, cert), resolve(base, key));
-                if let Err(e) = crate::certs::load_certified_key(&cert, &key) {
-                    c.at(&format!("{p}.tls"), e.to_string());
-                }
-                Some(TlsSource::Files { cert, key })
-            }
-            (None, None, true) => Some(TlsSource::SelfSignedForDevelopment),
-            (_, _, true) => {
-                c.at(
-                    &format!("{p}.tls"),
-                    "self_signed_for_development cannot be combined with cert_file/key_file",
-                );
-                None
-            }
-            _ => {
-                c.at(
-                    &format!("{p}.tls"),
-                    "a listener needs both tls.cert_file and tls.key_file (or, for development only, self_signed_for_development: true)",
-                );
-                None
-            }
-        };
-        if let (Some(address), Some(tls)) = (address, tls) {
-            listeners.push(ListenerConfig {
-                name: l.name.clone().unwrap_or_else(|| format!("listener{i}")),
-                address,
-                tls,
-                requests: RequestPolicy {
-                    paths: l.paths,
-                    underscores: l.headers_with_underscores,
-                },
-            });
-        }
-    }
+    let listeners = compile_listeners(&raw.listeners, base, c);
 
     let metrics_address = if raw.metrics.enabled {
         addr(c, "metrics.address", &raw.metrics.address)
@@ -340,9 +291,269 @@ fn compile(
     let tokens = compile_tokens(&raw.tokens, base, c);
     let limits = compile_limits(&raw.limits, c);
 
-    // Routes.
+    let routes = compile_routes(&raw.routes, &limits, c);
+    let trusted_proxies = compile_trusted_proxies(&raw.forwarding.trusted_proxies, c);
+
+    let identity_headers = compile_identity_headers(raw.identity_headers, c);
+
+    let logging = compile_logging(&raw.logging, c);
+
+    let echo_upstream = raw
+        .dev
+        .echo_upstream
+        .as_ref()
+        .and_then(|a| addr(c, "dev.echo_upstream", a));
+
+    let authorization_server = raw.authorization_server.as_ref().map(|a| {
+        super::auth_server::compile(
+            a,
+            &tokens.issuer,
+            tokens.audiences.first().map_or("", String::as_str),
+            base,
+            |p| resolve(base, p),
+            c,
+            extra,
+        )
+    });
+    if authorization_server.is_some() && tokens.signing_key.is_none() {
+        c.at(
+            "tokens.signing_key",
+            "the authorization server needs a signing key (a key with private_key_file)",
+        );
+    }
+    let admin = raw.admin.as_ref().and_then(|a| {
+        compile_admin(
+            a,
+            base,
+            authorization_server.is_some() || raw.oauth1.is_some(),
+            c,
+        )
+    });
+
+    let oauth1 = raw
+        .oauth1
+        .as_ref()
+        .and_then(|o| super::oauth1::compile(o, |p| resolve(base, p), c));
+    check_upstream_auth(&raw.routes, raw.oauth1.as_ref(), c);
+    check_own_endpoints(&routes, authorization_server.as_ref(), oauth1.as_ref(), c);
+
+    Config {
+        new_files: Vec::new(),
+        oauth1,
+        admin,
+        authorization_server,
+        path: path.to_path_buf(),
+        listeners,
+        metrics_address,
+        tokens,
+        revocation_file: resolve(base, &raw.revocation.file),
+        routes,
+        limits,
+        trusted_proxies,
+        identity_headers,
+        logging,
+        echo_upstream,
+    }
+}
+
+/// Routes signed with an OAuth 1.0 provider: the provider exists, the route
+/// authenticates its caller, the signed origin is an origin.
+fn check_upstream_auth(routes: &[RawRoute], oauth1: Option<&RawOAuth1>, c: &mut Collector<'_>) {
+    for (i, r) in routes.iter().enumerate() {
+        let Some(u) = &r.upstream_auth else { continue };
+        let p = format!("routes[{i}].upstream_auth.oauth1");
+        if oauth1.is_none() {
+            c.at(&p, "no `oauth1` section defines providers");
+        } else if let Some(o) = oauth1 {
+            if !o.providers.iter().any(|x| x.name == u.oauth1) {
+                c.at(&p, format!("no OAuth 1.0 provider is named `{}`", u.oauth1));
+            }
+        }
+        if !r.auth.required {
+            c.at(&p, "signing for a subject needs auth.required: true");
+        }
+        if let Some(o) = &u.signed_origin {
+            let ok = o.parse::<Uri>().is_ok_and(|x| {
+                matches!(x.scheme_str(), Some("http" | "https"))
+                    && x.authority().is_some()
+                    && matches!(x.path(), "" | "/")
+                    && x.query().is_none()
+            });
+            if !ok {
+                c.at(
+                    &format!("routes[{i}].upstream_auth.signed_origin"),
+                    format!("`{o}` is not an origin such as https://api.example.com (scheme and host, optional port, nothing else)"),
+                );
+            }
+        }
+        if r.forward_authorization {
+            c.at(
+                &format!("routes[{i}].forward_authorization"),
+                "forward_authorization cannot be combined with upstream_auth (valet sets Authorization itself)",
+            );
+        }
+    }
+}
+
+/// No route may shadow valet's own endpoints (they take precedence).
+fn check_own_endpoints(
+    routes: &[RouteConfig],
+    authorization_server: Option<&AuthServerConfig>,
+    oauth1: Option<&OAuth1Config>,
+    c: &mut Collector<'_>,
+) {
+    if let Some(a) = authorization_server {
+        let own = [
+            &a.paths.token,
+            &a.paths.revocation,
+            &a.paths.introspection,
+            &a.paths.metadata,
+            &a.paths.jwks,
+        ];
+        for (i, r) in routes.iter().enumerate() {
+            if own
+                .iter()
+                .any(|p| crate::request_target::prefix_matches(&r.path_prefix, p))
+                && r.path_prefix != "/"
+            {
+                c.at(
+                    &format!("routes[{i}].match.path_prefix"),
+                    format!(
+                        "route `{}` overlaps valet's own OAuth endpoints; they take precedence",
+                        r.name
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(o) = oauth1 {
+        for (i, r) in routes.iter().enumerate() {
+            if r.path_prefix != "/"
+                && (crate::request_target::prefix_matches(&r.path_prefix, &o.path_prefix)
+                    || crate::request_target::prefix_matches(&o.path_prefix, &r.path_prefix))
+            {
+                c.at(
+                    &format!("routes[{i}].match.path_prefix"),
+                    format!(
+                        "route `{}` overlaps valet's OAuth 1.0 endpoints under {}",
+                        r.name, o.path_prefix
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// `identity_headers`: the names valet injects, never a reserved header.
+fn compile_identity_headers(ih: RawIdentityHeaders, c: &mut Collector<'_>) -> IdentityHeaderNames {
+    let identity_headers = IdentityHeaderNames {
+        subject: header_name(
+            c,
+            "identity_headers.subject",
+            ih.subject,
+            DEFAULT_SUBJECT_HEADER,
+        ),
+        client_id: header_name(
+            c,
+            "identity_headers.client_id",
+            ih.client_id,
+            DEFAULT_CLIENT_ID_HEADER,
+        ),
+        scopes: header_name(
+            c,
+            "identity_headers.scopes",
+            ih.scopes,
+            DEFAULT_SCOPES_HEADER,
+        ),
+    };
+    for h in [
+        &identity_headers.subject,
+        &identity_headers.client_id,
+        &identity_headers.scopes,
+    ] {
+        if crate::header_names::is_reserved(h) {
+            c.at(
+                "identity_headers",
+                format!("`{h}` cannot be used as an identity header"),
+            );
+        }
+    }
+    identity_headers
+}
+
+/// `logging`: the format and a filter `tracing` accepts.
+fn compile_logging(raw: &RawLogging, c: &mut Collector<'_>) -> LoggingConfig {
+    let format = match raw.format.as_deref() {
+        None | Some("human") => LogFormat::Human,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            c.at(
+                "logging.format",
+                format!("unknown log format `{other}`; use human or json"),
+            );
+            LogFormat::Human
+        }
+    };
+    let level = raw.level.clone().unwrap_or_else(|| "info".to_string());
+    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+        c.at(
+            "logging.level",
+            format!("`{level}` is not a log level or filter (e.g. info, debug, valet=debug)"),
+        );
+    }
+    LoggingConfig { format, level }
+}
+
+/// `admin`: a loopback address and a token of at least 16 characters,
+/// kept only as its SHA-256.
+fn compile_admin(
+    a: &RawAdmin,
+    base: &Path,
+    has_something_to_manage: bool,
+    c: &mut Collector<'_>,
+) -> Option<AdminConfig> {
+    let address = addr(c, "admin.address", &a.address)?;
+    if !address.ip().is_loopback() {
+        c.at(
+            "admin.address",
+            "the admin API is plain HTTP: bind it to a loopback address",
+        );
+    }
+    if !has_something_to_manage {
+        c.at("admin", "the admin API manages the authorization server's clients and OAuth 1.0 tokens; configure authorization_server or oauth1");
+    }
+    let token = match &a.token_file {
+        Some(f) => std::fs::read_to_string(resolve(base, f))
+            .map(|t| t.trim().to_string())
+            .map_err(|e| format!("cannot read admin.token_file: {e}")),
+        None => std::env::var(ADMIN_TOKEN_ENV)
+            .map_err(|_| format!("set admin.token_file or {ADMIN_TOKEN_ENV}")),
+    };
+    match token {
+        Ok(t) if t.len() >= 16 => {
+            let d = crate::digest::sha256(t.as_bytes());
+            Some(AdminConfig {
+                address,
+                token_sha256: d.as_ref().try_into().expect("32 bytes"),
+            })
+        }
+        Ok(_) => {
+            c.at("admin", "the admin token must be at least 16 characters");
+            None
+        }
+        Err(e) => {
+            c.at("admin", e);
+            None
+        }
+    }
+}
+
+/// `routes`: names, canonical prefixes, upstreams and per-route limits
+/// (defaults from `limits`).
+fn compile_routes(raw: &[RawRoute], limits: &Limits, c: &mut Collector<'_>) -> Vec<RouteConfig> {
+    let d = |v: Option<units::ConfigDuration>, def: Duration| v.map_or(def, |v| v.0);
     let mut routes: Vec<RouteConfig> = Vec::new();
-    for (i, r) in raw.routes.iter().enumerate() {
+    for (i, r) in raw.iter().enumerate() {
         let p = format!("routes[{i}]");
         if routes.iter().any(|o| o.name == r.name) {
             c.at(
@@ -476,225 +687,76 @@ fn compile(
             });
         }
     }
+    routes
+}
 
+/// `forwarding.trusted_proxies`: the networks whose forwarding headers are believed.
+fn compile_trusted_proxies(raw: &[String], c: &mut Collector<'_>) -> Vec<ipnet::IpNet> {
     let mut trusted_proxies = Vec::new();
-    for (i, t) in raw.forwarding.trusted_proxies.iter().enumerate() {
+    for (i, t) in raw.iter().enumerate() {
         match crate::net::parse_cidr(t) {
             Ok(n) => trusted_proxies.push(n),
             Err(e) => c.at(&format!("forwarding.trusted_proxies[{i}]"), e),
         }
     }
+    trusted_proxies
+}
 
-    let ih = raw.identity_headers;
-    let identity_headers = IdentityHeaderNames {
-        subject: header_name(
-            c,
-            "identity_headers.subject",
-            ih.subject,
-            DEFAULT_SUBJECT_HEADER,
-        ),
-        client_id: header_name(
-            c,
-            "identity_headers.client_id",
-            ih.client_id,
-            DEFAULT_CLIENT_ID_HEADER,
-        ),
-        scopes: header_name(
-            c,
-            "identity_headers.scopes",
-            ih.scopes,
-            DEFAULT_SCOPES_HEADER,
-        ),
-    };
-    for h in [
-        &identity_headers.subject,
-        &identity_headers.client_id,
-        &identity_headers.scopes,
-    ] {
-        if crate::header_names::is_reserved(h) {
-            c.at(
-                "identity_headers",
-                format!("`{h}` cannot be used as an identity header"),
-            );
-        }
+/// `listeners`: addresses, TLS (the certificate and key must load and
+/// match) and each listener's request policy.
+fn compile_listeners(
+    raw: &[RawListener],
+    base: &Path,
+    c: &mut Collector<'_>,
+) -> Vec<ListenerConfig> {
+    if raw.is_empty() {
+        c.at("listeners", "at least one listener is needed");
     }
-
-    let format = match raw.logging.format.as_deref() {
-        None | Some("human") => LogFormat::Human,
-        Some("json") => LogFormat::Json,
-        Some(other) => {
-            c.at(
-                "logging.format",
-                format!("unknown log format `{other}`; use human or json"),
-            );
-            LogFormat::Human
-        }
-    };
-    let level = raw
-        .logging
-        .level
-        .clone()
-        .unwrap_or_else(|| "info".to_string());
-    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
-        c.at(
-            "logging.level",
-            format!("`{level}` is not a log level or filter (e.g. info, debug, valet=debug)"),
-        );
-    }
-
-    let echo_upstream = raw
-        .dev
-        .echo_upstream
-        .as_ref()
-        .and_then(|a| addr(c, "dev.echo_upstream", a));
-
-    let authorization_server = raw.authorization_server.as_ref().map(|a| {
-        super::auth_server::compile(
-            a,
-            &tokens.issuer,
-            tokens.audiences.first().map_or("", String::as_str),
-            base,
-            |p| resolve(base, p),
-            c,
-            extra,
-        )
-    });
-    if authorization_server.is_some() && tokens.signing_key.is_none() {
-        c.at(
-            "tokens.signing_key",
-            "the authorization server needs a signing key (a key with private_key_file)",
-        );
-    }
-    if let Some(a) = &authorization_server {
-        let own = [
-            &a.paths.token,
-            &a.paths.revocation,
-            &a.paths.introspection,
-            &a.paths.metadata,
-            &a.paths.jwks,
-        ];
-        for (i, r) in routes.iter().enumerate() {
-            if own
-                .iter()
-                .any(|p| crate::request_target::prefix_matches(&r.path_prefix, p))
-                && r.path_prefix != "/"
-            {
-                c.at(
-                    &format!("routes[{i}].match.path_prefix"),
-                    format!(
-                        "route `{}` overlaps valet's own OAuth endpoints; they take precedence",
-                        r.name
-                    ),
-                );
+    let mut listeners = Vec::new();
+    for (i, l) in raw.iter().enumerate() {
+        let p = format!("listeners[{i}]");
+        let address = addr(c, &format!("{p}.address"), &l.address);
+        let tls = match (
+            &l.tls.cert_file,
+            &l.tls.key_file,
+            l.tls.self_signed_for_development,
+        ) {
+            (Some(cert), Some(key), false) => {
+                let (cert, key) = (resolve(base, cert), resolve(base, key));
+                if let Err(e) = crate::certs::load_certified_key(&cert, &key) {
+                    c.at(&format!("{p}.tls"), e.to_string());
+                }
+                Some(TlsSource::Files { cert, key })
             }
-        }
-    }
-
-    let admin = raw.admin.as_ref().and_then(|a| {
-        let address = addr(c, "admin.address", &a.address)?;
-        if !address.ip().is_loopback() {
-            c.at("admin.address", "the admin API is plain HTTP: bind it to a loopback address");
-        }
-        if authorization_server.is_none() && raw.oauth1.is_none() {
-            c.at("admin", "the admin API manages the authorization server's clients and OAuth 1.0 tokens; configure authorization_server or oauth1");
-        }
-        let token = match &a.token_file {
-            Some(f) => std::fs::read_to_string(resolve(base, f))
-                .map(|t| t.trim().to_string())
-                .map_err(|e| format!("cannot read admin.token_file: {e}")),
-            None => std::env::var(ADMIN_TOKEN_ENV).map_err(|_| format!("set admin.token_file or {ADMIN_TOKEN_ENV}")),
+            (None, None, true) => Some(TlsSource::SelfSignedForDevelopment),
+            (_, _, true) => {
+                c.at(
+                    &format!("{p}.tls"),
+                    "self_signed_for_development cannot be combined with cert_file/key_file",
+                );
+                None
+            }
+            _ => {
+                c.at(
+                    &format!("{p}.tls"),
+                    "a listener needs both tls.cert_file and tls.key_file (or, for development only, self_signed_for_development: true)",
+                );
+                None
+            }
         };
-        match token {
-            Ok(t) if t.len() >= 16 => {
-                let d = crate::digest::sha256(t.as_bytes());
-                Some(AdminConfig {
-                    address,
-                    token_sha256: d.as_ref().try_into().expect("32 bytes"),
-                })
-            }
-            Ok(_) => {
-                c.at("admin", "the admin token must be at least 16 characters");
-                None
-            }
-            Err(e) => {
-                c.at("admin", e);
-                None
-            }
-        }
-    });
-
-    let oauth1 = raw
-        .oauth1
-        .as_ref()
-        .and_then(|o| super::oauth1::compile(o, |p| resolve(base, p), c));
-    for (i, r) in raw.routes.iter().enumerate() {
-        let Some(u) = &r.upstream_auth else { continue };
-        let p = format!("routes[{i}].upstream_auth.oauth1");
-        if raw.oauth1.is_none() {
-            c.at(&p, "no `oauth1` section defines providers");
-        } else if let Some(o) = &raw.oauth1 {
-            if !o.providers.iter().any(|x| x.name == u.oauth1) {
-                c.at(&p, format!("no OAuth 1.0 provider is named `{}`", u.oauth1));
-            }
-        }
-        if !r.auth.required {
-            c.at(&p, "signing for a subject needs auth.required: true");
-        }
-        if let Some(o) = &u.signed_origin {
-            let ok = o.parse::<Uri>().is_ok_and(|x| {
-                matches!(x.scheme_str(), Some("http" | "https"))
-                    && x.authority().is_some()
-                    && matches!(x.path(), "" | "/")
-                    && x.query().is_none()
+        if let (Some(address), Some(tls)) = (address, tls) {
+            listeners.push(ListenerConfig {
+                name: l.name.clone().unwrap_or_else(|| format!("listener{i}")),
+                address,
+                tls,
+                requests: RequestPolicy {
+                    paths: l.paths,
+                    underscores: l.headers_with_underscores,
+                },
             });
-            if !ok {
-                c.at(
-                    &format!("routes[{i}].upstream_auth.signed_origin"),
-                    format!("`{o}` is not an origin such as https://api.example.com (scheme and host, optional port, nothing else)"),
-                );
-            }
-        }
-        if r.forward_authorization {
-            c.at(
-                &format!("routes[{i}].forward_authorization"),
-                "forward_authorization cannot be combined with upstream_auth (valet sets Authorization itself)",
-            );
         }
     }
-    if let Some(o) = &oauth1 {
-        for (i, r) in routes.iter().enumerate() {
-            if r.path_prefix != "/"
-                && (crate::request_target::prefix_matches(&r.path_prefix, &o.path_prefix)
-                    || crate::request_target::prefix_matches(&o.path_prefix, &r.path_prefix))
-            {
-                c.at(
-                    &format!("routes[{i}].match.path_prefix"),
-                    format!(
-                        "route `{}` overlaps valet's OAuth 1.0 endpoints under {}",
-                        r.name, o.path_prefix
-                    ),
-                );
-            }
-        }
-    }
-
-    Config {
-        new_files: Vec::new(),
-        oauth1,
-        admin,
-        authorization_server,
-        path: path.to_path_buf(),
-        listeners,
-        metrics_address,
-        tokens,
-        revocation_file: resolve(base, &raw.revocation.file),
-        routes,
-        limits,
-        trusted_proxies,
-        identity_headers,
-        logging: LoggingConfig { format, level },
-        echo_upstream,
-    }
+    listeners
 }
 
 fn compile_upstream(c: &mut Collector<'_>, path: &str, s: &str) -> Option<Upstream> {
