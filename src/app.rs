@@ -470,6 +470,37 @@ impl App {
     }
 }
 
+/// The verified bearer token of a request (RFC 6750 §2.1 header only).
+pub fn authenticate(
+    app: &App,
+    snap: &Snapshot,
+    h: &http::HeaderMap,
+) -> Result<Arc<crate::tokens::VerifiedToken>, crate::refusal::ProxyError> {
+    let mut values = h.get_all(http::header::AUTHORIZATION).iter();
+    let Some(v) = values.next() else {
+        return Err(crate::refusal::ProxyError::NoToken);
+    };
+    if values.next().is_some() {
+        return Err(crate::refusal::ProxyError::BadRequest(
+            "more than one Authorization header",
+        ));
+    }
+    let v = v.as_bytes();
+    // RFC 6750 §2.1: `Bearer` (case-insensitive), one space, the token.
+    if v.len() < 7 || !v[..7].eq_ignore_ascii_case(b"bearer ") {
+        return Err(crate::refusal::ProxyError::NoToken);
+    }
+    let token = std::str::from_utf8(&v[7..])
+        .map_err(|_| {
+            crate::refusal::ProxyError::InvalidToken(crate::tokens::TokenError::Malformed)
+        })?
+        .trim();
+    let now = crate::revocation::now();
+    snap.validator
+        .validate(token, &app.revocations.current(), now)
+        .map_err(crate::refusal::ProxyError::InvalidToken)
+}
+
 /// Identifies a file's content without reading it: a replaced file (valet
 /// writes by rename) has a new inode, an edited one a new mtime or length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,6 +24,7 @@ pub mod net;
 pub mod oauth1;
 pub mod oauth2;
 pub mod proxy;
+pub mod refusal;
 pub mod request_target;
 pub mod revocation;
 pub mod saml;

@@ -29,6 +29,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("config", 4),
     // Bodies and JSON answers (a body's minimum rate comes from the config).
     ("bodies", 4),
+    // Refusals of non-OAuth requests and their responses (RFC 6750).
+    ("refusal", 4),
     ("app", 5),
     ("oauth1", 6),
     ("oauth2", 6),
@@ -50,12 +52,8 @@ const KNOWN: &[(&str, &str)] = &[
     // OAuth 1.0 signing primitives and the store's credential type are
     // compiled by the config: they move to a foundation module.
     ("src/config/oauth1.rs", "oauth1"),
-    // The OAuth 1.0 flow authenticates the caller's bearer token with the
-    // proxy's function and signs through the proxy's error type; both move
-    // down. Dispatch to valet's own endpoints moves from `proxy::handle`
-    // into the server.
-    ("src/oauth1/flow.rs", "proxy"),
-    ("src/oauth1/forward.rs", "proxy"),
+    // Dispatch to valet's own endpoints moves from `proxy::handle` into
+    // the server.
     ("src/proxy/mod.rs", "oauth1"),
     ("src/proxy/mod.rs", "oauth2"),
 ];

@@ -14,9 +14,10 @@ use super::client::{self, ProviderError};
 use super::store::Credentials;
 use crate::app::{App, Snapshot};
 use crate::bodies::json as json_response;
+use crate::bodies::ResponseBody;
 use crate::config::{OAuth1Config, Provider};
 use crate::credentials::Secret;
-use crate::proxy::{ProxyError, ResponseBody};
+use crate::refusal::ProxyError;
 use dashmap::DashMap;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -161,7 +162,7 @@ pub async fn serve(
     if action == Action::Callback {
         return callback(app, o, p, &req).await;
     }
-    let token = match crate::proxy::authenticate(app, snap, req.headers()) {
+    let token = match crate::app::authenticate(app, snap, req.headers()) {
         Ok(t) => t,
         Err(e) => {
             if let ProxyError::InvalidToken(reason) = &e {

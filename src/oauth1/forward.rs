@@ -9,7 +9,7 @@ use crate::app::App;
 use crate::bodies::{BodyError, BodyOutcome, LimitedBody, MinRate};
 use crate::config::Provider;
 use crate::metrics::Metrics;
-use crate::proxy::ProxyError;
+use crate::refusal::ProxyError;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http_body_util::BodyExt;

@@ -12,7 +12,8 @@
 
 /// The request and response bodies, a foundation all handlers share.
 pub use crate::bodies as body;
-pub mod error;
+/// Refusals and their responses, shared with the OAuth 1.0 handler.
+pub use crate::refusal as error;
 pub mod forwarded;
 pub mod headers;
 pub mod router;
@@ -470,32 +471,7 @@ async fn proxy(
     Ok(resp.map(Either::Left))
 }
 
-/// The verified bearer token of a request (RFC 6750 §2.1 header only).
-pub fn authenticate(
-    app: &App,
-    snap: &Snapshot,
-    h: &HeaderMap,
-) -> Result<Arc<VerifiedToken>, ProxyError> {
-    let mut values = h.get_all(header::AUTHORIZATION).iter();
-    let Some(v) = values.next() else {
-        return Err(ProxyError::NoToken);
-    };
-    if values.next().is_some() {
-        return Err(ProxyError::BadRequest("more than one Authorization header"));
-    }
-    let v = v.as_bytes();
-    // RFC 6750 §2.1: `Bearer` (case-insensitive), one space, the token.
-    if v.len() < 7 || !v[..7].eq_ignore_ascii_case(b"bearer ") {
-        return Err(ProxyError::NoToken);
-    }
-    let token = std::str::from_utf8(&v[7..])
-        .map_err(|_| ProxyError::InvalidToken(crate::tokens::TokenError::Malformed))?
-        .trim();
-    let now = crate::revocation::now();
-    snap.validator
-        .validate(token, &app.revocations.current(), now)
-        .map_err(ProxyError::InvalidToken)
-}
+pub use crate::app::authenticate;
 
 /// True if any query parameter is named `access_token` (also percent-encoded).
 fn query_has_access_token(q: &str) -> bool {

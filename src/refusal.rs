@@ -1,9 +1,11 @@
-//! The one place where proxy-side failures become HTTP responses: RFC 6750
-//! challenges for token problems, small JSON bodies for everything else,
-//! always carrying the request id. Nothing internal leaks into a body.
+//! Why valet refuses a request that is not for its OAuth endpoints, and the
+//! one place such a refusal becomes a response: RFC 6750 challenges for
+//! token problems, small JSON bodies for everything else, always carrying
+//! the request id. Nothing internal leaks into a body. Shared by the proxy
+//! and the OAuth 1.0 handler (the token endpoints answer in RFC 6749's
+//! shape, `oauth2::error`).
 
-use super::body::BodyError;
-use super::ResponseBody;
+use crate::bodies::{BodyError, ResponseBody};
 use crate::tokens::TokenError;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
@@ -25,7 +27,7 @@ pub enum ProxyError {
     /// 400: the path has no canonical form (`request_target`).
     BadPath(crate::request_target::PathError),
     /// 400/408/413: the request body was the client's fault.
-    Body(super::body::BodyError),
+    Body(BodyError),
     NotFound,
     HeadersTooLarge,
     BadGateway(&'static str),
