@@ -22,6 +22,7 @@ pub mod header_names;
 pub mod metrics;
 pub mod net;
 pub mod oauth1;
+pub mod oauth1_signature;
 pub mod oauth2;
 pub mod proxy;
 pub mod refusal;

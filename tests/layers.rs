@@ -24,6 +24,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("request_target", 0),
     ("revocation", 1),
     ("saml", 1),
+    ("oauth1_signature", 1),
     ("tokens", 2),
     ("metrics", 3),
     ("config", 4),
@@ -49,9 +50,6 @@ const KNOWN: &[(&str, &str)] = &[
     // under `app` (or below) next.
     ("src/app.rs", "oauth1"),
     ("src/app.rs", "oauth2"),
-    // OAuth 1.0 signing primitives and the store's credential type are
-    // compiled by the config: they move to a foundation module.
-    ("src/config/oauth1.rs", "oauth1"),
     // Dispatch to valet's own endpoints moves from `proxy::handle` into
     // the server.
     ("src/proxy/mod.rs", "oauth1"),

@@ -4,8 +4,7 @@
 use super::error::Collector;
 use super::raw::{RawOAuth1, RawProvider};
 use crate::credentials::Secret;
-use crate::oauth1::signing::SignatureMethod;
-use crate::oauth1::store::Credentials;
+use crate::oauth1_signature::{Credentials, SignatureMethod};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +44,7 @@ pub struct Provider {
     /// Empty for RSA-SHA1, which signs with `rsa_key`.
     pub consumer_secret: Secret,
     pub method: SignatureMethod,
-    pub rsa_key: Option<Arc<crate::oauth1::rsa_sha1::RsaSha1Key>>,
+    pub rsa_key: Option<Arc<crate::oauth1_signature::rsa_sha1::RsaSha1Key>>,
     pub realm: Option<String>,
     /// The URL the provider sends the user back to (valet's callback).
     pub callback_url: String,
@@ -314,7 +313,7 @@ fn provider(
             let path = resolve(f);
             match std::fs::read(&path)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))
-                .and_then(|pem| crate::oauth1::rsa_sha1::RsaSha1Key::from_pem(&pem))
+                .and_then(|pem| crate::oauth1_signature::rsa_sha1::RsaSha1Key::from_pem(&pem))
             {
                 Ok(k) => Some(Arc::new(k)),
                 Err(e) => {

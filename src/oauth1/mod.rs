@@ -5,6 +5,8 @@
 pub mod client;
 pub mod flow;
 pub mod forward;
-pub mod rsa_sha1;
-pub mod signing;
 pub mod store;
+
+/// Signing (§3) is a foundation the config compiles keys for; these paths
+/// stay for callers outside the crate.
+pub use crate::oauth1_signature::{self as signing, rsa_sha1};

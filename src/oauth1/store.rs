@@ -22,12 +22,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-/// An access token and its secret, in memory.
-#[derive(Debug, Clone)]
-pub struct Credentials {
-    pub token: String,
-    pub secret: Secret,
-}
+pub use crate::oauth1_signature::Credentials;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

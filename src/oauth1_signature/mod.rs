@@ -3,6 +3,15 @@
 //! `Authorization: OAuth ...` header. Checked against published vectors
 //! (tests/data/oauth1-vectors.json).
 
+pub mod rsa_sha1;
+
+/// An access token and its secret, in memory (RFC 5849 §2.3 token credentials).
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub token: String,
+    pub secret: crate::credentials::Secret,
+}
+
 use std::fmt::Write;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,7 +176,7 @@ pub fn sign(
 }
 
 /// RFC 5849 §3.4.3: the RSA-SHA1 signature of `base`, base64.
-pub fn sign_rsa_sha1(key: &super::rsa_sha1::RsaSha1Key, base: &str) -> String {
+pub fn sign_rsa_sha1(key: &rsa_sha1::RsaSha1Key, base: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(key.sign(base.as_bytes()))
 }
