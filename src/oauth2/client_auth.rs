@@ -6,8 +6,8 @@
 
 use super::error::OAuthError;
 use super::form::{decode_component, Form};
-use super::hash_pool::Busy;
-use super::throttle::{Key, Source, Throttle, Throttled};
+use crate::app::hash_pool::Busy;
+use crate::app::throttle::{Key, Source, Throttle, Throttled};
 use crate::app::App;
 use crate::config::AuthServerConfig;
 use crate::credentials::{Argon2Hash, Client, SecretHash};

@@ -7,7 +7,7 @@
 use super::client_auth::authenticate;
 use super::error::{json, OAuthError};
 use super::form::Form;
-use super::throttle::Source;
+use crate::app::throttle::Source;
 use crate::app::{App, Snapshot};
 use crate::bodies::ResponseBody;
 use crate::config::AuthServerConfig;

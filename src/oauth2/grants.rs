@@ -10,7 +10,7 @@ use super::client_auth::{authenticate, spend_and_hash, throttled};
 use super::endpoints::{apply, family_revocation};
 use super::error::{json, OAuthError};
 use super::form::Form;
-use super::throttle::{Key, Source};
+use crate::app::throttle::{Key, Source};
 use crate::app::{App, Snapshot};
 use crate::bodies::ResponseBody;
 use crate::config::AuthServerConfig;

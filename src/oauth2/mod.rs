@@ -11,9 +11,10 @@ pub mod endpoints;
 pub mod error;
 pub mod form;
 pub mod grants;
-pub mod hash_pool;
 pub mod jwt_bearer;
 pub mod manage;
 pub mod saml_bearer;
-pub mod throttle;
-pub mod verified;
+
+/// The token endpoints' shared stores live in the state layer; these paths
+/// stay for callers outside the crate.
+pub use crate::app::{hash_pool, throttle, verified};

@@ -2,6 +2,10 @@
 //! revocation map, metrics, and the upstream connection pools. Reloads build a
 //! whole new snapshot and swap it in, or keep the old one and say why.
 
+pub mod hash_pool;
+pub mod throttle;
+pub mod verified;
+
 use crate::bodies::LimitedBody;
 use crate::config::{self, Config, ConfigErrors, RouteConfig};
 use crate::metrics::{Metrics, RouteMetrics};
@@ -62,11 +66,11 @@ pub struct App {
     pub metrics: Metrics,
     /// Allowances of authentication attempts, across config reloads
     /// (rebuilt only when the configured allowances change).
-    pub throttle: ArcSwap<crate::oauth2::throttle::Throttle>,
+    pub throttle: ArcSwap<crate::app::throttle::Throttle>,
     /// The only place password hashes are verified.
-    pub hash_pool: crate::oauth2::hash_pool::HashPool,
+    pub hash_pool: crate::app::hash_pool::HashPool,
     /// Recently verified argon2id client secrets.
-    pub verified_secrets: crate::oauth2::verified::VerifiedSecrets,
+    pub verified_secrets: crate::app::verified::VerifiedSecrets,
     /// Pools by connect timeout; they outlive snapshots so reloads keep connections.
     clients: Mutex<HashMap<Duration, UpstreamClient>>,
     ready: AtomicBool,
@@ -131,14 +135,14 @@ impl App {
         let clients = Mutex::new(HashMap::new());
         let snapshot = build_snapshot(&metrics, &clients, config);
         let auth = snapshot.config.authorization_server.as_ref();
-        let throttle = crate::oauth2::throttle::Throttle::new(
+        let throttle = crate::app::throttle::Throttle::new(
             auth.map_or_else(default_allowances, |a| a.allowances),
         );
         let workers = match auth.map_or(0, |a| a.hash_workers) {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        let hash_pool = crate::oauth2::hash_pool::HashPool::start(
+        let hash_pool = crate::app::hash_pool::HashPool::start(
             workers,
             metrics.hash_queue_depth.clone(),
             metrics.hash_jobs.clone(),
@@ -326,7 +330,7 @@ impl App {
             .map_or_else(default_allowances, |a| a.allowances);
         if allowances != self.throttle.load().allowances {
             self.throttle
-                .store(Arc::new(crate::oauth2::throttle::Throttle::new(allowances)));
+                .store(Arc::new(crate::app::throttle::Throttle::new(allowances)));
         }
         // A changed secret can never match an old entry (the key includes
         // the stored hash); forgetting them all also forgets removed clients.
