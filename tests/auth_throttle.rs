@@ -67,6 +67,20 @@ async fn login(c: &Client, user: &str, pw: &str) -> Reply {
     .await
 }
 
+/// A client-credentials request claiming to come from `xff`.
+async fn via(c: &Client, xff: &str, secret: &str) -> Reply {
+    let req = c
+        .request("POST", TOKEN)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-forwarded-for", xff)
+        .header("authorization", basic_header("svc", secret))
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            "grant_type=client_credentials",
+        )))
+        .unwrap();
+    c.send(req).await
+}
+
 fn assert_error(r: &Reply, status: u16, code: &str) {
     assert_eq!(r.status, status, "{:?}", r.body);
     assert_eq!(r.json()["error"], code, "{:?}", r.body);
@@ -123,42 +137,33 @@ async fn behind_a_trusted_proxy_each_forwarded_client_is_its_own_source() {
         "forwarding:\n  trusted_proxies: [127.0.0.1]\n",
     )
     .await;
-    let via = |client: &'static str, secret: &'static str| {
-        let c = gw.client(Proto::H1);
-        async move {
-            let req = c
-                .request("POST", TOKEN)
-                .header("content-type", "application/x-www-form-urlencoded")
-                .header("x-forwarded-for", client)
-                .header("authorization", basic_header("svc", secret))
-                .body(http_body_util::Full::new(bytes::Bytes::from(
-                    "grant_type=client_credentials",
-                )))
-                .unwrap();
-            c.send(req).await
-        }
-    };
     for _ in 0..3 {
-        assert_error(&via("203.0.113.1", "guess").await, 401, "invalid_client");
+        assert_error(
+            &via(&gw.client(Proto::H1), "203.0.113.1", "guess").await,
+            401,
+            "invalid_client",
+        );
     }
-    assert_eq!(via("203.0.113.1", SVC_SECRET).await.status, 429);
+    assert_eq!(
+        via(&gw.client(Proto::H1), "203.0.113.1", SVC_SECRET)
+            .await
+            .status,
+        429
+    );
     // Another client behind the same ingress is not affected.
-    assert_eq!(via("203.0.113.2", SVC_SECRET).await.status, 200);
+    assert_eq!(
+        via(&gw.client(Proto::H1), "203.0.113.2", SVC_SECRET)
+            .await
+            .status,
+        200
+    );
 
     // A caller that is not a trusted proxy cannot rotate its source by
     // writing X-Forwarded-For.
     let direct = gw.client(Proto::H1).from("127.0.0.2");
     for i in 0..3 {
-        let req = direct
-            .request("POST", TOKEN)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .header("x-forwarded-for", format!("198.51.100.{i}"))
-            .header("authorization", basic_header("svc", "guess"))
-            .body(http_body_util::Full::new(bytes::Bytes::from(
-                "grant_type=client_credentials",
-            )))
-            .unwrap();
-        assert_error(&direct.send(req).await, 401, "invalid_client");
+        let r = via(&direct, &format!("198.51.100.{i}"), "guess").await;
+        assert_error(&r, 401, "invalid_client");
     }
     assert_eq!(svc(&direct, SVC_SECRET).await.status, 429);
 }

@@ -248,15 +248,8 @@ async fn admin_api_adds_regenerates_and_revokes() {
     );
 }
 
-/// The issue's race: a leaked secret used as fast as possible while the
-/// operator regenerates it (`regenerate` returns the new secret). Every
-/// token it obtained, before, during or after the regeneration, must be
-/// dead afterwards; the new secret works.
-async fn hammer_during_regeneration<F, Fut>(gw: &Gateway, regenerate: F)
-where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = String>,
-{
+/// Adds the managed client `leaky` through the admin API; its secret.
+async fn add_leaky(gw: &Gateway) -> String {
     let (status, body) = admin(
         gw,
         "POST",
@@ -266,7 +259,19 @@ where
     )
     .await;
     assert_eq!(status, 201, "{body}");
-    let old = body["client_secret"].as_str().unwrap().to_string();
+    body["client_secret"].as_str().unwrap().to_string()
+}
+
+/// The issue's race: a leaked secret used as fast as possible while the
+/// operator regenerates it (`regenerate` returns the new secret). Every
+/// token it obtained, before, during or after the regeneration, must be
+/// dead afterwards; the new secret works.
+async fn hammer_during_regeneration<F, Fut>(gw: &Gateway, regenerate: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = String>,
+{
+    let old = add_leaky(gw).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let attackers: Vec<_> = (0..4)
         .map(|_| {
@@ -359,16 +364,7 @@ async fn a_cutoff_seen_before_the_new_secret_still_stops_the_old_secret() {
     use valet::revocation::time::Timestamp;
     use valet::revocation::{Change, ClientCutoff};
     let (gw, _up, _s) = start().await;
-    let (status, body) = admin(
-        &gw,
-        "POST",
-        "/admin/clients",
-        Some(ADMIN_TOKEN),
-        r#"{"client_id": "leaky", "grant_types": ["client_credentials"], "operator": "svc-leaky", "scopes": ["read"]}"#,
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
-    let old = body["client_secret"].as_str().unwrap().to_string();
+    let old = add_leaky(&gw).await;
     assert!(cc_token(&gw, "leaky", &old).await.is_ok());
     // Into the next second, so the cut-off is newer than the last read.
     let ms = valet::revocation::now_ms();
@@ -414,16 +410,7 @@ async fn a_cutoff_seen_before_the_new_secret_still_stops_the_old_secret() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_regeneration_that_cannot_be_put_in_force_issues_nothing_for_the_old_secret() {
     let (gw, _up, _s) = start().await;
-    let (status, body) = admin(
-        &gw,
-        "POST",
-        "/admin/clients",
-        Some(ADMIN_TOKEN),
-        r#"{"client_id": "leaky", "grant_types": ["client_credentials"], "operator": "svc-leaky", "scopes": ["read"]}"#,
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
-    let old = body["client_secret"].as_str().unwrap().to_string();
+    let old = add_leaky(&gw).await;
     let good = std::fs::read_to_string(&gw.config_path).unwrap();
     std::fs::write(&gw.config_path, format!("{good}\nnot: [valid\n")).unwrap();
     let (status, body) = admin(
