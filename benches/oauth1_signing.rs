@@ -10,7 +10,7 @@ use std::time::Duration;
 use valet::config::Provider;
 use valet::oauth1::client::authorization;
 use valet::oauth1::rsa_sha1::RsaSha1Key;
-use valet::oauth1::signing::SignatureMethod;
+use valet::oauth1::signing::{Consumer, SignatureMethod};
 use valet::oauth2::registry::Secret;
 
 fn provider(method: SignatureMethod) -> Provider {
@@ -26,11 +26,13 @@ fn provider(method: SignatureMethod) -> Provider {
         request_token_url: "https://provider.example/rt".into(),
         authorize_url: "https://provider.example/authorize".into(),
         access_token_url: "https://provider.example/at".into(),
-        consumer_key: "dpf43f3p2l4k3l03".into(),
-        consumer_secret: Secret::new(b"kd94hf93k423kf44".to_vec()),
-        method,
-        rsa_key: None,
-        realm: Some("Legacy".into()),
+        consumer: Consumer {
+            key: "dpf43f3p2l4k3l03".into(),
+            secret: Secret::new(b"kd94hf93k423kf44".to_vec()),
+            method,
+            rsa_key: None,
+            realm: Some("Legacy".into()),
+        },
         callback_url: "https://valet.example/oauth1/legacy/callback".into(),
         return_urls: vec!["https://app.example/".into()],
         tls: Arc::new(tls),
@@ -61,7 +63,7 @@ fn bench(c: &mut Criterion) {
                 "/tests/data/oauth1-rsa-sha1-key.pem"
             ))
             .unwrap();
-            p.rsa_key = Some(Arc::new(RsaSha1Key::from_pem(&pem).unwrap()));
+            p.consumer.rsa_key = Some(Arc::new(RsaSha1Key::from_pem(&pem).unwrap()));
         }
         let token = Some(("nnch734d00sl2jdk", "pfkkdhi9sl3r4s00"));
         c.bench_function(&format!("oauth1_sign_get_{name}"), |b| {

@@ -285,25 +285,13 @@ pub fn run(cli: Cli) -> ExitCode {
 
 /// GET `url` (plain http) and return the status code, within 5 seconds.
 async fn probe(url: &str) -> Result<u16, Box<dyn std::error::Error>> {
-    use http_body_util::Empty;
-    use hyper_util::rt::TokioIo;
-    let uri: http::Uri = url.parse()?;
-    if uri.scheme_str() != Some("http") {
-        return Err("only http:// URLs can be probed".into());
-    }
-    let authority = uri.authority().ok_or("the URL needs a host")?.clone();
-    let port = authority.port_u16().unwrap_or(80);
-    let fut = async {
-        let tcp = tokio::net::TcpStream::connect((authority.host(), port)).await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-        tokio::spawn(conn);
-        let req = http::Request::get(uri.path())
-            .header(http::header::HOST, authority.as_str())
-            .body(Empty::<bytes::Bytes>::new())?;
-        let resp = sender.send_request(req).await?;
-        Ok::<_, Box<dyn std::error::Error>>(resp.status().as_u16())
+    let req = http::Request::get(url).body(Default::default())?;
+    let limits = crate::outbound::Limits {
+        tls: None,
+        timeout: Duration::from_secs(5),
+        max_answer: 64 * 1024,
     };
-    tokio::time::timeout(Duration::from_secs(5), fut).await?
+    Ok(crate::outbound::send(req, &limits).await?.status().as_u16())
 }
 
 fn client_command(cmd: ClientCommand) -> ExitCode {

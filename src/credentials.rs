@@ -215,6 +215,14 @@ pub fn argon2id_hash(password: &str) -> String {
         .to_string()
 }
 
+/// 128 random bits, base64url: token ids, request ids, OAuth 1.0 nonces.
+pub fn random_id() -> String {
+    use base64::Engine;
+    let mut b = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut b).expect("system randomness");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
 /// A new client secret: 256 random bits, base64url.
 pub fn generate_secret() -> String {
     use base64::Engine;

@@ -24,6 +24,7 @@ pub mod net;
 pub mod oauth1;
 pub mod oauth1_signature;
 pub mod oauth2;
+pub mod outbound;
 pub mod proxy;
 pub mod refusal;
 pub mod request_target;

@@ -21,6 +21,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("echo", 0),
     ("header_names", 0),
     ("net", 0),
+    ("outbound", 0),
     ("request_target", 0),
     ("revocation", 1),
     ("saml", 1),

@@ -120,6 +120,40 @@ fn the_cli_runs_without_spawning_the_binary() {
     assert!(Cli::try_parse_from(["valet", "no-such-command"]).is_err());
 }
 
+/// `valet healthcheck` (the image's HEALTHCHECK) in process: exit 0 only on
+/// a 200, and a clear failure for anything else.
+#[tokio::test(flavor = "multi_thread")]
+async fn healthcheck_exits_zero_only_on_200() {
+    use valet::cli::{run, Cli};
+    let up = Upstream::start().await;
+    let p = Proc::start(&default_routes(up.addr)).await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let probe = |url: String| async move {
+        tokio::task::spawn_blocking(move || {
+            use clap::Parser;
+            let cli = Cli::try_parse_from(["valet", "healthcheck", "--url", &url]).unwrap();
+            format!("{:?}", run(cli))
+        })
+        .await
+        .unwrap()
+    };
+    let ok = format!("{:?}", std::process::ExitCode::SUCCESS);
+    let failed = format!("{:?}", std::process::ExitCode::FAILURE);
+    assert_eq!(probe(format!("http://{}/healthz", p.metrics)).await, ok);
+    assert_eq!(
+        probe(format!("http://{}/nothing-here", p.metrics)).await,
+        failed
+    );
+    assert_eq!(probe(format!("http://{closed}/healthz")).await, failed);
+    assert_eq!(
+        probe(format!("https://{}/healthz", p.metrics)).await,
+        failed
+    );
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {

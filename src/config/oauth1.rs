@@ -4,7 +4,7 @@
 use super::error::Collector;
 use super::raw::{RawOAuth1, RawProvider};
 use crate::credentials::Secret;
-use crate::oauth1_signature::{Credentials, SignatureMethod};
+use crate::oauth1_signature::{Consumer, Credentials, SignatureMethod};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,12 +40,8 @@ pub struct Provider {
     pub request_token_url: String,
     pub authorize_url: String,
     pub access_token_url: String,
-    pub consumer_key: String,
-    /// Empty for RSA-SHA1, which signs with `rsa_key`.
-    pub consumer_secret: Secret,
-    pub method: SignatureMethod,
-    pub rsa_key: Option<Arc<crate::oauth1_signature::rsa_sha1::RsaSha1Key>>,
-    pub realm: Option<String>,
+    /// valet's signing identity at this provider.
+    pub consumer: Consumer,
     /// The URL the provider sends the user back to (valet's callback).
     pub callback_url: String,
     /// Where valet may send the user when the flow ends; the first is the default.
@@ -56,12 +52,6 @@ pub struct Provider {
     pub shared_token: Option<Arc<Credentials>>,
     /// valet's URL that starts the flow (named in "authorize first" errors).
     pub start_url: String,
-}
-
-impl Provider {
-    pub fn consumer_secret(&self) -> &str {
-        std::str::from_utf8(self.consumer_secret.expose()).expect("checked at load")
-    }
 }
 
 fn is_http_url(s: &str) -> Option<http::Uri> {
@@ -411,11 +401,13 @@ fn provider(
         request_token_url: p.request_token_url.clone(),
         authorize_url: p.authorize_url.clone(),
         access_token_url: p.access_token_url.clone(),
-        consumer_key: p.consumer_key.clone(),
-        consumer_secret: consumer_secret?,
-        method,
-        rsa_key,
-        realm: p.realm.clone(),
+        consumer: Consumer {
+            key: p.consumer_key.clone(),
+            secret: consumer_secret?,
+            method,
+            rsa_key,
+            realm: p.realm.clone(),
+        },
         callback_url: p.callback_url.clone(),
         return_urls: p.return_urls.clone(),
         tls: tls?,

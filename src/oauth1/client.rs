@@ -7,9 +7,7 @@ use crate::config::Provider;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
-use std::time::{SystemTime, UNIX_EPOCH};
+use http_body_util::Full;
 
 /// Largest provider token-endpoint response read (it is a short form).
 const MAX_PROVIDER_RESPONSE: usize = 64 * 1024;
@@ -29,50 +27,7 @@ pub fn authorization(
 ) -> Result<String, SignError> {
     let mut params = signing::query_params(url);
     params.extend_from_slice(body);
-    authorization_with(p, token, extra, method, url, params)
-}
-
-/// [`authorization`] with the request's parameters (query, then form body)
-/// already decoded by the caller.
-pub fn authorization_with(
-    p: &Provider,
-    token: Option<(&str, &str)>,
-    extra: &[(&str, &str)],
-    method: &str,
-    url: &str,
-    mut params: Vec<(String, String)>,
-) -> Result<String, SignError> {
-    let timestamp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-        .to_string();
-    let mut oauth: Vec<(String, String)> = Vec::with_capacity(8 + extra.len());
-    oauth.push(("oauth_consumer_key".into(), p.consumer_key.clone()));
-    // 128 random bits: unpredictable, and unique per request in practice.
-    oauth.push(("oauth_nonce".into(), crate::tokens::random_id()));
-    oauth.push(("oauth_signature_method".into(), p.method.as_str().into()));
-    oauth.push(("oauth_timestamp".into(), timestamp));
-    if let Some((t, _)) = token {
-        oauth.push(("oauth_token".into(), t.into()));
-    }
-    oauth.push(("oauth_version".into(), "1.0".into()));
-    for (k, v) in extra {
-        oauth.push(((*k).into(), (*v).into()));
-    }
-    params.extend(oauth.iter().cloned());
-    let base = signing::base_string(method, url, &params)?;
-    let sig = match &p.rsa_key {
-        Some(k) => signing::sign_rsa_sha1(k, &base),
-        None => signing::sign(
-            p.method,
-            &base,
-            p.consumer_secret(),
-            token.map_or("", |(_, s)| s),
-        ),
-    };
-    oauth.push(("oauth_signature".into(), sig));
-    oauth.sort();
-    Ok(signing::authorization_header(p.realm.as_deref(), &oauth))
+    p.consumer.authorization(token, extra, method, url, params)
 }
 
 /// Why a call to a provider's token endpoint failed (a metric label and a
@@ -151,63 +106,27 @@ pub async fn call(
     url: &str,
     authorization: String,
 ) -> Result<Vec<(String, String)>, ProviderError> {
-    match tokio::time::timeout(p.timeout, call_inner(p, url, authorization)).await {
-        Ok(r) => r,
-        Err(_) => Err(ProviderError::Timeout(p.timeout)),
-    }
-}
-
-async fn call_inner(
-    p: &Provider,
-    url: &str,
-    authorization: String,
-) -> Result<Vec<(String, String)>, ProviderError> {
-    let unreachable = |e: &dyn std::fmt::Display| ProviderError::Unreachable(e.to_string());
-    let uri: http::Uri = url.parse().map_err(|e| unreachable(&e))?;
-    let authority = uri
-        .authority()
-        .ok_or(ProviderError::BadAnswer("the URL has no host"))?
-        .clone();
-    let https = uri.scheme_str() == Some("https");
-    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let tcp = tokio::net::TcpStream::connect((host, port))
-        .await
-        .map_err(|e| unreachable(&e))?;
-    let _ = tcp.set_nodelay(true);
-    let req = Request::post(uri.path_and_query().map_or("/", |pq| pq.as_str()))
-        .header(header::HOST, authority.as_str())
+    use crate::outbound::{self, OutboundError};
+    let req = Request::post(url)
         .header(header::AUTHORIZATION, authorization)
         .header(header::CONTENT_LENGTH, "0")
         .header(header::ACCEPT, "application/x-www-form-urlencoded")
-        .header(
-            header::USER_AGENT,
-            concat!("valet/", env!("CARGO_PKG_VERSION")),
-        )
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| unreachable(&e))?;
-    let resp = if https {
-        let name = rustls_pki_types::ServerName::try_from(host.to_string())
-            .map_err(|e| unreachable(&e))?;
-        let tls = tokio_rustls::TlsConnector::from(p.tls.clone())
-            .connect(name, tcp)
-            .await
-            .map_err(|e| unreachable(&e))?;
-        send(TokioIo::new(tls), req).await?
-    } else {
-        send(TokioIo::new(tcp), req).await?
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| ProviderError::Unreachable(e.to_string()))?;
+    let limits = outbound::Limits {
+        tls: Some(&p.tls),
+        timeout: p.timeout,
+        max_answer: MAX_PROVIDER_RESPONSE,
     };
-    let (parts, body) = resp.into_parts();
-    let body = Limited::new(body, MAX_PROVIDER_RESPONSE)
-        .collect()
-        .await
-        .map_err(|_| ProviderError::BadAnswer("the answer is too large or cut short"))?
-        .to_bytes();
-    let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
-    if !parts.status.is_success() {
+    let resp = outbound::send(req, &limits).await.map_err(|e| match e {
+        OutboundError::Timeout(d) => ProviderError::Timeout(d),
+        OutboundError::Answer(_) => {
+            ProviderError::BadAnswer("the answer is too large or cut short")
+        }
+        e => ProviderError::Unreachable(e.to_string()),
+    })?;
+    let form: Vec<(String, String)> = form_urlencoded::parse(resp.body()).into_owned().collect();
+    if !resp.status().is_success() {
         // RFC 5849 has no error format; the Problem Reporting extension's
         // `oauth_problem` is common, and harmless to show.
         let problem = form
@@ -215,27 +134,11 @@ async fn call_inner(
             .find(|(k, _)| k == "oauth_problem")
             .map(|(_, v)| v.chars().take(64).collect());
         return Err(ProviderError::Refused {
-            status: parts.status,
+            status: resp.status(),
             problem,
         });
     }
     Ok(form)
-}
-
-async fn send<I>(
-    io: I,
-    req: Request<Empty<Bytes>>,
-) -> Result<http::Response<hyper::body::Incoming>, ProviderError>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut s, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| ProviderError::Unreachable(e.to_string()))?;
-    tokio::spawn(conn);
-    s.send_request(req)
-        .await
-        .map_err(|e| ProviderError::Unreachable(e.to_string()))
 }
 
 /// The value of `name` in a decoded form, if present exactly once.

@@ -4,7 +4,6 @@
 //! see it. Form bodies are read (within the route's limit) because their
 //! parameters are signed; every other body streams untouched.
 
-use super::client;
 use crate::app::App;
 use crate::bodies::{BodyError, BodyOutcome, LimitedBody, MinRate};
 use crate::config::Provider;
@@ -137,15 +136,16 @@ pub async fn sign(
         ));
     }
     let secret = std::str::from_utf8(creds.secret.expose()).unwrap_or("");
-    let authz = client::authorization_with(
-        p,
-        Some((&creds.token, secret)),
-        &[],
-        parts.method.as_str(),
-        &url,
-        params,
-    )
-    .map_err(|_| ProxyError::BadRequest("the request target cannot be signed"))?;
+    let authz = p
+        .consumer
+        .authorization(
+            Some((&creds.token, secret)),
+            &[],
+            parts.method.as_str(),
+            &url,
+            params,
+        )
+        .map_err(|_| ProxyError::BadRequest("the request target cannot be signed"))?;
     parts.headers.insert(
         header::AUTHORIZATION,
         HeaderValue::from_str(&authz).map_err(|_| ProxyError::BadRequest("unsignable"))?,

@@ -13,6 +13,67 @@ pub struct Credentials {
 }
 
 use std::fmt::Write;
+use std::sync::Arc;
+
+/// A consumer's signing identity at one provider (RFC 5849 §3.1): its key,
+/// its shared secret or RSA private key, and the realm it signs for.
+#[derive(Debug)]
+pub struct Consumer {
+    pub key: String,
+    /// Empty for RSA-SHA1, which signs with `rsa_key`.
+    pub secret: crate::credentials::Secret,
+    pub method: SignatureMethod,
+    pub rsa_key: Option<Arc<rsa_sha1::RsaSha1Key>>,
+    pub realm: Option<String>,
+}
+
+impl Consumer {
+    /// The `Authorization` header value for `method url`, signed with
+    /// `token` (token, secret) if any. `extra` are further protocol
+    /// parameters (`oauth_callback`, `oauth_verifier`); `params` are the
+    /// request's own, decoded (query, then an urlencoded form body).
+    pub fn authorization(
+        &self,
+        token: Option<(&str, &str)>,
+        extra: &[(&str, &str)],
+        method: &str,
+        url: &str,
+        mut params: Vec<(String, String)>,
+    ) -> Result<String, SignError> {
+        let timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            .to_string();
+        let mut oauth: Vec<(String, String)> = Vec::with_capacity(8 + extra.len());
+        oauth.push(("oauth_consumer_key".into(), self.key.clone()));
+        // 128 random bits: unpredictable, and unique per request in practice.
+        oauth.push(("oauth_nonce".into(), crate::credentials::random_id()));
+        oauth.push(("oauth_signature_method".into(), self.method.as_str().into()));
+        oauth.push(("oauth_timestamp".into(), timestamp));
+        if let Some((t, _)) = token {
+            oauth.push(("oauth_token".into(), t.into()));
+        }
+        oauth.push(("oauth_version".into(), "1.0".into()));
+        for (k, v) in extra {
+            oauth.push(((*k).into(), (*v).into()));
+        }
+        params.extend(oauth.iter().cloned());
+        let base = base_string(method, url, &params)?;
+        let sig = match &self.rsa_key {
+            Some(k) => sign_rsa_sha1(k, &base),
+            None => sign(
+                self.method,
+                &base,
+                // Checked to be UTF-8 when the config is compiled.
+                std::str::from_utf8(self.secret.expose()).unwrap_or(""),
+                token.map_or("", |(_, s)| s),
+            ),
+        };
+        oauth.push(("oauth_signature".into(), sig));
+        oauth.sort();
+        Ok(authorization_header(self.realm.as_deref(), &oauth))
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SignatureMethod {

@@ -40,10 +40,4 @@ pub(crate) fn hex4(d: &[u8]) -> String {
     d[..4].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// 128 random bits, base64url: token ids and request ids.
-pub fn random_id() -> String {
-    use base64::Engine;
-    let mut b = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut b).expect("system randomness");
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
-}
+pub use crate::credentials::random_id;
