@@ -28,8 +28,11 @@ pub fn is_reserved(h: &HeaderName) -> bool {
         ]
         .contains(h)
         || h.as_str().starts_with("x-forwarded-")
-        || h == "x-request-id"
+        || h == X_REQUEST_ID
 }
+
+/// The request id valet keeps or assigns, echoed to client and upstream.
+pub const X_REQUEST_ID: &str = "x-request-id";
 
 /// Whether the body is `application/x-www-form-urlencoded` (parameters ignored).
 pub fn is_form_urlencoded(h: &HeaderMap) -> bool {

@@ -3,13 +3,15 @@
 //! whole new snapshot and swap it in, or keep the old one and say why.
 
 pub mod hash_pool;
+pub mod oauth1_flows;
+pub mod oauth1_tokens;
+pub mod route_signer;
 pub mod throttle;
 pub mod verified;
 
 use crate::bodies::LimitedBody;
 use crate::config::{self, Config, ConfigErrors, RouteConfig};
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::oauth1::store::TokenStore;
 use crate::revocation::{RevocationError, Revocations};
 use crate::tokens::Validator;
 use arc_swap::ArcSwap;
@@ -17,6 +19,7 @@ use http::HeaderValue;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use oauth1_tokens::TokenStore;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -43,7 +46,7 @@ pub struct Route {
     /// The route's scopes, space-separated, for 403 challenges.
     pub scope_list: String,
     /// Signing with an OAuth 1.0 provider's token, if the route asks for it.
-    pub oauth1: Option<crate::oauth1::forward::RouteSigner>,
+    pub oauth1: Option<route_signer::RouteSigner>,
 }
 
 /// Everything a request reads, built whole from one config.
@@ -93,7 +96,7 @@ pub struct App {
     /// OAuth 1.0 tokens; opened with the first config that configures them.
     oauth1_store: OnceLock<TokenStore>,
     /// OAuth 1.0 flows waiting for their callback.
-    pub oauth1_flows: crate::oauth1::flow::Flows,
+    pub oauth1_flows: oauth1_flows::Flows,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -597,7 +600,7 @@ fn build_snapshot(
             prefix_segments: r.path_prefix.split('/').filter(|s| !s.is_empty()).count(),
             oauth1: r.upstream_auth_oauth1.as_ref().and_then(|name| {
                 let p = config.oauth1.as_ref()?.provider(name)?;
-                Some(crate::oauth1::forward::RouteSigner::new(
+                Some(route_signer::RouteSigner::new(
                     metrics,
                     p.clone(),
                     r.oauth1_signed_origin.clone(),

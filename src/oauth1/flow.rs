@@ -11,27 +11,20 @@
 //!   the subject has a token; forget it.
 
 use super::client::{self, ProviderError};
-use super::store::Credentials;
+use crate::app::oauth1_flows::Pending;
+use crate::app::oauth1_tokens::{Credentials, TokenStore};
 use crate::app::{App, Snapshot};
 use crate::bodies::json as json_response;
 use crate::bodies::ResponseBody;
 use crate::config::{OAuth1Config, Provider};
 use crate::credentials::Secret;
 use crate::refusal::ProxyError;
-use dashmap::DashMap;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
-
-/// Flows in progress at once, all subjects together; beyond it new flows
-/// are refused (503) until some finish or expire.
-pub const MAX_PENDING_FLOWS: usize = 10_000;
-/// Flows one subject may have in progress with one provider; starting
-/// another ends the oldest (so one caller cannot fill the table).
-pub const MAX_PENDING_PER_SUBJECT: usize = 5;
 
 /// What a path under the OAuth 1.0 prefix asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,48 +50,6 @@ pub fn endpoint_for<'a>(
         _ => return Some(Err(())),
     };
     Some(o.provider(name).map(|p| (p, action)).ok_or(()))
-}
-
-struct Pending {
-    provider: String,
-    subject: Box<str>,
-    token_secret: Secret,
-    /// SHA-256 of the state cookie's value.
-    state_digest: [u8; 32],
-    return_url: String,
-    expires: Instant,
-}
-
-/// Flows waiting for the provider's callback, keyed by temporary token.
-/// They live in memory: a restart ends them (the user starts again).
-#[derive(Default)]
-pub struct Flows {
-    pending: DashMap<String, Pending>,
-}
-
-impl Flows {
-    /// Makes room for one more flow of `subject` with `provider`.
-    fn limit_subject(&self, provider: &str, subject: &str) {
-        let mut mine: Vec<(Instant, String)> = self
-            .pending
-            .iter()
-            .filter(|e| e.provider == provider && &*e.subject == subject)
-            .map(|e| (e.expires, e.key().clone()))
-            .collect();
-        if mine.len() >= MAX_PENDING_PER_SUBJECT {
-            mine.sort();
-            for (_, k) in &mine[..=mine.len() - MAX_PENDING_PER_SUBJECT] {
-                self.pending.remove(k);
-            }
-        }
-    }
-
-    /// Drops expired flows (also refused on use); returns how many remain.
-    pub fn prune(&self) -> usize {
-        let now = Instant::now();
-        self.pending.retain(|_, p| p.expires > now);
-        self.pending.len()
-    }
 }
 
 fn cookie_name(p: &Provider) -> String {
@@ -219,7 +170,7 @@ pub async fn serve(
 /// `None` if no store is open.
 async fn with_store<T: Send + 'static>(
     app: &Arc<App>,
-    f: impl FnOnce(&super::store::TokenStore) -> T + Send + 'static,
+    f: impl FnOnce(&TokenStore) -> T + Send + 'static,
 ) -> Option<T> {
     let app = app.clone();
     tokio::task::spawn_blocking(move || app.oauth1_store().map(f))
@@ -273,10 +224,7 @@ async fn authorize(
             );
         }
     };
-    app.oauth1_flows.limit_subject(&p.name, subject);
-    if app.oauth1_flows.pending.len() >= MAX_PENDING_FLOWS
-        && app.oauth1_flows.prune() >= MAX_PENDING_FLOWS
-    {
+    if !app.oauth1_flows.make_room(&p.name, subject) {
         fail("too_many_pending");
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -306,7 +254,7 @@ async fn authorize(
     let (tok, secret) = (issued.token.as_str(), issued.secret.as_str());
     let state = crate::tokens::random_id();
     let to = client::with_query(&p.authorize_url, &[("oauth_token", tok)]);
-    app.oauth1_flows.pending.insert(
+    app.oauth1_flows.insert(
         tok.to_string(),
         Pending {
             provider: p.name.clone(),
@@ -403,11 +351,7 @@ async fn callback(
         );
     };
     // Taken out first: a temporary token is usable once, whatever follows.
-    let Some((_, pending)) = app
-        .oauth1_flows
-        .pending
-        .remove_if(tok, |_, v| v.provider == p.name)
-    else {
+    let Some(pending) = app.oauth1_flows.take(tok, &p.name) else {
         return failed(
             "unknown_token",
             StatusCode::BAD_REQUEST,

@@ -4,9 +4,9 @@
 
 pub mod client;
 pub mod flow;
-pub mod forward;
-pub mod store;
 
+/// The token store and pending flows are state, held by `app`.
+pub use crate::app::oauth1_tokens as store;
 /// Signing (§3) is a foundation the config compiles keys for; these paths
 /// stay for callers outside the crate.
 pub use crate::oauth1_signature::{self as signing, rsa_sha1};

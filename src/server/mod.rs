@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod admin_api;
 pub mod conn;
+pub mod dispatch;
 pub mod tls;
 pub mod watch;
 
@@ -319,7 +320,7 @@ async fn serve_connection(
         let panic_app = app.clone();
         conn::CatchPanic::new(
             async move {
-                let resp = crate::proxy::handle(&app, index, peer, req).await;
+                let resp = dispatch::handle(&app, index, peer, req).await;
                 Ok::<_, Infallible>(resp.map(|b| conn::WatchedBody::new(b, guard)))
             },
             move || {
