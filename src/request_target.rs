@@ -11,6 +11,15 @@
 //! The canonical form: percent-encoded unreserved characters decoded, the
 //! remaining escapes in uppercase, bytes that must be escaped (non-ASCII,
 //! `"{}|^[]\`) escaped, no dot-segments; pure ASCII, and idempotent.
+//!
+//! Escapes are read here rather than with the `percent-encoding` crate
+//! (which valet uses for query names and OAuth 1.0): that crate decodes
+//! every escape and passes a malformed one through, while this form needs
+//! a decision per escape (decode, keep, or refuse) and refuses malformed
+//! ones. It is fuzzed (`fuzz/fuzz_targets/canonical_path.rs`: idempotent,
+//! ASCII, a valid request target, no dot-segment or parameter left in the
+//! routing reading) and unit-tested below. Hosts and
+//! authorities are parsed by `http::uri::Authority`.
 
 use http::uri::Authority;
 use std::borrow::Cow;

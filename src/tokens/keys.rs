@@ -277,20 +277,33 @@ fn rsa_jwk(cfg: &KeyConfig, k: &aws_lc_rs::rsa::PublicKey) -> serde_json::Value 
         "e": b64u(k.exponent().big_endian_without_leading_zero()), "kid": cfg.id, "alg": alg_name(cfg.algorithm), "use": "sig"})
 }
 
-/// The JWK of a SubjectPublicKeyInfo DER of the configured algorithm.
+/// The JWK of a SubjectPublicKeyInfo DER (RFC 5280 §4.1.2.7) of the
+/// configured algorithm. The key type and curve are read from its algorithm
+/// identifiers (RFC 8410, RFC 5480) by the `spki` crate, never inferred from
+/// lengths, so an X25519 or P-384 key is not taken for the wrong algorithm.
 fn jwk_from_spki(cfg: &KeyConfig, spki: &[u8]) -> Option<serde_json::Value> {
+    use spki::{ObjectIdentifier as Oid, SubjectPublicKeyInfoRef};
+    const ED25519: Oid = Oid::new_unwrap("1.3.101.112");
+    const EC_PUBLIC_KEY: Oid = Oid::new_unwrap("1.2.840.10045.2.1");
+    const P256: Oid = Oid::new_unwrap("1.2.840.10045.3.1.7");
+    const P384: Oid = Oid::new_unwrap("1.3.132.0.34");
+    let info = SubjectPublicKeyInfoRef::try_from(spki).ok()?;
+    let (alg, params) = info.algorithm.oids().ok()?;
+    // No unused bits: the key is whole bytes.
+    let key = info.subject_public_key.as_bytes()?;
     match family(cfg.algorithm) {
-        // The key is the tail of the SPKI's BIT STRING.
-        Family::Ed => (spki.len() == 44).then(|| okp_jwk(cfg, &spki[12..])),
+        Family::Ed => {
+            (alg == ED25519 && params.is_none() && key.len() == 32).then(|| okp_jwk(cfg, key))
+        }
         Family::Ec => {
-            let n = if cfg.algorithm == Algorithm::ES256 {
-                65
+            let curve = if cfg.algorithm == Algorithm::ES256 {
+                P256
             } else {
-                97
+                P384
             };
-            spki.len()
-                .checked_sub(n)
-                .and_then(|i| ec_jwk(cfg, &spki[i..]))
+            (alg == EC_PUBLIC_KEY && params == Some(curve))
+                .then(|| ec_jwk(cfg, key))
+                .flatten()
         }
         Family::Rsa => aws_lc_rs::rsa::PublicKey::from_der(spki)
             .ok()
@@ -298,8 +311,6 @@ fn jwk_from_spki(cfg: &KeyConfig, spki: &[u8]) -> Option<serde_json::Value> {
     }
 }
 
-/// Signs and verifies a throwaway token, so a key that cannot work (say an
-/// ES384 entry holding a P-256 key) fails at load time, not on traffic.
 fn self_test(key: &LoadedKey) -> Result<(), String> {
     let enc = key.encoding.as_ref().expect("private key");
     let header = jsonwebtoken::Header::new(key.algorithm);
@@ -432,6 +443,10 @@ mod tests {
         )
         .unwrap();
         let ec_pub: PublicKeyX509Der<'_> = ec.public_key().as_der().unwrap();
+        let ed_pem = generate(Algorithm::EdDSA).unwrap();
+        let ed_der = rustls_pki_types::PrivateKeyDer::from_pem_slice(ed_pem.as_bytes()).unwrap();
+        let ed = sig::Ed25519KeyPair::from_pkcs8(ed_der.secret_der()).unwrap();
+        let ed_pub: PublicKeyX509Der<'_> = ed.public_key().as_der().unwrap();
         for (alg, private_pem, public_pem) in [
             (
                 Algorithm::RS256,
@@ -442,6 +457,11 @@ mod tests {
                 Algorithm::ES256,
                 ec_pem.clone(),
                 pem_encode("PUBLIC KEY", ec_pub.as_ref()),
+            ),
+            (
+                Algorithm::EdDSA,
+                ed_pem.clone(),
+                pem_encode("PUBLIC KEY", ed_pub.as_ref()),
             ),
         ] {
             let (pp, qp) = (
@@ -485,5 +505,55 @@ mod tests {
             v.validate_aud = false;
             jsonwebtoken::decode::<serde_json::Value>(&token, &public.decoding, &v).unwrap();
         }
+    }
+
+    /// A public key is read by its algorithm identifiers: an X25519 key (as
+    /// long as an Ed25519 one) or a P-256 key under ES384 is refused.
+    #[test]
+    fn a_public_key_of_another_type_or_curve_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut x25519 = vec![
+            0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x03, 0x21, 0x00,
+        ];
+        x25519.extend([7u8; 32]);
+        let mut ed25519 = x25519.clone();
+        ed25519[8] = 0x70;
+        let ec_pem = generate(Algorithm::ES256).unwrap();
+        let ec_der = rustls_pki_types::PrivateKeyDer::from_pem_slice(ec_pem.as_bytes()).unwrap();
+        let ec = sig::EcdsaKeyPair::from_pkcs8(
+            &sig::ECDSA_P256_SHA256_FIXED_SIGNING,
+            ec_der.secret_der(),
+        )
+        .unwrap();
+        use aws_lc_rs::encoding::{AsDer, PublicKeyX509Der};
+        let p256: PublicKeyX509Der<'_> = ec.public_key().as_der().unwrap();
+        let public = |alg: Algorithm, der: &[u8]| {
+            let path = dir.path().join(format!("{alg:?}-{}.pub", der.len()));
+            std::fs::write(&path, pem_encode("PUBLIC KEY", der)).unwrap();
+            let c = KeyConfig {
+                id: "k".into(),
+                algorithm: alg,
+                private_key_file: None,
+                public_key_file: Some(path),
+                generate_if_missing: false,
+            };
+            load(&c, &mut Vec::new()).map(|k| k.jwk)
+        };
+        assert_eq!(
+            public(Algorithm::EdDSA, &ed25519).unwrap()["crv"],
+            "Ed25519"
+        );
+        assert!(matches!(
+            public(Algorithm::EdDSA, &x25519),
+            Err(KeyError::Parse { .. })
+        ));
+        assert_eq!(
+            public(Algorithm::ES256, p256.as_ref()).unwrap()["crv"],
+            "P-256"
+        );
+        assert!(matches!(
+            public(Algorithm::ES384, p256.as_ref()),
+            Err(KeyError::Parse { .. })
+        ));
     }
 }
