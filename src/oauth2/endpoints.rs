@@ -7,6 +7,7 @@
 use super::client_auth::authenticate;
 use super::error::{json, OAuthError};
 use super::form::Form;
+use super::Call;
 use crate::app::throttle::Source;
 use crate::app::{App, Snapshot};
 use crate::bodies::ResponseBody;
@@ -82,12 +83,19 @@ pub async fn serve(
         &parts.headers,
         &snap.config.trusted_proxies,
     ));
+    let c = Call {
+        app,
+        snap,
+        a,
+        source,
+        headers: &parts.headers,
+        form: &form,
+        now,
+    };
     let result = match ep {
-        Endpoint::Token => {
-            super::grants::token(app, snap, a, source, &parts.headers, &form, now).await
-        }
-        Endpoint::Revoke => revoke(app, snap, a, source, &parts.headers, &form).await,
-        Endpoint::Introspect => introspect(app, snap, a, source, &parts.headers, &form).await,
+        Endpoint::Token => super::grants::token(c).await,
+        Endpoint::Revoke => revoke(c).await,
+        Endpoint::Introspect => introspect(c).await,
         Endpoint::Metadata | Endpoint::Jwks => unreachable!("answered above"),
     };
     match result {
@@ -300,18 +308,20 @@ async fn apply_once(app: &Arc<App>, t: RevokedToken) -> Result<bool, OAuthError>
     }
 }
 
+/// The authenticated client and the `token` it asks about (RFC 7009 §2.1,
+/// RFC 7662 §2.1).
+async fn client_and_token<'a>(
+    c: Call<'a>,
+) -> Result<(Arc<crate::credentials::Client>, &'a str), OAuthError> {
+    let client = authenticate(c.app, c.a, c.source, c.headers, c.form).await?;
+    Ok((client, c.form.require("token")?))
+}
+
 /// RFC 7009. 200 for unknown, invalid or expired tokens too; a client may
 /// revoke only its own tokens.
-async fn revoke(
-    app: &Arc<App>,
-    snap: &Snapshot,
-    a: &AuthServerConfig,
-    source: Source,
-    headers: &http::HeaderMap,
-    form: &Form,
-) -> Result<Response<ResponseBody>, OAuthError> {
-    let client = authenticate(app, a, source, headers, form).await?;
-    let token = form.require("token")?;
+async fn revoke(c: Call<'_>) -> Result<Response<ResponseBody>, OAuthError> {
+    let (client, token) = client_and_token(c).await?;
+    let Call { app, snap, .. } = c;
     // `token_type_hint` is a hint: the token's own `typ` decides.
     let ok = || json(StatusCode::OK, &serde_json::json!({}));
     let Some(own) = decode_own(&snap.config.tokens, token, false) else {
@@ -352,16 +362,9 @@ async fn revoke(
 
 /// RFC 7662, for authenticated clients; a client sees its own tokens unless
 /// it may introspect any (a resource server).
-async fn introspect(
-    app: &Arc<App>,
-    snap: &Snapshot,
-    a: &AuthServerConfig,
-    source: Source,
-    headers: &http::HeaderMap,
-    form: &Form,
-) -> Result<Response<ResponseBody>, OAuthError> {
-    let client = authenticate(app, a, source, headers, form).await?;
-    let token = form.require("token")?;
+async fn introspect(c: Call<'_>) -> Result<Response<ResponseBody>, OAuthError> {
+    let (client, token) = client_and_token(c).await?;
+    let Call { app, snap, .. } = c;
     let inactive = || json(StatusCode::OK, &serde_json::json!({"active": false}));
     let Some(own) = decode_own(&snap.config.tokens, token, true) else {
         return Ok(inactive());

@@ -10,16 +10,15 @@ use super::client_auth::{authenticate, spend_and_hash, throttled};
 use super::endpoints::{apply, family_revocation};
 use super::error::{json, OAuthError};
 use super::form::Form;
-use crate::app::throttle::{Key, Source};
+use super::Call;
+use crate::app::throttle::Key;
 use crate::app::{App, Snapshot};
 use crate::bodies::ResponseBody;
-use crate::config::AuthServerConfig;
 use crate::credentials::{Client, Grant, SecretHash};
 use crate::revocation::Rotation;
 use crate::tokens::issue::{decode_own, mint, mint_refresh, Kind, TokenRequest};
-use http::{HeaderMap, Response, StatusCode};
+use http::{Response, StatusCode};
 use serde_json::{Map, Value};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// The metrics label for a `grant_type` value (bounded: unknown ones are `other`).
@@ -83,15 +82,16 @@ fn client_scope(
     grant_scope(form.get("scope"), &allowed, &default)
 }
 
-pub async fn token(
-    app: &Arc<App>,
-    snap: &Snapshot,
-    a: &AuthServerConfig,
-    source: Source,
-    headers: &HeaderMap,
-    form: &Form,
-    now: i64,
-) -> Result<Response<ResponseBody>, OAuthError> {
+pub async fn token(c: Call<'_>) -> Result<Response<ResponseBody>, OAuthError> {
+    let Call {
+        app,
+        snap,
+        a,
+        source,
+        headers,
+        form,
+        now,
+    } = c;
     let grant_type = form.require("grant_type")?;
     let grant = Grant::parse(grant_type)
         .ok_or_else(|| OAuthError::UnsupportedGrantType(grant_type.to_string()))?;
@@ -111,15 +111,15 @@ pub async fn token(
             subject_may_be_issued(app, client.operator.as_deref().unwrap_or_default(), now)?;
             client_credentials(snap, &client, form, now)?
         }
-        Grant::Password => password(app, snap, a, source, &client, form, now).await?,
-        Grant::RefreshToken => refresh(app, snap, a, &client, form, now).await?,
+        Grant::Password => password(c, &client).await?,
+        Grant::RefreshToken => refresh(c, &client).await?,
         Grant::JwtBearer => {
-            let m = super::jwt_bearer::verify(app, snap, a, &client, form, now).await?;
+            let m = super::jwt_bearer::verify(c, &client).await?;
             subject_may_be_issued(app, &m.subject, now)?;
             assertion_token(snap, &client, form, m, now)?
         }
         Grant::Saml2Bearer => {
-            let m = super::saml_bearer::verify(app, snap, a, &client, form, now).await?;
+            let m = super::saml_bearer::verify(c, &client).await?;
             subject_may_be_issued(app, &m.subject, now)?;
             assertion_token(snap, &client, form, m, now)?
         }
@@ -202,15 +202,9 @@ fn client_credentials(
 }
 
 /// RFC 6749 §4.3, for clients that enable it explicitly (RFC 9700 §2.4).
-async fn password(
-    app: &Arc<App>,
-    snap: &Snapshot,
-    a: &AuthServerConfig,
-    source: Source,
-    client: &Client,
-    form: &Form,
-    now: i64,
-) -> Result<Value, OAuthError> {
+async fn password(c: Call<'_>, client: &Client) -> Result<Value, OAuthError> {
+    let (app, snap, a, form, now) = (c.app, c.snap, c.a, c.form, c.now);
+    let source = c.source;
     let username = form.require("username")?;
     let password = form.require("password")?;
     subject_may_be_issued(app, username, now)?;
@@ -348,14 +342,8 @@ fn assertion_token(
 }
 
 /// RFC 6749 §6 with rotation and reuse detection.
-async fn refresh(
-    app: &Arc<App>,
-    snap: &Snapshot,
-    a: &AuthServerConfig,
-    client: &Client,
-    form: &Form,
-    now: i64,
-) -> Result<Value, OAuthError> {
+async fn refresh(c: Call<'_>, client: &Client) -> Result<Value, OAuthError> {
+    let (app, snap, a, form, now) = (c.app, c.snap, c.a, c.form, c.now);
     let presented = form.require("refresh_token")?;
     let invalid =
         || OAuthError::InvalidGrant("the refresh token is invalid, expired or revoked".into());

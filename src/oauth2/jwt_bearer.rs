@@ -8,13 +8,10 @@
 
 use super::endpoints::record_assertion_use;
 use super::error::OAuthError;
-use super::form::Form;
-use crate::app::{App, Snapshot};
-use crate::config::AuthServerConfig;
+use super::Call;
 use crate::credentials::{Client, JwtBearer};
 use jsonwebtoken::errors::ErrorKind;
 use serde_json::{Map, Value};
-use std::sync::Arc;
 
 /// A verified assertion, mapped to valet's terms.
 pub struct Mapped {
@@ -42,18 +39,11 @@ fn peek_issuer(assertion: &str) -> Option<String> {
     v.get("iss")?.as_str().map(str::to_owned)
 }
 
-pub async fn verify(
-    app: &Arc<App>,
-    snap: &Snapshot,
-    a: &AuthServerConfig,
-    client: &Client,
-    form: &Form,
-    now: i64,
-) -> Result<Mapped, OAuthError> {
+pub async fn verify(c: Call<'_>, client: &Client) -> Result<Mapped, OAuthError> {
     let jb: &JwtBearer = client.jwt_bearer.as_ref().ok_or_else(|| {
         OAuthError::UnauthorizedClient("this client has no trusted assertion issuers".into())
     })?;
-    let assertion = form.require("assertion")?;
+    let assertion = c.form.require("assertion")?;
     let header = jsonwebtoken::decode_header(assertion)
         .map_err(|_| invalid("malformed, or an algorithm valet does not accept"))?;
     let iss = peek_issuer(assertion).ok_or_else(|| invalid("no issuer"))?;
@@ -62,14 +52,10 @@ pub async fn verify(
         .iter()
         .find(|i| i.issuer == iss)
         .ok_or_else(|| invalid("the issuer is not trusted by this client"))?;
-    let tokens = &snap.config.tokens;
+    let tokens = &c.snap.config.tokens;
     let skew = tokens.clock_skew.as_secs();
     // RFC 7523 §3 item 3: the audience identifies the authorization server.
-    let token_endpoint = format!(
-        "{}{}",
-        super::endpoints::origin(&tokens.issuer),
-        a.paths.token
-    );
+    let token_endpoint = c.token_endpoint();
     let mut claims: Option<Map<String, Value>> = None;
     let mut last = invalid("no key of the issuer matches the assertion's algorithm");
     for k in issuer
@@ -111,10 +97,10 @@ pub async fn verify(
     let claims = claims.ok_or(last)?;
     let int = |k: &str| claims.get(k).and_then(Value::as_i64);
     let exp = int("exp").ok_or_else(|| invalid("exp must be a number"))?;
-    if exp - now > (jb.max_lifetime.as_secs() + skew) as i64 {
+    if exp - c.now > (jb.max_lifetime.as_secs() + skew) as i64 {
         return Err(invalid("exp is too far in the future"));
     }
-    if claims.contains_key("iat") && int("iat").is_none_or(|iat| iat > now + skew as i64) {
+    if claims.contains_key("iat") && int("iat").is_none_or(|iat| iat > c.now + skew as i64) {
         return Err(invalid("iat is in the future"));
     }
     let subject = claims
@@ -134,7 +120,7 @@ pub async fn verify(
         .filter(|s| !s.is_empty())
         .ok_or_else(|| invalid("a jti is required, so that the assertion can be used once"))?;
     // Replay: one use per (issuer, jti) until the assertion expires.
-    let fresh = record_assertion_use(app, "assertion", &iss, jti, exp + skew as i64).await?;
+    let fresh = record_assertion_use(c.app, "assertion", &iss, jti, exp + skew as i64).await?;
     if !fresh {
         return Err(invalid("it was already used"));
     }

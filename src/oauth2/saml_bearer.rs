@@ -3,16 +3,13 @@
 //! `crate::saml::assertion`, single-use until it expires (recorded in the
 //! durable revocation store), then mapped to a subject, claims and scopes.
 
-use super::endpoints::{origin, record_assertion_use};
+use super::endpoints::record_assertion_use;
 use super::error::OAuthError;
-use super::form::Form;
 use super::jwt_bearer::Mapped;
-use crate::app::{App, Snapshot};
-use crate::config::AuthServerConfig;
+use super::Call;
 use crate::credentials::Client;
 use crate::saml::assertion::{validate, Expect};
 use serde_json::{Map, Value};
-use std::sync::Arc;
 
 /// Largest accepted assertion (decoded).
 const MAX_ASSERTION_BYTES: usize = 32 * 1024;
@@ -21,18 +18,11 @@ fn invalid(why: impl std::fmt::Display) -> OAuthError {
     OAuthError::InvalidGrant(format!("the assertion is invalid: {why}"))
 }
 
-pub async fn verify(
-    app: &Arc<App>,
-    snap: &Snapshot,
-    a: &AuthServerConfig,
-    client: &Client,
-    form: &Form,
-    now: i64,
-) -> Result<Mapped, OAuthError> {
+pub async fn verify(c: Call<'_>, client: &Client) -> Result<Mapped, OAuthError> {
     let sb = client.saml2_bearer.as_ref().ok_or_else(|| {
         OAuthError::UnauthorizedClient("this client has no trusted identity provider".into())
     })?;
-    let encoded = form.require("assertion")?;
+    let encoded = c.form.require("assertion")?;
     use base64::Engine;
     // RFC 7522 §2.1: base64url; tolerate padding.
     let xml = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -42,21 +32,21 @@ pub async fn verify(
         return Err(invalid("too large"));
     }
     let xml = String::from_utf8(xml).map_err(|_| invalid("not UTF-8"))?;
-    let tokens = &snap.config.tokens;
-    let recipient = format!("{}{}", origin(&tokens.issuer), a.paths.token);
+    let tokens = &c.snap.config.tokens;
+    let recipient = c.token_endpoint();
     let expect = Expect {
         idp_entity_id: &sb.idp_entity_id,
         idp_cert_der: &sb.idp_cert_der,
         audience: &sb.entity_id,
         recipient: &recipient,
-        now,
+        now: c.now,
         skew: tokens.clock_skew.as_secs() as i64,
     };
     let assertion = validate(&xml, &expect).map_err(invalid)?;
 
     // Replay: one use per (issuer, ID) until the assertion expires.
     let fresh = record_assertion_use(
-        app,
+        c.app,
         "saml",
         &assertion.issuer,
         &assertion.id,

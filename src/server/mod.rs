@@ -136,39 +136,30 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             drain.clone(),
         )));
     }
-    let metrics = match metrics_listener {
-        Some(l) => {
-            let addr = l.local_addr().expect("bound");
-            tracing::info!(%addr, "metrics and health listening (/metrics, /healthz, /readyz)");
-            let app = app.clone();
-            tasks.push(tokio::spawn(serve_plain(
-                l,
-                shutdown_rx.clone(),
-                "metrics",
-                move |req| {
-                    let r = admin::respond(&app, &req);
-                    async move { r }
-                },
-            )));
-            Some(addr)
-        }
-        None => None,
-    };
-    let admin = match admin_listener {
-        Some(l) => {
-            let addr = l.local_addr().expect("bound");
-            tracing::info!(%addr, "admin API listening");
-            let app = app.clone();
-            tasks.push(tokio::spawn(serve_plain(
-                l,
-                shutdown_rx.clone(),
-                "admin",
-                move |req| admin_api::respond(app.clone(), req),
-            )));
-            Some(addr)
-        }
-        None => None,
-    };
+    let metrics = metrics_listener.map(|l| {
+        let app = app.clone();
+        let addr = l.local_addr().expect("bound");
+        tracing::info!(%addr, "metrics and health listening (/metrics, /healthz, /readyz)");
+        tasks.push(tokio::spawn(serve_plain(
+            l,
+            shutdown_rx.clone(),
+            "metrics",
+            move |req| std::future::ready(admin::respond(&app, &req)),
+        )));
+        addr
+    });
+    let admin = admin_listener.map(|l| {
+        let app = app.clone();
+        let addr = l.local_addr().expect("bound");
+        tracing::info!(%addr, "admin API listening");
+        tasks.push(tokio::spawn(serve_plain(
+            l,
+            shutdown_rx.clone(),
+            "admin",
+            move |req| admin_api::respond(app.clone(), req),
+        )));
+        addr
+    });
     let watcher = watch::start(app.clone(), resolvers.clone(), shutdown_rx.clone())
         .map_err(ServeError::Watch)?;
     // Expired entries leave the verified-token cache off the request path.

@@ -428,6 +428,16 @@ mod tests {
 
     /// An RS256 private key (PKCS#8) signs; a verification-only entry holding
     /// just its SPKI public key verifies what it signed.
+    /// A generated ES256 key: its PEM and the key pair.
+    fn p256() -> (String, sig::EcdsaKeyPair) {
+        let pem = generate(Algorithm::ES256).unwrap();
+        let der = rustls_pki_types::PrivateKeyDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let kp =
+            sig::EcdsaKeyPair::from_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, der.secret_der())
+                .unwrap();
+        (pem, kp)
+    }
+
     #[test]
     fn rsa_and_ec_public_key_entries_verify_tokens_of_their_private_keys() {
         use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der};
@@ -435,13 +445,7 @@ mod tests {
         let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
         let rsa_priv: Pkcs8V1Der<'_> = rsa.as_der().unwrap();
         let rsa_pub: PublicKeyX509Der<'_> = rsa.public_key().as_der().unwrap();
-        let ec_pem = generate(Algorithm::ES256).unwrap();
-        let ec_der = rustls_pki_types::PrivateKeyDer::from_pem_slice(ec_pem.as_bytes()).unwrap();
-        let ec = sig::EcdsaKeyPair::from_pkcs8(
-            &sig::ECDSA_P256_SHA256_FIXED_SIGNING,
-            ec_der.secret_der(),
-        )
-        .unwrap();
+        let (ec_pem, ec) = p256();
         let ec_pub: PublicKeyX509Der<'_> = ec.public_key().as_der().unwrap();
         let ed_pem = generate(Algorithm::EdDSA).unwrap();
         let ed_der = rustls_pki_types::PrivateKeyDer::from_pem_slice(ed_pem.as_bytes()).unwrap();
@@ -455,12 +459,12 @@ mod tests {
             ),
             (
                 Algorithm::ES256,
-                ec_pem.clone(),
+                ec_pem,
                 pem_encode("PUBLIC KEY", ec_pub.as_ref()),
             ),
             (
                 Algorithm::EdDSA,
-                ed_pem.clone(),
+                ed_pem,
                 pem_encode("PUBLIC KEY", ed_pub.as_ref()),
             ),
         ] {
@@ -518,13 +522,7 @@ mod tests {
         x25519.extend([7u8; 32]);
         let mut ed25519 = x25519.clone();
         ed25519[8] = 0x70;
-        let ec_pem = generate(Algorithm::ES256).unwrap();
-        let ec_der = rustls_pki_types::PrivateKeyDer::from_pem_slice(ec_pem.as_bytes()).unwrap();
-        let ec = sig::EcdsaKeyPair::from_pkcs8(
-            &sig::ECDSA_P256_SHA256_FIXED_SIGNING,
-            ec_der.secret_der(),
-        )
-        .unwrap();
+        let (_, ec) = p256();
         use aws_lc_rs::encoding::{AsDer, PublicKeyX509Der};
         let p256: PublicKeyX509Der<'_> = ec.public_key().as_der().unwrap();
         let public = |alg: Algorithm, der: &[u8]| {
