@@ -1,14 +1,127 @@
-//! Why valet refuses a request that is not for its OAuth endpoints, and the
-//! one place such a refusal becomes a response: RFC 6750 challenges for
-//! token problems, small JSON bodies for everything else, always carrying
-//! the request id. Nothing internal leaks into a body. Shared by the proxy
-//! and the OAuth 1.0 handler (the token endpoints answer in RFC 6749's
-//! shape, `oauth2::error`).
+//! Every refusal valet answers itself, and the one place it becomes a
+//! response ([`Refusal`]): a JSON body `{"error": code, "error_description":
+//! text}` (RFC 6749 §5.2's shape, which RFC 6750 §3 and the rest share),
+//! the request id where known, and the headers the kind of refusal needs
+//! (`WWW-Authenticate`, `Retry-After`, `Allow`). The token endpoints
+//! (`oauth2::error`), proxied routes ([`ProxyError`], RFC 6750 challenges),
+//! the OAuth 1.0 flow and the admin API all answer through it. Nothing
+//! internal leaks into a body.
 
 use crate::bodies::{BodyError, ResponseBody};
 use crate::tokens::TokenError;
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
+use http_body_util::Full;
+use std::time::Duration;
+
+/// One refusal, as it will be written.
+#[must_use]
+pub struct Refusal {
+    status: StatusCode,
+    code: &'static str,
+    description: String,
+    request_id: Option<HeaderValue>,
+    challenge: Option<HeaderValue>,
+    retry_after: Option<Duration>,
+    allow: Option<HeaderValue>,
+    /// Further members of the body (e.g. where to authorize).
+    extra: Vec<(&'static str, String)>,
+}
+
+impl Refusal {
+    pub fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> Self {
+        Refusal {
+            status,
+            code,
+            description: description.into(),
+            request_id: None,
+            challenge: None,
+            retry_after: None,
+            allow: None,
+            extra: Vec::new(),
+        }
+    }
+
+    /// In the body and as `X-Request-Id`.
+    pub fn request_id(mut self, id: &HeaderValue) -> Self {
+        self.request_id = Some(id.clone());
+        self
+    }
+
+    /// `WWW-Authenticate` (RFC 9110 §11.6.1).
+    pub fn challenge(mut self, value: HeaderValue) -> Self {
+        self.challenge = Some(value);
+        self
+    }
+
+    /// `Retry-After` in whole seconds, rounded up, at least 1.
+    pub fn retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+
+    /// `Allow`, for a 405 (RFC 9110 §15.5.6).
+    pub fn allow(mut self, methods: &str) -> Self {
+        self.allow = HeaderValue::from_str(methods).ok();
+        self
+    }
+
+    pub fn with(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.extra.push((name, value.into()));
+        self
+    }
+
+    /// The code for a status, for refusals that have no finer one.
+    pub fn code_for(status: StatusCode) -> &'static str {
+        match status.as_u16() {
+            400 => "invalid_request",
+            401 => "unauthorized",
+            403 => "forbidden",
+            404 => "not_found",
+            405 => "method_not_allowed",
+            409 => "conflict",
+            429 => "too_many_requests",
+            503 => "temporarily_unavailable",
+            s if s >= 500 => "internal_error",
+            _ => "invalid_request",
+        }
+    }
+
+    /// For listeners whose bodies are always whole (the admin API).
+    pub fn into_full(self) -> Response<Full<Bytes>> {
+        let mut body = serde_json::json!({
+            "error": self.code,
+            "error_description": self.description,
+        });
+        if let Some(id) = &self.request_id {
+            body["request_id"] = id.to_str().unwrap_or_default().into();
+        }
+        for (k, v) in self.extra {
+            body[k] = v.into();
+        }
+        let mut r = crate::bodies::json_full(self.status, &body);
+        let h = r.headers_mut();
+        if let Some(c) = self.challenge {
+            h.insert(header::WWW_AUTHENTICATE, c);
+        }
+        if let Some(after) = self.retry_after {
+            let secs = (after.as_secs() + u64::from(after.subsec_nanos() > 0)).max(1);
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(a) = self.allow {
+            h.insert(header::ALLOW, a);
+        }
+        if let Some(id) = self.request_id {
+            h.insert(crate::header_names::X_REQUEST_ID, id);
+        }
+        r
+    }
+
+    pub fn into_response(self) -> Response<ResponseBody> {
+        self.into_full().map(http_body_util::Either::Right)
+    }
+}
 
 /// The `realm` of valet's Bearer challenges.
 pub const REALM: &str = "valet";
@@ -128,29 +241,20 @@ impl ProxyError {
 
     pub fn into_response(self, request_id: &HeaderValue) -> Response<ResponseBody> {
         let (code, message) = self.code_and_message();
-        let mut body = serde_json::json!({
-            "error": code,
-            "error_description": message,
-            "request_id": request_id.to_str().unwrap_or_default(),
-        });
+        let mut r = Refusal::new(self.status(), code, message).request_id(request_id);
+        if let Some(c) = self.challenge() {
+            r = r.challenge(HeaderValue::from_str(&c).expect("challenge is ASCII"));
+        }
         if let ProxyError::OAuth1Required {
             provider,
             authorize_url,
-        } = &self
+        } = self
         {
-            body["provider"] = provider.as_str().into();
-            body["authorize_url"] = authorize_url.as_str().into();
+            r = r
+                .with("provider", provider)
+                .with("authorize_url", authorize_url);
         }
-        let mut resp = json_response(self.status(), &body);
-        if let Some(c) = self.challenge() {
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_str(&c).expect("challenge is ASCII"),
-            );
-        }
-        resp.headers_mut()
-            .insert("x-request-id", request_id.clone());
-        resp
+        r.into_response()
     }
 }
 

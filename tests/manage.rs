@@ -204,7 +204,8 @@ async fn admin_api_adds_regenerates_and_revokes() {
     )
     .await;
     assert_eq!(status, 409, "{body}");
-    let (status, _) = admin(
+    assert_eq!(body["error"], "conflict", "{body}");
+    let (status, body) = admin(
         &gw,
         "POST",
         "/admin/clients/nobody/revoke-tokens",
@@ -213,6 +214,9 @@ async fn admin_api_adds_regenerates_and_revokes() {
     )
     .await;
     assert_eq!(status, 404);
+    // The shape every refusal has: a code and a description.
+    assert_eq!(body["error"], "not_found", "{body}");
+    assert!(body["error_description"].is_string(), "{body}");
     // Invalid clients are refused with the config's own rules.
     let (status, body) = admin(
         &gw,
@@ -224,7 +228,11 @@ async fn admin_api_adds_regenerates_and_revokes() {
     .await;
     assert_eq!(status, 400);
     assert!(
-        body["error"].as_str().unwrap().contains("operator"),
+        body["error"] == "invalid_request"
+            && body["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("operator"),
         "{body}"
     );
     // An operator that is a user's login: the config load would refuse the
@@ -239,7 +247,11 @@ async fn admin_api_adds_regenerates_and_revokes() {
     .await;
     assert_eq!(status, 400, "{body}");
     assert!(
-        body["error"].as_str().unwrap().contains("user's login"),
+        body["error"] == "invalid_request"
+            && body["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("user's login"),
         "{body}"
     );
     assert!(

@@ -729,7 +729,8 @@ async fn operators_list_and_forget_tokens_through_the_admin_api() {
     // This gateway has no authorization server: its client endpoints say so.
     let (status, j) = admin("GET", "/admin/clients", Some(admin_token)).await;
     assert_eq!(status, 404);
-    assert!(j["error"]
+    assert_eq!(j["error"], "not_found", "{j}");
+    assert!(j["error_description"]
         .as_str()
         .unwrap()
         .contains("no authorization_server"));

@@ -18,7 +18,7 @@ use crate::bodies::json as json_response;
 use crate::bodies::ResponseBody;
 use crate::config::{OAuth1Config, Provider};
 use crate::credentials::Secret;
-use crate::refusal::ProxyError;
+use crate::refusal::{ProxyError, Refusal};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -56,11 +56,8 @@ fn cookie_name(p: &Provider) -> String {
     format!("valet_oauth1_{}", p.name.replace('.', "_"))
 }
 
-fn error(status: StatusCode, code: &str, message: String) -> Response<ResponseBody> {
-    json_response(
-        status,
-        &json!({ "error": code, "error_description": message }),
-    )
+fn error(status: StatusCode, code: &'static str, message: String) -> Response<ResponseBody> {
+    Refusal::new(status, code, message).into_response()
 }
 
 fn redirect(to: &str) -> Response<ResponseBody> {
@@ -96,19 +93,18 @@ pub async fn serve(
         Action::Token => &[Method::GET, Method::DELETE],
     };
     if !allowed.contains(req.method()) {
-        let mut r = error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "this method is not allowed here".into(),
-        );
         let allow = allowed
             .iter()
             .map(Method::as_str)
             .collect::<Vec<_>>()
             .join(", ");
-        r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_str(&allow).expect("ASCII"));
-        return r;
+        return Refusal::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this method is not allowed here",
+        )
+        .allow(&allow)
+        .into_response();
     }
     if action == Action::Callback {
         return callback(app, o, p, &req).await;

@@ -1,8 +1,10 @@
 //! RFC 6749 §5.2 error responses, the only way the token, revocation and
-//! introspection endpoints fail. JSON, `Cache-Control: no-store`.
+//! introspection endpoints fail: which code, status and headers each
+//! failure gets; `refusal::Refusal` writes them.
 
 use crate::bodies::ResponseBody;
-use http::header::{self, HeaderValue};
+use crate::refusal::Refusal;
+use http::header::HeaderValue;
 use http::{Response, StatusCode};
 use std::time::Duration;
 
@@ -68,31 +70,16 @@ impl OAuthError {
     }
 
     pub fn into_response(self) -> Response<ResponseBody> {
-        let body =
-            serde_json::json!({"error": self.code(), "error_description": self.description()});
-        let mut r = json(self.status(), &body);
-        let h = r.headers_mut();
-        match &self {
+        let r = Refusal::new(self.status(), self.code(), self.description());
+        match self {
             OAuthError::InvalidClient { basic: true, .. } => {
-                h.insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Basic realm=\"valet\""),
-                );
+                r.challenge(HeaderValue::from_static("Basic realm=\"valet\""))
             }
-            OAuthError::RateLimited(after) | OAuthError::Busy(after) => {
-                h.insert(
-                    header::RETRY_AFTER,
-                    HeaderValue::from(
-                        (after.as_secs() + u64::from(after.subsec_nanos() > 0)).max(1),
-                    ),
-                );
-            }
-            OAuthError::MethodNotAllowed => {
-                h.insert(header::ALLOW, HeaderValue::from_static("POST"));
-            }
-            _ => {}
+            OAuthError::RateLimited(after) | OAuthError::Busy(after) => r.retry_after(after),
+            OAuthError::MethodNotAllowed => r.allow("POST"),
+            _ => r,
         }
-        r
+        .into_response()
     }
 }
 

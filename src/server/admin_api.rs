@@ -13,6 +13,7 @@
 
 use crate::app::App;
 use crate::oauth2::manage::{self, ManageError};
+use crate::refusal::Refusal;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -25,7 +26,7 @@ fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
 }
 
 fn error(status: StatusCode, e: impl std::fmt::Display) -> Response<Full<Bytes>> {
-    reply(status, serde_json::json!({"error": e.to_string()}))
+    Refusal::new(status, Refusal::code_for(status), e.to_string()).into_full()
 }
 
 fn authorized(app: &App, req: &Request<Incoming>) -> bool {
@@ -72,12 +73,15 @@ fn status_of(e: &ManageError) -> StatusCode {
 
 pub async fn respond(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if !authorized(&app, &req) {
-        let mut r = error(StatusCode::UNAUTHORIZED, "admin bearer token required");
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer realm=\"valet-admin\""),
-        );
-        return r;
+        return Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "admin bearer token required",
+        )
+        .challenge(header::HeaderValue::from_static(
+            "Bearer realm=\"valet-admin\"",
+        ))
+        .into_full();
     }
     let path = req.uri().path().to_string();
     let method = req.method().clone();
@@ -153,7 +157,13 @@ pub async fn respond(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Byt
     match result {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => error(status_of(&e), e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => {
+            tracing::error!(error = %e, "an admin request failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the request failed; see valet's log",
+            )
+        }
     }
 }
 
