@@ -116,13 +116,48 @@ pub(super) fn compile(
     raw: &RawAuthServer,
     issuer: &str,
     default_audience: &str,
-    base: &Path,
     resolve: impl Fn(&str) -> PathBuf,
     c: &mut Collector<'_>,
     extra: &mut Vec<ConfigError>,
 ) -> AuthServerConfig {
-    let _ = base;
     let mut warnings = Vec::new();
+    let paths = endpoint_paths(raw, issuer, c);
+    let pepper = pepper(raw, &resolve, c);
+    let names = (issuer, default_audience);
+    let (clients, clients_file) = clients(raw, names, &resolve, c, extra, &mut warnings);
+    let (users, users_file) = users(raw, &resolve, c, extra);
+    let subject_prefixes = subject_namespaces(&clients, &users, c);
+    check_identities(&clients, &users, pepper.is_some(), c);
+    let dummy_client = if clients.values().any(|c| c.secret.is_argon2()) {
+        Some(dummy_argon2())
+    } else {
+        Some(SecretHash::HmacSha256([0u8; 32]))
+    };
+    let dummy_user = (!users.is_empty()).then(dummy_argon2);
+    let (allowances, hash_queue, verified_secret_ttl) = limits(raw, c);
+    AuthServerConfig {
+        registry: Registry {
+            clients,
+            users,
+            pepper,
+            subject_prefixes,
+            dummy_client,
+            dummy_user,
+        },
+        clients_file,
+        users_file,
+        paths,
+        refresh_grace: raw.refresh_grace.map_or(DEFAULT_REFRESH_GRACE, |v| v.0),
+        allowances,
+        hash_queue,
+        hash_workers: raw.password_hash_workers.unwrap_or(0),
+        verified_secret_ttl,
+        warnings,
+    }
+}
+
+/// The endpoints' paths; metadata where RFC 8414 §3 puts it.
+fn endpoint_paths(raw: &RawAuthServer, issuer: &str, c: &mut Collector<'_>) -> EndpointPaths {
     let path_of = |c: &mut Collector<'_>, key: &str, v: &Option<String>, def: &str| -> String {
         let p = v.clone().unwrap_or_else(|| def.to_string());
         if !p.starts_with('/') {
@@ -147,7 +182,7 @@ pub(super) fn compile(
             "the issuer of an authorization server must be an https:// URL (RFC 8414 §2)",
         );
     }
-    let paths = EndpointPaths {
+    EndpointPaths {
         token: path_of(c, "token_path", &raw.token_path, "/oauth2/token"),
         revocation: path_of(c, "revocation_path", &raw.revocation_path, "/oauth2/revoke"),
         introspection: path_of(
@@ -158,10 +193,16 @@ pub(super) fn compile(
         ),
         metadata: format!("/.well-known/oauth-authorization-server{issuer_path}"),
         jwks: "/.well-known/jwks.json".to_string(),
-    };
+    }
+}
 
-    // The pepper for valet-generated secrets.
-    let pepper = match &raw.secret_pepper_file {
+/// The pepper for valet-generated secrets: its file, or the environment.
+fn pepper(
+    raw: &RawAuthServer,
+    resolve: &dyn Fn(&str) -> PathBuf,
+    c: &mut Collector<'_>,
+) -> Option<Secret> {
+    match &raw.secret_pepper_file {
         Some(f) => {
             let path = resolve(f);
             match read_or_make_pepper(&path, raw.generate_pepper_if_missing, &mut c.new_files) {
@@ -176,89 +217,115 @@ pub(super) fn compile(
             .ok()
             .filter(|v| !v.is_empty())
             .map(|v| Secret::new(v.into_bytes())),
-    };
+    }
+}
 
+/// A YAML side file (clients or users), parsed; `Ok(None)` when it is
+/// missing and that is allowed.
+fn side_file<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    what: &str,
+    missing_ok: bool,
+    extra: &mut Vec<ConfigError>,
+) -> Option<(T, String)> {
+    match std::fs::read_to_string(path) {
+        Ok(src) => match serde_yaml::from_str::<T>(&src) {
+            Ok(file) => Some((file, src)),
+            Err(e) => {
+                extra.push(from_yaml(path, &e));
+                None
+            }
+        },
+        Err(e) if missing_ok && e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            extra.push(ConfigError {
+                file: path.to_path_buf(),
+                position: None,
+                message: format!("cannot read the {what} file: {e}"),
+            });
+            None
+        }
+    }
+}
+
+type Clients = HashMap<String, Arc<Client>>;
+type Users = HashMap<String, Arc<User>>;
+
+/// Clients from the config, then from the clients file (whose relative
+/// paths are its own folder's).
+fn clients(
+    raw: &RawAuthServer,
+    names: (&str, &str),
+    resolve: &dyn Fn(&str) -> PathBuf,
+    c: &mut Collector<'_>,
+    extra: &mut Vec<ConfigError>,
+    warnings: &mut Vec<ConfigError>,
+) -> (Clients, Option<PathBuf>) {
     let mut clients = HashMap::new();
     for (i, rc) in raw.clients.iter().enumerate() {
         let p = format!("authorization_server.clients[{i}]");
-        compile_client(
-            rc,
-            false,
-            (issuer, default_audience),
-            &resolve,
-            &p,
-            c,
-            &mut clients,
-            &mut warnings,
-        );
+        compile_client(rc, false, names, resolve, &p, c, &mut clients, warnings);
     }
-    let clients_file = raw.clients_file.as_deref().map(&resolve);
-    if let Some(path) = &clients_file {
-        match std::fs::read_to_string(path) {
-            Ok(src) => match serde_yaml::from_str::<ClientsFile>(&src) {
-                Ok(file) => {
-                    let mut fc = Collector::new(path, &src);
-                    let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-                    let resolve_here = |f: &str| dir.join(f);
-                    for (i, rc) in file.clients.iter().enumerate() {
-                        compile_client(
-                            rc,
-                            true,
-                            (issuer, default_audience),
-                            &resolve_here,
-                            &format!("clients[{i}]"),
-                            &mut fc,
-                            &mut clients,
-                            &mut warnings,
-                        );
-                    }
-                    extra.append(&mut fc.errors);
-                }
-                Err(e) => extra.push(from_yaml(path, &e)),
-            },
-            // A missing clients file is an empty registry; `valet client add` creates it.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => extra.push(ConfigError {
-                file: path.clone(),
-                position: None,
-                message: format!("cannot read the clients file: {e}"),
-            }),
+    let clients_file = raw.clients_file.as_deref().map(resolve);
+    // A missing clients file is an empty registry; `valet client add` creates it.
+    let file = clients_file.as_deref().and_then(|path| {
+        Some((
+            path,
+            side_file::<ClientsFile>(path, "clients", true, extra)?,
+        ))
+    });
+    if let Some((path, (file, src))) = file {
+        let mut fc = Collector::new(path, &src);
+        let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let resolve_here = |f: &str| dir.join(f);
+        for (i, rc) in file.clients.iter().enumerate() {
+            let p = format!("clients[{i}]");
+            compile_client(
+                rc,
+                true,
+                names,
+                &resolve_here,
+                &p,
+                &mut fc,
+                &mut clients,
+                warnings,
+            );
         }
+        extra.append(&mut fc.errors);
     }
+    (clients, clients_file)
+}
 
+/// Password-grant users from the config, then from the users file.
+fn users(
+    raw: &RawAuthServer,
+    resolve: &dyn Fn(&str) -> PathBuf,
+    c: &mut Collector<'_>,
+    extra: &mut Vec<ConfigError>,
+) -> (Users, Option<PathBuf>) {
     let mut users = HashMap::new();
     for (i, u) in raw.users.iter().enumerate() {
-        compile_user(
-            u,
-            &format!("authorization_server.users[{i}]"),
-            c,
-            &mut users,
-        );
+        let p = format!("authorization_server.users[{i}]");
+        compile_user(u, &p, c, &mut users);
     }
-    let users_file = raw.users_file.as_deref().map(&resolve);
-    if let Some(path) = &users_file {
-        match std::fs::read_to_string(path) {
-            Ok(src) => match serde_yaml::from_str::<UsersFile>(&src) {
-                Ok(file) => {
-                    let mut fc = Collector::new(path, &src);
-                    for (i, u) in file.users.iter().enumerate() {
-                        compile_user(u, &format!("users[{i}]"), &mut fc, &mut users);
-                    }
-                    extra.append(&mut fc.errors);
-                }
-                Err(e) => extra.push(from_yaml(path, &e)),
-            },
-            Err(e) => extra.push(ConfigError {
-                file: path.clone(),
-                position: None,
-                message: format!("cannot read the users file: {e}"),
-            }),
+    let users_file = raw.users_file.as_deref().map(resolve);
+    let file = users_file
+        .as_deref()
+        .and_then(|path| Some((path, side_file::<UsersFile>(path, "users", false, extra)?)));
+    if let Some((path, (file, src))) = file {
+        let mut fc = Collector::new(path, &src);
+        for (i, u) in file.users.iter().enumerate() {
+            compile_user(u, &format!("users[{i}]"), &mut fc, &mut users);
         }
+        extra.append(&mut fc.errors);
     }
+    (users, users_file)
+}
 
-    // Subject namespaces: an issuer's prefix is its own. No prefix may start
-    // another (their namespaces would overlap), and no login or operator may
-    // live inside one.
+/// Subject namespaces: an issuer's prefix is its own. No prefix may start
+/// another (their namespaces would overlap), and no login or operator may
+/// live inside one. Returns the prefixes, sorted.
+fn subject_namespaces(clients: &Clients, users: &Users, c: &mut Collector<'_>) -> Vec<String> {
     let mut subject_prefixes: Vec<String> = clients
         .values()
         .flat_map(|cl| {
@@ -301,8 +368,12 @@ pub(super) fn compile(
             );
         }
     }
+    subject_prefixes
+}
 
-    // A service identity must never be a person's login.
+/// A service identity is never a person's login, and HMAC secret hashes
+/// need a pepper.
+fn check_identities(clients: &Clients, users: &Users, has_pepper: bool, c: &mut Collector<'_>) {
     for cl in clients.values() {
         if let Some(op) = &cl.operator {
             if users.contains_key(op) {
@@ -312,82 +383,57 @@ pub(super) fn compile(
                 );
             }
         }
-        if matches!(cl.secret, SecretHash::HmacSha256(_)) && pepper.is_none() {
+        if matches!(cl.secret, SecretHash::HmacSha256(_)) && !has_pepper {
             c.at(
                 "authorization_server",
                 format!("client `{}` has an hmac-sha256 secret hash, which needs a pepper: set secret_pepper_file or {PEPPER_ENV}", cl.id),
             );
         }
     }
-    let dummy_client = if clients.values().any(|c| c.secret.is_argon2()) {
-        Some(dummy_argon2())
-    } else {
-        Some(SecretHash::HmacSha256([0u8; 32]))
-    };
-    let dummy_user = (!users.is_empty()).then(dummy_argon2);
+}
 
+/// The throttle's allowances, the hash queue's limits, and how long a
+/// verified secret is remembered.
+fn limits(raw: &RawAuthServer, c: &mut Collector<'_>) -> (Allowances, QueueLimits, Duration) {
     let d = |v: Option<super::units::ConfigDuration>, def: Duration| v.map_or(def, |v| v.0);
-    AuthServerConfig {
-        registry: Registry {
-            clients,
-            users,
-            pepper,
-            subject_prefixes,
-            dummy_client,
-            dummy_user,
-        },
-        clients_file,
-        users_file,
-        paths,
-        refresh_grace: d(raw.refresh_grace, DEFAULT_REFRESH_GRACE),
-        allowances: {
-            let window = d(raw.failed_auth_window, DEFAULT_FAILED_AUTH_WINDOW);
-            let max = raw.max_failed_auth.unwrap_or(DEFAULT_MAX_FAILED_AUTH);
-            let per_source = raw
-                .max_failed_auth_per_source
-                .unwrap_or(DEFAULT_MAX_FAILED_AUTH_PER_SOURCE);
-            if max == 0 || per_source == 0 || window.is_zero() || window > MAX_SETTING_DURATION {
-                c.at(
-                    "authorization_server.max_failed_auth",
-                    "max_failed_auth, max_failed_auth_per_source and failed_auth_window must be positive (the window at most 1d)",
-                );
-            }
-            let a = |burst| Allowance { burst, window };
-            Allowances {
-                per_client_source: a(max),
-                per_source: a(per_source),
-                per_username: a(max),
-            }
-        },
-        hash_queue: {
-            let q = QueueLimits {
-                capacity: raw.password_hash_queue.unwrap_or(DEFAULT_HASH_QUEUE),
-                per_source: raw
-                    .password_hash_queue_per_source
-                    .unwrap_or(DEFAULT_HASH_QUEUE_PER_SOURCE),
-                wait: d(raw.password_hash_wait, DEFAULT_HASH_WAIT),
-            };
-            if q.capacity == 0 || q.per_source == 0 || q.wait.is_zero() || q.wait > MAX_HASH_WAIT {
-                c.at(
-                    "authorization_server.password_hash_queue",
-                    "password_hash_queue, password_hash_queue_per_source and password_hash_wait must be positive (the wait at most 1m)",
-                );
-            }
-            q
-        },
-        hash_workers: raw.password_hash_workers.unwrap_or(0),
-        verified_secret_ttl: {
-            let ttl = d(raw.verified_secret_ttl, DEFAULT_VERIFIED_SECRET_TTL);
-            if ttl > MAX_SETTING_DURATION {
-                c.at(
-                    "authorization_server.verified_secret_ttl",
-                    "verified_secret_ttl must be at most 1d",
-                );
-            }
-            ttl
-        },
-        warnings,
+    let window = d(raw.failed_auth_window, DEFAULT_FAILED_AUTH_WINDOW);
+    let max = raw.max_failed_auth.unwrap_or(DEFAULT_MAX_FAILED_AUTH);
+    let per_source = raw
+        .max_failed_auth_per_source
+        .unwrap_or(DEFAULT_MAX_FAILED_AUTH_PER_SOURCE);
+    if max == 0 || per_source == 0 || window.is_zero() || window > MAX_SETTING_DURATION {
+        c.at(
+            "authorization_server.max_failed_auth",
+            "max_failed_auth, max_failed_auth_per_source and failed_auth_window must be positive (the window at most 1d)",
+        );
     }
+    let a = |burst| Allowance { burst, window };
+    let allowances = Allowances {
+        per_client_source: a(max),
+        per_source: a(per_source),
+        per_username: a(max),
+    };
+    let q = QueueLimits {
+        capacity: raw.password_hash_queue.unwrap_or(DEFAULT_HASH_QUEUE),
+        per_source: raw
+            .password_hash_queue_per_source
+            .unwrap_or(DEFAULT_HASH_QUEUE_PER_SOURCE),
+        wait: d(raw.password_hash_wait, DEFAULT_HASH_WAIT),
+    };
+    if q.capacity == 0 || q.per_source == 0 || q.wait.is_zero() || q.wait > MAX_HASH_WAIT {
+        c.at(
+            "authorization_server.password_hash_queue",
+            "password_hash_queue, password_hash_queue_per_source and password_hash_wait must be positive (the wait at most 1m)",
+        );
+    }
+    let ttl = d(raw.verified_secret_ttl, DEFAULT_VERIFIED_SECRET_TTL);
+    if ttl > MAX_SETTING_DURATION {
+        c.at(
+            "authorization_server.verified_secret_ttl",
+            "verified_secret_ttl must be at most 1d",
+        );
+    }
+    (allowances, q, ttl)
 }
 
 /// An argon2id hash of nothing in particular, made once per process (argon2
@@ -455,13 +501,67 @@ fn compile_client(
             format!("client_id `{}` is defined twice", rc.client_id),
         );
     }
-    let secret = match SecretHash::parse(&rc.secret_hash) {
-        Ok(h) => Some(h),
-        Err(e) => {
-            c.at(&format!("{p}.secret_hash"), e);
-            None
-        }
-    };
+    let secret = SecretHash::parse(&rc.secret_hash)
+        .map_err(|e| c.at(&format!("{p}.secret_hash"), e))
+        .ok();
+    let grants = client_grants(rc, p, c, warnings);
+    let default_scopes = client_scopes(rc, p, c);
+    let jwt_bearer = grant_section(
+        rc.jwt_bearer.as_ref(),
+        grants.contains(&Grant::JwtBearer),
+        (&format!("{p}.jwt_bearer"), crate::credentials::JWT_BEARER),
+        "the JWT bearer grant needs jwt_bearer.issuers",
+        c,
+        |j, at, c| compile_jwt_bearer(j, resolve, at, c),
+    );
+    let saml2_bearer = grant_section(
+        rc.saml2_bearer.as_ref(),
+        grants.contains(&Grant::Saml2Bearer),
+        (
+            &format!("{p}.saml2_bearer"),
+            crate::credentials::SAML2_BEARER,
+        ),
+        "the SAML bearer grant needs saml2_bearer (the IdP's entity id and certificate)",
+        c,
+        |sb, at, c| compile_saml(sb, issuer, resolve, at, c),
+    );
+    let Some(secret) = secret else { return };
+    let ttl = |v: Option<super::units::ConfigDuration>, def: Duration| v.map_or(def, |d| d.0);
+    clients.insert(
+        rc.client_id.clone(),
+        Arc::new(Client {
+            id: rc.client_id.clone(),
+            secret,
+            grants,
+            operator: rc.operator.clone(),
+            scopes: rc.scopes.clone(),
+            default_scopes,
+            audience: rc
+                .audience
+                .clone()
+                .unwrap_or_else(|| default_audience.to_string()),
+            access_ttl: ttl(rc.access_token_ttl, DEFAULT_CLIENT_ACCESS_TTL),
+            refresh_ttl: ttl(rc.refresh_token_ttl, DEFAULT_CLIENT_REFRESH_TTL),
+            family_max_lifetime: ttl(
+                rc.refresh_token_max_lifetime,
+                DEFAULT_REFRESH_TOKEN_MAX_LIFETIME,
+            ),
+            use_refresh_token: rc.use_refresh_token,
+            introspect_any: rc.introspect_any,
+            jwt_bearer,
+            saml2_bearer,
+            managed,
+        }),
+    );
+}
+
+/// A client's grants, and the settings they require or rule out.
+fn client_grants(
+    rc: &RawClient,
+    p: &str,
+    c: &mut Collector<'_>,
+    warnings: &mut Vec<ConfigError>,
+) -> Vec<Grant> {
     let mut grants = Vec::new();
     for g in &rc.grant_types {
         match Grant::parse(g) {
@@ -502,6 +602,17 @@ fn compile_client(
             ),
         });
     }
+    if rc.use_refresh_token && !grants.contains(&Grant::Password) {
+        c.at(
+            &format!("{p}.use_refresh_token"),
+            "refresh tokens are issued by the password grant only (client credentials never gets one)",
+        );
+    }
+    grants
+}
+
+/// A client's scopes checked; returns its default scopes.
+fn client_scopes(rc: &RawClient, p: &str, c: &mut Collector<'_>) -> Vec<String> {
     let default_scopes = rc
         .default_scopes
         .clone()
@@ -522,84 +633,33 @@ fn compile_client(
             );
         }
     }
-    if rc.use_refresh_token && !grants.contains(&Grant::Password) {
-        c.at(
-            &format!("{p}.use_refresh_token"),
-            "refresh tokens are issued by the password grant only (client credentials never gets one)",
-        );
+    default_scopes
+}
+
+/// A grant's own section (`jwt_bearer`, `saml2_bearer`): compiled when the
+/// grant is listed, required by it, refused without it. `at` is the
+/// section's key and the grant's name.
+fn grant_section<R, T>(
+    raw: Option<&R>,
+    listed: bool,
+    (at, grant): (&str, &str),
+    needed: &str,
+    c: &mut Collector<'_>,
+    compile: impl FnOnce(&R, &str, &mut Collector<'_>) -> Option<T>,
+) -> Option<T> {
+    match (raw, listed) {
+        (Some(r), true) => compile(r, at, c),
+        (None, true) => {
+            c.at(at, needed);
+            None
+        }
+        (Some(_), false) => {
+            let key = at.rsplit('.').next().unwrap_or(at);
+            c.at(at, format!("{key} is set but grant_types lacks {grant}"));
+            None
+        }
+        (None, false) => None,
     }
-    let jwt_bearer = match (&rc.jwt_bearer, grants.contains(&Grant::JwtBearer)) {
-        (Some(j), true) => compile_jwt_bearer(j, resolve, &format!("{p}.jwt_bearer"), c),
-        (None, true) => {
-            c.at(
-                &format!("{p}.jwt_bearer"),
-                "the JWT bearer grant needs jwt_bearer.issuers",
-            );
-            None
-        }
-        (Some(_), false) => {
-            c.at(
-                &format!("{p}.jwt_bearer"),
-                format!(
-                    "jwt_bearer is set but grant_types lacks {}",
-                    crate::credentials::JWT_BEARER
-                ),
-            );
-            None
-        }
-        (None, false) => None,
-    };
-    let saml2_bearer = match (&rc.saml2_bearer, grants.contains(&Grant::Saml2Bearer)) {
-        (Some(sb), true) => compile_saml(sb, issuer, resolve, &format!("{p}.saml2_bearer"), c),
-        (None, true) => {
-            c.at(
-                &format!("{p}.saml2_bearer"),
-                "the SAML bearer grant needs saml2_bearer (the IdP's entity id and certificate)",
-            );
-            None
-        }
-        (Some(_), false) => {
-            c.at(
-                &format!("{p}.saml2_bearer"),
-                format!(
-                    "saml2_bearer is set but grant_types lacks {}",
-                    crate::credentials::SAML2_BEARER
-                ),
-            );
-            None
-        }
-        (None, false) => None,
-    };
-    let Some(secret) = secret else { return };
-    clients.insert(
-        rc.client_id.clone(),
-        Arc::new(Client {
-            id: rc.client_id.clone(),
-            secret,
-            grants,
-            operator: rc.operator.clone(),
-            scopes: rc.scopes.clone(),
-            default_scopes,
-            audience: rc
-                .audience
-                .clone()
-                .unwrap_or_else(|| default_audience.to_string()),
-            access_ttl: rc
-                .access_token_ttl
-                .map_or(DEFAULT_CLIENT_ACCESS_TTL, |d| d.0),
-            refresh_ttl: rc
-                .refresh_token_ttl
-                .map_or(DEFAULT_CLIENT_REFRESH_TTL, |d| d.0),
-            family_max_lifetime: rc
-                .refresh_token_max_lifetime
-                .map_or(DEFAULT_REFRESH_TOKEN_MAX_LIFETIME, |d| d.0),
-            use_refresh_token: rc.use_refresh_token,
-            introspect_any: rc.introspect_any,
-            jwt_bearer,
-            saml2_bearer,
-            managed,
-        }),
-    );
 }
 
 use crate::tokens::keys::parse_algorithm as parse_alg;

@@ -309,7 +309,6 @@ fn compile(
             a,
             &tokens.issuer,
             tokens.audiences.first().map_or("", String::as_str),
-            base,
             |p| resolve(base, p),
             c,
             extra,
@@ -561,107 +560,12 @@ fn compile_routes(raw: &[RawRoute], limits: &Limits, c: &mut Collector<'_>) -> V
                 format!("route name `{}` is used twice", r.name),
             );
         }
-        if !r.matcher.path_prefix.starts_with('/') {
-            c.at(
-                &format!("{p}.match.path_prefix"),
-                format!(
-                    "path_prefix `{}` must start with `/`",
-                    r.matcher.path_prefix
-                ),
-            );
-        }
-        if r.matcher.path_prefix.contains(['?', '#']) {
-            c.at(
-                &format!("{p}.match.path_prefix"),
-                "path_prefix cannot contain `?` or `#`",
-            );
-        } else if r.matcher.path_prefix.starts_with('/') {
-            // Requests are routed on their canonical form; a prefix in
-            // another spelling would never match.
-            match crate::request_target::canonical_path(&r.matcher.path_prefix, &Default::default())
-            {
-                Ok(canon) if canon != r.matcher.path_prefix => c.at(
-                    &format!("{p}.match.path_prefix"),
-                    format!(
-                        "path_prefix `{}` is not in canonical form; write `{canon}`",
-                        r.matcher.path_prefix
-                    ),
-                ),
-                Ok(_) => {}
-                Err(e) => c.at(
-                    &format!("{p}.match.path_prefix"),
-                    format!("path_prefix `{}`: {e}", r.matcher.path_prefix),
-                ),
-            }
-        }
-        let host = r.matcher.host.as_ref().and_then(|h| {
-            match crate::request_target::parse_host(h.as_bytes()) {
-                Ok(a) if a.port_u16().is_none() && !a.as_str().ends_with(':') => {
-                    Some(crate::request_target::host_name(&a).to_ascii_lowercase())
-                }
-                _ => {
-                    c.at(
-                        &format!("{p}.match.host"),
-                        format!("`{h}` is not a host name or IP (without a port)"),
-                    );
-                    None
-                }
-            }
-        });
-        let mut strip_request_headers = Vec::new();
-        for (j, h) in r.strip_request_headers.iter().enumerate() {
-            match HeaderName::from_bytes(h.as_bytes()) {
-                Ok(n) => strip_request_headers.push(n),
-                Err(_) => c.at(
-                    &format!("{p}.strip_request_headers[{j}]"),
-                    format!("`{h}` is not a valid header name"),
-                ),
-            }
-        }
+        route_prefix(r, &p, c);
+        let host = route_host(r, &p, c);
+        let strip_request_headers = route_strip_headers(r, &p, c);
         let upstream = compile_upstream(c, &format!("{p}.upstream"), &r.upstream);
-        let mut inject = InjectIdentity {
-            subject: true,
-            client_id: true,
-            scopes: true,
-        };
-        if let Some(list) = &r.inject_identity {
-            inject = InjectIdentity {
-                subject: false,
-                client_id: false,
-                scopes: false,
-            };
-            for v in list {
-                match v.as_str() {
-                    "subject" => inject.subject = true,
-                    "client_id" => inject.client_id = true,
-                    "scopes" => inject.scopes = true,
-                    other => c.at(
-                        &format!("{p}.inject_identity"),
-                        format!("unknown identity `{other}`; use subject, client_id or scopes"),
-                    ),
-                }
-            }
-        }
-        for s in &r.auth.scopes {
-            if s.is_empty() || s.contains(' ') {
-                c.at(
-                    &format!("{p}.auth.scopes"),
-                    format!("scope `{s}` is empty or contains a space"),
-                );
-            }
-        }
-        if !r.auth.required && !r.auth.scopes.is_empty() {
-            c.at(
-                &format!("{p}.auth"),
-                "scopes are listed but auth.required is false; scopes can only be checked on a token",
-            );
-        }
-        if !r.auth.required && r.forward_authorization {
-            c.at(
-                &format!("{p}.forward_authorization"),
-                "forward_authorization needs auth.required: true",
-            );
-        }
+        let inject = route_inject(r, &p, c);
+        route_auth(r, &p, c);
         if let Some(up) = upstream {
             routes.push(RouteConfig {
                 name: r.name.clone(),
@@ -688,6 +592,129 @@ fn compile_routes(raw: &[RawRoute], limits: &Limits, c: &mut Collector<'_>) -> V
         }
     }
     routes
+}
+
+/// A route's path prefix: absolute, and in the canonical form requests are
+/// routed on (a prefix in another spelling would never match).
+fn route_prefix(r: &RawRoute, p: &str, c: &mut Collector<'_>) {
+    if !r.matcher.path_prefix.starts_with('/') {
+        c.at(
+            &format!("{p}.match.path_prefix"),
+            format!(
+                "path_prefix `{}` must start with `/`",
+                r.matcher.path_prefix
+            ),
+        );
+    }
+    if r.matcher.path_prefix.contains(['?', '#']) {
+        c.at(
+            &format!("{p}.match.path_prefix"),
+            "path_prefix cannot contain `?` or `#`",
+        );
+    } else if r.matcher.path_prefix.starts_with('/') {
+        // Requests are routed on their canonical form; a prefix in
+        // another spelling would never match.
+        match crate::request_target::canonical_path(&r.matcher.path_prefix, &Default::default()) {
+            Ok(canon) if canon != r.matcher.path_prefix => c.at(
+                &format!("{p}.match.path_prefix"),
+                format!(
+                    "path_prefix `{}` is not in canonical form; write `{canon}`",
+                    r.matcher.path_prefix
+                ),
+            ),
+            Ok(_) => {}
+            Err(e) => c.at(
+                &format!("{p}.match.path_prefix"),
+                format!("path_prefix `{}`: {e}", r.matcher.path_prefix),
+            ),
+        }
+    }
+}
+
+/// A route's host: a name or IP without a port, lower-cased.
+fn route_host(r: &RawRoute, p: &str, c: &mut Collector<'_>) -> Option<String> {
+    r.matcher
+        .host
+        .as_ref()
+        .and_then(|h| match crate::request_target::parse_host(h.as_bytes()) {
+            Ok(a) if a.port_u16().is_none() && !a.as_str().ends_with(':') => {
+                Some(crate::request_target::host_name(&a).to_ascii_lowercase())
+            }
+            _ => {
+                c.at(
+                    &format!("{p}.match.host"),
+                    format!("`{h}` is not a host name or IP (without a port)"),
+                );
+                None
+            }
+        })
+}
+
+/// Caller headers a route removes beyond valet's own list.
+fn route_strip_headers(r: &RawRoute, p: &str, c: &mut Collector<'_>) -> Vec<HeaderName> {
+    let mut strip_request_headers = Vec::new();
+    for (j, h) in r.strip_request_headers.iter().enumerate() {
+        match HeaderName::from_bytes(h.as_bytes()) {
+            Ok(n) => strip_request_headers.push(n),
+            Err(_) => c.at(
+                &format!("{p}.strip_request_headers[{j}]"),
+                format!("`{h}` is not a valid header name"),
+            ),
+        }
+    }
+    strip_request_headers
+}
+
+/// Which identity headers a route injects (all three unless listed).
+fn route_inject(r: &RawRoute, p: &str, c: &mut Collector<'_>) -> InjectIdentity {
+    let mut inject = InjectIdentity {
+        subject: true,
+        client_id: true,
+        scopes: true,
+    };
+    if let Some(list) = &r.inject_identity {
+        inject = InjectIdentity {
+            subject: false,
+            client_id: false,
+            scopes: false,
+        };
+        for v in list {
+            match v.as_str() {
+                "subject" => inject.subject = true,
+                "client_id" => inject.client_id = true,
+                "scopes" => inject.scopes = true,
+                other => c.at(
+                    &format!("{p}.inject_identity"),
+                    format!("unknown identity `{other}`; use subject, client_id or scopes"),
+                ),
+            }
+        }
+    }
+    inject
+}
+
+/// A route's scopes, and the settings that need a token.
+fn route_auth(r: &RawRoute, p: &str, c: &mut Collector<'_>) {
+    for s in &r.auth.scopes {
+        if s.is_empty() || s.contains(' ') {
+            c.at(
+                &format!("{p}.auth.scopes"),
+                format!("scope `{s}` is empty or contains a space"),
+            );
+        }
+    }
+    if !r.auth.required && !r.auth.scopes.is_empty() {
+        c.at(
+            &format!("{p}.auth"),
+            "scopes are listed but auth.required is false; scopes can only be checked on a token",
+        );
+    }
+    if !r.auth.required && r.forward_authorization {
+        c.at(
+            &format!("{p}.forward_authorization"),
+            "forward_authorization needs auth.required: true",
+        );
+    }
 }
 
 /// `forwarding.trusted_proxies`: the networks whose forwarding headers are believed.
@@ -863,6 +890,40 @@ fn compile_limits(l: &RawLimits, c: &mut Collector<'_>) -> Limits {
     limits
 }
 
+/// Which loaded key signs: the one named, or the only one with a private key.
+fn signing_key(t: &RawTokens, loaded: &[Arc<LoadedKey>], c: &mut Collector<'_>) -> Option<usize> {
+    match &t.signing_key {
+        Some(id) => match loaded.iter().position(|k| &k.id == id) {
+            Some(i) if loaded[i].encoding.is_some() => Some(i),
+            Some(_) => {
+                c.at(
+                    "tokens.signing_key",
+                    format!("key `{id}` has no private key, so it cannot sign"),
+                );
+                None
+            }
+            None => {
+                if t.keys.iter().all(|k| &k.id != id) {
+                    c.at("tokens.signing_key", format!("no key has id `{id}`"));
+                }
+                None
+            }
+        },
+        None => {
+            let private: Vec<usize> = (0..loaded.len())
+                .filter(|&i| loaded[i].encoding.is_some())
+                .collect();
+            if private.len() > 1 {
+                c.at(
+                    "tokens.signing_key",
+                    "several keys have a private key; say which one signs with tokens.signing_key",
+                );
+            }
+            private.first().copied()
+        }
+    }
+}
+
 fn compile_tokens(t: &RawTokens, base: &Path, c: &mut Collector<'_>) -> TokenConfig {
     if t.issuer.trim().is_empty() {
         c.at("tokens.issuer", "issuer cannot be empty");
@@ -908,36 +969,7 @@ fn compile_tokens(t: &RawTokens, base: &Path, c: &mut Collector<'_>) -> TokenCon
             Err(e) => c.at(&p, e.to_string()),
         }
     }
-    let signing_key = match &t.signing_key {
-        Some(id) => match loaded.iter().position(|k| &k.id == id) {
-            Some(i) if loaded[i].encoding.is_some() => Some(i),
-            Some(_) => {
-                c.at(
-                    "tokens.signing_key",
-                    format!("key `{id}` has no private key, so it cannot sign"),
-                );
-                None
-            }
-            None => {
-                if t.keys.iter().all(|k| &k.id != id) {
-                    c.at("tokens.signing_key", format!("no key has id `{id}`"));
-                }
-                None
-            }
-        },
-        None => {
-            let private: Vec<usize> = (0..loaded.len())
-                .filter(|&i| loaded[i].encoding.is_some())
-                .collect();
-            if private.len() > 1 {
-                c.at(
-                    "tokens.signing_key",
-                    "several keys have a private key; say which one signs with tokens.signing_key",
-                );
-            }
-            private.first().copied()
-        }
-    };
+    let signing_key = signing_key(t, &loaded, c);
     let cache_entries = t.cache_entries.unwrap_or(DEFAULT_TOKEN_CACHE_ENTRIES);
     let access_token_ttl = t.access_token_ttl.map_or(DEFAULT_ACCESS_TOKEN_TTL, |d| d.0);
     if access_token_ttl.is_zero() {

@@ -227,6 +227,50 @@ fn provider(
             SignatureMethod::HmacSha1
         }),
     };
+    let start_url = provider_urls(p, at, prefix, method, c);
+    let consumer = consumer(p, at, method, resolve, c);
+    let shared_token = shared_token(p, at, resolve, c);
+    let tls = match tls_config(p.ca_file.as_deref().map(resolve).as_deref()) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            c.at(&format!("{at}.ca_file"), e);
+            None
+        }
+    };
+    let timeout = p.timeout.map_or(DEFAULT_PROVIDER_TIMEOUT, |d| d.0);
+    if timeout.is_zero() {
+        c.at(
+            &format!("{at}.timeout"),
+            "timeout must be greater than zero",
+        );
+    }
+    if c.errors.len() != errors_before {
+        return None;
+    }
+    Some(Provider {
+        name: p.name.clone(),
+        request_token_url: p.request_token_url.clone(),
+        authorize_url: p.authorize_url.clone(),
+        access_token_url: p.access_token_url.clone(),
+        consumer: consumer?,
+        callback_url: p.callback_url.clone(),
+        return_urls: p.return_urls.clone(),
+        tls: tls?,
+        timeout,
+        shared_token,
+        start_url,
+    })
+}
+
+/// The provider's endpoints, valet's callback and the return URLs; returns
+/// valet's URL that starts the flow.
+fn provider_urls(
+    p: &RawProvider,
+    at: &str,
+    prefix: &str,
+    method: SignatureMethod,
+    c: &mut Collector<'_>,
+) -> String {
     for (key, url) in [
         ("request_token_url", &p.request_token_url),
         ("authorize_url", &p.authorize_url),
@@ -283,6 +327,17 @@ fn provider(
             );
         }
     }
+    start_url
+}
+
+/// The consumer's key, realm, and its secret or RSA key (one, by method).
+fn consumer(
+    p: &RawProvider,
+    at: &str,
+    method: SignatureMethod,
+    resolve: &impl Fn(&str) -> PathBuf,
+    c: &mut Collector<'_>,
+) -> Option<Consumer> {
     if let Some(r) = &p.realm {
         if !r.bytes().all(|b| (0x20..0x7f).contains(&b)) {
             c.at(
@@ -298,36 +353,7 @@ fn provider(
         );
     }
     let rsa = method == SignatureMethod::RsaSha1;
-    let rsa_key = match (&p.private_key_file, rsa) {
-        (Some(f), true) => {
-            let path = resolve(f);
-            match std::fs::read(&path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))
-                .and_then(|pem| crate::oauth1_signature::rsa_sha1::RsaSha1Key::from_pem(&pem))
-            {
-                Ok(k) => Some(Arc::new(k)),
-                Err(e) => {
-                    c.at(&format!("{at}.private_key_file"), e);
-                    None
-                }
-            }
-        }
-        (None, true) => {
-            c.at(
-                at,
-                "RSA-SHA1 signs with the consumer's RSA private key: set private_key_file",
-            );
-            None
-        }
-        (Some(_), false) => {
-            c.at(
-                &format!("{at}.private_key_file"),
-                "private_key_file is for signature_method: RSA-SHA1 only",
-            );
-            None
-        }
-        (None, false) => None,
-    };
+    let rsa_key = rsa_key(p, at, rsa, resolve, c);
     let consumer_secret = match &p.consumer_secret_file {
         Some(_) if rsa => {
             c.at(
@@ -359,7 +385,63 @@ fn provider(
             None
         }
     };
-    let shared_token = match (&p.access_token, &p.access_token_secret_file) {
+    Some(Consumer {
+        key: p.consumer_key.clone(),
+        secret: consumer_secret?,
+        method,
+        rsa_key,
+        realm: p.realm.clone(),
+    })
+}
+
+/// The consumer's RSA private key: required for RSA-SHA1, refused otherwise.
+fn rsa_key(
+    p: &RawProvider,
+    at: &str,
+    rsa: bool,
+    resolve: &impl Fn(&str) -> PathBuf,
+    c: &mut Collector<'_>,
+) -> Option<Arc<crate::oauth1_signature::rsa_sha1::RsaSha1Key>> {
+    match (&p.private_key_file, rsa) {
+        (Some(f), true) => {
+            let path = resolve(f);
+            match std::fs::read(&path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                .and_then(|pem| crate::oauth1_signature::rsa_sha1::RsaSha1Key::from_pem(&pem))
+            {
+                Ok(k) => Some(Arc::new(k)),
+                Err(e) => {
+                    c.at(&format!("{at}.private_key_file"), e);
+                    None
+                }
+            }
+        }
+        (None, true) => {
+            c.at(
+                at,
+                "RSA-SHA1 signs with the consumer's RSA private key: set private_key_file",
+            );
+            None
+        }
+        (Some(_), false) => {
+            c.at(
+                &format!("{at}.private_key_file"),
+                "private_key_file is for signature_method: RSA-SHA1 only",
+            );
+            None
+        }
+        (None, false) => None,
+    }
+}
+
+/// A token obtained elsewhere, used for every subject.
+fn shared_token(
+    p: &RawProvider,
+    at: &str,
+    resolve: &impl Fn(&str) -> PathBuf,
+    c: &mut Collector<'_>,
+) -> Option<Arc<Credentials>> {
+    match (&p.access_token, &p.access_token_secret_file) {
         (None, None) => None,
         (Some(t), Some(f)) => match read_secret(&resolve(f), "access token secret") {
             Ok(secret) => Some(Arc::new(Credentials {
@@ -378,41 +460,5 @@ fn provider(
             );
             None
         }
-    };
-    let tls = match tls_config(p.ca_file.as_deref().map(resolve).as_deref()) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            c.at(&format!("{at}.ca_file"), e);
-            None
-        }
-    };
-    let timeout = p.timeout.map_or(DEFAULT_PROVIDER_TIMEOUT, |d| d.0);
-    if timeout.is_zero() {
-        c.at(
-            &format!("{at}.timeout"),
-            "timeout must be greater than zero",
-        );
     }
-    if c.errors.len() != errors_before {
-        return None;
-    }
-    Some(Provider {
-        name: p.name.clone(),
-        request_token_url: p.request_token_url.clone(),
-        authorize_url: p.authorize_url.clone(),
-        access_token_url: p.access_token_url.clone(),
-        consumer: Consumer {
-            key: p.consumer_key.clone(),
-            secret: consumer_secret?,
-            method,
-            rsa_key,
-            realm: p.realm.clone(),
-        },
-        callback_url: p.callback_url.clone(),
-        return_urls: p.return_urls.clone(),
-        tls: tls?,
-        timeout,
-        shared_token,
-        start_url,
-    })
 }
