@@ -97,8 +97,59 @@ impl MinRate {
     }
 }
 
+/// A request body as the handlers take it: from a client connection, or,
+/// for in-process callers (the test tier that drives the pipeline without
+/// sockets), whole. One concrete type, so the upstream clients keep theirs.
+#[derive(Debug)]
+pub enum RequestBody {
+    Wire(Incoming),
+    Whole(Option<Bytes>),
+}
+
+impl RequestBody {
+    pub fn whole(data: impl Into<Bytes>) -> Self {
+        let data = data.into();
+        RequestBody::Whole((!data.is_empty()).then_some(data))
+    }
+}
+
+impl From<Incoming> for RequestBody {
+    fn from(b: Incoming) -> Self {
+        RequestBody::Wire(b)
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match &mut *self {
+            RequestBody::Wire(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Whole(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Wire(b) => b.is_end_stream(),
+            RequestBody::Whole(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Wire(b) => b.size_hint(),
+            RequestBody::Whole(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
 pub struct LimitedBody {
-    inner: Option<Incoming>,
+    inner: Option<RequestBody>,
     /// A body valet already read whole (to sign its form parameters).
     buffered: Option<Bytes>,
     remaining: u64,
@@ -111,7 +162,7 @@ pub struct LimitedBody {
 }
 
 impl LimitedBody {
-    pub fn new(inner: Incoming, limit: u64, rate: MinRate) -> (Self, BodyOutcome) {
+    pub fn new(inner: RequestBody, limit: u64, rate: MinRate) -> (Self, BodyOutcome) {
         let outcome = BodyOutcome::default();
         (
             LimitedBody {

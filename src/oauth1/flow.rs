@@ -15,13 +15,13 @@ use crate::app::oauth1_flows::Pending;
 use crate::app::oauth1_tokens::{Credentials, TokenStore};
 use crate::app::{App, Snapshot};
 use crate::bodies::json as json_response;
+use crate::bodies::RequestBody;
 use crate::bodies::ResponseBody;
 use crate::config::{OAuth1Config, Provider};
 use crate::credentials::Secret;
 use crate::refusal::{ProxyError, Refusal};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
@@ -74,7 +74,7 @@ pub async fn serve(
     snap: &Snapshot,
     o: &OAuth1Config,
     target: Result<(&Arc<Provider>, Action), ()>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     request_id: &HeaderValue,
     authenticated: &mut Option<Arc<crate::tokens::VerifiedToken>>,
 ) -> Response<ResponseBody> {
@@ -189,7 +189,7 @@ async fn authorize(
     o: &OAuth1Config,
     p: &Provider,
     subject: &str,
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
 ) -> Response<ResponseBody> {
     let fail = |reason: &str| app.metrics.oauth1_flow_failed(&p.name, reason);
     if p.shared_token.is_some() {
@@ -286,7 +286,7 @@ fn provider_failed(app: &App, p: &Provider, e: ProviderError) -> Response<Respon
 
 /// The value of the cookie `name` in the request (parsed by the `cookie`
 /// crate; a malformed pair is skipped, not an error).
-fn cookie<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+fn cookie<'a>(req: &'a Request<RequestBody>, name: &str) -> Option<&'a str> {
     req.headers()
         .get_all(header::COOKIE)
         .iter()
@@ -319,7 +319,7 @@ async fn callback(
     app: &Arc<App>,
     o: &OAuth1Config,
     p: &Provider,
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
 ) -> Response<ResponseBody> {
     let failed = |reason: &str, status: StatusCode, message: String| {
         app.metrics.oauth1_flow_failed(&p.name, reason);

@@ -10,13 +10,13 @@ use super::form::Form;
 use super::Call;
 use crate::app::throttle::Source;
 use crate::app::{App, Snapshot};
+use crate::bodies::RequestBody;
 use crate::bodies::ResponseBody;
 use crate::config::AuthServerConfig;
 use crate::revocation::{Change, RevokedFamily, RevokedToken};
 use crate::tokens::issue::{decode_own, Kind};
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -53,7 +53,7 @@ pub async fn serve(
     a: &AuthServerConfig,
     ep: Endpoint,
     peer: SocketAddr,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Response<ResponseBody> {
     match ep {
         Endpoint::Metadata => return metadata(snap, a),
@@ -115,7 +115,7 @@ pub async fn serve(
 
 /// POST, form body, nothing in the query: RFC 6749 §2.3.1 and §3.2.
 async fn read_form(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     rate: crate::bodies::MinRate,
 ) -> Result<(http::request::Parts, Form), OAuthError> {
     if req.method() != Method::POST {

@@ -20,6 +20,7 @@ pub mod router;
 pub mod upstream_oauth1;
 
 use crate::app::{App, Route, Snapshot};
+use crate::bodies::RequestBody;
 use crate::config::RequestPolicy;
 use crate::tokens::VerifiedToken;
 use body::{BodyError, LimitedBody, MinRate};
@@ -28,7 +29,6 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::Authority;
 use http::{Request, Response, Uri, Version};
 use http_body_util::Either;
-use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -53,7 +53,7 @@ pub async fn serve(
     snap: &Snapshot,
     policy: &RequestPolicy,
     peer: SocketAddr,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     routing: Option<String>,
     authority: Option<(Authority, HeaderValue)>,
     request_id: &HeaderValue,

@@ -6,12 +6,12 @@
 
 use crate::app::route_signer::RouteSigner;
 use crate::app::App;
+use crate::bodies::RequestBody;
 use crate::bodies::{BodyError, BodyOutcome, LimitedBody, MinRate};
 use crate::refusal::ProxyError;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 /// Sets `Authorization: OAuth ...` on the upstream request `parts` (whose
 /// URI is already the upstream's), returning the body to send.
@@ -20,7 +20,7 @@ pub async fn sign(
     s: &RouteSigner,
     subject: &str,
     parts: &mut Parts,
-    body: Incoming,
+    body: RequestBody,
     limit: u64,
     rate: MinRate,
 ) -> Result<(LimitedBody, BodyOutcome), ProxyError> {

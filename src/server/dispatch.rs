@@ -4,6 +4,7 @@
 //! the proxy. Each request is counted and logged here exactly once.
 
 use crate::app::{App, Snapshot};
+use crate::bodies::RequestBody;
 use crate::bodies::ResponseBody;
 use crate::config::{RequestPolicy, UnderscoreHeaders};
 use crate::proxy::{self, Seen};
@@ -11,7 +12,6 @@ use crate::refusal::ProxyError;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::Authority;
 use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -115,7 +115,7 @@ pub async fn handle(
     app: &Arc<App>,
     listener: usize,
     peer: SocketAddr,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
 ) -> Response<ResponseBody> {
     let snap = app.snapshot();
     let policy = snap
@@ -159,7 +159,7 @@ async fn dispatch(
     snap: &Snapshot,
     policy: &RequestPolicy,
     peer: SocketAddr,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     authority: Option<(Authority, HeaderValue)>,
     x: &mut Exchange,
 ) -> Response<ResponseBody> {
@@ -225,7 +225,7 @@ async fn dispatch(
 /// `X-Forwarded-Host`).
 #[allow(clippy::type_complexity)]
 fn prepare(
-    req: &mut Request<Incoming>,
+    req: &mut Request<RequestBody>,
     policy: &RequestPolicy,
 ) -> Result<Option<(Authority, HeaderValue)>, (&'static str, ProxyError)> {
     use crate::request_target as rt;

@@ -10,6 +10,7 @@ pub mod tls;
 pub mod watch;
 
 use crate::app::App;
+use crate::bodies::RequestBody;
 use crate::config::Config;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -311,7 +312,7 @@ async fn serve_connection(
         let panic_app = app.clone();
         conn::CatchPanic::new(
             async move {
-                let resp = dispatch::handle(&app, index, peer, req).await;
+                let resp = dispatch::handle(&app, index, peer, req.map(RequestBody::Wire)).await;
                 Ok::<_, Infallible>(resp.map(|b| conn::WatchedBody::new(b, guard)))
             },
             move || {
