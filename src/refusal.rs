@@ -67,8 +67,11 @@ impl Refusal {
         self
     }
 
+    /// A further member of the body; never one of the members above.
     pub fn with(mut self, name: &'static str, value: impl Into<String>) -> Self {
-        self.extra.push((name, value.into()));
+        if !matches!(name, "error" | "error_description" | "request_id") {
+            self.extra.push((name, value.into()));
+        }
         self
     }
 

@@ -52,8 +52,10 @@ fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 }
 
 /// `text` without the items marked `#[cfg(test)]`: each marked item ends
-/// at its first `;` or at the brace that closes its first `{`, so a marked
-/// item in the middle of a file hides nothing after it.
+/// at its first `;` or at the brace that closes its first `{`, counted
+/// outside string and character literals and comments, so a marked item in
+/// the middle of a file hides nothing after it. A marked item that never
+/// ends is an error, not a way to hide the rest of a file.
 fn without_test_items(text: &str) -> String {
     const MARK: &str = "#[cfg(test)]";
     let mut out = String::with_capacity(text.len());
@@ -61,29 +63,57 @@ fn without_test_items(text: &str) -> String {
     while let Some(i) = rest.find(MARK) {
         out.push_str(&rest[..i]);
         rest = &rest[i + MARK.len()..];
-        let mut depth = 0usize;
-        let mut end = rest.len();
-        for (j, c) in rest.char_indices() {
-            match c {
-                ';' if depth == 0 => {
-                    end = j + 1;
-                    break;
-                }
-                '{' => depth += 1,
-                '}' => {
-                    depth = depth.saturating_sub(1);
-                    if depth == 0 {
-                        end = j + 1;
-                        break;
-                    }
-                }
-                _ => {}
-            }
-        }
+        let end = item_end(rest).unwrap_or_else(|| {
+            panic!(
+                "a #[cfg(test)] item does not end: {:.80}",
+                rest.trim_start()
+            )
+        });
         rest = &rest[end..];
     }
     out.push_str(rest);
     out
+}
+
+/// Where the item at the start of `s` ends (just past its `;` or closing
+/// brace), skipping literals and comments.
+fn item_end(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'/' if b.get(i + 1) == Some(&b'/') => {
+                i += s[i..].find('\n')?;
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i += s[i..].find("*/")? + 1;
+            }
+            b'"' => {
+                i += 1;
+                while b.get(i)? != &b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            // A character literal (`'{'`, `'\''`), not a lifetime (`'a`).
+            b'\'' if b.get(i + 2) == Some(&b'\'') => i += 2,
+            b'\'' if b.get(i + 1) == Some(&b'\\') => {
+                // The escape, then the closing quote (`'\u{7f}'` too).
+                i += 3 + s[i + 3..].find('\'')?;
+            }
+            b';' if depth == 0 => return Some(i + 1),
+            b'{' => depth += 1,
+            b'}' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Every module named right after `crate::`, outside `#[cfg(test)]` items.
@@ -173,7 +203,7 @@ fn no_module_refers_to_a_layer_above_it() {
 
 #[test]
 fn the_reference_finder_sees_every_spelling() {
-    let text = "use crate::a::b;\nfn f() { crate::b::c(); }\nuse crate::{c, d::e};\n/// [`crate::f`]\nmod x { use other_crate::g; }\n#[cfg(test)]\nuse crate::h;\n#[cfg(test)]\nmod tests { fn t() { if x { crate::i(); } } }\nfn after() { crate::j(); }";
+    let text = "use crate::a::b;\nfn f() { crate::b::c(); }\nuse crate::{c, d::e};\n/// [`crate::f`]\nmod x { use other_crate::g; }\n#[cfg(test)]\nuse crate::h;\n#[cfg(test)]\nmod tests { fn t() { if x { crate::i(); } let _ = ('{', \"{\", '\\'', b'{'); /* { */ } // {\n}\nfn after() { crate::j(); }";
     let r: Vec<String> = references(text).into_iter().collect();
     assert_eq!(r, ["a", "b", "c", "d", "f", "j"]);
 }

@@ -289,12 +289,13 @@ fn jwk_from_spki(cfg: &KeyConfig, spki: &[u8]) -> Option<serde_json::Value> {
     const P384: Oid = Oid::new_unwrap("1.3.132.0.34");
     let info = SubjectPublicKeyInfoRef::try_from(spki).ok()?;
     let (alg, params) = info.algorithm.oids().ok()?;
-    // No unused bits: the key is whole bytes.
+    // RFC 8410 §3: Ed25519 parameters are absent (not even NULL), hence
+    // `parameters` below rather than `params`. No unused bits: the key is
+    // whole bytes.
     let key = info.subject_public_key.as_bytes()?;
     match family(cfg.algorithm) {
-        Family::Ed => {
-            (alg == ED25519 && params.is_none() && key.len() == 32).then(|| okp_jwk(cfg, key))
-        }
+        Family::Ed => (alg == ED25519 && info.algorithm.parameters.is_none() && key.len() == 32)
+            .then(|| okp_jwk(cfg, key)),
         Family::Ec => {
             let curve = if cfg.algorithm == Algorithm::ES256 {
                 P256
@@ -311,6 +312,8 @@ fn jwk_from_spki(cfg: &KeyConfig, spki: &[u8]) -> Option<serde_json::Value> {
     }
 }
 
+/// Signs and verifies a throwaway token, so a key that cannot work (say an
+/// ES384 entry holding a P-256 key) fails at load time, not on traffic.
 fn self_test(key: &LoadedKey) -> Result<(), String> {
     let enc = key.encoding.as_ref().expect("private key");
     let header = jsonwebtoken::Header::new(key.algorithm);
@@ -426,8 +429,6 @@ mod tests {
         ));
     }
 
-    /// An RS256 private key (PKCS#8) signs; a verification-only entry holding
-    /// just its SPKI public key verifies what it signed.
     /// A generated ES256 key: its PEM and the key pair.
     fn p256() -> (String, sig::EcdsaKeyPair) {
         let pem = generate(Algorithm::ES256).unwrap();
@@ -438,6 +439,8 @@ mod tests {
         (pem, kp)
     }
 
+    /// A private key (RS256 PKCS#8, ES256, EdDSA) signs; a verification-only
+    /// entry holding just its SPKI public key verifies what it signed.
     #[test]
     fn rsa_and_ec_public_key_entries_verify_tokens_of_their_private_keys() {
         use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der};
@@ -522,6 +525,11 @@ mod tests {
         x25519.extend([7u8; 32]);
         let mut ed25519 = x25519.clone();
         ed25519[8] = 0x70;
+        // The same key with NULL parameters, which RFC 8410 §3 rules out.
+        let mut ed25519_null = vec![
+            0x30, 0x2c, 0x30, 0x07, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x05, 0x00, 0x03, 0x21, 0x00,
+        ];
+        ed25519_null.extend([7u8; 32]);
         let (_, ec) = p256();
         use aws_lc_rs::encoding::{AsDer, PublicKeyX509Der};
         let p256: PublicKeyX509Der<'_> = ec.public_key().as_der().unwrap();
@@ -543,6 +551,10 @@ mod tests {
         );
         assert!(matches!(
             public(Algorithm::EdDSA, &x25519),
+            Err(KeyError::Parse { .. })
+        ));
+        assert!(matches!(
+            public(Algorithm::EdDSA, &ed25519_null),
             Err(KeyError::Parse { .. })
         ));
         assert_eq!(
