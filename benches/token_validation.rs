@@ -34,6 +34,7 @@ fn token_config(alg: jsonwebtoken::Algorithm, cache: usize) -> (TokenConfig, tem
         signing_key: Some(0),
         access_token_ttl: Duration::from_secs(3600),
         cache_entries: cache,
+        issuers: Vec::new(),
     };
     (cfg, dir)
 }
@@ -90,7 +91,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("revocation/check miss, 1M entries", |b| {
         b.iter(|| {
             revoked.check(
-                black_box("not-revoked-id-000000"),
+                black_box(Some("not-revoked-id-000000")),
                 "billing",
                 "alice",
                 now,
@@ -101,7 +102,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("revocation/check hit, 1M entries", |b| {
         b.iter(|| {
             revoked.check(
-                black_box("revoked-token-id-0000500000"),
+                black_box(Some("revoked-token-id-0000500000")),
                 "billing",
                 "alice",
                 now,

@@ -58,3 +58,36 @@ pub fn self_signed() -> Result<Arc<CertifiedKey>, TlsError> {
     let key = PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
     certified(vec![ck.cert.der().clone()], key)
 }
+
+/// A TLS client config trusting `ca_file`'s certificates, or without one the
+/// public web roots (webpki-roots): for valet's own outbound calls.
+pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(p) => {
+            let pem = std::fs::read(p)
+                .map_err(|e| format!("cannot read ca_file {}: {e}", p.display()))?;
+            use rustls_pki_types::pem::PemObject;
+            let mut n = 0;
+            for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| format!("ca_file {}: {e}", p.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("ca_file {}: {e}", p.display()))?;
+                n += 1;
+            }
+            if n == 0 {
+                return Err(format!("ca_file {} holds no certificate", p.display()));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let c = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(c))
+}

@@ -387,6 +387,7 @@ impl BearerOracle {
             signing_key: Some(0),
             access_token_ttl: std::time::Duration::from_secs(3600),
             cache_entries: 0,
+            issuers: Vec::new(),
         };
         BearerOracle {
             validator: crate::tokens::Validator::new(&cfg),

@@ -36,6 +36,9 @@ pub struct Metrics {
     token_failures: [IntCounter; TokenError::ALL.len()],
     pub revocation_entries: IntGaugeVec,
     reloads: IntCounterVec,
+    jwks_fetches: IntCounterVec,
+    jwks_stale: IntGaugeVec,
+    jwks_keys: IntGaugeVec,
     pub tls_handshake_failures: IntCounter,
     client_errors: IntCounterVec,
     /// Request handlers that panicked (answered 500; the connection lives on).
@@ -135,6 +138,27 @@ impl Metrics {
                 "File reloads, by what was reloaded and the result.",
             ),
             &["kind", "result"],
+        )
+        .expect("valid metric");
+        let jwks_fetches = IntCounterVec::new(
+            Opts::new(
+                "valet_jwks_fetches_total",
+                "Fetches of trusted issuers' key sets, by issuer and result (success, failure, rate_limited: an unknown kid that did not cause a fetch).",
+            ),
+            &["issuer", "result"],
+        )
+        .expect("valid metric");
+        let jwks_stale = IntGaugeVec::new(
+            Opts::new(
+                "valet_jwks_stale",
+                "1 while an issuer's key set is served from cache because its last fetch failed.",
+            ),
+            &["issuer"],
+        )
+        .expect("valid metric");
+        let jwks_keys = IntGaugeVec::new(
+            Opts::new("valet_jwks_keys", "Keys held for each trusted issuer."),
+            &["issuer"],
         )
         .expect("valid metric");
         let tls_handshake_failures = IntCounter::new(
@@ -284,6 +308,9 @@ impl Metrics {
             Box::new(failures),
             Box::new(revocation_entries.clone()),
             Box::new(reloads.clone()),
+            Box::new(jwks_fetches.clone()),
+            Box::new(jwks_stale.clone()),
+            Box::new(jwks_keys.clone()),
             Box::new(tls_handshake_failures.clone()),
             Box::new(open_connections.clone()),
             Box::new(upstream_errors.clone()),
@@ -306,6 +333,9 @@ impl Metrics {
             token_failures,
             revocation_entries,
             reloads,
+            jwks_fetches,
+            jwks_stale,
+            jwks_keys,
             tls_handshake_failures,
             client_errors,
             connections_closed,
@@ -347,6 +377,18 @@ impl Metrics {
             requests,
             duration: self.request_duration.with_label_values(&[route]),
             upstream_duration: self.upstream_duration.with_label_values(&[route]),
+        }
+    }
+
+    /// The metric handles of one trusted issuer's key set.
+    pub fn key_set(&self, issuer: &str) -> crate::tokens::jwks::KeySetMetrics {
+        let f = |r: &str| self.jwks_fetches.with_label_values(&[issuer, r]);
+        crate::tokens::jwks::KeySetMetrics {
+            fetched: f("success"),
+            failed: f("failure"),
+            limited: f("rate_limited"),
+            stale: self.jwks_stale.with_label_values(&[issuer]),
+            keys: self.jwks_keys.with_label_values(&[issuer]),
         }
     }
 

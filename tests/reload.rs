@@ -287,7 +287,7 @@ async fn an_acknowledged_revocation_is_never_unenforced_by_a_racing_reload() {
                 if app
                     .revocations
                     .current()
-                    .check(&jti, "", "", 0, None)
+                    .check(Some(&jti), "", "", 0, None)
                     .is_none()
                 {
                     lapses.fetch_add(1, Ordering::Relaxed);
@@ -324,7 +324,7 @@ async fn an_acknowledged_revocation_is_never_unenforced_by_a_racing_reload() {
                 let now: Vec<String> = acked.lock().unwrap().clone();
                 let set = app.revocations.current();
                 for jti in &now {
-                    if set.check(jti, "", "", 0, None).is_none() {
+                    if set.check(Some(jti), "", "", 0, None).is_none() {
                         lapses.fetch_add(1, Ordering::Relaxed);
                     }
                 }

@@ -13,6 +13,7 @@ use crate::bodies::LimitedBody;
 use crate::config::{self, Config, ConfigErrors, RouteConfig};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::revocation::{RevocationError, Revocations};
+use crate::tokens::jwks::{RemoteKeys, RemoteSource};
 use crate::tokens::Validator;
 use arc_swap::ArcSwap;
 use http::HeaderValue;
@@ -97,6 +98,9 @@ pub struct App {
     oauth1_store: OnceLock<TokenStore>,
     /// OAuth 1.0 flows waiting for their callback.
     pub oauth1_flows: oauth1_flows::Flows,
+    /// Trusted issuers' remote key sets, kept across snapshots (a reload
+    /// with the same source keeps its keys; a changed source starts anew).
+    key_sets: Mutex<Vec<Arc<RemoteKeys>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,7 +140,8 @@ impl App {
             .map(|b| crate::digest::sha256(&b))
             .unwrap_or_default();
         let clients = Mutex::new(HashMap::new());
-        let snapshot = build_snapshot(&metrics, &clients, config);
+        let key_sets = Mutex::new(Vec::new());
+        let snapshot = build_snapshot(&metrics, &clients, &key_sets, config);
         let auth = snapshot.config.authorization_server.as_ref();
         let throttle = crate::app::throttle::Throttle::new(
             auth.map_or_else(default_allowances, |a| a.allowances),
@@ -169,6 +174,7 @@ impl App {
             reload_lock: Mutex::new(()),
             oauth1_store: OnceLock::new(),
             oauth1_flows: Default::default(),
+            key_sets,
         };
         app.open_oauth1_store(&app.snapshot.load().config);
         Ok(Arc::new(app))
@@ -325,7 +331,7 @@ impl App {
             [0xff; 32]
         };
         self.open_oauth1_store(&cfg);
-        let snap = build_snapshot(&self.metrics, &self.clients, cfg);
+        let snap = build_snapshot(&self.metrics, &self.clients, &self.key_sets, cfg);
         let allowances = snap
             .config
             .authorization_server
@@ -457,6 +463,15 @@ impl App {
 
     /// Drops expired entries from the verified-token cache and expired
     /// OAuth 1.0 flows.
+    /// Starts a fetch of every remote key set that is due (never fetched,
+    /// or past its fresh time); each set allows one fetch at a time.
+    pub fn refresh_key_sets(&self) {
+        let sets: Vec<Arc<RemoteKeys>> = self.key_sets.lock().expect("not poisoned").clone();
+        for k in sets {
+            tokio::spawn(async move { k.refresh_if_due().await });
+        }
+    }
+
     pub fn prune_caches(&self) {
         self.oauth1_flows.prune();
         self.throttle.load().prune();
@@ -478,7 +493,7 @@ impl App {
 }
 
 /// The verified bearer token of a request (RFC 6750 §2.1 header only).
-pub fn authenticate(
+pub async fn authenticate(
     app: &App,
     snap: &Snapshot,
     h: &http::HeaderMap,
@@ -502,10 +517,21 @@ pub fn authenticate(
             crate::refusal::ProxyError::InvalidToken(crate::tokens::TokenError::Malformed)
         })?
         .trim();
-    let now = crate::revocation::now();
-    snap.validator
-        .validate(token, &app.revocations.current(), now)
-        .map_err(crate::refusal::ProxyError::InvalidToken)
+    let validate = || {
+        let now = crate::revocation::now();
+        snap.validator
+            .validate(token, &app.revocations.current(), now)
+    };
+    let result = match validate() {
+        // A trusted issuer's key set may have rotated: one refetch, shared
+        // with every request waiting for it, and rate-limited per issuer.
+        Err(crate::tokens::TokenError::UnknownKey) => match snap.validator.remote_keys_for(token) {
+            Some((keys, kid)) if keys.refetch_for(kid.as_deref()).await => validate(),
+            _ => Err(crate::tokens::TokenError::UnknownKey),
+        },
+        r => r,
+    };
+    result.map_err(crate::refusal::ProxyError::InvalidToken)
 }
 
 /// Identifies a file's content without reading it: a replaced file (valet
@@ -583,9 +609,26 @@ fn client_for(
         .clone()
 }
 
+/// The key set for `src`: the one held if its source is unchanged.
+fn key_set_for(
+    metrics: &Metrics,
+    key_sets: &Mutex<Vec<Arc<RemoteKeys>>>,
+    src: &RemoteSource,
+) -> Arc<RemoteKeys> {
+    let mut sets = key_sets.lock().expect("not poisoned");
+    if let Some(k) = sets.iter().find(|k| k.source == *src) {
+        return k.clone();
+    }
+    let k = RemoteKeys::new(src.clone(), metrics.key_set(&src.issuer));
+    sets.retain(|o| o.source.issuer != src.issuer);
+    sets.push(k.clone());
+    k
+}
+
 fn build_snapshot(
     metrics: &Metrics,
     clients: &Mutex<HashMap<Duration, UpstreamClient>>,
+    key_sets: &Mutex<Vec<Arc<RemoteKeys>>>,
     config: Config,
 ) -> Snapshot {
     let routes = config
@@ -609,8 +652,16 @@ fn build_snapshot(
             cfg: r.clone(),
         })
         .collect();
+    let validator = Validator::with_remote(&config.tokens, &mut |src| {
+        key_set_for(metrics, key_sets, src)
+    });
+    // Sets of issuers no longer trusted stop being refreshed.
+    key_sets
+        .lock()
+        .expect("not poisoned")
+        .retain(|k| validator.uses(k));
     Snapshot {
-        validator: Validator::new(&config.tokens),
+        validator,
         unmatched: metrics.route("none"),
         oauth2: metrics.route("oauth2"),
         oauth1: metrics.route("oauth1"),

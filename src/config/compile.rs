@@ -113,6 +113,13 @@ pub struct RouteConfig {
     pub upstream_auth_oauth1: Option<String>,
     /// The origin signed instead of the upstream's (no trailing `/`).
     pub oauth1_signed_origin: Option<String>,
+    /// Tokens accepted: of these issuers only (0 is valet itself, `i + 1`
+    /// is `tokens.issuers[i]`); `None`: every issuer.
+    pub auth_issuers: Option<Vec<usize>>,
+    /// Tokens accepted: for one of these audiences (empty: any accepted).
+    pub auth_audiences: Vec<String>,
+    /// Validated claims injected as headers (caller copies are stripped).
+    pub inject_claims: Vec<(HeaderName, String)>,
     /// Caller headers removed before forwarding, beyond valet's own list.
     pub strip_request_headers: Vec<HeaderName>,
 }
@@ -240,7 +247,7 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
 }
 
 /// Relative paths in the config are relative to the config file's directory.
-fn resolve(base: &Path, p: &str) -> PathBuf {
+pub(super) fn resolve(base: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
     if p.is_absolute() {
         p.to_path_buf()
@@ -291,7 +298,7 @@ fn compile(
     let tokens = compile_tokens(&raw.tokens, base, c);
     let limits = compile_limits(&raw.limits, c);
 
-    let routes = compile_routes(&raw.routes, &limits, c);
+    let routes = compile_routes(&raw.routes, &limits, &tokens, c);
     let trusted_proxies = compile_trusted_proxies(&raw.forwarding.trusted_proxies, c);
 
     let identity_headers = compile_identity_headers(raw.identity_headers, c);
@@ -549,7 +556,12 @@ fn compile_admin(
 
 /// `routes`: names, canonical prefixes, upstreams and per-route limits
 /// (defaults from `limits`).
-fn compile_routes(raw: &[RawRoute], limits: &Limits, c: &mut Collector<'_>) -> Vec<RouteConfig> {
+fn compile_routes(
+    raw: &[RawRoute],
+    limits: &Limits,
+    tokens: &TokenConfig,
+    c: &mut Collector<'_>,
+) -> Vec<RouteConfig> {
     let d = |v: Option<units::ConfigDuration>, def: Duration| v.map_or(def, |v| v.0);
     let mut routes: Vec<RouteConfig> = Vec::new();
     for (i, r) in raw.iter().enumerate() {
@@ -562,10 +574,13 @@ fn compile_routes(raw: &[RawRoute], limits: &Limits, c: &mut Collector<'_>) -> V
         }
         route_prefix(r, &p, c);
         let host = route_host(r, &p, c);
-        let strip_request_headers = route_strip_headers(r, &p, c);
+        let mut strip_request_headers = route_strip_headers(r, &p, c);
+        let inject_claims = route_inject_claims(r, &p, c);
+        // Caller copies of injected claims go, in every spelling.
+        strip_request_headers.extend(inject_claims.iter().map(|(h, _)| h.clone()));
         let upstream = compile_upstream(c, &format!("{p}.upstream"), &r.upstream);
         let inject = route_inject(r, &p, c);
-        route_auth(r, &p, c);
+        let (auth_issuers, auth_audiences) = route_auth(r, &p, tokens, c);
         if let Some(up) = upstream {
             routes.push(RouteConfig {
                 name: r.name.clone(),
@@ -579,6 +594,9 @@ fn compile_routes(raw: &[RawRoute], limits: &Limits, c: &mut Collector<'_>) -> V
                 scopes: r.auth.scopes.clone(),
                 forward_authorization: r.forward_authorization,
                 inject,
+                auth_issuers,
+                auth_audiences,
+                inject_claims,
                 connect_timeout: d(r.connect_timeout, limits.connect_timeout),
                 response_timeout: d(r.response_timeout, limits.response_timeout),
                 max_body_size: r.max_body_size.map_or(limits.max_body_size, |b| b.0),
@@ -694,7 +712,12 @@ fn route_inject(r: &RawRoute, p: &str, c: &mut Collector<'_>) -> InjectIdentity 
 }
 
 /// A route's scopes, and the settings that need a token.
-fn route_auth(r: &RawRoute, p: &str, c: &mut Collector<'_>) {
+fn route_auth(
+    r: &RawRoute,
+    p: &str,
+    tokens: &TokenConfig,
+    c: &mut Collector<'_>,
+) -> (Option<Vec<usize>>, Vec<String>) {
     for s in &r.auth.scopes {
         if s.is_empty() || s.contains(' ') {
             c.at(
@@ -715,6 +738,54 @@ fn route_auth(r: &RawRoute, p: &str, c: &mut Collector<'_>) {
             "forward_authorization needs auth.required: true",
         );
     }
+    let needs_token = r.auth.issuers.is_some() || !r.auth.audiences.is_empty();
+    if !r.auth.required && (needs_token || !r.inject_claims.is_empty()) {
+        c.at(
+            &format!("{p}.auth"),
+            "auth.issuers, auth.audiences and inject_claims need auth.required: true",
+        );
+    }
+    let issuers = r.auth.issuers.as_ref().map(|names| {
+        names
+            .iter()
+            .filter_map(|n| {
+                if *n == tokens.issuer {
+                    return Some(0);
+                }
+                let i = tokens
+                    .issuers
+                    .iter()
+                    .position(|t| t.name == *n || t.issuer == *n);
+                if i.is_none() {
+                    c.at(
+                        &format!("{p}.auth.issuers"),
+                        format!(
+                            "`{n}` is neither tokens.issuer nor the name of one of tokens.issuers"
+                        ),
+                    );
+                }
+                i.map(|i| i + 1)
+            })
+            .collect()
+    });
+    (issuers, r.auth.audiences.clone())
+}
+
+/// `inject_claims`: header names valet may set, each from a claim.
+fn route_inject_claims(r: &RawRoute, p: &str, c: &mut Collector<'_>) -> Vec<(HeaderName, String)> {
+    let mut out = Vec::new();
+    for (h, claim) in &r.inject_claims {
+        match HeaderName::from_bytes(h.as_bytes()) {
+            Ok(n) if !crate::header_names::is_reserved(&n) && !claim.is_empty() => {
+                out.push((n, claim.clone()))
+            }
+            _ => c.at(
+                &format!("{p}.inject_claims"),
+                format!("`{h}: {claim}` cannot be injected: the header name is invalid or one valet manages, or the claim is empty"),
+            ),
+        }
+    }
+    out
 }
 
 /// `forwarding.trusted_proxies`: the networks whose forwarding headers are believed.
@@ -890,6 +961,49 @@ fn compile_limits(l: &RawLimits, c: &mut Collector<'_>) -> Limits {
     limits
 }
 
+/// Key entries (`tokens.keys`, an issuer's `keys`), loaded; a bad one is
+/// reported and left out.
+pub(super) fn load_keys(
+    raw: &[RawKey],
+    at: &str,
+    base: &Path,
+    c: &mut Collector<'_>,
+) -> Vec<Arc<LoadedKey>> {
+    let mut loaded: Vec<Arc<LoadedKey>> = Vec::new();
+    for (i, k) in raw.iter().enumerate() {
+        let p = format!("{at}[{i}]");
+        if raw[..i].iter().any(|o| o.id == k.id) {
+            c.at(
+                &format!("{p}.id"),
+                format!("key id `{}` is used twice", k.id),
+            );
+        }
+        let Some(algorithm) = keys::parse_algorithm(&k.algorithm) else {
+            c.at(
+                &format!("{p}.algorithm"),
+                format!(
+                    "algorithm `{}` is not supported; use {} (symmetric algorithms are refused)",
+                    k.algorithm,
+                    keys::ALGORITHMS.join(", ")
+                ),
+            );
+            continue;
+        };
+        let kc = KeyConfig {
+            id: k.id.clone(),
+            algorithm,
+            private_key_file: k.private_key_file.as_deref().map(|f| resolve(base, f)),
+            public_key_file: k.public_key_file.as_deref().map(|f| resolve(base, f)),
+            generate_if_missing: k.generate_if_missing,
+        };
+        match keys::load(&kc, &mut c.new_files) {
+            Ok(key) => loaded.push(Arc::new(key)),
+            Err(e) => c.at(&p, e.to_string()),
+        }
+    }
+    loaded
+}
+
 /// Which loaded key signs: the one named, or the only one with a private key.
 fn signing_key(t: &RawTokens, loaded: &[Arc<LoadedKey>], c: &mut Collector<'_>) -> Option<usize> {
     match &t.signing_key {
@@ -937,38 +1051,7 @@ fn compile_tokens(t: &RawTokens, base: &Path, c: &mut Collector<'_>) -> TokenCon
     if t.keys.is_empty() {
         c.at("tokens.keys", "at least one key is needed");
     }
-    let mut loaded: Vec<Arc<LoadedKey>> = Vec::new();
-    for (i, k) in t.keys.iter().enumerate() {
-        let p = format!("tokens.keys[{i}]");
-        if t.keys[..i].iter().any(|o| o.id == k.id) {
-            c.at(
-                &format!("{p}.id"),
-                format!("key id `{}` is used twice", k.id),
-            );
-        }
-        let Some(algorithm) = keys::parse_algorithm(&k.algorithm) else {
-            c.at(
-                &format!("{p}.algorithm"),
-                format!(
-                    "algorithm `{}` is not supported; use {} (symmetric algorithms are refused)",
-                    k.algorithm,
-                    keys::ALGORITHMS.join(", ")
-                ),
-            );
-            continue;
-        };
-        let kc = KeyConfig {
-            id: k.id.clone(),
-            algorithm,
-            private_key_file: k.private_key_file.as_deref().map(|f| resolve(base, f)),
-            public_key_file: k.public_key_file.as_deref().map(|f| resolve(base, f)),
-            generate_if_missing: k.generate_if_missing,
-        };
-        match keys::load(&kc, &mut c.new_files) {
-            Ok(key) => loaded.push(Arc::new(key)),
-            Err(e) => c.at(&p, e.to_string()),
-        }
-    }
+    let loaded = load_keys(&t.keys, "tokens.keys", base, c);
     let signing_key = signing_key(t, &loaded, c);
     let cache_entries = t.cache_entries.unwrap_or(DEFAULT_TOKEN_CACHE_ENTRIES);
     let access_token_ttl = t.access_token_ttl.map_or(DEFAULT_ACCESS_TOKEN_TTL, |d| d.0);
@@ -986,5 +1069,6 @@ fn compile_tokens(t: &RawTokens, base: &Path, c: &mut Collector<'_>) -> TokenCon
         signing_key,
         access_token_ttl,
         cache_entries,
+        issuers: super::issuers::compile(&t.issuers, &t.issuer, &t.audiences, base, c),
     }
 }

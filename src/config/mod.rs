@@ -9,6 +9,7 @@
 mod auth_server;
 mod compile;
 mod error;
+mod issuers;
 mod oauth1;
 mod raw;
 pub mod units;
@@ -16,6 +17,7 @@ pub mod units;
 pub use auth_server::*;
 pub use compile::*;
 pub use error::{locate, ConfigError, ConfigErrors};
+pub use issuers::*;
 pub use oauth1::*;
 pub use raw::{ClientsFile, RawClient};
 

@@ -109,37 +109,6 @@ fn store_key(
     }
 }
 
-fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(p) => {
-            let pem = std::fs::read(p)
-                .map_err(|e| format!("cannot read ca_file {}: {e}", p.display()))?;
-            use rustls_pki_types::pem::PemObject;
-            let mut n = 0;
-            for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| format!("ca_file {}: {e}", p.display()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("ca_file {}: {e}", p.display()))?;
-                n += 1;
-            }
-            if n == 0 {
-                return Err(format!("ca_file {} holds no certificate", p.display()));
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let c = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(Arc::new(c))
-}
-
 pub(super) fn compile(
     raw: &RawOAuth1,
     resolve: impl Fn(&str) -> PathBuf,
@@ -230,7 +199,7 @@ fn provider(
     let start_url = provider_urls(p, at, prefix, method, c);
     let consumer = consumer(p, at, method, resolve, c);
     let shared_token = shared_token(p, at, resolve, c);
-    let tls = match tls_config(p.ca_file.as_deref().map(resolve).as_deref()) {
+    let tls = match crate::certs::client_config(p.ca_file.as_deref().map(resolve).as_deref()) {
         Ok(t) => Some(t),
         Err(e) => {
             c.at(&format!("{at}.ca_file"), e);

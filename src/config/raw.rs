@@ -297,6 +297,34 @@ pub(super) struct RawTokens {
     pub(super) keys: Vec<RawKey>,
     pub(super) access_token_ttl: Option<ConfigDuration>,
     pub(super) cache_entries: Option<usize>,
+    /// Trusted external issuers.
+    #[serde(default)]
+    pub(super) issuers: Vec<RawIssuer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIssuer {
+    pub(super) issuer: String,
+    pub(super) name: Option<String>,
+    /// Keys from this URL, from discovery, or from files: exactly one.
+    pub(super) jwks_uri: Option<String>,
+    #[serde(default)]
+    pub(super) discovery: bool,
+    #[serde(default)]
+    pub(super) keys: Vec<RawKey>,
+    pub(super) ca_file: Option<String>,
+    pub(super) audiences: Option<Vec<String>>,
+    pub(super) token_types: Option<Vec<String>>,
+    pub(super) required_claims: Option<Vec<String>>,
+    pub(super) client_id_claims: Option<Vec<String>>,
+    pub(super) scope_claims: Option<Vec<String>>,
+    pub(super) clock_skew: Option<ConfigDuration>,
+    pub(super) min_refresh: Option<ConfigDuration>,
+    pub(super) max_refresh: Option<ConfigDuration>,
+    pub(super) unknown_kid_interval: Option<ConfigDuration>,
+    pub(super) max_fetches_per_minute: Option<u32>,
+    pub(super) fetch_timeout: Option<ConfigDuration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -339,6 +367,9 @@ pub(super) struct RawRoute {
     /// More caller headers to remove before forwarding.
     #[serde(default)]
     pub(super) strip_request_headers: Vec<String>,
+    /// Validated claims sent upstream as headers: header name → claim.
+    #[serde(default)]
+    pub(super) inject_claims: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -369,6 +400,12 @@ pub(super) struct RawRouteAuth {
     pub(super) required: bool,
     #[serde(default)]
     pub(super) scopes: Vec<String>,
+    /// Only tokens of these issuers (names from `tokens.issuers`, or
+    /// valet's own `tokens.issuer`); all by default.
+    pub(super) issuers: Option<Vec<String>>,
+    /// Only tokens for one of these audiences; any accepted one by default.
+    #[serde(default)]
+    pub(super) audiences: Vec<String>,
 }
 
 impl Default for RawRouteAuth {
@@ -376,6 +413,8 @@ impl Default for RawRouteAuth {
         RawRouteAuth {
             required: true,
             scopes: Vec::new(),
+            issuers: None,
+            audiences: Vec::new(),
         }
     }
 }

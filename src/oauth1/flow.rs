@@ -109,7 +109,7 @@ pub async fn serve(
     if action == Action::Callback {
         return callback(app, o, p, &req).await;
     }
-    let token = match crate::app::authenticate(app, snap, req.headers()) {
+    let token = match crate::app::authenticate(app, snap, req.headers()).await {
         Ok(t) => t,
         Err(e) => {
             if let ProxyError::InvalidToken(reason) = &e {

@@ -373,7 +373,7 @@ async fn introspect(c: Call<'_>) -> Result<Response<ResponseBody>, OAuthError> {
         return Ok(inactive());
     }
     let revoked = app.revocations.current().check(
-        &own.jti,
+        Some(&own.jti),
         &own.client_id,
         &own.sub,
         own.iat,

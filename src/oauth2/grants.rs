@@ -368,7 +368,7 @@ async fn refresh(c: Call<'_>, client: &Client) -> Result<Value, OAuthError> {
     let set = app.revocations.current();
     // Family, client and subject revocations (the token id is looked at below).
     if set
-        .check("", &rt.client_id, &rt.sub, rt.iat, Some(&family))
+        .check(None, &rt.client_id, &rt.sub, rt.iat, Some(&family))
         .is_some()
     {
         return Err(invalid());

@@ -94,7 +94,7 @@ pub async fn serve(
 
     // 3. Authenticate.
     if route.cfg.auth_required {
-        match authenticate(app, snap, req.headers()) {
+        match authenticate(app, snap, req.headers()).await {
             Ok(t) => x.token = Some(t),
             Err(e) => {
                 if let ProxyError::InvalidToken(reason) = &e {
@@ -105,8 +105,21 @@ pub async fn serve(
         }
     }
 
-    // 4. Authorize.
+    // 4. Authorize: the route's issuers and audiences, then its scopes.
     if let Some(t) = &x.token {
+        let refuse = |e| {
+            app.metrics.token_failure(e);
+            Err(ProxyError::InvalidToken(e))
+        };
+        if let Some(allowed) = &route.cfg.auth_issuers {
+            if !allowed.contains(&t.issuer) {
+                return refuse(crate::tokens::TokenError::IssuerNotAccepted);
+            }
+        }
+        let auds = &route.cfg.auth_audiences;
+        if !auds.is_empty() && !t.audiences.iter().any(|a| auds.iter().any(|r| **r == **a)) {
+            return refuse(crate::tokens::TokenError::WrongAudience);
+        }
         if !route.cfg.scopes.iter().all(|s| t.has_scope(s)) {
             return Err(ProxyError::InsufficientScope(route.scope_list.clone()));
         }
@@ -154,6 +167,16 @@ pub async fn serve(
         }
         if inject.scopes {
             h.insert(names.scopes.clone(), t.scopes_header.clone());
+        }
+        for (name, claim) in &route.cfg.inject_claims {
+            let value = crate::tokens::issuers::claim(&t.claims, claim)
+                .and_then(crate::tokens::issuers::header_text)
+                .and_then(|v| HeaderValue::from_str(&v).ok());
+            // A claim the token lacks (or that no header can carry) is
+            // simply not sent; the caller's copy is gone either way.
+            if let Some(v) = value {
+                h.insert(name.clone(), v);
+            }
         }
     }
     forwarded::apply(h, peer.ip(), trusted, authority.as_ref().map(|(_, v)| v));

@@ -20,6 +20,11 @@
 //! families:          # refresh-token families (and the access tokens issued from them)
 //!   - family: 9a0b...
 //!     expires_at: 2026-11-24T12:00:00Z
+//! issuers:           # tokens of trusted external issuers, in their namespace
+//!   - issuer: https://login.example.com/realms/acme
+//!     tokens: [{jti: 3c2a..., expires_at: 2026-11-23T13:00:00Z}]
+//!     clients: [{client_id: billing, revoked_before: 2026-11-23T12:00:00Z}]
+//!     subjects: [{subject: alice, revoked_before: 2026-11-23T12:00:00Z}]
 //! ```
 //!
 //! valet's own changes ([`Revocations::apply`]) are durable before they
@@ -46,6 +51,30 @@ pub struct RevocationFile {
     pub subjects: Vec<SubjectCutoff>,
     #[serde(default)]
     pub families: Vec<RevokedFamily>,
+    /// Tokens of trusted external issuers, in each issuer's own namespace
+    /// (its `jti`, client ids and subjects never meet valet's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issuers: Vec<IssuerRevocations>,
+}
+
+/// Revocations of one trusted issuer's tokens.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerRevocations {
+    pub issuer: String,
+    #[serde(default)]
+    pub tokens: Vec<RevokedToken>,
+    #[serde(default)]
+    pub clients: Vec<ClientCutoff>,
+    #[serde(default)]
+    pub subjects: Vec<SubjectCutoff>,
+}
+
+/// The key of `value` (a jti, client id or subject) of `issuer`'s tokens
+/// in the revocation map. An issuer has no control characters, so no
+/// scoped key equals one of valet's own.
+pub fn scoped(issuer: &str, value: &str) -> String {
+    format!("{issuer}\n{value}")
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -144,6 +173,22 @@ impl RevocationSet {
     /// Builds a set, dropping token entries that expired before `now`.
     pub fn from_file(f: RevocationFile, now: i64) -> Self {
         let set = RevocationSet::default();
+        let mut f = f;
+        for i in std::mem::take(&mut f.issuers) {
+            let iss = &i.issuer;
+            f.tokens.extend(i.tokens.into_iter().map(|mut t| {
+                t.jti = scoped(iss, &t.jti);
+                t
+            }));
+            f.clients.extend(i.clients.into_iter().map(|mut c| {
+                c.client_id = scoped(iss, &c.client_id);
+                c
+            }));
+            f.subjects.extend(i.subjects.into_iter().map(|mut s| {
+                s.subject = scoped(iss, &s.subject);
+                s
+            }));
+        }
         for t in f.tokens {
             if t.expires_at.0 >= now {
                 let entry = TokenEntry {
@@ -180,13 +225,13 @@ impl RevocationSet {
     #[inline]
     pub fn check(
         &self,
-        jti: &str,
+        jti: Option<&str>,
         client_id: &str,
         sub: &str,
         iat: i64,
         family: Option<&str>,
     ) -> Option<Revoked> {
-        if self.jtis.contains_key(jti) {
+        if jti.is_some_and(|j| self.jtis.contains_key(j)) {
             return Some(Revoked::Token);
         }
         if family.is_some_and(|f| self.families.contains_key(f)) {
@@ -511,21 +556,27 @@ mod tests {
     #[test]
     fn revoked_jti_is_found_and_expired_entries_are_pruned() {
         let s = file("tokens:\n  - {jti: a, expires_at: 2000}\n  - {jti: old, expires_at: 999}\n");
-        assert_eq!(s.check("a", "c", "s", 500, None), Some(Revoked::Token));
-        assert_eq!(s.check("b", "c", "s", 500, None), None);
+        assert_eq!(
+            s.check(Some("a"), "c", "s", 500, None),
+            Some(Revoked::Token)
+        );
+        assert_eq!(s.check(Some("b"), "c", "s", 500, None), None);
         assert_eq!(s.len().0, 1, "the expired entry is pruned");
     }
 
     #[test]
     fn cutoffs_reject_tokens_issued_before_them_only() {
         let s = file("clients:\n  - {client_id: c, revoked_before: 900}\nsubjects:\n  - {subject: alice, revoked_before: '1970-01-01T00:15:00Z'}\n");
-        assert_eq!(s.check("x", "c", "bob", 899, None), Some(Revoked::Client));
-        assert_eq!(s.check("x", "c", "bob", 900, None), None);
         assert_eq!(
-            s.check("x", "d", "alice", 899, None),
+            s.check(Some("x"), "c", "bob", 899, None),
+            Some(Revoked::Client)
+        );
+        assert_eq!(s.check(Some("x"), "c", "bob", 900, None), None);
+        assert_eq!(
+            s.check(Some("x"), "d", "alice", 899, None),
             Some(Revoked::Subject)
         );
-        assert_eq!(s.check("x", "d", "alice", 900, None), None);
+        assert_eq!(s.check(Some("x"), "d", "alice", 900, None), None);
     }
 
     #[test]
@@ -534,7 +585,7 @@ mod tests {
         let path = dir.path().join("rev.yaml");
         std::fs::write(&path, "tokens:\n  - {jti: a, expires_at: 4102444800}\n").unwrap();
         let r = Revocations::open(&path).unwrap();
-        assert!(r.current().check("a", "", "", 0, None).is_some());
+        assert!(r.current().check(Some("a"), "", "", 0, None).is_some());
         std::fs::write(&path, "tokens:\n  - {jti: a, expires_at: 4102444800\n").unwrap();
         let e = r.reload().unwrap_err();
         assert!(e.position.is_some(), "{e}");
@@ -543,7 +594,7 @@ mod tests {
         std::fs::write(&path, "tokenz: []\n").unwrap();
         assert!(r.reload().unwrap_err().message.contains("unknown field"));
         assert!(
-            r.current().check("a", "", "", 0, None).is_some(),
+            r.current().check(Some("a"), "", "", 0, None).is_some(),
             "old set still in force"
         );
     }
@@ -576,14 +627,14 @@ mod tests {
         ])
         .unwrap();
         let set = r.current();
-        assert_eq!(set.check("t1", "", "", 0, None), Some(Revoked::Token));
+        assert_eq!(set.check(Some("t1"), "", "", 0, None), Some(Revoked::Token));
         assert_eq!(set.token("t1").unwrap().rotated_at, Some(1000));
         assert_eq!(
-            set.check("other", "", "", 0, Some("f1")),
+            set.check(Some("other"), "", "", 0, Some("f1")),
             Some(Revoked::Family)
         );
         assert_eq!(
-            set.check("operator-added", "", "", 0, None),
+            set.check(Some("operator-added"), "", "", 0, None),
             Some(Revoked::Token),
             "merged, not replaced"
         );
@@ -591,7 +642,7 @@ mod tests {
         let fresh = Revocations::open(&path).unwrap();
         assert_eq!(fresh.current().len(), (2, 1, 0, 1));
         assert_eq!(
-            fresh.current().check("x", "c", "", 499, None),
+            fresh.current().check(Some("x"), "c", "", 499, None),
             Some(Revoked::Client)
         );
     }
@@ -613,7 +664,7 @@ mod tests {
             })])
             .unwrap_err();
         assert!(e.message.contains("temporary file"), "{e}");
-        assert!(r.current().check("t1", "", "", 0, None).is_none());
+        assert!(r.current().check(Some("t1"), "", "", 0, None).is_none());
         assert_eq!(before, std::fs::read(&path).unwrap());
     }
 

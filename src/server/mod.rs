@@ -163,15 +163,20 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     });
     let watcher = watch::start(app.clone(), resolvers.clone(), shutdown_rx.clone())
         .map_err(ServeError::Watch)?;
-    // Expired entries leave the verified-token cache off the request path.
+    // Off the request path: expired cache entries leave, and trusted
+    // issuers' key sets are fetched when due.
     {
         let app = app.clone();
         let mut rx = shutdown_rx;
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(30));
+            // Trusted issuers' key sets: fetched at start, then when due.
+            let mut keys = tokio::time::interval(Duration::from_secs(1));
+            keys.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = tick.tick() => app.prune_caches(),
+                    _ = keys.tick() => app.refresh_key_sets(),
                     _ = rx.changed() => return,
                 }
             }

@@ -2,6 +2,8 @@
 //! cache, and minting.
 
 pub mod issue;
+pub mod issuers;
+pub mod jwks;
 pub mod keys;
 pub mod validate;
 
@@ -22,6 +24,8 @@ pub struct TokenConfig {
     pub signing_key: Option<usize>,
     pub access_token_ttl: Duration,
     pub cache_entries: usize,
+    /// Trusted external issuers, whose tokens are validated beside valet's.
+    pub issuers: Vec<Arc<issuers::TrustedIssuer>>,
 }
 
 impl TokenConfig {

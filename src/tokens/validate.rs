@@ -6,14 +6,16 @@
 //! What can change while a token lives (time, revocations) is checked on
 //! every request, cache hit or not.
 
+use super::issuers::{claim, normalize_type, not_an_access_token, words, KeySource};
+use super::jwks::RemoteKeys;
 use super::keys::LoadedKey;
 use super::TokenConfig;
 use crate::revocation::RevocationSet;
 use dashmap::DashMap;
 use http::HeaderValue;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::Validation;
-use serde::Deserialize;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
@@ -43,10 +45,14 @@ pub enum TokenError {
     MissingClaim,
     #[error("token revoked")]
     Revoked,
+    #[error("not an access token")]
+    NotAccessToken,
+    #[error("the token's issuer is not accepted here")]
+    IssuerNotAccepted,
 }
 
 impl TokenError {
-    pub const ALL: [TokenError; 11] = [
+    pub const ALL: [TokenError; 13] = [
         TokenError::Malformed,
         TokenError::WrongType,
         TokenError::UnknownKey,
@@ -58,6 +64,8 @@ impl TokenError {
         TokenError::WrongAudience,
         TokenError::MissingClaim,
         TokenError::Revoked,
+        TokenError::NotAccessToken,
+        TokenError::IssuerNotAccepted,
     ];
 
     pub fn reason(self) -> &'static str {
@@ -73,23 +81,10 @@ impl TokenError {
             TokenError::WrongAudience => "wrong_audience",
             TokenError::MissingClaim => "missing_claim",
             TokenError::Revoked => "revoked",
+            TokenError::NotAccessToken => "not_access_token",
+            TokenError::IssuerNotAccepted => "issuer_not_accepted",
         }
     }
-}
-
-/// The claims valet relies on; JSON types are enforced (a string `exp` fails).
-#[derive(Deserialize)]
-struct Claims {
-    sub: String,
-    client_id: String,
-    jti: String,
-    iat: i64,
-    exp: i64,
-    nbf: Option<i64>,
-    #[serde(default)]
-    scope: String,
-    /// valet's refresh-token family, on tokens issued from a refresh grant chain.
-    fam: Option<String>,
 }
 
 /// A token whose signature and static claims were verified.
@@ -110,6 +105,15 @@ pub struct VerifiedToken {
     pub scopes_header: HeaderValue,
     /// Short SHA-256 fingerprint for logs.
     pub fingerprint: String,
+    /// Who issued it: 0 is valet itself, `i + 1` is `tokens.issuers[i]`.
+    pub issuer: usize,
+    /// Its `aud` values.
+    pub audiences: Box<[Box<str>]>,
+    /// Every claim, for routes that inject claims as headers.
+    pub claims: Map<String, Value>,
+    /// What the revocation map knows it by: (jti, client id, subject), in
+    /// the issuer's namespace (valet's own: as they are).
+    revocation_keys: Option<Box<[Box<str>; 3]>>,
 }
 
 impl VerifiedToken {
@@ -138,46 +142,99 @@ impl Hasher for DigestHasher {
 
 type Cache = DashMap<[u8; 32], Arc<VerifiedToken>, BuildHasherDefault<DigestHasher>>;
 
-struct KeyEntry {
-    key: Arc<LoadedKey>,
-    validation: Validation,
+/// One issuer's keys: valet's and file-configured ones, or a remote set.
+enum IssuerKeys {
+    Local(Vec<Arc<LoadedKey>>),
+    Remote(Arc<RemoteKeys>),
 }
 
-/// Validates tokens against one config snapshot's keys, issuer and audiences.
+/// What a token of one issuer must look like.
+struct Issuer {
+    issuer: String,
+    keys: IssuerKeys,
+    audiences: Vec<String>,
+    /// Accepted header `typ`s, normalized.
+    token_types: Vec<String>,
+    required: Vec<String>,
+    client_id_claims: Vec<String>,
+    scope_claims: Vec<String>,
+    skew: u64,
+    /// valet's own tokens: `jti`, `iat` and `client_id` are required, and
+    /// their claims may include anything identity mapping put there.
+    own: bool,
+}
+
+/// Validates tokens of valet itself and of the trusted issuers, against one
+/// config snapshot.
 pub struct Validator {
-    keys: Vec<KeyEntry>,
-    skew: i64,
+    /// `[0]` is valet itself; `[i + 1]` is `tokens.issuers[i]`.
+    issuers: Vec<Issuer>,
     cache: Cache,
     cache_cap: usize,
 }
 
+/// Remote key sets for a validator: one per source, shared across
+/// snapshots by whoever builds them (the app), so a reload keeps the keys.
+pub type RemoteResolver<'a> = dyn FnMut(&super::jwks::RemoteSource) -> Arc<RemoteKeys> + 'a;
+
 impl Validator {
+    /// A validator whose remote key sets are its own (fetched on demand).
     pub fn new(cfg: &TokenConfig) -> Self {
-        let keys = cfg
-            .keys
-            .iter()
-            .map(|k| {
-                let mut v = Validation::new(k.algorithm);
-                v.set_issuer(&[&cfg.issuer]);
-                v.set_audience(&cfg.audiences);
-                v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-                v.leeway = cfg.clock_skew.as_secs();
-                v.validate_nbf = true;
-                KeyEntry {
-                    key: k.clone(),
-                    validation: v,
-                }
-            })
-            .collect();
+        Self::with_remote(cfg, &mut |src| {
+            let c = |n: &str| prometheus::IntCounter::new(n, n).expect("valid metric");
+            let g = |n: &str| prometheus::IntGauge::new(n, n).expect("valid metric");
+            RemoteKeys::new(
+                src.clone(),
+                super::jwks::KeySetMetrics {
+                    fetched: c("fetched"),
+                    failed: c("failed"),
+                    limited: c("limited"),
+                    stale: g("stale"),
+                    keys: g("keys"),
+                },
+            )
+        })
+    }
+
+    pub fn with_remote(cfg: &TokenConfig, remote: &mut RemoteResolver<'_>) -> Self {
+        let skew = cfg.clock_skew.as_secs();
+        let mut issuers = vec![Issuer {
+            issuer: cfg.issuer.clone(),
+            keys: IssuerKeys::Local(cfg.keys.clone()),
+            audiences: cfg.audiences.clone(),
+            token_types: vec!["at+jwt".into()],
+            required: vec!["sub".into(), "client_id".into(), "jti".into(), "iat".into()],
+            client_id_claims: vec!["client_id".into()],
+            scope_claims: vec!["scope".into()],
+            skew,
+            own: true,
+        }];
+        for t in &cfg.issuers {
+            issuers.push(Issuer {
+                issuer: t.issuer.clone(),
+                keys: match &t.keys {
+                    KeySource::Files(k) => IssuerKeys::Local(k.clone()),
+                    KeySource::Remote(src) => IssuerKeys::Remote(remote(src)),
+                },
+                audiences: t.audiences.clone(),
+                token_types: t.token_types.clone(),
+                required: t.required_claims.clone(),
+                client_id_claims: t.client_id_claims.clone(),
+                scope_claims: t.scope_claims.clone(),
+                skew: t.clock_skew.as_secs(),
+                own: false,
+            });
+        }
         Validator {
-            keys,
-            skew: cfg.clock_skew.as_secs() as i64,
+            issuers,
             cache: Cache::default(),
             cache_cap: cfg.cache_entries,
         }
     }
 
     /// Validates `token` at time `now` (unix seconds) against `revoked`.
+    /// `UnknownKey` from a remote issuer may pass after
+    /// [`Validator::remote_keys_for`]'s set has refetched.
     pub fn validate(
         &self,
         token: &str,
@@ -196,31 +253,61 @@ impl Validator {
             }
         };
         // Checked on every request: time moves and revocations arrive.
-        if now > verified.exp.saturating_add(self.skew) {
+        let skew = self.issuers[verified.issuer].skew as i64;
+        if now > verified.exp.saturating_add(skew) {
             return Err(TokenError::Expired);
         }
         if verified
             .nbf
-            .is_some_and(|nbf| now.saturating_add(self.skew) < nbf)
+            .is_some_and(|nbf| now.saturating_add(skew) < nbf)
         {
             return Err(TokenError::NotYetValid);
         }
-        match revoked.check(
-            &verified.jti,
-            &verified.client_id,
-            &verified.subject,
-            verified.iat,
-            verified.family.as_deref(),
-        ) {
+        let hit = match &verified.revocation_keys {
+            None => revoked.check(
+                Some(&verified.jti),
+                &verified.client_id,
+                &verified.subject,
+                verified.iat,
+                verified.family.as_deref(),
+            ),
+            Some(k) => revoked.check(
+                (!verified.jti.is_empty()).then_some(&*k[0]),
+                &k[1],
+                &k[2],
+                verified.iat,
+                None,
+            ),
+        };
+        match hit {
             Some(_) => Err(TokenError::Revoked),
             None => Ok(verified),
+        }
+    }
+
+    /// The remote key set a token's issuer uses, and the `kid` it names:
+    /// for a caller that got `UnknownKey` and may wait for a refetch.
+    pub fn remote_keys_for(&self, token: &str) -> Option<(Arc<RemoteKeys>, Option<String>)> {
+        let header = jsonwebtoken::decode_header(token).ok()?;
+        let iss = peek_issuer(token)?;
+        let i = self.issuers.iter().position(|i| i.issuer == iss)?;
+        match &self.issuers[i].keys {
+            IssuerKeys::Remote(r) => Some((r.clone(), header.kid)),
+            IssuerKeys::Local(_) => None,
         }
     }
 
     /// Drops cached entries that expired; called periodically off the request path.
     pub fn prune(&self, now: i64) {
         self.cache
-            .retain(|_, v| v.exp.saturating_add(self.skew) >= now);
+            .retain(|_, v| v.exp.saturating_add(self.issuers[v.issuer].skew as i64) >= now);
+    }
+
+    /// Whether this validator uses the remote key set `k`.
+    pub fn uses(&self, k: &Arc<RemoteKeys>) -> bool {
+        self.issuers
+            .iter()
+            .any(|i| matches!(&i.keys, IssuerKeys::Remote(r) if Arc::ptr_eq(r, k)))
     }
 
     pub fn cached(&self) -> usize {
@@ -229,16 +316,38 @@ impl Validator {
 
     fn verify(&self, token: &str, digest: &[u8; 32]) -> Result<VerifiedToken, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| header_failure(token))?;
-        // RFC 9068 §4: the `typ` header must be at+jwt; jsonwebtoken does not check it.
-        let typ_ok = header.typ.as_deref().is_some_and(|t| {
-            t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt")
-        });
-        if !typ_ok {
+        // The issuer picks the keys and the shape; a token claiming another
+        // issuer than its signer's fails the signature or the `iss` check.
+        let iss = peek_issuer(token);
+        let index = match iss.as_deref() {
+            Some(iss) => self
+                .issuers
+                .iter()
+                .position(|i| i.issuer == iss)
+                .ok_or(TokenError::WrongIssuer)?,
+            None => 0,
+        };
+        let issuer = &self.issuers[index];
+        // RFC 9068 §4: the `typ` header (jsonwebtoken does not check it).
+        let typ = normalize_type(header.typ.as_deref().unwrap_or(""));
+        if !issuer.token_types.contains(&typ) {
             return Err(TokenError::WrongType);
         }
-        let candidates: Vec<&KeyEntry> = match &header.kid {
-            Some(kid) => self.keys.iter().filter(|k| &k.key.id == kid).collect(),
-            None => self.keys.iter().collect(),
+        let kid = header.kid.as_deref();
+        let remote;
+        let candidates: Vec<(Algorithm, &DecodingKey)> = match &issuer.keys {
+            IssuerKeys::Local(keys) => keys
+                .iter()
+                .filter(|k| kid.is_none() || Some(k.id.as_str()) == kid)
+                .map(|k| (k.algorithm, &k.decoding))
+                .collect(),
+            IssuerKeys::Remote(r) => {
+                remote = r.current();
+                remote
+                    .by_kid(kid)
+                    .map(|k| (k.algorithm, &k.decoding))
+                    .collect()
+            }
         };
         if candidates.is_empty() {
             return Err(TokenError::UnknownKey);
@@ -246,9 +355,15 @@ impl Validator {
         // The key decides the algorithm; a token naming another one is refused
         // before any signature check (defeats alg confusion and `none`).
         let mut last = TokenError::WrongAlgorithm;
-        for k in candidates.iter().filter(|k| k.key.algorithm == header.alg) {
-            match jsonwebtoken::decode::<Claims>(token, &k.key.decoding, &k.validation) {
-                Ok(data) => return build(data.claims, digest),
+        for (alg, key) in candidates.into_iter().filter(|(a, _)| *a == header.alg) {
+            let mut v = Validation::new(alg);
+            v.set_issuer(&[&issuer.issuer]);
+            v.set_audience(&issuer.audiences);
+            v.set_required_spec_claims(&["exp", "iss", "aud"]);
+            v.leeway = issuer.skew;
+            v.validate_nbf = true;
+            match jsonwebtoken::decode::<Map<String, Value>>(token, key, &v) {
+                Ok(data) => return build(issuer, index, data.claims, digest),
                 Err(e) => {
                     last = map_error(e.kind());
                     if last != TokenError::BadSignature {
@@ -259,6 +374,21 @@ impl Validator {
         }
         Err(last)
     }
+}
+
+/// The `iss` of a token's payload, unverified: it only picks which keys
+/// verify the token, and the signature and the `iss` check decide.
+fn peek_issuer(token: &str) -> Option<String> {
+    use base64::Engine;
+    #[derive(serde::Deserialize)]
+    struct Iss {
+        iss: Option<String>,
+    }
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    serde_json::from_slice::<Iss>(&bytes).ok()?.iss
 }
 
 /// Why a header would not parse: an algorithm valet never accepts (`none`,
@@ -297,24 +427,92 @@ fn map_error(kind: &ErrorKind) -> TokenError {
     }
 }
 
-fn build(c: Claims, digest: &[u8; 32]) -> Result<VerifiedToken, TokenError> {
-    if c.sub.is_empty() || c.client_id.is_empty() || c.jti.is_empty() {
+fn build(
+    issuer: &Issuer,
+    index: usize,
+    claims: Map<String, Value>,
+    digest: &[u8; 32],
+) -> Result<VerifiedToken, TokenError> {
+    if !issuer.own && not_an_access_token(&claims) {
+        return Err(TokenError::NotAccessToken);
+    }
+    if issuer
+        .required
+        .iter()
+        .any(|c| claim(&claims, c).is_none_or(Value::is_null))
+    {
         return Err(TokenError::MissingClaim);
     }
+    // JSON types are enforced: a string `iat` or a numeric `sub` fails.
+    let text = |name: &str| -> Result<Option<&str>, TokenError> {
+        match claims.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            Some(_) => Err(TokenError::MissingClaim),
+        }
+    };
+    let int = |name: &str| -> Result<Option<i64>, TokenError> {
+        match claims.get(name) {
+            None => Ok(None),
+            Some(v) => v.as_i64().map(Some).ok_or(TokenError::MissingClaim),
+        }
+    };
+    let sub = text("sub")?.unwrap_or("");
+    let jti = text("jti")?.unwrap_or("");
+    let exp = int("exp")?.ok_or(TokenError::MissingClaim)?;
+    // No `iat`: issued at an unknown time, so any cut-off applies.
+    let iat = int("iat")?.unwrap_or(i64::MIN);
+    let nbf = int("nbf")?;
+    let family = if issuer.own { text("fam")? } else { None };
+    let client_id = match issuer
+        .client_id_claims
+        .iter()
+        .find_map(|c| claim(&claims, c))
+    {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        _ => return Err(TokenError::MissingClaim),
+    };
+    let mut scopes: Vec<&str> = Vec::new();
+    for c in &issuer.scope_claims {
+        if let Some(v) = claim(&claims, c) {
+            for w in words(v) {
+                if !scopes.contains(&w) {
+                    scopes.push(w);
+                }
+            }
+        }
+    }
+    if issuer.own && (sub.is_empty() || jti.is_empty()) {
+        return Err(TokenError::MissingClaim);
+    }
+    let audiences: Box<[Box<str>]> = match claims.get("aud") {
+        Some(Value::String(a)) => Box::new([a.as_str().into()]),
+        Some(v) => words(v).into_iter().map(Into::into).collect(),
+        None => Box::new([]),
+    };
     // Values become upstream headers; refuse what a header cannot carry.
     let hv = |s: &str| HeaderValue::from_str(s).map_err(|_| TokenError::MissingClaim);
+    let scope_text = scopes.join(" ");
+    let revocation_keys = (!issuer.own).then(|| {
+        let scoped = |k: &str| crate::revocation::scoped(&issuer.issuer, k).into_boxed_str();
+        Box::new([scoped(jti), scoped(&client_id), scoped(sub)])
+    });
     Ok(VerifiedToken {
-        subject_header: hv(&c.sub)?,
-        client_id_header: hv(&c.client_id)?,
-        scopes_header: hv(&c.scope)?,
-        scopes: c.scope.split_ascii_whitespace().map(Into::into).collect(),
-        subject: c.sub.into(),
-        client_id: c.client_id.into(),
-        jti: c.jti.into(),
-        iat: c.iat,
-        exp: c.exp,
-        nbf: c.nbf,
-        family: c.fam.map(Into::into),
+        subject_header: hv(sub)?,
+        client_id_header: hv(&client_id)?,
+        scopes_header: hv(&scope_text)?,
+        scopes: scopes.iter().map(|s| (*s).into()).collect(),
+        subject: sub.into(),
+        client_id: client_id.into(),
+        jti: jti.into(),
+        iat,
+        exp,
+        nbf,
+        family: family.map(Into::into),
         fingerprint: super::hex4(digest),
+        issuer: index,
+        audiences,
+        revocation_keys,
+        claims,
     })
 }

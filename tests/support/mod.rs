@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod client;
+pub mod idp;
 pub mod oauth1_provider;
 pub mod process;
 pub mod upstream;
@@ -74,6 +75,28 @@ impl TestCa {
         }
         pem.push_str("-----END CERTIFICATE-----\n");
         std::fs::write(path, pem).unwrap();
+    }
+
+    /// A TLS server config serving the current leaf certificate.
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        let certs: Vec<_> = rustls_pki_types::pem::PemObject::pem_file_iter(&self.cert_file)
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect();
+        let key =
+            <rustls_pki_types::PrivateKeyDer as rustls_pki_types::pem::PemObject>::from_pem_file(
+                &self.key_file,
+            )
+            .unwrap();
+        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        Arc::new(tls)
     }
 
     pub fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
@@ -214,16 +237,29 @@ impl Gateway {
     /// As `start`, with `listener` (YAML keys, one per line, unindented)
     /// added to the listener.
     pub async fn start_with_listener(listener: &str, routes: &str, extra: &str) -> Gateway {
+        let listener = listener.to_string();
+        Self::start_with(routes, extra, move |text| {
+            if listener.is_empty() {
+                return text;
+            }
+            let indented: String = listener.lines().map(|l| format!("    {l}\n")).collect();
+            text.replacen("metrics:\n", &format!("{indented}metrics:\n"), 1)
+        })
+        .await
+    }
+
+    /// As `start`, with the config text passed through `edit` first.
+    pub async fn start_with(
+        routes: &str,
+        extra: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::new(dir.path());
         let key = TestKey::new();
         std::fs::write(dir.path().join("signing.pem"), &key.pem).unwrap();
         let config_path = dir.path().join("valet.yaml");
-        let mut text = config_text(&ca, &dir, routes, extra);
-        if !listener.is_empty() {
-            let indented: String = listener.lines().map(|l| format!("    {l}\n")).collect();
-            text = text.replacen("metrics:\n", &format!("{indented}metrics:\n"), 1);
-        }
+        let text = edit(config_text(&ca, &dir, routes, extra));
         std::fs::write(&config_path, text).unwrap();
         let config = valet::config::load(&config_path).unwrap_or_else(|e| panic!("{e}"));
         let running = valet::server::start(config).await.unwrap();

@@ -428,24 +428,7 @@ impl Provider {
     /// Starts both listeners; the TLS one serves `ca`'s leaf certificate.
     pub async fn start(ca: &super::TestCa) -> Provider {
         let state = Arc::new(Mutex::new(State::default()));
-        let certs: Vec<_> = rustls_pki_types::pem::PemObject::pem_file_iter(&ca.cert_file)
-            .unwrap()
-            .map(|c| c.unwrap())
-            .collect();
-        let key =
-            <rustls_pki_types::PrivateKeyDer as rustls_pki_types::pem::PemObject>::from_pem_file(
-                &ca.key_file,
-            )
-            .unwrap();
-        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let acceptor = tokio_rustls::TlsAcceptor::from(ca.server_config());
         let tls_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (tls_addr, api_addr) = (tls_l.local_addr().unwrap(), api_l.local_addr().unwrap());
