@@ -60,15 +60,16 @@ fn bench(c: &mut Criterion) {
             )
         })
     });
-    let (s, ci, sc) = (
+    let (s, ci, sc, is) = (
         HeaderName::from_static("x-valet-subject"),
         HeaderName::from_static("x-valet-client-id"),
         HeaderName::from_static("x-valet-scopes"),
+        HeaderName::from_static("x-valet-issuer"),
     );
     let scrub = Scrub {
         underscores: UnderscoreHeaders::Drop,
         trusted: false,
-        identity: [&s, &ci, &sc],
+        identity: [&s, &ci, &sc, &is],
         extra: &[],
     };
     let clean = headers(&[]);

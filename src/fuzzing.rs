@@ -200,6 +200,7 @@ pub fn header_scrub(data: &[u8]) {
         HeaderName::from_static("x-valet-subject"),
         HeaderName::from_static("x-valet-client-id"),
         HeaderName::from_static("x-valet-scopes"),
+        HeaderName::from_static("x-valet-issuer"),
     ];
     let extra = [HeaderName::from_static("x-debug-user")];
     let underscores = match bits % 3 {
@@ -212,7 +213,7 @@ pub fn header_scrub(data: &[u8]) {
     headers::Scrub {
         underscores,
         trusted,
-        identity: [&ident[0], &ident[1], &ident[2]],
+        identity: [&ident[0], &ident[1], &ident[2], &ident[3]],
         extra: &extra,
     }
     .apply(&mut h);

@@ -134,6 +134,8 @@ async fn keycloak_and_entra_tokens_reach_the_upstream_with_their_identity() {
     assert_eq!(seen.headers["x-valet-subject"], "alice");
     assert_eq!(seen.headers["x-valet-client-id"], "billing-app");
     assert_eq!(seen.headers["x-valet-scopes"], "read profile");
+    // A subject is unique within its issuer: the upstream is told which.
+    assert_eq!(seen.headers["x-valet-issuer"], s.kc.issuer.as_str());
 
     let en = s.entra.sign("k1", "JWT", &entra_claims(&s.entra, "oid-1"));
     let r = s.get("/api/x", &en).await;
@@ -148,6 +150,8 @@ async fn keycloak_and_entra_tokens_reach_the_upstream_with_their_identity() {
         s.get("/api/x", &s.gw.token("bob", "read")).await.status,
         200
     );
+    let seen = s.up.seen.lock().unwrap().last().unwrap().clone();
+    assert_eq!(seen.headers["x-valet-issuer"], ISSUER);
     // Discovery was asked once; each set was fetched once.
     assert_eq!(
         s.kc.discovery_hits
@@ -397,6 +401,7 @@ async fn claims_are_injected_and_caller_copies_removed() {
         .header("x-user-email", "mallory@example.com")
         .header("x_user_email", "mallory@example.com")
         .header("X-Roles", "superuser")
+        .header("x-valet-issuer", "https://forged.example")
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .unwrap();
     let r = s.gw.client(Proto::H1).send(req).await;
@@ -411,6 +416,7 @@ async fn claims_are_injected_and_caller_copies_removed() {
     };
     assert_eq!(all("x-user-email"), ["alice@example.com"]);
     assert_eq!(all("x-roles"), ["admin,user"]);
+    assert_eq!(all("x-valet-issuer"), [s.kc.issuer.clone()]);
     assert!(all("x_user_email").is_empty());
     // A token without the claim: the header is absent, not the caller's.
     let mut no_email = kc_claims(&s.kc, "bob");
@@ -506,4 +512,75 @@ async fn the_key_set_is_refreshed_within_its_floor_and_ceiling() {
         (1..=4).contains(&more),
         "{more} fetches in 3 s under a 1 s floor"
     );
+}
+
+/// A reload (any change to the config) keeps the keys already fetched: with
+/// the provider down, its tokens still validate after the reload.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_keeps_the_fetched_keys() {
+    let s = setup().await;
+    s.kc.set_up(false);
+    let reloads = "valet_reloads_total{kind=\"config\",result=\"success\"}";
+    let before = s.gw.metric(reloads).await;
+    let mut text = std::fs::read_to_string(&s.gw.config_path).unwrap();
+    text.push_str(&format!(
+        "  - name: added\n    match: {{ path_prefix: /added }}\n    upstream: \"http://{}\"\n",
+        s.up.addr
+    ));
+    std::fs::write(&s.gw.config_path, text).unwrap();
+    assert!(
+        eventually(PICKUP, || async { s.gw.metric(reloads).await > before }).await,
+        "the config was not reloaded"
+    );
+    let good = s.kc.sign("k1", "JWT", &kc_claims(&s.kc, "alice"));
+    assert_eq!(s.get("/added/x", &good).await.status, 200);
+    assert_eq!(s.get("/api/x", &good).await.status, 200);
+}
+
+/// What the config refuses: an injected claim in an identity header's
+/// place, and an issuer name that is another issuer's URL.
+#[test]
+fn ambiguous_issuer_settings_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    std::fs::write(dir.path().join("signing.pem"), TestKey::new().pem).unwrap();
+    let load = |routes: &str, issuers: &str| {
+        let text = config_text(&ca, &dir, routes, "").replacen(
+            "revocation:\n",
+            &format!("{issuers}revocation:\n"),
+            1,
+        );
+        let path = dir.path().join("valet.yaml");
+        std::fs::write(&path, text).unwrap();
+        valet::config::load(&path)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let route = |extra: &str| {
+        format!(
+            "  - name: r\n    match: {{ path_prefix: /r }}\n    upstream: \"http://127.0.0.1:9\"\n{extra}"
+        )
+    };
+    let issuer = |name: &str, url: &str| {
+        format!(
+            "    - name: \"{name}\"\n      issuer: \"{url}\"\n      jwks_uri: \"https://idp.example/keys\"\n"
+        )
+    };
+    assert_eq!(load(&route(""), ""), Ok(()));
+    let e = load(
+        &route("    inject_claims: { x-valet-subject: email }\n"),
+        "",
+    )
+    .unwrap_err();
+    assert!(e.contains("identity header"), "{e}");
+    let two = format!(
+        "  issuers:\n{}{}",
+        issuer("https://b.example", "https://a.example"),
+        issuer("b", "https://b.example")
+    );
+    let e = load(&route(""), &two).unwrap_err();
+    assert!(e.contains("another issuer's URL"), "{e}");
+    let own = format!("  issuers:\n{}", issuer(ISSUER, "https://a.example"));
+    let e = load(&route(""), &own).unwrap_err();
+    assert!(e.contains("another issuer's URL"), "{e}");
 }

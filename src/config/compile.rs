@@ -129,6 +129,7 @@ pub struct InjectIdentity {
     pub subject: bool,
     pub client_id: bool,
     pub scopes: bool,
+    pub issuer: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,6 +161,13 @@ pub struct IdentityHeaderNames {
     pub subject: HeaderName,
     pub client_id: HeaderName,
     pub scopes: HeaderName,
+    pub issuer: HeaderName,
+}
+
+impl IdentityHeaderNames {
+    pub fn all(&self) -> [&HeaderName; 4] {
+        [&self.subject, &self.client_id, &self.scopes, &self.issuer]
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -302,6 +310,17 @@ fn compile(
     let trusted_proxies = compile_trusted_proxies(&raw.forwarding.trusted_proxies, c);
 
     let identity_headers = compile_identity_headers(raw.identity_headers, c);
+    // An injected claim never takes the place of a verified identity.
+    for (i, r) in routes.iter().enumerate() {
+        for (h, _) in &r.inject_claims {
+            if identity_headers.all().contains(&h) {
+                c.at(
+                    &format!("routes[{i}].inject_claims"),
+                    format!("`{h}` is an identity header valet sets from the token"),
+                );
+            }
+        }
+    }
 
     let logging = compile_logging(&raw.logging, c);
 
@@ -471,12 +490,14 @@ fn compile_identity_headers(ih: RawIdentityHeaders, c: &mut Collector<'_>) -> Id
             ih.scopes,
             DEFAULT_SCOPES_HEADER,
         ),
+        issuer: header_name(
+            c,
+            "identity_headers.issuer",
+            ih.issuer,
+            DEFAULT_ISSUER_HEADER,
+        ),
     };
-    for h in [
-        &identity_headers.subject,
-        &identity_headers.client_id,
-        &identity_headers.scopes,
-    ] {
+    for h in identity_headers.all() {
         if crate::header_names::is_reserved(h) {
             c.at(
                 "identity_headers",
@@ -689,21 +710,24 @@ fn route_inject(r: &RawRoute, p: &str, c: &mut Collector<'_>) -> InjectIdentity 
         subject: true,
         client_id: true,
         scopes: true,
+        issuer: true,
     };
     if let Some(list) = &r.inject_identity {
         inject = InjectIdentity {
             subject: false,
             client_id: false,
             scopes: false,
+            issuer: false,
         };
         for v in list {
             match v.as_str() {
                 "subject" => inject.subject = true,
                 "client_id" => inject.client_id = true,
                 "scopes" => inject.scopes = true,
+                "issuer" => inject.issuer = true,
                 other => c.at(
                     &format!("{p}.inject_identity"),
-                    format!("unknown identity `{other}`; use subject, client_id or scopes"),
+                    format!("unknown identity `{other}`; use subject, client_id, scopes or issuer"),
                 ),
             }
         }

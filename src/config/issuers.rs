@@ -21,6 +21,8 @@ pub const DEFAULT_MAX_FETCHES_PER_MINUTE: u32 = 6;
 pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default clock skew for an issuer that sets none.
 pub const DEFAULT_ISSUER_SKEW: Duration = Duration::from_secs(60);
+/// The longest `max_refresh` accepted.
+pub const MAX_REFRESH_CAP: Duration = Duration::from_secs(7 * 86400);
 
 pub(super) fn compile(
     raw: &[RawIssuer],
@@ -49,6 +51,15 @@ pub(super) fn compile(
             c.at(
                 &at,
                 format!("issuer `{}` (name `{name}`) is listed twice", r.issuer),
+            );
+        }
+        // A name routes use must mean one issuer only.
+        let clashes =
+            name == own_issuer || (name != r.issuer && raw.iter().any(|o| o.issuer == name));
+        if clashes {
+            c.at(
+                &format!("{at}.name"),
+                format!("name `{name}` is another issuer's URL"),
             );
         }
         let Some(keys) = key_source(r, &at, base, c) else {
@@ -143,18 +154,20 @@ fn key_source(r: &RawIssuer, at: &str, base: &Path, c: &mut Collector<'_>) -> Op
         );
     }
     let d = |v: Option<super::units::ConfigDuration>, def: Duration| v.map_or(def, |v| v.0);
+    let ca_file = r.ca_file.as_deref().map(|f| resolve(base, f));
     let source = RemoteSource {
         issuer: r.issuer.clone(),
         jwks_uri: r.jwks_uri.clone(),
-        tls: match crate::certs::client_config(
-            r.ca_file.as_deref().map(|f| resolve(base, f)).as_deref(),
-        ) {
+        tls: match crate::certs::client_config(ca_file.as_deref()) {
             Ok(t) => t,
             Err(e) => {
                 c.at(&format!("{at}.ca_file"), e);
                 return None;
             }
         },
+        ca_digest: ca_file
+            .as_deref()
+            .map(|f| crate::digest::sha256(&std::fs::read(f).unwrap_or_default())),
         min_refresh: d(r.min_refresh, DEFAULT_MIN_REFRESH),
         max_refresh: d(r.max_refresh, DEFAULT_MAX_REFRESH),
         unknown_kid_interval: d(r.unknown_kid_interval, DEFAULT_UNKNOWN_KID_INTERVAL),
@@ -163,10 +176,13 @@ fn key_source(r: &RawIssuer, at: &str, base: &Path, c: &mut Collector<'_>) -> Op
             .unwrap_or(DEFAULT_MAX_FETCHES_PER_MINUTE),
         fetch_timeout: d(r.fetch_timeout, DEFAULT_FETCH_TIMEOUT),
     };
-    if source.min_refresh.is_zero() || source.min_refresh > source.max_refresh {
+    if source.min_refresh.is_zero()
+        || source.min_refresh > source.max_refresh
+        || source.max_refresh > MAX_REFRESH_CAP
+    {
         c.at(
             &format!("{at}.min_refresh"),
-            "min_refresh must be positive and at most max_refresh",
+            "min_refresh must be positive and at most max_refresh, which is at most 7d",
         );
     }
     if source.fetch_timeout.is_zero() || source.fetch_timeout > Duration::from_secs(60) {

@@ -49,6 +49,9 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Identity header names injected towards upstreams.
 pub const DEFAULT_SUBJECT_HEADER: &str = "x-valet-subject";
+/// Which issuer vouched for the identity (a subject is only unique within
+/// its issuer).
+pub const DEFAULT_ISSUER_HEADER: &str = "x-valet-issuer";
 pub const DEFAULT_CLIENT_ID_HEADER: &str = "x-valet-client-id";
 pub const DEFAULT_SCOPES_HEADER: &str = "x-valet-scopes";
 /// Time a connection may sit with no request in progress (also the wait for

@@ -455,6 +455,7 @@ pub(super) struct RawIdentityHeaders {
     pub(super) subject: Option<String>,
     pub(super) client_id: Option<String>,
     pub(super) scopes: Option<String>,
+    pub(super) issuer: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

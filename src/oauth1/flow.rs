@@ -122,9 +122,9 @@ pub async fn serve(
     *authenticated = Some(token.clone());
     let store = app.oauth1_store();
     match (action, req.method()) {
-        (Action::Authorize, _) => authorize(app, o, p, &token.subject, &req).await,
+        (Action::Authorize, _) => authorize(app, o, p, token.namespaced_subject(), &req).await,
         (Action::Token, &Method::DELETE) => {
-            let (name, sub) = (p.name.clone(), token.subject.to_string());
+            let (name, sub) = (p.name.clone(), token.namespaced_subject().to_string());
             match with_store(app, move |s| s.remove(&name, &sub)).await {
                 Some(Ok(had)) => {
                     if had {
@@ -147,7 +147,7 @@ pub async fn serve(
             }
         }
         (Action::Token, _) => {
-            let has = store.is_some_and(|s| s.get(&p.name, &token.subject).is_some());
+            let has = store.is_some_and(|s| s.get(&p.name, token.namespaced_subject()).is_some());
             json_response(
                 StatusCode::OK,
                 &json!({

@@ -35,7 +35,7 @@ pub struct Scrub<'a> {
     /// The peer is a trusted proxy: its forwarding headers stay.
     pub trusted: bool,
     /// Identity headers valet sets (caller copies are always removed).
-    pub identity: [&'a HeaderName; 3],
+    pub identity: [&'a HeaderName; 4],
     /// The route's own `strip_request_headers`.
     pub extra: &'a [HeaderName],
 }
@@ -148,16 +148,17 @@ mod tests {
                 v.parse().unwrap(),
             );
         }
-        let (s, c, sc) = (
+        let (s, c, sc, i) = (
             HeaderName::from_static("x-valet-subject"),
             HeaderName::from_static("x-valet-client-id"),
             HeaderName::from_static("x-valet-scopes"),
+            HeaderName::from_static("x-valet-issuer"),
         );
         let extra = [HeaderName::from_static("x-debug")];
         Scrub {
             underscores,
             trusted,
-            identity: [&s, &c, &sc],
+            identity: [&s, &c, &sc, &i],
             extra: &extra,
         }
         .apply(&mut m);

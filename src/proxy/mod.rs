@@ -153,7 +153,7 @@ pub async fn serve(
     headers::Scrub {
         underscores: policy.underscores,
         trusted,
-        identity: [&names.subject, &names.client_id, &names.scopes],
+        identity: names.all(),
         extra: &route.cfg.strip_request_headers,
     }
     .apply(h);
@@ -167,6 +167,9 @@ pub async fn serve(
         }
         if inject.scopes {
             h.insert(names.scopes.clone(), t.scopes_header.clone());
+        }
+        if inject.issuer {
+            h.insert(names.issuer.clone(), t.issuer_header.clone());
         }
         for (name, claim) in &route.cfg.inject_claims {
             let value = crate::tokens::issuers::claim(&t.claims, claim)
@@ -187,7 +190,8 @@ pub async fn serve(
     let rate = MinRate::of(&snap.config.limits);
     let (body, outcome) = match (&route.oauth1, &x.token) {
         (Some(signer), Some(t)) => {
-            upstream_oauth1::sign(app, signer, &t.subject, &mut parts, body, limit, rate).await?
+            let sub = t.namespaced_subject();
+            upstream_oauth1::sign(app, signer, sub, &mut parts, body, limit, rate).await?
         }
         _ => LimitedBody::new(body, limit, rate),
     };

@@ -77,17 +77,24 @@ pub fn claim<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Value
     Some(cur)
 }
 
-/// A claim as scopes: a space-separated string or a list of strings.
+/// A claim as scopes: a space-separated string or a list of strings. A
+/// list item with spaces is split too, as the upstream will read the
+/// space-joined header.
 pub fn words(v: &Value) -> Vec<&str> {
     match v {
         Value::String(s) => s.split_ascii_whitespace().collect(),
-        Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+        Value::Array(a) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .flat_map(str::split_ascii_whitespace)
+            .collect(),
         _ => Vec::new(),
     }
 }
 
 /// A claim as a header value's text: strings as they are, numbers and
-/// booleans printed, lists of those joined with `,`; objects have none.
+/// booleans printed, lists of those joined with `,` (a list with an item
+/// holding a `,` has none: it would read as two); objects have none.
 pub fn header_text(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
@@ -97,7 +104,7 @@ pub fn header_text(v: &Value) -> Option<String> {
             .iter()
             .map(|x| match x {
                 Value::Array(_) | Value::Object(_) | Value::Null => None,
-                x => header_text(x),
+                x => header_text(x).filter(|t| !t.contains(',')),
             })
             .collect::<Option<Vec<_>>>()
             .map(|v| v.join(",")),
@@ -145,6 +152,11 @@ mod tests {
             "a,1,true"
         );
         assert_eq!(header_text(&serde_json::json!({"a": 1})), None);
+        assert_eq!(header_text(&serde_json::json!(["a,b", "c"])), None);
+        assert_eq!(
+            words(&serde_json::json!(["/Team admin", "x"])),
+            ["/Team", "admin", "x"]
+        );
         assert_eq!(normalize_type("application/AT+JWT"), "at+jwt");
         assert_eq!(normalize_type("JWT"), "jwt");
     }

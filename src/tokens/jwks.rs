@@ -39,6 +39,10 @@ pub struct RemoteSource {
     /// The key set's URL; `None`: discovered from the issuer.
     pub jwks_uri: Option<String>,
     pub tls: Arc<rustls::ClientConfig>,
+    /// SHA-256 of the CA file trusted (`None`: the public web roots): what
+    /// tells a reload's source from the old one (each compile builds a new
+    /// TLS config, so the config itself cannot).
+    pub ca_digest: Option<[u8; 32]>,
     pub min_refresh: Duration,
     pub max_refresh: Duration,
     pub unknown_kid_interval: Duration,
@@ -50,7 +54,7 @@ impl PartialEq for RemoteSource {
     fn eq(&self, o: &Self) -> bool {
         self.issuer == o.issuer
             && self.jwks_uri == o.jwks_uri
-            && Arc::ptr_eq(&self.tls, &o.tls)
+            && self.ca_digest == o.ca_digest
             && self.min_refresh == o.min_refresh
             && self.max_refresh == o.max_refresh
             && self.unknown_kid_interval == o.unknown_kid_interval
@@ -93,10 +97,8 @@ pub struct KeySetMetrics {
 /// Limits how often an unknown `kid` may cause a fetch (background
 /// refreshes do not count: a rotation just after one is still seen).
 struct Gate {
-    /// The last fetch an unknown `kid` caused.
-    last: Option<Instant>,
-    window_start: Instant,
-    in_window: u32,
+    /// When unknown `kid`s caused fetches, over the last minute.
+    recent: std::collections::VecDeque<Instant>,
     /// When the background refresh should next try after a failure.
     retry_at: Option<Instant>,
 }
@@ -133,7 +135,6 @@ pub enum FetchError {
 
 impl RemoteKeys {
     pub fn new(source: RemoteSource, metrics: KeySetMetrics) -> Arc<Self> {
-        let now = Instant::now();
         Arc::new(RemoteKeys {
             source,
             keys: arc_swap::ArcSwap::from_pointee(Keys {
@@ -142,9 +143,7 @@ impl RemoteKeys {
             }),
             generation: AtomicU64::new(0),
             gate: tokio::sync::Mutex::new(Gate {
-                last: None,
-                window_start: now,
-                in_window: 0,
+                recent: Default::default(),
                 retry_at: None,
             }),
             discovered: Mutex::new(None),
@@ -158,29 +157,44 @@ impl RemoteKeys {
     }
 
     /// A token named `kid`, which the set lacks: refetch (single-flight,
-    /// rate-limited). True if the key is there afterwards.
+    /// rate-limited). True if the key is there afterwards. A request that
+    /// finds a fetch in flight waits for it (at most `fetch_timeout`); one
+    /// that the rate limit stops is refused at once.
     pub async fn refetch_for(&self, kid: Option<&str>) -> bool {
-        let seen = self.generation.load(Ordering::Acquire);
-        let mut gate = self.gate.lock().await;
         let has = |k: &Keys| k.by_kid(kid).next().is_some();
+        let seen = self.generation.load(Ordering::Acquire);
+        let mut gate = match self.gate.try_lock() {
+            Ok(g) => g,
+            Err(_) => {
+                let wait = self.source.fetch_timeout + Duration::from_millis(100);
+                match tokio::time::timeout(wait, self.gate.lock()).await {
+                    Ok(g) => g,
+                    Err(_) => return has(&self.current()),
+                }
+            }
+        };
         if self.generation.load(Ordering::Acquire) != seen {
-            // Another request fetched while this one waited.
+            // A fetch finished since this request looked.
             return has(&self.current());
         }
         let now = Instant::now();
-        if now.duration_since(gate.window_start) >= Duration::from_secs(60) {
-            gate.window_start = now;
-            gate.in_window = 0;
+        let minute = Duration::from_secs(60);
+        while gate
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= minute)
+        {
+            gate.recent.pop_front();
         }
         let too_soon = gate
-            .last
-            .is_some_and(|l| now.duration_since(l) < self.source.unknown_kid_interval);
-        if too_soon || gate.in_window >= self.source.max_fetches_per_minute {
+            .recent
+            .back()
+            .is_some_and(|l| now.duration_since(*l) < self.source.unknown_kid_interval);
+        if too_soon || gate.recent.len() >= self.source.max_fetches_per_minute as usize {
             self.metrics.limited.inc();
             return false;
         }
-        gate.last = Some(now);
-        gate.in_window += 1;
+        gate.recent.push_back(now);
         self.fetch_locked(&mut gate).await;
         has(&self.current())
     }
@@ -204,7 +218,13 @@ impl RemoteKeys {
 
     async fn fetch_locked(&self, gate: &mut Gate) {
         let now = Instant::now();
-        let result = self.fetch().await;
+        // One deadline over discovery and the key set together.
+        let result = match tokio::time::timeout(self.source.fetch_timeout, self.fetch()).await {
+            Ok(r) => r,
+            Err(_) => Err(FetchError::Outbound(
+                crate::outbound::OutboundError::Timeout(self.source.fetch_timeout),
+            )),
+        };
         self.generation.fetch_add(1, Ordering::Release);
         match result {
             Ok((keys, max_age)) => {
@@ -215,9 +235,12 @@ impl RemoteKeys {
                 self.metrics.stale.set(0);
                 self.metrics.keys.set(keys.len() as i64);
                 gate.retry_at = None;
+                let now = Instant::now();
+                // `life` is at most a week (the config's cap).
+                let until = now.checked_add(life).unwrap_or(now);
                 self.keys.store(Arc::new(Keys {
                     keys,
-                    fresh_until: Some(Instant::now() + life),
+                    fresh_until: Some(until),
                 }));
             }
             Err(e) => {

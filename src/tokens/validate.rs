@@ -103,6 +103,8 @@ pub struct VerifiedToken {
     pub subject_header: HeaderValue,
     pub client_id_header: HeaderValue,
     pub scopes_header: HeaderValue,
+    /// Who vouches for the subject (its `iss`).
+    pub issuer_header: HeaderValue,
     /// Short SHA-256 fingerprint for logs.
     pub fingerprint: String,
     /// Who issued it: 0 is valet itself, `i + 1` is `tokens.issuers[i]`.
@@ -119,6 +121,17 @@ pub struct VerifiedToken {
 impl VerifiedToken {
     pub fn has_scope(&self, s: &str) -> bool {
         self.scopes.iter().any(|t| &**t == s)
+    }
+
+    /// The subject, unique across issuers: as it is for valet's own tokens,
+    /// in its issuer's namespace for a trusted issuer's. What valet keeps
+    /// per subject (OAuth 1.0 tokens) is keyed by this, so the same `sub`
+    /// from two issuers never names one person.
+    pub fn namespaced_subject(&self) -> &str {
+        match &self.revocation_keys {
+            Some(k) => &k[2],
+            None => &self.subject,
+        }
     }
 }
 
@@ -151,6 +164,8 @@ enum IssuerKeys {
 /// What a token of one issuer must look like.
 struct Issuer {
     issuer: String,
+    /// `issuer` as a header value, made once (clones share its bytes).
+    issuer_header: HeaderValue,
     keys: IssuerKeys,
     audiences: Vec<String>,
     /// Accepted header `typ`s, normalized.
@@ -198,7 +213,12 @@ impl Validator {
 
     pub fn with_remote(cfg: &TokenConfig, remote: &mut RemoteResolver<'_>) -> Self {
         let skew = cfg.clock_skew.as_secs();
+        let header = |s: &str| {
+            HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(s.as_bytes()))
+                .unwrap_or(HeaderValue::from_static(""))
+        };
         let mut issuers = vec![Issuer {
+            issuer_header: header(&cfg.issuer),
             issuer: cfg.issuer.clone(),
             keys: IssuerKeys::Local(cfg.keys.clone()),
             audiences: cfg.audiences.clone(),
@@ -211,6 +231,7 @@ impl Validator {
         }];
         for t in &cfg.issuers {
             issuers.push(Issuer {
+                issuer_header: header(&t.issuer),
                 issuer: t.issuer.clone(),
                 keys: match &t.keys {
                     KeySource::Files(k) => IssuerKeys::Local(k.clone()),
@@ -482,7 +503,9 @@ fn build(
             }
         }
     }
-    if issuer.own && (sub.is_empty() || jti.is_empty()) {
+    // Every token names a subject: the identity headers and what valet
+    // keeps per subject need one.
+    if sub.is_empty() || (issuer.own && jti.is_empty()) {
         return Err(TokenError::MissingClaim);
     }
     let audiences: Box<[Box<str>]> = match claims.get("aud") {
@@ -501,6 +524,7 @@ fn build(
         subject_header: hv(sub)?,
         client_id_header: hv(&client_id)?,
         scopes_header: hv(&scope_text)?,
+        issuer_header: issuer.issuer_header.clone(),
         scopes: scopes.iter().map(|s| (*s).into()).collect(),
         subject: sub.into(),
         client_id: client_id.into(),
@@ -515,4 +539,88 @@ fn build(
         revocation_keys,
         claims,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokens::issuers::TrustedIssuer;
+    use crate::tokens::keys::{self, KeyConfig};
+    use std::time::Duration;
+
+    fn key(dir: &std::path::Path, id: &str) -> Arc<LoadedKey> {
+        let cfg = KeyConfig {
+            id: id.into(),
+            algorithm: Algorithm::EdDSA,
+            private_key_file: Some(dir.join(format!("{id}.pem"))),
+            public_key_file: None,
+            generate_if_missing: true,
+        };
+        Arc::new(keys::load(&cfg, &mut Vec::new()).unwrap())
+    }
+
+    fn sign(k: &LoadedKey, typ: &str, claims: serde_json::Value) -> String {
+        let mut h = jsonwebtoken::Header::new(Algorithm::EdDSA);
+        h.kid = Some(k.id.clone());
+        h.typ = Some(typ.into());
+        jsonwebtoken::encode(&h, &claims, k.encoding.as_ref().unwrap()).unwrap()
+    }
+
+    /// The same `sub` from valet and from a trusted issuer are two people:
+    /// what valet keeps per subject is keyed apart. A token without a
+    /// subject is refused whatever the issuer's required claims.
+    #[test]
+    fn subjects_are_unique_only_within_their_issuer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (own, idp) = (key(dir.path(), "own"), key(dir.path(), "idp"));
+        let cfg = TokenConfig {
+            issuer: "https://valet.test".into(),
+            audiences: vec!["api".into()],
+            clock_skew: Duration::from_secs(5),
+            keys: vec![own.clone()],
+            signing_key: Some(0),
+            access_token_ttl: Duration::from_secs(60),
+            cache_entries: 10,
+            issuers: vec![Arc::new(TrustedIssuer {
+                name: "idp".into(),
+                issuer: "https://idp.test".into(),
+                keys: KeySource::Files(vec![idp.clone()]),
+                audiences: vec!["api".into()],
+                token_types: vec!["jwt".into()],
+                required_claims: vec![],
+                client_id_claims: vec!["azp".into()],
+                scope_claims: vec!["scope".into()],
+                clock_skew: Duration::from_secs(5),
+            })],
+        };
+        let v = Validator::new(&cfg);
+        let revoked = RevocationSet::default();
+        let now = crate::revocation::now();
+        let mine = sign(
+            &own,
+            "at+jwt",
+            serde_json::json!({"iss": "https://valet.test", "sub": "alice", "aud": "api",
+                "exp": now + 60, "iat": now, "jti": "j1", "client_id": "c", "scope": "read"}),
+        );
+        let theirs = sign(
+            &idp,
+            "JWT",
+            serde_json::json!({"iss": "https://idp.test", "sub": "alice", "aud": "api",
+                "exp": now + 60, "azp": "c"}),
+        );
+        let a = v.validate(&mine, &revoked, now).unwrap();
+        let b = v.validate(&theirs, &revoked, now).unwrap();
+        assert_eq!((&*a.subject, &*b.subject), ("alice", "alice"));
+        assert_ne!(a.namespaced_subject(), b.namespaced_subject());
+        assert_eq!((a.issuer, b.issuer), (0, 1));
+        let nobody = sign(
+            &idp,
+            "JWT",
+            serde_json::json!({"iss": "https://idp.test", "aud": "api", "exp": now + 60, "azp": "c"}),
+        );
+        assert_eq!(
+            v.validate(&nobody, &revoked, now).unwrap_err(),
+            TokenError::MissingClaim
+        );
+    }
 }
