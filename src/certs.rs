@@ -25,6 +25,15 @@ pub enum TlsError {
 
 /// Loads a certificate chain and its private key, checking that they match.
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
+    let (certs, key_der) = load_chain_and_key(cert, key)?;
+    certified(certs, key_der)
+}
+
+/// A certificate chain and its private key, checked to match.
+pub fn load_chain_and_key(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| TlsError::Cert(cert.to_path_buf(), format!("{e:?}")))?
         .collect::<Result<_, _>>()
@@ -34,7 +43,8 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
     }
     let key_der = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| TlsError::Key(key.to_path_buf(), format!("{e:?}")))?;
-    certified(certs, key_der)
+    certified(certs.clone(), key_der.clone_key())?;
+    Ok((certs, key_der))
 }
 
 fn certified(
@@ -62,6 +72,14 @@ pub fn self_signed() -> Result<Arc<CertifiedKey>, TlsError> {
 /// A TLS client config trusting `ca_file`'s certificates, or without one the
 /// public web roots (webpki-roots): for valet's own outbound calls.
 pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    client_config_with(ca_file, None)
+}
+
+/// [`client_config`], showing a client certificate (mTLS) when given.
+pub fn client_config_with(
+    ca_file: Option<&Path>,
+    client_auth: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(p) => {
@@ -87,7 +105,12 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots);
+    let c = match client_auth {
+        None => c.with_no_client_auth(),
+        Some((certs, key)) => c
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| format!("the client certificate cannot be used: {e}"))?,
+    };
     Ok(Arc::new(c))
 }

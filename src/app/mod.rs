@@ -27,7 +27,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// Pooled HTTP/1.1 client towards upstreams.
-pub type UpstreamClient = Client<HttpConnector, LimitedBody>;
+/// Plain http:// passes through the TLS connector untouched.
+pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, LimitedBody>;
+
+/// Pools are shared by routes with the same connect timeout and TLS settings.
+type PoolKey = (Duration, Option<[u8; 32]>);
 
 /// An invalid config read again within this long is not reported again.
 const REPEATED_FAILURE: Duration = Duration::from_secs(2);
@@ -76,7 +80,7 @@ pub struct App {
     /// Recently verified argon2id client secrets.
     pub verified_secrets: crate::app::verified::VerifiedSecrets,
     /// Pools by connect timeout; they outlive snapshots so reloads keep connections.
-    clients: Mutex<HashMap<Duration, UpstreamClient>>,
+    clients: Mutex<HashMap<PoolKey, UpstreamClient>>,
     ready: AtomicBool,
     config_digest: Mutex<[u8; 32]>,
     /// What the config and its companions, and the revocation file, looked
@@ -589,24 +593,59 @@ fn default_allowances() -> crate::config::Allowances {
 }
 
 fn client_for(
-    clients: &Mutex<HashMap<Duration, UpstreamClient>>,
+    clients: &Mutex<HashMap<PoolKey, UpstreamClient>>,
     connect_timeout: Duration,
+    tls: Option<&crate::config::UpstreamTls>,
 ) -> UpstreamClient {
     let mut clients = clients.lock().expect("not poisoned");
     clients
-        .entry(connect_timeout)
+        .entry((connect_timeout, tls.map(|t| t.id)))
         .or_insert_with(|| {
             let mut http = HttpConnector::new();
             http.set_connect_timeout(Some(connect_timeout));
             http.set_nodelay(true);
-            http.enforce_http(true);
+            // The TLS connector wraps it for https:// upstreams.
+            http.enforce_http(false);
+            let https = match tls {
+                Some(t) => {
+                    let b = hyper_rustls::HttpsConnectorBuilder::new()
+                        .with_tls_config((*t.config).clone())
+                        .https_or_http();
+                    let b = match &t.server_name {
+                        Some(n) => b.with_server_name_resolver(
+                            hyper_rustls::FixedServerNameResolver::new(n.clone()),
+                        ),
+                        None => b,
+                    };
+                    b.enable_http1().wrap_connector(http)
+                }
+                // No TLS settings: http:// only (an https:// upstream
+                // always has them, defaults included).
+                None => hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(plain_only())
+                    .https_or_http()
+                    .enable_http1()
+                    .wrap_connector(http),
+            };
             Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(POOL_IDLE_TIMEOUT)
                 .pool_timer(TokioTimer::new())
                 .timer(TokioTimer::new())
-                .build(http)
+                .build(https)
         })
         .clone()
+}
+
+/// A TLS config that trusts nothing: pools of http:// upstreams never use
+/// it, and an https:// URI reaching one fails rather than trusting anyone.
+fn plain_only() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("the default versions")
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth()
 }
 
 /// The key set for `src`: the one held if its source is unchanged.
@@ -627,7 +666,7 @@ fn key_set_for(
 
 fn build_snapshot(
     metrics: &Metrics,
-    clients: &Mutex<HashMap<Duration, UpstreamClient>>,
+    clients: &Mutex<HashMap<PoolKey, UpstreamClient>>,
     key_sets: &Mutex<Vec<Arc<RemoteKeys>>>,
     config: Config,
 ) -> Snapshot {
@@ -636,7 +675,7 @@ fn build_snapshot(
         .iter()
         .map(|r| Route {
             metrics: metrics.route(&r.name),
-            client: client_for(clients, r.connect_timeout),
+            client: client_for(clients, r.connect_timeout, r.upstream.tls.as_ref()),
             host_header: HeaderValue::from_str(r.upstream.authority.as_str())
                 .expect("authority is a header value"),
             scope_list: r.scopes.join(" "),

@@ -90,6 +90,28 @@ pub struct Upstream {
     pub authority: Authority,
     /// Path prefix on the upstream, without a trailing `/` ("" for none).
     pub base_path: String,
+    /// For https:// upstreams.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// TLS towards one upstream: whom to trust, which name to check, and the
+/// client certificate to show.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    pub config: Arc<rustls::ClientConfig>,
+    /// Checked (and sent as SNI) instead of the URL's host.
+    pub server_name: Option<rustls_pki_types::ServerName<'static>>,
+    /// Identifies the settings (files' contents included), so routes with
+    /// the same ones share a connection pool.
+    pub id: [u8; 32],
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -306,7 +328,7 @@ fn compile(
     let tokens = compile_tokens(&raw.tokens, base, c);
     let limits = compile_limits(&raw.limits, c);
 
-    let routes = compile_routes(&raw.routes, &limits, &tokens, c);
+    let routes = compile_routes(&raw.routes, &limits, &tokens, base, c);
     let trusted_proxies = compile_trusted_proxies(&raw.forwarding.trusted_proxies, c);
 
     let identity_headers = compile_identity_headers(raw.identity_headers, c);
@@ -581,6 +603,7 @@ fn compile_routes(
     raw: &[RawRoute],
     limits: &Limits,
     tokens: &TokenConfig,
+    base: &Path,
     c: &mut Collector<'_>,
 ) -> Vec<RouteConfig> {
     let d = |v: Option<units::ConfigDuration>, def: Duration| v.map_or(def, |v| v.0);
@@ -599,7 +622,11 @@ fn compile_routes(
         let inject_claims = route_inject_claims(r, &p, c);
         // Caller copies of injected claims go, in every spelling.
         strip_request_headers.extend(inject_claims.iter().map(|(h, _)| h.clone()));
-        let upstream = compile_upstream(c, &format!("{p}.upstream"), &r.upstream);
+        let upstream =
+            compile_upstream(c, &format!("{p}.upstream"), &r.upstream).and_then(|mut u| {
+                u.tls = upstream_tls(r, &u, &p, base, c)?;
+                Some(u)
+            });
         let inject = route_inject(r, &p, c);
         let (auth_issuers, auth_audiences) = route_auth(r, &p, tokens, c);
         if let Some(up) = upstream {
@@ -896,10 +923,10 @@ fn compile_upstream(c: &mut Collector<'_>, path: &str, s: &str) -> Option<Upstre
         );
         return None;
     };
-    if scheme != &Scheme::HTTP {
+    if scheme != &Scheme::HTTP && scheme != &Scheme::HTTPS {
         c.at(
             path,
-            format!("upstream scheme `{scheme}` is not supported; valet forwards to http:// upstreams (run it beside the service)"),
+            format!("upstream scheme `{scheme}` is not supported; use http:// or https://"),
         );
         return None;
     }
@@ -911,7 +938,89 @@ fn compile_upstream(c: &mut Collector<'_>, path: &str, s: &str) -> Option<Upstre
         scheme: scheme.clone(),
         authority: authority.clone(),
         base_path: uri.path().trim_end_matches('/').to_string(),
+        tls: None,
     })
+}
+
+/// `upstream_tls` of an https:// upstream (the defaults when absent):
+/// `Some(None)` for http://, `None` when the settings are invalid.
+fn upstream_tls(
+    r: &RawRoute,
+    up: &Upstream,
+    p: &str,
+    base: &Path,
+    c: &mut Collector<'_>,
+) -> Option<Option<UpstreamTls>> {
+    let at = format!("{p}.upstream_tls");
+    if up.scheme != Scheme::HTTPS {
+        if r.upstream_tls.is_some() {
+            c.at(&at, "upstream_tls is for https:// upstreams");
+            return None;
+        }
+        return Some(None);
+    }
+    let none = RawUpstreamTls {
+        ca_file: None,
+        server_name: None,
+        client_cert_file: None,
+        client_key_file: None,
+    };
+    let t = r.upstream_tls.as_ref().unwrap_or(&none);
+    let file = |f: &Option<String>| f.as_deref().map(|f| resolve(base, f));
+    let mut id = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for f in [&t.ca_file, &t.client_cert_file, &t.client_key_file] {
+        let bytes = file(f).map(|f| std::fs::read(f).unwrap_or_default());
+        id.update(&(bytes.as_ref().map_or(0, |b| b.len() + 1) as u64).to_le_bytes());
+        id.update(bytes.as_deref().unwrap_or_default());
+    }
+    id.update(t.server_name.as_deref().unwrap_or("").as_bytes());
+    let client_auth = match (file(&t.client_cert_file), file(&t.client_key_file)) {
+        (Some(cert), Some(key)) => match crate::certs::load_chain_and_key(&cert, &key) {
+            Ok(pair) => Some(pair),
+            Err(e) => {
+                c.at(&format!("{at}.client_cert_file"), e.to_string());
+                return None;
+            }
+        },
+        (None, None) => None,
+        _ => {
+            c.at(&at, "client_cert_file and client_key_file go together");
+            return None;
+        }
+    };
+    let config = match crate::certs::client_config_with(file(&t.ca_file).as_deref(), client_auth) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            c.at(&format!("{at}.ca_file"), e);
+            return None;
+        }
+    };
+    let server_name = match &t.server_name {
+        None => None,
+        Some(n) => match rustls_pki_types::ServerName::try_from(n.clone()) {
+            Ok(n) => Some(n),
+            Err(_) => {
+                c.at(
+                    &format!("{at}.server_name"),
+                    format!("`{n}` is not a DNS name or IP address"),
+                );
+                return None;
+            }
+        },
+    };
+    let host = crate::request_target::host_name(&up.authority).to_string();
+    if server_name.is_none() && rustls_pki_types::ServerName::try_from(host).is_err() {
+        c.at(
+            &at,
+            "the upstream's host is not a valid TLS server name; set server_name",
+        );
+        return None;
+    }
+    Some(Some(UpstreamTls {
+        config,
+        server_name,
+        id: id.finish().as_ref().try_into().expect("32 bytes"),
+    }))
 }
 
 fn compile_limits(l: &RawLimits, c: &mut Collector<'_>) -> Limits {

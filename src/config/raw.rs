@@ -367,9 +367,24 @@ pub(super) struct RawRoute {
     /// More caller headers to remove before forwarding.
     #[serde(default)]
     pub(super) strip_request_headers: Vec<String>,
+    /// TLS towards an https:// upstream.
+    pub(super) upstream_tls: Option<RawUpstreamTls>,
     /// Validated claims sent upstream as headers: header name → claim.
     #[serde(default)]
     pub(super) inject_claims: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUpstreamTls {
+    /// CA certificates to trust (PEM); default: the public web roots.
+    pub(super) ca_file: Option<String>,
+    /// The name the certificate must carry (and SNI), for IP upstreams or
+    /// names that differ from the URL's host.
+    pub(super) server_name: Option<String>,
+    /// A client certificate and key (PEM) for upstreams that demand mTLS.
+    pub(super) client_cert_file: Option<String>,
+    pub(super) client_key_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

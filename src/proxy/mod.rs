@@ -222,16 +222,18 @@ pub async fn serve(
                     "connecting to the upstream timed out",
                 ));
             }
-            app.metrics.upstream_error(
-                &route.cfg.name,
-                if e.is_connect() { "connect" } else { "reset" },
-            );
+            let (kind, why) = match tls_failure(&e) {
+                Some(TlsFailure::Certificate) => (
+                    "tls",
+                    "the upstream's TLS certificate was not accepted (untrusted, or not for this name)",
+                ),
+                Some(TlsFailure::Handshake) => ("tls", "the TLS handshake with the upstream failed"),
+                None if e.is_connect() => ("connect", "the upstream refused the connection"),
+                None => ("reset", "the upstream closed the connection"),
+            };
+            app.metrics.upstream_error(&route.cfg.name, kind);
             tracing::warn!(route = %route.cfg.name, error = %error_chain(&e), "upstream request failed");
-            return Err(ProxyError::BadGateway(if e.is_connect() {
-                "the upstream refused the connection"
-            } else {
-                "the upstream closed the connection"
-            }));
+            return Err(ProxyError::BadGateway(why));
         }
         Ok(Ok(r)) => r,
     };
@@ -315,6 +317,36 @@ fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
         cur = err.source();
     }
     false
+}
+
+enum TlsFailure {
+    Certificate,
+    Handshake,
+}
+
+/// Whether connecting failed in TLS, and how: a rustls error somewhere in
+/// the chain. An `io::Error` holds its error inside (`get_ref`), not as its
+/// source, and may be nested in another.
+fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<TlsFailure> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        let mut inside = Some(err);
+        while let Some(i) = inside {
+            if let Some(t) = i.downcast_ref::<rustls::Error>() {
+                return Some(match t {
+                    rustls::Error::InvalidCertificate(_)
+                    | rustls::Error::NoCertificatesPresented => TlsFailure::Certificate,
+                    _ => TlsFailure::Handshake,
+                });
+            }
+            inside = i
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .map(|x| x as &(dyn std::error::Error + 'static));
+        }
+        cur = err.source();
+    }
+    None
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

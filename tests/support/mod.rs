@@ -77,6 +77,57 @@ impl TestCa {
         std::fs::write(path, pem).unwrap();
     }
 
+    /// A certificate for `cn` (and localhost, 127.0.0.1) signed by this CA,
+    /// written as `{name}.pem` and `{name}-key.pem` in `dir`.
+    pub fn issue_to(&self, dir: &Path, name: &str, cn: &str) -> (PathBuf, PathBuf) {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let (c, k) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}-key.pem")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    /// [`TestCa::server_config`], demanding a client certificate this CA
+    /// signed (mTLS).
+    pub fn server_config_requiring_clients(&self) -> Arc<rustls::ServerConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_der.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let certs: Vec<_> = rustls_pki_types::pem::PemObject::pem_file_iter(&self.cert_file)
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect();
+        let key =
+            <rustls_pki_types::PrivateKeyDer as rustls_pki_types::pem::PemObject>::from_pem_file(
+                &self.key_file,
+            )
+            .unwrap();
+        Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(certs, key)
+                .unwrap(),
+        )
+    }
+
     /// A TLS server config serving the current leaf certificate.
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
         let certs: Vec<_> = rustls_pki_types::pem::PemObject::pem_file_iter(&self.cert_file)

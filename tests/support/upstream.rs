@@ -19,6 +19,8 @@ pub struct Seen {
     pub uri: String,
     pub headers: HeaderMap,
     pub body_len: u64,
+    /// Over TLS, whether the client showed a certificate.
+    pub client_cert: bool,
 }
 
 #[derive(Clone)]
@@ -40,6 +42,7 @@ impl std::error::Error for Reset {}
 
 async fn answer(
     seen: Arc<Mutex<Vec<Seen>>>,
+    client_cert: bool,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Reset> {
     let (parts, mut body) = req.into_parts();
@@ -56,6 +59,7 @@ async fn answer(
         uri: parts.uri.to_string(),
         headers: parts.headers,
         body_len,
+        client_cert,
     });
     if path.contains("/reset") {
         return Err(Reset);
@@ -94,9 +98,45 @@ impl Upstream {
                 a2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let seen = s2.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| answer(seen.clone(), req));
+                    let svc = service_fn(move |req| answer(seen.clone(), false, req));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream {
+            addr,
+            seen,
+            accepted,
+        }
+    }
+
+    /// The same upstream over TLS (`tls` decides the certificate and
+    /// whether clients must show one).
+    pub async fn start_tls(tls: Arc<rustls::ServerConfig>) -> Upstream {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let a2 = accepted.clone();
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = l.accept().await else {
+                    continue;
+                };
+                a2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (seen, acceptor) = (s2.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let client_cert = tls.get_ref().1.peer_certificates().is_some();
+                    let svc = service_fn(move |req| answer(seen.clone(), client_cert, req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
                         .await;
                 });
             }
