@@ -50,13 +50,21 @@ async fn setup_with(extra_oauth1: &str, rsa: bool, after: &str) -> Setup {
     upstream: "http://{0}"
     strip_prefix: true
     upstream_auth: {{ oauth1: legacy }}
+  - name: legacy-https
+    match: {{ path_prefix: /legacy-https }}
+    upstream: "https://localhost:{1}"
+    strip_prefix: true
+    upstream_tls: {{ ca_file: "{2}" }}
+    upstream_auth: {{ oauth1: legacy }}
   - name: legacy-via-proxy
     match: {{ path_prefix: /proxied }}
     upstream: "http://{0}"
     strip_prefix: true
     upstream_auth: {{ oauth1: legacy, signed_origin: "https://API.legacy.example:443/" }}
 "#,
-        provider.api_addr
+        provider.api_addr,
+        provider.tls_addr.port(),
+        ca_pem.display(),
     );
     let extra = format!(
         r#"oauth1:
@@ -812,4 +820,20 @@ async fn behind_a_proxy_the_providers_origin_is_signed() {
     assert_eq!(r.status, 401);
     let err = s.api_calls().pop().unwrap().verified.unwrap_err();
     assert!(err.contains("signature mismatch"), "{err}");
+}
+
+/// An HTTPS provider API, reached directly: the signature covers the
+/// https:// URL, and the provider verifies it over TLS.
+#[tokio::test]
+async fn signed_requests_reach_an_https_provider_directly() {
+    let s = setup("").await;
+    let alice = s.gw.token("alice", "read");
+    s.authorize(&alice).await;
+    let r = s
+        .client()
+        .get("/legacy-https/items?page=2", Some(&alice))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let call = s.api_calls().pop().unwrap();
+    assert!(call.verified.is_ok(), "{:?}", call.verified);
 }

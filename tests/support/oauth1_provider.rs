@@ -444,7 +444,17 @@ impl Provider {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let svc = service_fn(move |r| token_endpoints(st.clone(), base.clone(), r));
+                    // The token endpoints, and the API over https too.
+                    let svc = service_fn(move |r: Request<Incoming>| {
+                        let (st, base) = (st.clone(), base.clone());
+                        async move {
+                            if r.uri().path().starts_with("/oauth/") {
+                                token_endpoints(st, base, r).await
+                            } else {
+                                api(st, base, r).await
+                            }
+                        }
+                    });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tls), svc)
                         .await;
