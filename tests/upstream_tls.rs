@@ -162,6 +162,8 @@ fn upstream_tls_settings_are_checked() {
     };
     let ok = route("a", "https://localhost:9", "");
     assert_eq!(load(&ok), Ok(()));
+    // An IPv6 literal is checked as the IP it is.
+    assert_eq!(load(&route("a", "https://[::1]:9", "")), Ok(()));
     for (routes, why) in [
         (
             route(
@@ -192,4 +194,34 @@ fn upstream_tls_settings_are_checked() {
         let e = load(&routes).unwrap_err();
         assert!(e.contains(why) && e.contains("valet.yaml:"), "{why}: {e}");
     }
+}
+
+/// A renewed CA file (or client certificate) takes effect without a
+/// restart: the files are watched with the config, and a change reloads it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_renewed_upstream_ca_file_takes_effect_without_restart() {
+    let (old, new) = (upstream_ca(), upstream_ca());
+    let up = Upstream::start_tls(new.ca.server_config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("route-ca.pem");
+    std::fs::copy(&old.ca_file, &ca_file).unwrap();
+    let url = format!("https://localhost:{}", up.addr.port());
+    let routes = route(
+        "renewed",
+        &url,
+        &tls_yaml(&[("ca_file", ca_file.display().to_string())]),
+    );
+    let gw = Gateway::start(&routes, "").await;
+    assert_eq!(get(&gw, "/renewed/x").await.status, 502);
+    let reloads = "valet_reloads_total{kind=\"config\",result=\"success\"}";
+    let before = gw.metric(reloads).await;
+    let tmp = dir.path().join("route-ca.pem.new");
+    std::fs::copy(&new.ca_file, &tmp).unwrap();
+    std::fs::rename(&tmp, &ca_file).unwrap();
+    assert!(
+        eventually(PICKUP, || async { gw.metric(reloads).await > before }).await,
+        "the renewed CA file did not reload the config"
+    );
+    let r = get(&gw, "/renewed/x").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
 }

@@ -115,9 +115,15 @@ pub enum StartError {
 
 /// The files besides the main config whose content is part of a snapshot.
 pub fn companion_files(c: &Config) -> Vec<std::path::PathBuf> {
+    let upstream_tls = c
+        .routes
+        .iter()
+        .filter_map(|r| r.upstream.tls.as_ref())
+        .flat_map(|t| t.files.iter());
     c.authorization_server
         .iter()
         .flat_map(|a| a.clients_file.iter().chain(a.users_file.iter()))
+        .chain(upstream_tls)
         .cloned()
         .collect()
 }
@@ -608,9 +614,10 @@ fn client_for(
             http.enforce_http(false);
             let https = match tls {
                 Some(t) => {
+                    // https only: such a pool never speaks plaintext.
                     let b = hyper_rustls::HttpsConnectorBuilder::new()
                         .with_tls_config((*t.config).clone())
-                        .https_or_http();
+                        .https_only();
                     let b = match &t.server_name {
                         Some(n) => b.with_server_name_resolver(
                             hyper_rustls::FixedServerNameResolver::new(n.clone()),

@@ -104,6 +104,9 @@ pub struct UpstreamTls {
     /// Identifies the settings (files' contents included), so routes with
     /// the same ones share a connection pool.
     pub id: [u8; 32],
+    /// The CA, certificate and key files: a change to one reloads the
+    /// config (a renewed client certificate takes effect).
+    pub files: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for UpstreamTls {
@@ -1008,7 +1011,11 @@ fn upstream_tls(
             }
         },
     };
-    let host = crate::request_target::host_name(&up.authority).to_string();
+    // `[::1]` is the IP ::1 to TLS.
+    let host = crate::request_target::host_name(&up.authority)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     if server_name.is_none() && rustls_pki_types::ServerName::try_from(host).is_err() {
         c.at(
             &at,
@@ -1016,10 +1023,15 @@ fn upstream_tls(
         );
         return None;
     }
+    let files = [&t.ca_file, &t.client_cert_file, &t.client_key_file]
+        .into_iter()
+        .filter_map(file)
+        .collect();
     Some(Some(UpstreamTls {
         config,
         server_name,
         id: id.finish().as_ref().try_into().expect("32 bytes"),
+        files,
     }))
 }
 
