@@ -37,6 +37,10 @@ pub struct Metrics {
     pub revocation_entries: IntGaugeVec,
     reloads: IntCounterVec,
     jwks_fetches: IntCounterVec,
+    /// WebSocket sessions open now.
+    pub websockets_open: IntGauge,
+    /// WebSocket sessions ended, by route and why.
+    pub websocket_sessions: IntCounterVec,
     jwks_stale: IntGaugeVec,
     jwks_keys: IntGaugeVec,
     pub tls_handshake_failures: IntCounter,
@@ -146,6 +150,19 @@ impl Metrics {
                 "Fetches of trusted issuers' key sets, by issuer and result (success, failure, rate_limited: an unknown kid that did not cause a fetch).",
             ),
             &["issuer", "result"],
+        )
+        .expect("valid metric");
+        let websockets_open = IntGauge::new(
+            "valet_websockets_open",
+            "WebSocket sessions spliced through valet now.",
+        )
+        .expect("valid metric");
+        let websocket_sessions = IntCounterVec::new(
+            Opts::new(
+                "valet_websocket_sessions_total",
+                "WebSocket sessions ended, by route and end (closed, idle, max_duration, failed).",
+            ),
+            &["route", "end"],
         )
         .expect("valid metric");
         let jwks_stale = IntGaugeVec::new(
@@ -309,6 +326,8 @@ impl Metrics {
             Box::new(revocation_entries.clone()),
             Box::new(reloads.clone()),
             Box::new(jwks_fetches.clone()),
+            Box::new(websockets_open.clone()),
+            Box::new(websocket_sessions.clone()),
             Box::new(jwks_stale.clone()),
             Box::new(jwks_keys.clone()),
             Box::new(tls_handshake_failures.clone()),
@@ -334,6 +353,8 @@ impl Metrics {
             revocation_entries,
             reloads,
             jwks_fetches,
+            websockets_open,
+            websocket_sessions,
             jwks_stale,
             jwks_keys,
             tls_handshake_failures,

@@ -145,6 +145,10 @@ pub enum ProxyError {
     /// 400/408/413: the request body was the client's fault.
     Body(BodyError),
     NotFound,
+    /// 403: an `Upgrade: websocket` on a route without `websocket:`.
+    UpgradeNotAllowed,
+    /// 503: `limits.max_websockets` sessions are open.
+    TooManyWebSockets,
     HeadersTooLarge,
     BadGateway(&'static str),
     GatewayTimeout(&'static str),
@@ -172,6 +176,8 @@ impl ProxyError {
                 StatusCode::FORBIDDEN
             }
             ProxyError::NotFound => StatusCode::NOT_FOUND,
+            ProxyError::UpgradeNotAllowed => StatusCode::FORBIDDEN,
+            ProxyError::TooManyWebSockets => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ProxyError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -189,6 +195,14 @@ impl ProxyError {
                 format!("the token lacks a required scope ({s})"),
             ),
             ProxyError::NotFound => ("not_found", "no route matches this request".into()),
+            ProxyError::UpgradeNotAllowed => (
+                "upgrade_not_allowed",
+                "this route does not accept WebSocket upgrades".into(),
+            ),
+            ProxyError::TooManyWebSockets => (
+                "temporarily_unavailable",
+                "too many WebSocket sessions are open; retry later".into(),
+            ),
             ProxyError::BadPath(e) => ("invalid_request", e.to_string()),
             ProxyError::Body(e) => (
                 match e {

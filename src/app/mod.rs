@@ -105,6 +105,10 @@ pub struct App {
     /// Trusted issuers' remote key sets, kept across snapshots (a reload
     /// with the same source keeps its keys; a changed source starts anew).
     key_sets: Mutex<Vec<Arc<RemoteKeys>>>,
+    /// One permit per open WebSocket session (`limits.max_websockets`, read
+    /// at start): an upgraded socket leaves its connection's slot, so it
+    /// is bounded here.
+    pub websockets: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +155,7 @@ impl App {
             .unwrap_or_default();
         let clients = Mutex::new(HashMap::new());
         let key_sets = Mutex::new(Vec::new());
+        let max_websockets = config.limits.max_websockets;
         let snapshot = build_snapshot(&metrics, &clients, &key_sets, config);
         let auth = snapshot.config.authorization_server.as_ref();
         let throttle = crate::app::throttle::Throttle::new(
@@ -185,6 +190,7 @@ impl App {
             oauth1_store: OnceLock::new(),
             oauth1_flows: Default::default(),
             key_sets,
+            websockets: Arc::new(tokio::sync::Semaphore::new(max_websockets)),
         };
         app.open_oauth1_store(&app.snapshot.load().config);
         Ok(Arc::new(app))

@@ -143,10 +143,19 @@ pub struct RouteConfig {
     pub auth_issuers: Option<Vec<usize>>,
     /// Tokens accepted: for one of these audiences (empty: any accepted).
     pub auth_audiences: Vec<String>,
+    /// `Upgrade: websocket` is spliced through (else refused).
+    pub websocket: Option<WebSocketPolicy>,
     /// Validated claims injected as headers (caller copies are stripped).
     pub inject_claims: Vec<(HeaderName, String)>,
     /// Caller headers removed before forwarding, beyond valet's own list.
     pub strip_request_headers: Vec<HeaderName>,
+}
+
+/// How long a route's WebSocket sessions may last.
+#[derive(Debug, Clone, Copy)]
+pub struct WebSocketPolicy {
+    pub idle_timeout: Duration,
+    pub max_duration: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,6 +173,7 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     pub tls_handshake_timeout: Duration,
     pub max_connections: usize,
+    pub max_websockets: usize,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub shutdown_grace: Duration,
@@ -648,6 +658,10 @@ fn compile_routes(
                 auth_issuers,
                 auth_audiences,
                 inject_claims,
+                websocket: r.websocket.as_ref().map(|w| WebSocketPolicy {
+                    idle_timeout: d(w.idle_timeout, DEFAULT_WEBSOCKET_IDLE),
+                    max_duration: d(w.max_duration, DEFAULT_WEBSOCKET_MAX),
+                }),
                 connect_timeout: d(r.connect_timeout, limits.connect_timeout),
                 response_timeout: d(r.response_timeout, limits.response_timeout),
                 max_body_size: r.max_body_size.map_or(limits.max_body_size, |b| b.0),
@@ -1043,6 +1057,7 @@ fn compile_limits(l: &RawLimits, c: &mut Collector<'_>) -> Limits {
         header_read_timeout: d(l.header_read_timeout, DEFAULT_HEADER_READ_TIMEOUT),
         tls_handshake_timeout: d(l.tls_handshake_timeout, DEFAULT_TLS_HANDSHAKE_TIMEOUT),
         max_connections: l.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+        max_websockets: l.max_websockets.unwrap_or(DEFAULT_MAX_WEBSOCKETS),
         connect_timeout: d(l.connect_timeout, DEFAULT_CONNECT_TIMEOUT),
         response_timeout: d(l.response_timeout, DEFAULT_RESPONSE_TIMEOUT),
         shutdown_grace: d(l.shutdown_grace, DEFAULT_SHUTDOWN_GRACE),

@@ -41,6 +41,13 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent client connections per listener; beyond it, accepting pauses.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Open WebSocket sessions, all routes together (each holds two sockets).
+pub const DEFAULT_MAX_WEBSOCKETS: usize = 1_024;
+/// A WebSocket session with no data either way for this long is closed.
+pub const DEFAULT_WEBSOCKET_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+/// The longest a WebSocket session lasts: what bounds a revoked token's
+/// open socket.
+pub const DEFAULT_WEBSOCKET_MAX: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Time to establish a TCP connection to an upstream. Beyond it: 504.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time from sending a request upstream to its response head. Beyond it: 504.

@@ -369,9 +369,18 @@ pub(super) struct RawRoute {
     pub(super) strip_request_headers: Vec<String>,
     /// TLS towards an https:// upstream.
     pub(super) upstream_tls: Option<RawUpstreamTls>,
+    /// Allow `Upgrade: websocket` on this route.
+    pub(super) websocket: Option<RawWebSocket>,
     /// Validated claims sent upstream as headers: header name → claim.
     #[serde(default)]
     pub(super) inject_claims: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWebSocket {
+    pub(super) idle_timeout: Option<ConfigDuration>,
+    pub(super) max_duration: Option<ConfigDuration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -442,6 +451,8 @@ pub(super) struct RawLimits {
     pub(super) header_read_timeout: Option<ConfigDuration>,
     pub(super) tls_handshake_timeout: Option<ConfigDuration>,
     pub(super) max_connections: Option<usize>,
+    /// Open WebSocket sessions, all routes together.
+    pub(super) max_websockets: Option<usize>,
     pub(super) connect_timeout: Option<ConfigDuration>,
     pub(super) response_timeout: Option<ConfigDuration>,
     pub(super) shutdown_grace: Option<ConfigDuration>,

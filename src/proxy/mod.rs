@@ -18,6 +18,7 @@ pub mod forwarded;
 pub mod headers;
 pub mod router;
 pub mod upstream_oauth1;
+pub mod websocket;
 
 use crate::app::{App, Route, Snapshot};
 use crate::bodies::RequestBody;
@@ -53,7 +54,7 @@ pub async fn serve(
     snap: &Snapshot,
     policy: &RequestPolicy,
     peer: SocketAddr,
-    req: Request<RequestBody>,
+    mut req: Request<RequestBody>,
     routing: Option<String>,
     authority: Option<(Authority, HeaderValue)>,
     request_id: &HeaderValue,
@@ -136,6 +137,22 @@ pub async fn serve(
         return Err(ProxyError::Body(BodyError::TooLarge));
     }
 
+    // 5b. A WebSocket upgrade: only where the route allows it, and within
+    //     the sessions valet may hold open.
+    let upgrade = if websocket::is_upgrade(&req) {
+        let Some(policy) = route.cfg.websocket else {
+            return Err(ProxyError::UpgradeNotAllowed);
+        };
+        let permit = app
+            .websockets
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ProxyError::TooManyWebSockets)?;
+        Some((hyper::upgrade::on(&mut req), policy, permit))
+    } else {
+        None
+    };
+
     // 6. Rewrite.
     let (mut parts, body) = req.into_parts();
     parts.uri = upstream_uri(route, &parts.uri)?;
@@ -185,6 +202,9 @@ pub async fn serve(
     forwarded::apply(h, peer.ip(), trusted, authority.as_ref().map(|(_, v)| v));
     h.insert(crate::header_names::X_REQUEST_ID, request_id.clone());
     h.insert(header::HOST, route.host_header.clone());
+    if upgrade.is_some() {
+        websocket::restore_upgrade_headers(h);
+    }
 
     // 7. Sign for the upstream (OAuth 1.0 routes), then forward.
     let rate = MinRate::of(&snap.config.limits);
@@ -242,7 +262,27 @@ pub async fn serve(
             s.upstream_refused(&route.cfg.name);
         }
     }
+    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS && upgrade.is_none() {
+        // Nothing asked for it (valet strips the caller's Upgrade): the
+        // connection would carry another protocol the client never chose.
+        app.metrics.upstream_error(&route.cfg.name, "protocol");
+        return Err(ProxyError::BadGateway(
+            "the upstream switched protocols without being asked",
+        ));
+    }
     headers::strip_hop_by_hop(resp.headers_mut());
+    if let Some((client, policy, permit)) = upgrade {
+        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            let upstream = hyper::upgrade::on(&mut resp);
+            websocket::restore_upgrade_headers(resp.headers_mut());
+            let m = (
+                app.metrics.websockets_open.clone(),
+                app.metrics.websocket_sessions.clone(),
+            );
+            let name = route.cfg.name.clone();
+            tokio::spawn(websocket::run(client, upstream, policy, m, name, permit));
+        }
+    }
     Ok(resp.map(Either::Left))
 }
 

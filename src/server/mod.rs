@@ -349,7 +349,8 @@ async fn serve_connection(
         .max_local_error_reset_streams(Some(1024))
         .keep_alive_interval(Some(limits.http2_keepalive_interval))
         .keep_alive_timeout(limits.http2_keepalive_timeout);
-    let conn = b.serve_connection(TokioIo::new(stream), svc);
+    // Upgrades (WebSocket) hand the socket to the proxy's splice.
+    let conn = b.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     let tick = (limits.idle_timeout.min(limits.send_timeout) / 4)
         .clamp(Duration::from_millis(50), Duration::from_secs(5));
