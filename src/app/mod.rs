@@ -30,8 +30,9 @@ use std::time::Duration;
 /// Plain http:// passes through the TLS connector untouched.
 pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, LimitedBody>;
 
-/// Pools are shared by routes with the same connect timeout and TLS settings.
-type PoolKey = (Duration, Option<[u8; 32]>);
+/// Pools are shared by routes with the same connect timeout, TLS settings
+/// and protocol.
+type PoolKey = (Duration, Option<[u8; 32]>, crate::config::UpstreamProtocol);
 
 /// An invalid config read again within this long is not reported again.
 const REPEATED_FAILURE: Duration = Duration::from_secs(2);
@@ -608,10 +609,12 @@ fn client_for(
     clients: &Mutex<HashMap<PoolKey, UpstreamClient>>,
     connect_timeout: Duration,
     tls: Option<&crate::config::UpstreamTls>,
+    protocol: crate::config::UpstreamProtocol,
 ) -> UpstreamClient {
+    use crate::config::UpstreamProtocol;
     let mut clients = clients.lock().expect("not poisoned");
     clients
-        .entry((connect_timeout, tls.map(|t| t.id)))
+        .entry((connect_timeout, tls.map(|t| t.id), protocol))
         .or_insert_with(|| {
             let mut http = HttpConnector::new();
             http.set_connect_timeout(Some(connect_timeout));
@@ -630,7 +633,11 @@ fn client_for(
                         ),
                         None => b,
                     };
-                    b.enable_http1().wrap_connector(http)
+                    // ALPN offers h2 unless the route says HTTP/1.1.
+                    match protocol {
+                        UpstreamProtocol::Http1 => b.enable_http1().wrap_connector(http),
+                        _ => b.enable_all_versions().wrap_connector(http),
+                    }
                 }
                 // No TLS settings: http:// only (an https:// upstream
                 // always has them, defaults included).
@@ -640,7 +647,9 @@ fn client_for(
                     .enable_http1()
                     .wrap_connector(http),
             };
-            Client::builder(TokioExecutor::new())
+            let mut builder = Client::builder(TokioExecutor::new());
+            builder.http2_only(protocol == UpstreamProtocol::H2c);
+            builder
                 .pool_idle_timeout(POOL_IDLE_TIMEOUT)
                 .pool_timer(TokioTimer::new())
                 .timer(TokioTimer::new())
@@ -688,7 +697,12 @@ fn build_snapshot(
         .iter()
         .map(|r| Route {
             metrics: metrics.route(&r.name),
-            client: client_for(clients, r.connect_timeout, r.upstream.tls.as_ref()),
+            client: client_for(
+                clients,
+                r.connect_timeout,
+                r.upstream.tls.as_ref(),
+                r.upstream.protocol,
+            ),
             host_header: HeaderValue::from_str(r.upstream.authority.as_str())
                 .expect("authority is a header value"),
             scope_list: r.scopes.join(" "),

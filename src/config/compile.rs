@@ -92,6 +92,18 @@ pub struct Upstream {
     pub base_path: String,
     /// For https:// upstreams.
     pub tls: Option<UpstreamTls>,
+    pub protocol: UpstreamProtocol,
+}
+
+/// Which HTTP valet speaks to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 with prior knowledge over plain TCP.
+    H2c,
+    /// What ALPN picks over TLS: HTTP/2 when the upstream offers it.
+    Negotiated,
 }
 
 /// TLS towards one upstream: whom to trust, which name to check, and the
@@ -638,6 +650,7 @@ fn compile_routes(
         let upstream =
             compile_upstream(c, &format!("{p}.upstream"), &r.upstream).and_then(|mut u| {
                 u.tls = upstream_tls(r, &u, &p, base, c)?;
+                u.protocol = upstream_protocol(r, &u, &p, c)?;
                 Some(u)
             });
         let inject = route_inject(r, &p, c);
@@ -956,7 +969,40 @@ fn compile_upstream(c: &mut Collector<'_>, path: &str, s: &str) -> Option<Upstre
         authority: authority.clone(),
         base_path: uri.path().trim_end_matches('/').to_string(),
         tls: None,
+        protocol: if scheme == &Scheme::HTTPS {
+            UpstreamProtocol::Negotiated
+        } else {
+            UpstreamProtocol::Http1
+        },
     })
+}
+
+/// `upstream_protocol`: `h2c` for http:// upstreams, `http1` for either.
+fn upstream_protocol(
+    r: &RawRoute,
+    up: &Upstream,
+    p: &str,
+    c: &mut Collector<'_>,
+) -> Option<UpstreamProtocol> {
+    match (r.upstream_protocol.as_deref(), up.scheme == Scheme::HTTPS) {
+        (None, _) => Some(up.protocol),
+        (Some("http1"), _) => Some(UpstreamProtocol::Http1),
+        (Some("h2c"), false) => Some(UpstreamProtocol::H2c),
+        (Some("h2c"), true) => {
+            c.at(
+                &format!("{p}.upstream_protocol"),
+                "h2c is HTTP/2 over plain TCP; an https:// upstream negotiates HTTP/2 by ALPN",
+            );
+            None
+        }
+        (Some(other), _) => {
+            c.at(
+                &format!("{p}.upstream_protocol"),
+                format!("unknown upstream_protocol `{other}`; use h2c or http1"),
+            );
+            None
+        }
+    }
 }
 
 /// `upstream_tls` of an https:// upstream (the defaults when absent):

@@ -369,6 +369,9 @@ pub(super) struct RawRoute {
     pub(super) strip_request_headers: Vec<String>,
     /// TLS towards an https:// upstream.
     pub(super) upstream_tls: Option<RawUpstreamTls>,
+    /// `h2c` (HTTP/2 with prior knowledge, http:// only) or `http1`; by
+    /// default http:// speaks HTTP/1.1 and https:// what ALPN picks.
+    pub(super) upstream_protocol: Option<String>,
     /// Allow `Upgrade: websocket` on this route.
     pub(super) websocket: Option<RawWebSocket>,
     /// Validated claims sent upstream as headers: header name → claim.

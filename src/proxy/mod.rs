@@ -158,7 +158,18 @@ pub async fn serve(
     parts.uri = upstream_uri(route, &parts.uri)?;
     parts.version = Version::HTTP_11;
     let h = &mut parts.headers;
+    // `te: trailers` is the one TE value passed on (gRPC needs it; HTTP/2
+    // allows no other, RFC 9113 §8.2.2); the rest of TE is hop-by-hop.
+    let te_trailers = h
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     headers::strip_hop_by_hop(h);
+    if te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     if !route.cfg.forward_authorization {
         h.remove(header::AUTHORIZATION);
     }
