@@ -64,7 +64,7 @@ async fn h2_upstream(tls: Option<Arc<rustls::ServerConfig>>) -> (std::net::Socke
                         let resp = Response::builder()
                             .header("content-type", "application/grpc")
                             .body(frames(
-                                format!("echo:{n}"),
+                                grpc_frame(format!("echo:{n}").as_bytes()),
                                 &[
                                     ("grpc-status", "0"),
                                     ("x-saw-trailer", trailer.as_deref().unwrap_or("none")),
@@ -118,13 +118,14 @@ async fn h2c_upstreams_get_http2_with_trailers_both_ways() {
     )
     .header("content-type", "application/grpc")
     .header("te", "trailers")
-    .body(frames("hello", &[("x-req-trailer", "abc")]))
+    .body(frames(grpc_frame(b"hello"), &[("x-req-trailer", "abc")]))
     .unwrap();
     let resp = send.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     let collected = resp.into_body().collect().await.unwrap();
     let trailers = collected.trailers().cloned().expect("response trailers");
-    assert_eq!(collected.to_bytes(), "echo:5");
+    // A unary gRPC call: one framed message each way, the status in trailers.
+    assert_eq!(collected.to_bytes(), grpc_frame(b"echo:10"));
     assert_eq!(trailers["grpc-status"], "0");
     assert_eq!(
         trailers["x-saw-trailer"], "abc",

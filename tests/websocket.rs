@@ -55,6 +55,10 @@ async fn setup() -> (Gateway, Arc<Mutex<Vec<String>>>) {
     match: {{ path_prefix: /ws }}
     upstream: "http://{echo}"
     websocket: {{ idle_timeout: 1s, max_duration: 1h }}
+  - name: short
+    match: {{ path_prefix: /short }}
+    upstream: "http://{echo}"
+    websocket: {{ idle_timeout: 10s, max_duration: 1s }}
   - name: plain
     match: {{ path_prefix: /plain }}
     upstream: "http://{echo}"
@@ -93,7 +97,11 @@ async fn connect(
 
 /// Sessions of route `ws` that ended so (0 before the first).
 async fn ended(gw: &Gateway, end: &str) -> f64 {
-    let sample = format!("valet_websocket_sessions_total{{end=\"{end}\",route=\"ws\"}} ");
+    ended_on(gw, "ws", end).await
+}
+
+async fn ended_on(gw: &Gateway, route: &str, end: &str) -> f64 {
+    let sample = format!("valet_websocket_sessions_total{{end=\"{end}\",route=\"{route}\"}} ");
     gw.metrics()
         .await
         .lines()
@@ -171,4 +179,34 @@ async fn an_idle_websocket_is_cut_at_the_limit() {
     .await;
     assert!(cut.is_ok(), "the idle session was not closed");
     assert!(eventually(PICKUP, || async { ended(&gw, "idle").await == 1.0 }).await);
+}
+
+/// A busy session still ends at max_duration: what bounds a socket whose
+/// token was revoked after it opened.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_busy_websocket_ends_at_its_maximum_duration() {
+    let (gw, _) = setup().await;
+    let mut ws = connect(&gw, "/short/echo", Some(&gw.token("alice", "read")))
+        .await
+        .unwrap();
+    let cut = tokio::time::timeout(PICKUP, async {
+        loop {
+            if ws.send(Message::text("tick")).await.is_err() {
+                return;
+            }
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(cut.is_ok(), "the session outlived max_duration");
+    assert!(
+        eventually(PICKUP, || async {
+            ended_on(&gw, "short", "max_duration").await == 1.0
+        })
+        .await
+    );
 }
