@@ -210,3 +210,54 @@ async fn a_busy_websocket_ends_at_its_maximum_duration() {
         .await
     );
 }
+
+/// An upgrade carrying a body, or not a GET, is refused before anything
+/// reaches the upstream: bytes an upstream never reads would be the next
+/// request on its connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upgrade_with_a_body_is_refused() {
+    let (gw, seen) = setup().await;
+    let token = gw.token("alice", "read");
+    for method in ["GET", "POST"] {
+        let req = http::Request::builder()
+            .method(method)
+            .uri("/ws/echo")
+            .header("host", format!("localhost:{}", gw.addr.port()))
+            .header("authorization", format!("Bearer {token}"))
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                b"GET /admin HTTP/1.1\r\nHost: x\r\n\r\n",
+            )))
+            .unwrap();
+        let r = gw.client(Proto::H1).send(req).await;
+        assert_eq!(r.status, 400, "{method}");
+        assert!(
+            r.json()["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("GET without a body"),
+            "{method}"
+        );
+    }
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+/// A WebSocket route speaks HTTP/1.1 upstream: h2c is refused with it.
+#[test]
+fn a_websocket_route_cannot_be_h2c() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    std::fs::write(dir.path().join("signing.pem"), TestKey::new().pem).unwrap();
+    let path = dir.path().join("valet.yaml");
+    let routes = "  - name: a\n    match: { path_prefix: /a }\n    upstream: \"http://127.0.0.1:9\"\n    upstream_protocol: h2c\n    websocket: {}\n";
+    std::fs::write(&path, config_text(&ca, &dir, routes, "")).unwrap();
+    let e = valet::config::load(&path).unwrap_err().to_string();
+    assert!(e.contains("HTTP/2 has no upgrade"), "{e}");
+    let zero = "  - name: a\n    match: { path_prefix: /a }\n    upstream: \"http://127.0.0.1:9\"\n    websocket: { max_duration: 0s }\n";
+    std::fs::write(&path, config_text(&ca, &dir, zero, "")).unwrap();
+    let e = valet::config::load(&path).unwrap_err().to_string();
+    assert!(e.contains("must be positive"), "{e}");
+}

@@ -655,6 +655,25 @@ fn compile_routes(
             });
         let inject = route_inject(r, &p, c);
         let (auth_issuers, auth_audiences) = route_auth(r, &p, tokens, c);
+        let websocket = route_websocket(r, &p, c);
+        // An upgrade is HTTP/1.1 (RFC 6455); HTTP/2 has no 101, so a
+        // WebSocket route never speaks h2 to its upstream.
+        let upstream = upstream.and_then(|mut u| {
+            if websocket.is_some() {
+                match u.protocol {
+                    UpstreamProtocol::H2c => {
+                        c.at(
+                            &format!("{p}.upstream_protocol"),
+                            "a websocket route speaks HTTP/1.1 to its upstream (HTTP/2 has no upgrade); drop h2c",
+                        );
+                        return None;
+                    }
+                    UpstreamProtocol::Negotiated => u.protocol = UpstreamProtocol::Http1,
+                    UpstreamProtocol::Http1 => {}
+                }
+            }
+            Some(u)
+        });
         if let Some(up) = upstream {
             routes.push(RouteConfig {
                 name: r.name.clone(),
@@ -671,10 +690,7 @@ fn compile_routes(
                 auth_issuers,
                 auth_audiences,
                 inject_claims,
-                websocket: r.websocket.as_ref().map(|w| WebSocketPolicy {
-                    idle_timeout: d(w.idle_timeout, DEFAULT_WEBSOCKET_IDLE),
-                    max_duration: d(w.max_duration, DEFAULT_WEBSOCKET_MAX),
-                }),
+                websocket,
                 connect_timeout: d(r.connect_timeout, limits.connect_timeout),
                 response_timeout: d(r.response_timeout, limits.response_timeout),
                 max_body_size: r.max_body_size.map_or(limits.max_body_size, |b| b.0),
@@ -790,6 +806,27 @@ fn route_inject(r: &RawRoute, p: &str, c: &mut Collector<'_>) -> InjectIdentity 
         }
     }
     inject
+}
+
+/// `websocket`: both limits positive and at most a day.
+fn route_websocket(r: &RawRoute, p: &str, c: &mut Collector<'_>) -> Option<WebSocketPolicy> {
+    let w = r.websocket.as_ref()?;
+    let d = |v: Option<units::ConfigDuration>, def: Duration| v.map_or(def, |v| v.0);
+    let policy = WebSocketPolicy {
+        idle_timeout: d(w.idle_timeout, DEFAULT_WEBSOCKET_IDLE),
+        max_duration: d(w.max_duration, DEFAULT_WEBSOCKET_MAX),
+    };
+    let day = Duration::from_secs(86400);
+    for v in [policy.idle_timeout, policy.max_duration] {
+        if v.is_zero() || v > day {
+            c.at(
+                &format!("{p}.websocket"),
+                "idle_timeout and max_duration must be positive and at most 1d",
+            );
+            return None;
+        }
+    }
+    Some(policy)
 }
 
 /// A route's scopes, and the settings that need a token.

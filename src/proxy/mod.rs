@@ -143,6 +143,18 @@ pub async fn serve(
         let Some(policy) = route.cfg.websocket else {
             return Err(ProxyError::UpgradeNotAllowed);
         };
+        // RFC 6455 §4.1: a GET, and nothing after the headers. A body an
+        // upstream never reads would be the next request on its connection.
+        let bodyless = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_none_or(|v| v == "0")
+            && !req.headers().contains_key(header::TRANSFER_ENCODING);
+        if req.method() != http::Method::GET || !bodyless {
+            return Err(ProxyError::BadRequest(
+                "a WebSocket upgrade is a GET without a body",
+            ));
+        }
         let permit = app
             .websockets
             .clone()

@@ -154,8 +154,12 @@ pub async fn run(
 ) {
     let _permit = permit;
     open.inc();
-    let end = match tokio::join!(client, upstream) {
-        (Ok(c), Ok(u)) => splice_end_label(
+    // Both sides hand over their sockets at once, or the session is idle.
+    let both = tokio::time::timeout(policy.idle_timeout, async {
+        tokio::join!(client, upstream)
+    });
+    let end = match both.await {
+        Ok((Ok(c), Ok(u))) => splice_end_label(
             splice(
                 TokioIo::new(c),
                 TokioIo::new(u),
