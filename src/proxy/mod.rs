@@ -170,14 +170,15 @@ pub async fn serve(
     parts.uri = upstream_uri(route, &parts.uri)?;
     parts.version = Version::HTTP_11;
     let h = &mut parts.headers;
-    // `te: trailers` is the one TE value passed on (gRPC needs it; HTTP/2
-    // allows no other, RFC 9113 §8.2.2); the rest of TE is hop-by-hop.
-    let te_trailers = h
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    // To an upstream that may speak HTTP/2, `te: trailers` is the one TE
+    // value passed on (gRPC needs it; HTTP/2 allows no other, RFC 9113
+    // §8.2.2); otherwise TE is hop-by-hop like the rest.
+    let te_trailers = route.cfg.upstream.protocol != crate::config::UpstreamProtocol::Http1
+        && h.get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     headers::strip_hop_by_hop(h);
     if te_trailers {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
