@@ -149,6 +149,8 @@ pub enum ProxyError {
     UpgradeNotAllowed,
     /// 503: `limits.max_websockets` sessions are open.
     TooManyWebSockets,
+    /// 429: this subject holds `limits.max_websockets_per_subject` sessions.
+    TooManyWebSocketsHere,
     HeadersTooLarge,
     BadGateway(&'static str),
     GatewayTimeout(&'static str),
@@ -178,6 +180,7 @@ impl ProxyError {
             ProxyError::NotFound => StatusCode::NOT_FOUND,
             ProxyError::UpgradeNotAllowed => StatusCode::FORBIDDEN,
             ProxyError::TooManyWebSockets => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::TooManyWebSocketsHere => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ProxyError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -198,6 +201,10 @@ impl ProxyError {
             ProxyError::UpgradeNotAllowed => (
                 "upgrade_not_allowed",
                 "this route does not accept WebSocket upgrades".into(),
+            ),
+            ProxyError::TooManyWebSocketsHere => (
+                "too_many_requests",
+                "this identity holds as many WebSocket sessions as it may; close one first".into(),
             ),
             ProxyError::TooManyWebSockets => (
                 "temporarily_unavailable",

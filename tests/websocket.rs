@@ -49,6 +49,10 @@ async fn echo_upstream() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
 }
 
 async fn setup() -> (Gateway, Arc<Mutex<Vec<String>>>) {
+    setup_with("").await
+}
+
+async fn setup_with(extra: &str) -> (Gateway, Arc<Mutex<Vec<String>>>) {
     let (echo, seen) = echo_upstream().await;
     let routes = format!(
         r#"  - name: ws
@@ -64,7 +68,7 @@ async fn setup() -> (Gateway, Arc<Mutex<Vec<String>>>) {
     upstream: "http://{echo}"
 "#
     );
-    (Gateway::start(&routes, "").await, seen)
+    (Gateway::start(&routes, extra).await, seen)
 }
 
 type Ws =
@@ -260,4 +264,30 @@ fn a_websocket_route_cannot_be_h2c() {
     std::fs::write(&path, config_text(&ca, &dir, zero, "")).unwrap();
     let e = valet::config::load(&path).unwrap_err().to_string();
     assert!(e.contains("must be positive"), "{e}");
+}
+
+/// One identity cannot take every session: at its share it gets 429,
+/// others still connect, and a closed session frees its place.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_subject_holds_at_most_its_share_of_sessions() {
+    let (gw, _) = setup_with("limits:\n  max_websockets_per_subject: 2\n").await;
+    let alice = gw.token("alice", "read");
+    let mut first = connect(&gw, "/ws/echo", Some(&alice)).await.unwrap();
+    let _second = connect(&gw, "/ws/echo", Some(&alice)).await.unwrap();
+    assert_eq!(
+        refused_with(connect(&gw, "/ws/echo", Some(&alice)).await.unwrap_err()),
+        429
+    );
+    let _bob = connect(&gw, "/ws/echo", Some(&gw.token("bob", "read")))
+        .await
+        .unwrap();
+    first.close(None).await.unwrap();
+    drop(first);
+    assert!(
+        eventually(PICKUP, || async {
+            connect(&gw, "/ws/echo", Some(&alice)).await.is_ok()
+        })
+        .await,
+        "a closed session did not free its place"
+    );
 }

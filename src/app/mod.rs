@@ -110,6 +110,8 @@ pub struct App {
     /// at start): an upgraded socket leaves its connection's slot, so it
     /// is bounded here.
     pub websockets: Arc<tokio::sync::Semaphore>,
+    /// Open WebSocket sessions by subject (or source address).
+    pub websocket_holders: Arc<dashmap::DashMap<Box<str>, usize>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -192,6 +194,7 @@ impl App {
             oauth1_flows: Default::default(),
             key_sets,
             websockets: Arc::new(tokio::sync::Semaphore::new(max_websockets)),
+            websocket_holders: Default::default(),
         };
         app.open_oauth1_store(&app.snapshot.load().config);
         Ok(Arc::new(app))

@@ -186,6 +186,7 @@ pub struct Limits {
     pub tls_handshake_timeout: Duration,
     pub max_connections: usize,
     pub max_websockets: usize,
+    pub max_websockets_per_subject: usize,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub shutdown_grace: Duration,
@@ -1141,6 +1142,9 @@ fn compile_limits(l: &RawLimits, c: &mut Collector<'_>) -> Limits {
         tls_handshake_timeout: d(l.tls_handshake_timeout, DEFAULT_TLS_HANDSHAKE_TIMEOUT),
         max_connections: l.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
         max_websockets: l.max_websockets.unwrap_or(DEFAULT_MAX_WEBSOCKETS),
+        max_websockets_per_subject: l
+            .max_websockets_per_subject
+            .unwrap_or(DEFAULT_MAX_WEBSOCKETS_PER_SUBJECT),
         connect_timeout: d(l.connect_timeout, DEFAULT_CONNECT_TIMEOUT),
         response_timeout: d(l.response_timeout, DEFAULT_RESPONSE_TIMEOUT),
         shutdown_grace: d(l.shutdown_grace, DEFAULT_SHUTDOWN_GRACE),
@@ -1175,6 +1179,12 @@ fn compile_limits(l: &RawLimits, c: &mut Collector<'_>) -> Limits {
         c.at(
             "limits.max_header_size",
             "max_header_size must be between 8KiB and 1MiB",
+        );
+    }
+    if limits.max_websockets == 0 || limits.max_websockets_per_subject == 0 {
+        c.at(
+            "limits.max_websockets",
+            "max_websockets and max_websockets_per_subject must be at least 1",
         );
     }
     if limits.max_connections == 0 {

@@ -43,6 +43,8 @@ pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Open WebSocket sessions, all routes together (each holds two sockets).
 pub const DEFAULT_MAX_WEBSOCKETS: usize = 1_024;
+/// Open WebSocket sessions of one subject: one token cannot take them all.
+pub const DEFAULT_MAX_WEBSOCKETS_PER_SUBJECT: usize = 32;
 /// A WebSocket session with no data either way for this long is closed.
 pub const DEFAULT_WEBSOCKET_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 /// The longest a WebSocket session lasts: what bounds a revoked token's

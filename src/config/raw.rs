@@ -456,6 +456,9 @@ pub(super) struct RawLimits {
     pub(super) max_connections: Option<usize>,
     /// Open WebSocket sessions, all routes together.
     pub(super) max_websockets: Option<usize>,
+    /// Open WebSocket sessions of one subject (or, without a token, one
+    /// source address).
+    pub(super) max_websockets_per_subject: Option<usize>,
     pub(super) connect_timeout: Option<ConfigDuration>,
     pub(super) response_timeout: Option<ConfigDuration>,
     pub(super) shutdown_grace: Option<ConfigDuration>,

@@ -160,7 +160,17 @@ pub async fn serve(
             .clone()
             .try_acquire_owned()
             .map_err(|_| ProxyError::TooManyWebSockets)?;
-        Some((hyper::upgrade::on(&mut req), policy, permit))
+        let who: Box<str> = match &x.token {
+            Some(t) => t.namespaced_subject().into(),
+            None => peer.ip().to_string().into(),
+        };
+        let held = websocket::Held::take(
+            &app.websocket_holders,
+            who,
+            snap.config.limits.max_websockets_per_subject,
+        )
+        .ok_or(ProxyError::TooManyWebSocketsHere)?;
+        Some((hyper::upgrade::on(&mut req), policy, (permit, held)))
     } else {
         None
     };

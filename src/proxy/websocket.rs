@@ -16,6 +16,41 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+/// One subject's share of the open sessions, given back when dropped.
+pub struct Held {
+    map: Arc<dashmap::DashMap<Box<str>, usize>>,
+    who: Box<str>,
+}
+
+impl Held {
+    /// A place for `who` if it holds fewer than `limit` sessions.
+    pub fn take(
+        map: &Arc<dashmap::DashMap<Box<str>, usize>>,
+        who: Box<str>,
+        limit: usize,
+    ) -> Option<Held> {
+        let mut n = map.entry(who.clone()).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        drop(n);
+        Some(Held {
+            map: map.clone(),
+            who,
+        })
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.map.remove_if_mut(&self.who, |_, n| {
+            *n -= 1;
+            *n == 0
+        });
+    }
+}
+
 /// Whether `req` asks for a WebSocket upgrade (RFC 6455 §4.1: HTTP/1.1,
 /// `Upgrade: websocket`, `Connection` naming `upgrade`).
 pub fn is_upgrade<B>(req: &Request<B>) -> bool {
@@ -150,7 +185,7 @@ pub async fn run(
     policy: crate::config::WebSocketPolicy,
     (open, sessions): (prometheus::IntGauge, prometheus::IntCounterVec),
     route: String,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    permit: (tokio::sync::OwnedSemaphorePermit, Held),
 ) {
     let _permit = permit;
     open.inc();
