@@ -32,6 +32,35 @@ fn frames(data: impl Into<Bytes>, trailers: &[(&'static str, &str)]) -> Frames {
 /// What the upstream saw: version, `te`, and the request's trailer.
 type Saw = Arc<Mutex<Vec<(Version, Option<String>, Option<String>)>>>;
 
+/// An HTTP/2 connection to valet over TLS (ALPN h2).
+async fn h2_client(gw: &Gateway) -> hyper::client::conn::http2::SendRequest<Frames> {
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(gw.ca.client_config(&[b"h2"]))
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+/// A gRPC call to `path` as alice, its body still to be given.
+fn grpc_call(gw: &Gateway, path: &str) -> http::request::Builder {
+    Request::post(format!("https://localhost:{}{path}", gw.addr.port()))
+        .header(
+            "authorization",
+            format!("Bearer {}", gw.token("alice", "read")),
+        )
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+}
+
 /// An HTTP/2 upstream: h2c, or over TLS (`tls`, offering only h2 by ALPN).
 async fn h2_upstream(tls: Option<Arc<rustls::ServerConfig>>) -> (std::net::SocketAddr, Saw) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -95,31 +124,10 @@ async fn h2c_upstreams_get_http2_with_trailers_both_ways() {
         "  - name: grpc\n    match: {{ path_prefix: /grpc }}\n    upstream: \"http://{up}\"\n    upstream_protocol: h2c\n"
     );
     let gw = Gateway::start(&routes, "").await;
-    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(gw.ca.client_config(&[b"h2"]))
-        .connect(
-            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
-            tcp,
-        )
-        .await
+    let mut send = h2_client(&gw).await;
+    let req = grpc_call(&gw, "/grpc/echo.Echo/Say")
+        .body(frames(grpc_frame(b"hello"), &[("x-req-trailer", "abc")]))
         .unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let req = Request::post(format!(
-        "https://localhost:{}/grpc/echo.Echo/Say",
-        gw.addr.port()
-    ))
-    .header(
-        "authorization",
-        format!("Bearer {}", gw.token("alice", "read")),
-    )
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .body(frames(grpc_frame(b"hello"), &[("x-req-trailer", "abc")]))
-    .unwrap();
     let resp = send.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     let collected = resp.into_body().collect().await.unwrap();
@@ -237,31 +245,10 @@ async fn a_grpc_server_streaming_call_streams_through_valet() {
         "  - name: feed\n    match: {{ path_prefix: /feed.Feed }}\n    upstream: \"http://{up}\"\n    upstream_protocol: h2c\n"
     );
     let gw = Gateway::start(&routes, "").await;
-    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(gw.ca.client_config(&[b"h2"]))
-        .connect(
-            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
-            tcp,
-        )
-        .await
+    let mut send = h2_client(&gw).await;
+    let req = grpc_call(&gw, "/feed.Feed/List")
+        .body(frames(grpc_frame(b"request"), &[]))
         .unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let req = Request::post(format!(
-        "https://localhost:{}/feed.Feed/List",
-        gw.addr.port()
-    ))
-    .header(
-        "authorization",
-        format!("Bearer {}", gw.token("alice", "read")),
-    )
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .body(frames(grpc_frame(b"request"), &[]))
-    .unwrap();
     let mut body = send.send_request(req).await.unwrap().into_body();
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert_eq!(first, grpc_frame(b"one"));

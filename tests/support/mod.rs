@@ -102,34 +102,24 @@ impl TestCa {
     pub fn server_config_requiring_clients(&self) -> Arc<rustls::ServerConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca_der.clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
             Arc::new(roots),
-            provider.clone(),
+            Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
         )
         .build()
         .unwrap();
-        let certs: Vec<_> = rustls_pki_types::pem::PemObject::pem_file_iter(&self.cert_file)
-            .unwrap()
-            .map(|c| c.unwrap())
-            .collect();
-        let key =
-            <rustls_pki_types::PrivateKeyDer as rustls_pki_types::pem::PemObject>::from_pem_file(
-                &self.key_file,
-            )
-            .unwrap();
-        Arc::new(
-            rustls::ServerConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_client_cert_verifier(verifier)
-                .with_single_cert(certs, key)
-                .unwrap(),
-        )
+        self.server_config_with(Some(verifier))
     }
 
     /// A TLS server config serving the current leaf certificate.
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.server_config_with(None)
+    }
+
+    fn server_config_with(
+        &self,
+        clients: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    ) -> Arc<rustls::ServerConfig> {
         let certs: Vec<_> = rustls_pki_types::pem::PemObject::pem_file_iter(&self.cert_file)
             .unwrap()
             .map(|c| c.unwrap())
@@ -139,15 +129,16 @@ impl TestCa {
                 &self.key_file,
             )
             .unwrap();
-        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        let b = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::aws_lc_rs::default_provider(),
         ))
         .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
         .unwrap();
-        Arc::new(tls)
+        let b = match clients {
+            Some(v) => b.with_client_cert_verifier(v),
+            None => b.with_no_client_auth(),
+        };
+        Arc::new(b.with_single_cert(certs, key).unwrap())
     }
 
     pub fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {

@@ -84,60 +84,45 @@ async fn answer(
 
 impl Upstream {
     pub async fn start() -> Upstream {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let s2 = seen.clone();
-        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let a2 = accepted.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = l.accept().await else {
-                    continue;
-                };
-                a2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let seen = s2.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| answer(seen.clone(), false, req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
-                });
-            }
-        });
-        Upstream {
-            addr,
-            seen,
-            accepted,
-        }
+        Self::listen(None).await
     }
 
     /// The same upstream over TLS (`tls` decides the certificate and
     /// whether clients must show one).
     pub async fn start_tls(tls: Arc<rustls::ServerConfig>) -> Upstream {
+        Self::listen(Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    async fn listen(tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s2 = seen.clone();
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let a2 = accepted.clone();
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = l.accept().await else {
                     continue;
                 };
                 a2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let (seen, acceptor) = (s2.clone(), acceptor.clone());
+                let (seen, tls) = (s2.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
+                    let h1 = hyper::server::conn::http1::Builder::new();
+                    let _ = match tls {
+                        None => {
+                            let svc = service_fn(move |req| answer(seen.clone(), false, req));
+                            h1.serve_connection(TokioIo::new(tcp), svc).await
+                        }
+                        Some(acceptor) => {
+                            let Ok(tls) = acceptor.accept(tcp).await else {
+                                return;
+                            };
+                            let client_cert = tls.get_ref().1.peer_certificates().is_some();
+                            let svc = service_fn(move |req| answer(seen.clone(), client_cert, req));
+                            h1.serve_connection(TokioIo::new(tls), svc).await
+                        }
                     };
-                    let client_cert = tls.get_ref().1.peer_certificates().is_some();
-                    let svc = service_fn(move |req| answer(seen.clone(), client_cert, req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
                 });
             }
         });
