@@ -48,6 +48,19 @@ impl TestCa {
 
     /// (Re)writes the leaf certificate files with a new certificate named `cn`.
     pub fn issue_leaf(&self, cn: &str) {
+        let (cert, key) = self.leaf(cn);
+        // Write via rename, as cert managers do.
+        let tmp_c = self.cert_file.with_extension("tmp1");
+        let tmp_k = self.key_file.with_extension("tmp2");
+        std::fs::write(&tmp_c, cert).unwrap();
+        std::fs::write(&tmp_k, key).unwrap();
+        std::fs::rename(tmp_k, &self.key_file).unwrap();
+        std::fs::rename(tmp_c, &self.cert_file).unwrap();
+    }
+
+    /// A certificate for `cn`, localhost and 127.0.0.1 signed by this CA,
+    /// and its key, as PEM.
+    fn leaf(&self, cn: &str) -> (String, String) {
         let mut params =
             rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
                 .unwrap();
@@ -56,13 +69,7 @@ impl TestCa {
             .push(rcgen::DnType::CommonName, cn);
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.ca).unwrap();
-        // Write via rename, as cert managers do.
-        let tmp_c = self.cert_file.with_extension("tmp1");
-        let tmp_k = self.key_file.with_extension("tmp2");
-        std::fs::write(&tmp_c, cert.pem()).unwrap();
-        std::fs::write(&tmp_k, key.serialize_pem()).unwrap();
-        std::fs::rename(tmp_k, &self.key_file).unwrap();
-        std::fs::rename(tmp_c, &self.cert_file).unwrap();
+        (cert.pem(), key.serialize_pem())
     }
 
     /// Writes the CA certificate as PEM to `path`.
@@ -80,20 +87,13 @@ impl TestCa {
     /// A certificate for `cn` (and localhost, 127.0.0.1) signed by this CA,
     /// written as `{name}.pem` and `{name}-key.pem` in `dir`.
     pub fn issue_to(&self, dir: &Path, name: &str, cn: &str) -> (PathBuf, PathBuf) {
-        let mut params =
-            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-                .unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, cn);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let (cert, key) = self.leaf(cn);
         let (c, k) = (
             dir.join(format!("{name}.pem")),
             dir.join(format!("{name}-key.pem")),
         );
-        std::fs::write(&c, cert.pem()).unwrap();
-        std::fs::write(&k, key.serialize_pem()).unwrap();
+        std::fs::write(&c, cert).unwrap();
+        std::fs::write(&k, key).unwrap();
         (c, k)
     }
 
