@@ -342,8 +342,9 @@ pub fn oauth1_params(data: &[u8]) {
 }
 
 /// Bearer tokens against a validator with one fixed Ed25519 key: no panic,
-/// and whatever validates carries a signature that an independent verifier
-/// (aws-lc-rs) accepts with that key's public half.
+/// whatever validates carries a signature that an independent verifier
+/// (aws-lc-rs) accepts with that key's public half, and no header that
+/// names critical extensions (`crit`) validates.
 pub struct BearerOracle {
     validator: crate::tokens::Validator,
     public: Vec<u8>,
@@ -417,10 +418,21 @@ impl BearerOracle {
         {
             return;
         }
+        use base64::Engine;
+        // RFC 7515 §4.1.11: nothing that names critical extensions validates.
+        let header = token.split('.').next().unwrap_or("");
+        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .expect("a validated header is base64url");
+        let header: serde_json::Value =
+            serde_json::from_slice(&header).expect("a validated header is JSON");
+        assert!(
+            header.get("crit").is_none(),
+            "a token naming critical extensions validated"
+        );
         let (input, sig) = token
             .rsplit_once('.')
             .expect("a validated token has a signature");
-        use base64::Engine;
         let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(sig)
             .expect("a validated signature is base64url");

@@ -136,6 +136,19 @@ fn bearer_seed_tokens_validate() {
                 f.display()
             );
         }
+        // Signed with the fuzz key like the valid seeds, but naming
+        // critical extensions: refused (RFC 7515 §4.1.11).
+        if f.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("crit-")
+        {
+            assert!(
+                !oracle.accepts(&std::fs::read(&f).unwrap()),
+                "{}",
+                f.display()
+            );
+        }
     }
 }
 

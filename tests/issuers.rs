@@ -313,7 +313,36 @@ async fn forged_and_misdirected_tokens_are_refused() {
     no_client.as_object_mut().unwrap().remove("azp");
     let mut at_jwt_typ_wrong = claims.clone();
     at_jwt_typ_wrong["sub"] = "bob".into();
+    // Validly signed by the provider's own key, naming critical extensions.
+    let critical = |crit: serde_json::Value| {
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        h.kid = Some("k1".into());
+        h.typ = Some("JWT".into());
+        h.extras.insert("crit", crit);
+        h.extras
+            .insert("http://example.invalid/must-understand", true);
+        sign_with(&h, &claims, &s.kc.key("k1").encoding)
+    };
+    // Without `crit`, the same header and claims pass.
+    assert_eq!(
+        s.get("/api/x", &s.kc.sign("k1", "JWT", &claims))
+            .await
+            .status,
+        200
+    );
     for (what, token, reason) in [
+        (
+            "crit naming an extension",
+            critical(serde_json::json!([
+                "http://example.invalid/must-understand"
+            ])),
+            "critical_extension",
+        ),
+        (
+            "crit naming a registered claim",
+            critical(serde_json::json!(["exp"])),
+            "critical_extension",
+        ),
         ("alg none", none, "wrong_algorithm"),
         ("HS256 keyed with the public key", hs256, "wrong_algorithm"),
         (

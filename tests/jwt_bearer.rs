@@ -233,6 +233,20 @@ async fn attacks_on_the_assertion_are_refused() {
     )
     .unwrap();
     assert_refused(&grant(&gw, &hs).await, "algorithm");
+    // Validly signed by the issuer's key, naming critical extensions that
+    // valet does not understand (RFC 7515 §4.1.11).
+    for crit in [
+        json!(["http://example.invalid/must-understand"]),
+        json!(["exp"]),
+    ] {
+        let critical = idp.sign_with(
+            &idp.key,
+            &json!({"alg": "EdDSA", "typ": "JWT", "kid": "idp-1", "crit": crit,
+                    "http://example.invalid/must-understand": true}),
+            &assertion_claims(),
+        );
+        assert_refused(&grant(&gw, &critical).await, "critical header extensions");
+    }
     // A client not registered for the grant.
     let r = gw
         .client(Proto::H1)
@@ -246,7 +260,7 @@ async fn attacks_on_the_assertion_are_refused() {
     assert_eq!(
         gw.metric("valet_token_requests_failed_total{error=\"invalid_grant\",grant=\"jwt_bearer\"}")
             .await as usize,
-        cases.len() + 4
+        cases.len() + 6
     );
 }
 

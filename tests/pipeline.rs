@@ -91,10 +91,13 @@ impl Pipeline {
     }
 
     fn client_errors(&self, reason: &str) -> f64 {
+        self.sample(&format!("valet_client_errors_total{{reason=\"{reason}\"}}"))
+    }
+
+    fn sample(&self, sample: &str) -> f64 {
         let text = String::from_utf8(self.app.metrics.render()).unwrap();
-        let sample = format!("valet_client_errors_total{{reason=\"{reason}\"}}");
         text.lines()
-            .find_map(|l| l.strip_prefix(&sample).and_then(|r| r.strip_prefix(' ')))
+            .find_map(|l| l.strip_prefix(sample).and_then(|r| r.strip_prefix(' ')))
             .map_or(0.0, |v| v.trim().parse().unwrap())
     }
 }
@@ -219,6 +222,47 @@ async fn bearer_refusals_carry_their_rfc_6750_challenge() {
         "{}",
         a.challenge()
     );
+}
+
+/// RFC 7515 §4.1.11: valet understands no critical extension, so a token
+/// validly signed by valet's own key that carries `crit` is refused.
+#[tokio::test]
+async fn own_tokens_naming_critical_extensions_are_refused() {
+    let p = Pipeline::new("");
+    let enc = jsonwebtoken::EncodingKey::from_ed_der(&p.key.pkcs8);
+    let signed = |crit: Option<serde_json::Value>| {
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        h.typ = Some("at+jwt".into());
+        h.kid = Some(KID.into());
+        if let Some(c) = crit {
+            h.extras.insert("crit", c);
+            h.extras
+                .insert("http://example.invalid/must-understand", true);
+        }
+        sign_with(&h, &claims("alice", "read"), &enc)
+    };
+    // The same token without `crit` passes authentication (the route's
+    // upstream is a closed port: 502).
+    assert_eq!(p.get("/api/x", Some(&signed(None))).await.status, 502);
+    let sample = "valet_token_validation_failures_total{reason=\"critical_extension\"}";
+    for crit in [
+        serde_json::json!(["http://example.invalid/must-understand"]),
+        serde_json::json!(["exp"]),
+        serde_json::json!([]),
+    ] {
+        let before = p.sample(sample);
+        let a = p.get("/api/x", Some(&signed(Some(crit.clone())))).await;
+        assert_eq!(a.status, 401, "{crit}: {}", a.body);
+        assert_eq!(a.body["error"], "invalid_token", "{crit}");
+        assert!(
+            a.challenge()
+                .starts_with("Bearer realm=\"valet\", error=\"invalid_token\"")
+                && a.challenge().contains("crit"),
+            "{crit}: {}",
+            a.challenge()
+        );
+        assert_eq!(p.sample(sample), before + 1.0, "{crit}");
+    }
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ use super::endpoints::record_assertion_use;
 use super::error::OAuthError;
 use super::Call;
 use crate::credentials::{Client, JwtBearer};
+use crate::tokens::jose::{self, HeaderRefusal};
 use jsonwebtoken::errors::ErrorKind;
 use serde_json::{Map, Value};
 
@@ -44,8 +45,12 @@ pub async fn verify(c: Call<'_>, client: &Client) -> Result<Mapped, OAuthError> 
         OAuthError::UnauthorizedClient("this client has no trusted assertion issuers".into())
     })?;
     let assertion = c.form.require("assertion")?;
-    let header = jsonwebtoken::decode_header(assertion)
-        .map_err(|_| invalid("malformed, or an algorithm valet does not accept"))?;
+    let header = jose::header(assertion).map_err(|r| match r {
+        HeaderRefusal::Critical => {
+            invalid("it names critical header extensions (crit), which valet does not understand")
+        }
+        _ => invalid("malformed, or an algorithm valet does not accept"),
+    })?;
     let iss = peek_issuer(assertion).ok_or_else(|| invalid("no issuer"))?;
     let issuer = jb
         .issuers

@@ -162,7 +162,7 @@ pub struct Own {
 /// valet; `check_exp` decides whether an expired token still decodes.
 /// Revocations are not consulted here.
 pub fn decode_own(cfg: &TokenConfig, token: &str, check_exp: bool) -> Option<Own> {
-    let header = jsonwebtoken::decode_header(token).ok()?;
+    let header = super::jose::header(token).ok()?;
     let kind = match header.typ.as_deref() {
         Some(t)
             if t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt") =>

@@ -3,6 +3,7 @@
 
 pub mod issue;
 pub mod issuers;
+pub mod jose;
 pub mod jwks;
 pub mod keys;
 pub mod validate;

@@ -7,6 +7,7 @@
 //! every request, cache hit or not.
 
 use super::issuers::{claim, normalize_type, not_an_access_token, words, KeySource};
+use super::jose::{self, HeaderRefusal};
 use super::jwks::RemoteKeys;
 use super::keys::LoadedKey;
 use super::TokenConfig;
@@ -49,10 +50,12 @@ pub enum TokenError {
     NotAccessToken,
     #[error("the token's issuer is not accepted here")]
     IssuerNotAccepted,
+    #[error("the token names critical header extensions (crit), which valet does not understand")]
+    CriticalExtension,
 }
 
 impl TokenError {
-    pub const ALL: [TokenError; 13] = [
+    pub const ALL: [TokenError; 14] = [
         TokenError::Malformed,
         TokenError::WrongType,
         TokenError::UnknownKey,
@@ -66,6 +69,7 @@ impl TokenError {
         TokenError::Revoked,
         TokenError::NotAccessToken,
         TokenError::IssuerNotAccepted,
+        TokenError::CriticalExtension,
     ];
 
     pub fn reason(self) -> &'static str {
@@ -83,6 +87,7 @@ impl TokenError {
             TokenError::Revoked => "revoked",
             TokenError::NotAccessToken => "not_access_token",
             TokenError::IssuerNotAccepted => "issuer_not_accepted",
+            TokenError::CriticalExtension => "critical_extension",
         }
     }
 }
@@ -309,7 +314,7 @@ impl Validator {
     /// The remote key set a token's issuer uses, and the `kid` it names:
     /// for a caller that got `UnknownKey` and may wait for a refetch.
     pub fn remote_keys_for(&self, token: &str) -> Option<(Arc<RemoteKeys>, Option<String>)> {
-        let header = jsonwebtoken::decode_header(token).ok()?;
+        let header = jose::header(token).ok()?;
         let iss = peek_issuer(token)?;
         let i = self.issuers.iter().position(|i| i.issuer == iss)?;
         match &self.issuers[i].keys {
@@ -336,7 +341,11 @@ impl Validator {
     }
 
     fn verify(&self, token: &str, digest: &[u8; 32]) -> Result<VerifiedToken, TokenError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| header_failure(token))?;
+        let header = jose::header(token).map_err(|r| match r {
+            HeaderRefusal::Malformed => TokenError::Malformed,
+            HeaderRefusal::Algorithm => TokenError::WrongAlgorithm,
+            HeaderRefusal::Critical => TokenError::CriticalExtension,
+        })?;
         // The issuer picks the keys and the shape; a token claiming another
         // issuer than its signer's fails the signature or the `iss` check.
         let iss = peek_issuer(token);
@@ -410,26 +419,6 @@ fn peek_issuer(token: &str) -> Option<String> {
         .decode(payload)
         .ok()?;
     serde_json::from_slice::<Iss>(&bytes).ok()?.iss
-}
-
-/// Why a header would not parse: an algorithm valet never accepts (`none`,
-/// anything unknown) is reported as such; everything else is malformed.
-fn header_failure(token: &str) -> TokenError {
-    use base64::Engine;
-    let alg = token
-        .split('.')
-        .next()
-        .and_then(|h| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(h)
-                .ok()
-        })
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v.get("alg").and_then(|a| a.as_str()).map(str::to_owned));
-    match alg {
-        Some(_) => TokenError::WrongAlgorithm,
-        None => TokenError::Malformed,
-    }
 }
 
 fn map_error(kind: &ErrorKind) -> TokenError {
