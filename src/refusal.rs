@@ -153,6 +153,10 @@ pub enum ProxyError {
     TooManyWebSocketsHere,
     HeadersTooLarge,
     BadGateway(&'static str),
+    /// 502 with `Connection: close`: the upstream answered an upgrade
+    /// without being a WebSocket server; whatever the client sent after its
+    /// request must not be read as HTTP either.
+    BadUpgrade(&'static str),
     GatewayTimeout(&'static str),
     /// 500: a bug in valet (a request handler panicked).
     Internal,
@@ -182,7 +186,7 @@ impl ProxyError {
             ProxyError::TooManyWebSockets => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::TooManyWebSocketsHere => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ProxyError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::BadGateway(_) | ProxyError::BadUpgrade(_) => StatusCode::BAD_GATEWAY,
             ProxyError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -223,7 +227,9 @@ impl ProxyError {
                 "headers_too_large",
                 "the request headers are too large".into(),
             ),
-            ProxyError::BadGateway(m) => ("bad_gateway", (*m).to_string()),
+            ProxyError::BadGateway(m) | ProxyError::BadUpgrade(m) => {
+                ("bad_gateway", (*m).to_string())
+            }
             ProxyError::GatewayTimeout(m) => ("gateway_timeout", (*m).to_string()),
             ProxyError::Internal => (
                 "internal_error",
@@ -265,6 +271,7 @@ impl ProxyError {
 
     pub fn into_response(self, request_id: &HeaderValue) -> Response<ResponseBody> {
         let (code, message) = self.code_and_message();
+        let close = matches!(self, ProxyError::BadUpgrade(_));
         let mut r = Refusal::new(self.status(), code, message).request_id(request_id);
         if let Some(c) = self.challenge() {
             r = r.challenge(HeaderValue::from_str(&c).expect("challenge is ASCII"));
@@ -278,7 +285,12 @@ impl ProxyError {
                 .with("provider", provider)
                 .with("authorize_url", authorize_url);
         }
-        r.into_response()
+        let mut resp = r.into_response();
+        if close {
+            resp.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
     }
 }
 

@@ -291,3 +291,217 @@ async fn one_subject_holds_at_most_its_share_of_sessions() {
         "a closed session did not free its place"
     );
 }
+
+/// How a fake upstream answers an upgrade with 101.
+#[derive(Clone, Copy)]
+enum Answer {
+    /// As a WebSocket server: the accept value of the client's key.
+    Proper,
+    /// No `Sec-WebSocket-Accept` at all.
+    NoAccept,
+    /// The accept value of another key.
+    WrongAccept,
+    /// Proper, but choosing a subprotocol the client never offered.
+    UnofferedProtocol,
+}
+
+/// What a fake upstream saw: connections, and the bytes each received
+/// after its request's headers (until it closed, or 2 s passed).
+#[derive(Default)]
+struct FakeSeen {
+    connections: usize,
+    after_headers: Vec<Vec<u8>>,
+    closed_by_valet: Vec<bool>,
+}
+
+/// A TCP upstream that answers every request with a 101 shaped by `answer`,
+/// then records what arrives on that connection.
+async fn fake_101_upstream(answer: Answer) -> (std::net::SocketAddr, Arc<Mutex<FakeSeen>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(FakeSeen::default()));
+    let s2 = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = l.accept().await {
+            let seen = s2.clone();
+            tokio::spawn(async move {
+                seen.lock().unwrap().connections += 1;
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let end = loop {
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    match tcp.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                let key = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .starts_with("sec-websocket-key:")
+                            .then(|| l[18..].trim().to_string())
+                    })
+                    .unwrap_or_default();
+                use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+                let accept = match answer {
+                    Answer::NoAccept => String::new(),
+                    Answer::WrongAccept => format!(
+                        "Sec-WebSocket-Accept: {}\r\n",
+                        derive_accept_key(b"AAAAAAAAAAAAAAAAAAAAAA==")
+                    ),
+                    Answer::Proper | Answer::UnofferedProtocol => format!(
+                        "Sec-WebSocket-Accept: {}\r\n",
+                        derive_accept_key(key.as_bytes())
+                    ),
+                };
+                let protocol = match answer {
+                    Answer::UnofferedProtocol => "Sec-WebSocket-Protocol: admin\r\n",
+                    _ => "",
+                };
+                let resp = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{accept}{protocol}\r\n");
+                if tcp.write_all(resp.as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut after = buf[end..].to_vec();
+                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+                let closed = loop {
+                    match tokio::time::timeout_at(deadline, tcp.read(&mut chunk)).await {
+                        Ok(Ok(0)) | Ok(Err(_)) => break true,
+                        Ok(Ok(n)) => after.extend_from_slice(&chunk[..n]),
+                        Err(_) => break false,
+                    }
+                };
+                let mut s = seen.lock().unwrap();
+                s.after_headers.push(after);
+                s.closed_by_valet.push(closed);
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Sends an upgrade request with a raw `GET /admin` pipelined behind it in
+/// the same write; returns what valet answered on that connection, read
+/// until valet closes it (or 3 s pass).
+async fn upgrade_with_smuggled_request(gw: &Gateway, token: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(gw.ca.client_config(&[b"http/1.1"]))
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let req = format!(
+        "GET /ws/x HTTP/1.1\r\nHost: localhost:{}\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: chat\r\n\r\nGET /admin HTTP/1.1\r\nHost: internal\r\n\r\n",
+        gw.addr.port()
+    );
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ =
+        tokio::time::timeout(std::time::Duration::from_secs(3), tls.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).to_string()
+}
+
+/// RFC 6455 §4.1: the upstream's 101 is checked as a WebSocket client
+/// checks it. An endpoint that answers 101 without the accept value of the
+/// client's key (the "WebSocket smuggling" shape) gets no tunnel: the
+/// client gets 502 with `Connection: close`, the upstream connection is
+/// closed, and nothing the client sent after its upgrade (a raw `GET
+/// /admin` included) reaches it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_that_is_not_a_websocket_server_gets_no_tunnel() {
+    for (answer, why) in [
+        (Answer::NoAccept, "Sec-WebSocket-Accept"),
+        (Answer::WrongAccept, "Sec-WebSocket-Accept"),
+        (Answer::UnofferedProtocol, "subprotocol"),
+    ] {
+        let (addr, seen) = fake_101_upstream(answer).await;
+        let routes = format!(
+            "  - name: ws\n    match: {{ path_prefix: /ws }}\n    upstream: \"http://{addr}\"\n    websocket: {{ idle_timeout: 5s }}\n"
+        );
+        let gw = Gateway::start(&routes, "").await;
+        let out = upgrade_with_smuggled_request(&gw, &gw.token("alice", "read")).await;
+        let head = out.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 502"), "{why}: {out}");
+        assert!(head.contains("connection: close"), "{why}: {out}");
+        assert!(out.contains(why), "{why}: {out}");
+        // One answer only: the pipelined request was never read as HTTP.
+        assert_eq!(out.matches("HTTP/1.1").count(), 1, "{out}");
+        assert!(
+            eventually(PICKUP, || async {
+                !seen.lock().unwrap().after_headers.is_empty()
+            })
+            .await
+        );
+        let (after, closed) = {
+            let s = seen.lock().unwrap();
+            (s.after_headers.clone(), s.closed_by_valet.clone())
+        };
+        assert_eq!(
+            after,
+            [Vec::<u8>::new()],
+            "{why}: bytes reached the upstream"
+        );
+        assert_eq!(closed, [true], "{why}: the upstream connection stayed open");
+        assert_eq!(
+            gw.metric("valet_upstream_errors_total{kind=\"websocket_handshake\",route=\"ws\"}")
+                .await,
+            1.0
+        );
+        assert_eq!(gw.metric("valet_websockets_open").await, 0.0);
+    }
+    // The control: a real server's answer opens the tunnel, and then the
+    // client's bytes do flow (so the test above can see them if they did).
+    let (addr, seen) = fake_101_upstream(Answer::Proper).await;
+    let routes = format!(
+        "  - name: ws\n    match: {{ path_prefix: /ws }}\n    upstream: \"http://{addr}\"\n    websocket: {{ idle_timeout: 5s }}\n"
+    );
+    let gw = Gateway::start(&routes, "").await;
+    let out = upgrade_with_smuggled_request(&gw, &gw.token("alice", "read")).await;
+    assert!(out.starts_with("HTTP/1.1 101"), "{out}");
+    assert!(
+        eventually(PICKUP, || async {
+            !seen.lock().unwrap().after_headers.is_empty()
+        })
+        .await
+    );
+    assert!(String::from_utf8_lossy(&seen.lock().unwrap().after_headers[0]).contains("GET /admin"));
+}
+
+/// A handshake valet cannot check is refused before it reaches an upstream.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upgrade_without_a_proper_key_is_refused() {
+    let (gw, seen) = setup().await;
+    let token = gw.token("alice", "read");
+    for key in [None, Some("c2hvcnQ="), Some("not base64 at all")] {
+        let mut b = http::Request::get("/ws/echo")
+            .header("host", format!("localhost:{}", gw.addr.port()))
+            .header("authorization", format!("Bearer {token}"))
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13");
+        if let Some(k) = key {
+            b = b.header("sec-websocket-key", k);
+        }
+        let req = b
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let r = gw.client(Proto::H1).send(req).await;
+        assert_eq!(r.status, 400, "{key:?}");
+        assert!(
+            r.json()["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("Sec-WebSocket-Key"),
+            "{key:?}"
+        );
+    }
+    assert!(seen.lock().unwrap().is_empty());
+}

@@ -155,6 +155,7 @@ pub async fn serve(
                 "a WebSocket upgrade is a GET without a body",
             ));
         }
+        let offer = websocket::Offer::of(req.headers()).map_err(ProxyError::BadRequest)?;
         let permit = app
             .websockets
             .clone()
@@ -170,7 +171,7 @@ pub async fn serve(
             snap.config.limits.max_websockets_per_subject,
         )
         .ok_or(ProxyError::TooManyWebSocketsHere)?;
-        Some((hyper::upgrade::on(&mut req), policy, (permit, held)))
+        Some((hyper::upgrade::on(&mut req), policy, (permit, held), offer))
     } else {
         None
     };
@@ -304,18 +305,34 @@ pub async fn serve(
             "the upstream switched protocols without being asked",
         ));
     }
-    headers::strip_hop_by_hop(resp.headers_mut());
-    if let Some((client, policy, permit)) = upgrade {
-        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-            let upstream = hyper::upgrade::on(&mut resp);
-            websocket::restore_upgrade_headers(resp.headers_mut());
-            let m = (
-                app.metrics.websockets_open.clone(),
-                app.metrics.websocket_sessions.clone(),
-            );
-            let name = route.cfg.name.clone();
-            tokio::spawn(websocket::run(client, upstream, policy, m, name, permit));
+    // An upgrade is spliced only on a WebSocket server's answer.
+    let upgraded = match upgrade {
+        Some((client, policy, permit, offer))
+            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS =>
+        {
+            if let Err(why) = offer.check_answer(resp.headers()) {
+                // Dropping the upstream's upgrade closes its connection: it
+                // is never pooled, and no byte of the client's reaches it.
+                drop(hyper::upgrade::on(&mut resp));
+                app.metrics
+                    .upstream_error(&route.cfg.name, "websocket_handshake");
+                tracing::warn!(route = %route.cfg.name, why, "the upstream's WebSocket handshake was refused");
+                return Err(ProxyError::BadUpgrade(why));
+            }
+            Some((client, policy, permit))
         }
+        _ => None,
+    };
+    headers::strip_hop_by_hop(resp.headers_mut());
+    if let Some((client, policy, permit)) = upgraded {
+        let upstream = hyper::upgrade::on(&mut resp);
+        websocket::restore_upgrade_headers(resp.headers_mut());
+        let m = (
+            app.metrics.websockets_open.clone(),
+            app.metrics.websocket_sessions.clone(),
+        );
+        let name = route.cfg.name.clone();
+        tokio::spawn(websocket::run(client, upstream, policy, m, name, permit));
     }
     Ok(resp.map(Either::Left))
 }

@@ -70,11 +70,208 @@ fn connection_names_upgrade(h: &HeaderMap) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
+/// What the client offered in its opening handshake, kept to check the
+/// upstream's answer as an RFC 6455 §4.1 client must.
+pub struct Offer {
+    /// The `Sec-WebSocket-Accept` a real WebSocket server answers.
+    accept: String,
+    /// The subprotocols and extension names the client offered.
+    protocols: Vec<Box<str>>,
+    extensions: Vec<Box<str>>,
+}
+
+const ACCEPT_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// `Sec-WebSocket-Accept` for `key` (RFC 6455 §4.2.2 item 5.4): base64 of
+/// SHA-1 over the key and the protocol's GUID.
+pub fn accept_for(key: &[u8]) -> String {
+    use base64::Engine;
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key);
+    ctx.update(ACCEPT_GUID.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(ctx.finish())
+}
+
+/// Comma-separated tokens over every line of header `name`.
+fn tokens<'a>(h: &'a HeaderMap, name: &str) -> impl Iterator<Item = &'a str> {
+    h.get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// An extension's name: the part before its parameters.
+fn extension_name(e: &str) -> &str {
+    e.split(';').next().unwrap_or("").trim()
+}
+
+impl Offer {
+    /// The client's offer, or why the handshake is malformed: exactly one
+    /// `Sec-WebSocket-Key`, base64 of 16 bytes (RFC 6455 §4.2.1 item 4).
+    pub fn of(h: &HeaderMap) -> Result<Offer, &'static str> {
+        use base64::Engine;
+        let mut keys = h.get_all("sec-websocket-key").iter();
+        let (Some(key), None) = (keys.next(), keys.next()) else {
+            return Err("a WebSocket upgrade carries exactly one Sec-WebSocket-Key");
+        };
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(key.as_bytes())
+            .ok();
+        if decoded.is_none_or(|k| k.len() != 16) {
+            return Err("Sec-WebSocket-Key must be 16 bytes in base64");
+        }
+        Ok(Offer {
+            accept: accept_for(key.as_bytes()),
+            protocols: tokens(h, "sec-websocket-protocol")
+                .map(Into::into)
+                .collect(),
+            extensions: tokens(h, "sec-websocket-extensions")
+                .map(|e| extension_name(e).into())
+                .collect(),
+        })
+    }
+
+    /// Whether the upstream's 101 is a WebSocket server's answer to this
+    /// offer (RFC 6455 §4.1, the client's checks): `Upgrade: websocket`,
+    /// `Connection: upgrade`, the `Sec-WebSocket-Accept` of the client's
+    /// key, and at most a subprotocol and extensions the client offered.
+    /// Anything else (the "WebSocket smuggling" shape: an endpoint that
+    /// answers 101 without being a WebSocket server) gets no tunnel.
+    pub fn check_answer(&self, h: &HeaderMap) -> Result<(), &'static str> {
+        let mut upgrade = h.get_all(header::UPGRADE).iter();
+        if !matches!((upgrade.next(), upgrade.next()), (Some(u), None) if u.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        {
+            return Err("the upstream's 101 does not upgrade to websocket");
+        }
+        if !connection_names_upgrade(h) {
+            return Err("the upstream's 101 does not name upgrade in Connection");
+        }
+        let mut accept = h.get_all("sec-websocket-accept").iter();
+        match (accept.next(), accept.next()) {
+            (Some(a), None) if a.as_bytes() == self.accept.as_bytes() => {}
+            _ => {
+                return Err(
+                    "the upstream's 101 lacks the Sec-WebSocket-Accept of the client's key: not a WebSocket server",
+                )
+            }
+        }
+        let mut protocol = tokens(h, "sec-websocket-protocol");
+        match (protocol.next(), protocol.next()) {
+            (None, _) => {}
+            (Some(p), None) if self.protocols.iter().any(|o| **o == *p) => {}
+            _ => return Err("the upstream chose a subprotocol the client did not offer"),
+        }
+        if !tokens(h, "sec-websocket-extensions")
+            .all(|e| self.extensions.iter().any(|o| **o == *extension_name(e)))
+        {
+            return Err("the upstream chose an extension the client did not offer");
+        }
+        Ok(())
+    }
+}
+
 /// Puts back the two hop-by-hop headers an upgrade needs (after the
 /// general stripping removed them).
 pub fn restore_upgrade_headers(h: &mut HeaderMap) {
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+}
+
+#[cfg(test)]
+mod handshake_tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    /// RFC 6455 §1.3's example key and accept value.
+    #[test]
+    fn the_accept_value_matches_the_rfc() {
+        assert_eq!(
+            accept_for(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn answers_are_checked_against_the_offer() {
+        let key = ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+        let offer = Offer::of(&headers(&[
+            key,
+            ("sec-websocket-protocol", "chat, superchat"),
+            (
+                "sec-websocket-extensions",
+                "permessage-deflate; client_max_window_bits",
+            ),
+        ]))
+        .unwrap();
+        let good = [
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade"),
+            ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        ];
+        assert!(offer.check_answer(&headers(&good)).is_ok());
+        let with = |extra: (&'static str, &'static str)| {
+            let mut v = good.to_vec();
+            v.push(extra);
+            headers(&v)
+        };
+        assert!(offer
+            .check_answer(&with(("sec-websocket-protocol", "chat")))
+            .is_ok());
+        assert!(offer
+            .check_answer(&with((
+                "sec-websocket-extensions",
+                "permessage-deflate; server_no_context_takeover"
+            )))
+            .is_ok());
+        for bad in [
+            with(("sec-websocket-protocol", "admin")),
+            with(("sec-websocket-protocol", "chat, superchat")),
+            with(("sec-websocket-extensions", "x-webkit-deflate-frame")),
+            with(("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")),
+            headers(&good[..2]),
+            headers(&[good[0], good[2]]),
+            headers(&[("upgrade", "h2c"), good[1], good[2]]),
+            headers(&[
+                good[0],
+                good[1],
+                ("sec-websocket-accept", "AAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+            ]),
+        ] {
+            assert!(offer.check_answer(&bad).is_err(), "{bad:?}");
+        }
+        // No subprotocol offered: none may be chosen.
+        let plain = Offer::of(&headers(&[key])).unwrap();
+        assert!(plain
+            .check_answer(&with(("sec-websocket-protocol", "chat")))
+            .is_err());
+    }
+
+    #[test]
+    fn malformed_keys_are_refused() {
+        for h in [
+            headers(&[]),
+            headers(&[("sec-websocket-key", "c2hvcnQ=")]),
+            headers(&[("sec-websocket-key", "not base64!")]),
+            headers(&[
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ]),
+        ] {
+            assert!(Offer::of(&h).is_err(), "{h:?}");
+        }
+    }
 }
 
 /// How a session ended (the metric's `end`).
