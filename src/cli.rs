@@ -129,6 +129,37 @@ enum TokenCommand {
     },
 }
 
+/// Where each trusted issuer's keys come from, and where a discovered key
+/// set may live (`valet check` says which rule applies).
+fn issuer_notes(c: &crate::config::Config) -> Vec<String> {
+    use crate::tokens::issuers::KeySource;
+    c.tokens
+        .issuers
+        .iter()
+        .filter_map(|i| match &i.keys {
+            KeySource::Remote(r) if r.jwks_uri.is_some() => Some(format!(
+                "issuer `{}`: keys from the configured jwks_uri {}",
+                i.name,
+                r.jwks_uri.as_deref().unwrap_or("")
+            )),
+            KeySource::Remote(r) => {
+                let hosts: Vec<String> = r.jwks_hosts.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+                let rule = if hosts.len() <= 1 {
+                    "the issuer's own host"
+                } else {
+                    "the issuer's own host or jwks_hosts"
+                };
+                Some(format!(
+                    "issuer `{}`: keys by discovery; the discovered jwks_uri must be on {rule} ({})",
+                    i.name,
+                    hosts.join(", ")
+                ))
+            }
+            KeySource::Files(_) => None,
+        })
+        .collect()
+}
+
 /// Loads and validates; writes nothing (`valet check`, and `serve`, whose
 /// start writes what `generate_if_missing` asks for).
 fn load(path: &std::path::Path) -> Result<config::Config, ExitCode> {
@@ -183,6 +214,9 @@ pub fn run(cli: Cli) -> ExitCode {
             Ok(c) => {
                 for w in c.authorization_server.iter().flat_map(|a| &a.warnings) {
                     eprintln!("warning: {w}");
+                }
+                for note in issuer_notes(&c) {
+                    eprintln!("note: {note}");
                 }
                 for f in &c.new_files {
                     eprintln!(

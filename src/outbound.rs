@@ -34,6 +34,41 @@ pub enum OutboundError {
     Answer(usize),
 }
 
+/// An absolute `http://` or `https://` URL that valet may call: a host,
+/// and no user info (`user:pass@host` would be sent in `Host`, and a URL
+/// like `https://trusted@evil` names another host than it seems to).
+pub fn callable_url(s: &str) -> Result<http::Uri, &'static str> {
+    let u: http::Uri = s.parse().map_err(|_| "it is not a URL")?;
+    if !matches!(u.scheme_str(), Some("http") | Some("https")) {
+        return Err("it is not an absolute http(s) URL");
+    }
+    let Some(a) = u.authority() else {
+        return Err("it has no host");
+    };
+    if a.as_str().contains('@') {
+        return Err("it carries user info (user:pass@)");
+    }
+    if a.host().is_empty() {
+        return Err("it has no host");
+    }
+    Ok(u)
+}
+
+/// `host[:port]` of `u` in lower case, with the scheme's default port
+/// made explicit: what "the same host" compares.
+pub fn host_and_port(u: &http::Uri) -> Option<(String, u16)> {
+    let a = u.authority()?;
+    let default = if u.scheme_str() == Some("https") {
+        443
+    } else {
+        80
+    };
+    Some((
+        a.host().to_ascii_lowercase(),
+        a.port_u16().unwrap_or(default),
+    ))
+}
+
 /// Sends `req` (whose URI is absolute: `http://` or `https://`) on a new
 /// connection and reads the answer. valet's `User-Agent` and the `Host`
 /// are set here; the request line carries the origin form.
@@ -57,6 +92,10 @@ async fn send_inner(
         .authority()
         .ok_or(OutboundError::BadUrl("it has no host"))?
         .clone();
+    if authority.as_str().contains('@') {
+        // Never sent in `Host`, whatever handed this URL over.
+        return Err(OutboundError::BadUrl("it carries user info (user:pass@)"));
+    }
     let https = match parts.uri.scheme_str() {
         Some("http") => false,
         Some("https") => true,
@@ -129,4 +168,47 @@ where
     s.send_request(req)
         .await
         .map_err(|e| OutboundError::Unreachable(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_with_user_info_are_not_callable() {
+        assert!(callable_url("https://idp.example/keys").is_ok());
+        assert!(callable_url("http://127.0.0.1:8080/x").is_ok());
+        for bad in [
+            "https://user:pw@idp.example/keys",
+            "https://idp.example@evil.example/",
+            "ftp://idp.example/",
+            "/relative",
+            "not a url",
+        ] {
+            assert!(callable_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Whatever hands `send` a URL with user info, it never reaches `Host`.
+    #[tokio::test]
+    async fn send_refuses_user_info() {
+        let req = Request::get("http://user:pw@127.0.0.1:9/x")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let limits = Limits {
+            tls: None,
+            timeout: Duration::from_secs(1),
+            max_answer: 1024,
+        };
+        let e = send(req, &limits).await.unwrap_err();
+        assert!(e.to_string().contains("user info"), "{e}");
+    }
+
+    #[test]
+    fn hosts_compare_with_their_default_port() {
+        let u: http::Uri = "https://IdP.Example/x".parse().unwrap();
+        assert_eq!(host_and_port(&u), Some(("idp.example".into(), 443)));
+        let u: http::Uri = "http://a:8080".parse().unwrap();
+        assert_eq!(host_and_port(&u), Some(("a".into(), 8080)));
+    }
 }

@@ -566,6 +566,74 @@ async fn a_reload_keeps_the_fetched_keys() {
     assert_eq!(s.get("/api/x", &good).await.status, 200);
 }
 
+/// A gateway trusting one provider by discovery; `extra` is added to its
+/// issuer entry.
+async fn discovery_gateway(idp: &Idp, up: &Upstream, extra: &str) -> Gateway {
+    let issuers = format!(
+        "  issuers:\n    - name: idp\n      issuer: \"{}\"\n      discovery: true\n      ca_file: \"{}\"\n      token_types: [JWT]\n      client_id_claims: [azp]\n{extra}",
+        idp.issuer,
+        idp.ca_file.display()
+    );
+    Gateway::start_with(&default_routes(up.addr), "", move |t| {
+        t.replacen("revocation:\n", &format!("{issuers}revocation:\n"), 1)
+    })
+    .await
+}
+
+/// A discovered `jwks_uri` must be on the issuer's own host unless
+/// `jwks_hosts` names another: a discovery document pointing elsewhere (here
+/// 127.0.0.1 for an issuer on localhost, same port, a certificate valid for
+/// both) gets no fetch, and the failure is counted; with the host listed,
+/// the keys are fetched and the provider's tokens pass. A discovered URL
+/// with user info is refused whatever the hosts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_discovered_key_set_must_be_on_an_allowed_host() {
+    let up = Upstream::start().await;
+    let elsewhere = |idp: &Idp, userinfo: &str| {
+        idp.jwks_uri
+            .replacen("localhost", &format!("{userinfo}127.0.0.1"), 1)
+    };
+    // Another host, not listed; then with user info, even when listed.
+    for userinfo in ["", "user:pw@"] {
+        let idp = Idp::start("/realms/acme").await;
+        idp.set_discovered_jwks_uri(&elsewhere(&idp, userinfo));
+        let extra = if userinfo.is_empty() {
+            String::new()
+        } else {
+            format!("      jwks_hosts: [\"127.0.0.1:{}\"]\n", idp.addr.port())
+        };
+        let gw = discovery_gateway(&idp, &up, &extra).await;
+        let failures = format!(
+            "valet_jwks_fetches_total{{issuer=\"{}\",result=\"failure\"}}",
+            idp.issuer
+        );
+        assert!(
+            eventually(PICKUP, || async { gw.metric(&failures).await >= 1.0 }).await,
+            "{userinfo}: the refused discovery was not counted"
+        );
+        assert_eq!(idp.hits(), 0, "{userinfo}: the key set was fetched");
+        let token = idp.sign("k1", "JWT", &kc_claims(&idp, "alice"));
+        let r = gw.client(Proto::H1).get("/api/x", Some(&token)).await;
+        assert_eq!(r.status, 401, "{userinfo}");
+    }
+    // Listed: fetched, and the token passes.
+    let idp = Idp::start("/realms/acme").await;
+    idp.set_discovered_jwks_uri(&elsewhere(&idp, ""));
+    let extra = format!("      jwks_hosts: [\"127.0.0.1:{}\"]\n", idp.addr.port());
+    let gw = discovery_gateway(&idp, &up, &extra).await;
+    assert!(eventually(PICKUP, || async { idp.hits() >= 1 }).await);
+    let token = idp.sign("k1", "JWT", &kc_claims(&idp, "alice"));
+    assert_eq!(
+        gw.client(Proto::H1)
+            .get("/api/x", Some(&token))
+            .await
+            .status,
+        200
+    );
+    // On its own host (the default rule), discovery works as before: the
+    // other tests' Keycloak-like provider.
+}
+
 /// What the config refuses: an injected claim in an identity header's
 /// place, and an issuer name that is another issuer's URL.
 #[test]
@@ -612,4 +680,58 @@ fn ambiguous_issuer_settings_are_refused() {
     let own = format!("  issuers:\n{}", issuer(ISSUER, "https://a.example"));
     let e = load(&route(""), &own).unwrap_err();
     assert!(e.contains("another issuer's URL"), "{e}");
+}
+
+/// URLs valet calls carry no user info (it would be sent in `Host`), and
+/// `jwks_hosts` belongs to discovery and names hosts only.
+#[test]
+fn issuer_urls_with_user_info_and_stray_jwks_hosts_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    std::fs::write(dir.path().join("signing.pem"), TestKey::new().pem).unwrap();
+    let load = |issuers: &str| {
+        let routes =
+            "  - name: r\n    match: { path_prefix: /r }\n    upstream: \"http://127.0.0.1:9\"\n";
+        let text = config_text(&ca, &dir, routes, "").replacen(
+            "revocation:\n",
+            &format!("  issuers:\n{issuers}revocation:\n"),
+            1,
+        );
+        let path = dir.path().join("valet.yaml");
+        std::fs::write(&path, text).unwrap();
+        valet::config::load(&path)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let good = "    - issuer: \"https://idp.example\"\n      discovery: true\n      jwks_hosts: [keys.example, \"keys.example:8443\"]\n";
+    assert_eq!(load(good), Ok(()));
+    for (issuers, want) in [
+        (
+            "    - issuer: \"https://u:p@idp.example\"\n      discovery: true\n",
+            "an issuer URL cannot carry user info",
+        ),
+        (
+            "    - issuer: \"https://u:p@idp.example\"\n      discovery: true\n",
+            "discovery needs an https issuer URL without user info",
+        ),
+        (
+            "    - issuer: \"https://idp.example\"\n      jwks_uri: \"https://u:p@idp.example/keys\"\n",
+            "is not an https URL without user info",
+        ),
+        (
+            "    - issuer: \"https://idp.example\"\n      jwks_uri: \"https://idp.example/keys\"\n      jwks_hosts: [keys.example]\n",
+            "it applies with discovery: true only",
+        ),
+        (
+            "    - issuer: \"https://idp.example\"\n      discovery: true\n      jwks_hosts: [\"https://keys.example/x\"]\n",
+            "is not a host name or host:port",
+        ),
+        (
+            "    - issuer: \"https://idp.example\"\n      discovery: true\n      jwks_hosts: [\"u@keys.example\"]\n",
+            "is not a host name or host:port",
+        ),
+    ] {
+        let e = load(issuers).unwrap_err();
+        assert!(e.contains(want), "missing {want:?} in:\n{e}");
+    }
 }

@@ -582,6 +582,15 @@ fn provider_config_errors_are_clear() {
       signature_method: PLAINTEXT
       callback_url: "https://valet.example/oauth1/plain/callback"
       return_urls: ["https://app.example/"]
+    - name: userinfo
+      request_token_url: "https://user:pw@provider.example/rt"
+      authorize_url: "https://user@provider.example/authorize"
+      access_token_url: "https://u:p@provider.example/at"
+      consumer_key: ck
+      consumer_secret_file: secret
+      signature_method: PLAINTEXT
+      callback_url: "https://valet.example/oauth1/userinfo/callback"
+      return_urls: ["https://app.example@evil.example/"]
 "#;
     let text = config_text(&ca, &dir, routes, extra);
     let path = dir.path().join("valet.yaml");
@@ -598,6 +607,10 @@ fn provider_config_errors_are_clear() {
         "cannot read the token store key file",
         "is not an origin such as https://api.example.com",
         "path_prefix must start with `/`",
+        "`https://user:pw@provider.example/rt` is not an absolute http(s) URL without user info",
+        "`https://user@provider.example/authorize` is not an absolute http(s) URL without user info",
+        "`https://u:p@provider.example/at` is not an absolute http(s) URL without user info",
+        "`https://app.example@evil.example/` is not an absolute http(s) URL without user info",
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }

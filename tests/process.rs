@@ -56,6 +56,40 @@ fn check_reports_every_error_with_file_line_and_column() {
     );
 }
 
+/// `valet check` says where each remote issuer's keys may come from: the
+/// configured jwks_uri, or by discovery on the issuer's own host, or on the
+/// hosts `jwks_hosts` adds.
+#[test]
+fn check_says_where_each_issuers_keys_may_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    std::fs::write(dir.path().join("signing.pem"), TestKey::new().pem).unwrap();
+    let issuers = "  issuers:\n    - name: own-host\n      issuer: \"https://idp.example/realms/a\"\n      discovery: true\n    - name: google\n      issuer: \"https://accounts.google.com\"\n      discovery: true\n      jwks_hosts: [www.googleapis.com]\n    - name: fixed\n      issuer: \"https://fixed.example\"\n      jwks_uri: \"https://fixed.example/keys\"\n";
+    let routes =
+        "  - name: r\n    match: { path_prefix: /r }\n    upstream: \"http://127.0.0.1:9\"\n";
+    let text = config_text(&ca, &dir, routes, "").replacen(
+        "revocation:\n",
+        &format!("{issuers}revocation:\n"),
+        1,
+    );
+    let path = dir.path().join("valet.yaml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(VALET)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    for want in [
+        "note: issuer `own-host`: keys by discovery; the discovered jwks_uri must be on the issuer's own host (idp.example:443)",
+        "note: issuer `google`: keys by discovery; the discovered jwks_uri must be on the issuer's own host or jwks_hosts (accounts.google.com:443, www.googleapis.com:443)",
+        "note: issuer `fixed`: keys from the configured jwks_uri https://fixed.example/keys",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+}
+
 #[test]
 fn the_example_config_is_valid_and_check_warns_about_the_password_grant() {
     // A copy, so the check's generated demo files stay out of the source tree.

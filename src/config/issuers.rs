@@ -40,6 +40,18 @@ pub(super) fn compile(
                 "an issuer is a non-empty URL without control characters",
             );
         }
+        let with_user_info = r
+            .issuer
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| u.authority().map(|a| a.as_str().contains('@')))
+            .unwrap_or(false);
+        if with_user_info {
+            c.at(
+                &format!("{at}.issuer"),
+                "an issuer URL cannot carry user info (user:pass@)",
+            );
+        }
         if r.issuer == own_issuer {
             c.at(
                 &format!("{at}.issuer"),
@@ -140,24 +152,30 @@ fn key_source(r: &RawIssuer, at: &str, base: &Path, c: &mut Collector<'_>) -> Op
         )));
     }
     if let Some(u) = &r.jwks_uri {
-        if !u.starts_with("https://") || u.parse::<http::Uri>().is_err() {
+        let https = crate::outbound::callable_url(u).is_ok_and(|u| u.scheme_str() == Some("https"));
+        if !https {
             c.at(
                 &format!("{at}.jwks_uri"),
-                format!("`{u}` is not an https URL"),
+                format!("`{u}` is not an https URL without user info"),
             );
         }
     }
-    if r.discovery && !r.issuer.starts_with("https://") {
+    let issuer_url = crate::outbound::callable_url(&r.issuer)
+        .ok()
+        .filter(|u| u.scheme_str() == Some("https"));
+    if r.discovery && issuer_url.is_none() {
         c.at(
             &format!("{at}.discovery"),
-            "discovery needs an https issuer URL",
+            "discovery needs an https issuer URL without user info",
         );
     }
+    let jwks_hosts = jwks_hosts(r, issuer_url.as_ref(), at, c);
     let d = |v: Option<super::units::ConfigDuration>, def: Duration| v.map_or(def, |v| v.0);
     let ca_file = r.ca_file.as_deref().map(|f| resolve(base, f));
     let source = RemoteSource {
         issuer: r.issuer.clone(),
         jwks_uri: r.jwks_uri.clone(),
+        jwks_hosts,
         tls: match crate::certs::client_config(ca_file.as_deref()) {
             Ok(t) => t,
             Err(e) => {
@@ -198,4 +216,41 @@ fn key_source(r: &RawIssuer, at: &str, base: &Path, c: &mut Collector<'_>) -> Op
         );
     }
     Some(KeySource::Remote(source))
+}
+
+/// Where a discovered `jwks_uri` may be: the issuer's own host (and port),
+/// and the hosts `jwks_hosts` names (`host` for port 443, or `host:port`).
+/// Only discovery uses them; a configured `jwks_uri` is the operator's own
+/// choice.
+fn jwks_hosts(
+    r: &RawIssuer,
+    issuer_url: Option<&http::Uri>,
+    at: &str,
+    c: &mut Collector<'_>,
+) -> Vec<(String, u16)> {
+    let mut hosts: Vec<(String, u16)> = Vec::new();
+    if !r.discovery {
+        if r.jwks_hosts.is_some() {
+            c.at(
+                &format!("{at}.jwks_hosts"),
+                "jwks_hosts limits where a discovered jwks_uri may be; it applies with discovery: true only",
+            );
+        }
+        return hosts;
+    }
+    hosts.extend(issuer_url.and_then(crate::outbound::host_and_port));
+    for (j, h) in r.jwks_hosts.iter().flatten().enumerate() {
+        let parsed = h
+            .parse::<http::uri::Authority>()
+            .ok()
+            .filter(|a| !a.as_str().contains('@') && !a.host().is_empty());
+        match parsed {
+            Some(a) => hosts.push((a.host().to_ascii_lowercase(), a.port_u16().unwrap_or(443))),
+            None => c.at(
+                &format!("{at}.jwks_hosts[{j}]"),
+                format!("`{h}` is not a host name or host:port (no scheme, path or user info)"),
+            ),
+        }
+    }
+    hosts
 }

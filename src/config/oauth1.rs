@@ -54,12 +54,11 @@ pub struct Provider {
     pub start_url: String,
 }
 
+/// An absolute http(s) URL with a host and no user info (a provider's
+/// URL is called, and a return or callback URL with `user@` names another
+/// host than it seems to).
 fn is_http_url(s: &str) -> Option<http::Uri> {
-    let u: http::Uri = s.parse().ok()?;
-    match u.scheme_str() {
-        Some("http") | Some("https") if u.authority().is_some() => Some(u),
-        _ => None,
-    }
+    crate::outbound::callable_url(s).ok()
 }
 
 fn read_secret(path: &Path, what: &str) -> Result<Secret, String> {
@@ -248,7 +247,7 @@ fn provider_urls(
         match is_http_url(url) {
             None => c.at(
                 &format!("{at}.{key}"),
-                format!("`{url}` is not an absolute http(s) URL"),
+                format!("`{url}` is not an absolute http(s) URL without user info"),
             ),
             Some(u) if method == SignatureMethod::Plaintext && u.scheme_str() != Some("https") => c
                 .at(
@@ -262,7 +261,10 @@ fn provider_urls(
     match is_http_url(&p.callback_url) {
         None => c.at(
             &format!("{at}.callback_url"),
-            format!("`{}` is not an absolute http(s) URL", p.callback_url),
+            format!(
+                "`{}` is not an absolute http(s) URL without user info",
+                p.callback_url
+            ),
         ),
         Some(u) => {
             let want = format!("{prefix}/{}/callback", p.name);
@@ -292,7 +294,7 @@ fn provider_urls(
         if is_http_url(r).is_none() || r.contains('#') {
             c.at(
                 &format!("{at}.return_urls[{j}]"),
-                format!("`{r}` is not an absolute http(s) URL without a fragment"),
+                format!("`{r}` is not an absolute http(s) URL without user info or a fragment"),
             );
         }
     }

@@ -311,6 +311,8 @@ pub(super) struct RawIssuer {
     pub(super) jwks_uri: Option<String>,
     #[serde(default)]
     pub(super) discovery: bool,
+    /// Hosts besides the issuer's own where a discovered `jwks_uri` may be.
+    pub(super) jwks_hosts: Option<Vec<String>>,
     #[serde(default)]
     pub(super) keys: Vec<RawKey>,
     pub(super) ca_file: Option<String>,

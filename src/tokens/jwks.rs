@@ -38,6 +38,11 @@ pub struct RemoteSource {
     pub issuer: String,
     /// The key set's URL; `None`: discovered from the issuer.
     pub jwks_uri: Option<String>,
+    /// Where a discovered `jwks_uri` may be (lower-case host, port): the
+    /// issuer's own host, and the `jwks_hosts` the config names. A
+    /// compromised or mistyped discovery document cannot point valet at
+    /// another (internal) https host.
+    pub jwks_hosts: Vec<(String, u16)>,
     pub tls: Arc<rustls::ClientConfig>,
     /// SHA-256 of the CA file trusted (`None`: the public web roots): what
     /// tells a reload's source from the old one (each compile builds a new
@@ -54,6 +59,7 @@ impl PartialEq for RemoteSource {
     fn eq(&self, o: &Self) -> bool {
         self.issuer == o.issuer
             && self.jwks_uri == o.jwks_uri
+            && self.jwks_hosts == o.jwks_hosts
             && self.ca_digest == o.ca_digest
             && self.min_refresh == o.min_refresh
             && self.max_refresh == o.max_refresh
@@ -127,8 +133,12 @@ pub enum FetchError {
     Shape(&'static str),
     #[error("discovery names issuer `{0}`, not the configured one")]
     IssuerMismatch(String),
-    #[error("the discovered jwks_uri is not an https URL")]
+    #[error("the discovered jwks_uri is not an https URL without user info")]
     InsecureJwksUri,
+    #[error(
+        "the discovered jwks_uri is on host `{0}`, which is neither the issuer's nor in jwks_hosts"
+    )]
+    JwksHostNotAllowed(String),
     #[error("the key set holds no usable signature key")]
     NoKeys,
 }
@@ -316,8 +326,16 @@ impl RemoteKeys {
             .get("jwks_uri")
             .and_then(|v| v.as_str())
             .ok_or(FetchError::Shape("discovery document"))?;
-        if !uri.starts_with("https://") {
-            return Err(FetchError::InsecureJwksUri);
+        let parsed = crate::outbound::callable_url(uri)
+            .ok()
+            .filter(|u| u.scheme_str() == Some("https"))
+            .ok_or(FetchError::InsecureJwksUri)?;
+        let at = crate::outbound::host_and_port(&parsed).ok_or(FetchError::InsecureJwksUri)?;
+        if !self.source.jwks_hosts.contains(&at) {
+            let (h, p) = at;
+            return Err(FetchError::JwksHostNotAllowed(
+                format!("{h}:{p}").chars().take(200).collect(),
+            ));
         }
         Ok(uri.to_string())
     }

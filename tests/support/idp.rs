@@ -33,6 +33,8 @@ struct State {
     cache_control: Option<String>,
     /// Metadata at RFC 8414's place only (no OpenID Connect discovery).
     rfc8414_only: bool,
+    /// The `jwks_uri` discovery names, when not the provider's own.
+    discovered_jwks_uri: Option<String>,
 }
 
 pub struct Idp {
@@ -160,6 +162,12 @@ impl Idp {
         self.state.lock().unwrap().cache_control = Some(v.to_string());
     }
 
+    /// Discovery names `uri` as the key set (the key set itself is served
+    /// at any path ending like the real one).
+    pub fn set_discovered_jwks_uri(&self, uri: &str) {
+        self.state.lock().unwrap().discovered_jwks_uri = Some(uri.to_string());
+    }
+
     /// Off: every connection is dropped at once.
     pub fn set_up(&self, up: bool) {
         self.up.store(up, Ordering::SeqCst);
@@ -207,13 +215,16 @@ fn serve(
         .splitn(4, '/')
         .nth(3)
         .map_or(String::new(), |p| format!("/{p}"));
-    let rfc8414_only = state.lock().unwrap().rfc8414_only;
+    let (rfc8414_only, discovered) = {
+        let st = state.lock().unwrap();
+        (st.rfc8414_only, st.discovered_jwks_uri.clone())
+    };
     let oidc = path == format!("{issuer_path}/.well-known/openid-configuration");
     let rfc8414 = path == format!("/.well-known/oauth-authorization-server{issuer_path}");
     if (oidc && !rfc8414_only) || (rfc8414 && rfc8414_only) {
         discovery_hits.fetch_add(1, Ordering::SeqCst);
         return json(
-            serde_json::json!({"issuer": issuer, "jwks_uri": jwks_uri}),
+            serde_json::json!({"issuer": issuer, "jwks_uri": discovered.as_deref().unwrap_or(jwks_uri)}),
             None,
         );
     }
