@@ -285,9 +285,15 @@ where
 {
     let old = add_leaky(gw).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let obtained = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let attackers: Vec<_> = (0..4)
         .map(|_| {
-            let (c, old, stop) = (gw.client(Proto::H1), old.clone(), stop.clone());
+            let (c, old, stop, obtained) = (
+                gw.client(Proto::H1),
+                old.clone(),
+                stop.clone(),
+                obtained.clone(),
+            );
             tokio::spawn(async move {
                 let mut got = Vec::new();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -300,13 +306,22 @@ where
                         .await;
                     if r.status == 200 {
                         got.push(r.json()["access_token"].as_str().unwrap().to_string());
+                        obtained.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
                 got
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The regeneration starts once the old secret has worked (waiting for
+    // the event, not a fixed time, which a busy machine may not fill).
+    assert!(
+        eventually(PICKUP, || async {
+            obtained.load(std::sync::atomic::Ordering::Relaxed) >= 4
+        })
+        .await,
+        "the old secret did not work before the regeneration"
+    );
     let new = regenerate().await;
     // Keep hammering past the cut-off's second.
     tokio::time::sleep(Duration::from_millis(2500)).await;

@@ -764,16 +764,18 @@ async fn two_concurrent_uses_of_one_refresh_token_yield_exactly_one_pair() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_use_within_the_grace_does_not_extend_it() {
-    let (gw, _up) = setup_with_grace("3s").await;
+    // A grace of 5 s leaves 3 s of margin for the second use on a busy
+    // machine.
+    let (gw, _up) = setup_with_grace("5s").await;
     let c = gw.client(Proto::H1);
     let rt = refresh_token_of(&password_grant(&c, "app").await);
     refresh_token_of(&refresh(&c, &rt, None).await);
     // 2 s after the first use: within the grace, a pair.
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     refresh_token_of(&refresh(&c, &rt, None).await);
-    // 4 s after the first use (2 s after the second): past the grace of the
+    // 6 s after the first use (4 s after the second): past the grace of the
     // first use, which the second did not move: reuse.
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
     assert_oauth_error(&refresh(&c, &rt, None).await, 400, "invalid_grant");
     assert_eq!(
         gw.metric("valet_revocations_total{kind=\"refresh_reuse\"}")

@@ -240,10 +240,13 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
     // Wait until the upstream has the request, then ask valet to stop.
     assert!(eventually(PICKUP, || async { up.count() == 1 }).await);
     p.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // No new connections once draining.
+    // No new connections once draining (as soon as the signal is handled).
+    let addr = p.addr;
     assert!(
-        tokio::net::TcpStream::connect(p.addr).await.is_err(),
+        eventually(PICKUP, || async {
+            tokio::net::TcpStream::connect(addr).await.is_err()
+        })
+        .await,
         "still accepting after SIGTERM"
     );
     let r = inflight.await.unwrap();

@@ -58,6 +58,10 @@ async fn setup_with(extra: &str) -> (Gateway, Arc<Mutex<Vec<String>>>) {
         r#"  - name: ws
     match: {{ path_prefix: /ws }}
     upstream: "http://{echo}"
+    websocket: {{ idle_timeout: 30s, max_duration: 1h }}
+  - name: idle
+    match: {{ path_prefix: /idle }}
+    upstream: "http://{echo}"
     websocket: {{ idle_timeout: 1s, max_duration: 1h }}
   - name: short
     match: {{ path_prefix: /short }}
@@ -165,7 +169,7 @@ async fn an_upgrade_without_a_valid_token_or_on_a_plain_route_is_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_websocket_is_cut_at_the_limit() {
     let (gw, _) = setup().await;
-    let mut ws = connect(&gw, "/ws/echo", Some(&gw.token("alice", "read")))
+    let mut ws = connect(&gw, "/idle/echo", Some(&gw.token("alice", "read")))
         .await
         .unwrap();
     ws.send(Message::text("ping")).await.unwrap();
@@ -182,7 +186,12 @@ async fn an_idle_websocket_is_cut_at_the_limit() {
     })
     .await;
     assert!(cut.is_ok(), "the idle session was not closed");
-    assert!(eventually(PICKUP, || async { ended(&gw, "idle").await == 1.0 }).await);
+    assert!(
+        eventually(PICKUP, || async {
+            ended_on(&gw, "idle", "idle").await == 1.0
+        })
+        .await
+    );
 }
 
 /// A busy session still ends at max_duration: what bounds a socket whose

@@ -35,6 +35,8 @@ struct State {
     rfc8414_only: bool,
     /// The `jwks_uri` discovery names, when not the provider's own.
     discovered_jwks_uri: Option<String>,
+    /// When each key-set request arrived.
+    jwks_hit_times: Vec<std::time::Instant>,
 }
 
 pub struct Idp {
@@ -168,6 +170,11 @@ impl Idp {
         self.state.lock().unwrap().discovered_jwks_uri = Some(uri.to_string());
     }
 
+    /// When each key-set request arrived, in order.
+    pub fn hit_times(&self) -> Vec<std::time::Instant> {
+        self.state.lock().unwrap().jwks_hit_times.clone()
+    }
+
     /// Off: every connection is dropped at once.
     pub fn set_up(&self, up: bool) {
         self.up.store(up, Ordering::SeqCst);
@@ -229,8 +236,9 @@ fn serve(
         );
     }
     if jwks_uri.ends_with(path) {
+        let mut st = state.lock().unwrap();
+        st.jwks_hit_times.push(std::time::Instant::now());
         jwks_hits.fetch_add(1, Ordering::SeqCst);
-        let st = state.lock().unwrap();
         let keys: Vec<&serde_json::Value> = st
             .keys
             .iter()
