@@ -39,6 +39,8 @@ pub struct Metrics {
     jwks_fetches: IntCounterVec,
     /// WebSocket sessions open now.
     pub websockets_open: IntGauge,
+    /// Upstream connection pools held for the config in force.
+    pub upstream_pools: IntGauge,
     /// WebSocket sessions ended, by route and why.
     pub websocket_sessions: IntCounterVec,
     jwks_stale: IntGaugeVec,
@@ -150,6 +152,11 @@ impl Metrics {
                 "Fetches of trusted issuers' key sets, by issuer and result (success, failure, rate_limited: an unknown kid that did not cause a fetch).",
             ),
             &["issuer", "result"],
+        )
+        .expect("valid metric");
+        let upstream_pools = IntGauge::new(
+            "valet_upstream_pools",
+            "Upstream connection pools held (one per connect timeout, TLS settings and protocol in the config in force; a pool the config no longer uses is dropped once its last request ends).",
         )
         .expect("valid metric");
         let websockets_open = IntGauge::new(
@@ -327,6 +334,7 @@ impl Metrics {
             Box::new(reloads.clone()),
             Box::new(jwks_fetches.clone()),
             Box::new(websockets_open.clone()),
+            Box::new(upstream_pools.clone()),
             Box::new(websocket_sessions.clone()),
             Box::new(jwks_stale.clone()),
             Box::new(jwks_keys.clone()),
@@ -354,6 +362,7 @@ impl Metrics {
             reloads,
             jwks_fetches,
             websockets_open,
+            upstream_pools,
             websocket_sessions,
             jwks_stale,
             jwks_keys,

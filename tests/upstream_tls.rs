@@ -225,3 +225,63 @@ async fn a_renewed_upstream_ca_file_takes_effect_without_restart() {
     let r = get(&gw, "/renewed/x").await;
     assert_eq!(r.status, 200, "{:?}", r.body);
 }
+
+/// A reload that changes a route's TLS settings (here the CA file's
+/// contents) leaves the old pool to its last request and drops it: the
+/// number of pools stays that of the config in force, and the old pool's
+/// idle connection is closed rather than kept until a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn pools_whose_tls_settings_are_gone_are_dropped_after_a_reload() {
+    let t = upstream_ca();
+    let up = Upstream::start_tls(t.ca.server_config()).await;
+    let plain = Upstream::start().await;
+    let url = format!("https://localhost:{}", up.addr.port());
+    let ca_path = t._dir.path().join("route-ca.pem");
+    std::fs::copy(&t.ca_file, &ca_path).unwrap();
+    let routes = format!(
+        "{}{}",
+        route(
+            "t",
+            &url,
+            &tls_yaml(&[("ca_file", ca_path.display().to_string())])
+        ),
+        route("p", &format!("http://{}", plain.addr), "")
+    );
+    let gw = Gateway::start(&routes, "").await;
+    // One TLS pool and one plain pool.
+    assert_eq!(gw.metric("valet_upstream_pools").await, 2.0);
+    let reloads = "valet_reloads_total{kind=\"config\",result=\"success\"}";
+    for round in 1..=3usize {
+        assert_eq!(get(&gw, "/t/x").await.status, 200, "round {round}");
+        assert_eq!(get(&gw, "/p/x").await.status, 200, "round {round}");
+        assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), round);
+        // The CA file gains another (unrelated) CA: new TLS settings.
+        let before = gw.metric(reloads).await;
+        let other = tempfile::tempdir().unwrap();
+        let extra = other.path().join("extra.pem");
+        TestCa::new(other.path()).write_ca_pem(&extra);
+        let mut pem = std::fs::read(&ca_path).unwrap();
+        pem.extend(std::fs::read(&extra).unwrap());
+        std::fs::write(&ca_path, pem).unwrap();
+        assert!(
+            eventually(PICKUP, || async { gw.metric(reloads).await > before }).await,
+            "round {round}: the CA change did not reload"
+        );
+        assert_eq!(
+            gw.metric("valet_upstream_pools").await,
+            2.0,
+            "round {round}"
+        );
+        // The old TLS pool's idle connection is closed; the plain pool,
+        // whose settings did not change, keeps its connection.
+        assert!(
+            eventually(PICKUP, || async {
+                up.closed.load(std::sync::atomic::Ordering::SeqCst) == round
+            })
+            .await,
+            "round {round}: the old pool's connection stayed open"
+        );
+        assert_eq!(plain.closed.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+    assert_eq!(get(&gw, "/t/x").await.status, 200);
+}

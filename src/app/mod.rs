@@ -608,6 +608,14 @@ fn default_allowances() -> crate::config::Allowances {
     }
 }
 
+fn pool_key(
+    connect_timeout: Duration,
+    tls: Option<&crate::config::UpstreamTls>,
+    protocol: crate::config::UpstreamProtocol,
+) -> PoolKey {
+    (connect_timeout, tls.map(|t| t.id), protocol)
+}
+
 fn client_for(
     clients: &Mutex<HashMap<PoolKey, UpstreamClient>>,
     connect_timeout: Duration,
@@ -617,7 +625,7 @@ fn client_for(
     use crate::config::UpstreamProtocol;
     let mut clients = clients.lock().expect("not poisoned");
     clients
-        .entry((connect_timeout, tls.map(|t| t.id), protocol))
+        .entry(pool_key(connect_timeout, tls, protocol))
         .or_insert_with(|| {
             let mut http = HttpConnector::new();
             http.set_connect_timeout(Some(connect_timeout));
@@ -721,6 +729,22 @@ fn build_snapshot(
             cfg: r.clone(),
         })
         .collect();
+    // Pools whose settings the new config no longer names are forgotten:
+    // the snapshots still holding them drop them when their last request
+    // ends, and with them their idle connections.
+    {
+        let mut pools = clients.lock().expect("not poisoned");
+        pools.retain(|k, _| {
+            config.routes.iter().any(|r| {
+                pool_key(
+                    r.connect_timeout,
+                    r.upstream.tls.as_ref(),
+                    r.upstream.protocol,
+                ) == *k
+            })
+        });
+        metrics.upstream_pools.set(pools.len() as i64);
+    }
     let validator = Validator::with_remote(&config.tokens, &mut |src| {
         key_set_for(metrics, key_sets, src)
     });

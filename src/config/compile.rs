@@ -1070,13 +1070,14 @@ fn upstream_tls(
     let file = |f: &Option<String>| f.as_deref().map(|f| resolve(base, f));
     let mut id = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     for f in [&t.ca_file, &t.client_cert_file, &t.client_key_file] {
-        let bytes = file(f).map(|f| std::fs::read(f).unwrap_or_default());
+        // The key file's bytes too: cleared once digested.
+        let bytes = file(f).map(|f| zeroize::Zeroizing::new(std::fs::read(f).unwrap_or_default()));
         id.update(&(bytes.as_ref().map_or(0, |b| b.len() + 1) as u64).to_le_bytes());
-        id.update(bytes.as_deref().unwrap_or_default());
+        id.update(bytes.as_ref().map_or(&[][..], |b| b.as_slice()));
     }
     id.update(t.server_name.as_deref().unwrap_or("").as_bytes());
     let client_auth = match (file(&t.client_cert_file), file(&t.client_key_file)) {
-        (Some(cert), Some(key)) => match crate::certs::load_chain_and_key(&cert, &key) {
+        (Some(cert), Some(key)) => match crate::certs::load_certified_key(&cert, &key) {
             Ok(pair) => Some(pair),
             Err(e) => {
                 c.at(&format!("{at}.client_cert_file"), e.to_string());

@@ -29,6 +29,8 @@ pub struct Upstream {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     /// TCP connections accepted so far.
     pub accepted: Arc<std::sync::atomic::AtomicUsize>,
+    /// Connections that ended (the client closed them, or they failed).
+    pub closed: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[derive(Debug)]
@@ -100,14 +102,24 @@ impl Upstream {
         let s2 = seen.clone();
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let a2 = accepted.clone();
+        let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c2 = closed.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = l.accept().await else {
                     continue;
                 };
                 a2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let (seen, tls) = (s2.clone(), tls.clone());
+                let (seen, tls, closed) = (s2.clone(), tls.clone(), c2.clone());
                 tokio::spawn(async move {
+                    // Counted however the connection ends.
+                    struct Ended(Arc<std::sync::atomic::AtomicUsize>);
+                    impl Drop for Ended {
+                        fn drop(&mut self) {
+                            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    }
+                    let _ended = Ended(closed);
                     let h1 = hyper::server::conn::http1::Builder::new();
                     let _ = match tls {
                         None => {
@@ -130,6 +142,7 @@ impl Upstream {
             addr,
             seen,
             accepted,
+            closed,
         }
     }
 
