@@ -2,9 +2,10 @@
 //! violation is reported (not just the first), with file, line and column.
 
 use super::error::{from_yaml, Collector, ConfigError, ConfigErrors};
+use super::keys::{load_keys, resolve};
 use super::raw::*;
 use super::*;
-use crate::tokens::keys::{self, KeyConfig, LoadedKey};
+use crate::tokens::keys::LoadedKey;
 use http::header::HeaderName;
 use http::uri::{Authority, Scheme};
 use http::Uri;
@@ -299,16 +300,6 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
         Ok(config)
     } else {
         Err(ConfigErrors(c.errors))
-    }
-}
-
-/// Relative paths in the config are relative to the config file's directory.
-pub(super) fn resolve(base: &Path, p: &str) -> PathBuf {
-    let p = Path::new(p);
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base.join(p)
     }
 }
 
@@ -1213,49 +1204,6 @@ fn compile_limits(l: &RawLimits, c: &mut Collector<'_>) -> Limits {
         }
     }
     limits
-}
-
-/// Key entries (`tokens.keys`, an issuer's `keys`), loaded; a bad one is
-/// reported and left out.
-pub(super) fn load_keys(
-    raw: &[RawKey],
-    at: &str,
-    base: &Path,
-    c: &mut Collector<'_>,
-) -> Vec<Arc<LoadedKey>> {
-    let mut loaded: Vec<Arc<LoadedKey>> = Vec::new();
-    for (i, k) in raw.iter().enumerate() {
-        let p = format!("{at}[{i}]");
-        if raw[..i].iter().any(|o| o.id == k.id) {
-            c.at(
-                &format!("{p}.id"),
-                format!("key id `{}` is used twice", k.id),
-            );
-        }
-        let Some(algorithm) = keys::parse_algorithm(&k.algorithm) else {
-            c.at(
-                &format!("{p}.algorithm"),
-                format!(
-                    "algorithm `{}` is not supported; use {} (symmetric algorithms are refused)",
-                    k.algorithm,
-                    keys::ALGORITHMS.join(", ")
-                ),
-            );
-            continue;
-        };
-        let kc = KeyConfig {
-            id: k.id.clone(),
-            algorithm,
-            private_key_file: k.private_key_file.as_deref().map(|f| resolve(base, f)),
-            public_key_file: k.public_key_file.as_deref().map(|f| resolve(base, f)),
-            generate_if_missing: k.generate_if_missing,
-        };
-        match keys::load(&kc, &mut c.new_files) {
-            Ok(key) => loaded.push(Arc::new(key)),
-            Err(e) => c.at(&p, e.to_string()),
-        }
-    }
-    loaded
 }
 
 /// Which loaded key signs: the one named, or the only one with a private key.

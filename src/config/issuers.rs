@@ -1,8 +1,8 @@
 //! `tokens.issuers`: trusted external issuers, their keys (a `jwks_uri`,
 //! discovery, or files) and the shape of their tokens.
 
-use super::compile::{load_keys, resolve};
 use super::error::Collector;
+use super::keys::{load_keys, resolve};
 use super::raw::RawIssuer;
 use crate::tokens::issuers::{normalize_type, KeySource, TrustedIssuer};
 use crate::tokens::jwks::RemoteSource;

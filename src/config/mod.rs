@@ -10,6 +10,7 @@ mod auth_server;
 mod compile;
 mod error;
 mod issuers;
+mod keys;
 mod oauth1;
 mod raw;
 pub mod units;
