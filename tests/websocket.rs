@@ -514,3 +514,240 @@ async fn an_upgrade_without_a_proper_key_is_refused() {
     }
     assert!(seen.lock().unwrap().is_empty());
 }
+
+/// A stream whose writes stop after `allowed` bytes until released: a slow
+/// network, so that a frame can be caught half-sent.
+struct Gated<S> {
+    inner: S,
+    gate: Arc<Gate>,
+}
+
+#[derive(Default)]
+struct Gate {
+    written: std::sync::atomic::AtomicUsize,
+    allowed: std::sync::atomic::AtomicUsize,
+    waker: Mutex<Option<std::task::Waker>>,
+}
+
+impl Gate {
+    fn open() -> Arc<Gate> {
+        let g = Gate::default();
+        g.allowed
+            .store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
+        Arc::new(g)
+    }
+    /// From now on, `n` more bytes pass, then writes wait.
+    fn allow_more(&self, n: usize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.allowed.store(self.written.load(SeqCst) + n, SeqCst);
+    }
+    fn release(&self) {
+        self.allowed
+            .store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
+        if let Some(w) = self.waker.lock().unwrap().take() {
+            w.wake();
+        }
+    }
+    fn blocked(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.written.load(SeqCst) >= self.allowed.load(SeqCst)
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Gated<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Gated<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let room = self
+            .gate
+            .allowed
+            .load(SeqCst)
+            .saturating_sub(self.gate.written.load(SeqCst));
+        if room == 0 {
+            *self.gate.waker.lock().unwrap() = Some(cx.waker().clone());
+            // Released between the check and the registration?
+            if !self.gate.blocked() {
+                cx.waker().wake_by_ref();
+            }
+            return std::task::Poll::Pending;
+        }
+        let n = data.len().min(room);
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, &data[..n]);
+        if let std::task::Poll::Ready(Ok(k)) = &r {
+            self.gate.written.fetch_add(*k, SeqCst);
+        }
+        r
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// What one side of the session received: whole messages, then the close
+/// frame's code (or the error that ended it).
+#[derive(Default, Debug)]
+struct Received {
+    messages: Vec<Vec<u8>>,
+    close: Option<u16>,
+    error: Option<String>,
+}
+
+/// Reads `ws` to its end, recording what arrived.
+async fn record<S>(mut rx: S, into: Arc<Mutex<Received>>)
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    while let Some(m) = rx.next().await {
+        match m {
+            Ok(Message::Binary(b)) => into.lock().unwrap().messages.push(b.to_vec()),
+            Ok(Message::Close(f)) => {
+                into.lock().unwrap().close = Some(f.map_or(0, |f| u16::from(f.code)));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                into.lock().unwrap().error = Some(e.to_string());
+                return;
+            }
+        }
+    }
+}
+
+/// SIGTERM with a session open and a large message half-sent each way:
+/// after the drain grace, valet lets each frame finish, then sends a close
+/// frame with 1001 (going away) to both sides, masked towards the upstream
+/// (the real WebSocket server refuses unmasked client frames); both sides
+/// get their whole message and then the close, and valet exits 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn at_shutdown_both_sides_get_a_going_away_close_after_the_frame_in_flight() {
+    use support::process::Proc;
+    const BIG: usize = 2 << 20;
+    let up_payload: Vec<u8> = (0..BIG).map(|i| (i % 251) as u8).collect();
+    let client_payload: Vec<u8> = (0..BIG).map(|i| (i % 241) as u8).collect();
+    // The upstream: a real WebSocket server whose writes can be held.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = l.local_addr().unwrap();
+    let up_gate = Gate::open();
+    let up_got = Arc::new(Mutex::new(Received::default()));
+    {
+        let (gate, got, payload) = (up_gate.clone(), up_got.clone(), up_payload.clone());
+        tokio::spawn(async move {
+            let (tcp, _) = l.accept().await.unwrap();
+            let stream = Gated {
+                inner: tcp,
+                gate: gate.clone(),
+            };
+            let ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+            let (mut tx, rx) = ws.split();
+            tokio::spawn(record(rx, got));
+            // Half of the big message's frame goes out, then the gate holds.
+            gate.allow_more(BIG / 2);
+            let _ = tx.send(Message::binary(payload)).await;
+            // Answer the close (tungstenite does when it reads it; flush).
+            let _ = tx.flush().await;
+        });
+    }
+    let routes = format!(
+        "  - name: ws\n    match: {{ path_prefix: /ws }}\n    upstream: \"http://{up_addr}\"\n    websocket: {{ idle_timeout: 60s }}\n"
+    );
+    let mut p = Proc::start_with_limits(
+        &routes,
+        "  shutdown_grace: 1s\n",
+        "",
+        std::process::Stdio::null(),
+    )
+    .await;
+    // The client: a real WebSocket client over TLS, its writes held too.
+    let token = sign(&p.key, &claims("alice", "read"));
+    let tcp = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(p.ca.client_config(&[b"http/1.1"]))
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let client_gate = Gate::open();
+    let stream = Gated {
+        inner: tls,
+        gate: client_gate.clone(),
+    };
+    let mut req = format!("wss://localhost:{}/ws/x", p.addr.port())
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (ws, _) = tokio_tungstenite::client_async(req, stream).await.unwrap();
+    let (mut tx, rx) = ws.split();
+    let client_got = Arc::new(Mutex::new(Received::default()));
+    tokio::spawn(record(rx, client_got.clone()));
+    client_gate.allow_more(BIG / 2);
+    let sender = {
+        let payload = client_payload.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(Message::binary(payload)).await;
+            let _ = tx.flush().await;
+            tx
+        })
+    };
+    // Both frames are half-way: the gates hold the rest.
+    assert!(
+        eventually(PICKUP, || async {
+            up_gate.blocked() && client_gate.blocked()
+        })
+        .await
+    );
+    p.signal("TERM");
+    // Past the grace (1 s), valet wants to close but each frame is still
+    // in flight; nothing may be injected into it. Then the frames end.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    up_gate.release();
+    client_gate.release();
+    let _tx = sender.await.unwrap();
+    for (who, got, sent) in [
+        ("client", &client_got, &up_payload),
+        ("upstream", &up_got, &client_payload),
+    ] {
+        assert!(
+            eventually(PICKUP, || async {
+                let g = got.lock().unwrap();
+                g.close.is_some() || g.error.is_some()
+            })
+            .await,
+            "{who}: no close frame"
+        );
+        let g = got.lock().unwrap();
+        assert_eq!(g.error, None, "{who}");
+        assert_eq!(g.messages.len(), 1, "{who}: the message in flight was cut");
+        assert!(
+            g.messages[0] == *sent,
+            "{who}: the message arrived corrupted"
+        );
+        assert_eq!(g.close, Some(1001), "{who}");
+    }
+    let status = tokio::task::spawn_blocking(move || p.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}

@@ -112,6 +112,11 @@ pub struct App {
     pub websockets: Arc<tokio::sync::Semaphore>,
     /// Open WebSocket sessions by subject (or source address).
     pub websocket_holders: Arc<dashmap::DashMap<Box<str>, usize>>,
+    /// The permits `websockets` started with: all of them back means no
+    /// session is open.
+    pub max_websockets: usize,
+    /// Turns true when shutdown asks open sessions to close (1001).
+    pub websocket_closing: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -195,6 +200,8 @@ impl App {
             key_sets,
             websockets: Arc::new(tokio::sync::Semaphore::new(max_websockets)),
             websocket_holders: Default::default(),
+            max_websockets,
+            websocket_closing: tokio::sync::watch::channel(false).0,
         };
         app.open_oauth1_store(&app.snapshot.load().config);
         Ok(Arc::new(app))

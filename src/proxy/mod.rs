@@ -19,6 +19,7 @@ pub mod headers;
 pub mod router;
 pub mod upstream_oauth1;
 pub mod websocket;
+pub mod websocket_frames;
 
 use crate::app::{App, Route, Snapshot};
 use crate::bodies::RequestBody;
@@ -332,7 +333,10 @@ pub async fn serve(
             app.metrics.websocket_sessions.clone(),
         );
         let name = route.cfg.name.clone();
-        tokio::spawn(websocket::run(client, upstream, policy, m, name, permit));
+        let closing = app.websocket_closing.subscribe();
+        tokio::spawn(websocket::run(
+            client, upstream, policy, m, name, permit, closing,
+        ));
     }
     Ok(resp.map(Either::Left))
 }

@@ -4,16 +4,17 @@
 //! until either side closes, the session is idle for the route's
 //! `idle_timeout`, or it reaches `max_duration`. A token revoked while a
 //! socket is open does not cut it; `max_duration` bounds how long it lasts.
+//! When valet shuts down, both sides get a close frame (1001) at a frame
+//! boundary (`websocket_frames`) once the drain grace is over.
 
+use super::websocket_frames;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Version};
 use hyper_util::rt::TokioIo;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 /// One subject's share of the open sessions, given back when dropped.
@@ -280,6 +281,7 @@ pub fn splice_end_label(e: End) -> &'static str {
         End::Closed => "closed",
         End::Idle => "idle",
         End::MaxDuration => "max_duration",
+        End::GoingAway => "going_away",
     }
 }
 
@@ -288,35 +290,69 @@ pub enum End {
     Closed,
     Idle,
     MaxDuration,
+    /// valet shut down: both sides got a close frame (1001).
+    GoingAway,
 }
 
-/// Copies both ways until a side closes or a limit ends the session.
-pub async fn splice<A, B>(a: A, b: B, idle: Duration, max: Duration) -> End
+/// Once close frames are sent, how long the peers get to answer theirs
+/// (and a frame in flight to end) before the sockets are dropped.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(5);
+
+/// Copies both ways until a side closes, a limit ends the session, or
+/// `closing` turns true: then each direction runs to the end of the frame
+/// in flight and sends a 1001 close frame (masked towards the upstream).
+pub async fn splice<A, B>(
+    client: A,
+    upstream: B,
+    idle: Duration,
+    max: Duration,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) -> End
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let start = Instant::now();
-    let last = Arc::new(AtomicU64::new(0));
-    let mut a = Watched {
-        inner: a,
-        start,
-        last: last.clone(),
+    let last = AtomicU64::new(0);
+    let (cr, cw) = tokio::io::split(client);
+    let (ur, uw) = tokio::io::split(upstream);
+    let mask: [u8; 4] = {
+        let mut k = [0u8; 4];
+        // A fixed mask would do no harm here (valet sends no data an
+        // attacker chose), but RFC 6455 §5.3 asks for an unpredictable one.
+        let _ = aws_lc_rs::rand::fill(&mut k);
+        k
     };
-    let mut b = Watched {
-        inner: b,
-        start,
-        last: last.clone(),
-    };
-    let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
-    tokio::pin!(copy);
+    let to_server = websocket_frames::going_away_to_server(mask);
+    let to_upstream = pump(cr, uw, &to_server[..], closing.clone(), (start, &last));
+    let to_client = pump(
+        ur,
+        cw,
+        &websocket_frames::GOING_AWAY_TO_CLIENT[..],
+        closing.clone(),
+        (start, &last),
+    );
+    let both = async { tokio::join!(to_upstream, to_client) };
+    tokio::pin!(both);
     let end_of_life = tokio::time::sleep(max);
     tokio::pin!(end_of_life);
+    let mut watching = true;
     loop {
         let idle_at = start + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
         tokio::select! {
-            _ = &mut copy => return End::Closed,
+            _ = &mut both => return End::Closed,
             _ = &mut end_of_life => return End::MaxDuration,
+            // The guard `wait_for` returns is dropped at once (not Send).
+            asked = async { closing.wait_for(|c| *c).await.map(|_| ()) }, if watching => {
+                if asked.is_err() {
+                    watching = false; // no one will ask any more
+                } else {
+                    // The pumps send their close frames; they get a
+                    // bounded time to reach a boundary and hear back.
+                    let _ = tokio::time::timeout(CLOSE_LINGER, &mut both).await;
+                    return End::GoingAway;
+                }
+            }
             _ = tokio::time::sleep_until(idle_at) => {
                 let quiet_since = start + Duration::from_millis(last.load(Ordering::Relaxed));
                 if Instant::now() >= quiet_since + idle {
@@ -327,50 +363,63 @@ where
     }
 }
 
-/// An upgraded socket that notes when data last moved.
-struct Watched<T> {
-    inner: T,
-    start: Instant,
-    last: Arc<AtomicU64>,
-}
-
-impl<T> Watched<T> {
-    fn touch(&self) {
-        let ms = self.start.elapsed().as_millis() as u64;
-        self.last.fetch_max(ms, Ordering::Relaxed);
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.touch();
+/// One direction: `src` to `dst`, frame boundaries followed. When
+/// `closing` turns true, forwards up to the end of the frame in flight,
+/// writes `close`, ends `dst`'s writes and reads `src` up to the peer's own
+/// close frame (or its end), discarding it: a socket dropped with unread
+/// data is reset, which could lose the close frame on its way.
+async fn pump<R, W>(
+    mut src: R,
+    mut dst: W,
+    close: &[u8],
+    mut closing: tokio::sync::watch::Receiver<bool>,
+    (start, last): (Instant, &AtomicU64),
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut frames = websocket_frames::Frames::default();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut watching = true;
+    loop {
+        let going = *closing.borrow();
+        if going && frames.at_boundary() {
+            if dst.write_all(close).await.is_ok() {
+                let _ = dst.flush().await;
+            }
+            let _ = dst.shutdown().await;
+            // Up to the peer's close frame, or its end of the stream.
+            while !frames.close_seen() {
+                match src.read(&mut buf).await {
+                    Ok(n) if n > 0 => {
+                        frames.advance(&buf[..n], false);
+                    }
+                    _ => break,
+                }
+            }
+            return;
         }
-        r
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let n = tokio::select! {
+            r = src.read(&mut buf) => match r {
+                Ok(n) => n,
+                Err(_) => return,
+            },
+            changed = closing.changed(), if watching && !going => {
+                watching = changed.is_ok();
+                continue;
+            }
+        };
+        if n == 0 {
+            let _ = dst.shutdown().await;
+            return;
+        }
+        last.fetch_max(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        // Closing: nothing past the end of the frame in flight.
+        let take = frames.advance(&buf[..n], going);
+        if dst.write_all(&buf[..take]).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -383,6 +432,7 @@ pub async fn run(
     (open, sessions): (prometheus::IntGauge, prometheus::IntCounterVec),
     route: String,
     permit: (tokio::sync::OwnedSemaphorePermit, Held),
+    closing: tokio::sync::watch::Receiver<bool>,
 ) {
     let _permit = permit;
     open.inc();
@@ -397,6 +447,7 @@ pub async fn run(
                 TokioIo::new(u),
                 policy.idle_timeout,
                 policy.max_duration,
+                closing,
             )
             .await,
         ),

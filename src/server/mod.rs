@@ -205,6 +205,7 @@ impl Running {
     /// connections off.
     pub async fn shutdown(self) -> bool {
         self.app.set_ready(false);
+        let deadline = tokio::time::Instant::now() + self.grace;
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
@@ -214,9 +215,33 @@ impl Running {
         // once the last one is gone.
         drop(self.drain);
         let mut drained = self.drained;
-        tokio::time::timeout(self.grace, drained.recv())
+        let clean = tokio::time::timeout_at(deadline, drained.recv())
             .await
-            .is_ok()
+            .is_ok();
+        close_websockets(&self.app, deadline).await;
+        clean
+    }
+}
+
+/// WebSocket sessions have the rest of the grace to end by themselves;
+/// then each side of each one gets a close frame (1001 going away) at a
+/// frame boundary, and a bounded time to answer it.
+async fn close_websockets(app: &App, deadline: tokio::time::Instant) {
+    let all = u32::try_from(app.max_websockets).unwrap_or(u32::MAX);
+    let sessions = app.websockets.clone();
+    let none_open = || sessions.acquire_many(all);
+    if tokio::time::timeout_at(deadline, none_open()).await.is_ok() {
+        return;
+    }
+    let open = app.metrics.websockets_open.get();
+    tracing::info!(
+        open,
+        "grace period over; closing WebSocket sessions (1001 going away)"
+    );
+    let _ = app.websocket_closing.send(true);
+    let linger = crate::proxy::websocket::CLOSE_LINGER + Duration::from_secs(1);
+    if tokio::time::timeout(linger, none_open()).await.is_err() {
+        tracing::warn!("WebSocket sessions still open after their close; dropped");
     }
 }
 

@@ -30,17 +30,17 @@ impl Proc {
     }
 
     pub async fn start_with(routes: &str, extra: &str, stderr: Stdio) -> Proc {
+        Self::start_with_limits(routes, "  shutdown_grace: 10s\n", extra, stderr).await
+    }
+
+    /// `limits` is the body of the `limits:` section.
+    pub async fn start_with_limits(routes: &str, limits: &str, extra: &str, stderr: Stdio) -> Proc {
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::new(dir.path());
         let key = TestKey::new();
         std::fs::write(dir.path().join("signing.pem"), &key.pem).unwrap();
         // Port 0 everywhere: valet binds and says which ports it got.
-        let text = config_text(
-            &ca,
-            &dir,
-            routes,
-            &format!("limits:\n  shutdown_grace: 10s\n{extra}"),
-        );
+        let text = config_text(&ca, &dir, routes, &format!("limits:\n{limits}{extra}"));
         let config = dir.path().join("valet.yaml");
         std::fs::write(&config, text).unwrap();
         let (child, addr, metrics) = spawn(&config, stderr).await;
