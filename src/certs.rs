@@ -25,9 +25,9 @@ pub enum TlsError {
 }
 
 /// Loads a certificate chain and its private key, checking that they match.
-/// The key's bytes (the file's PEM and the DER inside) are zeroized once
-/// the signing key is made: only aws-lc's key object (freed with cleansing)
-/// holds it after this returns.
+/// The key's bytes (the file's text, its base64 and the DER inside) are
+/// zeroized once the signing key is made: only aws-lc's key object (freed
+/// with cleansing) holds it after this returns.
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| TlsError::Cert(cert.to_path_buf(), format!("{e:?}")))?
@@ -39,16 +39,56 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
     let pem = Zeroizing::new(
         std::fs::read(key).map_err(|e| TlsError::Key(key.to_path_buf(), e.to_string()))?,
     );
-    let key_der = Zeroizing::new(
-        PrivateKeyDer::from_pem_slice(&pem)
-            .map_err(|e| TlsError::Key(key.to_path_buf(), format!("{e:?}")))?,
-    );
+    let key_der = private_key_from_pem(&pem).map_err(|e| TlsError::Key(key.to_path_buf(), e))?;
     certified(certs, &key_der)
 }
 
+/// The first private key in PEM text (`PRIVATE KEY`, `RSA PRIVATE KEY` or
+/// `EC PRIVATE KEY`), decoded into buffers sized up front and cleared on
+/// drop: pki-types' PEM reader grows a base64 copy of the key that it
+/// frees uncleared.
+fn private_key_from_pem(pem: &[u8]) -> Result<Zeroizing<PrivateKeyDer<'static>>, String> {
+    use base64::Engine;
+    let text = std::str::from_utf8(pem).map_err(|_| "the file is not PEM text".to_string())?;
+    let mut rest = text;
+    while let Some(i) = rest.find("-----BEGIN ") {
+        rest = &rest[i + "-----BEGIN ".len()..];
+        let Some((label, after)) = rest.split_once("-----") else {
+            break;
+        };
+        let end = format!("-----END {label}-----");
+        let Some(j) = after.find(&end) else {
+            return Err(format!("no `{end}` line"));
+        };
+        let kind = match label {
+            "PRIVATE KEY" => 8,
+            "RSA PRIVATE KEY" => 1,
+            "EC PRIVATE KEY" => 2,
+            _ => {
+                rest = &after[j + end.len()..];
+                continue;
+            }
+        };
+        let body = &after[..j];
+        let mut b64 = Zeroizing::new(Vec::with_capacity(body.len()));
+        b64.extend(body.bytes().filter(|b| !b.is_ascii_whitespace()));
+        let mut der = Zeroizing::new(Vec::with_capacity(b64.len().div_ceil(4) * 3));
+        base64::engine::general_purpose::STANDARD
+            .decode_vec(&*b64, &mut der)
+            .map_err(|_| format!("the {label} is not valid base64"))?;
+        // Moved out, not copied: the bytes live on in the key alone.
+        let der = std::mem::take(&mut *der);
+        return Ok(Zeroizing::new(match kind {
+            8 => PrivateKeyDer::Pkcs8(der.into()),
+            1 => PrivateKeyDer::Pkcs1(der.into()),
+            _ => PrivateKeyDer::Sec1(der.into()),
+        }));
+    }
+    Err("no private key (PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY) found".into())
+}
+
 /// The chain with a signing key made from `key`, which the caller keeps
-/// (and zeroizes): rustls's own `from_der` takes the key by value and
-/// drops it without clearing it.
+/// and zeroizes (by reference: no copy is made on the way).
 fn certified(
     certs: Vec<CertificateDer<'static>>,
     key: &PrivateKeyDer<'static>,
@@ -123,7 +163,7 @@ pub fn client_config_with(
 }
 
 /// Always shows the one client certificate (what rustls's
-/// `with_client_auth_cert` builds, from a key already made).
+/// `with_client_auth_cert` builds, from a key made without a copy).
 #[derive(Debug)]
 struct ClientCert(Arc<CertifiedKey>);
 
@@ -152,6 +192,36 @@ mod tests {
         std::fs::write(&cert, ck.cert.pem()).unwrap();
         std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
         (cert, key)
+    }
+
+    /// Our PEM reading gives the same key as pki-types' for each key kind.
+    #[test]
+    fn private_keys_read_as_pki_types_reads_them() {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let pkcs8 = ck.signing_key.serialize_pem();
+        let pkcs1 = include_str!("../tests/data/oauth1-rsa-sha1-key.pkcs1.pem");
+        let rsa8 = include_str!("../tests/data/oauth1-rsa-sha1-key.pem");
+        for (what, pem) in [
+            ("pkcs8", pkcs8.as_str()),
+            ("pkcs1", pkcs1),
+            ("rsa pkcs8", rsa8),
+        ] {
+            let ours = private_key_from_pem(pem.as_bytes()).unwrap();
+            let theirs = PrivateKeyDer::from_pem_slice(pem.as_bytes()).unwrap();
+            assert_eq!(*ours, theirs, "{what}");
+        }
+        // A certificate first, CRLF line ends: the key is still found.
+        let mixed = format!("{}\r\n{}", ck.cert.pem(), pkcs8.replace('\n', "\r\n"));
+        let theirs = PrivateKeyDer::from_pem_slice(pkcs8.as_bytes()).unwrap();
+        assert_eq!(*private_key_from_pem(mixed.as_bytes()).unwrap(), theirs);
+        for bad in [
+            "",
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            "-----BEGIN PRIVATE KEY-----\n!!!!\n-----END PRIVATE KEY-----\n",
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n",
+        ] {
+            assert!(private_key_from_pem(bad.as_bytes()).is_err(), "{bad:?}");
+        }
     }
 
     /// The key check made without rustls's `from_der` still refuses a key

@@ -1179,6 +1179,13 @@ fn compile_limits(l: &RawLimits, c: &mut Collector<'_>) -> Limits {
             "max_websockets and max_websockets_per_subject must be at least 1",
         );
     }
+    if limits.max_websockets > MAX_WEBSOCKETS_CAP {
+        // Each session holds two sockets; shutdown counts them in a u32.
+        c.at(
+            "limits.max_websockets",
+            format!("max_websockets is at most {MAX_WEBSOCKETS_CAP}"),
+        );
+    }
     if limits.max_connections == 0 {
         c.at(
             "limits.max_connections",
@@ -1239,6 +1246,9 @@ fn signing_key(t: &RawTokens, loaded: &[Arc<LoadedKey>], c: &mut Collector<'_>) 
         }
     }
 }
+
+/// The most WebSocket sessions a config may allow (two sockets each).
+pub const MAX_WEBSOCKETS_CAP: usize = 1 << 20;
 
 fn compile_tokens(t: &RawTokens, base: &Path, c: &mut Collector<'_>) -> TokenConfig {
     if t.issuer.trim().is_empty() {

@@ -61,7 +61,51 @@ pub async fn serve(
     request_id: &HeaderValue,
     x: &mut Seen,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    // 1. Framing (the target was made canonical in `prepare`).
+    check_framing(snap, &req)?;
+    let idx = select_route(snap, &req, routing.as_deref(), authority.as_ref())?;
+    x.route = Some(idx);
+    let route = &snap.routes[idx];
+    authenticate_and_authorize(app, snap, route, &req, x).await?;
+    check_declared_length(route, &req)?;
+    let upgrade = websocket_upgrade(app, snap, route, peer, &mut req, x)?;
+    let (mut parts, body) = req.into_parts();
+    rewrite(
+        snap,
+        route,
+        policy,
+        peer,
+        &mut parts,
+        x.token.as_deref(),
+        authority.as_ref(),
+        request_id,
+    )?;
+    if upgrade.is_some() {
+        websocket::restore_upgrade_headers(&mut parts.headers);
+    }
+    let mut resp = forward(app, snap, route, parts, body, x.token.as_deref()).await?;
+    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS && upgrade.is_none() {
+        // Nothing asked for it (valet strips the caller's Upgrade): the
+        // connection would carry another protocol the client never chose.
+        app.metrics.upstream_error(&route.cfg.name, "protocol");
+        return Err(ProxyError::BadGateway(
+            "the upstream switched protocols without being asked",
+        ));
+    }
+    let upgraded = match upgrade {
+        Some(u) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+            Some(u.accept(app, route, &mut resp)?)
+        }
+        _ => None,
+    };
+    headers::strip_hop_by_hop(resp.headers_mut());
+    if let Some(session) = upgraded {
+        session.start(app, route, &mut resp);
+    }
+    Ok(resp.map(Either::Left))
+}
+
+/// 1. Framing (the target was made canonical in `prepare`).
+fn check_framing(snap: &Snapshot, req: &Request<RequestBody>) -> Result<(), ProxyError> {
     if req.uri().query().is_some_and(query_has_access_token) {
         // RFC 6750 §2.3 tokens in URLs end up in logs and caches; refuse them.
         return Err(ProxyError::BadRequest(
@@ -74,14 +118,20 @@ pub async fn serve(
         // hyper enforces this for HTTP/1 itself.
         return Err(ProxyError::HeadersTooLarge);
     }
+    Ok(())
+}
 
-    // 2. Route, on the routing reading of the canonical path (see
-    //    `request_target::routing_path`) and the normalised host.
-    let routing = routing.as_deref().unwrap_or(req.uri().path());
-    let host_name = authority
-        .as_ref()
-        .map(|(a, _)| crate::request_target::host_name(a));
-    let idx = router::select(
+/// 2. Route, on the routing reading of the canonical path (see
+///    `request_target::routing_path`) and the normalised host.
+fn select_route(
+    snap: &Snapshot,
+    req: &Request<RequestBody>,
+    routing: Option<&str>,
+    authority: Option<&(Authority, HeaderValue)>,
+) -> Result<usize, ProxyError> {
+    let routing = routing.unwrap_or(req.uri().path());
+    let host_name = authority.map(|(a, _)| crate::request_target::host_name(a));
+    router::select(
         snap.routes.iter().map(|r| router::Candidate {
             host: r.cfg.host.as_deref(),
             prefix: r.cfg.path_prefix.as_str(),
@@ -90,11 +140,18 @@ pub async fn serve(
         host_name,
         routing,
     )
-    .ok_or(ProxyError::NotFound)?;
-    x.route = Some(idx);
-    let route = &snap.routes[idx];
+    .ok_or(ProxyError::NotFound)
+}
 
-    // 3. Authenticate.
+/// 3. Authenticate; 4. authorize: the route's issuers and audiences, then
+///    its scopes.
+async fn authenticate_and_authorize(
+    app: &App,
+    snap: &Snapshot,
+    route: &Route,
+    req: &Request<RequestBody>,
+    x: &mut Seen,
+) -> Result<(), ProxyError> {
     if route.cfg.auth_required {
         match authenticate(app, snap, req.headers()).await {
             Ok(t) => x.token = Some(t),
@@ -106,79 +163,106 @@ pub async fn serve(
             }
         }
     }
-
-    // 4. Authorize: the route's issuers and audiences, then its scopes.
-    if let Some(t) = &x.token {
-        let refuse = |e| {
-            app.metrics.token_failure(e);
-            Err(ProxyError::InvalidToken(e))
-        };
-        if let Some(allowed) = &route.cfg.auth_issuers {
-            if !allowed.contains(&t.issuer) {
-                return refuse(crate::tokens::TokenError::IssuerNotAccepted);
-            }
-        }
-        let auds = &route.cfg.auth_audiences;
-        if !auds.is_empty() && !t.audiences.iter().any(|a| auds.iter().any(|r| **r == **a)) {
-            return refuse(crate::tokens::TokenError::WrongAudience);
-        }
-        if !route.cfg.scopes.iter().all(|s| t.has_scope(s)) {
-            return Err(ProxyError::InsufficientScope(route.scope_list.clone()));
+    let Some(t) = &x.token else {
+        return Ok(());
+    };
+    let refuse = |e| {
+        app.metrics.token_failure(e);
+        Err(ProxyError::InvalidToken(e))
+    };
+    if let Some(allowed) = &route.cfg.auth_issuers {
+        if !allowed.contains(&t.issuer) {
+            return refuse(crate::tokens::TokenError::IssuerNotAccepted);
         }
     }
+    let auds = &route.cfg.auth_audiences;
+    if !auds.is_empty() && !t.audiences.iter().any(|a| auds.iter().any(|r| **r == **a)) {
+        return refuse(crate::tokens::TokenError::WrongAudience);
+    }
+    if !route.cfg.scopes.iter().all(|s| t.has_scope(s)) {
+        return Err(ProxyError::InsufficientScope(route.scope_list.clone()));
+    }
+    Ok(())
+}
 
-    // 5. Body limit: refuse early when the length is declared.
-    let limit = route.cfg.max_body_size;
+/// 5. Body limit: refuse early when the length is declared.
+fn check_declared_length(route: &Route, req: &Request<RequestBody>) -> Result<(), ProxyError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
+    if declared.is_some_and(|n| n > route.cfg.max_body_size) {
         return Err(ProxyError::Body(BodyError::TooLarge));
     }
+    Ok(())
+}
 
-    // 5b. A WebSocket upgrade: only where the route allows it, and within
-    //     the sessions valet may hold open.
-    let upgrade = if websocket::is_upgrade(&req) {
-        let Some(policy) = route.cfg.websocket else {
-            return Err(ProxyError::UpgradeNotAllowed);
-        };
-        // RFC 6455 §4.1: a GET, and nothing after the headers. A body an
-        // upstream never reads would be the next request on its connection.
-        let bodyless = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .is_none_or(|v| v == "0")
-            && !req.headers().contains_key(header::TRANSFER_ENCODING);
-        if req.method() != http::Method::GET || !bodyless {
-            return Err(ProxyError::BadRequest(
-                "a WebSocket upgrade is a GET without a body",
-            ));
-        }
-        let offer = websocket::Offer::of(req.headers()).map_err(ProxyError::BadRequest)?;
-        let permit = app
-            .websockets
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ProxyError::TooManyWebSockets)?;
-        let who: Box<str> = match &x.token {
-            Some(t) => t.namespaced_subject().into(),
-            None => peer.ip().to_string().into(),
-        };
-        let held = websocket::Held::take(
-            &app.websocket_holders,
-            who,
-            snap.config.limits.max_websockets_per_subject,
-        )
-        .ok_or(ProxyError::TooManyWebSocketsHere)?;
-        Some((hyper::upgrade::on(&mut req), policy, (permit, held), offer))
-    } else {
-        None
+/// 5b. A WebSocket upgrade: only where the route allows it, and within
+///     the sessions valet may hold open.
+fn websocket_upgrade(
+    app: &App,
+    snap: &Snapshot,
+    route: &Route,
+    peer: SocketAddr,
+    req: &mut Request<RequestBody>,
+    x: &Seen,
+) -> Result<Option<websocket::Pending>, ProxyError> {
+    if !websocket::is_upgrade(req) {
+        return Ok(None);
+    }
+    let Some(policy) = route.cfg.websocket else {
+        return Err(ProxyError::UpgradeNotAllowed);
     };
+    // RFC 6455 §4.1: a GET, and nothing after the headers. A body an
+    // upstream never reads would be the next request on its connection.
+    let bodyless = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .is_none_or(|v| v == "0")
+        && !req.headers().contains_key(header::TRANSFER_ENCODING);
+    if req.method() != http::Method::GET || !bodyless {
+        return Err(ProxyError::BadRequest(
+            "a WebSocket upgrade is a GET without a body",
+        ));
+    }
+    let offer = websocket::Offer::of(req.headers()).map_err(ProxyError::BadRequest)?;
+    let permit = app
+        .websockets
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ProxyError::TooManyWebSockets)?;
+    let who: Box<str> = match &x.token {
+        Some(t) => t.namespaced_subject().into(),
+        None => peer.ip().to_string().into(),
+    };
+    let held = websocket::Held::take(
+        &app.websocket_holders,
+        who,
+        snap.config.limits.max_websockets_per_subject,
+    )
+    .ok_or(ProxyError::TooManyWebSocketsHere)?;
+    Ok(Some(websocket::Pending {
+        client: hyper::upgrade::on(req),
+        policy,
+        permit: (permit, held),
+        offer,
+    }))
+}
 
-    // 6. Rewrite.
-    let (mut parts, body) = req.into_parts();
+/// 6. Rewrite: the upstream's URI, hop-by-hop and forged headers out,
+///    valet's identity headers in, `X-Forwarded-*`, request id, Host.
+#[allow(clippy::too_many_arguments)]
+fn rewrite(
+    snap: &Snapshot,
+    route: &Route,
+    policy: &RequestPolicy,
+    peer: SocketAddr,
+    parts: &mut http::request::Parts,
+    token: Option<&VerifiedToken>,
+    authority: Option<&(Authority, HeaderValue)>,
+    request_id: &HeaderValue,
+) -> Result<(), ProxyError> {
     parts.uri = upstream_uri(route, &parts.uri)?;
     parts.version = Version::HTTP_11;
     let h = &mut parts.headers;
@@ -210,41 +294,60 @@ pub async fn serve(
         extra: &route.cfg.strip_request_headers,
     }
     .apply(h);
-    if let Some(t) = &x.token {
-        let inject = route.cfg.inject;
-        if inject.subject {
-            h.insert(names.subject.clone(), t.subject_header.clone());
-        }
-        if inject.client_id {
-            h.insert(names.client_id.clone(), t.client_id_header.clone());
-        }
-        if inject.scopes {
-            h.insert(names.scopes.clone(), t.scopes_header.clone());
-        }
-        if inject.issuer {
-            h.insert(names.issuer.clone(), t.issuer_header.clone());
-        }
-        for (name, claim) in &route.cfg.inject_claims {
-            let value = crate::tokens::issuers::claim(&t.claims, claim)
-                .and_then(crate::tokens::issuers::header_text)
-                .and_then(|v| HeaderValue::from_str(&v).ok());
-            // A claim the token lacks (or that no header can carry) is
-            // simply not sent; the caller's copy is gone either way.
-            if let Some(v) = value {
-                h.insert(name.clone(), v);
-            }
-        }
+    if let Some(t) = token {
+        inject_identity(route, names, t, h);
     }
-    forwarded::apply(h, peer.ip(), trusted, authority.as_ref().map(|(_, v)| v));
+    forwarded::apply(h, peer.ip(), trusted, authority.map(|(_, v)| v));
     h.insert(crate::header_names::X_REQUEST_ID, request_id.clone());
     h.insert(header::HOST, route.host_header.clone());
-    if upgrade.is_some() {
-        websocket::restore_upgrade_headers(h);
-    }
+    Ok(())
+}
 
-    // 7. Sign for the upstream (OAuth 1.0 routes), then forward.
+/// The validated identity, as the route asks for it.
+fn inject_identity(
+    route: &Route,
+    names: &crate::config::IdentityHeaderNames,
+    t: &VerifiedToken,
+    h: &mut HeaderMap,
+) {
+    let inject = route.cfg.inject;
+    if inject.subject {
+        h.insert(names.subject.clone(), t.subject_header.clone());
+    }
+    if inject.client_id {
+        h.insert(names.client_id.clone(), t.client_id_header.clone());
+    }
+    if inject.scopes {
+        h.insert(names.scopes.clone(), t.scopes_header.clone());
+    }
+    if inject.issuer {
+        h.insert(names.issuer.clone(), t.issuer_header.clone());
+    }
+    for (name, claim) in &route.cfg.inject_claims {
+        let value = crate::tokens::issuers::claim(&t.claims, claim)
+            .and_then(crate::tokens::issuers::header_text)
+            .and_then(|v| HeaderValue::from_str(&v).ok());
+        // A claim the token lacks (or that no header can carry) is
+        // simply not sent; the caller's copy is gone either way.
+        if let Some(v) = value {
+            h.insert(name.clone(), v);
+        }
+    }
+}
+
+/// 7. Sign for the upstream (OAuth 1.0 routes), then forward within the
+///    route's response timeout.
+async fn forward(
+    app: &App,
+    snap: &Snapshot,
+    route: &Route,
+    mut parts: http::request::Parts,
+    body: RequestBody,
+    token: Option<&VerifiedToken>,
+) -> Result<Response<hyper::body::Incoming>, ProxyError> {
+    let limit = route.cfg.max_body_size;
     let rate = MinRate::of(&snap.config.limits);
-    let (body, outcome) = match (&route.oauth1, &x.token) {
+    let (body, outcome) = match (&route.oauth1, token) {
         (Some(signer), Some(t)) => {
             let sub = t.namespaced_subject();
             upstream_oauth1::sign(app, signer, sub, &mut parts, body, limit, rate).await?
@@ -263,34 +366,14 @@ pub async fn serve(
     if let Some(e) = outcome.get() {
         return Err(ProxyError::Body(e));
     }
-    let mut resp = match result {
+    let resp = match result {
         Err(_) => {
             app.metrics.upstream_error(&route.cfg.name, "timeout");
             return Err(ProxyError::GatewayTimeout(
                 "the upstream did not answer in time",
             ));
         }
-        Ok(Err(e)) => {
-            if is_timeout(&e) {
-                app.metrics
-                    .upstream_error(&route.cfg.name, "connect_timeout");
-                return Err(ProxyError::GatewayTimeout(
-                    "connecting to the upstream timed out",
-                ));
-            }
-            let (kind, why) = match tls_failure(&e) {
-                Some(TlsFailure::Certificate) => (
-                    "tls",
-                    "the upstream's TLS certificate was not accepted (untrusted, or not for this name)",
-                ),
-                Some(TlsFailure::Handshake) => ("tls", "the TLS handshake with the upstream failed"),
-                None if e.is_connect() => ("connect", "the upstream refused the connection"),
-                None => ("reset", "the upstream closed the connection"),
-            };
-            app.metrics.upstream_error(&route.cfg.name, kind);
-            tracing::warn!(route = %route.cfg.name, error = %error_chain(&e), "upstream request failed");
-            return Err(ProxyError::BadGateway(why));
-        }
+        Ok(Err(e)) => return Err(upstream_failure(app, route, &e)),
         Ok(Ok(r)) => r,
     };
     if let Some(s) = &route.oauth1 {
@@ -298,47 +381,28 @@ pub async fn serve(
             s.upstream_refused(&route.cfg.name);
         }
     }
-    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS && upgrade.is_none() {
-        // Nothing asked for it (valet strips the caller's Upgrade): the
-        // connection would carry another protocol the client never chose.
-        app.metrics.upstream_error(&route.cfg.name, "protocol");
-        return Err(ProxyError::BadGateway(
-            "the upstream switched protocols without being asked",
-        ));
+    Ok(resp)
+}
+
+/// Why the upstream call failed, counted and logged.
+fn upstream_failure(app: &App, route: &Route, e: &hyper_util::client::legacy::Error) -> ProxyError {
+    if is_timeout(e) {
+        app.metrics
+            .upstream_error(&route.cfg.name, "connect_timeout");
+        return ProxyError::GatewayTimeout("connecting to the upstream timed out");
     }
-    // An upgrade is spliced only on a WebSocket server's answer.
-    let upgraded = match upgrade {
-        Some((client, policy, permit, offer))
-            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS =>
-        {
-            if let Err(why) = offer.check_answer(resp.headers()) {
-                // Dropping the upstream's upgrade closes its connection: it
-                // is never pooled, and no byte of the client's reaches it.
-                drop(hyper::upgrade::on(&mut resp));
-                app.metrics
-                    .upstream_error(&route.cfg.name, "websocket_handshake");
-                tracing::warn!(route = %route.cfg.name, why, "the upstream's WebSocket handshake was refused");
-                return Err(ProxyError::BadUpgrade(why));
-            }
-            Some((client, policy, permit))
-        }
-        _ => None,
+    let (kind, why) = match tls_failure(e) {
+        Some(TlsFailure::Certificate) => (
+            "tls",
+            "the upstream's TLS certificate was not accepted (untrusted, or not for this name)",
+        ),
+        Some(TlsFailure::Handshake) => ("tls", "the TLS handshake with the upstream failed"),
+        None if e.is_connect() => ("connect", "the upstream refused the connection"),
+        None => ("reset", "the upstream closed the connection"),
     };
-    headers::strip_hop_by_hop(resp.headers_mut());
-    if let Some((client, policy, permit)) = upgraded {
-        let upstream = hyper::upgrade::on(&mut resp);
-        websocket::restore_upgrade_headers(resp.headers_mut());
-        let m = (
-            app.metrics.websockets_open.clone(),
-            app.metrics.websocket_sessions.clone(),
-        );
-        let name = route.cfg.name.clone();
-        let closing = app.websocket_closing.subscribe();
-        tokio::spawn(websocket::run(
-            client, upstream, policy, m, name, permit, closing,
-        ));
-    }
-    Ok(resp.map(Either::Left))
+    app.metrics.upstream_error(&route.cfg.name, kind);
+    tracing::warn!(route = %route.cfg.name, error = %error_chain(e), "upstream request failed");
+    ProxyError::BadGateway(why)
 }
 
 pub use crate::app::authenticate;

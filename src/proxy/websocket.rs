@@ -158,6 +158,14 @@ impl Offer {
                 )
             }
         }
+        // A line that is not visible ASCII would be skipped by `tokens`.
+        for name in ["sec-websocket-protocol", "sec-websocket-extensions"] {
+            if h.get_all(name).iter().any(|v| v.to_str().is_err()) {
+                return Err(
+                    "the upstream's 101 carries a subprotocol or extension that is not ASCII",
+                );
+            }
+        }
         let mut protocol = tokens(h, "sec-websocket-protocol");
         match (protocol.next(), protocol.next()) {
             (None, _) => {}
@@ -170,6 +178,75 @@ impl Offer {
             return Err("the upstream chose an extension the client did not offer");
         }
         Ok(())
+    }
+}
+
+/// An upgrade request that passed valet's checks, waiting for the
+/// upstream's answer.
+pub struct Pending {
+    pub client: hyper::upgrade::OnUpgrade,
+    pub policy: crate::config::WebSocketPolicy,
+    pub permit: (tokio::sync::OwnedSemaphorePermit, Held),
+    pub offer: Offer,
+}
+
+/// An upgrade the upstream accepted as a WebSocket server does.
+pub struct Accepted {
+    client: hyper::upgrade::OnUpgrade,
+    policy: crate::config::WebSocketPolicy,
+    permit: (tokio::sync::OwnedSemaphorePermit, Held),
+}
+
+impl Pending {
+    /// The upstream answered 101: a session only on a WebSocket server's
+    /// answer. Otherwise its upgrade is dropped, which closes its
+    /// connection (never pooled, and no byte of the client's reaches it).
+    pub fn accept(
+        self,
+        app: &crate::app::App,
+        route: &crate::app::Route,
+        resp: &mut http::Response<hyper::body::Incoming>,
+    ) -> Result<Accepted, crate::refusal::ProxyError> {
+        if let Err(why) = self.offer.check_answer(resp.headers()) {
+            drop(hyper::upgrade::on(resp));
+            app.metrics
+                .upstream_error(&route.cfg.name, "websocket_handshake");
+            tracing::warn!(route = %route.cfg.name, why, "the upstream's WebSocket handshake was refused");
+            return Err(crate::refusal::ProxyError::BadUpgrade(why));
+        }
+        Ok(Accepted {
+            client: self.client,
+            policy: self.policy,
+            permit: self.permit,
+        })
+    }
+}
+
+impl Accepted {
+    /// Splices both upgraded sockets once hyper hands them over (after the
+    /// 101, whose upgrade headers the hop-by-hop strip removed, is sent).
+    pub fn start(
+        self,
+        app: &crate::app::App,
+        route: &crate::app::Route,
+        resp: &mut http::Response<hyper::body::Incoming>,
+    ) {
+        let upstream = hyper::upgrade::on(&mut *resp);
+        restore_upgrade_headers(resp.headers_mut());
+        let m = (
+            app.metrics.websockets_open.clone(),
+            app.metrics.websocket_sessions.clone(),
+        );
+        let closing = app.websocket_closing.subscribe();
+        tokio::spawn(run(
+            self.client,
+            upstream,
+            self.policy,
+            m,
+            route.cfg.name.clone(),
+            self.permit,
+            closing,
+        ));
     }
 }
 
@@ -260,6 +337,28 @@ mod handshake_tests {
     }
 
     #[test]
+    fn protocol_lines_that_are_not_ascii_are_refused() {
+        let offer = Offer::of(&headers(&[
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("sec-websocket-protocol", "chat"),
+        ]))
+        .unwrap();
+        for name in ["sec-websocket-protocol", "sec-websocket-extensions"] {
+            let mut h = headers(&[
+                ("upgrade", "websocket"),
+                ("connection", "upgrade"),
+                ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            ]);
+            assert!(offer.check_answer(&h).is_ok());
+            h.append(
+                http::HeaderName::from_static(name),
+                HeaderValue::from_bytes(b"admin\xff").unwrap(),
+            );
+            assert!(offer.check_answer(&h).is_err(), "{name}");
+        }
+    }
+
+    #[test]
     fn malformed_keys_are_refused() {
         for h in [
             headers(&[]),
@@ -332,7 +431,27 @@ where
         closing.clone(),
         (start, &last),
     );
-    let both = async { tokio::join!(to_upstream, to_client) };
+    // Both directions to their end, or either one's failure.
+    let both = async {
+        tokio::pin!(to_upstream, to_client);
+        let (mut up, mut down) = (false, false);
+        while !(up && down) {
+            tokio::select! {
+                r = &mut to_upstream, if !up => {
+                    if r.is_err() {
+                        return;
+                    }
+                    up = true;
+                }
+                r = &mut to_client, if !down => {
+                    if r.is_err() {
+                        return;
+                    }
+                    down = true;
+                }
+            }
+        }
+    };
     tokio::pin!(both);
     let end_of_life = tokio::time::sleep(max);
     tokio::pin!(end_of_life);
@@ -365,16 +484,16 @@ where
 
 /// One direction: `src` to `dst`, frame boundaries followed. When
 /// `closing` turns true, forwards up to the end of the frame in flight,
-/// writes `close`, ends `dst`'s writes and reads `src` up to the peer's own
-/// close frame (or its end), discarding it: a socket dropped with unread
-/// data is reset, which could lose the close frame on its way.
+/// then says goodbye (`going_away`). `Err` when either socket failed:
+/// the session ends then, whatever the other direction is doing.
 async fn pump<R, W>(
     mut src: R,
     mut dst: W,
     close: &[u8],
     mut closing: tokio::sync::watch::Receiver<bool>,
     (start, last): (Instant, &AtomicU64),
-) where
+) -> Result<(), ()>
+where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
@@ -385,26 +504,10 @@ async fn pump<R, W>(
     loop {
         let going = *closing.borrow();
         if going && frames.at_boundary() {
-            if dst.write_all(close).await.is_ok() {
-                let _ = dst.flush().await;
-            }
-            let _ = dst.shutdown().await;
-            // Up to the peer's close frame, or its end of the stream.
-            while !frames.close_seen() {
-                match src.read(&mut buf).await {
-                    Ok(n) if n > 0 => {
-                        frames.advance(&buf[..n], false);
-                    }
-                    _ => break,
-                }
-            }
-            return;
+            return going_away(src, dst, close, frames, buf, &[]).await;
         }
         let n = tokio::select! {
-            r = src.read(&mut buf) => match r {
-                Ok(n) => n,
-                Err(_) => return,
-            },
+            r = src.read(&mut buf) => r.map_err(|_| ())?,
             changed = closing.changed(), if watching && !going => {
                 watching = changed.is_ok();
                 continue;
@@ -412,15 +515,53 @@ async fn pump<R, W>(
         };
         if n == 0 {
             let _ = dst.shutdown().await;
-            return;
+            return Ok(());
         }
         last.fetch_max(start.elapsed().as_millis() as u64, Ordering::Relaxed);
         // Closing: nothing past the end of the frame in flight.
         let take = frames.advance(&buf[..n], going);
         if dst.write_all(&buf[..take]).await.is_err() {
-            return;
+            let _ = dst.shutdown().await;
+            return Err(());
+        }
+        if going && frames.at_boundary() {
+            let rest = buf[take..n].to_vec();
+            return going_away(src, dst, close, frames, buf, &rest).await;
         }
     }
+}
+
+/// Writes `close`, ends `dst`'s writes and reads `src` up to the peer's
+/// own close frame (or its end), discarding it: a socket dropped with
+/// unread data is reset, which could lose the close frame on its way.
+/// `rest`: bytes already read past the last frame forwarded.
+async fn going_away<R, W>(
+    mut src: R,
+    mut dst: W,
+    close: &[u8],
+    mut frames: websocket_frames::Frames,
+    mut buf: Vec<u8>,
+    rest: &[u8],
+) -> Result<(), ()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if dst.write_all(close).await.is_ok() {
+        let _ = dst.flush().await;
+    }
+    let _ = dst.shutdown().await;
+    frames.advance(rest, false);
+    while !frames.close_seen() {
+        match src.read(&mut buf).await {
+            Ok(n) if n > 0 => {
+                frames.advance(&buf[..n], false);
+            }
+            _ => break,
+        }
+    }
+    Ok(())
 }
 
 /// Waits for both sides' upgraded sockets, then splices them, holding the
@@ -455,4 +596,131 @@ pub async fn run(
     };
     open.dec();
     sessions.with_label_values(&[&route, end]).inc();
+}
+
+#[cfg(test)]
+mod splice_tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A masked frame as a client sends it.
+    fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        assert!(payload.len() < 126);
+        let key = [9, 8, 7, 6];
+        let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        f
+    }
+
+    /// Everything `r` yields until it ends.
+    async fn read_all(mut r: tokio::io::DuplexStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = r.read_to_end(&mut out).await;
+        out
+    }
+
+    /// Closing while the client is mid-frame: the frame is finished, then
+    /// the 1001 close goes each way; the client's own close arrives in the
+    /// same read as the frame's end, and is seen there, so the session
+    /// ends at once rather than at the linger (time is virtual here).
+    #[tokio::test(start_paused = true)]
+    async fn closing_waits_for_the_frame_and_hears_a_close_read_with_it() {
+        let (mut client, client_side) = tokio::io::duplex(1 << 16);
+        let (upstream_side, mut upstream) = tokio::io::duplex(1 << 16);
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let begun = Instant::now();
+        let session = tokio::spawn(splice(
+            client_side,
+            upstream_side,
+            Duration::from_secs(60),
+            Duration::from_secs(3600),
+            rx,
+        ));
+        let frame = masked(0x2, &[5; 100]);
+        client.write_all(&frame[..50]).await.unwrap();
+        tokio::task::yield_now().await;
+        tx.send_replace(true);
+        tokio::task::yield_now().await;
+        // The rest of the frame, and the client's close, in one write.
+        let mut rest = frame[50..].to_vec();
+        rest.extend(masked(0x8, &[0x03, 0xe8]));
+        client.write_all(&rest).await.unwrap();
+        // The upstream answers valet's close with its own (unmasked).
+        upstream.write_all(&[0x88, 0x02, 0x03, 0xe9]).await.unwrap();
+        let end = session.await.unwrap();
+        assert_eq!(end, End::GoingAway);
+        assert!(begun.elapsed() < CLOSE_LINGER, "{:?}", begun.elapsed());
+        let got = read_all(upstream).await;
+        assert_eq!(&got[..frame.len()], &frame[..], "the frame was cut");
+        let close = &got[frame.len()..];
+        assert_eq!(close.len(), 8, "{close:?}");
+        assert_eq!(close[..2], [0x88, 0x82], "a masked close");
+        assert_eq!(
+            [close[6] ^ close[2], close[7] ^ close[3]],
+            [0x03, 0xe9],
+            "1001"
+        );
+        assert_eq!(
+            read_all(client).await,
+            websocket_frames::GOING_AWAY_TO_CLIENT
+        );
+    }
+
+    /// A socket that fails on reading and swallows writes.
+    struct Broken;
+    impl AsyncRead for Broken {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Err(std::io::Error::other("broken")))
+        }
+    }
+    impl AsyncWrite for Broken {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            b: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::task::Poll::Ready(Ok(b.len()))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A failure on one side ends the session, although the other side
+    /// still has its socket open (it would otherwise hold the session, its
+    /// permit and its subject's place until the idle limit).
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_side_ends_the_session() {
+        let (upstream_side, _upstream) = tokio::io::duplex(1 << 16);
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let begun = Instant::now();
+        let end = splice(
+            Broken,
+            upstream_side,
+            Duration::from_secs(60),
+            Duration::from_secs(3600),
+            rx,
+        )
+        .await;
+        assert_eq!(end, End::Closed);
+        assert!(
+            begun.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            begun.elapsed()
+        );
+    }
 }

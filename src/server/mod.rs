@@ -16,6 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -238,7 +239,9 @@ async fn close_websockets(app: &App, deadline: tokio::time::Instant) {
         open,
         "grace period over; closing WebSocket sessions (1001 going away)"
     );
-    let _ = app.websocket_closing.send(true);
+    // Stored even with no session subscribed yet: one still waiting for
+    // its upstream's 101 subscribes later and sees it.
+    app.websocket_closing.send_replace(true);
     let linger = crate::proxy::websocket::CLOSE_LINGER + Duration::from_secs(1);
     if tokio::time::timeout(linger, none_open()).await.is_err() {
         tracing::warn!("WebSocket sessions still open after their close; dropped");
@@ -313,20 +316,10 @@ async fn serve_connection(
     tcp: tokio::net::TcpStream,
     tls: TlsAcceptor,
     limits: crate::config::Limits,
-    mut shutdown: wch::Receiver<bool>,
+    shutdown: wch::Receiver<bool>,
 ) {
-    let stream = match tokio::time::timeout(limits.tls_handshake_timeout, tls.accept(tcp)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            app.metrics.tls_handshake_failures.inc();
-            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            app.metrics.tls_handshake_failures.inc();
-            tracing::debug!(%peer, "TLS handshake timed out");
-            return;
-        }
+    let Some(stream) = handshake(&app, peer, tcp, &tls, &limits).await else {
+        return;
     };
     // A guard, so the gauge is right however this task ends.
     let _open = conn::GaugeGuard::new(&app.metrics.open_connections);
@@ -334,11 +327,58 @@ async fn serve_connection(
     // sniffing server waits for those bytes with no deadline.
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let activity = conn::Activity::new();
-    let svc_app = app.clone();
-    let svc_activity = activity.clone();
-    let svc = service_fn(move |req| {
-        let app = svc_app.clone();
-        let guard = svc_activity.begin();
+    let svc = service(app.clone(), index, peer, activity.clone());
+    let b = http_builder(&limits, h2);
+    // Upgrades (WebSocket) hand the socket to the proxy's splice.
+    let conn = b.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    watch_connection(&app, peer, conn, &activity, &limits, shutdown).await;
+}
+
+/// The TLS handshake, within `tls_handshake_timeout`; a failure is counted.
+async fn handshake(
+    app: &App,
+    peer: SocketAddr,
+    tcp: tokio::net::TcpStream,
+    tls: &TlsAcceptor,
+    limits: &crate::config::Limits,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    match tokio::time::timeout(limits.tls_handshake_timeout, tls.accept(tcp)).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            app.metrics.tls_handshake_failures.inc();
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            app.metrics.tls_handshake_failures.inc();
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// Each request to the dispatcher, its response body watched for a client
+/// that does not read, a panic answered 500.
+fn service(
+    app: Arc<App>,
+    index: usize,
+    peer: SocketAddr,
+    activity: Arc<conn::Activity>,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = hyper::Response<conn::WatchedBody<crate::bodies::ResponseBody>>,
+    Error = Infallible,
+    Future = impl Future<
+        Output = Result<
+            hyper::Response<conn::WatchedBody<crate::bodies::ResponseBody>>,
+            Infallible,
+        >,
+    > + Send
+                 + 'static,
+> + Clone {
+    service_fn(move |req| {
+        let app = app.clone();
+        let guard = activity.begin();
         let panic_app = app.clone();
         conn::CatchPanic::new(
             async move {
@@ -354,7 +394,11 @@ async fn serve_connection(
                 Ok(r.map(conn::WatchedBody::unwatched))
             },
         )
-    });
+    })
+}
+
+/// hyper's HTTP/1.1 or HTTP/2 server with valet's limits.
+fn http_builder(limits: &crate::config::Limits, h2: bool) -> auto::Builder<TokioExecutor> {
     let b = auto::Builder::new(TokioExecutor::new());
     let mut b = if h2 { b.http2_only() } else { b.http1_only() };
     b.http1()
@@ -374,8 +418,22 @@ async fn serve_connection(
         .max_local_error_reset_streams(Some(1024))
         .keep_alive_interval(Some(limits.http2_keepalive_interval))
         .keep_alive_timeout(limits.http2_keepalive_timeout);
-    // Upgrades (WebSocket) hand the socket to the proxy's splice.
-    let conn = b.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    b
+}
+
+/// Runs `conn` to its end, closing it gracefully on shutdown or when idle
+/// (each close with its grace), and at once when the client stops reading.
+async fn watch_connection<C>(
+    app: &App,
+    peer: SocketAddr,
+    conn: C,
+    activity: &conn::Activity,
+    limits: &crate::config::Limits,
+    mut shutdown: wch::Receiver<bool>,
+) where
+    C: hyper_util::server::graceful::GracefulConnection,
+    C::Error: std::fmt::Display,
+{
     tokio::pin!(conn);
     let tick = (limits.idle_timeout.min(limits.send_timeout) / 4)
         .clamp(Duration::from_millis(50), Duration::from_secs(5));
