@@ -355,7 +355,7 @@ fn client_command(cmd: ClientCommand) -> ExitCode {
         eprintln!("Store this secret now: valet keeps only its hash and cannot show it again.");
         ExitCode::SUCCESS
     };
-    let revocations = || crate::revocation::Revocations::open(&c.revocation_file);
+    let revocations = || crate::revocation::Revocations::open(&c.revocation_file, &c.store_path);
     match cmd {
         ClientCommand::List { json, .. } => match manage::list(&c) {
             Ok(list) if json => {

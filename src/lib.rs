@@ -31,4 +31,5 @@ pub mod request_target;
 pub mod revocation;
 pub mod saml;
 pub mod server;
+pub mod store;
 pub mod tokens;

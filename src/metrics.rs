@@ -41,6 +41,13 @@ pub struct Metrics {
     pub websockets_open: IntGauge,
     /// Upstream connection pools held for the config in force.
     pub upstream_pools: IntGauge,
+    /// The state store's calls: how long, and how many failed.
+    store_seconds: HistogramVec,
+    store_errors: IntCounterVec,
+    /// The store's log position this process has applied.
+    pub store_position: IntGauge,
+    /// Store entries by kind (the authority's view, from the store itself).
+    pub store_entries: IntGaugeVec,
     /// WebSocket sessions ended, by route and why.
     pub websocket_sessions: IntCounterVec,
     jwks_stale: IntGaugeVec,
@@ -157,6 +164,36 @@ impl Metrics {
         let upstream_pools = IntGauge::new(
             "valet_upstream_pools",
             "Upstream connection pools held (one per connect timeout, TLS settings and protocol in the config in force; a pool the config no longer uses is dropped once its last request ends).",
+        )
+        .expect("valid metric");
+        let store_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "valet_store_operation_seconds",
+                "State store calls by operation (append, rotate, use_once, follow, prune), including the fsync of a write.",
+            )
+            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0]),
+            &["op"],
+        )
+        .expect("valid metric");
+        let store_errors = IntCounterVec::new(
+            Opts::new(
+                "valet_store_errors_total",
+                "State store calls that failed, by operation: a write that failed was not acknowledged (503).",
+            ),
+            &["op"],
+        )
+        .expect("valid metric");
+        let store_position = IntGauge::new(
+            "valet_store_position",
+            "The state store's change-log position this process has applied.",
+        )
+        .expect("valid metric");
+        let store_entries = IntGaugeVec::new(
+            Opts::new(
+                "valet_store_entries",
+                "Entries in the state store, by kind (token, family, client, subject, rotation, single_use, log).",
+            ),
+            &["kind"],
         )
         .expect("valid metric");
         let websockets_open = IntGauge::new(
@@ -335,6 +372,10 @@ impl Metrics {
             Box::new(jwks_fetches.clone()),
             Box::new(websockets_open.clone()),
             Box::new(upstream_pools.clone()),
+            Box::new(store_seconds.clone()),
+            Box::new(store_errors.clone()),
+            Box::new(store_position.clone()),
+            Box::new(store_entries.clone()),
             Box::new(websocket_sessions.clone()),
             Box::new(jwks_stale.clone()),
             Box::new(jwks_keys.clone()),
@@ -363,6 +404,10 @@ impl Metrics {
             jwks_fetches,
             websockets_open,
             upstream_pools,
+            store_seconds,
+            store_errors,
+            store_position,
+            store_entries,
             websocket_sessions,
             jwks_stale,
             jwks_keys,
@@ -465,6 +510,16 @@ impl Metrics {
         self.revocation_entries
             .with_label_values(&["subject"])
             .set(subjects as i64);
+    }
+
+    /// One state store call: its time, and whether it failed.
+    pub fn store_call(&self, op: &str, took: std::time::Duration, ok: bool) {
+        self.store_seconds
+            .with_label_values(&[op])
+            .observe(took.as_secs_f64());
+        if !ok {
+            self.store_errors.with_label_values(&[op]).inc();
+        }
     }
 
     /// The text exposition format.

@@ -19,6 +19,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("net", 0),
     ("outbound", 0),
     ("request_target", 0),
+    // valet's state store (names nothing of valet's).
+    ("store", 0),
     ("revocation", 1),
     ("saml", 1),
     ("oauth1_signature", 1),
@@ -241,19 +243,12 @@ fn sibling_references(text: &str, module: &str, siblings: &BTreeSet<String>) -> 
     out
 }
 
-/// Imports among the files of one module that close a circle, left until
-/// the store issue moves revocation, rotation and assertion use behind its
-/// interface (issue 18): `(module, from, to)`. An entry that no longer
-/// closes a circle fails the test, so the list only shrinks.
-const KNOWN_CIRCLES: &[(&str, &str, &str)] = &[
-    ("oauth2", "endpoints", "grants"),
-    ("oauth2", "grants", "endpoints"),
-    ("oauth2", "grants", "jwt_bearer"),
-    ("oauth2", "grants", "saml_bearer"),
-    ("oauth2", "jwt_bearer", "endpoints"),
-    ("oauth2", "saml_bearer", "endpoints"),
-    ("oauth2", "saml_bearer", "jwt_bearer"),
-];
+/// Imports among the files of one module that close a circle, allowed
+/// for now: `(module, from, to)`. None: oauth2's circle through
+/// `endpoints` went when its writes to the state store moved to
+/// `oauth2/state.rs`. An entry that no longer closes a circle fails the
+/// test, so the list only shrinks.
+const KNOWN_CIRCLES: &[(&str, &str, &str)] = &[];
 
 /// Within a module, files import one way: no file reaches itself through
 /// its siblings. `mod.rs` is the module's face (declarations, re-exports,

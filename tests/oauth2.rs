@@ -441,8 +441,24 @@ async fn revoking_an_access_token_makes_the_proxy_refuse_it() {
             .status,
         200
     );
-    let on_disk = std::fs::read_to_string(&gw.revocation_path).unwrap();
-    assert!(on_disk.contains(claims_of(&at)["jti"].as_str().unwrap()));
+    // Durable in the state store; the operator's file is not written.
+    let jti = claims_of(&at)["jti"].as_str().unwrap().to_string();
+    let store = valet::store::sqlite::SqliteStore::open(
+        &gw.revocation_path.with_file_name("valet-state.db"),
+    )
+    .unwrap();
+    use valet::store::Store;
+    assert!(store
+        .snapshot()
+        .unwrap()
+        .records
+        .contains(&valet::store::Record::Token {
+            jti: jti.clone(),
+            expires_at: claims_of(&at)["exp"].as_i64().unwrap(),
+        }));
+    assert!(!std::fs::read_to_string(&gw.revocation_path)
+        .unwrap_or_default()
+        .contains(&jti));
     // Unknown, malformed and already revoked tokens: 200 too.
     for t in ["not-a-token", at.as_str()] {
         let r = c
@@ -613,9 +629,11 @@ async fn a_revocation_that_cannot_be_written_answers_503_and_changes_nothing() {
     let (gw, _up) = setup().await;
     let c = gw.client(Proto::H1);
     let at = s(&client_credentials(&c, None).await.json()["access_token"]);
-    // A directory where valet's temporary file must go: the write fails, even as root.
-    let tmp = gw.revocation_path.with_file_name("revocations.yaml.tmp");
-    std::fs::create_dir(&tmp).unwrap();
+    // The store file moved away under the running gateway: a write there
+    // would land in a file no one opens again, so it is refused.
+    let store = gw.revocation_path.with_file_name("valet-state.db");
+    let away = store.with_extension("away");
+    std::fs::rename(&store, &away).unwrap();
     let r = c
         .post_form(REVOKE, &[("token", &at)], Some(("svc", SVC_SECRET)))
         .await;
@@ -625,7 +643,11 @@ async fn a_revocation_that_cannot_be_written_answers_503_and_changes_nothing() {
         200,
         "never a 200 that was not kept"
     );
-    std::fs::remove_dir(&tmp).unwrap();
+    assert_eq!(
+        gw.metric("valet_store_errors_total{op=\"append\"}").await,
+        1.0
+    );
+    std::fs::rename(&away, &store).unwrap();
     let r = c
         .post_form(REVOKE, &[("token", &at)], Some(("svc", SVC_SECRET)))
         .await;

@@ -519,3 +519,94 @@ async fn two_processes_sharing_a_revocation_file_both_refuse_a_revoked_token() {
         "first revocation kept"
     );
 }
+
+/// SIGKILL in the middle of a burst of concurrent revocations: every one
+/// answered 200 is refused by a fresh process afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_during_a_burst_of_revocations_loses_nothing_acknowledged() {
+    let up = Upstream::start().await;
+    let mut p = Proc::start_with(&default_routes(up.addr), &one_client_yaml(), Stdio::null()).await;
+    let mut tokens = Vec::new();
+    for _ in 0..60 {
+        tokens.push(issue(&p).await);
+    }
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let burst: Vec<_> = tokens
+        .iter()
+        .cloned()
+        .map(|t| {
+            let (c, acked) = (p.client(Proto::H1), acked.clone());
+            tokio::spawn(async move {
+                // The kill cuts some answers off: those are not acknowledged.
+                let req = c
+                    .request("POST", "/oauth2/revoke")
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .header("authorization", client::basic_header("svc", "svc-secret"))
+                    .body(http_body_util::Full::new(bytes::Bytes::from(format!(
+                        "token={t}"
+                    ))))
+                    .unwrap();
+                if c.try_send(req).await.is_ok_and(|r| r.status == 200) {
+                    acked.lock().unwrap().push(t);
+                }
+            })
+        })
+        .collect();
+    // Some are acknowledged, others still in flight: kill.
+    assert!(eventually(PICKUP, || async { acked.lock().unwrap().len() >= 10 }).await);
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+    for b in burst {
+        let _ = b.await;
+    }
+    let acked = acked.lock().unwrap().clone();
+    let again = p.sibling().await;
+    for t in &acked {
+        let r = again.client(Proto::H1).get("/api/x", Some(t)).await;
+        assert_eq!(r.status, 401, "an acknowledged revocation was lost");
+    }
+    eprintln!(
+        "{} of {} revocations acknowledged before the kill",
+        acked.len(),
+        tokens.len()
+    );
+}
+
+/// The operator's revocation file is read, never written: revocations,
+/// refresh rotations, reuse and client cut-offs all leave it byte for byte.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operators_revocation_file_is_never_written() {
+    let up = Upstream::start().await;
+    let p = Proc::start_with(&default_routes(up.addr), &one_client_yaml(), Stdio::null()).await;
+    let text = std::fs::read_to_string(&p.config).unwrap();
+    let file = text
+        .lines()
+        .skip_while(|l| *l != "revocation:")
+        .nth(1)
+        .and_then(|l| l.trim().strip_prefix("file: "))
+        .map(|f| f.trim_matches('"').to_string())
+        .expect("the revocation file in the config");
+    let operator =
+        "# the operator's\ntokens: [{jti: by-hand, expires_at: 4102444800}]\nclients: []\n";
+    std::fs::write(&file, operator).unwrap();
+    let before = valet::digest::sha256(operator.as_bytes());
+    let a = issue(&p).await;
+    let b = issue(&p).await;
+    assert_eq!(revoke(&p.client(Proto::H1), &a).await, 200);
+    assert_eq!(revoke(&p.client(Proto::H1), &b).await, 200);
+    assert_eq!(
+        p.client(Proto::H1).get("/api/x", Some(&a)).await.status,
+        401
+    );
+    // The operator edits it meanwhile: valet's own revocations stay.
+    let edited = format!("{operator}subjects: []\n");
+    std::fs::write(&file, &edited).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        p.client(Proto::H1).get("/api/x", Some(&b)).await.status,
+        401
+    );
+    let after = std::fs::read(&file).unwrap();
+    assert_eq!(after, edited.as_bytes(), "valet wrote the operator's file");
+    assert_ne!(valet::digest::sha256(&after), before);
+}

@@ -251,9 +251,10 @@ async fn certificate_files_are_reloaded_without_restart() {
 /// Issue 9: every reload trigger racing this process's own revocations. Two
 /// threads revoke (and check their revocation the moment it is
 /// acknowledged), two reload through the one reload path (the watcher's,
-/// SIGHUP's and the admin API's), another writer edits the file under its
-/// lock as a sibling process would, and the file watcher reloads on every
-/// change; a checker looks at every acknowledged revocation, all the time.
+/// SIGHUP's and the admin API's), a sibling process writes to the same
+/// state store (followed from its log), the operator edits the file (which
+/// the watcher reloads on every change); a checker looks at every
+/// acknowledged revocation, all the time.
 /// Not one may be unenforced, even for a moment.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_acknowledged_revocation_is_never_unenforced_by_a_racing_reload() {
@@ -306,14 +307,34 @@ async fn an_acknowledged_revocation_is_never_unenforced_by_a_racing_reload() {
         }));
     }
     {
+        // Another process writing to the same store (followed from its log).
         let (path, stop) = (gw.revocation_path.clone(), stop.clone());
+        let store = path.with_file_name("valet-state.db");
         threads.push(std::thread::spawn(move || {
-            let sibling = Revocations::open(&path).unwrap();
+            let sibling = Revocations::open(&path, &store).unwrap();
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
                 sibling.apply(&[token(format!("edit-{i}"))]).unwrap();
                 i += 1;
                 std::thread::sleep(Duration::from_millis(3));
+            }
+        }));
+    }
+    {
+        // The operator editing the file: every edit is reloaded.
+        let (path, stop) = (gw.revocation_path.clone(), stop.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let tmp = path.with_extension("edit");
+                std::fs::write(
+                    &tmp,
+                    format!("tokens:\n  - {{jti: operator-{i}, expires_at: 4102444800}}\n"),
+                )
+                .unwrap();
+                std::fs::rename(&tmp, &path).unwrap();
+                i += 1;
+                std::thread::sleep(Duration::from_millis(5));
             }
         }));
     }

@@ -39,6 +39,9 @@ const REPEATED_FAILURE: Duration = Duration::from_secs(2);
 
 /// Idle upstream connections are kept this long for reuse.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Expired entries removed from the state store per kind and round (one
+/// round every 30 s): each holds the write lock briefly.
+const STORE_PRUNE_BATCH: usize = 5_000;
 
 /// A compiled route: its config plus everything the request path needs ready.
 pub struct Route {
@@ -156,7 +159,7 @@ impl App {
     /// Builds the state from a validated config (reads the revocation file).
     pub fn new(config: Config) -> Result<Arc<App>, StartError> {
         let metrics = Metrics::new();
-        let revocations = Revocations::open(&config.revocation_file)?;
+        let revocations = Revocations::open(&config.revocation_file, &config.store_path)?;
         metrics.set_revocation_sizes(revocations.current().len());
         let config_digest = std::fs::read(&config.path)
             .map(|b| crate::digest::sha256(&b))
@@ -347,6 +350,9 @@ impl App {
         if cfg.revocation_file != old.config.revocation_file {
             tracing::warn!("revocation.file changed; the new path takes effect on restart only");
         }
+        if cfg.store_path != old.config.store_path {
+            tracing::warn!("store.path changed; the new store is opened on restart only");
+        }
         // The digest stored is of the files as read *before* parsing: a write
         // landing during the parse then differs from it, and the next reload
         // reads again. If the companion paths changed, nothing read before
@@ -497,6 +503,54 @@ impl App {
         for k in sets {
             tokio::spawn(async move { k.refresh_if_due().await });
         }
+    }
+
+    /// Applies the state store's new changes (other processes' writes);
+    /// blocking I/O. A failure is counted and logged; what is held stays.
+    pub fn follow_store(&self) {
+        let t = std::time::Instant::now();
+        let r = self.revocations.follow();
+        self.metrics.store_call("follow", t.elapsed(), r.is_ok());
+        match r {
+            Ok(0) => {}
+            Ok(_) => self
+                .metrics
+                .set_revocation_sizes(self.revocations.current().len()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the state store's changes; the revocations held stay in force")
+            }
+        }
+        self.metrics.store_position.set(self.revocations.position());
+    }
+
+    /// Prunes what expired from the state store (bounded batches) and from
+    /// memory, and counts the store's entries; blocking I/O.
+    pub fn prune_store(&self) {
+        self.revocations.prune_expired();
+        let t = std::time::Instant::now();
+        let r = self.revocations.prune_store(STORE_PRUNE_BATCH);
+        self.metrics.store_call("prune", t.elapsed(), r.is_ok());
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "cannot prune the state store");
+        }
+        if let Ok(c) = self.revocations.store().counts() {
+            for (kind, n) in [
+                ("token", c.tokens),
+                ("family", c.families),
+                ("client", c.clients),
+                ("subject", c.subjects),
+                ("rotation", c.rotations),
+                ("single_use", c.single_use),
+                ("log", c.log),
+            ] {
+                self.metrics
+                    .store_entries
+                    .with_label_values(&[kind])
+                    .set(n as i64);
+            }
+        }
+        self.metrics
+            .set_revocation_sizes(self.revocations.current().len());
     }
 
     pub fn prune_caches(&self) {

@@ -25,6 +25,9 @@ pub struct Config {
     pub metrics_address: Option<SocketAddr>,
     pub tokens: TokenConfig,
     pub revocation_file: PathBuf,
+    /// The embedded state store (SQLite): valet's own revocations, refresh
+    /// rotations, single-use ids.
+    pub store_path: PathBuf,
     pub routes: Vec<RouteConfig>,
     pub limits: Limits,
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -411,6 +414,7 @@ fn compile(
         metrics_address,
         tokens,
         revocation_file: resolve(base, &raw.revocation.file),
+        store_path: store_path(&raw.store, &raw.revocation, base),
         routes,
         limits,
         trusted_proxies,
@@ -1246,6 +1250,22 @@ fn signing_key(t: &RawTokens, loaded: &[Arc<LoadedKey>], c: &mut Collector<'_>) 
         }
     }
 }
+
+/// `store.path`, or `valet-state.db` beside the revocation file.
+fn store_path(store: &RawStore, revocation: &RawRevocation, base: &Path) -> PathBuf {
+    match &store.path {
+        Some(p) => resolve(base, p),
+        None => {
+            let rev = resolve(base, &revocation.file);
+            rev.parent()
+                .unwrap_or(Path::new("."))
+                .join(DEFAULT_STORE_FILE)
+        }
+    }
+}
+
+/// The store's file name when `store.path` is not set.
+pub const DEFAULT_STORE_FILE: &str = "valet-state.db";
 
 /// The most WebSocket sessions a config may allow (two sockets each).
 pub const MAX_WEBSOCKETS_CAP: usize = 1 << 20;

@@ -14,6 +14,8 @@ pub(super) struct RawConfig {
     pub(super) tokens: RawTokens,
     pub(super) revocation: RawRevocation,
     #[serde(default)]
+    pub(super) store: RawStore,
+    #[serde(default)]
     pub(super) routes: Vec<RawRoute>,
     #[serde(default)]
     pub(super) limits: RawLimits,
@@ -344,6 +346,13 @@ pub(super) struct RawKey {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRevocation {
     pub(super) file: String,
+}
+
+/// Where valet keeps its own state (the embedded store).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStore {
+    pub(super) path: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,9 +7,9 @@
 //! access tokens issued from it.
 
 use super::client_auth::{authenticate, spend_and_hash, throttled};
-use super::endpoints::{apply, family_revocation};
 use super::error::{json, OAuthError};
 use super::form::Form;
+use super::state::{apply, family_revocation};
 use super::Call;
 use crate::app::throttle::Key;
 use crate::app::{App, Snapshot};
@@ -378,9 +378,7 @@ async fn refresh(c: Call<'_>, client: &Client) -> Result<Value, OAuthError> {
     // millisecond precision: two concurrent uses (or two replicas) cannot
     // both be the first, and a use within the grace never moves it.
     let grace_ms = a.refresh_grace.as_millis().min(i64::MAX as u128) as i64;
-    match super::endpoints::rotate(app, &rt.jti, rt.exp, crate::revocation::now_ms(), grace_ms)
-        .await?
-    {
+    match super::state::rotate(app, &rt.jti, rt.exp, crate::revocation::now_ms(), grace_ms).await? {
         Rotation::First => {}
         Rotation::InGrace => {
             app.metrics

@@ -6,8 +6,8 @@
 //! assertion's `jti` is single-use until the assertion expires (recorded in
 //! the durable revocation store, so it holds across restarts and replicas).
 
-use super::endpoints::record_assertion_use;
 use super::error::OAuthError;
+use super::state::record_assertion_use;
 use super::Call;
 use crate::credentials::{Client, JwtBearer};
 use crate::tokens::jose::{self, HeaderRefusal};

@@ -34,6 +34,7 @@ pub mod grants;
 pub mod jwt_bearer;
 pub mod manage;
 pub mod saml_bearer;
+pub mod state;
 
 /// The token endpoints' shared stores live in the state layer; these paths
 /// stay for callers outside the crate.

@@ -3,9 +3,9 @@
 //! `crate::saml::assertion`, single-use until it expires (recorded in the
 //! durable revocation store), then mapped to a subject, claims and scopes.
 
-use super::endpoints::record_assertion_use;
 use super::error::OAuthError;
 use super::jwt_bearer::Mapped;
+use super::state::record_assertion_use;
 use super::Call;
 use crate::credentials::Client;
 use crate::saml::assertion::{validate, Expect};

@@ -33,10 +33,12 @@
 
 pub mod time;
 
+use crate::store::{Position, Record, Store};
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use time::Timestamp;
 
@@ -100,19 +102,8 @@ impl RevokedToken {
     }
 }
 
-/// What presenting a refresh token meant, decided under the store's lock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rotation {
-    /// First use: recorded as rotated now; a new pair may be issued.
-    First,
-    /// Used before, within the grace period of its first use (which is not
-    /// moved): a pair may be issued.
-    InGrace,
-    /// Used before, after the grace period: reuse.
-    Reuse,
-    /// Revoked outright (not by rotation).
-    Revoked,
-}
+/// What presenting a refresh token meant (the store's check-and-set).
+pub use crate::store::Rotation;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -221,6 +212,65 @@ impl RevocationSet {
         set
     }
 
+    /// Adds one record, in place (readers see it at once). Cut-offs only
+    /// move later.
+    pub fn insert(&self, r: &Record) {
+        match r {
+            Record::Token { jti, expires_at } => {
+                let mut e = self.jtis.entry(jti.as_str().into()).or_insert(TokenEntry {
+                    expires_at: *expires_at,
+                    rotated_at: None,
+                });
+                e.expires_at = e.expires_at.max(*expires_at);
+            }
+            Record::Family { family, expires_at } => {
+                let mut e = self
+                    .families
+                    .entry(family.as_str().into())
+                    .or_insert(*expires_at);
+                *e = (*e).max(*expires_at);
+            }
+            Record::Client { client_id, before } => {
+                let mut e = self
+                    .clients
+                    .entry(client_id.as_str().into())
+                    .or_insert(*before);
+                *e = (*e).max(*before);
+            }
+            Record::Subject { subject, before } => {
+                let mut e = self
+                    .subjects
+                    .entry(subject.as_str().into())
+                    .or_insert(*before);
+                *e = (*e).max(*before);
+            }
+        }
+    }
+
+    /// Adds every entry of `other`, in place.
+    pub fn merge(&self, other: &RevocationSet) {
+        for e in other.jtis.iter() {
+            let mut m = self.jtis.entry(e.key().clone()).or_insert(*e.value());
+            m.expires_at = m.expires_at.max(e.value().expires_at);
+        }
+        for (mine, theirs) in [
+            (&self.families, &other.families),
+            (&self.clients, &other.clients),
+            (&self.subjects, &other.subjects),
+        ] {
+            for e in theirs.iter() {
+                let mut m = mine.entry(e.key().clone()).or_insert(*e.value());
+                *m = (*m).max(*e.value());
+            }
+        }
+    }
+
+    /// Drops token and family entries that expired before `now`.
+    pub fn prune(&self, now: i64) {
+        self.jtis.retain(|_, e| e.expires_at >= now);
+        self.families.retain(|_, e| *e >= now);
+    }
+
     /// Checks a token by its id, client, subject, issue time and refresh family.
     #[inline]
     pub fn check(
@@ -285,31 +335,34 @@ pub struct RevocationError {
     pub message: String,
 }
 
-/// The live revocation map of one gateway.
-#[derive(Debug)]
+/// The live revocation map of one gateway: the operator's file (read,
+/// never written) merged with valet's own revocations, which live in the
+/// state store and are followed from its change log.
 pub struct Revocations {
     path: PathBuf,
+    store: Arc<dyn Store>,
+    /// The operator's file merged with `own`: what requests check.
     current: ArcSwap<RevocationSet>,
-    /// Hash of the bytes last loaded, to skip no-op reloads.
+    /// valet's own revocations as read from the store (any process's).
+    own: RevocationSet,
+    /// The store's log position `own` reflects.
+    position: AtomicI64,
+    /// Hash of the file bytes last loaded, to skip no-op reloads.
     loaded_digest: std::sync::Mutex<Option<[u8; 32]>>,
-    /// Held from reading (or writing) the file until the set is stored, by
-    /// reloads and by this process's writes alike. Without it a reload that
-    /// read the file just before a write could store its older set after
-    /// the write's, un-revoking an acknowledged revocation until the next
-    /// change. (Other processes' writes merge what is on disk, under the
-    /// file lock, so they carry ours.)
+    /// Held while `current` is rebuilt or added to, by reloads, this
+    /// process's writes and the follower alike: a reload that built its set
+    /// from an older `own` can never store it after a newer addition.
     order: std::sync::Mutex<()>,
 }
 
-const HEADER: &str = "\
-# valet revocation list. valet reloads this file when it changes, and writes it
-# (durably, under a lock) when it revokes tokens itself.
-# tokens: revoked token ids (jti) with the token's expiry, after which the entry is pruned.
-# clients / subjects: every token issued before `revoked_before` is rejected.
-# families: refresh-token families, with every access token issued from them.
-";
-
-const NEW_FILE: &str = "tokens: []\nclients: []\nsubjects: []\nfamilies: []\n";
+impl std::fmt::Debug for Revocations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Revocations")
+            .field("path", &self.path)
+            .field("position", &self.position)
+            .finish()
+    }
+}
 
 /// Now, in unix seconds.
 /// Milliseconds since the unix epoch.
@@ -325,34 +378,148 @@ pub fn now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// The store's name for a change.
+fn record(c: &Change) -> Record {
+    match c {
+        Change::Token(t) => Record::Token {
+            jti: t.jti.clone(),
+            expires_at: t.expires_at.0,
+        },
+        Change::Family(f) => Record::Family {
+            family: f.family.clone(),
+            expires_at: f.expires_at.0,
+        },
+        Change::Client(c) => Record::Client {
+            client_id: c.client_id.clone(),
+            before: c.revoked_before.0,
+        },
+        Change::Subject(s) => Record::Subject {
+            subject: s.subject.clone(),
+            before: s.revoked_before.0,
+        },
+    }
+}
+
+/// The marker of the one import of a revocation file's entries.
+const IMPORT_MARKER: &str = "revocation-file";
+
+/// Changes read from the log per call.
+const FOLLOW_BATCH: usize = 10_000;
+
 impl Revocations {
-    /// Loads the file at start-up, creating an empty one if it does not exist.
-    /// A file that exists but is invalid is an error: valet does not start
-    /// without the revocations it was told about.
-    pub fn open(path: &Path) -> Result<Self, RevocationError> {
-        if !path.exists() {
-            if let Some(dir) = path.parent() {
-                let _ = std::fs::create_dir_all(dir);
-            }
-            std::fs::write(path, format!("{HEADER}{NEW_FILE}")).map_err(|e| RevocationError {
-                file: path.to_path_buf(),
+    /// Opens the state store at `store_path` and the operator's file at
+    /// `path` (read only: a missing file is no revocations, until one
+    /// appears). On the store's first start, every entry of the file is
+    /// copied into it once (valet wrote its own revocations there before
+    /// the store existed, and cannot tell them from the operator's). A file
+    /// that exists but is invalid is an error: valet does not start without
+    /// the revocations it was told about.
+    pub fn open(path: &Path, store_path: &Path) -> Result<Self, RevocationError> {
+        let store =
+            crate::store::sqlite::SqliteStore::open(store_path).map_err(|e| RevocationError {
+                file: store_path.to_path_buf(),
                 position: None,
-                message: format!("cannot create the revocation file: {e}"),
+                message: e.to_string(),
             })?;
-            tracing::info!(path = %path.display(), "created an empty revocation file");
+        Self::with_store(path, Arc::new(store))
+    }
+
+    /// [`Revocations::open`] on a store already opened.
+    pub fn with_store(path: &Path, store: Arc<dyn Store>) -> Result<Self, RevocationError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            // The watcher needs the folder; the file itself is the operator's.
+            let _ = std::fs::create_dir_all(dir);
         }
         let r = Revocations {
             path: path.to_path_buf(),
+            store,
             current: ArcSwap::from_pointee(RevocationSet::default()),
+            own: RevocationSet::default(),
+            position: AtomicI64::new(0),
             loaded_digest: std::sync::Mutex::new(None),
             order: std::sync::Mutex::new(()),
         };
-        r.reload()?;
+        if path.exists() {
+            let file = r.read_file()?;
+            r.import(&file.1)?;
+        } else {
+            tracing::info!(path = %path.display(), "no operator revocation file yet; it is read when it appears");
+        }
+        r.follow()?;
+        if path.exists() {
+            r.reload()?;
+        }
         Ok(r)
+    }
+
+    /// Copies the file's entries into the store, once per store.
+    fn import(&self, file: &RevocationFile) -> Result<(), RevocationError> {
+        let now = now();
+        let mut import = crate::store::Import::default();
+        for t in file.tokens.iter().filter(|t| t.expires_at.0 >= now) {
+            match t.rotated_ms() {
+                Some(at) => import.rotations.push((t.jti.clone(), t.expires_at.0, at)),
+                None => {
+                    // A revoked token id, or an assertion id used once: both.
+                    import.records.push(Record::Token {
+                        jti: t.jti.clone(),
+                        expires_at: t.expires_at.0,
+                    });
+                    import.single_use.push((t.jti.clone(), t.expires_at.0));
+                }
+            }
+        }
+        import.records.extend(
+            file.families
+                .iter()
+                .filter(|f| f.expires_at.0 >= now)
+                .map(|f| Record::Family {
+                    family: f.family.clone(),
+                    expires_at: f.expires_at.0,
+                }),
+        );
+        import
+            .records
+            .extend(file.clients.iter().map(|c| Record::Client {
+                client_id: c.client_id.clone(),
+                before: c.revoked_before.0,
+            }));
+        import
+            .records
+            .extend(file.subjects.iter().map(|s| Record::Subject {
+                subject: s.subject.clone(),
+                before: s.revoked_before.0,
+            }));
+        let n = import.records.len() + import.rotations.len() + import.single_use.len();
+        if self
+            .store
+            .import_once(IMPORT_MARKER, &import)
+            .map_err(|e| self.error(None, e.to_string()))?
+        {
+            tracing::info!(
+                file = %self.path.display(),
+                revocations = import.records.len(),
+                rotations = import.rotations.len(),
+                single_use = import.single_use.len(),
+                entries = n,
+                "copied the revocation file's entries into the state store, once; the file is left as it was and is never written"
+            );
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The state store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The store's log position this process has applied.
+    pub fn position(&self) -> Position {
+        self.position.load(Ordering::Acquire)
     }
 
     /// The set in force now; cheap and lock-free.
@@ -361,33 +528,75 @@ impl Revocations {
         self.current.load()
     }
 
-    /// Re-reads the file. On error the current set stays in force.
-    /// Returns `Ok(false)` if the file is unchanged since the last load.
-    pub fn reload(&self) -> Result<bool, RevocationError> {
-        let err = |position, message: String| RevocationError {
-            file: self.path.clone(),
-            position,
-            message,
-        };
-        let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
+    fn read_file(&self) -> Result<([u8; 32], RevocationFile), RevocationError> {
         let bytes =
-            std::fs::read(&self.path).map_err(|e| err(None, format!("cannot read: {e}")))?;
+            std::fs::read(&self.path).map_err(|e| self.error(None, format!("cannot read: {e}")))?;
         let digest: [u8; 32] = crate::digest::sha256(&bytes);
-        if *self.loaded_digest.lock().expect("not poisoned") == Some(digest) {
-            return Ok(false);
-        }
         if bytes.iter().all(u8::is_ascii_whitespace) {
             // An empty file is what a torn write looks like; never treat it as "no revocations".
-            return Err(err(
+            return Err(self.error(
                 None,
                 "the file is empty; write `tokens: []` for an empty list".into(),
             ));
         }
-        let parsed = self.parse(&bytes)?;
+        Ok((digest, self.parse(&bytes)?))
+    }
+
+    /// Re-reads the operator's file. On error the current set stays in
+    /// force. Returns `Ok(false)` if the file is unchanged since the last load.
+    pub fn reload(&self) -> Result<bool, RevocationError> {
+        let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
+        let (digest, parsed) = self.read_file()?;
+        if *self.loaded_digest.lock().expect("not poisoned") == Some(digest) {
+            return Ok(false);
+        }
         let set = RevocationSet::from_file(parsed, now());
+        set.merge(&self.own);
         self.current.store(Arc::new(set));
         *self.loaded_digest.lock().expect("not poisoned") = Some(digest);
         Ok(true)
+    }
+
+    /// Applies what the store's log holds past this process's position (any
+    /// process's writes); after a log this process cannot resume (another
+    /// store, or one restored from a backup), re-reads the store whole.
+    /// Returns how many changes were applied. Blocking I/O.
+    pub fn follow(&self) -> Result<usize, RevocationError> {
+        let err = |e: crate::store::StoreError| self.error(None, e.to_string());
+        let mut applied = 0;
+        loop {
+            let at = self.position();
+            match self.store.since(at, FOLLOW_BATCH).map_err(err)? {
+                crate::store::Since::Changes(changes) => {
+                    let Some(last) = changes.last().map(|(p, _)| *p) else {
+                        return Ok(applied);
+                    };
+                    let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
+                    let current = self.current.load();
+                    for (_, r) in &changes {
+                        self.own.insert(r);
+                        current.insert(r);
+                    }
+                    self.position.store(last, Ordering::Release);
+                    applied += changes.len();
+                }
+                crate::store::Since::Trimmed => {
+                    let snap = self.store.snapshot().map_err(err)?;
+                    let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
+                    let own = RevocationSet::default();
+                    for r in &snap.records {
+                        own.insert(r);
+                    }
+                    // Kept: what this process held (a revocation is never
+                    // dropped because a store forgot it).
+                    self.own.merge(&own);
+                    self.current.load().merge(&own);
+                    self.position.store(snap.position, Ordering::Release);
+                    tracing::warn!(position = snap.position, "the state store's log does not go on from this process's position; read it whole");
+                    applied += snap.records.len();
+                }
+            }
+        }
     }
 
     fn error(&self, position: Option<(usize, usize)>, message: String) -> RevocationError {
@@ -395,6 +604,14 @@ impl Revocations {
             file: self.path.clone(),
             position,
             message,
+        }
+    }
+
+    fn store_error(&self, e: crate::store::StoreError) -> RevocationError {
+        RevocationError {
+            file: PathBuf::new(),
+            position: None,
+            message: e.to_string(),
         }
     }
 
@@ -410,37 +627,37 @@ impl Revocations {
         })
     }
 
-    /// Durably records `changes`, then puts them in force. Blocking I/O: call
-    /// it off the async workers. On error nothing is in force that was not
-    /// already, and the file is as it was.
+    /// Durably records `changes` in the store, then puts them in force.
+    /// Blocking I/O: call it off the async workers. On error nothing is in
+    /// force that was not already.
     pub fn apply(&self, changes: &[Change]) -> Result<(), RevocationError> {
-        self.apply_inner(changes, |_| Ok::<(), ()>(())).map(|_| ())
+        let records: Vec<Record> = changes.iter().map(record).collect();
+        self.store
+            .append(&records)
+            .map_err(|e| self.store_error(e))?;
+        let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.current.load();
+        for r in &records {
+            self.own.insert(r);
+            current.insert(r);
+        }
+        Ok(())
     }
 
     /// Records a single-use id (an assertion's) durably. `Ok(false)` if it
-    /// was recorded before: checked under the file lock, so of two
-    /// concurrent uses (in this process or another) exactly one wins.
+    /// was recorded before: of two concurrent uses (in this process or
+    /// another on the store) exactly one wins.
     pub fn record_once(&self, t: RevokedToken) -> Result<bool, RevocationError> {
-        let jti = t.jti.clone();
-        let gate = |file: &RevocationFile| {
-            let used = file
-                .tokens
-                .iter()
-                .any(|t| t.jti == jti && t.expires_at.0 >= now());
-            if used {
-                Err(())
-            } else {
-                Ok(())
-            }
-        };
-        Ok(self.apply_inner(&[Change::Token(t)], gate)?.is_ok())
+        self.store
+            .use_once(&t.jti, t.expires_at.0)
+            .map_err(|e| self.store_error(e))
     }
 
     /// Rotates refresh token `jti` (valid until `expires_at`) at `now_ms`,
-    /// in one check-and-set under the file lock: of two concurrent uses, in
-    /// this process or another, exactly one is `First`. A use within
-    /// `grace_ms` of the first is `InGrace` (strictly less: a grace of zero
-    /// never yields a pair again), and leaves the first use's time as it was.
+    /// in one check-and-set in the store: of two concurrent uses, in this
+    /// process or another, exactly one is `First`. A use within `grace_ms`
+    /// of the first is `InGrace` (strictly less: a grace of zero never
+    /// yields a pair again), and leaves the first use's time as it was.
     pub fn rotate(
         &self,
         jti: &str,
@@ -448,100 +665,24 @@ impl Revocations {
         now_ms: i64,
         grace_ms: i64,
     ) -> Result<Rotation, RevocationError> {
-        let gate = |file: &RevocationFile| match file.tokens.iter().find(|t| t.jti == jti) {
-            None => Ok(()),
-            Some(t) => Err(match t.rotated_ms() {
-                None => Rotation::Revoked,
-                // `now_ms` was read before the lock was taken, so a use that
-                // began first may be recorded second: its time can be
-                // before the first use's. That counts as no time at all
-                // (never negative, which would be "in grace" even at zero).
-                Some(at) if now_ms.saturating_sub(at).max(0) < grace_ms => Rotation::InGrace,
-                Some(_) => Rotation::Reuse,
-            }),
-        };
-        let change = Change::Token(RevokedToken {
-            jti: jti.to_string(),
-            expires_at: Timestamp(expires_at),
-            rotated_at: Some(Timestamp(now_ms.div_euclid(1000))),
-            rotated_at_ms: Some(now_ms),
-        });
-        Ok(match self.apply_inner(&[change], gate)? {
-            Ok(()) => Rotation::First,
-            Err(r) => r,
-        })
+        self.store
+            .rotate(jti, expires_at, now_ms, grace_ms)
+            .map_err(|e| self.store_error(e))
     }
 
-    /// Locks the file, reads and merges it, asks `gate` whether to go on
-    /// (its `Err` is returned as is, nothing written), writes durably and
-    /// puts the result in force.
-    fn apply_inner<E>(
-        &self,
-        changes: &[Change],
-        gate: impl FnOnce(&RevocationFile) -> Result<(), E>,
-    ) -> Result<Result<(), E>, RevocationError> {
-        let io = |what: &str, e: std::io::Error| self.error(None, format!("{what}: {e}"));
-        // One writer at a time, across processes sharing the file; and no
-        // reload of this process between our read and our store.
+    /// Drops expired token and family entries from memory.
+    pub fn prune_expired(&self) {
         let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
-        let lock = crate::durable::lock(&self.path).map_err(|e| io("cannot lock", e))?;
-
-        // Merge into what is on disk now (another process may have written).
-        let mut file = match std::fs::read(&self.path) {
-            Ok(b) if b.iter().all(u8::is_ascii_whitespace) => {
-                return Err(self.error(
-                    None,
-                    "the file is empty; refusing to overwrite what may be a torn write".into(),
-                ))
-            }
-            Ok(b) => self.parse(&b)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => RevocationFile::default(),
-            Err(e) => return Err(io("cannot read", e)),
-        };
-        if let Err(e) = gate(&file) {
-            return Ok(Err(e));
-        }
-        for c in changes {
-            match c.clone() {
-                Change::Token(t) => {
-                    file.tokens.retain(|o| o.jti != t.jti);
-                    file.tokens.push(t);
-                }
-                Change::Family(f) => {
-                    file.families.retain(|o| o.family != f.family);
-                    file.families.push(f);
-                }
-                Change::Client(c) => {
-                    match file.clients.iter_mut().find(|o| o.client_id == c.client_id) {
-                        Some(o) => o.revoked_before = o.revoked_before.max(c.revoked_before),
-                        None => file.clients.push(c),
-                    }
-                }
-                Change::Subject(s) => {
-                    match file.subjects.iter_mut().find(|o| o.subject == s.subject) {
-                        Some(o) => o.revoked_before = o.revoked_before.max(s.revoked_before),
-                        None => file.subjects.push(s),
-                    }
-                }
-            }
-        }
         let now = now();
-        file.tokens.retain(|t| t.expires_at.0 >= now);
-        file.families.retain(|f| f.expires_at.0 >= now);
-        let body = serde_yaml::to_string(&file)
-            .map_err(|e| self.error(None, format!("cannot serialize: {e}")))?;
-        let text = format!("{HEADER}{body}");
+        self.own.prune(now);
+        self.current.load().prune(now);
+    }
 
-        crate::durable::replace(&lock, &self.path, text.as_bytes(), 0o644)
-            .map_err(|e| io("cannot write the temporary file or replace the file", e))?;
-
-        let digest = crate::digest::sha256(text.as_bytes());
-        self.current
-            .store(Arc::new(RevocationSet::from_file(file, now)));
-        *self.loaded_digest.lock().expect("not poisoned") =
-            Some(digest.as_ref().try_into().expect("32 bytes"));
-        drop(lock);
-        Ok(Ok(()))
+    /// Removes expired entries from the store, at most `batch` of each kind.
+    pub fn prune_store(&self, batch: usize) -> Result<usize, RevocationError> {
+        self.store
+            .prune(now(), batch)
+            .map_err(|e| self.store_error(e))
     }
 }
 
@@ -579,12 +720,16 @@ mod tests {
         assert_eq!(s.check(Some("x"), "d", "alice", 900, None), None);
     }
 
+    fn store(dir: &Path) -> PathBuf {
+        dir.join("state.db")
+    }
+
     #[test]
     fn invalid_reload_keeps_the_last_good_set() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rev.yaml");
         std::fs::write(&path, "tokens:\n  - {jti: a, expires_at: 4102444800}\n").unwrap();
-        let r = Revocations::open(&path).unwrap();
+        let r = Revocations::open(&path, &store(dir.path())).unwrap();
         assert!(r.current().check(Some("a"), "", "", 0, None).is_some());
         std::fs::write(&path, "tokens:\n  - {jti: a, expires_at: 4102444800\n").unwrap();
         let e = r.reload().unwrap_err();
@@ -599,21 +744,20 @@ mod tests {
         );
     }
 
+    /// valet's changes go to the store, are in force at once, survive a
+    /// reload of the operator's file, and never touch that file.
     #[test]
-    fn applied_changes_are_on_disk_merged_and_in_force() {
+    fn applied_changes_are_stored_merged_and_in_force_and_the_file_is_untouched() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rev.yaml");
-        std::fs::write(
-            &path,
-            "tokens:\n  - {jti: operator-added, expires_at: 4102444800}\n",
-        )
-        .unwrap();
-        let r = Revocations::open(&path).unwrap();
+        let operator = "tokens:\n  - {jti: operator-added, expires_at: 4102444800}\n";
+        std::fs::write(&path, operator).unwrap();
+        let r = Revocations::open(&path, &store(dir.path())).unwrap();
         r.apply(&[
             Change::Token(RevokedToken {
                 jti: "t1".into(),
                 expires_at: Timestamp(4102444800),
-                rotated_at: Some(Timestamp(1000)),
+                rotated_at: None,
                 rotated_at_ms: None,
             }),
             Change::Family(RevokedFamily {
@@ -626,35 +770,45 @@ mod tests {
             }),
         ])
         .unwrap();
-        let set = r.current();
-        assert_eq!(set.check(Some("t1"), "", "", 0, None), Some(Revoked::Token));
-        assert_eq!(set.token("t1").unwrap().rotated_at, Some(1000));
+        let check = |r: &Revocations| {
+            let set = r.current();
+            assert_eq!(set.check(Some("t1"), "", "", 0, None), Some(Revoked::Token));
+            assert_eq!(
+                set.check(Some("other"), "", "", 0, Some("f1")),
+                Some(Revoked::Family)
+            );
+            assert_eq!(
+                set.check(Some("operator-added"), "", "", 0, None),
+                Some(Revoked::Token),
+                "merged, not replaced"
+            );
+            assert_eq!(
+                set.check(Some("x"), "c", "", 499, None),
+                Some(Revoked::Client)
+            );
+        };
+        check(&r);
+        // The operator edits the file: valet's own stay.
+        std::fs::write(&path, format!("{operator}clients: []\n")).unwrap();
+        assert!(r.reload().unwrap());
+        check(&r);
         assert_eq!(
-            set.check(Some("other"), "", "", 0, Some("f1")),
-            Some(Revoked::Family)
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{operator}clients: []\n"),
+            "valet never writes the operator's file"
         );
-        assert_eq!(
-            set.check(Some("operator-added"), "", "", 0, None),
-            Some(Revoked::Token),
-            "merged, not replaced"
-        );
-        // What is on disk is what is in force.
-        let fresh = Revocations::open(&path).unwrap();
-        assert_eq!(fresh.current().len(), (2, 1, 0, 1));
-        assert_eq!(
-            fresh.current().check(Some("x"), "c", "", 499, None),
-            Some(Revoked::Client)
-        );
+        // Another process on the store sees the same.
+        check(&Revocations::open(&path, &store(dir.path())).unwrap());
     }
 
+    /// The store file deleted under a running process: the write fails,
+    /// nothing is in force that was not written.
     #[test]
     fn a_failed_write_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rev.yaml");
-        let r = Revocations::open(&path).unwrap();
-        // A directory where the temporary file must go: the write fails, even as root.
-        std::fs::create_dir(dir.path().join("rev.yaml.tmp")).unwrap();
-        let before = std::fs::read(&path).unwrap();
+        let r = Revocations::open(&path, &store(dir.path())).unwrap();
+        std::fs::remove_file(store(dir.path())).unwrap();
         let e = r
             .apply(&[Change::Token(RevokedToken {
                 jti: "t1".into(),
@@ -663,19 +817,59 @@ mod tests {
                 rotated_at_ms: None,
             })])
             .unwrap_err();
-        assert!(e.message.contains("temporary file"), "{e}");
+        assert!(e.message.contains("gone"), "{e}");
         assert!(r.current().check(Some("t1"), "", "", 0, None).is_none());
+        assert!(r.rotate("rt", 4102444800, 0, 0).is_err());
+        assert!(r
+            .record_once(RevokedToken {
+                jti: "a".into(),
+                expires_at: Timestamp(4102444800),
+                rotated_at: None,
+                rotated_at_ms: None,
+            })
+            .is_err());
+    }
+
+    /// The file's entries, written by an older valet (rotations with their
+    /// first-use time, assertion ids, revocations), are copied into a new
+    /// store once: a second start copies nothing again.
+    #[test]
+    fn the_files_entries_are_imported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rev.yaml");
+        let far = 4102444800i64;
+        std::fs::write(
+            &path,
+            format!("tokens:\n  - {{jti: rotated, expires_at: {far}, rotated_at: 1000, rotated_at_ms: 1000500}}\n  - {{jti: revoked, expires_at: {far}}}\n  - {{jti: expired, expires_at: 1000}}\nfamilies:\n  - {{family: fam, expires_at: {far}}}\nclients:\n  - {{client_id: c, revoked_before: 700}}\n"),
+        )
+        .unwrap();
+        let before = std::fs::read(&path).unwrap();
+        let r = Revocations::open(&path, &store(dir.path())).unwrap();
+        let c = r.store().counts().unwrap();
+        assert_eq!(
+            (c.tokens, c.families, c.clients, c.rotations, c.single_use),
+            (1, 1, 1, 1, 1)
+        );
+        // The rotation keeps its first use: within a grace of it, in grace.
+        assert_eq!(
+            r.rotate("rotated", far, 1000600, 1000).unwrap(),
+            Rotation::InGrace
+        );
+        assert_eq!(r.rotate("revoked", far, 0, 0).unwrap(), Rotation::Revoked);
+        drop(r);
+        let r = Revocations::open(&path, &store(dir.path())).unwrap();
+        assert_eq!(r.store().counts().unwrap().log, 3, "imported twice");
         assert_eq!(before, std::fs::read(&path).unwrap());
     }
 
     #[test]
-    fn rotation_is_decided_once_under_the_lock_across_processes() {
+    fn rotation_is_decided_once_across_processes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("revocations.yaml");
         std::fs::write(&path, "tokens: []\n").unwrap();
-        // Two stores on one file: two replicas, neither having reloaded.
-        let a = Revocations::open(&path).unwrap();
-        let b = Revocations::open(&path).unwrap();
+        // Two on one store: two replicas.
+        let a = Revocations::open(&path, &store(dir.path())).unwrap();
+        let b = Revocations::open(&path, &store(dir.path())).unwrap();
         let exp = now() + 3600;
         let t0 = now_ms();
         assert_eq!(a.rotate("rt", exp, t0, 5000).unwrap(), Rotation::First);
@@ -683,23 +877,11 @@ mod tests {
             b.rotate("rt", exp, t0 + 10, 5000).unwrap(),
             Rotation::InGrace
         );
-        // The in-grace use did not move the first use's time.
-        assert_eq!(
-            b.rotate("rt", exp, t0 + 4999, 5000).unwrap(),
-            Rotation::InGrace
-        );
         assert_eq!(
             a.rotate("rt", exp, t0 + 5000, 5000).unwrap(),
             Rotation::Reuse
         );
-        // A grace of zero: the very next use is reuse, even 1 ms later.
-        assert_eq!(a.rotate("rt2", exp, t0, 0).unwrap(), Rotation::First);
-        assert_eq!(b.rotate("rt2", exp, t0, 0).unwrap(), Rotation::Reuse);
-        // A use whose clock was read first but whose write came second (it
-        // waited for the lock) is reuse too, not "-1 ms, in grace".
-        assert_eq!(a.rotate("rt3", exp, t0 + 1, 0).unwrap(), Rotation::First);
-        assert_eq!(b.rotate("rt3", exp, t0, 0).unwrap(), Rotation::Reuse);
-        // Revoked outright.
+        // Revoked outright, by the other.
         a.apply(&[Change::Token(RevokedToken {
             jti: "gone".into(),
             expires_at: Timestamp(exp),
@@ -708,8 +890,9 @@ mod tests {
         })])
         .unwrap();
         assert_eq!(b.rotate("gone", exp, t0, 5000).unwrap(), Rotation::Revoked);
-        // Millisecond precision survives the file.
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains(&format!("rotated_at_ms: {t0}")), "{text}");
+        // And b follows a's revocation from the log.
+        assert!(b.current().check(Some("gone"), "", "", 0, None).is_none());
+        assert_eq!(b.follow().unwrap(), 1);
+        assert!(b.current().check(Some("gone"), "", "", 0, None).is_some());
     }
 }

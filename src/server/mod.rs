@@ -174,10 +174,22 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             // Trusted issuers' key sets: fetched at start, then when due.
             let mut keys = tokio::time::interval(Duration::from_secs(1));
             keys.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Other processes' revocations, from the state store's log:
+            // seen within STORE_FOLLOW of their write.
+            let mut follow = tokio::time::interval(STORE_FOLLOW);
+            follow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => app.prune_caches(),
+                    _ = tick.tick() => {
+                        app.prune_caches();
+                        let a = app.clone();
+                        let _ = tokio::task::spawn_blocking(move || a.prune_store()).await;
+                    }
                     _ = keys.tick() => app.refresh_key_sets(),
+                    _ = follow.tick() => {
+                        let a = app.clone();
+                        let _ = tokio::task::spawn_blocking(move || a.follow_store()).await;
+                    }
                     _ = rx.changed() => return,
                 }
             }
@@ -484,6 +496,9 @@ async fn watch_connection<C>(
         }
     }
 }
+
+/// How often the state store's log is read for other processes' changes.
+const STORE_FOLLOW: Duration = Duration::from_millis(250);
 
 /// Time an idle connection gets to close cleanly (GOAWAY acknowledged,
 /// TLS close_notify) before it is dropped.

@@ -1,0 +1,146 @@
+//! Where valet's own state lives: the store interface, and its embedded
+//! backend (`sqlite`).
+//!
+//! What it keeps, and who reads it:
+//! - **revocations** valet made (token ids, refresh-token families, client
+//!   and subject cut-offs): written by the authority, appended to a change
+//!   log with a monotonically increasing position that followers (other
+//!   processes, validators) resume from;
+//! - **refresh rotations** and **single-use assertion ids**: looked up by
+//!   key at grant time, by the authority only, each in one atomic
+//!   check-and-set; never in the log, never in a follower's memory.
+//!
+//! The operator's revocation file is not here: it stays a read-only input.
+//! This module names nothing else of valet's (layer 0): the revocation map
+//! turns its records into lookups.
+
+pub mod sqlite;
+
+/// A change log position: 0 is "before the first change".
+pub type Position = i64;
+
+/// One revocation, as the log and the snapshot carry it. Keys are as the
+/// revocation map keys them (an issuer's are scoped by the caller).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// A token id, revoked until the token expires (unix seconds).
+    Token { jti: String, expires_at: i64 },
+    /// A refresh-token family, and the access tokens issued from it.
+    Family { family: String, expires_at: i64 },
+    /// Every token of a client issued before `before` (unix seconds).
+    Client { client_id: String, before: i64 },
+    /// Every token of a subject issued before `before`.
+    Subject { subject: String, before: i64 },
+}
+
+/// What presenting a refresh token meant, decided in one check-and-set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotation {
+    /// First use: recorded as rotated now; a new pair may be issued.
+    First,
+    /// Used before, within the grace period of its first use (which is not
+    /// moved): a pair may be issued.
+    InGrace,
+    /// Used before, after the grace period: reuse.
+    Reuse,
+    /// Revoked outright (not by rotation).
+    Revoked,
+}
+
+/// The log read from a position.
+#[derive(Debug)]
+pub enum Since {
+    /// The changes after the position, in order (at most the limit asked).
+    Changes(Vec<(Position, Record)>),
+    /// The log was pruned past the position: read a whole snapshot.
+    Trimmed,
+}
+
+/// Every revocation in force, and the log position it reflects.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub records: Vec<Record>,
+    pub position: Position,
+}
+
+/// State carried over from before the store, imported once.
+#[derive(Debug, Default)]
+pub struct Import {
+    /// Revocations: into the store and its log.
+    pub records: Vec<Record>,
+    /// Refresh rotations: (jti, expires_at, first use in ms).
+    pub rotations: Vec<(String, i64, i64)>,
+    /// Single-use ids: (id, expires_at).
+    pub single_use: Vec<(String, i64)>,
+}
+
+/// Entries by kind, for the metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub tokens: u64,
+    pub families: u64,
+    pub clients: u64,
+    pub subjects: u64,
+    pub rotations: u64,
+    pub single_use: u64,
+    pub log: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened, read or written; nothing this
+    /// call was to write was written.
+    #[error("the store {path}: {message}")]
+    Failed { path: String, message: String },
+    /// Written by a newer valet whose records this one cannot read.
+    #[error("the store {path} has schema version {found}; this valet reads version {supported}")]
+    Schema {
+        path: String,
+        found: i64,
+        supported: i64,
+    },
+}
+
+/// valet's state store. Every call is blocking I/O: call it off the async
+/// workers. A write returns only once durable.
+pub trait Store: Send + Sync {
+    /// Records revocations durably and appends them to the log; returns the
+    /// position of the last one.
+    fn append(&self, records: &[Record]) -> Result<Position, StoreError>;
+
+    /// Records single-use `id` until `expires_at`: `Ok(false)` when it was
+    /// recorded before. Of two concurrent uses, in any process on the
+    /// store, exactly one gets `true`.
+    fn use_once(&self, id: &str, expires_at: i64) -> Result<bool, StoreError>;
+
+    /// Rotates refresh token `jti` (valid until `expires_at`) at `now_ms`:
+    /// of concurrent uses, exactly one is `First`; a later use strictly
+    /// within `grace_ms` of the first is `InGrace` and leaves the first
+    /// use's time as it was.
+    fn rotate(
+        &self,
+        jti: &str,
+        expires_at: i64,
+        now_ms: i64,
+        grace_ms: i64,
+    ) -> Result<Rotation, StoreError>;
+
+    /// The log after `after`, at most `limit` changes.
+    fn since(&self, after: Position, limit: usize) -> Result<Since, StoreError>;
+
+    /// Every revocation in force now, with the position it reflects.
+    fn snapshot(&self) -> Result<Snapshot, StoreError>;
+
+    /// Removes at most `batch` expired entries of each kind (revocations,
+    /// their log entries, rotations, single-use ids); returns how many.
+    /// Cut-offs never expire.
+    fn prune(&self, now: i64, batch: usize) -> Result<usize, StoreError>;
+
+    /// Entries by kind.
+    fn counts(&self) -> Result<Counts, StoreError>;
+
+    /// Imports `import` in one transaction unless an import named `marker`
+    /// was made before: `Ok(false)` then, and nothing is written. Of two
+    /// processes importing at once, one does it.
+    fn import_once(&self, marker: &str, import: &Import) -> Result<bool, StoreError>;
+}

@@ -1,0 +1,494 @@
+//! The embedded store: one SQLite database file (rusqlite, SQLite bundled,
+//! so nothing is installed beside valet), shared by the processes of one
+//! host.
+//!
+//! - WAL mode with `synchronous=FULL`: a commit is on disk before it
+//!   returns, readers never block the writer, and other processes see a
+//!   commit as soon as it is made.
+//! - Every write is one small transaction touching a few B-tree pages:
+//!   its cost does not grow with the state (logarithmic at worst), unlike
+//!   rewriting a whole file.
+//! - Check-and-set calls (`rotate`, `use_once`) run in `BEGIN IMMEDIATE`
+//!   transactions, which take the database's write lock first: of two
+//!   processes racing, one waits (up to the busy timeout) and then sees the
+//!   other's row.
+//! - The log's positions come from `AUTOINCREMENT`: strictly increasing and
+//!   never reused, even after pruning.
+
+use super::{Counts, Import, Position, Record, Rotation, Since, Snapshot, Store, StoreError};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// The schema this valet writes and reads.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// How long a call waits for another process's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+// Record kinds, as stored.
+const TOKEN: i64 = 0;
+const FAMILY: i64 = 1;
+const CLIENT: i64 = 2;
+const SUBJECT: i64 = 3;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+-- Revocations in force: token ids and families until they expire (value:
+-- expiry), client and subject cut-offs for ever (value: revoked before).
+CREATE TABLE IF NOT EXISTS revoked (
+    kind INTEGER NOT NULL, key TEXT NOT NULL, value INTEGER NOT NULL,
+    PRIMARY KEY (kind, key)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS revoked_by_value ON revoked (kind, value);
+CREATE TABLE IF NOT EXISTS log (
+    position INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind INTEGER NOT NULL, key TEXT NOT NULL, value INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS log_by_value ON log (kind, value);
+CREATE TABLE IF NOT EXISTS rotations (
+    jti TEXT PRIMARY KEY, expires_at INTEGER NOT NULL, first_use_ms INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rotations_by_expiry ON rotations (expires_at);
+CREATE TABLE IF NOT EXISTS single_use (
+    id TEXT PRIMARY KEY, expires_at INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS single_use_by_expiry ON single_use (expires_at);
+";
+
+/// The store in one SQLite file.
+pub struct SqliteStore {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+    /// The file opened (device, inode): a write checks the path still
+    /// names it. Writes to a file deleted or replaced under a running
+    /// process would succeed into an unlinked inode and be lost.
+    identity: (u64, u64),
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn kind_and_value(r: &Record) -> (i64, &str, i64) {
+    match r {
+        Record::Token { jti, expires_at } => (TOKEN, jti, *expires_at),
+        Record::Family { family, expires_at } => (FAMILY, family, *expires_at),
+        Record::Client { client_id, before } => (CLIENT, client_id, *before),
+        Record::Subject { subject, before } => (SUBJECT, subject, *before),
+    }
+}
+
+fn record(kind: i64, key: String, value: i64) -> Option<Record> {
+    Some(match kind {
+        TOKEN => Record::Token {
+            jti: key,
+            expires_at: value,
+        },
+        FAMILY => Record::Family {
+            family: key,
+            expires_at: value,
+        },
+        CLIENT => Record::Client {
+            client_id: key,
+            before: value,
+        },
+        SUBJECT => Record::Subject {
+            subject: key,
+            before: value,
+        },
+        _ => return None,
+    })
+}
+
+fn file_identity(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path)?;
+    Ok((m.dev(), m.ino()))
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the store at `path`, in WAL mode with full
+    /// synchronous commits, and checks its schema version.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let fail = |e: &dyn std::fmt::Display| StoreError::Failed {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
+        }
+        let conn = Connection::open(path).map_err(|e| fail(&e))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| fail(&e))?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(|e| fail(&e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(fail(&format!(
+                "cannot use WAL mode (the journal mode is {mode})"
+            )));
+        }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(|e| fail(&e))?;
+        conn.execute_batch(SCHEMA).map_err(|e| fail(&e))?;
+        let found: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| fail(&e))?;
+        match found.map(|v| v.parse::<i64>().unwrap_or(i64::MAX)) {
+            None => {
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?1)",
+                    params![SCHEMA_VERSION.to_string()],
+                )
+                .map_err(|e| fail(&e))?;
+            }
+            Some(v) if v == SCHEMA_VERSION => {}
+            Some(found) => {
+                return Err(StoreError::Schema {
+                    path: path.display().to_string(),
+                    found,
+                    supported: SCHEMA_VERSION,
+                })
+            }
+        }
+        let identity = file_identity(path).map_err(|e| fail(&e))?;
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+            identity,
+        })
+    }
+
+    /// Refuses to write when the path no longer names the file opened.
+    fn still_there(&self) -> Result<(), StoreError> {
+        match file_identity(&self.path) {
+            Ok(id) if id == self.identity => Ok(()),
+            Ok(_) => {
+                Err(self
+                    .fail("the file was replaced under this process; restart to open the new one"))
+            }
+            Err(e) => Err(self.fail(format!("the file is gone ({e}); nothing is written"))),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn fail(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Failed {
+            path: self.path.display().to_string(),
+            message: e.to_string(),
+        }
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding it left no transaction open: rusqlite rolls
+        // back an unfinished one on drop.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Store for SqliteStore {
+    fn append(&self, records: &[Record]) -> Result<Position, StoreError> {
+        self.still_there()?;
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.fail(e))?;
+        let mut last = 0;
+        {
+            // Cut-offs only move later; expiries only grow.
+            let mut upsert = tx
+                .prepare_cached(
+                    "INSERT INTO revoked (kind, key, value) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (kind, key) DO UPDATE SET value = max(value, excluded.value)",
+                )
+                .map_err(|e| self.fail(e))?;
+            let mut log = tx
+                .prepare_cached("INSERT INTO log (kind, key, value) VALUES (?1, ?2, ?3)")
+                .map_err(|e| self.fail(e))?;
+            for r in records {
+                let (kind, key, value) = kind_and_value(r);
+                upsert
+                    .execute(params![kind, key, value])
+                    .map_err(|e| self.fail(e))?;
+                log.execute(params![kind, key, value])
+                    .map_err(|e| self.fail(e))?;
+                last = tx.last_insert_rowid();
+            }
+        }
+        tx.commit().map_err(|e| self.fail(e))?;
+        // Deleted while we wrote: what we wrote is gone with it.
+        self.still_there()?;
+        Ok(last)
+    }
+
+    fn use_once(&self, id: &str, expires_at: i64) -> Result<bool, StoreError> {
+        self.still_there()?;
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.fail(e))?;
+        // A row that expired (and was not yet pruned) no longer counts.
+        let changed = tx
+            .execute(
+                "INSERT INTO single_use (id, expires_at) VALUES (?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at
+                 WHERE single_use.expires_at < ?3",
+                params![id, expires_at, now()],
+            )
+            .map_err(|e| self.fail(e))?;
+        tx.commit().map_err(|e| self.fail(e))?;
+        self.still_there()?;
+        Ok(changed == 1)
+    }
+
+    fn rotate(
+        &self,
+        jti: &str,
+        expires_at: i64,
+        now_ms: i64,
+        grace_ms: i64,
+    ) -> Result<Rotation, StoreError> {
+        self.still_there()?;
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.fail(e))?;
+        let revoked: bool = tx
+            .query_row(
+                "SELECT 1 FROM revoked WHERE kind = ?1 AND key = ?2",
+                params![TOKEN, jti],
+                |_| Ok(true),
+            )
+            .optional()
+            .map_err(|e| self.fail(e))?
+            .unwrap_or(false);
+        if revoked {
+            return Ok(Rotation::Revoked);
+        }
+        let first: Option<i64> = tx
+            .query_row(
+                "SELECT first_use_ms FROM rotations WHERE jti = ?1",
+                params![jti],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.fail(e))?;
+        let outcome = match first {
+            None => {
+                tx.execute(
+                    "INSERT INTO rotations (jti, expires_at, first_use_ms) VALUES (?1, ?2, ?3)",
+                    params![jti, expires_at, now_ms],
+                )
+                .map_err(|e| self.fail(e))?;
+                Rotation::First
+            }
+            // `now_ms` was read before the lock was taken, so a use that
+            // began first may be recorded second: its time can be before
+            // the first use's. That counts as no time at all (never
+            // negative, which would be "in grace" even at zero).
+            Some(at) if now_ms.saturating_sub(at).max(0) < grace_ms => Rotation::InGrace,
+            Some(_) => Rotation::Reuse,
+        };
+        tx.commit().map_err(|e| self.fail(e))?;
+        self.still_there()?;
+        Ok(outcome)
+    }
+
+    fn since(&self, after: Position, limit: usize) -> Result<Since, StoreError> {
+        let conn = self.conn();
+        // A position past the newest the store ever gave out: this is not
+        // the store the follower read (replaced, or restored from backup).
+        let newest: i64 = conn
+            .query_row(
+                "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'log'), 0)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.fail(e))?;
+        if after > newest {
+            return Ok(Since::Trimmed);
+        }
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT position, kind, key, value FROM log WHERE position > ?1
+                 ORDER BY position LIMIT ?2",
+            )
+            .map_err(|e| self.fail(e))?;
+        let rows = stmt
+            .query_map(params![after, limit as i64], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .map_err(|e| self.fail(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (pos, kind, key, value) = row.map_err(|e| self.fail(e))?;
+            if let Some(r) = record(kind, key, value) {
+                out.push((pos, r));
+            }
+        }
+        Ok(Since::Changes(out))
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let mut conn = self.conn();
+        // One read transaction: the records and the position agree.
+        let tx = conn.transaction().map_err(|e| self.fail(e))?;
+        let position: i64 = tx
+            .query_row(
+                "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'log'), 0)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.fail(e))?;
+        let mut records = Vec::new();
+        {
+            let mut stmt = tx
+                .prepare("SELECT kind, key, value FROM revoked")
+                .map_err(|e| self.fail(e))?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .map_err(|e| self.fail(e))?;
+            for row in rows {
+                let (kind, key, value) = row.map_err(|e| self.fail(e))?;
+                records.extend(record(kind, key, value));
+            }
+        }
+        tx.commit().map_err(|e| self.fail(e))?;
+        Ok(Snapshot { records, position })
+    }
+
+    fn prune(&self, now: i64, batch: usize) -> Result<usize, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.fail(e))?;
+        let batch = batch as i64;
+        let mut n = 0;
+        // Bounded batches: each call holds the write lock briefly.
+        for kind in [TOKEN, FAMILY] {
+            n += tx
+                .execute(
+                    "DELETE FROM revoked WHERE kind = ?1 AND key IN
+                     (SELECT key FROM revoked WHERE kind = ?1 AND value < ?2 LIMIT ?3)",
+                    params![kind, now, batch],
+                )
+                .map_err(|e| self.fail(e))?;
+            n += tx
+                .execute(
+                    "DELETE FROM log WHERE position IN
+                     (SELECT position FROM log WHERE kind = ?1 AND value < ?2 LIMIT ?3)",
+                    params![kind, now, batch],
+                )
+                .map_err(|e| self.fail(e))?;
+        }
+        n += tx
+            .execute(
+                "DELETE FROM rotations WHERE jti IN
+                 (SELECT jti FROM rotations WHERE expires_at < ?1 LIMIT ?2)",
+                params![now, batch],
+            )
+            .map_err(|e| self.fail(e))?;
+        n += tx
+            .execute(
+                "DELETE FROM single_use WHERE id IN
+                 (SELECT id FROM single_use WHERE expires_at < ?1 LIMIT ?2)",
+                params![now, batch],
+            )
+            .map_err(|e| self.fail(e))?;
+        tx.commit().map_err(|e| self.fail(e))?;
+        Ok(n)
+    }
+
+    fn counts(&self) -> Result<Counts, StoreError> {
+        let conn = self.conn();
+        let count = |sql: &str| -> Result<u64, StoreError> {
+            conn.query_row(sql, [], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+                .map_err(|e| self.fail(e))
+        };
+        let kind = |k: i64| format!("SELECT count(*) FROM revoked WHERE kind = {k}");
+        Ok(Counts {
+            tokens: count(&kind(TOKEN))?,
+            families: count(&kind(FAMILY))?,
+            clients: count(&kind(CLIENT))?,
+            subjects: count(&kind(SUBJECT))?,
+            rotations: count("SELECT count(*) FROM rotations")?,
+            single_use: count("SELECT count(*) FROM single_use")?,
+            log: count("SELECT count(*) FROM log")?,
+        })
+    }
+
+    fn import_once(&self, marker: &str, import: &Import) -> Result<bool, StoreError> {
+        self.still_there()?;
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.fail(e))?;
+        let key = format!("import:{marker}");
+        let done: bool = tx
+            .query_row("SELECT 1 FROM meta WHERE key = ?1", params![key], |_| {
+                Ok(true)
+            })
+            .optional()
+            .map_err(|e| self.fail(e))?
+            .unwrap_or(false);
+        if done {
+            return Ok(false);
+        }
+        {
+            let mut upsert = tx
+                .prepare_cached(
+                    "INSERT INTO revoked (kind, key, value) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (kind, key) DO UPDATE SET value = max(value, excluded.value)",
+                )
+                .map_err(|e| self.fail(e))?;
+            let mut log = tx
+                .prepare_cached("INSERT INTO log (kind, key, value) VALUES (?1, ?2, ?3)")
+                .map_err(|e| self.fail(e))?;
+            for r in &import.records {
+                let (kind, key, value) = kind_and_value(r);
+                upsert
+                    .execute(params![kind, key, value])
+                    .map_err(|e| self.fail(e))?;
+                log.execute(params![kind, key, value])
+                    .map_err(|e| self.fail(e))?;
+            }
+            let mut rot = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO rotations (jti, expires_at, first_use_ms) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(|e| self.fail(e))?;
+            for (jti, exp, at) in &import.rotations {
+                rot.execute(params![jti, exp, at])
+                    .map_err(|e| self.fail(e))?;
+            }
+            let mut once = tx
+                .prepare_cached("INSERT OR IGNORE INTO single_use (id, expires_at) VALUES (?1, ?2)")
+                .map_err(|e| self.fail(e))?;
+            for (id, exp) in &import.single_use {
+                once.execute(params![id, exp]).map_err(|e| self.fail(e))?;
+            }
+        }
+        let total = import.records.len() + import.rotations.len() + import.single_use.len();
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)",
+            params![key, total.to_string()],
+        )
+        .map_err(|e| self.fail(e))?;
+        tx.commit().map_err(|e| self.fail(e))?;
+        Ok(true)
+    }
+}

@@ -1,0 +1,290 @@
+//! The embedded store (issue 18, the foundation): real SQLite files, real
+//! connections, and for the races real processes (this test binary run
+//! again as a worker).
+
+use std::collections::BTreeMap;
+use valet::store::sqlite::{SqliteStore, SCHEMA_VERSION};
+use valet::store::{Record, Rotation, Since, Store, StoreError};
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn token(jti: &str, expires_at: i64) -> Record {
+    Record::Token {
+        jti: jti.into(),
+        expires_at,
+    }
+}
+
+#[test]
+fn revocations_come_back_in_order_and_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state/valet.db");
+    let n = now();
+    let s = SqliteStore::open(&path).unwrap();
+    let first = vec![
+        token("a", n + 60),
+        Record::Client {
+            client_id: "billing".into(),
+            before: n,
+        },
+    ];
+    let p1 = s.append(&first).unwrap();
+    let second = vec![
+        Record::Family {
+            family: "f1".into(),
+            expires_at: n + 600,
+        },
+        // An earlier cut-off never moves a later one back.
+        Record::Client {
+            client_id: "billing".into(),
+            before: n - 100,
+        },
+        Record::Subject {
+            subject: "https://idp.example\nalice".into(),
+            before: n,
+        },
+    ];
+    let p2 = s.append(&second).unwrap();
+    assert!(p2 > p1 && p1 >= 2, "{p1} {p2}");
+    let Since::Changes(all) = s.since(0, 100).unwrap() else {
+        panic!("trimmed")
+    };
+    let positions: Vec<i64> = all.iter().map(|(p, _)| *p).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+    assert_eq!(*positions.last().unwrap(), p2);
+    let records: Vec<Record> = all.into_iter().map(|(_, r)| r).collect();
+    assert_eq!(records, [first, second.clone()].concat());
+    // A follower resumes from where it stopped, and a limit is a limit.
+    let Since::Changes(rest) = s.since(p1, 2).unwrap() else {
+        panic!("trimmed")
+    };
+    assert_eq!(rest.len(), 2);
+    assert_eq!(rest[0].1, second[0]);
+    drop(s);
+    let s = SqliteStore::open(&path).unwrap();
+    let snap = s.snapshot().unwrap();
+    assert_eq!(snap.position, p2);
+    let mut got: Vec<String> = snap.records.iter().map(|r| format!("{r:?}")).collect();
+    got.sort();
+    let mut want = vec![
+        format!("{:?}", token("a", n + 60)),
+        format!("{:?}", second[0]),
+        format!(
+            "{:?}",
+            Record::Client {
+                client_id: "billing".into(),
+                before: n
+            }
+        ),
+        format!("{:?}", second[2]),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+    let Since::Changes(none) = s.since(p2, 100).unwrap() else {
+        panic!("trimmed")
+    };
+    assert!(none.is_empty());
+    // A position this store never gave out: another store's, or one
+    // restored from an older backup. The follower must read it whole.
+    assert!(matches!(s.since(p2 + 1, 100).unwrap(), Since::Trimmed));
+}
+
+#[test]
+fn rotation_is_first_then_in_grace_then_reuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("v.db")).unwrap();
+    let exp = now() + 3600;
+    let t0 = 1_000_000;
+    assert_eq!(s.rotate("r1", exp, t0, 5000).unwrap(), Rotation::First);
+    assert_eq!(
+        s.rotate("r1", exp, t0 + 4999, 5000).unwrap(),
+        Rotation::InGrace
+    );
+    // The second use did not move the first's time.
+    assert_eq!(
+        s.rotate("r1", exp, t0 + 5000, 5000).unwrap(),
+        Rotation::Reuse
+    );
+    // A use recorded after the first but begun before it counts as no time.
+    assert_eq!(
+        s.rotate("r1", exp, t0 - 10, 5000).unwrap(),
+        Rotation::InGrace
+    );
+    // With no grace, every other use is reuse, even at the same instant.
+    assert_eq!(s.rotate("r2", exp, t0, 0).unwrap(), Rotation::First);
+    assert_eq!(s.rotate("r2", exp, t0, 0).unwrap(), Rotation::Reuse);
+    // A refresh token revoked outright.
+    s.append(&[token("r3", exp)]).unwrap();
+    assert_eq!(s.rotate("r3", exp, t0, 5000).unwrap(), Rotation::Revoked);
+    // Rotations are not revocations: not in the log, not in the snapshot.
+    let snap = s.snapshot().unwrap();
+    assert_eq!(snap.records, [token("r3", exp)]);
+    assert_eq!(s.counts().unwrap().rotations, 2);
+}
+
+#[test]
+fn a_single_use_id_is_used_once_until_it_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("v.db")).unwrap();
+    let n = now();
+    assert!(s.use_once("assertion-1", n + 60).unwrap());
+    assert!(!s.use_once("assertion-1", n + 60).unwrap());
+    assert!(s.use_once("assertion-2", n + 60).unwrap());
+    // Expired but not yet pruned: no longer counts as used.
+    assert!(s.use_once("old", n - 1).unwrap());
+    assert!(s.use_once("old", n + 60).unwrap());
+    assert!(!s.use_once("old", n + 60).unwrap());
+}
+
+#[test]
+fn pruning_removes_what_expired_in_bounded_batches_and_keeps_cut_offs() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("v.db")).unwrap();
+    let n = now();
+    let mut records: Vec<Record> = (0..25)
+        .map(|i| token(&format!("old-{i}"), n - 10))
+        .collect();
+    records.push(token("live", n + 600));
+    records.push(Record::Client {
+        client_id: "c".into(),
+        before: n - 1_000_000,
+    });
+    s.append(&records).unwrap();
+    for i in 0..5 {
+        s.rotate(&format!("rot-{i}"), n - 1, 0, 0).unwrap();
+    }
+    // 10 a batch, per kind: the revocations and their log entries go in
+    // three rounds, the rotations in one.
+    assert_eq!(s.prune(n, 10).unwrap(), 10 + 10 + 5);
+    assert_eq!(s.prune(n, 10).unwrap(), 10 + 10);
+    assert_eq!(s.prune(n, 10).unwrap(), 5 + 5);
+    assert_eq!(s.prune(n, 10).unwrap(), 0);
+    let c = s.counts().unwrap();
+    assert_eq!((c.tokens, c.clients, c.rotations, c.log), (1, 1, 0, 2));
+}
+
+#[test]
+fn a_store_of_a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v.db");
+    drop(SqliteStore::open(&path).unwrap());
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'schema'",
+            [(SCHEMA_VERSION + 1).to_string()],
+        )
+        .unwrap();
+    }
+    match SqliteStore::open(&path).unwrap_err() {
+        StoreError::Schema { found, .. } => assert_eq!(found, SCHEMA_VERSION + 1),
+        e => panic!("{e}"),
+    }
+}
+
+#[test]
+fn another_connection_sees_a_write_as_soon_as_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v.db");
+    let writer = SqliteStore::open(&path).unwrap();
+    let reader = SqliteStore::open(&path).unwrap();
+    let mut at = 0;
+    for i in 0..50 {
+        let p = writer
+            .append(&[token(&format!("t{i}"), now() + 60)])
+            .unwrap();
+        let Since::Changes(c) = reader.since(at, 100).unwrap() else {
+            panic!("trimmed")
+        };
+        assert_eq!(c.len(), 1, "write {i} not visible");
+        assert_eq!(c[0].0, p);
+        at = p;
+    }
+}
+
+/// The worker side of the race below: run as its own process.
+const WORKER: &str = "VALET_STORE_RACE_WORKER";
+
+#[test]
+fn race_worker() {
+    let Ok(spec) = std::env::var(WORKER) else {
+        return; // only as a child of the race test
+    };
+    let (path, out, start) = {
+        let mut p = spec.split('|');
+        (
+            p.next().unwrap().to_string(),
+            p.next().unwrap().to_string(),
+            p.next().unwrap().parse::<u64>().unwrap(),
+        )
+    };
+    let s = SqliteStore::open(std::path::Path::new(&path)).unwrap();
+    // Both processes start together, then go as fast as they can.
+    while (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64)
+        < start
+    {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let mut lines = String::new();
+    for i in 0..150 {
+        let r = s.rotate(&format!("r{i}"), now() + 60, 0, 0).unwrap();
+        let u = s.use_once(&format!("a{i}"), now() + 60).unwrap();
+        lines.push_str(&format!("r{i} {:?}\na{i} {u}\n", r));
+    }
+    std::fs::write(out, lines).unwrap();
+}
+
+/// Two processes rotate the same refresh tokens and use the same assertion
+/// ids at the same time: each token has exactly one first use, and each id
+/// exactly one use, across processes.
+#[test]
+fn two_processes_racing_get_exactly_one_first_use_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v.db");
+    drop(SqliteStore::open(&path).unwrap());
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 1500;
+    let children: Vec<_> = (0..2)
+        .map(|k| {
+            let out = dir.path().join(format!("out-{k}"));
+            let child = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "race_worker", "--nocapture", "--test-threads=1"])
+                .env(
+                    WORKER,
+                    format!("{}|{}|{start}", path.display(), out.display()),
+                )
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            (child, out)
+        })
+        .collect();
+    let mut outcomes: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (mut child, out) in children {
+        assert!(child.wait().unwrap().success());
+        for line in std::fs::read_to_string(out).unwrap().lines() {
+            let (k, v) = line.split_once(' ').unwrap();
+            outcomes.entry(k.into()).or_default().push(v.into());
+        }
+    }
+    assert_eq!(outcomes.len(), 300);
+    for (k, mut v) in outcomes {
+        v.sort();
+        if k.starts_with('r') {
+            assert_eq!(v, ["First", "Reuse"], "{k}");
+        } else {
+            assert_eq!(v, ["false", "true"], "{k}");
+        }
+    }
+}
