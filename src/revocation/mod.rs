@@ -546,6 +546,11 @@ impl Revocations {
     /// force. Returns `Ok(false)` if the file is unchanged since the last load.
     pub fn reload(&self) -> Result<bool, RevocationError> {
         let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.path.exists() && self.loaded_digest.lock().expect("not poisoned").is_none() {
+            // Never had one: still no operator revocations. (A file that
+            // was loaded and then removed is an error: its list stays.)
+            return Ok(false);
+        }
         let (digest, parsed) = self.read_file()?;
         if *self.loaded_digest.lock().expect("not poisoned") == Some(digest) {
             return Ok(false);
