@@ -120,6 +120,8 @@ pub struct App {
     pub max_websockets: usize,
     /// Turns true when shutdown asks open sessions to close (1001).
     pub websocket_closing: tokio::sync::watch::Sender<bool>,
+    /// The role this process started with (a change takes a restart).
+    pub started_role: crate::config::Role,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,7 +161,13 @@ impl App {
     /// Builds the state from a validated config (reads the revocation file).
     pub fn new(config: Config) -> Result<Arc<App>, StartError> {
         let metrics = Metrics::new();
-        let revocations = Revocations::open(&config.revocation_file, &config.store_path)?;
+        let revocations = match config.role {
+            // A validator never writes: the store is opened read only.
+            crate::config::Role::Validator => {
+                Revocations::open_following(&config.revocation_file, &config.store_path)?
+            }
+            _ => Revocations::open(&config.revocation_file, &config.store_path)?,
+        };
         metrics.set_revocation_sizes(revocations.current().len());
         let config_digest = std::fs::read(&config.path)
             .map(|b| crate::digest::sha256(&b))
@@ -167,6 +175,7 @@ impl App {
         let clients = Mutex::new(HashMap::new());
         let key_sets = Mutex::new(Vec::new());
         let max_websockets = config.limits.max_websockets;
+        let started_role = config.role;
         let snapshot = build_snapshot(&metrics, &clients, &key_sets, config);
         let auth = snapshot.config.authorization_server.as_ref();
         let throttle = crate::app::throttle::Throttle::new(
@@ -205,6 +214,7 @@ impl App {
             websocket_holders: Default::default(),
             max_websockets,
             websocket_closing: tokio::sync::watch::channel(false).0,
+            started_role,
         };
         app.open_oauth1_store(&app.snapshot.load().config);
         Ok(Arc::new(app))
@@ -350,8 +360,8 @@ impl App {
         if cfg.revocation_file != old.config.revocation_file {
             tracing::warn!("revocation.file changed; the new path takes effect on restart only");
         }
-        if cfg.store_path != old.config.store_path {
-            tracing::warn!("store.path changed; the new store is opened on restart only");
+        if cfg.store_path != old.config.store_path || cfg.role != old.config.role {
+            tracing::warn!("store.path or role changed; they take effect on restart only");
         }
         // The digest stored is of the files as read *before* parsing: a write
         // landing during the parse then differs from it, and the next reload
@@ -527,11 +537,14 @@ impl App {
     /// memory, and counts the store's entries; blocking I/O.
     pub fn prune_store(&self) {
         self.revocations.prune_expired();
-        let t = std::time::Instant::now();
-        let r = self.revocations.prune_store(STORE_PRUNE_BATCH);
-        self.metrics.store_call("prune", t.elapsed(), r.is_ok());
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "cannot prune the state store");
+        // A validator only reads: the writers prune.
+        if self.started_role != crate::config::Role::Validator {
+            let t = std::time::Instant::now();
+            let r = self.revocations.prune_store(STORE_PRUNE_BATCH);
+            self.metrics.store_call("prune", t.elapsed(), r.is_ok());
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "cannot prune the state store");
+            }
         }
         if let Ok(c) = self.revocations.store().counts() {
             for (kind, n) in [

@@ -18,6 +18,8 @@ use std::sync::Arc;
 pub struct Config {
     /// The file it was read from.
     pub path: PathBuf,
+    /// What this process does.
+    pub role: Role,
     /// Secret files `generate_if_missing` asks for, generated in memory and
     /// not yet written ([`Config::create_new_files`] writes them).
     pub new_files: Vec<crate::durable::NewFile>,
@@ -345,6 +347,7 @@ fn compile(
         None
     };
 
+    check_role(&raw, c);
     let tokens = compile_tokens(&raw.tokens, base, c);
     let limits = compile_limits(&raw.limits, c);
 
@@ -405,6 +408,7 @@ fn compile(
     check_own_endpoints(&routes, authorization_server.as_ref(), oauth1.as_ref(), c);
 
     Config {
+        role: raw.role,
         new_files: Vec::new(),
         oauth1,
         admin,
@@ -421,6 +425,45 @@ fn compile(
         identity_headers,
         logging,
         echo_upstream,
+    }
+}
+
+/// What each role may hold: a validator no private key and nothing that
+/// issues or writes (token endpoints, admin API, the OAuth 1.0 flow and its
+/// token store); an authority a signing key and the token endpoints.
+fn check_role(raw: &RawConfig, c: &mut Collector<'_>) {
+    match raw.role {
+        Role::Both => {}
+        Role::Authority => {
+            if raw.authorization_server.is_none() {
+                c.at(
+                    "role",
+                    "an authority issues tokens: configure authorization_server (or use role: both)",
+                );
+            }
+        }
+        Role::Validator => {
+            for (i, k) in raw.tokens.keys.iter().enumerate() {
+                if k.private_key_file.is_some() || k.generate_if_missing {
+                    c.at(
+                        &format!("tokens.keys[{i}]"),
+                        "a validator holds public keys only (public_key_file): the signing key belongs to the authority",
+                    );
+                }
+            }
+            for (section, given) in [
+                ("authorization_server", raw.authorization_server.is_some()),
+                ("admin", raw.admin.is_some()),
+                ("oauth1", raw.oauth1.is_some()),
+            ] {
+                if given {
+                    c.at(
+                        section,
+                        format!("a validator issues and writes nothing: `{section}` belongs to the authority (role: authority or both)"),
+                    );
+                }
+            }
+        }
     }
 }
 

@@ -20,7 +20,7 @@ pub use compile::*;
 pub use error::{locate, ConfigError, ConfigErrors};
 pub use issuers::*;
 pub use oauth1::*;
-pub use raw::{ClientsFile, RawClient};
+pub use raw::{ClientsFile, RawClient, Role};
 
 use std::time::Duration;
 

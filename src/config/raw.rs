@@ -8,6 +8,9 @@ use serde::Deserialize;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
+    /// What this process does: authority, validator or both.
+    #[serde(default)]
+    pub(super) role: Role,
     pub(super) listeners: Vec<RawListener>,
     #[serde(default)]
     pub(super) metrics: RawMetrics,
@@ -346,6 +349,21 @@ pub(super) struct RawKey {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRevocation {
     pub(super) file: String,
+}
+
+/// What a valet process does (`role`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Issues and revokes tokens (token endpoints, admin API, OAuth 1.0
+    /// flow); holds the signing key; writes the state store.
+    Authority,
+    /// Validates and proxies: public keys only; reads the state store and
+    /// follows its changes; never writes.
+    Validator,
+    /// Both, in one process (one host).
+    #[default]
+    Both,
 }
 
 /// Where valet keeps its own state (the embedded store).

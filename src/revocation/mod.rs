@@ -424,8 +424,25 @@ impl Revocations {
         Self::with_store(path, Arc::new(store))
     }
 
+    /// A validator's: the store opened read only (it must exist: the
+    /// authority creates it), followed, never written; no import.
+    pub fn open_following(path: &Path, store_path: &Path) -> Result<Self, RevocationError> {
+        let store = crate::store::sqlite::SqliteStore::open_read_only(store_path).map_err(|e| {
+            RevocationError {
+                file: store_path.to_path_buf(),
+                position: None,
+                message: e.to_string(),
+            }
+        })?;
+        Self::build(path, Arc::new(store), false)
+    }
+
     /// [`Revocations::open`] on a store already opened.
     pub fn with_store(path: &Path, store: Arc<dyn Store>) -> Result<Self, RevocationError> {
+        Self::build(path, store, true)
+    }
+
+    fn build(path: &Path, store: Arc<dyn Store>, writer: bool) -> Result<Self, RevocationError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             // The watcher needs the folder; the file itself is the operator's.
             let _ = std::fs::create_dir_all(dir);
@@ -439,11 +456,11 @@ impl Revocations {
             loaded_digest: std::sync::Mutex::new(None),
             order: std::sync::Mutex::new(()),
         };
-        if path.exists() {
+        if !path.exists() {
+            tracing::info!(path = %path.display(), "no operator revocation file yet; it is read when it appears");
+        } else if writer {
             let file = r.read_file()?;
             r.import(&file.1)?;
-        } else {
-            tracing::info!(path = %path.display(), "no operator revocation file yet; it is read when it appears");
         }
         r.follow()?;
         if path.exists() {

@@ -118,14 +118,38 @@ impl SqliteStore {
     /// Opens (or creates) the store at `path`, in WAL mode with full
     /// synchronous commits, and checks its schema version.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        Self::open_with(path, false)
+    }
+
+    /// Opens an existing store for reading only (a validator): SQLite
+    /// itself refuses any write on this connection.
+    pub fn open_read_only(path: &Path) -> Result<SqliteStore, StoreError> {
+        Self::open_with(path, true)
+    }
+
+    fn open_with(path: &Path, read_only: bool) -> Result<SqliteStore, StoreError> {
         let fail = |e: &dyn std::fmt::Display| StoreError::Failed {
             path: path.display().to_string(),
             message: e.to_string(),
         };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
-        }
-        let conn = Connection::open(path).map_err(|e| fail(&e))?;
+        use rusqlite::OpenFlags;
+        let conn = if read_only {
+            if !path.exists() {
+                return Err(fail(
+                    &"it does not exist yet: the authority creates it (start the authority first)",
+                ));
+            }
+            Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(|e| fail(&e))?
+        } else {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
+            }
+            Connection::open(path).map_err(|e| fail(&e))?
+        };
         conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| fail(&e))?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
@@ -137,7 +161,9 @@ impl SqliteStore {
         }
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(|e| fail(&e))?;
-        conn.execute_batch(SCHEMA).map_err(|e| fail(&e))?;
+        if !read_only {
+            conn.execute_batch(SCHEMA).map_err(|e| fail(&e))?;
+        }
         let found: Option<String> = conn
             .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
                 r.get(0)
@@ -145,6 +171,7 @@ impl SqliteStore {
             .optional()
             .map_err(|e| fail(&e))?;
         match found.map(|v| v.parse::<i64>().unwrap_or(i64::MAX)) {
+            None if read_only => return Err(fail(&"it holds no valet schema")),
             None => {
                 conn.execute(
                     "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?1)",

@@ -60,14 +60,19 @@ impl Proc {
     /// file), on its own ports.
     pub async fn sibling(&self) -> Proc {
         // The same config: its ports are 0, so the sibling gets its own.
-        let (child, addr, metrics) = spawn(&self.config, Stdio::null()).await;
+        self.with_config(&self.config.clone()).await
+    }
+
+    /// Another valet in the same directory, on `config` (ports 0).
+    pub async fn with_config(&self, config: &std::path::Path) -> Proc {
+        let (child, addr, metrics) = spawn(config, Stdio::null()).await;
         Proc {
             child,
             addr,
             metrics,
             ca: self.ca.clone(),
             key: self.key.clone(),
-            config: self.config.clone(),
+            config: config.to_path_buf(),
             dir: self.dir.clone(),
             _dir: None,
         }
