@@ -288,3 +288,79 @@ fn two_processes_racing_get_exactly_one_first_use_each() {
         }
     }
 }
+
+/// The revocation file an older valet wrote, 100 000 entries: rotations
+/// (with their first use), revoked ids, families and cut-offs are copied
+/// into a new store exactly, once; a second start copies nothing; the file
+/// is left byte for byte.
+#[test]
+fn a_revocation_file_of_100k_entries_is_imported_exactly_once() {
+    use valet::revocation::{Revocations, Rotation as R};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("revocations.yaml");
+    let store = dir.path().join("valet-state.db");
+    let far = 4_102_444_800i64;
+    let mut yaml = String::from("tokens:\n");
+    for i in 0..40_000 {
+        yaml.push_str(&format!(
+            "  - {{jti: rot-{i}, expires_at: {far}, rotated_at: 1000, rotated_at_ms: {}}}\n",
+            1_000_000 + i
+        ));
+    }
+    for i in 0..40_000 {
+        yaml.push_str(&format!("  - {{jti: rev-{i}, expires_at: {far}}}\n"));
+    }
+    // Expired entries are not carried over.
+    for i in 0..5_000 {
+        yaml.push_str(&format!("  - {{jti: old-{i}, expires_at: 1000}}\n"));
+    }
+    yaml.push_str("families:\n");
+    for i in 0..10_000 {
+        yaml.push_str(&format!("  - {{family: fam-{i}, expires_at: {far}}}\n"));
+    }
+    yaml.push_str("clients:\n");
+    for i in 0..3_000 {
+        yaml.push_str(&format!(
+            "  - {{client_id: c-{i}, revoked_before: {}}}\n",
+            1000 + i
+        ));
+    }
+    yaml.push_str("subjects:\n");
+    for i in 0..2_000 {
+        yaml.push_str(&format!("  - {{subject: s-{i}, revoked_before: 500}}\n"));
+    }
+    std::fs::write(&file, &yaml).unwrap();
+    let r = Revocations::open(&file, &store).unwrap();
+    let c = r.store().counts().unwrap();
+    assert_eq!(
+        (
+            c.tokens,
+            c.families,
+            c.clients,
+            c.subjects,
+            c.rotations,
+            c.single_use
+        ),
+        (40_000, 10_000, 3_000, 2_000, 40_000, 40_000)
+    );
+    assert_eq!(c.log, 55_000);
+    // Exact: each kind answers as the file said.
+    assert_eq!(
+        r.rotate("rot-39999", far, 1_039_999 + 10, 100).unwrap(),
+        R::InGrace
+    );
+    assert_eq!(r.rotate("rot-0", far, 2_000_000, 100).unwrap(), R::Reuse);
+    assert_eq!(r.rotate("rev-123", far, 0, 0).unwrap(), R::Revoked);
+    let set = r.current();
+    assert!(set.check(Some("rev-39999"), "", "", 0, None).is_some());
+    assert!(set.check(None, "", "", 0, Some("fam-9999")).is_some());
+    assert!(set.check(None, "c-2999", "", 3998, None).is_some());
+    assert!(set.check(None, "c-2999", "", 3999, None).is_none());
+    assert!(set.check(None, "", "s-1", 499, None).is_some());
+    assert!(set.check(Some("old-1"), "", "", 0, None).is_none());
+    drop(set);
+    drop(r);
+    let r = Revocations::open(&file, &store).unwrap();
+    assert_eq!(r.store().counts().unwrap().log, 55_000, "imported twice");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), yaml);
+}
