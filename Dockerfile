@@ -7,7 +7,7 @@
 #
 # The image's config (/etc/valet/config.yaml, written below) listens on
 # 0.0.0.0, reads its TLS certificate from /etc/valet/tls/{cert,key}.pem and
-# keeps what valet writes (signing key, revocations, clients) in the volume
+# keeps what valet writes (signing key, the state store, clients) in the volume
 # /var/lib/valet, owned by the runtime user. Mount your own config over
 # /etc/valet/config.yaml to change anything. Secrets come from files (mount
 # them and name them in the config); the client-secret pepper may instead come
@@ -55,7 +55,11 @@ tokens:
       private_key_file: /var/lib/valet/signing-key.pem
       generate_if_missing: true
 revocation:
+  # The operator's list (valet only reads it; it may be a read-only mount).
   file: /var/lib/valet/revocations.yaml
+store:
+  # What valet records itself: revocations, rotations, single-use ids.
+  path: /var/lib/valet/valet-state.db
 authorization_server:
   # Clients are added with `valet client add` (or the admin API) into the
   # volume. The pepper for generated secrets: this file, created on first

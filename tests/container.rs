@@ -186,6 +186,9 @@ fn the_image_config_passes_check_and_listens_on_all_interfaces() {
     assert!(c.listeners.iter().all(|l| l.address.ip().is_unspecified()));
     assert!(c.metrics_address.unwrap().ip().is_unspecified());
     assert!(c.revocation_file.starts_with(&data));
+    // The state store too (the revocation file may become a read-only
+    // mount; the store must stay writable).
+    assert!(c.store_path.starts_with(&data), "{}", c.store_path.display());
     // What `serve` creates goes to the volume.
     assert!(!c.new_files.is_empty());
     assert!(c.new_files.iter().all(|f| f.path.starts_with(&data)));
