@@ -355,6 +355,14 @@ fn client_command(cmd: ClientCommand) -> ExitCode {
         eprintln!("Store this secret now: valet keeps only its hash and cannot show it again.");
         ExitCode::SUCCESS
     };
+    if c.role == crate::config::Role::Validator {
+        // A validator writes nothing: client management is the authority's.
+        eprintln!(
+            "error: {} is a validator's config (role: validator); manage clients with the authority's config",
+            c.path.display()
+        );
+        return ExitCode::from(64);
+    }
     let revocations = || crate::revocation::Revocations::open(&c.revocation_file, &c.store_path);
     match cmd {
         ClientCommand::List { json, .. } => match manage::list(&c) {

@@ -160,6 +160,10 @@ pub enum ProxyError {
     GatewayTimeout(&'static str),
     /// 500: a bug in valet (a request handler panicked).
     Internal,
+    /// 404 on a validator, for the authority's paths: tokens are issued
+    /// there. (Not forwarded: client secrets and passwords would then pass
+    /// through every sidecar.)
+    NotOnValidator,
     /// 403: the route signs with an OAuth 1.0 provider and the subject has
     /// no token for it yet.
     OAuth1Required {
@@ -181,7 +185,7 @@ impl ProxyError {
             ProxyError::InsufficientScope(_) | ProxyError::OAuth1Required { .. } => {
                 StatusCode::FORBIDDEN
             }
-            ProxyError::NotFound => StatusCode::NOT_FOUND,
+            ProxyError::NotFound | ProxyError::NotOnValidator => StatusCode::NOT_FOUND,
             ProxyError::UpgradeNotAllowed => StatusCode::FORBIDDEN,
             ProxyError::TooManyWebSockets => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::TooManyWebSocketsHere => StatusCode::TOO_MANY_REQUESTS,
@@ -202,6 +206,10 @@ impl ProxyError {
                 format!("the token lacks a required scope ({s})"),
             ),
             ProxyError::NotFound => ("not_found", "no route matches this request".into()),
+            ProxyError::NotOnValidator => (
+                "not_found",
+                "this valet is a validator (role: validator): tokens are issued, revoked and introspected by the authority, not here".into(),
+            ),
             ProxyError::UpgradeNotAllowed => (
                 "upgrade_not_allowed",
                 "this route does not accept WebSocket upgrades".into(),

@@ -188,7 +188,11 @@ fn the_image_config_passes_check_and_listens_on_all_interfaces() {
     assert!(c.revocation_file.starts_with(&data));
     // The state store too (the revocation file may become a read-only
     // mount; the store must stay writable).
-    assert!(c.store_path.starts_with(&data), "{}", c.store_path.display());
+    assert!(
+        c.store_path.starts_with(&data),
+        "{}",
+        c.store_path.display()
+    );
     // What `serve` creates goes to the volume.
     assert!(!c.new_files.is_empty());
     assert!(c.new_files.iter().all(|f| f.path.starts_with(&data)));

@@ -876,3 +876,46 @@ async fn a_refresh_family_ends_at_its_max_lifetime_however_often_it_is_used() {
     .await;
     assert_oauth_error(&refresh(&c, &rt, None).await, 400, "invalid_grant");
 }
+
+/// A used refresh token is spent: introspection says inactive (the
+/// rotation lives in the state store, not in the revocation map).
+#[tokio::test(flavor = "multi_thread")]
+async fn introspecting_a_used_refresh_token_says_inactive() {
+    let (gw, _up) = setup().await;
+    let c = gw.client(Proto::H1);
+    let rt = refresh_token_of(&password_grant(&c, "app").await);
+    let active = |r: &Reply| r.json()["active"].as_bool().unwrap();
+    let ask = |t: String| {
+        let c = gw.client(Proto::H1);
+        async move {
+            c.post_form(INTROSPECT, &[("token", &t)], Some(("app", APP_SECRET)))
+                .await
+        }
+    };
+    assert!(active(&ask(rt.clone()).await));
+    let next = refresh_token_of(&refresh(&c, &rt, None).await);
+    assert!(!active(&ask(rt).await), "a used refresh token is active");
+    assert!(active(&ask(next).await));
+}
+
+/// A refresh token the operator revokes in the revocation file (not
+/// through valet) is refused: the store does not know it, the map does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_token_revoked_in_the_operators_file_is_refused() {
+    let (gw, _up) = setup().await;
+    let c = gw.client(Proto::H1);
+    let rt = refresh_token_of(&password_grant(&c, "app").await);
+    let claims = claims_of(&rt);
+    std::fs::write(
+        &gw.revocation_path,
+        format!(
+            "tokens:\n  - {{jti: {}, expires_at: {}}}\n",
+            claims["jti"].as_str().unwrap(),
+            claims["exp"]
+        ),
+    )
+    .unwrap();
+    let reloads = "valet_reloads_total{kind=\"revocation\",result=\"success\"}";
+    assert!(eventually(PICKUP, || async { gw.metric(reloads).await >= 1.0 }).await);
+    assert_oauth_error(&refresh(&c, &rt, None).await, 400, "invalid_grant");
+}

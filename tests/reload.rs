@@ -371,3 +371,46 @@ async fn an_acknowledged_revocation_is_never_unenforced_by_a_racing_reload() {
         "of {n} acknowledged revocations"
     );
 }
+
+/// The role and the store are fixed while valet runs: a reload that changes
+/// either is refused (the old config stays, the failure is counted).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_cannot_change_the_role_or_the_store() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&default_routes(up.addr), "").await;
+    let failures = "valet_reloads_total{kind=\"config\",result=\"failure\"}";
+    for (n, extra) in ["role: validator\n", "store:\n  path: elsewhere.db\n"]
+        .into_iter()
+        .enumerate()
+    {
+        let routes = format!(
+            "{}  - name: v2\n    match: {{ path_prefix: /v2 }}\n    upstream: \"http://{}\"\n    auth: {{ required: false }}\n",
+            default_routes(up.addr),
+            up.addr
+        );
+        let mut text = gw.config_text(&routes, extra);
+        if n == 0 {
+            // A valid validator config otherwise (public key only), so
+            // that only the role change is refused.
+            std::fs::write(gw.dir.path().join("public.pem"), gw.key.public_pem()).unwrap();
+            text = text.replace(
+                "private_key_file: signing.pem",
+                "public_key_file: public.pem",
+            );
+        }
+        replace(&gw.config_path, &text);
+        assert!(
+            eventually(PICKUP, || async {
+                gw.metric(failures).await == (n + 1) as f64
+            })
+            .await,
+            "{extra}: the reload was not refused"
+        );
+        // The old routes stay.
+        assert_eq!(
+            gw.client(Proto::H1).get("/v2/x", None).await.status,
+            404,
+            "{extra}"
+        );
+    }
+}

@@ -42,6 +42,8 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Expired entries removed from the state store per kind and round (one
 /// round every 30 s): each holds the write lock briefly.
 const STORE_PRUNE_BATCH: usize = 5_000;
+/// The longest one pruning round (every 30 s) goes on.
+const STORE_PRUNE_ROUND: Duration = Duration::from_secs(2);
 
 /// A compiled route: its config plus everything the request path needs ready.
 pub struct Route {
@@ -307,6 +309,30 @@ impl App {
         self.config_current_ms.load(Ordering::Acquire)
     }
 
+    /// A reload keeps the role and the store this process started with: a
+    /// validator reloaded as an authority would hold a read-only store, and
+    /// a new store path would leave this process's followers behind.
+    fn same_role(&self, cfg: Config) -> Result<Config, ConfigErrors> {
+        let old = self.snapshot.load();
+        let changed = if cfg.role != self.started_role {
+            Some("role")
+        } else if cfg.store_path != old.config.store_path {
+            Some("store.path")
+        } else {
+            None
+        };
+        match changed {
+            None => Ok(cfg),
+            Some(what) => Err(ConfigErrors(vec![config::ConfigError {
+                file: cfg.path,
+                position: None,
+                message: format!(
+                    "{what} cannot change while valet runs; restart it to use the new {what}"
+                ),
+            }])),
+        }
+    }
+
     fn load_config_files(&self) -> Result<bool, ConfigErrors> {
         let path = self.snapshot.load().config.path.clone();
         let bytes = std::fs::read(&path).map_err(|e| {
@@ -330,7 +356,7 @@ impl App {
             }
         }
         let text = String::from_utf8_lossy(&bytes);
-        let result = config::parse(&path, &text);
+        let result = config::parse(&path, &text).and_then(|cfg| self.same_role(cfg));
         self.metrics.reload("config", result.is_ok());
         let cfg = match result.and_then(|cfg| self.with_new_files(cfg)) {
             Ok(cfg) => cfg,
@@ -359,9 +385,6 @@ impl App {
         }
         if cfg.revocation_file != old.config.revocation_file {
             tracing::warn!("revocation.file changed; the new path takes effect on restart only");
-        }
-        if cfg.store_path != old.config.store_path || cfg.role != old.config.role {
-            tracing::warn!("store.path or role changed; they take effect on restart only");
         }
         // The digest stored is of the files as read *before* parsing: a write
         // landing during the parse then differs from it, and the next reload
@@ -536,14 +559,25 @@ impl App {
     /// Prunes what expired from the state store (bounded batches) and from
     /// memory, and counts the store's entries; blocking I/O.
     pub fn prune_store(&self) {
-        self.revocations.prune_expired();
-        // A validator only reads: the writers prune.
+        let slack = self.longest_skew();
+        self.revocations.prune_expired(slack);
+        // A validator only reads: the writers prune, in batches (each holds
+        // the write lock briefly) until nothing is left or the round's
+        // time is up, so pruning keeps pace with a busy authority.
         if self.started_role != crate::config::Role::Validator {
-            let t = std::time::Instant::now();
-            let r = self.revocations.prune_store(STORE_PRUNE_BATCH);
-            self.metrics.store_call("prune", t.elapsed(), r.is_ok());
-            if let Err(e) = r {
-                tracing::warn!(error = %e, "cannot prune the state store");
+            let round = std::time::Instant::now();
+            loop {
+                let t = std::time::Instant::now();
+                let r = self.revocations.prune_store(slack, STORE_PRUNE_BATCH);
+                self.metrics.store_call("prune", t.elapsed(), r.is_ok());
+                match r {
+                    Ok(n) if n > 0 && round.elapsed() < STORE_PRUNE_ROUND => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot prune the state store");
+                        break;
+                    }
+                }
             }
         }
         if let Ok(c) = self.revocations.store().counts() {
@@ -564,6 +598,22 @@ impl App {
         }
         self.metrics
             .set_revocation_sizes(self.revocations.current().len());
+    }
+
+    /// The longest clock skew any token is accepted with (valet's own, or a
+    /// trusted issuer's), in seconds: how long past its expiry a
+    /// revocation must still hold.
+    fn longest_skew(&self) -> i64 {
+        let snap = self.snapshot.load();
+        let t = &snap.config.tokens;
+        t.issuers
+            .iter()
+            .map(|i| i.clock_skew)
+            .chain([t.clock_skew])
+            .max()
+            .unwrap_or_default()
+            .as_secs() as i64
+            + 1
     }
 
     pub fn prune_caches(&self) {

@@ -267,6 +267,24 @@ async fn introspect(c: Call<'_>) -> Result<Response<ResponseBody>, OAuthError> {
     if revoked.is_some() {
         return Ok(inactive());
     }
+    // A refresh token that was used (rotated) is spent: the store knows.
+    if own.kind == Kind::Refresh {
+        let (a2, jti) = (app.clone(), own.jti.clone());
+        let used = tokio::task::spawn_blocking(move || a2.revocations.store().first_use(&jti))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        match used {
+            Ok(None) => {}
+            Ok(Some(_)) => return Ok(inactive()),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the state store for introspection; answering 503");
+                return Err(OAuthError::Unavailable(
+                    "the token's state cannot be read now; retry later".into(),
+                ));
+            }
+        }
+    }
     let mut body = serde_json::json!({
         "active": true,
         "scope": own.scope,

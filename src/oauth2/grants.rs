@@ -373,6 +373,12 @@ async fn refresh(c: Call<'_>, client: &Client) -> Result<Value, OAuthError> {
     {
         return Err(invalid());
     }
+    // Revoked outright, the operator's file included (the store knows only
+    // valet's own). An entry with a first use is a rotation an older valet
+    // wrote there: the store has it (imported) and decides below.
+    if set.token(&rt.jti).is_some_and(|e| e.rotated_at.is_none()) {
+        return Err(invalid());
+    }
     drop(set);
     // Decided and recorded in one check-and-set under the store's lock, at
     // millisecond precision: two concurrent uses (or two replicas) cannot

@@ -62,7 +62,16 @@ pub async fn serve(
     x: &mut Seen,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     check_framing(snap, &req)?;
-    let idx = select_route(snap, &req, routing.as_deref(), authority.as_ref())?;
+    let idx = select_route(snap, &req, routing.as_deref(), authority.as_ref()).map_err(|e| {
+        // On a validator, the authority's paths say why they are not here
+        // (a route that matches them still wins).
+        let path = routing.as_deref().unwrap_or(req.uri().path());
+        if snap.config.role == crate::config::Role::Validator && authority_path(path) {
+            ProxyError::NotOnValidator
+        } else {
+            e
+        }
+    })?;
     x.route = Some(idx);
     let route = &snap.routes[idx];
     authenticate_and_authorize(app, snap, route, &req, x).await?;
@@ -102,6 +111,14 @@ pub async fn serve(
         session.start(app, route, &mut resp);
     }
     Ok(resp.map(Either::Left))
+}
+
+/// The paths an authority serves by default (token endpoints, metadata).
+fn authority_path(path: &str) -> bool {
+    path == "/oauth2"
+        || path.starts_with("/oauth2/")
+        || path.starts_with("/.well-known/oauth-authorization-server")
+        || path.starts_with("/.well-known/openid-configuration")
 }
 
 /// 1. Framing (the target was made canonical in `prepare`).

@@ -27,9 +27,10 @@
 //!     subjects: [{subject: alice, revoked_before: 2026-11-23T12:00:00Z}]
 //! ```
 //!
-//! valet's own changes ([`Revocations::apply`]) are durable before they
-//! return: lock, read and merge, write a temporary file, fsync, rename, fsync
-//! the directory. Several processes may share the file.
+//! The file is the operator's: valet reads it and never writes it. valet's
+//! own changes ([`Revocations::apply`]) go to the state store
+//! ([`crate::store`]) and are durable before they return; every process on
+//! the store follows its change log ([`Revocations::follow`]).
 
 pub mod time;
 
@@ -462,6 +463,14 @@ impl Revocations {
             let file = r.read_file()?;
             r.import(&file.1)?;
         }
+        // A snapshot first (one read, not the whole log), then the log from
+        // its position.
+        let snap = r.store.snapshot().map_err(|e| r.store_error(e))?;
+        for rec in &snap.records {
+            r.own.insert(rec);
+            r.current.load().insert(rec);
+        }
+        r.position.store(snap.position, Ordering::Release);
         r.follow()?;
         if path.exists() {
             r.reload()?;
@@ -631,7 +640,7 @@ impl Revocations {
 
     fn store_error(&self, e: crate::store::StoreError) -> RevocationError {
         RevocationError {
-            file: PathBuf::new(),
+            file: PathBuf::from("the state store"),
             position: None,
             message: e.to_string(),
         }
@@ -692,18 +701,22 @@ impl Revocations {
             .map_err(|e| self.store_error(e))
     }
 
-    /// Drops expired token and family entries from memory.
-    pub fn prune_expired(&self) {
+    /// Drops token and family entries that expired more than `slack`
+    /// seconds ago from memory. The slack is the longest clock skew any
+    /// token is accepted with: a token is valid until `exp + skew`, so its
+    /// revocation must last as long.
+    pub fn prune_expired(&self, slack: i64) {
         let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
-        let now = now();
-        self.own.prune(now);
-        self.current.load().prune(now);
+        let before = now().saturating_sub(slack);
+        self.own.prune(before);
+        self.current.load().prune(before);
     }
 
-    /// Removes expired entries from the store, at most `batch` of each kind.
-    pub fn prune_store(&self, batch: usize) -> Result<usize, RevocationError> {
+    /// Removes entries that expired more than `slack` seconds ago from the
+    /// store, at most `batch` of each kind.
+    pub fn prune_store(&self, slack: i64, batch: usize) -> Result<usize, RevocationError> {
         self.store
-            .prune(now(), batch)
+            .prune(now().saturating_sub(slack), batch)
             .map_err(|e| self.store_error(e))
     }
 }
@@ -882,6 +895,47 @@ mod tests {
         let r = Revocations::open(&path, &store(dir.path())).unwrap();
         assert_eq!(r.store().counts().unwrap().log, 3, "imported twice");
         assert_eq!(before, std::fs::read(&path).unwrap());
+    }
+
+    /// A revocation outlives its token's expiry by the clock skew tokens
+    /// are accepted with: pruned only once the slack has passed too.
+    #[test]
+    fn pruning_keeps_a_revocation_for_the_skew_past_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Revocations::open(&dir.path().join("rev.yaml"), &store(dir.path())).unwrap();
+        let expired = now() - 10;
+        r.apply(&[Change::Token(RevokedToken {
+            jti: "t".into(),
+            expires_at: Timestamp(expired),
+            rotated_at: None,
+            rotated_at_ms: None,
+        })])
+        .unwrap();
+        r.prune_expired(30);
+        r.prune_store(30, 100).unwrap();
+        assert!(r.current().check(Some("t"), "", "", 0, None).is_some());
+        assert_eq!(r.store().counts().unwrap().tokens, 1);
+        r.prune_expired(5);
+        r.prune_store(5, 100).unwrap();
+        assert!(r.current().check(Some("t"), "", "", 0, None).is_none());
+        assert_eq!(r.store().counts().unwrap().tokens, 0);
+    }
+
+    /// A follower whose store file was replaced (a restore, or a deletion
+    /// and a new authority) says so rather than reading the old one.
+    #[test]
+    fn a_follower_of_a_replaced_store_fails_loudly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rev.yaml");
+        let a = Revocations::open(&path, &store(dir.path())).unwrap();
+        let b = Revocations::open_following(&path, &store(dir.path())).unwrap();
+        drop(a);
+        for ext in ["db", "db-wal", "db-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(format!("state.{ext}")));
+        }
+        let _new = Revocations::open(&path, &store(dir.path())).unwrap();
+        let e = b.follow().unwrap_err();
+        assert!(e.message.contains("replaced"), "{e}");
     }
 
     #[test]

@@ -154,15 +154,6 @@ pub async fn handle(
     resp
 }
 
-/// The paths an authority serves by default (token endpoints, metadata):
-/// on a validator, a clear 404 rather than "no route".
-fn authority_path(path: &str) -> bool {
-    path == "/oauth2"
-        || path.starts_with("/oauth2/")
-        || path.starts_with("/.well-known/oauth-authorization-server")
-        || path.starts_with("/.well-known/openid-configuration")
-}
-
 async fn dispatch(
     app: &Arc<App>,
     snap: &Snapshot,
@@ -185,18 +176,6 @@ async fn dispatch(
         x.kind = Kind::OAuth2;
         drop(routing);
         return crate::oauth2::endpoints::serve(app, snap, a, ep, peer, req).await;
-    }
-    if snap.config.role == crate::config::Role::Validator && authority_path(path) {
-        // Not forwarded to the authority: client secrets and passwords
-        // would then pass through every sidecar. Clients talk to the
-        // authority itself.
-        return crate::refusal::Refusal::new(
-            http::StatusCode::NOT_FOUND,
-            "not_found",
-            "this valet is a validator (role: validator): tokens are issued, revoked and introspected by the authority, not here",
-        )
-        .request_id(&x.request_id)
-        .into_response();
     }
     if let Some((o, target)) = snap
         .config

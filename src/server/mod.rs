@@ -166,6 +166,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         .map_err(ServeError::Watch)?;
     // Off the request path: expired cache entries leave, and trusted
     // issuers' key sets are fetched when due.
+    let store_rx = shutdown_rx.clone();
     {
         let app = app.clone();
         let mut rx = shutdown_rx;
@@ -174,21 +175,34 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             // Trusted issuers' key sets: fetched at start, then when due.
             let mut keys = tokio::time::interval(Duration::from_secs(1));
             keys.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            // Other processes' revocations, from the state store's log:
-            // seen within STORE_FOLLOW of their write.
-            let mut follow = tokio::time::interval(STORE_FOLLOW);
-            follow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => {
-                        app.prune_caches();
-                        let a = app.clone();
-                        let _ = tokio::task::spawn_blocking(move || a.prune_store()).await;
-                    }
+                    _ = tick.tick() => app.prune_caches(),
                     _ = keys.tick() => app.refresh_key_sets(),
+                    _ = rx.changed() => return,
+                }
+            }
+        }));
+    }
+    // The state store, in a task of its own (its calls block a thread):
+    // other processes' revocations are followed from its log, seen within
+    // STORE_FOLLOW of their write; what expired is pruned every 30 s.
+    {
+        let app = app.clone();
+        let mut rx = store_rx;
+        tasks.push(tokio::spawn(async move {
+            let mut follow = tokio::time::interval(STORE_FOLLOW);
+            follow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut prune = tokio::time::interval(Duration::from_secs(30));
+            prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let a = app.clone();
+                tokio::select! {
                     _ = follow.tick() => {
-                        let a = app.clone();
                         let _ = tokio::task::spawn_blocking(move || a.follow_store()).await;
+                    }
+                    _ = prune.tick() => {
+                        let _ = tokio::task::spawn_blocking(move || a.prune_store()).await;
                     }
                     _ = rx.changed() => return,
                 }

@@ -125,6 +125,9 @@ pub trait Store: Send + Sync {
         grace_ms: i64,
     ) -> Result<Rotation, StoreError>;
 
+    /// When refresh token `jti` was first used, if it was (a read).
+    fn first_use(&self, jti: &str) -> Result<Option<i64>, StoreError>;
+
     /// The log after `after`, at most `limit` changes.
     fn since(&self, after: Position, limit: usize) -> Result<Since, StoreError>;
 

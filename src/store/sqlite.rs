@@ -57,6 +57,10 @@ CREATE INDEX IF NOT EXISTS single_use_by_expiry ON single_use (expires_at);
 pub struct SqliteStore {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// A second, read-only connection for the follower, snapshots and
+    /// counts: in WAL mode they never wait for a write, and a write of this
+    /// process never waits behind them.
+    read: Mutex<Connection>,
     /// The file opened (device, inode): a write checks the path still
     /// names it. Writes to a file deleted or replaced under a running
     /// process would succeed into an unlinked inode and be lost.
@@ -189,9 +193,16 @@ impl SqliteStore {
             }
         }
         let identity = file_identity(path).map_err(|e| fail(&e))?;
+        let read = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| fail(&e))?;
+        read.busy_timeout(BUSY_TIMEOUT).map_err(|e| fail(&e))?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
+            read: Mutex::new(read),
             identity,
         })
     }
@@ -223,6 +234,10 @@ impl SqliteStore {
         // A panic while holding it left no transaction open: rusqlite rolls
         // back an unfinished one on drop.
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.read.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -334,8 +349,22 @@ impl Store for SqliteStore {
         Ok(outcome)
     }
 
+    fn first_use(&self, jti: &str) -> Result<Option<i64>, StoreError> {
+        let conn = self.reader();
+        conn.query_row(
+            "SELECT first_use_ms FROM rotations WHERE jti = ?1",
+            params![jti],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| self.fail(e))
+    }
+
     fn since(&self, after: Position, limit: usize) -> Result<Since, StoreError> {
-        let conn = self.conn();
+        // A follower of a file deleted or replaced (a restore) would read the
+        // old one for ever, missing every new revocation: say so instead.
+        self.still_there()?;
+        let conn = self.reader();
         // A position past the newest the store ever gave out: this is not
         // the store the follower read (replaced, or restored from backup).
         let newest: i64 = conn
@@ -370,7 +399,7 @@ impl Store for SqliteStore {
     }
 
     fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        let mut conn = self.conn();
+        let mut conn = self.reader();
         // One read transaction: the records and the position agree.
         let tx = conn.transaction().map_err(|e| self.fail(e))?;
         let position: i64 = tx
@@ -440,7 +469,7 @@ impl Store for SqliteStore {
     }
 
     fn counts(&self) -> Result<Counts, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let count = |sql: &str| -> Result<u64, StoreError> {
             conn.query_row(sql, [], |r| r.get::<_, i64>(0))
                 .map(|n| n as u64)
