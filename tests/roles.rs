@@ -175,3 +175,45 @@ fn a_validator_config_with_a_private_key_is_refused() {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
 }
+
+/// A benchmark, not a test (ignored; nothing asserted on time): how long a
+/// revocation acknowledged by the authority takes to be enforced by a
+/// validator on the same host, over 1 000 revocations made at spread-out
+/// moments of the validator's 250 ms follow period. Run:
+/// `cargo test --release --test roles -- --ignored propagation --nocapture`
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn propagation_from_authority_to_validator() {
+    let up = Upstream::start().await;
+    let authority =
+        Proc::start_with(&default_routes(up.addr), &authority_yaml(), Stdio::null()).await;
+    let validator = authority.with_config(&validator_config(&authority)).await;
+    let (a, v) = (authority.client(Proto::H1), validator.client(Proto::H1));
+    let mut took = Vec::new();
+    for i in 0..1000u64 {
+        let t = token(&authority).await;
+        // A revocation lands at any point of the follower's 250 ms period
+        // (without this the loop locks onto its phase: every revocation
+        // would come just after a read).
+        let jitter = i.wrapping_mul(2_654_435_761) % 250;
+        tokio::time::sleep(std::time::Duration::from_millis(jitter)).await;
+        let r = a
+            .post_form("/oauth2/revoke", &[("token", &t)], Some(("svc", SECRET)))
+            .await;
+        assert_eq!(r.status, 200);
+        let acked = std::time::Instant::now();
+        while v.get("/api/x", Some(&t)).await.status != 401 {
+            assert!(acked.elapsed() < PICKUP, "not propagated");
+        }
+        took.push(acked.elapsed());
+    }
+    took.sort();
+    let at = |q: f64| took[((took.len() as f64 * q) as usize).min(took.len() - 1)];
+    eprintln!(
+        "revocation propagation over {}: p50 {:?}, p99 {:?}, max {:?}",
+        took.len(),
+        at(0.50),
+        at(0.99),
+        took[took.len() - 1]
+    );
+}
