@@ -236,6 +236,35 @@ impl SqliteStore {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Writes revocations and their log entries in `tx`; the position of
+    /// the last (0 for none). Cut-offs only move later; expiries only grow.
+    fn write_records(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        records: &[Record],
+    ) -> Result<Position, StoreError> {
+        let mut upsert = tx
+            .prepare_cached(
+                "INSERT INTO revoked (kind, key, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (kind, key) DO UPDATE SET value = max(value, excluded.value)",
+            )
+            .map_err(|e| self.fail(e))?;
+        let mut log = tx
+            .prepare_cached("INSERT INTO log (kind, key, value) VALUES (?1, ?2, ?3)")
+            .map_err(|e| self.fail(e))?;
+        let mut last = 0;
+        for r in records {
+            let (kind, key, value) = kind_and_value(r);
+            upsert
+                .execute(params![kind, key, value])
+                .map_err(|e| self.fail(e))?;
+            log.execute(params![kind, key, value])
+                .map_err(|e| self.fail(e))?;
+            last = tx.last_insert_rowid();
+        }
+        Ok(last)
+    }
+
     fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.read.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -248,28 +277,7 @@ impl Store for SqliteStore {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.fail(e))?;
-        let mut last = 0;
-        {
-            // Cut-offs only move later; expiries only grow.
-            let mut upsert = tx
-                .prepare_cached(
-                    "INSERT INTO revoked (kind, key, value) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (kind, key) DO UPDATE SET value = max(value, excluded.value)",
-                )
-                .map_err(|e| self.fail(e))?;
-            let mut log = tx
-                .prepare_cached("INSERT INTO log (kind, key, value) VALUES (?1, ?2, ?3)")
-                .map_err(|e| self.fail(e))?;
-            for r in records {
-                let (kind, key, value) = kind_and_value(r);
-                upsert
-                    .execute(params![kind, key, value])
-                    .map_err(|e| self.fail(e))?;
-                log.execute(params![kind, key, value])
-                    .map_err(|e| self.fail(e))?;
-                last = tx.last_insert_rowid();
-            }
-        }
+        let last = self.write_records(&tx, records)?;
         tx.commit().map_err(|e| self.fail(e))?;
         // Deleted while we wrote: what we wrote is gone with it.
         self.still_there()?;
@@ -504,24 +512,8 @@ impl Store for SqliteStore {
         if done {
             return Ok(false);
         }
+        self.write_records(&tx, &import.records)?;
         {
-            let mut upsert = tx
-                .prepare_cached(
-                    "INSERT INTO revoked (kind, key, value) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (kind, key) DO UPDATE SET value = max(value, excluded.value)",
-                )
-                .map_err(|e| self.fail(e))?;
-            let mut log = tx
-                .prepare_cached("INSERT INTO log (kind, key, value) VALUES (?1, ?2, ?3)")
-                .map_err(|e| self.fail(e))?;
-            for r in &import.records {
-                let (kind, key, value) = kind_and_value(r);
-                upsert
-                    .execute(params![kind, key, value])
-                    .map_err(|e| self.fail(e))?;
-                log.execute(params![kind, key, value])
-                    .map_err(|e| self.fail(e))?;
-            }
             let mut rot = tx
                 .prepare_cached(
                     "INSERT OR IGNORE INTO rotations (jti, expires_at, first_use_ms) VALUES (?1, ?2, ?3)",
