@@ -46,6 +46,9 @@ pub struct Metrics {
     store_errors: IntCounterVec,
     /// The store's log position this process has applied.
     pub store_position: IntGauge,
+    /// When this process last read the store's log to its end (unix
+    /// seconds): its lag behind the store is at most now minus this.
+    pub store_followed_at: IntGauge,
     /// Store entries by kind (the authority's view, from the store itself).
     pub store_entries: IntGaugeVec,
     /// WebSocket sessions ended, by route and why.
@@ -186,6 +189,11 @@ impl Metrics {
         let store_position = IntGauge::new(
             "valet_store_position",
             "The state store's change-log position this process has applied.",
+        )
+        .expect("valid metric");
+        let store_followed_at = IntGauge::new(
+            "valet_store_followed_timestamp_seconds",
+            "When this process last read the state store's change log to its end (unix seconds): its lag behind other processes' revocations is at most time() minus this. Alert when it falls behind by more than a few seconds.",
         )
         .expect("valid metric");
         let store_entries = IntGaugeVec::new(
@@ -375,6 +383,7 @@ impl Metrics {
             Box::new(store_seconds.clone()),
             Box::new(store_errors.clone()),
             Box::new(store_position.clone()),
+            Box::new(store_followed_at.clone()),
             Box::new(store_entries.clone()),
             Box::new(websocket_sessions.clone()),
             Box::new(jwks_stale.clone()),
@@ -407,6 +416,7 @@ impl Metrics {
             store_seconds,
             store_errors,
             store_position,
+            store_followed_at,
             store_entries,
             websocket_sessions,
             jwks_stale,

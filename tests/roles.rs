@@ -87,6 +87,12 @@ async fn a_token_revoked_at_the_authority_is_refused_by_the_validator() {
         v.get("/api/x", Some(&token(&authority).await)).await.status,
         200
     );
+    // The validator says how recently it read the store to its end.
+    let followed = metric_value(
+        &client::plain_get(validator.metrics, "/metrics").await.1,
+        "valet_store_followed_timestamp_seconds",
+    );
+    assert!(followed >= (now() - 5) as f64, "{followed}");
     // No token endpoint on a validator.
     let r = v
         .post_form(

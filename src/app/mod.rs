@@ -544,6 +544,9 @@ impl App {
         let t = std::time::Instant::now();
         let r = self.revocations.follow();
         self.metrics.store_call("follow", t.elapsed(), r.is_ok());
+        if r.is_ok() {
+            self.metrics.store_followed_at.set(crate::revocation::now());
+        }
         match r {
             Ok(0) => {}
             Ok(_) => self
