@@ -223,3 +223,70 @@ async fn propagation_from_authority_to_validator() {
         took[took.len() - 1]
     );
 }
+
+/// A benchmark, not a test (ignored; nothing asserted on time): refresh
+/// grants over HTTP, one after another along one token chain, with 0,
+/// 100 000 and 1 000 000 rotations already in the store. Run:
+/// `cargo test --release --test roles -- --ignored refresh_grants --nocapture`
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn refresh_grants_with_stored_rotations() {
+    for stored in [0u64, 100_000, 1_000_000] {
+        let up = Upstream::start().await;
+        let p = Proc::start_with(&default_routes(up.addr), &authority_yaml(), Stdio::null()).await;
+        {
+            let db = p.config.parent().unwrap().join("valet-state.db");
+            let mut c = rusqlite::Connection::open(db).unwrap();
+            c.busy_timeout(std::time::Duration::from_secs(60)).unwrap();
+            let tx = c.transaction().unwrap();
+            {
+                let mut ins = tx
+                    .prepare(
+                        "INSERT INTO rotations (jti, expires_at, first_use_ms) VALUES (?1, ?2, 0)",
+                    )
+                    .unwrap();
+                for i in 0..stored {
+                    ins.execute(rusqlite::params![format!("{i:032x}"), 4_102_444_800i64])
+                        .unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        }
+        let c = p.client(Proto::H1);
+        let login = c
+            .post_form(
+                "/oauth2/token",
+                &[
+                    ("grant_type", "password"),
+                    ("username", "alice"),
+                    ("password", "alice-pw"),
+                ],
+                Some(("app", APP_SECRET)),
+            )
+            .await;
+        let mut rt = login.json()["refresh_token"].as_str().unwrap().to_string();
+        let mut took = Vec::new();
+        let all = std::time::Instant::now();
+        for _ in 0..300 {
+            let t = std::time::Instant::now();
+            let r = c
+                .post_form(
+                    "/oauth2/token",
+                    &[("grant_type", "refresh_token"), ("refresh_token", &rt)],
+                    Some(("app", APP_SECRET)),
+                )
+                .await;
+            took.push(t.elapsed());
+            assert_eq!(r.status, 200, "{:?}", r.body);
+            rt = r.json()["refresh_token"].as_str().unwrap().to_string();
+        }
+        let per_second = took.len() as f64 / all.elapsed().as_secs_f64();
+        took.sort();
+        let at = |q: f64| took[((took.len() as f64 * q) as usize).min(took.len() - 1)];
+        eprintln!(
+            "{stored} stored rotations: {per_second:.0} refresh grants/s (one client, sequential), p50 {:?}, p99 {:?}",
+            at(0.5),
+            at(0.99)
+        );
+    }
+}
