@@ -428,16 +428,7 @@ async fn hashing_memory_is_bounded_under_a_flood_and_returns_after_it() {
 }
 
 async fn issue(p: &Proc) -> String {
-    let r = p
-        .client(Proto::H1)
-        .post_form(
-            "/oauth2/token",
-            &[("grant_type", "client_credentials")],
-            Some(("svc", "svc-secret")),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
-    r.json()["access_token"].as_str().unwrap().to_string()
+    p.issue_token("svc", "svc-secret").await
 }
 
 /// RFC 7009 revocation by the client `svc`; the answer's status.

@@ -41,16 +41,25 @@ fn validator_config(authority: &Proc) -> std::path::PathBuf {
 }
 
 async fn token(p: &Proc) -> String {
+    p.issue_token("svc", SECRET).await
+}
+
+/// A refresh token of alice's, by the password grant of `app`.
+async fn login(p: &Proc) -> String {
     let r = p
         .client(Proto::H1)
         .post_form(
             "/oauth2/token",
-            &[("grant_type", "client_credentials")],
-            Some(("svc", SECRET)),
+            &[
+                ("grant_type", "password"),
+                ("username", "alice"),
+                ("password", "alice-pw"),
+            ],
+            Some(("app", APP_SECRET)),
         )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
-    r.json()["access_token"].as_str().unwrap().to_string()
+    r.json()["refresh_token"].as_str().unwrap().to_string()
 }
 
 /// The sidecar's promise: a token revoked at the authority is refused by
@@ -118,20 +127,7 @@ async fn two_authorities_give_a_refresh_token_exactly_one_first_use() {
     let a = Proc::start_with(&default_routes(up.addr), &authority_yaml(), Stdio::null()).await;
     let b = a.sibling().await;
     for round in 0..10 {
-        let r = a
-            .client(Proto::H1)
-            .post_form(
-                "/oauth2/token",
-                &[
-                    ("grant_type", "password"),
-                    ("username", "alice"),
-                    ("password", "alice-pw"),
-                ],
-                Some(("app", APP_SECRET)),
-            )
-            .await;
-        assert_eq!(r.status, 200, "{:?}", r.body);
-        let rt = r.json()["refresh_token"].as_str().unwrap().to_string();
+        let rt = login(&a).await;
         let send = |p: &Proc| {
             let (c, rt) = (p.client(Proto::H1), rt.clone());
             tokio::spawn(async move {
@@ -253,18 +249,7 @@ async fn refresh_grants_with_stored_rotations() {
             tx.commit().unwrap();
         }
         let c = p.client(Proto::H1);
-        let login = c
-            .post_form(
-                "/oauth2/token",
-                &[
-                    ("grant_type", "password"),
-                    ("username", "alice"),
-                    ("password", "alice-pw"),
-                ],
-                Some(("app", APP_SECRET)),
-            )
-            .await;
-        let mut rt = login.json()["refresh_token"].as_str().unwrap().to_string();
+        let mut rt = login(&p).await;
         let mut took = Vec::new();
         let all = std::time::Instant::now();
         for _ in 0..300 {

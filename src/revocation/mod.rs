@@ -407,6 +407,30 @@ const IMPORT_MARKER: &str = "revocation-file";
 /// Changes read from the log per call.
 const FOLLOW_BATCH: usize = 10_000;
 
+/// The embedded store at `path`, for writing or only for reading.
+fn open_store(path: &Path, read_only: bool) -> Result<Arc<dyn Store>, RevocationError> {
+    use crate::store::sqlite::SqliteStore;
+    let opened = if read_only {
+        SqliteStore::open_read_only(path)
+    } else {
+        SqliteStore::open(path)
+    };
+    match opened {
+        Ok(s) => Ok(Arc::new(s)),
+        Err(e) => Err(store_error(e)),
+    }
+}
+
+/// A store failure as a revocation error (the store's message names its
+/// file already).
+fn store_error(e: crate::store::StoreError) -> RevocationError {
+    RevocationError {
+        file: PathBuf::from("the state store"),
+        position: None,
+        message: e.to_string(),
+    }
+}
+
 impl Revocations {
     /// Opens the state store at `store_path` and the operator's file at
     /// `path` (read only: a missing file is no revocations, until one
@@ -416,31 +440,13 @@ impl Revocations {
     /// that exists but is invalid is an error: valet does not start without
     /// the revocations it was told about.
     pub fn open(path: &Path, store_path: &Path) -> Result<Self, RevocationError> {
-        let store =
-            crate::store::sqlite::SqliteStore::open(store_path).map_err(|e| RevocationError {
-                file: store_path.to_path_buf(),
-                position: None,
-                message: e.to_string(),
-            })?;
-        Self::with_store(path, Arc::new(store))
+        Self::build(path, open_store(store_path, false)?, true)
     }
 
     /// A validator's: the store opened read only (it must exist: the
     /// authority creates it), followed, never written; no import.
     pub fn open_following(path: &Path, store_path: &Path) -> Result<Self, RevocationError> {
-        let store = crate::store::sqlite::SqliteStore::open_read_only(store_path).map_err(|e| {
-            RevocationError {
-                file: store_path.to_path_buf(),
-                position: None,
-                message: e.to_string(),
-            }
-        })?;
-        Self::build(path, Arc::new(store), false)
-    }
-
-    /// [`Revocations::open`] on a store already opened.
-    pub fn with_store(path: &Path, store: Arc<dyn Store>) -> Result<Self, RevocationError> {
-        Self::build(path, store, true)
+        Self::build(path, open_store(store_path, true)?, false)
     }
 
     fn build(path: &Path, store: Arc<dyn Store>, writer: bool) -> Result<Self, RevocationError> {
@@ -465,7 +471,7 @@ impl Revocations {
         }
         // A snapshot first (one read, not the whole log), then the log from
         // its position.
-        let snap = r.store.snapshot().map_err(|e| r.store_error(e))?;
+        let snap = r.store.snapshot().map_err(store_error)?;
         for rec in &snap.records {
             r.own.insert(rec);
             r.current.load().insert(rec);
@@ -520,7 +526,7 @@ impl Revocations {
         if self
             .store
             .import_once(IMPORT_MARKER, &import)
-            .map_err(|e| self.error(None, e.to_string()))?
+            .map_err(store_error)?
         {
             tracing::info!(
                 file = %self.path.display(),
@@ -593,7 +599,7 @@ impl Revocations {
     /// store, or one restored from a backup), re-reads the store whole.
     /// Returns how many changes were applied. Blocking I/O.
     pub fn follow(&self) -> Result<usize, RevocationError> {
-        let err = |e: crate::store::StoreError| self.error(None, e.to_string());
+        let err = store_error;
         let mut applied = 0;
         loop {
             let at = self.position();
@@ -638,14 +644,6 @@ impl Revocations {
         }
     }
 
-    fn store_error(&self, e: crate::store::StoreError) -> RevocationError {
-        RevocationError {
-            file: PathBuf::from("the state store"),
-            position: None,
-            message: e.to_string(),
-        }
-    }
-
     fn parse(&self, bytes: &[u8]) -> Result<RevocationFile, RevocationError> {
         let text =
             std::str::from_utf8(bytes).map_err(|e| self.error(None, format!("not UTF-8: {e}")))?;
@@ -663,9 +661,7 @@ impl Revocations {
     /// force that was not already.
     pub fn apply(&self, changes: &[Change]) -> Result<(), RevocationError> {
         let records: Vec<Record> = changes.iter().map(record).collect();
-        self.store
-            .append(&records)
-            .map_err(|e| self.store_error(e))?;
+        self.store.append(&records).map_err(store_error)?;
         let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.current.load();
         for r in &records {
@@ -681,7 +677,7 @@ impl Revocations {
     pub fn record_once(&self, t: RevokedToken) -> Result<bool, RevocationError> {
         self.store
             .use_once(&t.jti, t.expires_at.0)
-            .map_err(|e| self.store_error(e))
+            .map_err(store_error)
     }
 
     /// Rotates refresh token `jti` (valid until `expires_at`) at `now_ms`,
@@ -698,7 +694,7 @@ impl Revocations {
     ) -> Result<Rotation, RevocationError> {
         self.store
             .rotate(jti, expires_at, now_ms, grace_ms)
-            .map_err(|e| self.store_error(e))
+            .map_err(store_error)
     }
 
     /// Drops token and family entries that expired more than `slack`
@@ -717,7 +713,7 @@ impl Revocations {
     pub fn prune_store(&self, slack: i64, batch: usize) -> Result<usize, RevocationError> {
         self.store
             .prune(now().saturating_sub(slack), batch)
-            .map_err(|e| self.store_error(e))
+            .map_err(store_error)
     }
 }
 

@@ -458,20 +458,16 @@ impl Store for SqliteStore {
                 )
                 .map_err(|e| self.fail(e))?;
         }
-        n += tx
-            .execute(
-                "DELETE FROM rotations WHERE jti IN
-                 (SELECT jti FROM rotations WHERE expires_at < ?1 LIMIT ?2)",
-                params![now, batch],
-            )
-            .map_err(|e| self.fail(e))?;
-        n += tx
-            .execute(
-                "DELETE FROM single_use WHERE id IN
-                 (SELECT id FROM single_use WHERE expires_at < ?1 LIMIT ?2)",
-                params![now, batch],
-            )
-            .map_err(|e| self.fail(e))?;
+        for sql in [
+            "DELETE FROM rotations WHERE jti IN
+             (SELECT jti FROM rotations WHERE expires_at < ?1 LIMIT ?2)",
+            "DELETE FROM single_use WHERE id IN
+             (SELECT id FROM single_use WHERE expires_at < ?1 LIMIT ?2)",
+        ] {
+            n += tx
+                .execute(sql, params![now, batch])
+                .map_err(|e| self.fail(e))?;
+        }
         tx.commit().map_err(|e| self.fail(e))?;
         Ok(n)
     }

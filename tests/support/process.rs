@@ -78,6 +78,20 @@ impl Proc {
         }
     }
 
+    /// An access token by the client credentials grant of `client`.
+    pub async fn issue_token(&self, client: &str, secret: &str) -> String {
+        let r = self
+            .client(Proto::H1)
+            .post_form(
+                "/oauth2/token",
+                &[("grant_type", "client_credentials")],
+                Some((client, secret)),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        r.json()["access_token"].as_str().unwrap().to_string()
+    }
+
     pub fn client(&self, proto: Proto) -> Client {
         Client::new(self.addr, self.ca.client_config(proto.alpn()), proto)
     }
