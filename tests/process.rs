@@ -601,3 +601,73 @@ async fn the_operators_revocation_file_is_never_written() {
     assert_eq!(after, edited.as_bytes(), "valet wrote the operator's file");
     assert_ne!(valet::digest::sha256(&after), before);
 }
+
+/// The store can no longer grow under a running gateway (a file size limit,
+/// as a full disk would do): revocations answer 503, proxying goes on, and
+/// what was answered 200 before is exactly what a fresh process refuses.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_that_cannot_be_written_answers_503_and_acknowledges_nothing_unwritten() {
+    let up = Upstream::start().await;
+    let mut p = Proc::start_with(&default_routes(up.addr), &one_client_yaml(), Stdio::null()).await;
+    let mut tokens = Vec::new();
+    for _ in 0..150 {
+        tokens.push(issue(&p).await);
+    }
+    let untouched = tokens.pop().unwrap();
+    // No file of the process may grow past 128 KiB beyond the store's
+    // larger file as it is now (each revocation adds a few pages).
+    let size = |f: &str| std::fs::metadata(p.config.with_file_name(f)).map_or(0, |m| m.len());
+    let limit = size("valet-state.db").max(size("valet-state.db-wal")) + 128 * 1024;
+    // prlimit(1), util-linux: on every Debian.
+    let set = Command::new("prlimit")
+        .arg(format!("--pid={}", p.child.id()))
+        .arg(format!("--fsize={limit}:unlimited"))
+        .status()
+        .unwrap();
+    assert!(set.success(), "prlimit failed");
+    let c = p.client(Proto::H1);
+    let (mut acked, mut refused) = (Vec::new(), None);
+    for t in &tokens {
+        let r = c
+            .post_form(
+                "/oauth2/revoke",
+                &[("token", t)],
+                Some(("svc", "svc-secret")),
+            )
+            .await;
+        match r.status.as_u16() {
+            200 => acked.push(t.clone()),
+            503 => {
+                assert_eq!(r.json()["error"], "temporarily_unavailable", "{r:?}");
+                refused = Some(t.clone());
+                break;
+            }
+            other => panic!("unexpected answer {other}"),
+        }
+    }
+    let refused = refused.expect("the store kept taking writes past its file size limit");
+    assert!(!acked.is_empty(), "the limit left no room for one write");
+    // The gateway is alive and validates as before.
+    assert_eq!(c.get("/api/x", Some(&untouched)).await.status, 200);
+    assert_eq!(c.get("/api/x", Some(&refused)).await.status, 200);
+    assert_eq!(c.get("/api/x", Some(&acked[0])).await.status, 401);
+    assert!(
+        metric_value(
+            &client::plain_get(p.metrics, "/metrics").await.1,
+            "valet_store_errors_total{op=\"append\"}"
+        ) >= 1.0
+    );
+    // A fresh process on the store agrees: every 200 kept, the 503 not.
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+    let again = p.sibling().await;
+    let c = again.client(Proto::H1);
+    for t in &acked {
+        assert_eq!(c.get("/api/x", Some(t)).await.status, 401, "a 200 was lost");
+    }
+    assert_eq!(c.get("/api/x", Some(&refused)).await.status, 200);
+    eprintln!(
+        "{} revocations acknowledged before the store was full",
+        acked.len()
+    );
+}

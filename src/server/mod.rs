@@ -559,6 +559,11 @@ pub async fn serve_plain<F, Fut>(
 /// Runs until SIGTERM or SIGINT, reloading on SIGHUP; then drains.
 pub async fn run(config: Config) -> Result<(), ServeError> {
     use tokio::signal::unix::{signal, SignalKind};
+    // A file size limit (RLIMIT_FSIZE) reached by the state store must be a
+    // failed write (EFBIG: answered 503, nothing acknowledged), not the
+    // default action of SIGXFSZ, which kills the process (PostgreSQL does
+    // the same). A handler, unlike the default, lets the write fail.
+    let _file_too_large = signal(SignalKind::from_raw(libc::SIGXFSZ)).expect("signal handler");
     let running = start(config).await?;
     // The bound addresses on standard output (logs go to standard error):
     // with port 0 in the config, this is how a supervisor or a test learns
