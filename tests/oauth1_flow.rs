@@ -429,13 +429,21 @@ async fn stored_tokens_survive_a_restart_sealed_at_rest_and_can_be_forgotten() {
         .unwrap()
         .clone();
 
-    let store = s.gw.dir.path().join("oauth1-tokens.yaml");
-    let text = std::fs::read_to_string(&store).unwrap();
-    assert!(!text.contains(&token), "sealed at rest: {text}");
+    // In the state store, sealed; the store is valet's alone (0600).
+    let legacy = s.gw.dir.path().join("oauth1-tokens.yaml");
+    let state = s.gw.revocation_path.with_file_name("valet-state.db");
+    for f in ["valet-state.db", "valet-state.db-wal"] {
+        let bytes = std::fs::read(state.with_file_name(f)).unwrap();
+        assert!(
+            !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+            "sealed at rest ({f})"
+        );
+    }
     assert_eq!(
-        std::fs::metadata(&store).unwrap().permissions().mode() & 0o777,
+        std::fs::metadata(&state).unwrap().permissions().mode() & 0o777,
         0o600
     );
+    assert!(!legacy.exists(), "valet wrote the old token file");
 
     // Restart: a new gateway state from the same config and files.
     restart(&mut s).await;
@@ -467,23 +475,20 @@ async fn stored_tokens_survive_a_restart_sealed_at_rest_and_can_be_forgotten() {
     assert_eq!(r.json()["error"], "oauth1_authorization_required");
 
     // A damaged store does not stop valet: reported, kept aside, started empty.
+    // An old token file that cannot be imported is reported and left as
+    // it is; the tokens in the store stay in force.
     s.authorize(&alice).await;
-    std::fs::write(&store, "tokens: [ {provider: x").unwrap();
+    std::fs::write(&legacy, "tokens: [ {provider: x").unwrap();
     restart(&mut s).await;
     assert_eq!(
         s.gw.metric("valet_reloads_total{kind=\"oauth1_store\",result=\"failure\"}")
             .await,
         1.0
     );
-    let aside: Vec<_> = std::fs::read_dir(s.gw.dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.starts_with("oauth1-tokens.yaml.corrupt-"))
-        .collect();
-    assert_eq!(aside.len(), 1, "{aside:?}");
-    let r = s.client().get("/legacy/items", Some(&alice)).await;
-    assert_eq!(r.status, 403);
-    s.authorize(&alice).await;
+    assert_eq!(
+        std::fs::read_to_string(&legacy).unwrap(),
+        "tokens: [ {provider: x"
+    );
     let r = s.client().get("/legacy/items", Some(&alice)).await;
     assert_eq!(r.status, 200);
 }
@@ -815,6 +820,52 @@ async fn two_gateways_sharing_the_store_see_each_others_tokens() {
         })
         .await
     );
+    other.shutdown().await;
+}
+
+/// Pending flows live in the state store: a flow started at one gateway
+/// completes through a callback at another, and only once.
+#[tokio::test]
+async fn a_flow_started_at_one_gateway_completes_at_another() {
+    let s = setup("").await;
+    let config = valet::config::load(&s.gw.config_path).unwrap();
+    let other = valet::server::start(config).await.unwrap();
+    let b = Client::new(
+        other.listeners[0],
+        s.gw.ca.client_config(Proto::H1.alpn()),
+        Proto::H1,
+    );
+    let alice = s.gw.token("alice", "read");
+    let r = s.start_flow(&alice, "").await;
+    assert_eq!(r.status, 302, "{:?}", r.body);
+    let cookie = cookie_pair(r.header("set-cookie"));
+    let cb = s.approve(r.header("location")).await;
+    let at_b = |cookie: &str| {
+        let req = b
+            .request("GET", path_of(&cb))
+            .header("cookie", cookie)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        b.send(req)
+    };
+    let done = at_b(&cookie).await;
+    assert_eq!(done.status, 302, "{:?}", done.body);
+    // The token is in force at both (the first learns it from the log).
+    assert_eq!(b.get("/legacy/x", Some(&alice)).await.status, 200);
+    assert!(
+        eventually(PICKUP, || async {
+            s.client().get("/legacy/x", Some(&alice)).await.status == 200
+        })
+        .await
+    );
+    // The temporary token was used: a replay fails at either gateway.
+    let again = at_b(&cookie).await;
+    assert_eq!(again.status, 400);
+    assert!(again.json()["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("already used"));
+    assert_eq!(s.callback(&cb, Some(&cookie)).await.status, 400);
     other.shutdown().await;
 }
 

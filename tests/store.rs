@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use valet::store::sqlite::{SqliteStore, SCHEMA_VERSION};
-use valet::store::{Record, Rotation, Since, Store, StoreError};
+use valet::store::{Change, Record, Rotation, Since, Store, StoreError};
 
 fn now() -> i64 {
     std::time::SystemTime::now()
@@ -57,14 +57,19 @@ fn revocations_come_back_in_order_and_survive_a_reopen() {
     let positions: Vec<i64> = all.iter().map(|(p, _)| *p).collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
     assert_eq!(*positions.last().unwrap(), p2);
-    let records: Vec<Record> = all.into_iter().map(|(_, r)| r).collect();
-    assert_eq!(records, [first, second.clone()].concat());
+    let records: Vec<Change> = all.into_iter().map(|(_, r)| r).collect();
+    let want: Vec<Change> = [first, second.clone()]
+        .concat()
+        .into_iter()
+        .map(Change::Revoked)
+        .collect();
+    assert_eq!(records, want);
     // A follower resumes from where it stopped, and a limit is a limit.
     let Since::Changes(rest) = s.since(p1, 2).unwrap() else {
         panic!("trimmed")
     };
     assert_eq!(rest.len(), 2);
-    assert_eq!(rest[0].1, second[0]);
+    assert_eq!(rest[0].1, Change::Revoked(second[0].clone()));
     drop(s);
     let s = SqliteStore::open(&path).unwrap();
     let snap = s.snapshot().unwrap();
@@ -363,4 +368,54 @@ fn a_revocation_file_of_100k_entries_is_imported_exactly_once() {
     let r = Revocations::open(&file, &store).unwrap();
     assert_eq!(r.store().counts().unwrap().log, 55_000, "imported twice");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), yaml);
+}
+
+#[test]
+fn pending_flows_are_bounded_in_total_and_expired_ones_make_room() {
+    use valet::store::Flow;
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("v.db")).unwrap();
+    let now = now() * 1000;
+    let flow = |subject: &str, expires_at_ms: i64| Flow {
+        provider: "p".into(),
+        subject: subject.into(),
+        sealed: vec![1, 2, 3],
+        expires_at_ms,
+    };
+    assert!(s
+        .start_flow("a", &flow("alice", now + 60_000), 5, 3, now)
+        .unwrap());
+    assert!(s.start_flow("b", &flow("bob", now - 1), 5, 3, now).unwrap());
+    assert!(s
+        .start_flow("c", &flow("carol", now + 60_000), 5, 3, now)
+        .unwrap());
+    // Full: the expired one makes room, then nothing does.
+    assert!(s
+        .start_flow("d", &flow("dave", now + 60_000), 5, 3, now)
+        .unwrap());
+    assert!(!s
+        .start_flow("e", &flow("erin", now + 60_000), 5, 3, now)
+        .unwrap());
+    assert!(
+        s.take_flow("b", "p").unwrap().is_none(),
+        "the expired flow was dropped"
+    );
+    assert!(
+        s.take_flow("e", "p").unwrap().is_none(),
+        "a refused flow was kept"
+    );
+    assert_eq!(s.counts().unwrap().oauth1_flows, 3);
+    // Taking is by provider too, and once.
+    assert!(s.take_flow("a", "q").unwrap().is_none());
+    assert_eq!(
+        s.take_flow("a", "p").unwrap().unwrap(),
+        flow("alice", now + 60_000)
+    );
+    assert!(s.take_flow("a", "p").unwrap().is_none());
+    // Expired flows are pruned with the rest.
+    assert!(s
+        .start_flow("f", &flow("frank", now - 5_000), 5, 10, now)
+        .unwrap());
+    assert!(s.prune(now / 1000, 100).unwrap() >= 1);
+    assert!(s.take_flow("f", "p").unwrap().is_none());
 }

@@ -3,7 +3,6 @@
 //! whole new snapshot and swap it in, or keep the old one and say why.
 
 pub mod hash_pool;
-pub mod oauth1_flows;
 pub mod oauth1_tokens;
 pub mod route_signer;
 pub mod throttle;
@@ -107,7 +106,6 @@ pub struct App {
     /// OAuth 1.0 tokens; opened with the first config that configures them.
     oauth1_store: OnceLock<TokenStore>,
     /// OAuth 1.0 flows waiting for their callback.
-    pub oauth1_flows: oauth1_flows::Flows,
     /// Trusted issuers' remote key sets, kept across snapshots (a reload
     /// with the same source keeps its keys; a changed source starts anew).
     key_sets: Mutex<Vec<Arc<RemoteKeys>>>,
@@ -210,7 +208,6 @@ impl App {
             sync: Default::default(),
             reload_lock: Mutex::new(()),
             oauth1_store: OnceLock::new(),
-            oauth1_flows: Default::default(),
             key_sets,
             websockets: Arc::new(tokio::sync::Semaphore::new(max_websockets)),
             websocket_holders: Default::default(),
@@ -227,24 +224,22 @@ impl App {
         self.oauth1_store.get()
     }
 
-    /// Opens the token store the first time a config names one. A damaged
-    /// file is reported (log and metric) and valet carries on without it.
+    /// Opens the OAuth 1.0 tokens (in the state store) the first time a
+    /// config has an `oauth1` section, importing the file of earlier
+    /// versions once. What cannot be read is reported (log and metric) and
+    /// valet carries on with the rest.
     fn open_oauth1_store(&self, c: &Config) {
         let Some(o) = &c.oauth1 else { return };
-        if let Some(s) = self.oauth1_store.get() {
-            if s.path() != o.store_file {
-                tracing::warn!(
-                    "oauth1.token_store.file changed; the new path takes effect on restart only"
-                );
-            }
+        if self.oauth1_store.get().is_some() {
             return;
         }
-        if let Some(d) = o.store_file.parent() {
-            let _ = std::fs::create_dir_all(d);
-        }
         let key = TokenStore::key_from_bytes(o.store_key.expose()).expect("checked at load");
-        let (store, recovered) = TokenStore::open(&o.store_file, key);
-        self.metrics.reload("oauth1_store", recovered.is_none());
+        let (store, problems) = TokenStore::open(
+            self.revocations.store().clone(),
+            key,
+            o.store_file.as_deref(),
+        );
+        self.metrics.reload("oauth1_store", problems.is_empty());
         let _ = self.oauth1_store.set(store);
     }
 
@@ -483,26 +478,7 @@ impl App {
             Err(_) => false,
         };
         self.reload_revocations();
-        self.reload_oauth1_store();
         ok
-    }
-
-    /// Re-reads the OAuth 1.0 token store if another process changed it.
-    pub fn reload_oauth1_store(&self) {
-        let Some(store) = self.oauth1_store() else {
-            return;
-        };
-        match store.reload() {
-            Ok(false) => {}
-            Ok(true) => {
-                self.metrics.reload("oauth1_store", true);
-                tracing::info!(file = %store.path().display(), "OAuth 1.0 token store reloaded");
-            }
-            Err(reason) => {
-                self.metrics.reload("oauth1_store", false);
-                tracing::error!(file = %store.path().display(), %reason, "OAuth 1.0 token store not reloaded; the tokens in memory stay in force");
-            }
-        }
     }
 
     /// Re-reads the revocation file, logging and counting the outcome.
@@ -548,15 +524,35 @@ impl App {
             self.metrics.store_followed_at.set(crate::revocation::now());
         }
         match r {
-            Ok(0) => {}
-            Ok(_) => self
-                .metrics
-                .set_revocation_sizes(self.revocations.current().len()),
+            Ok(f) => {
+                if f.revocations > 0 {
+                    self.metrics
+                        .set_revocation_sizes(self.revocations.current().len());
+                }
+                self.follow_oauth1_tokens(&f);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the state store's changes; the revocations held stay in force")
             }
         }
         self.metrics.store_position.set(self.revocations.position());
+    }
+
+    /// Puts in force the OAuth 1.0 tokens other processes changed.
+    fn follow_oauth1_tokens(&self, f: &crate::revocation::Followed) {
+        let Some(store) = self.oauth1_store() else {
+            return;
+        };
+        let r = if f.whole {
+            store.load_all()
+        } else {
+            f.oauth1_tokens
+                .iter()
+                .try_for_each(|(p, s)| store.refresh(p, s))
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "cannot read OAuth 1.0 tokens changed in the state store; the tokens held stay in force");
+        }
     }
 
     /// Prunes what expired from the state store (bounded batches) and from
@@ -591,6 +587,8 @@ impl App {
                 ("subject", c.subjects),
                 ("rotation", c.rotations),
                 ("single_use", c.single_use),
+                ("oauth1_token", c.oauth1_tokens),
+                ("oauth1_flow", c.oauth1_flows),
                 ("log", c.log),
             ] {
                 self.metrics
@@ -620,7 +618,6 @@ impl App {
     }
 
     pub fn prune_caches(&self) {
-        self.oauth1_flows.prune();
         self.throttle.load().prune();
         let snap = self.snapshot.load();
         let ttl = snap

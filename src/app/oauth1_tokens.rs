@@ -1,40 +1,52 @@
-//! The OAuth 1.0 token store: access tokens and their secrets obtained for a
-//! (provider, subject), kept for reuse across restarts.
+//! OAuth 1.0 state in the state store: the access tokens and secrets
+//! obtained for a (provider, subject), kept for reuse across restarts and
+//! shared by every authority process on the store, and the flows waiting
+//! for the provider's callback.
 //!
-//! The file is written durably (lock, temp file, fsync, rename, fsync dir)
-//! with mode 0600. Each entry's token and secret are sealed with AES-256-GCM
-//! under the store key; the provider and subject are the associated data, so
-//! an entry cannot be moved to another subject. A file that does not parse
-//! or decrypt at start is reported, moved aside (kept for inspection, never
-//! overwritten) and valet carries on with an empty store.
+//! Everything is sealed here with AES-256-GCM under the token store key
+//! before it reaches the store: the store (a file, a backup, a replica)
+//! never holds a token secret in clear. The associated data names what an
+//! entry belongs to (provider and subject; for a flow, its temporary token
+//! too), so an entry moved to another subject no longer opens.
 //!
-//! The file is the truth, so several valet processes may share it: every
-//! change is made under the file lock to what is on disk, and `reload`
-//! (driven by the file watcher) picks up changes made by others. A file
-//! damaged while running is refused, never overwritten: the tokens in
-//! memory stay in force and writes fail until it is repaired.
+//! Tokens are held in memory for the request path (signing needs them at
+//! once); every change goes to the store first and is in its change log,
+//! which the app follows ([`TokenStore::refresh`]), so a token stored or
+//! forgotten through one process is in force in all within a second.
+//!
+//! The YAML file of earlier versions is imported once (when its entries
+//! open with the key) and never written again.
 
 use crate::credentials::Secret;
+use crate::store::{Flow, Store};
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use base64::Engine;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 pub use crate::oauth1_signature::Credentials;
 
-#[derive(Debug, Serialize, Deserialize)]
+/// Flows in progress at once, all subjects together; beyond it new flows
+/// are refused (503) until some finish or expire.
+pub const MAX_PENDING_FLOWS: usize = 10_000;
+/// Flows one subject may have in progress with one provider; starting
+/// another ends the oldest (so one caller cannot fill the table).
+pub const MAX_PENDING_PER_SUBJECT: usize = 5;
+
+/// The file of earlier versions, read once for the import.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StoreFile {
+struct LegacyFile {
     version: u32,
     #[serde(default)]
-    tokens: Vec<StoredToken>,
+    tokens: Vec<LegacyToken>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StoredToken {
+struct LegacyToken {
     provider: String,
     subject: String,
     /// base64(nonce || AES-256-GCM(token "\n" secret)).
@@ -45,40 +57,46 @@ struct StoredToken {
 pub enum StoreError {
     #[error("the token store key must be 32 bytes, base64-encoded")]
     BadKey,
-    #[error("cannot write the token store {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("the token store {path} is damaged ({reason}); it was left as it is")]
-    Damaged { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
-/// What opening the store found wrong (reported, never fatal).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Recovered {
-    pub reason: String,
-    pub moved_to: PathBuf,
+/// A flow waiting for the provider's callback.
+pub struct Pending {
+    pub provider: String,
+    pub subject: Box<str>,
+    pub token_secret: Secret,
+    /// SHA-256 of the state cookie's value.
+    pub state_digest: [u8; 32],
+    pub return_url: String,
+    /// Unix milliseconds.
+    pub expires_at_ms: i64,
 }
 
 type Entries = HashMap<String, HashMap<String, Arc<Credentials>>>;
 
 pub struct TokenStore {
-    path: PathBuf,
+    store: Arc<dyn Store>,
     key: LessSafeKey,
     /// provider → subject → credentials (nested so that a lookup on the
     /// request path borrows its keys instead of allocating them).
     entries: RwLock<Entries>,
-    /// SHA-256 of the file content `entries` was last read from or written as.
-    seen: std::sync::Mutex<[u8; 32]>,
 }
 
-fn aad(provider: &str, subject: &str) -> Vec<u8> {
-    let mut v = Vec::with_capacity(provider.len() + subject.len() + 1);
-    v.extend_from_slice(provider.as_bytes());
-    v.push(0);
-    v.extend_from_slice(subject.as_bytes());
-    v
+fn token_aad(provider: &str, subject: &str) -> Vec<u8> {
+    [provider.as_bytes(), b"\0", subject.as_bytes()].concat()
+}
+
+fn flow_aad(token: &str, provider: &str, subject: &str) -> Vec<u8> {
+    [
+        b"flow\0",
+        token.as_bytes(),
+        b"\0",
+        provider.as_bytes(),
+        b"\0",
+        subject.as_bytes(),
+    ]
+    .concat()
 }
 
 impl TokenStore {
@@ -88,127 +106,169 @@ impl TokenStore {
         Ok(LessSafeKey::new(unbound))
     }
 
-    /// The file the store lives in.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Parses a base64 store key (32 bytes).
     pub fn key_from_base64(s: &str) -> Result<LessSafeKey, StoreError> {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(s.trim())
             .map_err(|_| StoreError::BadKey)?;
-        let unbound = UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| StoreError::BadKey)?;
-        Ok(LessSafeKey::new(unbound))
+        Self::key_from_bytes(&bytes)
     }
 
-    /// Opens the store. A damaged file is moved aside and reported in the
-    /// second value; the store then starts empty.
-    pub fn open(path: &Path, key: LessSafeKey) -> (TokenStore, Option<Recovered>) {
-        let store = TokenStore {
-            path: path.to_path_buf(),
+    /// Opens the tokens on `store`: imports the `legacy` file once (if
+    /// given and there), then reads every token. Returns what went wrong
+    /// (logged here; valet carries on with the tokens it could read).
+    pub fn open(
+        store: Arc<dyn Store>,
+        key: LessSafeKey,
+        legacy: Option<&Path>,
+    ) -> (TokenStore, Vec<String>) {
+        let s = TokenStore {
+            store,
             key,
-            entries: RwLock::new(HashMap::new()),
-            seen: Default::default(),
+            entries: Default::default(),
         };
-        let recovered = match store.reload() {
-            Ok(_) => None,
-            Err(reason) => {
-                let moved_to = crate::durable::sibling(
-                    path,
-                    &format!(".corrupt-{}", crate::revocation::now()),
-                );
-                let _ = std::fs::rename(path, &moved_to);
-                tracing::error!(file = %path.display(), moved_to = %moved_to.display(), %reason, "the OAuth 1.0 token store is unreadable; it was moved aside and valet starts with an empty store");
-                Some(Recovered { reason, moved_to })
+        let mut problems = Vec::new();
+        if let Some(path) = legacy {
+            if let Err(e) = s.import(path) {
+                tracing::error!(file = %path.display(), error = %e, "the OAuth 1.0 token file was not imported; it is left as it is, and the import is tried again at the next start");
+                problems.push(e);
             }
-        };
-        (store, recovered)
+        }
+        if let Err(e) = s.load_all() {
+            problems.push(e);
+        }
+        (s, problems)
     }
 
-    /// Reads and unseals the file: its entries and the digest of its
-    /// bytes (a missing file is an empty store).
-    fn read_file(&self) -> Result<(Entries, [u8; 32]), String> {
-        let text = match std::fs::read_to_string(&self.path) {
+    /// Copies the legacy file's entries into the store, once per store:
+    /// all of them or none (an entry that does not open with the key stops
+    /// the import, so a wrong key never silently drops tokens).
+    fn import(&self, path: &Path) -> Result<(), String> {
+        let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok((Entries::new(), crate::digest::sha256(b"")))
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(format!("cannot read: {e}")),
         };
-        let file: StoreFile =
-            serde_yaml::from_str(&text).map_err(|e| format!("not a token store: {e}"))?;
+        let file: LegacyFile =
+            serde_yaml::from_str(&text).map_err(|e| format!("not a token file: {e}"))?;
         if file.version != 1 {
-            return Err(format!("unknown token store version {}", file.version));
+            return Err(format!("unknown token file version {}", file.version));
         }
-        let mut map = Entries::new();
+        let mut import = crate::store::Import::default();
         for t in file.tokens {
-            let creds = self
-                .unseal(&t.provider, &t.subject, &t.sealed)
+            let sealed = base64::engine::general_purpose::STANDARD
+                .decode(&t.sealed)
+                .ok()
+                .filter(|b| {
+                    self.open_sealed(&token_aad(&t.provider, &t.subject), b)
+                        .is_some()
+                })
                 .ok_or_else(|| {
                     format!(
                         "the entry for ({}, {}) does not decrypt (wrong key, or tampered)",
                         t.provider, t.subject
                     )
                 })?;
-            map.entry(t.provider)
-                .or_default()
-                .insert(t.subject, Arc::new(creds));
+            import.oauth1_tokens.push((t.provider, t.subject, sealed));
         }
-        Ok((map, crate::digest::sha256(text.as_bytes())))
+        let n = import.oauth1_tokens.len();
+        let marker = format!(
+            "oauth1-tokens:{}",
+            std::fs::canonicalize(path)
+                .unwrap_or_else(|_| path.to_path_buf())
+                .display()
+        );
+        if self
+            .store
+            .import_once(&marker, &import)
+            .map_err(|e| e.to_string())?
+        {
+            tracing::info!(file = %path.display(), tokens = n, "copied the OAuth 1.0 token file into the state store, once; the file is left as it was and is never written");
+        }
+        Ok(())
     }
 
-    /// Re-reads the file if it changed since valet last read or wrote it
-    /// (`Ok(false)`: unchanged). On error the tokens in force stay.
-    pub fn reload(&self) -> Result<bool, String> {
-        let bytes = match std::fs::read(&self.path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(format!("cannot read: {e}")),
-        };
-        if *self.seen.lock().expect("not poisoned") == crate::digest::sha256(&bytes) {
-            return Ok(false);
+    /// Reads every token from the store again (at start, and when the log
+    /// could not be resumed). Entries that do not open are skipped and
+    /// reported.
+    pub fn load_all(&self) -> Result<(), String> {
+        let rows = self.store.oauth1_tokens().map_err(|e| e.to_string())?;
+        let mut map = Entries::new();
+        let mut closed = 0;
+        for (provider, subject, sealed) in rows {
+            match self.unseal_token(&provider, &subject, &sealed) {
+                Some(c) => {
+                    map.entry(provider)
+                        .or_default()
+                        .insert(subject, Arc::new(c));
+                }
+                None => closed += 1,
+            }
         }
-        let (map, digest) = self.read_file()?;
         *self.entries.write().expect("not poisoned") = map;
-        *self.seen.lock().expect("not poisoned") = digest;
-        Ok(true)
+        if closed > 0 {
+            let e = format!("{closed} OAuth 1.0 tokens in the state store do not decrypt with the configured key (wrong key, or tampered); they are not used");
+            tracing::error!("{e}");
+            return Err(e);
+        }
+        Ok(())
     }
 
-    fn seal(&self, provider: &str, subject: &str, c: &Credentials) -> String {
+    /// Reads the token of (provider, subject) from the store again (another
+    /// process changed it).
+    pub fn refresh(&self, provider: &str, subject: &str) -> Result<(), String> {
+        let sealed = self
+            .store
+            .oauth1_token(provider, subject)
+            .map_err(|e| e.to_string())?;
+        let creds = sealed.and_then(|b| self.unseal_token(provider, subject, &b));
+        let mut m = self.entries.write().expect("not poisoned");
+        match creds {
+            Some(c) => {
+                m.entry(provider.to_string())
+                    .or_default()
+                    .insert(subject.to_string(), Arc::new(c));
+            }
+            None => {
+                if let Some(s) = m.get_mut(provider) {
+                    s.remove(subject);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn seal(&self, aad: &[u8], plain: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];
         aws_lc_rs::rand::fill(&mut nonce).expect("system randomness");
-        let mut data = Vec::with_capacity(c.token.len() + c.secret.expose().len() + 1 + 16);
-        data.extend_from_slice(c.token.as_bytes());
-        data.push(b'\n');
-        data.extend_from_slice(c.secret.expose());
+        let mut data = plain.to_vec();
         self.key
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad(provider, subject)),
+                Aad::from(aad),
                 &mut data,
             )
             .expect("AES-GCM sealing cannot fail for these sizes");
-        let mut out = nonce.to_vec();
-        out.extend_from_slice(&data);
-        base64::engine::general_purpose::STANDARD.encode(out)
+        [&nonce[..], &data].concat()
     }
 
-    fn unseal(&self, provider: &str, subject: &str, sealed: &str) -> Option<Credentials> {
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(sealed)
-            .ok()?;
-        if raw.len() < NONCE_LEN {
+    fn open_sealed(&self, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        if sealed.len() < NONCE_LEN {
             return None;
         }
-        let (nonce, rest) = raw.split_at(NONCE_LEN);
+        let (nonce, rest) = sealed.split_at(NONCE_LEN);
         let mut buf = rest.to_vec();
         let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
         let plain = self
             .key
-            .open_in_place(nonce, Aad::from(aad(provider, subject)), &mut buf)
+            .open_in_place(nonce, Aad::from(aad), &mut buf)
             .ok()?;
-        let text = std::str::from_utf8(plain).ok()?;
+        Some(plain.to_vec())
+    }
+
+    fn unseal_token(&self, provider: &str, subject: &str, sealed: &[u8]) -> Option<Credentials> {
+        let plain = self.open_sealed(&token_aad(provider, subject), sealed)?;
+        let text = std::str::from_utf8(&plain).ok()?;
         let (token, secret) = text.split_once('\n')?;
         Some(Credentials {
             token: token.to_string(),
@@ -238,64 +298,104 @@ impl TokenStore {
         v
     }
 
-    /// Stores credentials durably, then puts them in force.
+    /// Stores credentials durably, then puts them in force. Blocking I/O.
     pub fn put(&self, provider: &str, subject: &str, creds: Credentials) -> Result<(), StoreError> {
-        self.update(|m| {
-            m.entry(provider.to_string())
-                .or_default()
-                .insert(subject.to_string(), Arc::new(creds));
-        })
+        let mut plain = [creds.token.as_bytes(), b"\n", creds.secret.expose()].concat();
+        let sealed = self.seal(&token_aad(provider, subject), &plain);
+        zeroize::Zeroize::zeroize(&mut plain);
+        self.store
+            .set_oauth1_token(provider, subject, Some(&sealed))?;
+        self.entries
+            .write()
+            .expect("not poisoned")
+            .entry(provider.to_string())
+            .or_default()
+            .insert(subject.to_string(), Arc::new(creds));
+        Ok(())
     }
 
-    /// Forgets a subject's token; `Ok(true)` if there was one.
+    /// Forgets a subject's token; `Ok(true)` if there was one. Blocking I/O.
     pub fn remove(&self, provider: &str, subject: &str) -> Result<bool, StoreError> {
-        let mut had = false;
-        self.update(|m| {
-            had = m
-                .get_mut(provider)
-                .and_then(|s| s.remove(subject))
-                .is_some()
-        })?;
+        let had = self.store.set_oauth1_token(provider, subject, None)?;
+        if let Some(s) = self
+            .entries
+            .write()
+            .expect("not poisoned")
+            .get_mut(provider)
+        {
+            s.remove(subject);
+        }
         Ok(had)
     }
 
-    fn update(&self, f: impl FnOnce(&mut Entries)) -> Result<(), StoreError> {
-        let err = |source| StoreError::Write {
-            path: self.path.clone(),
-            source,
+    /// Records a flow under its temporary token (sealed), within the
+    /// bounds; `Ok(false)` when too many are pending. Blocking I/O.
+    pub fn start_flow(&self, token: &str, p: &Pending) -> Result<bool, StoreError> {
+        let url = p.return_url.as_bytes();
+        let mut plain = [
+            &p.state_digest[..],
+            &(url.len() as u32).to_be_bytes(),
+            url,
+            p.token_secret.expose(),
+        ]
+        .concat();
+        let flow = Flow {
+            provider: p.provider.clone(),
+            subject: p.subject.to_string(),
+            sealed: self.seal(&flow_aad(token, &p.provider, &p.subject), &plain),
+            expires_at_ms: p.expires_at_ms,
         };
-        let lock = crate::durable::lock(&self.path).map_err(err)?;
-        // Change what is on disk (another process may have written since).
-        let (mut next, _) = self.read_file().map_err(|reason| StoreError::Damaged {
-            path: self.path.clone(),
-            reason,
-        })?;
-        f(&mut next);
-        next.retain(|_, subjects| !subjects.is_empty());
-        let mut tokens: Vec<StoredToken> = next
-            .iter()
-            .flat_map(|(p, subjects)| subjects.iter().map(move |(s, c)| (p, s, c)))
-            .map(|(p, s, c)| StoredToken {
-                provider: p.clone(),
-                subject: s.clone(),
-                sealed: self.seal(p, s, c),
-            })
-            .collect();
-        tokens.sort_by(|a, b| (&a.provider, &a.subject).cmp(&(&b.provider, &b.subject)));
-        let text = format!(
-            "# valet OAuth 1.0 token store: tokens and secrets are sealed (AES-256-GCM).\n{}",
-            serde_yaml::to_string(&StoreFile { version: 1, tokens }).expect("serializable")
-        );
-        crate::durable::replace(&lock, &self.path, text.as_bytes(), 0o600).map_err(err)?;
-        *self.entries.write().expect("not poisoned") = next;
-        *self.seen.lock().expect("not poisoned") = crate::digest::sha256(text.as_bytes());
-        Ok(())
+        zeroize::Zeroize::zeroize(&mut plain);
+        Ok(self.store.start_flow(
+            token,
+            &flow,
+            MAX_PENDING_PER_SUBJECT,
+            MAX_PENDING_FLOWS,
+            crate::revocation::now_ms(),
+        )?)
     }
+
+    /// Takes out the flow of `token` with `provider`: a temporary token is
+    /// usable once, whatever follows (in any process on the store). A flow
+    /// that does not open is as good as unknown. Blocking I/O.
+    pub fn take_flow(&self, token: &str, provider: &str) -> Result<Option<Pending>, StoreError> {
+        let Some(f) = self.store.take_flow(token, provider)? else {
+            return Ok(None);
+        };
+        let Some(mut plain) =
+            self.open_sealed(&flow_aad(token, &f.provider, &f.subject), &f.sealed)
+        else {
+            tracing::error!(provider, "a pending OAuth 1.0 flow in the state store does not decrypt (wrong key, or tampered); refused");
+            return Ok(None);
+        };
+        let pending = parse_flow(&plain).map(|(digest, url, secret)| Pending {
+            provider: f.provider,
+            subject: f.subject.into(),
+            token_secret: Secret::new(secret.to_vec()),
+            state_digest: *digest,
+            return_url: String::from_utf8_lossy(url).into_owned(),
+            expires_at_ms: f.expires_at_ms,
+        });
+        zeroize::Zeroize::zeroize(&mut plain);
+        Ok(pending)
+    }
+}
+
+/// A flow's sealed content: state digest, return URL, token secret.
+fn parse_flow(plain: &[u8]) -> Option<(&[u8; 32], &[u8], &[u8])> {
+    let (digest, rest) = plain.split_first_chunk::<32>()?;
+    let (len, rest) = rest.split_first_chunk::<4>()?;
+    let len = u32::from_be_bytes(*len) as usize;
+    (rest.len() >= len).then(|| {
+        let (url, secret) = rest.split_at(len);
+        (digest, url, secret)
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::sqlite::SqliteStore;
 
     const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
     const OTHER_KEY: &str = "HxAdHBsaGRgXFhUUExIREA8ODQwLCgkIBwYFBAMCAQA=";
@@ -307,99 +407,156 @@ mod tests {
         }
     }
 
-    fn open(path: &Path, key: &str) -> (TokenStore, Option<Recovered>) {
-        TokenStore::open(path, TokenStore::key_from_base64(key).unwrap())
+    fn store(path: &Path) -> Arc<dyn Store> {
+        Arc::new(SqliteStore::open(path).unwrap())
+    }
+
+    fn open(db: &Path, key: &str, legacy: Option<&Path>) -> (TokenStore, Vec<String>) {
+        TokenStore::open(store(db), TokenStore::key_from_base64(key).unwrap(), legacy)
     }
 
     #[test]
-    fn tokens_survive_a_restart_sealed_in_a_0600_file() {
-        use std::os::unix::fs::PermissionsExt;
+    fn tokens_survive_a_restart_sealed_at_rest() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("oauth1-tokens.yaml");
-        let (s, rec) = open(&path, KEY);
-        assert!(rec.is_none());
+        let db = dir.path().join("s.db");
+        let (s, problems) = open(&db, KEY, None);
+        assert!(problems.is_empty());
         s.put("legacy", "alice", creds("tok-alice", "sec-alice"))
             .unwrap();
         s.put("legacy", "bob", creds("tok-bob", "sec-bob")).unwrap();
         assert!(s.remove("legacy", "bob").unwrap());
         assert!(!s.remove("legacy", "bob").unwrap());
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert!(
-            !text.contains("tok-alice") && !text.contains("sec-alice"),
-            "sealed at rest: {text}"
-        );
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        let (again, rec) = open(&path, KEY);
-        assert!(rec.is_none());
+        for f in ["s.db", "s.db-wal"] {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+        }
+        drop(s);
+        for f in ["s.db", "s.db-wal"] {
+            let bytes = std::fs::read(dir.path().join(f)).unwrap_or_default();
+            let hay = String::from_utf8_lossy(&bytes);
+            assert!(
+                !hay.contains("tok-alice") && !hay.contains("sec-alice"),
+                "sealed at rest ({f})"
+            );
+        }
+        let (again, problems) = open(&db, KEY, None);
+        assert!(problems.is_empty());
         let c = again.get("legacy", "alice").unwrap();
         assert_eq!(
             (c.token.as_str(), c.secret.expose()),
             ("tok-alice", &b"sec-alice"[..])
         );
         assert!(again.get("legacy", "bob").is_none());
+        // Another key opens nothing, and says so.
+        let (other, problems) = open(&db, OTHER_KEY, None);
+        assert!(other.get("legacy", "alice").is_none());
+        assert!(problems[0].contains("do not decrypt"), "{problems:?}");
     }
 
     #[test]
-    fn a_wrong_key_or_swapped_entry_is_reported_and_moved_aside() {
+    fn a_second_process_sees_changes_through_the_log() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.yaml");
-        let (s, _) = open(&path, KEY);
-        s.put("legacy", "alice", creds("t", "s")).unwrap();
-        let (empty, rec) = open(&path, OTHER_KEY);
-        let rec = rec.expect("reported");
-        assert!(rec.reason.contains("does not decrypt"), "{rec:?}");
-        assert!(
-            rec.moved_to.exists() && !path.exists(),
-            "kept aside, never overwritten"
-        );
-        assert!(empty.get("legacy", "alice").is_none());
-        // Moving an entry to another subject breaks its seal.
-        std::fs::copy(&rec.moved_to, &path).unwrap();
-        let swapped = std::fs::read_to_string(&path)
-            .unwrap()
-            .replace("subject: alice", "subject: mallory");
-        std::fs::write(&path, swapped).unwrap();
-        let (_, rec) = open(&path, KEY);
-        assert!(rec.expect("reported").reason.contains("(legacy, mallory)"));
-    }
-
-    #[test]
-    fn two_stores_on_one_file_merge_and_see_each_other() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.yaml");
-        let (a, _) = open(&path, KEY);
-        let (b, _) = open(&path, KEY);
+        let db = dir.path().join("s.db");
+        let (a, _) = open(&db, KEY, None);
+        let (b, _) = open(&db, KEY, None);
         a.put("p", "alice", creds("ta", "sa")).unwrap();
-        b.put("p", "bob", creds("tb", "sb")).unwrap();
-        assert!(b.get("p", "alice").is_some(), "b wrote on top of a's entry");
-        assert!(a.get("p", "bob").is_none());
-        assert!(a.reload().unwrap());
-        assert!(!a.reload().unwrap(), "unchanged file: no reload");
-        assert_eq!(a.get("p", "bob").unwrap().token, "tb");
+        assert!(b.get("p", "alice").is_none());
+        let crate::store::Since::Changes(log) = b.store.since(0, 10).unwrap() else {
+            panic!("trimmed")
+        };
+        let want = crate::store::Change::OAuth1Token {
+            provider: "p".into(),
+            subject: "alice".into(),
+        };
+        assert_eq!(log.last().unwrap().1, want);
+        b.refresh("p", "alice").unwrap();
+        assert_eq!(b.get("p", "alice").unwrap().token, "ta");
         assert!(b.remove("p", "alice").unwrap());
-        a.reload().unwrap();
+        a.refresh("p", "alice").unwrap();
         assert!(a.get("p", "alice").is_none());
-        // Damaged while running: the tokens in force stay, writes refuse.
-        std::fs::write(&path, "tokens: [").unwrap();
-        assert!(a.reload().unwrap_err().contains("not a token store"));
-        assert_eq!(a.get("p", "bob").unwrap().token, "tb");
-        let e = a.put("p", "carol", creds("t", "s")).unwrap_err();
-        assert!(matches!(e, StoreError::Damaged { .. }), "{e}");
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "tokens: [");
     }
 
     #[test]
-    fn a_corrupt_file_does_not_stop_the_store() {
+    fn a_flow_is_sealed_taken_once_and_bounded_per_subject() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.yaml");
-        std::fs::write(&path, "tokens: [ {provider: x").unwrap();
-        let (s, rec) = open(&path, KEY);
-        assert!(rec.expect("reported").reason.contains("not a token store"));
-        s.put("p", "u", creds("t", "s")).unwrap();
-        assert!(s.get("p", "u").is_some());
-        assert!(TokenStore::key_from_base64("c2hvcnQ=").is_err());
+        let db = dir.path().join("s.db");
+        let (a, _) = open(&db, KEY, None);
+        let (b, _) = open(&db, KEY, None);
+        let now = crate::revocation::now_ms();
+        let pending = |subject: &str, ttl_ms: i64| Pending {
+            provider: "p".into(),
+            subject: subject.into(),
+            token_secret: Secret::new(b"temp-secret".to_vec()),
+            state_digest: [7; 32],
+            return_url: "https://app.example/done".into(),
+            expires_at_ms: now + ttl_ms,
+        };
+        assert!(a.start_flow("t1", &pending("alice", 60_000)).unwrap());
+        // Taken at another process; once.
+        assert!(b.take_flow("t1", "other").unwrap().is_none());
+        let got = b.take_flow("t1", "p").unwrap().expect("the flow");
+        assert_eq!(
+            (
+                &*got.subject,
+                got.token_secret.expose(),
+                got.return_url.as_str()
+            ),
+            ("alice", &b"temp-secret"[..], "https://app.example/done")
+        );
+        assert_eq!(got.state_digest, [7; 32]);
+        assert!(a.take_flow("t1", "p").unwrap().is_none());
+        // Per subject: starting a sixth ends the oldest.
+        for i in 0..=MAX_PENDING_PER_SUBJECT {
+            let t = format!("s{i}");
+            assert!(a.start_flow(&t, &pending("bob", 1000 + i as i64)).unwrap());
+        }
+        assert!(a.take_flow("s0", "p").unwrap().is_none(), "oldest ended");
+        assert!(a.take_flow("s1", "p").unwrap().is_some());
+        // Stored sealed: a swapped subject no longer opens.
+        let db2 = crate::store::sqlite::SqliteStore::open(&db).unwrap();
+        assert!(a.start_flow("t2", &pending("carol", 60_000)).unwrap());
+        let f = db2.take_flow("t2", "p").unwrap().unwrap();
+        let moved = Flow {
+            subject: "mallory".into(),
+            ..f
+        };
+        db2.start_flow("t2", &moved, 5, 100, now).unwrap();
+        assert!(a.take_flow("t2", "p").unwrap().is_none());
+    }
+
+    #[test]
+    fn the_legacy_file_is_imported_once_and_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.db");
+        let file = dir.path().join("oauth1-tokens.yaml");
+        let k = TokenStore::key_from_base64(KEY).unwrap();
+        let helper = TokenStore {
+            store: store(&dir.path().join("scratch.db")),
+            key: k,
+            entries: Default::default(),
+        };
+        let sealed = base64::engine::general_purpose::STANDARD
+            .encode(helper.seal(&token_aad("legacy", "alice"), b"tok-a\nsec-a"));
+        let text = format!(
+            "version: 1\ntokens:\n- provider: legacy\n  subject: alice\n  sealed: {sealed}\n"
+        );
+        std::fs::write(&file, &text).unwrap();
+        // A wrong key imports nothing, and the import is tried again.
+        let (s, problems) = open(&db, OTHER_KEY, Some(&file));
+        assert!(problems[0].contains("does not decrypt"), "{problems:?}");
+        assert!(s.get("legacy", "alice").is_none());
+        drop(s);
+        let (s, problems) = open(&db, KEY, Some(&file));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(s.get("legacy", "alice").unwrap().token, "tok-a");
+        // Forgotten after the import: a restart does not bring it back.
+        assert!(s.remove("legacy", "alice").unwrap());
+        let (s, _) = open(&db, KEY, Some(&file));
+        assert!(s.get("legacy", "alice").is_none(), "imported twice");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
     }
 }

@@ -20,7 +20,9 @@ pub const DEFAULT_PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 pub struct OAuth1Config {
-    pub store_file: PathBuf,
+    /// The token file of versions before the state store: imported into
+    /// the store once, never written.
+    pub store_file: Option<PathBuf>,
     /// AES-256 key (32 bytes) sealing the stored tokens.
     pub store_key: Secret,
     pub path_prefix: String,
@@ -158,7 +160,7 @@ pub(super) fn compile(
         }
     }
     Some(OAuth1Config {
-        store_file: resolve(&raw.token_store.file),
+        store_file: raw.token_store.file.as_deref().map(&resolve),
         store_key: key?,
         path_prefix: prefix,
         pending_ttl,

@@ -50,7 +50,9 @@ pub(super) struct RawOAuth1 {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTokenStore {
-    pub(super) file: String,
+    /// The token file of earlier versions (tokens now live in the state
+    /// store): imported once if it exists, never written.
+    pub(super) file: Option<String>,
     /// 32 bytes, base64; or VALET_OAUTH1_STORE_KEY.
     pub(super) key_file: Option<String>,
     #[serde(default)]

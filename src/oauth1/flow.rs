@@ -11,8 +11,7 @@
 //!   the subject has a token; forget it.
 
 use super::client::{self, ProviderError};
-use crate::app::oauth1_flows::Pending;
-use crate::app::oauth1_tokens::{Credentials, TokenStore};
+use crate::app::oauth1_tokens::{Credentials, Pending, TokenStore};
 use crate::app::{App, Snapshot};
 use crate::bodies::json as json_response;
 use crate::bodies::RequestBody;
@@ -24,7 +23,6 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use serde_json::json;
 use std::sync::Arc;
-use std::time::Instant;
 
 /// What a path under the OAuth 1.0 prefix asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,7 +183,7 @@ fn store_missing() -> Response<ResponseBody> {
 }
 
 async fn authorize(
-    app: &App,
+    app: &Arc<App>,
     o: &OAuth1Config,
     p: &Provider,
     subject: &str,
@@ -220,14 +218,6 @@ async fn authorize(
             );
         }
     };
-    if !app.oauth1_flows.make_room(&p.name, subject) {
-        fail("too_many_pending");
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            "too many authorization flows are in progress; try again shortly".into(),
-        );
-    }
     let issued = match client::obtain(
         p,
         &p.request_token_url,
@@ -250,17 +240,37 @@ async fn authorize(
     let (tok, secret) = (issued.token.as_str(), issued.secret.as_str());
     let state = crate::tokens::random_id();
     let to = client::with_query(&p.authorize_url, &[("oauth_token", tok)]);
-    app.oauth1_flows.insert(
-        tok.to_string(),
-        Pending {
-            provider: p.name.clone(),
-            subject: subject.into(),
-            token_secret: Secret::new(secret.as_bytes().to_vec()),
-            state_digest: crate::digest::sha256(state.as_bytes()),
-            return_url,
-            expires: Instant::now() + o.pending_ttl,
-        },
-    );
+    let pending = Pending {
+        provider: p.name.clone(),
+        subject: subject.into(),
+        token_secret: Secret::new(secret.as_bytes().to_vec()),
+        state_digest: crate::digest::sha256(state.as_bytes()),
+        return_url,
+        expires_at_ms: crate::revocation::now_ms().saturating_add(o.pending_ttl.as_millis() as i64),
+    };
+    // In the state store, so the callback may reach any authority process.
+    let key = tok.to_string();
+    match with_store(app, move |s| s.start_flow(&key, &pending)).await {
+        Some(Ok(true)) => {}
+        Some(Ok(false)) => {
+            fail("too_many_pending");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "too many authorization flows are in progress; try again shortly".into(),
+            );
+        }
+        Some(Err(e)) => {
+            fail("store_write");
+            tracing::error!(error = %e, "cannot record an OAuth 1.0 flow in the state store");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the flow could not be recorded; try again later".into(),
+            );
+        }
+        None => return store_missing(),
+    }
     app.metrics
         .oauth1_flows_started
         .with_label_values(&[&p.name])
@@ -347,14 +357,28 @@ async fn callback(
         );
     };
     // Taken out first: a temporary token is usable once, whatever follows.
-    let Some(pending) = app.oauth1_flows.take(tok, &p.name) else {
-        return failed(
-            "unknown_token",
-            StatusCode::BAD_REQUEST,
-            format!("oauth_token is unknown or was already used; {restart}"),
-        );
+    let (key, name) = (tok.to_string(), p.name.clone());
+    let pending = match with_store(app, move |s| s.take_flow(&key, &name)).await {
+        Some(Ok(Some(pending))) => pending,
+        Some(Ok(None)) => {
+            return failed(
+                "unknown_token",
+                StatusCode::BAD_REQUEST,
+                format!("oauth_token is unknown or was already used; {restart}"),
+            )
+        }
+        Some(Err(e)) => {
+            app.metrics.oauth1_flow_failed(&p.name, "store_read");
+            tracing::error!(error = %e, "cannot read OAuth 1.0 flows from the state store");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the flow cannot be looked up now; try the link again shortly".into(),
+            );
+        }
+        None => return store_missing(),
     };
-    if pending.expires <= Instant::now() {
+    if pending.expires_at_ms <= crate::revocation::now_ms() {
         return failed(
             "expired",
             StatusCode::BAD_REQUEST,

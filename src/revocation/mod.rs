@@ -407,6 +407,18 @@ const IMPORT_MARKER: &str = "revocation-file";
 /// Changes read from the log per call.
 const FOLLOW_BATCH: usize = 10_000;
 
+/// What following the store's log found.
+#[derive(Debug, Default)]
+pub struct Followed {
+    /// Revocations applied.
+    pub revocations: usize,
+    /// OAuth 1.0 tokens changed: (provider, subject), to read again.
+    pub oauth1_tokens: Vec<(String, String)>,
+    /// The log could not be resumed and the store was read whole: read
+    /// whole whatever else follows it.
+    pub whole: bool,
+}
+
 /// The embedded store at `path`, for writing or only for reading.
 fn open_store(path: &Path, read_only: bool) -> Result<Arc<dyn Store>, RevocationError> {
     use crate::store::sqlite::SqliteStore;
@@ -597,25 +609,33 @@ impl Revocations {
     /// Applies what the store's log holds past this process's position (any
     /// process's writes); after a log this process cannot resume (another
     /// store, or one restored from a backup), re-reads the store whole.
-    /// Returns how many changes were applied. Blocking I/O.
-    pub fn follow(&self) -> Result<usize, RevocationError> {
+    /// Returns what changed; the log's other entries (OAuth 1.0 tokens) are
+    /// handed back for their owner to apply. Blocking I/O.
+    pub fn follow(&self) -> Result<Followed, RevocationError> {
         let err = store_error;
-        let mut applied = 0;
+        let mut out = Followed::default();
         loop {
             let at = self.position();
             match self.store.since(at, FOLLOW_BATCH).map_err(err)? {
                 crate::store::Since::Changes(changes) => {
                     let Some(last) = changes.last().map(|(p, _)| *p) else {
-                        return Ok(applied);
+                        return Ok(out);
                     };
                     let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
                     let current = self.current.load();
-                    for (_, r) in &changes {
-                        self.own.insert(r);
-                        current.insert(r);
+                    for (_, c) in changes {
+                        match c {
+                            crate::store::Change::Revoked(r) => {
+                                self.own.insert(&r);
+                                current.insert(&r);
+                                out.revocations += 1;
+                            }
+                            crate::store::Change::OAuth1Token { provider, subject } => {
+                                out.oauth1_tokens.push((provider, subject))
+                            }
+                        }
                     }
                     self.position.store(last, Ordering::Release);
-                    applied += changes.len();
                 }
                 crate::store::Since::Trimmed => {
                     let snap = self.store.snapshot().map_err(err)?;
@@ -630,7 +650,8 @@ impl Revocations {
                     self.current.load().merge(&own);
                     self.position.store(snap.position, Ordering::Release);
                     tracing::warn!(position = snap.position, "the state store's log does not go on from this process's position; read it whole");
-                    applied += snap.records.len();
+                    out.revocations += snap.records.len();
+                    out.whole = true;
                 }
             }
         }
@@ -964,7 +985,7 @@ mod tests {
         assert_eq!(b.rotate("gone", exp, t0, 5000).unwrap(), Rotation::Revoked);
         // And b follows a's revocation from the log.
         assert!(b.current().check(Some("gone"), "", "", 0, None).is_none());
-        assert_eq!(b.follow().unwrap(), 1);
+        assert_eq!(b.follow().unwrap().revocations, 1);
         assert!(b.current().check(Some("gone"), "", "", 0, None).is_some());
     }
 }

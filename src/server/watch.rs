@@ -50,11 +50,6 @@ pub fn start(
         let _ = std::fs::create_dir_all(&d);
         dirs.push(d);
     }
-    if let Some(o) = &snap.config.oauth1 {
-        let d = dir_of(&o.store_file);
-        let _ = std::fs::create_dir_all(&d);
-        dirs.push(d);
-    }
     for r in &resolvers {
         if let TlsSource::Files { cert, key } = r.source() {
             dirs.push(dir_of(cert));

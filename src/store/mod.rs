@@ -8,7 +8,12 @@
 //!   processes, validators) resume from;
 //! - **refresh rotations** and **single-use assertion ids**: looked up by
 //!   key at grant time, by the authority only, each in one atomic
-//!   check-and-set; never in the log, never in a follower's memory.
+//!   check-and-set; never in the log, never in a follower's memory;
+//! - **OAuth 1.0 access tokens**, sealed by the caller (the store never
+//!   sees them in clear): each change is in the log, so every authority
+//!   process on the store keeps the same tokens in memory for signing;
+//! - **pending OAuth 1.0 flows**, sealed too: started at one authority
+//!   process, taken (once) by the callback at any, by key only.
 //!
 //! The operator's revocation file is not here: it stays a read-only input.
 //! This module names nothing else of valet's (layer 0): the revocation map
@@ -33,6 +38,27 @@ pub enum Record {
     Subject { subject: String, before: i64 },
 }
 
+/// One entry of the change log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A revocation.
+    Revoked(Record),
+    /// The OAuth 1.0 token of (provider, subject) was stored or removed:
+    /// read it again ([`Store::oauth1_token`]).
+    OAuth1Token { provider: String, subject: String },
+}
+
+/// An OAuth 1.0 flow waiting for the provider's callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flow {
+    pub provider: String,
+    pub subject: String,
+    /// What the flow carries, sealed by the caller.
+    pub sealed: Vec<u8>,
+    /// Unix milliseconds.
+    pub expires_at_ms: i64,
+}
+
 /// What presenting a refresh token meant, decided in one check-and-set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rotation {
@@ -51,7 +77,7 @@ pub enum Rotation {
 #[derive(Debug)]
 pub enum Since {
     /// The changes after the position, in order (at most the limit asked).
-    Changes(Vec<(Position, Record)>),
+    Changes(Vec<(Position, Change)>),
     /// The log was pruned past the position: read a whole snapshot.
     Trimmed,
 }
@@ -72,6 +98,9 @@ pub struct Import {
     pub rotations: Vec<(String, i64, i64)>,
     /// Single-use ids: (id, expires_at).
     pub single_use: Vec<(String, i64)>,
+    /// OAuth 1.0 tokens: (provider, subject, sealed); an entry already in
+    /// the store is kept.
+    pub oauth1_tokens: Vec<(String, String, Vec<u8>)>,
 }
 
 /// Entries by kind, for the metrics.
@@ -83,6 +112,8 @@ pub struct Counts {
     pub subjects: u64,
     pub rotations: u64,
     pub single_use: u64,
+    pub oauth1_tokens: u64,
+    pub oauth1_flows: u64,
     pub log: u64,
 }
 
@@ -138,6 +169,38 @@ pub trait Store: Send + Sync {
     /// their log entries, rotations, single-use ids); returns how many.
     /// Cut-offs never expire.
     fn prune(&self, now: i64, batch: usize) -> Result<usize, StoreError>;
+
+    /// The sealed OAuth 1.0 token of (provider, subject) (a read).
+    fn oauth1_token(&self, provider: &str, subject: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Every OAuth 1.0 token: (provider, subject, sealed).
+    fn oauth1_tokens(&self) -> Result<Vec<(String, String, Vec<u8>)>, StoreError>;
+
+    /// Stores (`Some`) or removes (`None`) the sealed OAuth 1.0 token of
+    /// (provider, subject) and logs the change; whether there was one.
+    fn set_oauth1_token(
+        &self,
+        provider: &str,
+        subject: &str,
+        sealed: Option<&[u8]>,
+    ) -> Result<bool, StoreError>;
+
+    /// Records a flow under its temporary token, within bounds: the
+    /// subject's oldest flows with the provider beyond `per_subject - 1`
+    /// end first, and when `total` flows are pending (after dropping
+    /// expired ones) nothing is recorded: `Ok(false)`.
+    fn start_flow(
+        &self,
+        token: &str,
+        flow: &Flow,
+        per_subject: usize,
+        total: usize,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Takes out the flow of `token` with `provider` (expired or not): of
+    /// two takers, in any process on the store, one gets it.
+    fn take_flow(&self, token: &str, provider: &str) -> Result<Option<Flow>, StoreError>;
 
     /// Entries by kind.
     fn counts(&self) -> Result<Counts, StoreError>;

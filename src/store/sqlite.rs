@@ -15,7 +15,9 @@
 //! - The log's positions come from `AUTOINCREMENT`: strictly increasing and
 //!   never reused, even after pruning.
 
-use super::{Counts, Import, Position, Record, Rotation, Since, Snapshot, Store, StoreError};
+use super::{
+    Change, Counts, Flow, Import, Position, Record, Rotation, Since, Snapshot, Store, StoreError,
+};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -32,6 +34,14 @@ const TOKEN: i64 = 0;
 const FAMILY: i64 = 1;
 const CLIENT: i64 = 2;
 const SUBJECT: i64 = 3;
+// Log only: an OAuth 1.0 token changed (key: provider "\n" subject; value:
+// when the entry may be pruned).
+const OAUTH1_TOKEN: i64 = 4;
+
+/// How long an OAuth 1.0 token change stays in the log: followers are
+/// running processes reading it every fraction of a second, and a process
+/// starting reads the tokens whole.
+const OAUTH1_LOG_KEEP_SECS: i64 = 7 * 86_400;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -51,6 +61,16 @@ CREATE INDEX IF NOT EXISTS rotations_by_expiry ON rotations (expires_at);
 CREATE TABLE IF NOT EXISTS single_use (
     id TEXT PRIMARY KEY, expires_at INTEGER NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS single_use_by_expiry ON single_use (expires_at);
+-- Added within schema 1 (a valet reading only the tables above skips the
+-- log entries of kind 4 and never opens these).
+CREATE TABLE IF NOT EXISTS oauth1_tokens (
+    provider TEXT NOT NULL, subject TEXT NOT NULL, sealed BLOB NOT NULL,
+    PRIMARY KEY (provider, subject)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS oauth1_flows (
+    token TEXT PRIMARY KEY, provider TEXT NOT NULL, subject TEXT NOT NULL,
+    sealed BLOB NOT NULL, expires_at_ms INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS oauth1_flows_by_subject ON oauth1_flows (provider, subject, expires_at_ms);
+CREATE INDEX IF NOT EXISTS oauth1_flows_by_expiry ON oauth1_flows (expires_at_ms);
 ";
 
 /// The store in one SQLite file.
@@ -84,6 +104,19 @@ fn kind_and_value(r: &Record) -> (i64, &str, i64) {
     }
 }
 
+/// A log entry as a change; `None` for a kind this valet does not know.
+fn change(kind: i64, key: String, value: i64) -> Option<Change> {
+    if kind == OAUTH1_TOKEN {
+        // Provider names never hold a newline (config check).
+        let (provider, subject) = key.split_once('\n')?;
+        return Some(Change::OAuth1Token {
+            provider: provider.to_string(),
+            subject: subject.to_string(),
+        });
+    }
+    record(kind, key, value).map(Change::Revoked)
+}
+
 fn record(kind: i64, key: String, value: i64) -> Option<Record> {
     Some(match kind {
         TOKEN => Record::Token {
@@ -104,6 +137,20 @@ fn record(kind: i64, key: String, value: i64) -> Option<Record> {
         },
         _ => return None,
     })
+}
+
+/// Creates `path` empty with mode 0600 unless it exists.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
 }
 
 fn file_identity(path: &Path) -> std::io::Result<(u64, u64)> {
@@ -152,6 +199,9 @@ impl SqliteStore {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
             }
+            // valet's alone: SQLite gives its -wal and -shm files the
+            // database file's mode, so this covers all three.
+            create_private(path).map_err(|e| fail(&e))?;
             Connection::open(path).map_err(|e| fail(&e))?
         };
         conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| fail(&e))?;
@@ -399,8 +449,8 @@ impl Store for SqliteStore {
         let mut out = Vec::new();
         for row in rows {
             let (pos, kind, key, value) = row.map_err(|e| self.fail(e))?;
-            if let Some(r) = record(kind, key, value) {
-                out.push((pos, r));
+            if let Some(c) = change(kind, key, value) {
+                out.push((pos, c));
             }
         }
         Ok(Since::Changes(out))
@@ -442,7 +492,7 @@ impl Store for SqliteStore {
         let batch = batch as i64;
         let mut n = 0;
         // Bounded batches: each call holds the write lock briefly.
-        for kind in [TOKEN, FAMILY] {
+        for kind in [TOKEN, FAMILY, OAUTH1_TOKEN] {
             n += tx
                 .execute(
                     "DELETE FROM revoked WHERE kind = ?1 AND key IN
@@ -463,6 +513,8 @@ impl Store for SqliteStore {
              (SELECT jti FROM rotations WHERE expires_at < ?1 LIMIT ?2)",
             "DELETE FROM single_use WHERE id IN
              (SELECT id FROM single_use WHERE expires_at < ?1 LIMIT ?2)",
+            "DELETE FROM oauth1_flows WHERE token IN
+             (SELECT token FROM oauth1_flows WHERE expires_at_ms < ?1 * 1000 LIMIT ?2)",
         ] {
             n += tx
                 .execute(sql, params![now, batch])
@@ -470,6 +522,167 @@ impl Store for SqliteStore {
         }
         tx.commit().map_err(|e| self.fail(e))?;
         Ok(n)
+    }
+
+    fn oauth1_token(&self, provider: &str, subject: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let conn = self.reader();
+        conn.prepare_cached("SELECT sealed FROM oauth1_tokens WHERE provider = ?1 AND subject = ?2")
+            .and_then(|mut s| {
+                s.query_row(params![provider, subject], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(|e| self.fail(e))
+    }
+
+    fn oauth1_tokens(&self) -> Result<Vec<(String, String, Vec<u8>)>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare("SELECT provider, subject, sealed FROM oauth1_tokens")
+            .map_err(|e| self.fail(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(|e| self.fail(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.fail(e))
+    }
+
+    fn set_oauth1_token(
+        &self,
+        provider: &str,
+        subject: &str,
+        sealed: Option<&[u8]>,
+    ) -> Result<bool, StoreError> {
+        self.still_there()?;
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.fail(e))?;
+        let had = tx
+            .execute(
+                "DELETE FROM oauth1_tokens WHERE provider = ?1 AND subject = ?2",
+                params![provider, subject],
+            )
+            .map_err(|e| self.fail(e))?
+            == 1;
+        if let Some(sealed) = sealed {
+            tx.execute(
+                "INSERT INTO oauth1_tokens (provider, subject, sealed) VALUES (?1, ?2, ?3)",
+                params![provider, subject, sealed],
+            )
+            .map_err(|e| self.fail(e))?;
+        }
+        if had || sealed.is_some() {
+            tx.execute(
+                "INSERT INTO log (kind, key, value) VALUES (?1, ?2, ?3)",
+                params![
+                    OAUTH1_TOKEN,
+                    format!("{provider}\n{subject}"),
+                    now() + OAUTH1_LOG_KEEP_SECS
+                ],
+            )
+            .map_err(|e| self.fail(e))?;
+        }
+        tx.commit().map_err(|e| self.fail(e))?;
+        self.still_there()?;
+        Ok(had)
+    }
+
+    fn start_flow(
+        &self,
+        token: &str,
+        flow: &Flow,
+        per_subject: usize,
+        total: usize,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.still_there()?;
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.fail(e))?;
+        // The subject's newest `per_subject - 1` stay; the new one makes
+        // `per_subject`.
+        tx.execute(
+            "DELETE FROM oauth1_flows WHERE token IN
+             (SELECT token FROM oauth1_flows WHERE provider = ?1 AND subject = ?2
+              ORDER BY expires_at_ms DESC LIMIT -1 OFFSET ?3)",
+            params![
+                flow.provider,
+                flow.subject,
+                per_subject.saturating_sub(1) as i64
+            ],
+        )
+        .map_err(|e| self.fail(e))?;
+        let count = |tx: &rusqlite::Transaction<'_>| -> Result<usize, StoreError> {
+            tx.query_row("SELECT count(*) FROM oauth1_flows", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n as usize)
+            .map_err(|e| self.fail(e))
+        };
+        if count(&tx)? >= total {
+            tx.execute(
+                "DELETE FROM oauth1_flows WHERE expires_at_ms <= ?1",
+                params![now_ms],
+            )
+            .map_err(|e| self.fail(e))?;
+            if count(&tx)? >= total {
+                tx.commit().map_err(|e| self.fail(e))?;
+                return Ok(false);
+            }
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO oauth1_flows (token, provider, subject, sealed, expires_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                token,
+                flow.provider,
+                flow.subject,
+                flow.sealed,
+                flow.expires_at_ms
+            ],
+        )
+        .map_err(|e| self.fail(e))?;
+        tx.commit().map_err(|e| self.fail(e))?;
+        self.still_there()?;
+        Ok(true)
+    }
+
+    fn take_flow(&self, token: &str, provider: &str) -> Result<Option<Flow>, StoreError> {
+        // Callbacks come from anyone: an unknown token is answered from the
+        // read connection and never takes the write lock.
+        let known = self
+            .reader()
+            .prepare_cached("SELECT 1 FROM oauth1_flows WHERE token = ?1 AND provider = ?2")
+            .and_then(|mut s| s.exists(params![token, provider]))
+            .map_err(|e| self.fail(e))?;
+        if !known {
+            return Ok(None);
+        }
+        self.still_there()?;
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.fail(e))?;
+        let flow = tx
+            .query_row(
+                "DELETE FROM oauth1_flows WHERE token = ?1 AND provider = ?2
+                 RETURNING subject, sealed, expires_at_ms",
+                params![token, provider],
+                |r| {
+                    Ok(Flow {
+                        provider: provider.to_string(),
+                        subject: r.get(0)?,
+                        sealed: r.get(1)?,
+                        expires_at_ms: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.fail(e))?;
+        tx.commit().map_err(|e| self.fail(e))?;
+        // Gone with the file: nobody else can take it either, but say so.
+        self.still_there()?;
+        Ok(flow)
     }
 
     fn counts(&self) -> Result<Counts, StoreError> {
@@ -487,6 +700,8 @@ impl Store for SqliteStore {
             subjects: count(&kind(SUBJECT))?,
             rotations: count("SELECT count(*) FROM rotations")?,
             single_use: count("SELECT count(*) FROM single_use")?,
+            oauth1_tokens: count("SELECT count(*) FROM oauth1_tokens")?,
+            oauth1_flows: count("SELECT count(*) FROM oauth1_flows")?,
             log: count("SELECT count(*) FROM log")?,
         })
     }
@@ -525,8 +740,21 @@ impl Store for SqliteStore {
             for (id, exp) in &import.single_use {
                 once.execute(params![id, exp]).map_err(|e| self.fail(e))?;
             }
+            let mut tokens = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO oauth1_tokens (provider, subject, sealed) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(|e| self.fail(e))?;
+            for (provider, subject, sealed) in &import.oauth1_tokens {
+                tokens
+                    .execute(params![provider, subject, sealed])
+                    .map_err(|e| self.fail(e))?;
+            }
         }
-        let total = import.records.len() + import.rotations.len() + import.single_use.len();
+        let total = import.records.len()
+            + import.rotations.len()
+            + import.single_use.len()
+            + import.oauth1_tokens.len();
         tx.execute(
             "INSERT INTO meta (key, value) VALUES (?1, ?2)",
             params![key, total.to_string()],
