@@ -58,13 +58,13 @@ revocation:
   # The operator's list (valet only reads it; it may be a read-only mount).
   file: /var/lib/valet/revocations.yaml
 store:
-  # What valet records itself: revocations, rotations, single-use ids.
+  # What valet records itself: revocations, rotations, single-use ids,
+  # managed clients, OAuth 1.0 tokens.
   path: /var/lib/valet/valet-state.db
 authorization_server:
   # Clients are added with `valet client add` (or the admin API) into the
-  # volume. The pepper for generated secrets: this file, created on first
-  # start (without secret_pepper_file: VALET_SECRET_PEPPER).
-  clients_file: /var/lib/valet/clients.yaml
+  # state store on the volume. The pepper for generated secrets: this file,
+  # created on first start (without secret_pepper_file: VALET_SECRET_PEPPER).
   secret_pepper_file: /var/lib/valet/pepper
   generate_pepper_if_missing: true
 routes:

@@ -363,7 +363,19 @@ fn client_command(cmd: ClientCommand) -> ExitCode {
         );
         return ExitCode::from(64);
     }
-    let revocations = || crate::revocation::Revocations::open(&c.revocation_file, &c.store_path);
+    // Managed clients live in the state store: open it, import the clients
+    // file of earlier versions once, and see the config with them.
+    let r = match crate::revocation::Revocations::open(&c.revocation_file, &c.store_path) {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    let store = r.store().as_ref();
+    let loaded = crate::app::managed_clients::import_clients_file(&c, store)
+        .and_then(|()| crate::app::managed_clients::load(&c.path, store, &c.store_path));
+    let c = match loaded {
+        Ok((c, _)) => c,
+        Err(errors) => return config_failed(&path, &errors),
+    };
     match cmd {
         ClientCommand::List { json, .. } => match manage::list(&c) {
             Ok(list) if json => {
@@ -415,7 +427,7 @@ fn client_command(cmd: ClientCommand) -> ExitCode {
                 jwt_bearer: None,
                 saml2_bearer: None,
             };
-            match manage::add(&c, raw) {
+            match manage::add(&c, store, raw) {
                 Ok(secret) => print_secret(&id, &secret, &secret_file),
                 Err(e) => fail(&e),
             }
@@ -423,12 +435,8 @@ fn client_command(cmd: ClientCommand) -> ExitCode {
         ClientCommand::RegenerateSecret {
             id, secret_file, ..
         } => {
-            let r = match revocations() {
-                Ok(r) => r,
-                Err(e) => return fail(&e),
-            };
-            // The running gateway re-reads the clients file before it honours
-            // a secret of a client whose cut-off is newer than its last read.
+            // The running gateway follows the store before it honours any
+            // secret, and so sees the new one before the cut-off.
             match manage::regenerate_secret(&c, &r, &id, || true) {
                 Ok((secret, _)) => {
                     eprintln!("Every token issued to {id} so far is revoked.");
@@ -437,18 +445,12 @@ fn client_command(cmd: ClientCommand) -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
-        ClientCommand::RevokeTokens { id, .. } => {
-            let r = match revocations() {
-                Ok(r) => r,
-                Err(e) => return fail(&e),
-            };
-            match manage::revoke_tokens(&c, &r, &id) {
-                Ok(()) => {
-                    println!("every token issued to {id} so far is revoked");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(&e),
+        ClientCommand::RevokeTokens { id, .. } => match manage::revoke_tokens(&c, &r, &id) {
+            Ok(()) => {
+                println!("every token issued to {id} so far is revoked");
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => fail(&e),
+        },
     }
 }

@@ -224,5 +224,5 @@ fn the_image_config_passes_check_and_listens_on_all_interfaces() {
     walk(root.path(), &mut now);
     let added: Vec<_> = now.iter().filter(|p| !before.contains(p)).collect();
     assert!(added.iter().all(|p| p.starts_with(&data)), "{added:?}");
-    assert!(data.join("clients.yaml").exists());
+    assert!(data.join("valet-state.db").exists());
 }

@@ -6,6 +6,8 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 use support::*;
+use valet::store::sqlite::SqliteStore;
+use valet::store::{ClientWrite, Store};
 
 const ADMIN_TOKEN: &str = "admin-token-0123456789";
 
@@ -17,7 +19,6 @@ fn yaml(admin_token_file: &std::path::Path) -> String {
   max_failed_auth_per_source: 100000
   secret_pepper_file: pepper
   generate_pepper_if_missing: true
-  clients_file: clients.yaml
   clients:
     - client_id: static
       secret_hash: "{hash}"
@@ -145,10 +146,16 @@ async fn admin_api_adds_regenerates_and_revokes() {
     assert_eq!(status, 201, "{body}");
     let secret = body["client_secret"].as_str().unwrap().to_string();
     assert!(secret.len() >= 43, "256 bits of randomness");
-    // Stored hashed, never in clear.
-    let stored = std::fs::read_to_string(gw.dir.path().join("clients.yaml")).unwrap();
-    assert!(!stored.contains(&secret));
-    assert!(stored.contains("hmac-sha256:"));
+    // Stored hashed, never in clear, in the state store.
+    let store = SqliteStore::open(&gw.revocation_path.with_file_name("valet-state.db")).unwrap();
+    let (_, record) = store
+        .clients()
+        .unwrap()
+        .into_iter()
+        .find(|(id, _)| id == "billing")
+        .unwrap();
+    assert!(!record.contains(&secret));
+    assert!(record.contains("hmac-sha256:"), "{record}");
 
     let old_token = cc_token(&gw, "billing", &secret)
         .await
@@ -399,24 +406,27 @@ async fn a_cutoff_seen_before_the_new_secret_still_stops_the_old_secret() {
         (1000 - ms.rem_euclid(1000)) as u64 + 50,
     ))
     .await;
-    // The new secret lands in the clients file, unread; then the cut-off,
-    // which this process has in memory at once.
+    // The new secret lands in the store (another process's write, not yet
+    // followed); then the cut-off, which this process has in memory at once.
     let pepper = std::fs::read_to_string(gw.dir.path().join("pepper")).unwrap();
     let pepper = valet::oauth2::registry::Secret::new(pepper.trim().as_bytes().to_vec());
-    let file = gw.dir.path().join("clients.yaml");
-    let text = std::fs::read_to_string(&file).unwrap();
-    let line = text
-        .lines()
-        .find(|l| l.contains("hmac-sha256:"))
+    let store = SqliteStore::open(&gw.revocation_path.with_file_name("valet-state.db")).unwrap();
+    let (_, current) = store
+        .clients()
         .unwrap()
-        .to_string();
-    let new_hash = valet::oauth2::registry::hmac_hash(&pepper, "the-new-secret");
-    let indent = &line[..line.find("secret_hash").unwrap()];
-    std::fs::write(
-        &file,
-        text.replace(&line, &format!("{indent}secret_hash: {new_hash}")),
-    )
-    .unwrap();
+        .into_iter()
+        .find(|(id, _)| id == "leaky")
+        .unwrap();
+    let mut record: serde_json::Value = serde_json::from_str(&current).unwrap();
+    record["secret_hash"] = valet::oauth2::registry::hmac_hash(&pepper, "the-new-secret").into();
+    let written = store
+        .put_client(
+            "leaky",
+            Some(&record.to_string()),
+            ClientWrite::Replace { current: &current },
+        )
+        .unwrap();
+    assert!(written);
     let app = &gw.running.as_ref().unwrap().app;
     app.revocations
         .apply(&[Change::Client(ClientCutoff {
@@ -592,4 +602,88 @@ async fn cli_client_commands_change_a_running_gateway() {
     let (ok, _, err) = valet(&["client", "regenerate-secret", "static"], &cfg);
     assert!(!ok);
     assert!(err.contains("defined in the config file"), "{err}");
+}
+
+/// The clients file of earlier versions is imported into the state store
+/// once: its clients work, valet never writes it, and a second start does
+/// not import it again (a regenerated secret stays in force).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_clients_file_of_earlier_versions_is_imported_once() {
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("admin-token");
+    std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).unwrap();
+    let file = secrets.path().join("clients.yaml");
+    let text = format!(
+        "clients:\n  - client_id: legacy\n    secret_hash: \"{}\"\n    grant_types: [client_credentials]\n    operator: svc-legacy\n    scopes: [read]\n",
+        valet::oauth2::registry::argon2id_hash("legacy-secret")
+    );
+    std::fs::write(&file, &text).unwrap();
+    let up = Upstream::start().await;
+    let extra = yaml(&token_file).replace(
+        "authorization_server:\n",
+        &format!(
+            "authorization_server:\n  clients_file: \"{}\"\n",
+            file.display()
+        ),
+    );
+    let gw = Gateway::start(&default_routes(up.addr), &extra).await;
+    assert!(cc_token(&gw, "legacy", "legacy-secret").await.is_ok());
+    let (_, list) = admin(&gw, "GET", "/admin/clients", Some(ADMIN_TOKEN), "").await;
+    let legacy = list["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["client_id"] == "legacy")
+        .unwrap()
+        .clone();
+    assert_eq!(legacy["source"], "store");
+    // Managed now: its secret can be regenerated.
+    let (status, body) = admin(
+        &gw,
+        "POST",
+        "/admin/clients/legacy/regenerate-secret",
+        Some(ADMIN_TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let secret = body["client_secret"].as_str().unwrap().to_string();
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        text,
+        "valet wrote the file"
+    );
+    // Another process starting on the same config and store: no second
+    // import over the regenerated record.
+    let config = valet::config::load(&gw.config_path).unwrap();
+    let other = valet::server::start(config).await.unwrap();
+    let b = Client::new(
+        other.listeners[0],
+        gw.ca.client_config(Proto::H1.alpn()),
+        Proto::H1,
+    );
+    let token = |id: &'static str, secret: String| {
+        let b = &b;
+        async move {
+            b.post_form(
+                "/oauth2/token",
+                &[("grant_type", "client_credentials")],
+                Some((id, &secret)),
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(token("legacy", "legacy-secret".into()).await, 401);
+    // (503 while the regeneration's cut-off, a second ahead, has not passed.)
+    let mut status = token("legacy", secret.clone()).await;
+    for _ in 0..4 {
+        if status != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        status = token("legacy", secret.clone()).await;
+    }
+    assert_eq!(status, 200);
+    other.shutdown().await;
 }

@@ -419,3 +419,47 @@ fn pending_flows_are_bounded_in_total_and_expired_ones_make_room() {
     assert!(s.prune(now / 1000, 100).unwrap() >= 1);
     assert!(s.take_flow("f", "p").unwrap().is_none());
 }
+
+#[test]
+fn client_records_are_created_once_and_replaced_only_as_last_read() {
+    use valet::store::ClientWrite;
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("v.db")).unwrap();
+    assert!(s
+        .put_client("billing", Some("{\"v\":1}"), ClientWrite::Create)
+        .unwrap());
+    assert!(!s
+        .put_client("billing", Some("{\"v\":9}"), ClientWrite::Create)
+        .unwrap());
+    // Compare and set: a change made on a stale read is refused.
+    let stale = ClientWrite::Replace {
+        current: "{\"v\":0}",
+    };
+    assert!(!s.put_client("billing", Some("{\"v\":2}"), stale).unwrap());
+    let fresh = ClientWrite::Replace {
+        current: "{\"v\":1}",
+    };
+    assert!(s.put_client("billing", Some("{\"v\":2}"), fresh).unwrap());
+    assert!(!s.put_client("nobody", Some("{}"), fresh).unwrap());
+    assert_eq!(
+        s.clients().unwrap(),
+        [("billing".to_string(), "{\"v\":2}".to_string())]
+    );
+    // Every change is in the log for the other processes.
+    let Since::Changes(log) = s.since(0, 100).unwrap() else {
+        panic!("trimmed")
+    };
+    let ids: Vec<_> = log.iter().map(|(_, c)| c.clone()).collect();
+    assert_eq!(
+        ids,
+        [
+            Change::Client {
+                id: "billing".into()
+            },
+            Change::Client {
+                id: "billing".into()
+            }
+        ]
+    );
+    assert_eq!(s.counts().unwrap().managed_clients, 1);
+}

@@ -3,6 +3,7 @@
 //! whole new snapshot and swap it in, or keep the old one and say why.
 
 pub mod hash_pool;
+pub mod managed_clients;
 pub mod oauth1_tokens;
 pub mod route_signer;
 pub mod throttle;
@@ -103,6 +104,10 @@ pub struct App {
     /// through [`App::reload_files`], one at a time: an older read can never
     /// be stored after a newer one.
     reload_lock: Mutex<()>,
+    /// One store follower at a time, from reading the log to putting its
+    /// changes in force (a client's record included): see
+    /// [`App::sync_files`].
+    follow_lock: Mutex<()>,
     /// OAuth 1.0 tokens; opened with the first config that configures them.
     oauth1_store: OnceLock<TokenStore>,
     /// OAuth 1.0 flows waiting for their callback.
@@ -128,6 +133,8 @@ pub struct App {
 pub enum StartError {
     #[error("{0}")]
     Revocation(#[from] RevocationError),
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
 }
 
 /// The files besides the main config whose content is part of a snapshot.
@@ -137,22 +144,34 @@ pub fn companion_files(c: &Config) -> Vec<std::path::PathBuf> {
         .iter()
         .filter_map(|r| r.upstream.tls.as_ref())
         .flat_map(|t| t.files.iter());
+    // (Not the clients file: managed clients are read from the state store.)
     c.authorization_server
         .iter()
-        .flat_map(|a| a.clients_file.iter().chain(a.users_file.iter()))
+        .flat_map(|a| a.users_file.iter())
         .chain(upstream_tls)
         .cloned()
         .collect()
 }
 
-/// Digest of the config file plus its companions (a missing file hashes as empty).
-fn config_digest(main: &[u8], companions: &[std::path::PathBuf]) -> [u8; 32] {
+/// Digest of the config file plus its companions (a missing file hashes as
+/// empty) and the managed clients' records.
+fn config_digest(
+    main: &[u8],
+    companions: &[std::path::PathBuf],
+    records: &managed_clients::Records,
+) -> [u8; 32] {
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    ctx.update(main);
-    for f in companions {
-        let b = std::fs::read(f).unwrap_or_default();
+    let mut add = |b: &[u8]| {
         ctx.update(&(b.len() as u64).to_le_bytes());
-        ctx.update(&b);
+        ctx.update(b);
+    };
+    add(main);
+    for f in companions {
+        add(&std::fs::read(f).unwrap_or_default());
+    }
+    for (id, r) in records {
+        add(id.as_bytes());
+        add(r.as_bytes());
     }
     ctx.finish().as_ref().try_into().expect("32 bytes")
 }
@@ -169,8 +188,17 @@ impl App {
             _ => Revocations::open(&config.revocation_file, &config.store_path)?,
         };
         metrics.set_revocation_sizes(revocations.current().len());
+        // Managed clients come from the store: compile the config again
+        // with them (the caller's had the clients file, if any).
+        let (config, records) = if config.role == crate::config::Role::Validator {
+            (config, Vec::new())
+        } else {
+            let store = revocations.store().as_ref();
+            managed_clients::import_clients_file(&config, store)?;
+            managed_clients::load(&config.path, store, &config.store_path)?
+        };
         let config_digest = std::fs::read(&config.path)
-            .map(|b| crate::digest::sha256(&b))
+            .map(|b| config_digest(&b, &companion_files(&config), &records))
             .unwrap_or_default();
         let clients = Mutex::new(HashMap::new());
         let key_sets = Mutex::new(Vec::new());
@@ -207,6 +235,7 @@ impl App {
             config_current_ms: AtomicI64::new(crate::revocation::now_ms() - 1000),
             sync: Default::default(),
             reload_lock: Mutex::new(()),
+            follow_lock: Mutex::new(()),
             oauth1_store: OnceLock::new(),
             key_sets,
             websockets: Arc::new(tokio::sync::Semaphore::new(max_websockets)),
@@ -277,9 +306,39 @@ impl App {
         r
     }
 
+    /// The managed clients' records in the store (none for a validator,
+    /// which has no clients).
+    fn managed_records(&self) -> Result<managed_clients::Records, ConfigErrors> {
+        if self.started_role == crate::config::Role::Validator {
+            return Ok(Vec::new());
+        }
+        let store_path = self.snapshot.load().config.store_path.clone();
+        managed_clients::records(self.revocations.store().as_ref(), &store_path)
+    }
+
+    /// Compiles `text` (the config at `path`) with the managed clients.
+    fn compile(
+        &self,
+        path: &std::path::Path,
+        text: &str,
+        records: &managed_clients::Records,
+    ) -> Result<Config, ConfigErrors> {
+        if self.started_role == crate::config::Role::Validator {
+            return config::parse(path, text);
+        }
+        let store_path = self.snapshot.load().config.store_path.clone();
+        let clients = managed_clients::parse(records, &store_path)?;
+        config::parse_with(path, text, Some(&clients))
+    }
+
     /// Writes what the new config's `generate_if_missing` asks for (a file
     /// deleted while valet runs); another process's file wins.
-    fn with_new_files(&self, cfg: Config) -> Result<Config, ConfigErrors> {
+    fn with_new_files(
+        &self,
+        cfg: Config,
+        text: &str,
+        records: &managed_clients::Records,
+    ) -> Result<Config, ConfigErrors> {
         let err = |message: String| {
             ConfigErrors(vec![config::ConfigError {
                 file: cfg.path.clone(),
@@ -289,7 +348,7 @@ impl App {
         };
         match cfg.create_new_files() {
             Ok(true) => Ok(cfg),
-            Ok(false) => config::load(&cfg.path),
+            Ok(false) => self.compile(&cfg.path.clone(), text, records),
             Err(e) => Err(err(e)),
         }
     }
@@ -337,7 +396,16 @@ impl App {
                 message: format!("cannot read the config file: {e}"),
             }])
         })?;
-        let d = config_digest(&bytes, &companion_files(&self.snapshot.load().config));
+        let records = self.managed_records().inspect_err(|errors| {
+            for e in &errors.0 {
+                tracing::error!(file = %e.file.display(), error = %e.message, "config not reloaded; the previous config stays in force");
+            }
+        })?;
+        let d = config_digest(
+            &bytes,
+            &companion_files(&self.snapshot.load().config),
+            &records,
+        );
         if *self.config_digest.lock().expect("not poisoned") == d {
             return Ok(false);
         }
@@ -351,9 +419,11 @@ impl App {
             }
         }
         let text = String::from_utf8_lossy(&bytes);
-        let result = config::parse(&path, &text).and_then(|cfg| self.same_role(cfg));
+        let result = self
+            .compile(&path, &text, &records)
+            .and_then(|cfg| self.same_role(cfg));
         self.metrics.reload("config", result.is_ok());
-        let cfg = match result.and_then(|cfg| self.with_new_files(cfg)) {
+        let cfg = match result.and_then(|cfg| self.with_new_files(cfg, &text, &records)) {
             Ok(cfg) => cfg,
             Err(errors) => {
                 for e in &errors.0 {
@@ -410,19 +480,29 @@ impl App {
         Ok(true)
     }
 
-    /// Makes what is in memory at least as new as the files on disk now,
-    /// and returns the time (seconds) it was so. The token endpoints call it
-    /// first: another process (the CLI, a sibling sidecar) may have written
-    /// a new secret and then a cut-off, and the file watcher's pickup comes
-    /// later. A token issued with `iat` at this time was authenticated
-    /// against the files as they were at it; had a secret been replaced
-    /// after, its cut-off is later still and revokes the token. Costs a few
-    /// `stat`s when nothing changed; re-reads (one at a time) what did: the
-    /// config with its clients and users files, or only the revocation file
-    /// (as after valet's own writes).
+    /// Makes what is in memory at least as new as the state store and the
+    /// files on disk now, and returns the time (seconds) it was so. The
+    /// token endpoints call it first: another process (the CLI, another
+    /// authority) may have written a new secret and then a cut-off, and the
+    /// follower's or the file watcher's pickup comes later. A token issued
+    /// with `iat` at this time was authenticated against the clients as
+    /// they were at it; had a secret been replaced after, its cut-off is
+    /// later still and revokes the token. Costs one read of the store's log
+    /// and a few `stat`s when nothing changed; re-reads (one at a time)
+    /// what did: the config with its users file, or only the revocation
+    /// file.
     pub async fn sync_files(self: &Arc<Self>) -> i64 {
         let now_ms = crate::revocation::now_ms();
         let now = now_ms.div_euclid(1000);
+        // The store first: a client changed (a new secret) or cut off by
+        // another process is in force once this returns (the follower holds
+        // its lock until the change is applied, config reload included).
+        let store_ok = {
+            let app = self.clone();
+            tokio::task::spawn_blocking(move || app.follow_store())
+                .await
+                .unwrap_or(false)
+        };
         let (config_files, revocation_file) = {
             let snap = self.snapshot.load();
             let mut files = vec![snap.config.path.clone()];
@@ -437,7 +517,7 @@ impl App {
         };
         let seen = stamps();
         if *self.files_seen.lock().expect("not poisoned") == seen {
-            if self.config_good() {
+            if self.config_good() && store_ok {
                 self.config_current_ms.fetch_max(now_ms, Ordering::AcqRel);
             }
             return now;
@@ -516,26 +596,37 @@ impl App {
 
     /// Applies the state store's new changes (other processes' writes);
     /// blocking I/O. A failure is counted and logged; what is held stays.
-    pub fn follow_store(&self) {
+    /// Applies what other processes wrote to the store: revocations,
+    /// OAuth 1.0 tokens, and managed clients (by reloading the config).
+    /// Whether the store could be read. Blocking I/O.
+    pub fn follow_store(&self) -> bool {
+        let _one = self.follow_lock.lock().unwrap_or_else(|e| e.into_inner());
         let t = std::time::Instant::now();
         let r = self.revocations.follow();
         self.metrics.store_call("follow", t.elapsed(), r.is_ok());
         if r.is_ok() {
             self.metrics.store_followed_at.set(crate::revocation::now());
         }
-        match r {
+        let ok = match r {
             Ok(f) => {
                 if f.revocations > 0 {
                     self.metrics
                         .set_revocation_sizes(self.revocations.current().len());
                 }
                 self.follow_oauth1_tokens(&f);
+                // (Reloaded only if the records differ from those in force.)
+                if f.clients || f.whole {
+                    self.reload_files();
+                }
+                true
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the state store's changes; the revocations held stay in force")
+                tracing::warn!(error = %e, "cannot read the state store's changes; the revocations held stay in force");
+                false
             }
-        }
+        };
         self.metrics.store_position.set(self.revocations.position());
+        ok
     }
 
     /// Puts in force the OAuth 1.0 tokens other processes changed.
@@ -589,6 +680,7 @@ impl App {
                 ("single_use", c.single_use),
                 ("oauth1_token", c.oauth1_tokens),
                 ("oauth1_flow", c.oauth1_flows),
+                ("managed_client", c.managed_clients),
                 ("log", c.log),
             ] {
                 self.metrics

@@ -117,6 +117,7 @@ pub(super) fn compile(
     issuer: &str,
     default_audience: &str,
     resolve: impl Fn(&str) -> PathBuf,
+    managed: Option<&[RawClient]>,
     c: &mut Collector<'_>,
     extra: &mut Vec<ConfigError>,
 ) -> AuthServerConfig {
@@ -124,7 +125,11 @@ pub(super) fn compile(
     let paths = endpoint_paths(raw, issuer, c);
     let pepper = pepper(raw, &resolve, c);
     let names = (issuer, default_audience);
-    let (clients, clients_file) = clients(raw, names, &resolve, c, extra, &mut warnings);
+    let sources = ClientSources {
+        managed,
+        resolve: &resolve,
+    };
+    let (clients, clients_file) = clients(raw, names, sources, c, extra, &mut warnings);
     let (users, users_file) = users(raw, &resolve, c, extra);
     let subject_prefixes = subject_namespaces(&clients, &users, c);
     check_identities(&clients, &users, pepper.is_some(), c);
@@ -253,21 +258,50 @@ type Users = HashMap<String, Arc<User>>;
 
 /// Clients from the config, then from the clients file (whose relative
 /// paths are its own folder's).
+///
+/// Where managed clients come from: the state store's records when the
+/// caller has it open, else the clients file of earlier versions.
+struct ClientSources<'a> {
+    managed: Option<&'a [RawClient]>,
+    resolve: &'a dyn Fn(&str) -> PathBuf,
+}
+
 fn clients(
     raw: &RawAuthServer,
     names: (&str, &str),
-    resolve: &dyn Fn(&str) -> PathBuf,
+    sources: ClientSources<'_>,
     c: &mut Collector<'_>,
     extra: &mut Vec<ConfigError>,
     warnings: &mut Vec<ConfigError>,
 ) -> (Clients, Option<PathBuf>) {
+    let resolve = sources.resolve;
     let mut clients = HashMap::new();
     for (i, rc) in raw.clients.iter().enumerate() {
         let p = format!("authorization_server.clients[{i}]");
         compile_client(rc, false, names, resolve, &p, c, &mut clients, warnings);
     }
     let clients_file = raw.clients_file.as_deref().map(resolve);
-    // A missing clients file is an empty registry; `valet client add` creates it.
+    if let Some(managed) = sources.managed {
+        // From the state store (the clients file was imported into it).
+        let src = String::new();
+        let mut sc = Collector::new(Path::new("the state store"), &src);
+        for rc in managed {
+            let p = format!("clients[{}]", rc.client_id);
+            compile_client(
+                rc,
+                true,
+                names,
+                resolve,
+                &p,
+                &mut sc,
+                &mut clients,
+                warnings,
+            );
+        }
+        extra.append(&mut sc.errors);
+        return (clients, clients_file);
+    }
+    // A missing clients file is an empty registry.
     let file = clients_file.as_deref().and_then(|path| {
         Some((
             path,

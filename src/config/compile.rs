@@ -293,12 +293,23 @@ pub fn load_for_use(path: &Path) -> Result<Config, ConfigErrors> {
 /// Validates config text `src` that was read from `path`. Reads the files
 /// it names; writes nothing.
 pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
+    parse_with(path, src, None)
+}
+
+/// [`parse`], with the managed clients read from the state store (`None`:
+/// the store is not open, e.g. `valet check`; the clients file of earlier
+/// versions stands in for it).
+pub fn parse_with(
+    path: &Path,
+    src: &str,
+    managed: Option<&[super::RawClient]>,
+) -> Result<Config, ConfigErrors> {
     let raw: RawConfig =
         serde_yaml::from_str(src).map_err(|e| ConfigErrors(vec![from_yaml(path, &e)]))?;
     let mut c = Collector::new(path, src);
     let base = path.parent().unwrap_or(Path::new("."));
     let mut extra = Vec::new();
-    let mut config = compile(raw, path, base, &mut c, &mut extra);
+    let mut config = compile(raw, path, base, managed, &mut c, &mut extra);
     c.errors.append(&mut extra);
     if c.errors.is_empty() {
         config.new_files = std::mem::take(&mut c.new_files);
@@ -336,6 +347,7 @@ fn compile(
     raw: RawConfig,
     path: &Path,
     base: &Path,
+    managed: Option<&[super::RawClient]>,
     c: &mut Collector<'_>,
     extra: &mut Vec<ConfigError>,
 ) -> Config {
@@ -381,6 +393,7 @@ fn compile(
             &tokens.issuer,
             tokens.audiences.first().map_or("", String::as_str),
             |p| resolve(base, p),
+            managed,
             c,
             extra,
         )

@@ -1,32 +1,37 @@
 //! Client management, as the seed product's buttons: add, list, regenerate
 //! secret (which revokes every token issued so far), revoke all tokens.
-//! Shared by the `valet client` commands and the admin API. Valet rewrites
-//! only the clients file, never the operator's config.
+//! Shared by the `valet client` commands and the admin API. Managed clients
+//! live in the state store (`app::managed_clients`); valet never rewrites
+//! the operator's config.
 
+use crate::app::managed_clients;
 use crate::config::{ClientsFile, Config, RawClient};
 use crate::credentials::{generate_secret, hmac_hash, Client};
 use crate::revocation::time::Timestamp;
 use crate::revocation::{Change, ClientCutoff, RevocationError, Revocations};
+use crate::store::{ClientWrite, Store};
 use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManageError {
     #[error("the config has no authorization_server section")]
     NoAuthServer,
-    #[error("no clients_file is configured; valet manages clients only there")]
-    NoClientsFile,
     #[error("no secret pepper is configured (secret_pepper_file or VALET_SECRET_PEPPER)")]
     NoPepper,
     #[error("no client `{0}`")]
     UnknownClient(String),
-    #[error("client `{0}` is defined in the config file; valet does not rewrite it. Move it to the clients file, or change its secret_hash there by hand")]
+    #[error("client `{0}` is defined in the config file; valet does not rewrite it. Change its secret_hash there by hand, or remove it there and add it with `valet client add`")]
     NotManaged(String),
     #[error("client `{0}` already exists")]
     Exists(String),
     #[error("invalid client: {0}")]
     Invalid(String),
-    #[error("cannot update the clients file {path}: {msg}")]
-    ClientsFile { path: String, msg: String },
+    #[error(
+        "client `{0}` was changed by another process meanwhile; nothing was written: try again"
+    )]
+    Conflict(String),
+    #[error("cannot write the client to the state store: {0}")]
+    Store(#[from] crate::store::StoreError),
     #[error("cannot record the revocation: {0}")]
     Revocation(#[from] RevocationError),
 }
@@ -49,7 +54,7 @@ impl From<&Client> for ClientInfo {
     fn from(c: &Client) -> Self {
         ClientInfo {
             client_id: c.id.clone(),
-            source: if c.managed { "clients_file" } else { "config" },
+            source: if c.managed { "store" } else { "config" },
             grant_types: c.grants.iter().map(|g| g.as_str()).collect(),
             operator: c.operator.clone(),
             scopes: c.scopes.clone(),
@@ -76,36 +81,12 @@ pub fn list(config: &Config) -> Result<Vec<ClientInfo>, ManageError> {
     Ok(v)
 }
 
-/// Rewrites the clients file with `f(&mut file)`, durably, under its lock.
-fn update_clients_file(
-    config: &Config,
-    f: impl FnOnce(&mut ClientsFile) -> Result<(), ManageError>,
-) -> Result<(), ManageError> {
-    let a = config
-        .authorization_server
-        .as_ref()
-        .ok_or(ManageError::NoAuthServer)?;
-    let path = a.clients_file.as_ref().ok_or(ManageError::NoClientsFile)?;
-    let err = |msg: String| ManageError::ClientsFile {
-        path: path.display().to_string(),
-        msg,
-    };
-    let lock = crate::durable::lock(path).map_err(|e| err(e.to_string()))?;
-    let mut file: ClientsFile = match std::fs::read_to_string(path) {
-        Ok(s) => serde_yaml::from_str(&s).map_err(|e| err(e.to_string()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => ClientsFile::default(),
-        Err(e) => return Err(err(e.to_string())),
-    };
-    f(&mut file)?;
-    let text = format!(
-        "# Clients managed by valet (valet client add / regenerate-secret). Secrets are stored hashed.\n{}",
-        serde_yaml::to_string(&file).map_err(|e| err(e.to_string()))?
-    );
-    crate::durable::replace(&lock, path, text.as_bytes(), 0o600).map_err(|e| err(e.to_string()))
-}
-
 /// Adds a client with a new generated secret, which is returned (once).
-pub fn add(config: &Config, mut client: RawClient) -> Result<String, ManageError> {
+pub fn add(
+    config: &Config,
+    store: &dyn Store,
+    mut client: RawClient,
+) -> Result<String, ManageError> {
     let a = config
         .authorization_server
         .as_ref()
@@ -121,13 +102,10 @@ pub fn add(config: &Config, mut client: RawClient) -> Result<String, ManageError
         clients: vec![client.clone()],
     };
     crate::config::check_clients_file(config, &probe).map_err(ManageError::Invalid)?;
-    update_clients_file(config, |f| {
-        if f.clients.iter().any(|c| c.client_id == client.client_id) {
-            return Err(ManageError::Exists(client.client_id));
-        }
-        f.clients.push(client);
-        Ok(())
-    })?;
+    let record = managed_clients::record(&client);
+    if !store.put_client(&client.client_id, Some(&record), ClientWrite::Create)? {
+        return Err(ManageError::Exists(client.client_id));
+    }
     Ok(secret)
 }
 
@@ -163,9 +141,9 @@ pub fn revoke_tokens(
 /// A new secret for a managed client, and every token issued so far revoked.
 ///
 /// The order is what makes it hold: the new secret is written first and
-/// `put_in_force` makes the running process use it (the admin API reloads;
-/// the CLI leaves it to the gateway, which re-reads the clients file before
-/// honouring a secret of a client with a newer cut-off). Only then is the
+/// `put_in_force` makes the running process use it (the admin API follows
+/// the store; the CLI leaves it to the gateway, which follows the store
+/// before honouring any secret). Only then is the
 /// cut-off written, so any token the old secret could still obtain was
 /// issued before it, and is revoked by it. If `put_in_force` says it could
 /// not (the config does not load), the cut-off is written all the same: the
@@ -191,17 +169,25 @@ pub fn regenerate_secret(
         return Err(ManageError::NotManaged(client_id.to_string()));
     }
     let pepper = a.registry.pepper.as_ref().ok_or(ManageError::NoPepper)?;
+    let store = revocations.store().as_ref();
+    let current = store
+        .clients()?
+        .into_iter()
+        .find(|(id, _)| id == client_id)
+        .map(|(_, r)| r)
+        .ok_or_else(|| ManageError::UnknownClient(client_id.to_string()))?;
+    let mut client: RawClient = serde_json::from_str(&current)
+        .map_err(|e| ManageError::Invalid(format!("the stored record does not parse: {e}")))?;
     let secret = generate_secret();
-    let hash = hmac_hash(pepper, &secret);
-    update_clients_file(config, |f| {
-        let c = f
-            .clients
-            .iter_mut()
-            .find(|c| c.client_id == client_id)
-            .ok_or_else(|| ManageError::UnknownClient(client_id.to_string()))?;
-        c.secret_hash = hash;
-        Ok(())
-    })?;
+    client.secret_hash = hmac_hash(pepper, &secret);
+    let record = managed_clients::record(&client);
+    if !store.put_client(
+        client_id,
+        Some(&record),
+        ClientWrite::Replace { current: &current },
+    )? {
+        return Err(ManageError::Conflict(client_id.to_string()));
+    }
     let in_force = put_in_force();
     revoke_tokens(config, revocations, client_id)?;
     Ok((secret, in_force))

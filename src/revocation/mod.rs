@@ -414,6 +414,8 @@ pub struct Followed {
     pub revocations: usize,
     /// OAuth 1.0 tokens changed: (provider, subject), to read again.
     pub oauth1_tokens: Vec<(String, String)>,
+    /// Managed clients changed: read the clients again.
+    pub clients: bool,
     /// The log could not be resumed and the store was read whole: read
     /// whole whatever else follows it.
     pub whole: bool,
@@ -633,6 +635,7 @@ impl Revocations {
                             crate::store::Change::OAuth1Token { provider, subject } => {
                                 out.oauth1_tokens.push((provider, subject))
                             }
+                            crate::store::Change::Client { .. } => out.clients = true,
                         }
                     }
                     self.position.store(last, Ordering::Release);

@@ -62,12 +62,10 @@ struct NewClient {
 fn status_of(e: &ManageError) -> StatusCode {
     match e {
         ManageError::UnknownClient(_) | ManageError::NoAuthServer => StatusCode::NOT_FOUND,
-        ManageError::NoClientsFile | ManageError::NoPepper => StatusCode::CONFLICT,
+        ManageError::NoPepper | ManageError::Conflict(_) => StatusCode::CONFLICT,
         ManageError::Exists(_) | ManageError::NotManaged(_) => StatusCode::CONFLICT,
         ManageError::Invalid(_) => StatusCode::BAD_REQUEST,
-        ManageError::Revocation(_) | ManageError::ClientsFile { .. } => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        ManageError::Revocation(_) | ManageError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -126,12 +124,13 @@ pub async fn respond(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Byt
                     jwt_bearer: None,
                     saml2_bearer: None,
                 };
-                manage::add(config, raw).map(|secret| {
+                manage::add(config, app.revocations.store().as_ref(), raw).map(|secret| {
                     reply(StatusCode::CREATED, serde_json::json!({"client_id": id, "client_secret": secret}))
                 })
             }
             (&Method::POST, ["admin", "clients", id, "regenerate-secret"]) => {
-                let in_force = || app.reload_files();
+                // Following the store reloads the config with the new record.
+                let in_force = || app.follow_store() && app.config_good();
                 manage::regenerate_secret(config, &app.revocations, id, in_force).map(|(secret, in_force)| {
                     reply(
                         StatusCode::OK,
@@ -146,10 +145,10 @@ pub async fn respond(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Byt
             }
             _ => return Ok(error(StatusCode::NOT_FOUND, "no such admin endpoint")),
         };
-        // Put the change in force now rather than when the watcher notices.
+        // Put the change in force now rather than when the follower runs.
         if out.is_ok() {
             app.metrics.set_revocation_sizes(app.revocations.current().len());
-            app.reload_files();
+            app.follow_store();
         }
         out
     })

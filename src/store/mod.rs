@@ -13,7 +13,11 @@
 //!   sees them in clear): each change is in the log, so every authority
 //!   process on the store keeps the same tokens in memory for signing;
 //! - **pending OAuth 1.0 flows**, sealed too: started at one authority
-//!   process, taken (once) by the callback at any, by key only.
+//!   process, taken (once) by the callback at any, by key only;
+//! - **valet-managed clients** (what `valet client add` and the admin API
+//!   register; secrets hashed by the caller), as records the caller
+//!   serialises: each change is in the log, so every authority process
+//!   reloads its client registry.
 //!
 //! The operator's revocation file is not here: it stays a read-only input.
 //! This module names nothing else of valet's (layer 0): the revocation map
@@ -46,6 +50,19 @@ pub enum Change {
     /// The OAuth 1.0 token of (provider, subject) was stored or removed:
     /// read it again ([`Store::oauth1_token`]).
     OAuth1Token { provider: String, subject: String },
+    /// The managed client `id` was added, changed or removed: read the
+    /// clients again ([`Store::clients`]).
+    Client { id: String },
+}
+
+/// How [`Store::put_client`] may change a client record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientWrite<'a> {
+    /// Only if no client has the id.
+    Create,
+    /// Only if the client's record is still `current` (compare and set:
+    /// of two concurrent changes, the second is refused, not lost).
+    Replace { current: &'a str },
 }
 
 /// An OAuth 1.0 flow waiting for the provider's callback.
@@ -101,6 +118,8 @@ pub struct Import {
     /// OAuth 1.0 tokens: (provider, subject, sealed); an entry already in
     /// the store is kept.
     pub oauth1_tokens: Vec<(String, String, Vec<u8>)>,
+    /// Managed clients: (id, record); a client already in the store is kept.
+    pub clients: Vec<(String, String)>,
 }
 
 /// Entries by kind, for the metrics.
@@ -114,6 +133,7 @@ pub struct Counts {
     pub single_use: u64,
     pub oauth1_tokens: u64,
     pub oauth1_flows: u64,
+    pub managed_clients: u64,
     pub log: u64,
 }
 
@@ -201,6 +221,20 @@ pub trait Store: Send + Sync {
     /// Takes out the flow of `token` with `provider` (expired or not): of
     /// two takers, in any process on the store, one gets it.
     fn take_flow(&self, token: &str, provider: &str) -> Result<Option<Flow>, StoreError>;
+
+    /// Every managed client: (id, record), by id.
+    fn clients(&self) -> Result<Vec<(String, String)>, StoreError>;
+
+    /// Writes (`Some`) or removes (`None`) the record of client `id` as
+    /// `how` allows, and logs the change; `Ok(false)` when `how` did not
+    /// allow it (nothing is written). Atomic: of two processes creating
+    /// one id, one does.
+    fn put_client(
+        &self,
+        id: &str,
+        record: Option<&str>,
+        how: ClientWrite<'_>,
+    ) -> Result<bool, StoreError>;
 
     /// Entries by kind.
     fn counts(&self) -> Result<Counts, StoreError>;

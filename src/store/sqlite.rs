@@ -16,7 +16,8 @@
 //!   never reused, even after pruning.
 
 use super::{
-    Change, Counts, Flow, Import, Position, Record, Rotation, Since, Snapshot, Store, StoreError,
+    Change, ClientWrite, Counts, Flow, Import, Position, Record, Rotation, Since, Snapshot, Store,
+    StoreError,
 };
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
@@ -37,11 +38,13 @@ const SUBJECT: i64 = 3;
 // Log only: an OAuth 1.0 token changed (key: provider "\n" subject; value:
 // when the entry may be pruned).
 const OAUTH1_TOKEN: i64 = 4;
+// Log only: a managed client changed (key: its id; value: as above).
+const CLIENT_RECORD: i64 = 5;
 
-/// How long an OAuth 1.0 token change stays in the log: followers are
+/// How long an OAuth 1.0 token or client change stays in the log: followers are
 /// running processes reading it every fraction of a second, and a process
 /// starting reads the tokens whole.
-const OAUTH1_LOG_KEEP_SECS: i64 = 7 * 86_400;
+const LOG_KEEP_SECS: i64 = 7 * 86_400;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -71,6 +74,7 @@ CREATE TABLE IF NOT EXISTS oauth1_flows (
     sealed BLOB NOT NULL, expires_at_ms INTEGER NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS oauth1_flows_by_subject ON oauth1_flows (provider, subject, expires_at_ms);
 CREATE INDEX IF NOT EXISTS oauth1_flows_by_expiry ON oauth1_flows (expires_at_ms);
+CREATE TABLE IF NOT EXISTS clients (id TEXT PRIMARY KEY, record TEXT NOT NULL) WITHOUT ROWID;
 ";
 
 /// The store in one SQLite file.
@@ -113,6 +117,9 @@ fn change(kind: i64, key: String, value: i64) -> Option<Change> {
             provider: provider.to_string(),
             subject: subject.to_string(),
         });
+    }
+    if kind == CLIENT_RECORD {
+        return Some(Change::Client { id: key });
     }
     record(kind, key, value).map(Change::Revoked)
 }
@@ -492,7 +499,7 @@ impl Store for SqliteStore {
         let batch = batch as i64;
         let mut n = 0;
         // Bounded batches: each call holds the write lock briefly.
-        for kind in [TOKEN, FAMILY, OAUTH1_TOKEN] {
+        for kind in [TOKEN, FAMILY, OAUTH1_TOKEN, CLIENT_RECORD] {
             n += tx
                 .execute(
                     "DELETE FROM revoked WHERE kind = ?1 AND key IN
@@ -576,7 +583,7 @@ impl Store for SqliteStore {
                 params![
                     OAUTH1_TOKEN,
                     format!("{provider}\n{subject}"),
-                    now() + OAUTH1_LOG_KEEP_SECS
+                    now() + LOG_KEEP_SECS
                 ],
             )
             .map_err(|e| self.fail(e))?;
@@ -685,6 +692,61 @@ impl Store for SqliteStore {
         Ok(flow)
     }
 
+    fn clients(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached("SELECT id, record FROM clients ORDER BY id")
+            .map_err(|e| self.fail(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.fail(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.fail(e))
+    }
+
+    fn put_client(
+        &self,
+        id: &str,
+        record: Option<&str>,
+        how: ClientWrite<'_>,
+    ) -> Result<bool, StoreError> {
+        self.still_there()?;
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.fail(e))?;
+        let found: Option<String> = tx
+            .query_row(
+                "SELECT record FROM clients WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.fail(e))?;
+        let allowed = match how {
+            ClientWrite::Create => found.is_none(),
+            ClientWrite::Replace { current } => found.as_deref() == Some(current),
+        };
+        if !allowed {
+            return Ok(false);
+        }
+        match record {
+            Some(r) => tx.execute(
+                "INSERT OR REPLACE INTO clients (id, record) VALUES (?1, ?2)",
+                params![id, r],
+            ),
+            None => tx.execute("DELETE FROM clients WHERE id = ?1", params![id]),
+        }
+        .map_err(|e| self.fail(e))?;
+        tx.execute(
+            "INSERT INTO log (kind, key, value) VALUES (?1, ?2, ?3)",
+            params![CLIENT_RECORD, id, now() + LOG_KEEP_SECS],
+        )
+        .map_err(|e| self.fail(e))?;
+        tx.commit().map_err(|e| self.fail(e))?;
+        self.still_there()?;
+        Ok(true)
+    }
+
     fn counts(&self) -> Result<Counts, StoreError> {
         let conn = self.reader();
         let count = |sql: &str| -> Result<u64, StoreError> {
@@ -702,6 +764,7 @@ impl Store for SqliteStore {
             single_use: count("SELECT count(*) FROM single_use")?,
             oauth1_tokens: count("SELECT count(*) FROM oauth1_tokens")?,
             oauth1_flows: count("SELECT count(*) FROM oauth1_flows")?,
+            managed_clients: count("SELECT count(*) FROM clients")?,
             log: count("SELECT count(*) FROM log")?,
         })
     }
@@ -750,11 +813,28 @@ impl Store for SqliteStore {
                     .execute(params![provider, subject, sealed])
                     .map_err(|e| self.fail(e))?;
             }
+            let mut clients = tx
+                .prepare_cached("INSERT OR IGNORE INTO clients (id, record) VALUES (?1, ?2)")
+                .map_err(|e| self.fail(e))?;
+            let mut log = tx
+                .prepare_cached("INSERT INTO log (kind, key, value) VALUES (?1, ?2, ?3)")
+                .map_err(|e| self.fail(e))?;
+            for (id, record) in &import.clients {
+                if clients
+                    .execute(params![id, record])
+                    .map_err(|e| self.fail(e))?
+                    == 1
+                {
+                    log.execute(params![CLIENT_RECORD, id, now() + LOG_KEEP_SECS])
+                        .map_err(|e| self.fail(e))?;
+                }
+            }
         }
         let total = import.records.len()
             + import.rotations.len()
             + import.single_use.len()
-            + import.oauth1_tokens.len();
+            + import.oauth1_tokens.len()
+            + import.clients.len();
         tx.execute(
             "INSERT INTO meta (key, value) VALUES (?1, ?2)",
             params![key, total.to_string()],
