@@ -65,6 +65,8 @@ authorization_server:
   # Clients are added with `valet client add` (or the admin API) into the
   # state store on the volume. The pepper for generated secrets: this file,
   # created on first start (without secret_pepper_file: VALET_SECRET_PEPPER).
+  # The clients file of earlier images, imported into the store once.
+  clients_file: /var/lib/valet/clients.yaml
   secret_pepper_file: /var/lib/valet/pepper
   generate_pepper_if_missing: true
 routes:

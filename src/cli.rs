@@ -210,7 +210,10 @@ pub fn run(cli: Cli) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Check { config } => match load(&config) {
+        Command::Check { config } => match load(&config).and_then(|c| {
+            crate::app::managed_clients::check(&config, c)
+                .map_err(|errors| config_failed(&config, &errors))
+        }) {
             Ok(c) => {
                 for w in c.authorization_server.iter().flat_map(|a| &a.warnings) {
                     eprintln!("warning: {w}");

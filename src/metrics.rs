@@ -51,6 +51,8 @@ pub struct Metrics {
     pub store_followed_at: IntGauge,
     /// Store entries by kind (the authority's view, from the store itself).
     pub store_entries: IntGaugeVec,
+    /// Entries copied into the store from the files of earlier versions.
+    pub store_imported: IntGaugeVec,
     /// WebSocket sessions ended, by route and why.
     pub websocket_sessions: IntCounterVec,
     jwks_stale: IntGaugeVec,
@@ -202,6 +204,14 @@ impl Metrics {
                 "Entries in the state store, by kind (token, family, client, subject, rotation, single_use, log).",
             ),
             &["kind"],
+        )
+        .expect("valid metric");
+        let store_imported = IntGaugeVec::new(
+            Opts::new(
+                "valet_store_imported_entries",
+                "Entries copied into the state store, once, from the files of earlier versions (revocation-file, oauth1-token-file, clients-file).",
+            ),
+            &["file"],
         )
         .expect("valid metric");
         let websockets_open = IntGauge::new(
@@ -385,6 +395,7 @@ impl Metrics {
             Box::new(store_position.clone()),
             Box::new(store_followed_at.clone()),
             Box::new(store_entries.clone()),
+            Box::new(store_imported.clone()),
             Box::new(websocket_sessions.clone()),
             Box::new(jwks_stale.clone()),
             Box::new(jwks_keys.clone()),
@@ -418,6 +429,7 @@ impl Metrics {
             store_position,
             store_followed_at,
             store_entries,
+            store_imported,
             websocket_sessions,
             jwks_stale,
             jwks_keys,

@@ -637,6 +637,9 @@ async fn the_clients_file_of_earlier_versions_is_imported_once() {
         .unwrap()
         .clone();
     assert_eq!(legacy["source"], "store");
+    // Counted.
+    let sample = "valet_store_imported_entries{file=\"clients-file\"}";
+    assert!(eventually(PICKUP, || async { gw.metric(sample).await == 1.0 }).await);
     // Managed now: its secret can be regenerated.
     let (status, body) = admin(
         &gw,
@@ -686,4 +689,53 @@ async fn the_clients_file_of_earlier_versions_is_imported_once() {
     }
     assert_eq!(status, 200);
     other.shutdown().await;
+}
+
+/// A stored client that the config no longer admits (its operator became a
+/// user's login): `valet check` compiles the store's clients as `serve`
+/// does, and says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn valet_check_compiles_the_stored_clients_as_serve_does() {
+    let (gw, _up, _s) = start().await;
+    let cfg = gw.config_path.clone();
+    let (ok, out, err) = valet(
+        &[
+            "client",
+            "add",
+            "carol",
+            "--grant",
+            "client_credentials",
+            "--operator",
+            "svc-carol",
+        ],
+        &cfg,
+    );
+    assert!(ok, "{err}");
+    let secret = secret_from(&out);
+    assert!(cc_token_after_cutoff(&gw, "carol", &secret).await.is_ok());
+    let (ok, _, err) = valet(&["check"], &cfg);
+    assert!(ok, "{err}");
+    // A user `svc-carol`: fine for the config alone, not with the store.
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    let clash = good.replace(
+        "  users:\n    - username: alice\n",
+        &format!(
+            "  users:\n    - username: svc-carol\n      password_hash: \"{}\"\n    - username: alice\n",
+            valet::oauth2::registry::argon2id_hash("pw")
+        ),
+    );
+    assert_ne!(good, clash);
+    std::fs::write(&cfg, &clash).unwrap();
+    let (ok, _, err) = valet(&["check"], &cfg);
+    assert!(!ok, "check passed a config the store's clients refuse");
+    assert!(
+        err.contains("client `carol`: operator `svc-carol` is also a user's login"),
+        "{err}"
+    );
+    // The running gateway refuses the same reload and keeps carol.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(cc_token(&gw, "carol", &secret).await.is_ok());
+    std::fs::write(&cfg, &good).unwrap();
+    let (ok, _, err) = valet(&["check"], &cfg);
+    assert!(ok, "{err}");
 }

@@ -463,3 +463,31 @@ fn client_records_are_created_once_and_replaced_only_as_last_read() {
     );
     assert_eq!(s.counts().unwrap().managed_clients, 1);
 }
+
+/// A follower behind changes that were pruned unread (client and OAuth 1.0
+/// token changes) is told to read the store whole; an entry of a kind only
+/// a newer valet knows is passed over, never a wall.
+#[test]
+fn a_follower_behind_pruned_changes_reads_whole_and_unknown_kinds_are_passed() {
+    use valet::store::ClientWrite;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v.db");
+    let s = SqliteStore::open(&path).unwrap();
+    assert!(s.put_client("a", Some("{}"), ClientWrite::Create).unwrap());
+    let p = s.append(&[token("t", now() + 60)]).unwrap();
+    assert!(matches!(s.since(0, 10).unwrap(), Since::Changes(c) if c.len() == 2));
+    // Eight days on, the client change's entry is pruned.
+    assert!(s.prune(now() + 8 * 86_400, 100).unwrap() >= 1);
+    assert!(matches!(s.since(0, 10).unwrap(), Since::Trimmed));
+    assert!(matches!(s.since(p, 10).unwrap(), Since::Changes(c) if c.is_empty()));
+    // A newer valet's entry.
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute("INSERT INTO log (kind, key, value) VALUES (99, 'x', 0)", [])
+        .unwrap();
+    let Since::Changes(c) = s.since(p, 10).unwrap() else {
+        panic!("trimmed")
+    };
+    assert_eq!(c.len(), 1);
+    assert!(c[0].0 > p);
+    assert_eq!(c[0].1, Change::Other);
+}

@@ -23,8 +23,13 @@ fn error(file: &Path, message: String) -> ConfigErrors {
     }])
 }
 
+/// The name of the one import (not the file's path: a path that changes,
+/// a mount moved, must not import again over what changed since).
+const MARKER: &str = "clients-file";
+
 /// Copies the clients file of `config` (if it names one that exists) into
-/// the store, once per store and file. Logged; the file is left as it is.
+/// the store, once per store. Logged; the file is left as it is, and not
+/// read again once imported.
 pub fn import_clients_file(config: &Config, store: &dyn Store) -> Result<(), ConfigErrors> {
     let Some(path) = config
         .authorization_server
@@ -33,13 +38,24 @@ pub fn import_clients_file(config: &Config, store: &dyn Store) -> Result<(), Con
     else {
         return Ok(());
     };
+    let failed =
+        |e: crate::store::StoreError| error(path, format!("cannot import the clients file: {e}"));
+    if store.imported(MARKER).map_err(failed)? {
+        return Ok(());
+    }
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(error(path, format!("cannot read the clients file: {e}"))),
     };
-    let file: ClientsFile =
+    let mut file: ClientsFile =
         serde_yaml::from_str(&text).map_err(|e| error(path, format!("not a clients file: {e}")))?;
+    // Its relative paths were its own folder's; in the store they would be
+    // the config's.
+    let dir = path.parent().unwrap_or(Path::new("."));
+    for c in &mut file.clients {
+        absolute_paths(c, dir);
+    }
     let import = crate::store::Import {
         clients: file
             .clients
@@ -48,19 +64,57 @@ pub fn import_clients_file(config: &Config, store: &dyn Store) -> Result<(), Con
             .collect(),
         ..Default::default()
     };
-    let marker = format!(
-        "clients-file:{}",
-        std::fs::canonicalize(path)
-            .unwrap_or_else(|_| path.to_path_buf())
-            .display()
-    );
-    let done = store
-        .import_once(&marker, &import)
-        .map_err(|e| error(path, format!("cannot import the clients file: {e}")))?;
-    if done {
-        tracing::info!(file = %path.display(), clients = import.clients.len(), "copied the clients file into the state store, once; the file is left as it was and is never written");
+    if store.import_once(MARKER, &import).map_err(failed)? {
+        tracing::info!(file = %path.display(), clients = import.clients.len(), "copied the clients file into the state store, once; the file is left as it was and is never read again");
     }
     Ok(())
+}
+
+/// Makes the file paths of `c` absolute, relative ones taken from `dir`.
+fn absolute_paths(c: &mut RawClient, dir: &Path) {
+    let fix = |p: &mut String| {
+        if Path::new(p.as_str()).is_relative() {
+            *p = dir.join(p.as_str()).display().to_string();
+        }
+    };
+    if let Some(s) = &mut c.saml2_bearer {
+        fix(&mut s.idp_certificate_file);
+    }
+    for i in c.jwt_bearer.iter_mut().flat_map(|j| j.issuers.iter_mut()) {
+        i.jwks_file
+            .iter_mut()
+            .chain(i.public_key_file.iter_mut())
+            .for_each(fix);
+    }
+}
+
+/// For `valet check` (which writes nothing): the config at `path`, already
+/// compiled as `config`, compiled again with the managed clients of an
+/// existing store, read only, as `serve` will (once the clients file, if
+/// any, was imported: until then the file is what `serve` imports, and
+/// `config` was compiled with it).
+pub fn check(path: &Path, config: Config) -> Result<Config, ConfigErrors> {
+    let store_path = config.store_path.clone();
+    let file = config
+        .authorization_server
+        .as_ref()
+        .map(|a| a.clients_file.is_some());
+    let (Some(has_file), true, false) = (
+        file,
+        store_path.exists(),
+        config.role == config::Role::Validator,
+    ) else {
+        return Ok(config);
+    };
+    let store = crate::store::sqlite::SqliteStore::open_read_only(&store_path)
+        .map_err(|e| error(&store_path, e.to_string()))?;
+    let imported = store
+        .imported(MARKER)
+        .map_err(|e| error(&store_path, e.to_string()))?;
+    if has_file && !imported {
+        return Ok(config);
+    }
+    load(path, &store, &store_path).map(|(c, _)| c)
 }
 
 /// A client as the store keeps it.

@@ -108,6 +108,15 @@ pub struct App {
     /// changes in force (a client's record included): see
     /// [`App::sync_files`].
     follow_lock: Mutex<()>,
+    /// When the last follow that read the store to its end started (ms):
+    /// a token request arriving before it needs no follow of its own.
+    followed_ms: AtomicI64,
+    /// One token request's follow at a time (the others wait here, not on
+    /// blocking threads).
+    sync_follow: tokio::sync::Mutex<()>,
+    /// A client change was read from the log but the config has not loaded
+    /// with it yet (mid-edit): retried on every follow until it does.
+    clients_pending: AtomicBool,
     /// OAuth 1.0 tokens; opened with the first config that configures them.
     oauth1_store: OnceLock<TokenStore>,
     /// OAuth 1.0 flows waiting for their callback.
@@ -236,6 +245,9 @@ impl App {
             sync: Default::default(),
             reload_lock: Mutex::new(()),
             follow_lock: Mutex::new(()),
+            followed_ms: AtomicI64::new(0),
+            sync_follow: Default::default(),
+            clients_pending: AtomicBool::new(false),
             oauth1_store: OnceLock::new(),
             key_sets,
             websockets: Arc::new(tokio::sync::Semaphore::new(max_websockets)),
@@ -497,11 +509,16 @@ impl App {
         // The store first: a client changed (a new secret) or cut off by
         // another process is in force once this returns (the follower holds
         // its lock until the change is applied, config reload included).
-        let store_ok = {
-            let app = self.clone();
-            tokio::task::spawn_blocking(move || app.follow_store())
-                .await
-                .unwrap_or(false)
+        let store_ok = self.followed_ms.load(Ordering::Acquire) >= now_ms || {
+            // Concurrent requests share one follow: whoever waited here
+            // while a follow that started after it ran needs none.
+            let _one = self.sync_follow.lock().await;
+            self.followed_ms.load(Ordering::Acquire) >= now_ms || {
+                let app = self.clone();
+                tokio::task::spawn_blocking(move || app.follow_store())
+                    .await
+                    .unwrap_or(false)
+            }
         };
         let (config_files, revocation_file) = {
             let snap = self.snapshot.load();
@@ -601,6 +618,7 @@ impl App {
     /// Whether the store could be read. Blocking I/O.
     pub fn follow_store(&self) -> bool {
         let _one = self.follow_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let started_ms = crate::revocation::now_ms();
         let t = std::time::Instant::now();
         let r = self.revocations.follow();
         self.metrics.store_call("follow", t.elapsed(), r.is_ok());
@@ -616,8 +634,12 @@ impl App {
                 self.follow_oauth1_tokens(&f);
                 // (Reloaded only if the records differ from those in force.)
                 if f.clients || f.whole {
-                    self.reload_files();
+                    self.clients_pending.store(true, Ordering::Release);
                 }
+                if self.clients_pending.load(Ordering::Acquire) && self.reload_files() {
+                    self.clients_pending.store(false, Ordering::Release);
+                }
+                self.followed_ms.fetch_max(started_ms, Ordering::AcqRel);
                 true
             }
             Err(e) => {
@@ -668,6 +690,14 @@ impl App {
                         break;
                     }
                 }
+            }
+        }
+        if let Ok(imports) = self.revocations.store().imports() {
+            for (file, n) in imports {
+                self.metrics
+                    .store_imported
+                    .with_label_values(&[&file])
+                    .set(n);
             }
         }
         if let Ok(c) = self.revocations.store().counts() {

@@ -35,6 +35,10 @@ pub const MAX_PENDING_FLOWS: usize = 10_000;
 /// another ends the oldest (so one caller cannot fill the table).
 pub const MAX_PENDING_PER_SUBJECT: usize = 5;
 
+/// The name of the one import of the token file (not its path: a path that
+/// changes must not bring back tokens forgotten since).
+const IMPORT_MARKER: &str = "oauth1-token-file";
+
 /// The file of earlier versions, read once for the import.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -144,6 +148,13 @@ impl TokenStore {
     /// all of them or none (an entry that does not open with the key stops
     /// the import, so a wrong key never silently drops tokens).
     fn import(&self, path: &Path) -> Result<(), String> {
+        if self
+            .store
+            .imported(IMPORT_MARKER)
+            .map_err(|e| e.to_string())?
+        {
+            return Ok(());
+        }
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -172,15 +183,9 @@ impl TokenStore {
             import.oauth1_tokens.push((t.provider, t.subject, sealed));
         }
         let n = import.oauth1_tokens.len();
-        let marker = format!(
-            "oauth1-tokens:{}",
-            std::fs::canonicalize(path)
-                .unwrap_or_else(|_| path.to_path_buf())
-                .display()
-        );
         if self
             .store
-            .import_once(&marker, &import)
+            .import_once(IMPORT_MARKER, &import)
             .map_err(|e| e.to_string())?
         {
             tracing::info!(file = %path.display(), tokens = n, "copied the OAuth 1.0 token file into the state store, once; the file is left as it was and is never written");

@@ -636,6 +636,7 @@ impl Revocations {
                                 out.oauth1_tokens.push((provider, subject))
                             }
                             crate::store::Change::Client { .. } => out.clients = true,
+                            crate::store::Change::Other => {}
                         }
                     }
                     self.position.store(last, Ordering::Release);

@@ -53,6 +53,9 @@ pub enum Change {
     /// The managed client `id` was added, changed or removed: read the
     /// clients again ([`Store::clients`]).
     Client { id: String },
+    /// An entry of a kind a newer valet writes: skipped (a follower still
+    /// moves past it).
+    Other,
 }
 
 /// How [`Store::put_client`] may change a client record.
@@ -238,6 +241,12 @@ pub trait Store: Send + Sync {
 
     /// Entries by kind.
     fn counts(&self) -> Result<Counts, StoreError>;
+
+    /// Whether an import named `marker` was made.
+    fn imported(&self, marker: &str) -> Result<bool, StoreError>;
+
+    /// The imports made: (marker, entries imported).
+    fn imports(&self) -> Result<Vec<(String, i64)>, StoreError>;
 
     /// Imports `import` in one transaction unless an import named `marker`
     /// was made before: `Ok(false)` then, and nothing is written. Of two

@@ -70,8 +70,9 @@ CREATE TABLE IF NOT EXISTS oauth1_tokens (
     provider TEXT NOT NULL, subject TEXT NOT NULL, sealed BLOB NOT NULL,
     PRIMARY KEY (provider, subject)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS oauth1_flows (
-    token TEXT PRIMARY KEY, provider TEXT NOT NULL, subject TEXT NOT NULL,
-    sealed BLOB NOT NULL, expires_at_ms INTEGER NOT NULL) WITHOUT ROWID;
+    provider TEXT NOT NULL, token TEXT NOT NULL, subject TEXT NOT NULL,
+    sealed BLOB NOT NULL, expires_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (provider, token)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS oauth1_flows_by_subject ON oauth1_flows (provider, subject, expires_at_ms);
 CREATE INDEX IF NOT EXISTS oauth1_flows_by_expiry ON oauth1_flows (expires_at_ms);
 CREATE TABLE IF NOT EXISTS clients (id TEXT PRIMARY KEY, record TEXT NOT NULL) WITHOUT ROWID;
@@ -108,20 +109,20 @@ fn kind_and_value(r: &Record) -> (i64, &str, i64) {
     }
 }
 
-/// A log entry as a change; `None` for a kind this valet does not know.
-fn change(kind: i64, key: String, value: i64) -> Option<Change> {
-    if kind == OAUTH1_TOKEN {
+/// A log entry as a change.
+fn change(kind: i64, key: String, value: i64) -> Change {
+    match kind {
         // Provider names never hold a newline (config check).
-        let (provider, subject) = key.split_once('\n')?;
-        return Some(Change::OAuth1Token {
-            provider: provider.to_string(),
-            subject: subject.to_string(),
-        });
+        OAUTH1_TOKEN => match key.split_once('\n') {
+            Some((provider, subject)) => Change::OAuth1Token {
+                provider: provider.to_string(),
+                subject: subject.to_string(),
+            },
+            None => Change::Other,
+        },
+        CLIENT_RECORD => Change::Client { id: key },
+        _ => record(kind, key, value).map_or(Change::Other, Change::Revoked),
     }
-    if kind == CLIENT_RECORD {
-        return Some(Change::Client { id: key });
-    }
-    record(kind, key, value).map(Change::Revoked)
 }
 
 fn record(kind: i64, key: String, value: i64) -> Option<Record> {
@@ -439,7 +440,17 @@ impl Store for SqliteStore {
                 |r| r.get(0),
             )
             .map_err(|e| self.fail(e))?;
-        if after > newest {
+        // Or a position before changes that were pruned unread (OAuth 1.0
+        // token and client changes: unlike an expired revocation's, their
+        // loss would matter).
+        let pruned: i64 = conn
+            .query_row(
+                "SELECT coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'pruned_through'), 0)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.fail(e))?;
+        if after > newest || after < pruned {
             return Ok(Since::Trimmed);
         }
         let mut stmt = conn
@@ -456,9 +467,7 @@ impl Store for SqliteStore {
         let mut out = Vec::new();
         for row in rows {
             let (pos, kind, key, value) = row.map_err(|e| self.fail(e))?;
-            if let Some(c) = change(kind, key, value) {
-                out.push((pos, c));
-            }
+            out.push((pos, change(kind, key, value)));
         }
         Ok(Since::Changes(out))
     }
@@ -499,7 +508,32 @@ impl Store for SqliteStore {
         let batch = batch as i64;
         let mut n = 0;
         // Bounded batches: each call holds the write lock briefly.
-        for kind in [TOKEN, FAMILY, OAUTH1_TOKEN, CLIENT_RECORD] {
+        for kind in [OAUTH1_TOKEN, CLIENT_RECORD] {
+            // Oldest first; a follower behind the last pruned reads whole.
+            let through: Option<i64> = tx
+                .query_row(
+                    "SELECT max(position) FROM (SELECT position FROM log
+                     WHERE kind = ?1 AND value < ?2 ORDER BY position LIMIT ?3)",
+                    params![kind, now, batch],
+                    |r| r.get(0),
+                )
+                .map_err(|e| self.fail(e))?;
+            let Some(through) = through else { continue };
+            n += tx
+                .execute(
+                    "DELETE FROM log WHERE kind = ?1 AND position <= ?2",
+                    params![kind, through],
+                )
+                .map_err(|e| self.fail(e))?;
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('pruned_through', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value =
+                 CAST(max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER)) AS TEXT)",
+                params![through.to_string()],
+            )
+            .map_err(|e| self.fail(e))?;
+        }
+        for kind in [TOKEN, FAMILY] {
             n += tx
                 .execute(
                     "DELETE FROM revoked WHERE kind = ?1 AND key IN
@@ -520,8 +554,8 @@ impl Store for SqliteStore {
              (SELECT jti FROM rotations WHERE expires_at < ?1 LIMIT ?2)",
             "DELETE FROM single_use WHERE id IN
              (SELECT id FROM single_use WHERE expires_at < ?1 LIMIT ?2)",
-            "DELETE FROM oauth1_flows WHERE token IN
-             (SELECT token FROM oauth1_flows WHERE expires_at_ms < ?1 * 1000 LIMIT ?2)",
+            "DELETE FROM oauth1_flows WHERE (provider, token) IN
+             (SELECT provider, token FROM oauth1_flows WHERE expires_at_ms < ?1 * 1000 LIMIT ?2)",
         ] {
             n += tx
                 .execute(sql, params![now, batch])
@@ -609,7 +643,7 @@ impl Store for SqliteStore {
         // The subject's newest `per_subject - 1` stay; the new one makes
         // `per_subject`.
         tx.execute(
-            "DELETE FROM oauth1_flows WHERE token IN
+            "DELETE FROM oauth1_flows WHERE provider = ?1 AND token IN
              (SELECT token FROM oauth1_flows WHERE provider = ?1 AND subject = ?2
               ORDER BY expires_at_ms DESC LIMIT -1 OFFSET ?3)",
             params![
@@ -633,12 +667,14 @@ impl Store for SqliteStore {
             )
             .map_err(|e| self.fail(e))?;
             if count(&tx)? >= total {
-                tx.commit().map_err(|e| self.fail(e))?;
+                // Rolled back (dropped): a refused start ends nothing.
                 return Ok(false);
             }
         }
         tx.execute(
-            "INSERT OR REPLACE INTO oauth1_flows (token, provider, subject, sealed, expires_at_ms)
+            // A temporary token the provider gave out twice is refused,
+            // never put over another subject's flow.
+            "INSERT INTO oauth1_flows (token, provider, subject, sealed, expires_at_ms)
              VALUES (?1, ?2, ?3, ?4, ?5)",
             params![
                 token,
@@ -694,6 +730,15 @@ impl Store for SqliteStore {
 
     fn clients(&self) -> Result<Vec<(String, String)>, StoreError> {
         let conn = self.reader();
+        // A store an older valet made, opened read only (`valet check`):
+        // it has no table of clients, and so no clients.
+        let table: bool = conn
+            .prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'clients'")
+            .and_then(|mut s| s.exists([]))
+            .map_err(|e| self.fail(e))?;
+        if !table {
+            return Ok(Vec::new());
+        }
         let mut stmt = conn
             .prepare_cached("SELECT id, record FROM clients ORDER BY id")
             .map_err(|e| self.fail(e))?;
@@ -767,6 +812,27 @@ impl Store for SqliteStore {
             managed_clients: count("SELECT count(*) FROM clients")?,
             log: count("SELECT count(*) FROM log")?,
         })
+    }
+
+    fn imported(&self, marker: &str) -> Result<bool, StoreError> {
+        self.reader()
+            .prepare_cached("SELECT 1 FROM meta WHERE key = ?1")
+            .and_then(|mut s| s.exists(params![format!("import:{marker}")]))
+            .map_err(|e| self.fail(e))
+    }
+
+    fn imports(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT substr(key, 8), CAST(value AS INTEGER) FROM meta
+                 WHERE key LIKE 'import:%' ORDER BY key",
+            )
+            .map_err(|e| self.fail(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.fail(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.fail(e))
     }
 
     fn import_once(&self, marker: &str, import: &Import) -> Result<bool, StoreError> {
