@@ -201,7 +201,7 @@ impl Metrics {
         let store_entries = IntGaugeVec::new(
             Opts::new(
                 "valet_store_entries",
-                "Entries in the state store, by kind (token, family, client, subject, rotation, single_use, log).",
+                "Entries in the state store, by kind (token, family, client, subject, rotation, single_use, oauth1_token, oauth1_flow, managed_client, log).",
             ),
             &["kind"],
         )

@@ -143,6 +143,19 @@ impl Setup {
         cb
     }
 
+    /// A second valet on the same config, state store and key, and a
+    /// client of it.
+    async fn second_gateway(&self) -> (valet::server::Running, Client) {
+        let config = valet::config::load(&self.gw.config_path).unwrap();
+        let other = valet::server::start(config).await.unwrap();
+        let b = Client::new(
+            other.listeners[0],
+            self.gw.ca.client_config(Proto::H1.alpn()),
+            Proto::H1,
+        );
+        (other, b)
+    }
+
     fn api_calls(&self) -> Vec<support::oauth1_provider::ApiCall> {
         self.provider.state.lock().unwrap().api.clone()
     }
@@ -789,14 +802,7 @@ async fn one_subject_cannot_fill_the_pending_table() {
 #[tokio::test]
 async fn two_gateways_sharing_the_store_see_each_others_tokens() {
     let s = setup("").await;
-    // A second valet on the same config, store file and key.
-    let config = valet::config::load(&s.gw.config_path).unwrap();
-    let other = valet::server::start(config).await.unwrap();
-    let b = Client::new(
-        other.listeners[0],
-        s.gw.ca.client_config(Proto::H1.alpn()),
-        Proto::H1,
-    );
+    let (other, b) = s.second_gateway().await;
     let alice = s.gw.token("alice", "read");
     assert_eq!(b.get("/legacy/x", Some(&alice)).await.status, 403);
     s.authorize(&alice).await;
@@ -828,13 +834,7 @@ async fn two_gateways_sharing_the_store_see_each_others_tokens() {
 #[tokio::test]
 async fn a_flow_started_at_one_gateway_completes_at_another() {
     let s = setup("").await;
-    let config = valet::config::load(&s.gw.config_path).unwrap();
-    let other = valet::server::start(config).await.unwrap();
-    let b = Client::new(
-        other.listeners[0],
-        s.gw.ca.client_config(Proto::H1.alpn()),
-        Proto::H1,
-    );
+    let (other, b) = s.second_gateway().await;
     let alice = s.gw.token("alice", "read");
     let r = s.start_flow(&alice, "").await;
     assert_eq!(r.status, 302, "{:?}", r.body);

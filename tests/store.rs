@@ -412,6 +412,23 @@ fn pending_flows_are_bounded_in_total_and_expired_ones_make_room() {
         flow("alice", now + 60_000)
     );
     assert!(s.take_flow("a", "p").unwrap().is_none());
+    // A start that ends the subject's own oldest flow makes its own room;
+    // one refused ends nothing.
+    let s2 = SqliteStore::open(&dir.path().join("w.db")).unwrap();
+    assert!(s2
+        .start_flow("a1", &flow("alice", now + 60_000), 1, 2, now)
+        .unwrap());
+    assert!(s2
+        .start_flow("b1", &flow("bob", now + 60_000), 1, 2, now)
+        .unwrap());
+    assert!(s2
+        .start_flow("a2", &flow("alice", now + 61_000), 1, 2, now)
+        .unwrap());
+    assert!(s2.take_flow("a1", "p").unwrap().is_none(), "ended by a2");
+    assert!(!s2
+        .start_flow("c1", &flow("carol", now + 60_000), 1, 2, now)
+        .unwrap());
+    assert_eq!(s2.counts().unwrap().oauth1_flows, 2);
     // Expired flows are pruned with the rest.
     assert!(s
         .start_flow("f", &flow("frank", now - 5_000), 5, 10, now)

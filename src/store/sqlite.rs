@@ -323,6 +323,26 @@ impl SqliteStore {
         Ok(last)
     }
 
+    /// Runs `f` in one write transaction (`BEGIN IMMEDIATE`: the database's
+    /// write lock first, so check-and-set holds across processes), committed
+    /// when `f` returns `Ok`, between two checks that the path still names
+    /// the file opened (what is written to a file deleted or replaced is
+    /// lost with it).
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.still_there()?;
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.fail(e))?;
+        let out = f(&tx)?;
+        tx.commit().map_err(|e| self.fail(e))?;
+        self.still_there()?;
+        Ok(out)
+    }
+
     fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.read.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -330,36 +350,25 @@ impl SqliteStore {
 
 impl Store for SqliteStore {
     fn append(&self, records: &[Record]) -> Result<Position, StoreError> {
-        self.still_there()?;
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.fail(e))?;
-        let last = self.write_records(&tx, records)?;
-        tx.commit().map_err(|e| self.fail(e))?;
-        // Deleted while we wrote: what we wrote is gone with it.
-        self.still_there()?;
-        Ok(last)
+        self.write(|tx| {
+            let last = self.write_records(tx, records)?;
+            Ok(last)
+        })
     }
 
     fn use_once(&self, id: &str, expires_at: i64) -> Result<bool, StoreError> {
-        self.still_there()?;
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.fail(e))?;
-        // A row that expired (and was not yet pruned) no longer counts.
-        let changed = tx
-            .execute(
-                "INSERT INTO single_use (id, expires_at) VALUES (?1, ?2)
+        self.write(|tx| {
+            // A row that expired (and was not yet pruned) no longer counts.
+            let changed = tx
+                .execute(
+                    "INSERT INTO single_use (id, expires_at) VALUES (?1, ?2)
                  ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at
                  WHERE single_use.expires_at < ?3",
-                params![id, expires_at, now()],
-            )
-            .map_err(|e| self.fail(e))?;
-        tx.commit().map_err(|e| self.fail(e))?;
-        self.still_there()?;
-        Ok(changed == 1)
+                    params![id, expires_at, now()],
+                )
+                .map_err(|e| self.fail(e))?;
+            Ok(changed == 1)
+        })
     }
 
     fn rotate(
@@ -369,50 +378,45 @@ impl Store for SqliteStore {
         now_ms: i64,
         grace_ms: i64,
     ) -> Result<Rotation, StoreError> {
-        self.still_there()?;
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.fail(e))?;
-        let revoked: bool = tx
-            .query_row(
-                "SELECT 1 FROM revoked WHERE kind = ?1 AND key = ?2",
-                params![TOKEN, jti],
-                |_| Ok(true),
-            )
-            .optional()
-            .map_err(|e| self.fail(e))?
-            .unwrap_or(false);
-        if revoked {
-            return Ok(Rotation::Revoked);
-        }
-        let first: Option<i64> = tx
-            .query_row(
-                "SELECT first_use_ms FROM rotations WHERE jti = ?1",
-                params![jti],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| self.fail(e))?;
-        let outcome = match first {
-            None => {
-                tx.execute(
-                    "INSERT INTO rotations (jti, expires_at, first_use_ms) VALUES (?1, ?2, ?3)",
-                    params![jti, expires_at, now_ms],
+        self.write(|tx| {
+            let revoked: bool = tx
+                .query_row(
+                    "SELECT 1 FROM revoked WHERE kind = ?1 AND key = ?2",
+                    params![TOKEN, jti],
+                    |_| Ok(true),
                 )
-                .map_err(|e| self.fail(e))?;
-                Rotation::First
+                .optional()
+                .map_err(|e| self.fail(e))?
+                .unwrap_or(false);
+            if revoked {
+                return Ok(Rotation::Revoked);
             }
-            // `now_ms` was read before the lock was taken, so a use that
-            // began first may be recorded second: its time can be before
-            // the first use's. That counts as no time at all (never
-            // negative, which would be "in grace" even at zero).
-            Some(at) if now_ms.saturating_sub(at).max(0) < grace_ms => Rotation::InGrace,
-            Some(_) => Rotation::Reuse,
-        };
-        tx.commit().map_err(|e| self.fail(e))?;
-        self.still_there()?;
-        Ok(outcome)
+            let first: Option<i64> = tx
+                .query_row(
+                    "SELECT first_use_ms FROM rotations WHERE jti = ?1",
+                    params![jti],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(|e| self.fail(e))?;
+            let outcome = match first {
+                None => {
+                    tx.execute(
+                        "INSERT INTO rotations (jti, expires_at, first_use_ms) VALUES (?1, ?2, ?3)",
+                        params![jti, expires_at, now_ms],
+                    )
+                    .map_err(|e| self.fail(e))?;
+                    Rotation::First
+                }
+                // `now_ms` was read before the lock was taken, so a use that
+                // began first may be recorded second: its time can be before
+                // the first use's. That counts as no time at all (never
+                // negative, which would be "in grace" even at zero).
+                Some(at) if now_ms.saturating_sub(at).max(0) < grace_ms => Rotation::InGrace,
+                Some(_) => Rotation::Reuse,
+            };
+            Ok(outcome)
+        })
     }
 
     fn first_use(&self, jti: &str) -> Result<Option<i64>, StoreError> {
@@ -501,68 +505,65 @@ impl Store for SqliteStore {
     }
 
     fn prune(&self, now: i64, batch: usize) -> Result<usize, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.fail(e))?;
-        let batch = batch as i64;
-        let mut n = 0;
-        // Bounded batches: each call holds the write lock briefly.
-        for kind in [OAUTH1_TOKEN, CLIENT_RECORD] {
-            // Oldest first; a follower behind the last pruned reads whole.
-            let through: Option<i64> = tx
-                .query_row(
-                    "SELECT max(position) FROM (SELECT position FROM log
+        self.write(|tx| {
+            let batch = batch as i64;
+            let mut n = 0;
+            // Bounded batches: each call holds the write lock briefly.
+            for kind in [OAUTH1_TOKEN, CLIENT_RECORD] {
+                // Oldest first; a follower behind the last pruned reads whole.
+                let through: Option<i64> = tx
+                    .query_row(
+                        "SELECT max(position) FROM (SELECT position FROM log
                      WHERE kind = ?1 AND value < ?2 ORDER BY position LIMIT ?3)",
-                    params![kind, now, batch],
-                    |r| r.get(0),
-                )
-                .map_err(|e| self.fail(e))?;
-            let Some(through) = through else { continue };
-            n += tx
-                .execute(
-                    "DELETE FROM log WHERE kind = ?1 AND position <= ?2",
-                    params![kind, through],
-                )
-                .map_err(|e| self.fail(e))?;
-            tx.execute(
-                "INSERT INTO meta (key, value) VALUES ('pruned_through', ?1)
+                        params![kind, now, batch],
+                        |r| r.get(0),
+                    )
+                    .map_err(|e| self.fail(e))?;
+                let Some(through) = through else { continue };
+                n += tx
+                    .execute(
+                        "DELETE FROM log WHERE kind = ?1 AND position <= ?2",
+                        params![kind, through],
+                    )
+                    .map_err(|e| self.fail(e))?;
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES ('pruned_through', ?1)
                  ON CONFLICT (key) DO UPDATE SET value =
                  CAST(max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER)) AS TEXT)",
-                params![through.to_string()],
-            )
-            .map_err(|e| self.fail(e))?;
-        }
-        for kind in [TOKEN, FAMILY] {
-            n += tx
-                .execute(
-                    "DELETE FROM revoked WHERE kind = ?1 AND key IN
+                    params![through.to_string()],
+                )
+                .map_err(|e| self.fail(e))?;
+            }
+            for kind in [TOKEN, FAMILY] {
+                n += tx
+                    .execute(
+                        "DELETE FROM revoked WHERE kind = ?1 AND key IN
                      (SELECT key FROM revoked WHERE kind = ?1 AND value < ?2 LIMIT ?3)",
-                    params![kind, now, batch],
-                )
-                .map_err(|e| self.fail(e))?;
-            n += tx
-                .execute(
-                    "DELETE FROM log WHERE position IN
+                        params![kind, now, batch],
+                    )
+                    .map_err(|e| self.fail(e))?;
+                n += tx
+                    .execute(
+                        "DELETE FROM log WHERE position IN
                      (SELECT position FROM log WHERE kind = ?1 AND value < ?2 LIMIT ?3)",
-                    params![kind, now, batch],
-                )
-                .map_err(|e| self.fail(e))?;
-        }
-        for sql in [
-            "DELETE FROM rotations WHERE jti IN
+                        params![kind, now, batch],
+                    )
+                    .map_err(|e| self.fail(e))?;
+            }
+            for sql in [
+                "DELETE FROM rotations WHERE jti IN
              (SELECT jti FROM rotations WHERE expires_at < ?1 LIMIT ?2)",
-            "DELETE FROM single_use WHERE id IN
+                "DELETE FROM single_use WHERE id IN
              (SELECT id FROM single_use WHERE expires_at < ?1 LIMIT ?2)",
-            "DELETE FROM oauth1_flows WHERE (provider, token) IN
+                "DELETE FROM oauth1_flows WHERE (provider, token) IN
              (SELECT provider, token FROM oauth1_flows WHERE expires_at_ms < ?1 * 1000 LIMIT ?2)",
-        ] {
-            n += tx
-                .execute(sql, params![now, batch])
-                .map_err(|e| self.fail(e))?;
-        }
-        tx.commit().map_err(|e| self.fail(e))?;
-        Ok(n)
+            ] {
+                n += tx
+                    .execute(sql, params![now, batch])
+                    .map_err(|e| self.fail(e))?;
+            }
+            Ok(n)
+        })
     }
 
     fn oauth1_token(&self, provider: &str, subject: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -592,39 +593,34 @@ impl Store for SqliteStore {
         subject: &str,
         sealed: Option<&[u8]>,
     ) -> Result<bool, StoreError> {
-        self.still_there()?;
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.fail(e))?;
-        let had = tx
-            .execute(
-                "DELETE FROM oauth1_tokens WHERE provider = ?1 AND subject = ?2",
-                params![provider, subject],
-            )
-            .map_err(|e| self.fail(e))?
-            == 1;
-        if let Some(sealed) = sealed {
-            tx.execute(
-                "INSERT INTO oauth1_tokens (provider, subject, sealed) VALUES (?1, ?2, ?3)",
-                params![provider, subject, sealed],
-            )
-            .map_err(|e| self.fail(e))?;
-        }
-        if had || sealed.is_some() {
-            tx.execute(
-                "INSERT INTO log (kind, key, value) VALUES (?1, ?2, ?3)",
-                params![
-                    OAUTH1_TOKEN,
-                    format!("{provider}\n{subject}"),
-                    now() + LOG_KEEP_SECS
-                ],
-            )
-            .map_err(|e| self.fail(e))?;
-        }
-        tx.commit().map_err(|e| self.fail(e))?;
-        self.still_there()?;
-        Ok(had)
+        self.write(|tx| {
+            let had = tx
+                .execute(
+                    "DELETE FROM oauth1_tokens WHERE provider = ?1 AND subject = ?2",
+                    params![provider, subject],
+                )
+                .map_err(|e| self.fail(e))?
+                == 1;
+            if let Some(sealed) = sealed {
+                tx.execute(
+                    "INSERT INTO oauth1_tokens (provider, subject, sealed) VALUES (?1, ?2, ?3)",
+                    params![provider, subject, sealed],
+                )
+                .map_err(|e| self.fail(e))?;
+            }
+            if had || sealed.is_some() {
+                tx.execute(
+                    "INSERT INTO log (kind, key, value) VALUES (?1, ?2, ?3)",
+                    params![
+                        OAUTH1_TOKEN,
+                        format!("{provider}\n{subject}"),
+                        now() + LOG_KEEP_SECS
+                    ],
+                )
+                .map_err(|e| self.fail(e))?;
+            }
+            Ok(had)
+        })
     }
 
     fn start_flow(
@@ -635,59 +631,60 @@ impl Store for SqliteStore {
         total: usize,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        self.still_there()?;
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.fail(e))?;
-        // The subject's newest `per_subject - 1` stay; the new one makes
-        // `per_subject`.
-        tx.execute(
-            "DELETE FROM oauth1_flows WHERE provider = ?1 AND token IN
-             (SELECT token FROM oauth1_flows WHERE provider = ?1 AND subject = ?2
-              ORDER BY expires_at_ms DESC LIMIT -1 OFFSET ?3)",
-            params![
-                flow.provider,
-                flow.subject,
-                per_subject.saturating_sub(1) as i64
-            ],
-        )
-        .map_err(|e| self.fail(e))?;
-        let count = |tx: &rusqlite::Transaction<'_>| -> Result<usize, StoreError> {
-            tx.query_row("SELECT count(*) FROM oauth1_flows", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map(|n| n as usize)
-            .map_err(|e| self.fail(e))
-        };
-        if count(&tx)? >= total {
+        self.write(|tx| {
+            // How many flows are pending, and how many of this subject's the
+            // new one would end (its newest `per_subject - 1` stay).
+            let pending = || -> Result<(usize, usize), StoreError> {
+                tx.query_row(
+                    "SELECT count(*), count(*) FILTER (WHERE provider = ?1 AND subject = ?2)
+                     FROM oauth1_flows",
+                    params![flow.provider, flow.subject],
+                    |r| Ok((r.get::<_, i64>(0)? as usize, r.get::<_, i64>(1)? as usize)),
+                )
+                .map(|(all, mine)| (all, (mine + 1).saturating_sub(per_subject)))
+                .map_err(|e| self.fail(e))
+            };
+            let (mut all, mut ending) = pending()?;
+            if all - ending >= total {
+                // Expired flows are over anyway.
+                tx.execute(
+                    "DELETE FROM oauth1_flows WHERE expires_at_ms <= ?1",
+                    params![now_ms],
+                )
+                .map_err(|e| self.fail(e))?;
+                (all, ending) = pending()?;
+                if all - ending >= total {
+                    // Refused: no flow of the subject's was ended for it.
+                    return Ok(false);
+                }
+            }
             tx.execute(
-                "DELETE FROM oauth1_flows WHERE expires_at_ms <= ?1",
-                params![now_ms],
+                "DELETE FROM oauth1_flows WHERE provider = ?1 AND token IN
+                 (SELECT token FROM oauth1_flows WHERE provider = ?1 AND subject = ?2
+                  ORDER BY expires_at_ms DESC LIMIT -1 OFFSET ?3)",
+                params![
+                    flow.provider,
+                    flow.subject,
+                    per_subject.saturating_sub(1) as i64
+                ],
             )
             .map_err(|e| self.fail(e))?;
-            if count(&tx)? >= total {
-                // Rolled back (dropped): a refused start ends nothing.
-                return Ok(false);
-            }
-        }
-        tx.execute(
-            // A temporary token the provider gave out twice is refused,
-            // never put over another subject's flow.
-            "INSERT INTO oauth1_flows (token, provider, subject, sealed, expires_at_ms)
+            tx.execute(
+                // A temporary token the provider gave out twice is refused,
+                // never put over another subject's flow.
+                "INSERT INTO oauth1_flows (token, provider, subject, sealed, expires_at_ms)
              VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                token,
-                flow.provider,
-                flow.subject,
-                flow.sealed,
-                flow.expires_at_ms
-            ],
-        )
-        .map_err(|e| self.fail(e))?;
-        tx.commit().map_err(|e| self.fail(e))?;
-        self.still_there()?;
-        Ok(true)
+                params![
+                    token,
+                    flow.provider,
+                    flow.subject,
+                    flow.sealed,
+                    flow.expires_at_ms
+                ],
+            )
+            .map_err(|e| self.fail(e))?;
+            Ok(true)
+        })
     }
 
     fn take_flow(&self, token: &str, provider: &str) -> Result<Option<Flow>, StoreError> {
@@ -701,31 +698,25 @@ impl Store for SqliteStore {
         if !known {
             return Ok(None);
         }
-        self.still_there()?;
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.fail(e))?;
-        let flow = tx
-            .query_row(
-                "DELETE FROM oauth1_flows WHERE token = ?1 AND provider = ?2
+        self.write(|tx| {
+            let flow = tx
+                .query_row(
+                    "DELETE FROM oauth1_flows WHERE token = ?1 AND provider = ?2
                  RETURNING subject, sealed, expires_at_ms",
-                params![token, provider],
-                |r| {
-                    Ok(Flow {
-                        provider: provider.to_string(),
-                        subject: r.get(0)?,
-                        sealed: r.get(1)?,
-                        expires_at_ms: r.get(2)?,
-                    })
-                },
-            )
-            .optional()
-            .map_err(|e| self.fail(e))?;
-        tx.commit().map_err(|e| self.fail(e))?;
-        // Gone with the file: nobody else can take it either, but say so.
-        self.still_there()?;
-        Ok(flow)
+                    params![token, provider],
+                    |r| {
+                        Ok(Flow {
+                            provider: provider.to_string(),
+                            subject: r.get(0)?,
+                            sealed: r.get(1)?,
+                            expires_at_ms: r.get(2)?,
+                        })
+                    },
+                )
+                .optional()
+                .map_err(|e| self.fail(e))?;
+            Ok(flow)
+        })
     }
 
     fn clients(&self) -> Result<Vec<(String, String)>, StoreError> {
@@ -754,42 +745,37 @@ impl Store for SqliteStore {
         record: Option<&str>,
         how: ClientWrite<'_>,
     ) -> Result<bool, StoreError> {
-        self.still_there()?;
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
+        self.write(|tx| {
+            let found: Option<String> = tx
+                .query_row(
+                    "SELECT record FROM clients WHERE id = ?1",
+                    params![id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(|e| self.fail(e))?;
+            let allowed = match how {
+                ClientWrite::Create => found.is_none(),
+                ClientWrite::Replace { current } => found.as_deref() == Some(current),
+            };
+            if !allowed {
+                return Ok(false);
+            }
+            match record {
+                Some(r) => tx.execute(
+                    "INSERT OR REPLACE INTO clients (id, record) VALUES (?1, ?2)",
+                    params![id, r],
+                ),
+                None => tx.execute("DELETE FROM clients WHERE id = ?1", params![id]),
+            }
             .map_err(|e| self.fail(e))?;
-        let found: Option<String> = tx
-            .query_row(
-                "SELECT record FROM clients WHERE id = ?1",
-                params![id],
-                |r| r.get(0),
+            tx.execute(
+                "INSERT INTO log (kind, key, value) VALUES (?1, ?2, ?3)",
+                params![CLIENT_RECORD, id, now() + LOG_KEEP_SECS],
             )
-            .optional()
             .map_err(|e| self.fail(e))?;
-        let allowed = match how {
-            ClientWrite::Create => found.is_none(),
-            ClientWrite::Replace { current } => found.as_deref() == Some(current),
-        };
-        if !allowed {
-            return Ok(false);
-        }
-        match record {
-            Some(r) => tx.execute(
-                "INSERT OR REPLACE INTO clients (id, record) VALUES (?1, ?2)",
-                params![id, r],
-            ),
-            None => tx.execute("DELETE FROM clients WHERE id = ?1", params![id]),
-        }
-        .map_err(|e| self.fail(e))?;
-        tx.execute(
-            "INSERT INTO log (kind, key, value) VALUES (?1, ?2, ?3)",
-            params![CLIENT_RECORD, id, now() + LOG_KEEP_SECS],
-        )
-        .map_err(|e| self.fail(e))?;
-        tx.commit().map_err(|e| self.fail(e))?;
-        self.still_there()?;
-        Ok(true)
+            Ok(true)
+        })
     }
 
     fn counts(&self) -> Result<Counts, StoreError> {
@@ -836,11 +822,7 @@ impl Store for SqliteStore {
     }
 
     fn import_once(&self, marker: &str, import: &Import) -> Result<bool, StoreError> {
-        self.still_there()?;
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.fail(e))?;
+        self.write(|tx| {
         let key = format!("import:{marker}");
         let done: bool = tx
             .query_row("SELECT 1 FROM meta WHERE key = ?1", params![key], |_| {
@@ -852,7 +834,7 @@ impl Store for SqliteStore {
         if done {
             return Ok(false);
         }
-        self.write_records(&tx, &import.records)?;
+        self.write_records(tx, &import.records)?;
         {
             let mut rot = tx
                 .prepare_cached(
@@ -906,7 +888,7 @@ impl Store for SqliteStore {
             params![key, total.to_string()],
         )
         .map_err(|e| self.fail(e))?;
-        tx.commit().map_err(|e| self.fail(e))?;
         Ok(true)
+        })
     }
 }
