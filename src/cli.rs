@@ -368,7 +368,9 @@ fn client_command(cmd: ClientCommand) -> ExitCode {
     }
     // Managed clients live in the state store: open it, import the clients
     // file of earlier versions once, and see the config with them.
-    let r = match crate::revocation::Revocations::open(&c.revocation_file, &c.store_path) {
+    let r = match crate::app::open_store(&c, true)
+        .and_then(|s| crate::revocation::Revocations::on_store(&c.revocation_file, s, true))
+    {
         Ok(r) => r,
         Err(e) => return fail(&e),
     };

@@ -99,10 +99,12 @@ pub fn check(path: &Path, config: Config) -> Result<Config, ConfigErrors> {
         .authorization_server
         .as_ref()
         .map(|a| a.clients_file.is_some());
-    let (Some(has_file), true, false) = (
+    // (A Redis store is not opened by `check`: it may be out of reach.)
+    let (Some(has_file), true, false, None) = (
         file,
         store_path.exists(),
         config.role == config::Role::Validator,
+        &config.store_redis,
     ) else {
         return Ok(config);
     };

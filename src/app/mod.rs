@@ -146,6 +146,27 @@ pub enum StartError {
     Config(#[from] ConfigErrors),
 }
 
+/// The state store `c` names (Redis, or the embedded file), for writing or
+/// only for reading.
+pub fn open_store(
+    c: &Config,
+    writer: bool,
+) -> Result<Arc<dyn crate::store::Store>, RevocationError> {
+    let Some(r) = &c.store_redis else {
+        return crate::revocation::open_store(&c.store_path, !writer);
+    };
+    let s =
+        crate::store::redis::RedisStore::open(r, writer).map_err(crate::revocation::store_error)?;
+    let v = s.verified();
+    for setting in &v.unverified {
+        tracing::warn!(setting, "the Redis store's setting cannot be read (CONFIG GET refused): unverified, not assumed");
+    }
+    for w in &v.weaker {
+        tracing::warn!("the Redis store is weaker than valet's guarantee: {w}");
+    }
+    Ok(Arc::new(s))
+}
+
 /// The files besides the main config whose content is part of a snapshot.
 pub fn companion_files(c: &Config) -> Vec<std::path::PathBuf> {
     let upstream_tls = c
@@ -189,13 +210,10 @@ impl App {
     /// Builds the state from a validated config (reads the revocation file).
     pub fn new(config: Config) -> Result<Arc<App>, StartError> {
         let metrics = Metrics::new();
-        let revocations = match config.role {
-            // A validator never writes: the store is opened read only.
-            crate::config::Role::Validator => {
-                Revocations::open_following(&config.revocation_file, &config.store_path)?
-            }
-            _ => Revocations::open(&config.revocation_file, &config.store_path)?,
-        };
+        // A validator never writes: the store is opened read only.
+        let writer = config.role != crate::config::Role::Validator;
+        let store = open_store(&config, writer)?;
+        let revocations = Revocations::on_store(&config.revocation_file, store, writer)?;
         metrics.set_revocation_sizes(revocations.current().len());
         // Managed clients come from the store: compile the config again
         // with them (the caller's had the clients file, if any).
@@ -384,6 +402,17 @@ impl App {
             Some("role")
         } else if cfg.store_path != old.config.store_path {
             Some("store.path")
+        } else if cfg
+            .store_redis
+            .as_ref()
+            .map(|r| (&r.url, &r.prefix, &r.username))
+            != old
+                .config
+                .store_redis
+                .as_ref()
+                .map(|r| (&r.url, &r.prefix, &r.username))
+        {
+            Some("store.redis")
         } else {
             None
         };

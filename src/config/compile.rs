@@ -30,6 +30,8 @@ pub struct Config {
     /// The embedded state store (SQLite): valet's own revocations, refresh
     /// rotations, single-use ids.
     pub store_path: PathBuf,
+    /// A Redis store instead (`store.redis`): then `store_path` is unused.
+    pub store_redis: Option<crate::store::redis::RedisSettings>,
     pub routes: Vec<RouteConfig>,
     pub limits: Limits,
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -432,6 +434,11 @@ fn compile(
         tokens,
         revocation_file: resolve(base, &raw.revocation.file),
         store_path: store_path(&raw.store, &raw.revocation, base),
+        store_redis: raw
+            .store
+            .redis
+            .as_ref()
+            .and_then(|r| store_redis(r, base, c)),
         routes,
         limits,
         trusted_proxies,
@@ -1318,6 +1325,55 @@ fn store_path(store: &RawStore, revocation: &RawRevocation, base: &Path) -> Path
                 .join(DEFAULT_STORE_FILE)
         }
     }
+}
+
+/// The environment variable that may hold the Redis ACL password.
+pub const REDIS_PASSWORD_ENV: &str = "VALET_REDIS_PASSWORD";
+
+/// `store.redis`, its password read.
+fn store_redis(
+    r: &super::raw::RawRedisStore,
+    base: &Path,
+    c: &mut Collector<'_>,
+) -> Option<crate::store::redis::RedisSettings> {
+    let ok_scheme = r.url.starts_with("redis://") || r.url.starts_with("rediss://");
+    if !ok_scheme {
+        c.at(
+            "store.redis.url",
+            "a Redis URL starts with redis:// (or rediss:// for TLS)",
+        );
+        return None;
+    }
+    let rest = &r.url[r.url.find("://").map_or(0, |i| i + 3)..];
+    if rest
+        .split('/')
+        .next()
+        .is_some_and(|auth| auth.contains('@'))
+    {
+        c.at(
+            "store.redis.url",
+            "put no user or password in the URL: use store.redis.username and password_file",
+        );
+        return None;
+    }
+    let password = match &r.password_file {
+        Some(f) => match super::oauth1::read_secret(&resolve(base, f), "Redis password") {
+            Ok(s) => Some(s),
+            Err(e) => {
+                c.at("store.redis.password_file", e);
+                return None;
+            }
+        },
+        None => std::env::var(REDIS_PASSWORD_ENV)
+            .ok()
+            .map(|p| crate::credentials::Secret::new(p.into_bytes())),
+    };
+    Some(crate::store::redis::RedisSettings {
+        url: r.url.clone(),
+        username: r.username.clone(),
+        password,
+        prefix: r.key_prefix.clone().unwrap_or_else(|| "valet:".into()),
+    })
 }
 
 /// The store's file name when `store.path` is not set.

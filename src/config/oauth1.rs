@@ -63,7 +63,7 @@ fn is_http_url(s: &str) -> Option<http::Uri> {
     crate::outbound::callable_url(s).ok()
 }
 
-fn read_secret(path: &Path, what: &str) -> Result<Secret, String> {
+pub(super) fn read_secret(path: &Path, what: &str) -> Result<Secret, String> {
     let s = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read the {what} file {}: {e}", path.display()))?;
     let s = s.trim_end_matches(['\n', '\r']);

@@ -373,6 +373,21 @@ pub enum Role {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawStore {
     pub(super) path: Option<String>,
+    /// A Redis shared by a fleet, instead of the embedded store.
+    pub(super) redis: Option<RawRedisStore>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRedisStore {
+    /// redis://host:port/db or rediss:// (TLS); no password in it.
+    pub(super) url: String,
+    /// The ACL user.
+    pub(super) username: Option<String>,
+    /// The ACL user's password, in a file (or VALET_REDIS_PASSWORD).
+    pub(super) password_file: Option<String>,
+    /// Put before every key. Default: `valet:`.
+    pub(super) key_prefix: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

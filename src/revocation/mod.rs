@@ -422,7 +422,7 @@ pub struct Followed {
 }
 
 /// The embedded store at `path`, for writing or only for reading.
-fn open_store(path: &Path, read_only: bool) -> Result<Arc<dyn Store>, RevocationError> {
+pub fn open_store(path: &Path, read_only: bool) -> Result<Arc<dyn Store>, RevocationError> {
     use crate::store::sqlite::SqliteStore;
     let opened = if read_only {
         SqliteStore::open_read_only(path)
@@ -437,7 +437,7 @@ fn open_store(path: &Path, read_only: bool) -> Result<Arc<dyn Store>, Revocation
 
 /// A store failure as a revocation error (the store's message names its
 /// file already).
-fn store_error(e: crate::store::StoreError) -> RevocationError {
+pub fn store_error(e: crate::store::StoreError) -> RevocationError {
     RevocationError {
         file: PathBuf::from("the state store"),
         position: None,
@@ -461,6 +461,16 @@ impl Revocations {
     /// authority creates it), followed, never written; no import.
     pub fn open_following(path: &Path, store_path: &Path) -> Result<Self, RevocationError> {
         Self::build(path, open_store(store_path, true)?, false)
+    }
+
+    /// On a store opened by the caller (any backend): `writer` imports the
+    /// file once and may write; otherwise the store is only followed.
+    pub fn on_store(
+        path: &Path,
+        store: Arc<dyn Store>,
+        writer: bool,
+    ) -> Result<Self, RevocationError> {
+        Self::build(path, store, writer)
     }
 
     fn build(path: &Path, store: Arc<dyn Store>, writer: bool) -> Result<Self, RevocationError> {

@@ -23,6 +23,7 @@
 //! This module names nothing else of valet's (layer 0): the revocation map
 //! turns its records into lookups.
 
+pub mod redis;
 pub mod sqlite;
 
 /// A change log position: 0 is "before the first change".

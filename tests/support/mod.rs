@@ -7,6 +7,7 @@ pub mod client;
 pub mod idp;
 pub mod oauth1_provider;
 pub mod process;
+pub mod redis_server;
 pub mod upstream;
 
 use base64::Engine;

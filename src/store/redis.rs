@@ -1,0 +1,800 @@
+//! The Redis store: one Redis (7, or a managed service speaking its
+//! protocol) shared by every valet of a fleet, on any number of hosts.
+//!
+//! - Revocations are hashes by kind (`revoked:<kind>`: key → value); token
+//!   ids and families also sit in a sorted set by expiry (`expiry:<kind>`)
+//!   that the authority prunes in bounded batches. Nothing valet must keep
+//!   has a TTL: an evicting or expiring Redis would silently un-revoke.
+//! - The change log is a stream (`log`) whose entry ids are `<position>-0`,
+//!   positions coming from one counter (`seq`): a follower resumes with one
+//!   `XRANGE`. The stream is capped; a follower behind the cap (or behind
+//!   `meta.pruned_through`) is told to read the store whole.
+//! - Every write and check-and-set is one Lua script, so it is atomic in
+//!   Redis: of two authority processes rotating one refresh token, one is
+//!   first.
+//! - Refresh rotations, single-use ids and pending flows are keys with an
+//!   expiry (they only matter until then); the flows also sit in sorted sets
+//!   that bound them.
+//! - OAuth 1.0 tokens (sealed by the caller) and managed clients are hashes;
+//!   their changes are in the log.
+//!
+//! Calls are blocking (the `Store` contract): each holds one of two
+//! connections (writes, reads) for its round trip, with timeouts, and a
+//! connection that failed is opened again on the next call.
+
+use super::{
+    Change, ClientWrite, Counts, Flow, Import, Position, Record, Rotation, Since, Snapshot, Store,
+    StoreError,
+};
+use redis::{Connection, Script};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// The schema this valet writes and reads (`meta.schema`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Log entries kept; a follower further behind reads the store whole.
+const LOG_KEEP: usize = 1_000_000;
+
+/// One round trip's limit, and a connection's.
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+// Record kinds, as in the log (the same numbers as the embedded store's).
+const TOKEN: i64 = 0;
+const FAMILY: i64 = 1;
+const CLIENT: i64 = 2;
+const SUBJECT: i64 = 3;
+const OAUTH1_TOKEN: i64 = 4;
+const CLIENT_RECORD: i64 = 5;
+
+/// Where and as whom to connect.
+#[derive(Clone)]
+pub struct RedisSettings {
+    /// `redis://host:port/db` or `rediss://` (TLS, with the system's roots).
+    pub url: String,
+    pub username: Option<String>,
+    pub password: Option<crate::credentials::Secret>,
+    /// Put before every key (default `valet:`): several fleets may share a
+    /// Redis, each under its own prefix and ACL key pattern.
+    pub prefix: String,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &self.url)
+            .field("username", &self.username)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What valet could verify of the server's settings at start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verified {
+    /// Settings valet could not read (a managed Redis that blocks CONFIG):
+    /// not assumed, reported.
+    pub unverified: Vec<&'static str>,
+    /// Settings read and weaker than the guarantee valet states.
+    pub weaker: Vec<String>,
+}
+
+pub struct RedisStore {
+    client: redis::Client,
+    prefix: String,
+    name: String,
+    write: Mutex<Option<Connection>>,
+    read: Mutex<Option<Connection>>,
+    verified: Verified,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+fn fail(name: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Failed {
+        path: name.to_string(),
+        message: e.to_string(),
+    }
+}
+
+fn kind_and_value(r: &Record) -> (i64, &str, i64) {
+    match r {
+        Record::Token { jti, expires_at } => (TOKEN, jti, *expires_at),
+        Record::Family { family, expires_at } => (FAMILY, family, *expires_at),
+        Record::Client { client_id, before } => (CLIENT, client_id, *before),
+        Record::Subject { subject, before } => (SUBJECT, subject, *before),
+    }
+}
+
+fn record(kind: i64, key: String, value: i64) -> Option<Record> {
+    Some(match kind {
+        TOKEN => Record::Token {
+            jti: key,
+            expires_at: value,
+        },
+        FAMILY => Record::Family {
+            family: key,
+            expires_at: value,
+        },
+        CLIENT => Record::Client {
+            client_id: key,
+            before: value,
+        },
+        SUBJECT => Record::Subject {
+            subject: key,
+            before: value,
+        },
+        _ => return None,
+    })
+}
+
+fn change(kind: i64, key: String, value: i64) -> Change {
+    match kind {
+        OAUTH1_TOKEN => match key.split_once('\n') {
+            Some((p, s)) => Change::OAuth1Token {
+                provider: p.to_string(),
+                subject: s.to_string(),
+            },
+            None => Change::Other,
+        },
+        CLIENT_RECORD => Change::Client { id: key },
+        _ => record(kind, key, value).map_or(Change::Other, Change::Revoked),
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Shared by the scripts: revoke (kind, key, value) with "later wins", and
+/// log it. `p` is the key prefix.
+const LUA_REVOKE: &str = r#"
+local function revoke(p, kind, key, value)
+  local h = p .. 'revoked:' .. kind
+  local old = redis.call('HGET', h, key)
+  if (not old) or tonumber(old) < tonumber(value) then
+    redis.call('HSET', h, key, value)
+    if kind == '0' or kind == '1' then
+      redis.call('ZADD', p .. 'expiry:' .. kind, value, key)
+    end
+  end
+  local pos = redis.call('INCR', p .. 'seq')
+  redis.call('XADD', p .. 'log', pos .. '-0', 'k', kind, 'key', key, 'v', value)
+  return pos
+end
+local function log(p, kind, key, value)
+  local pos = redis.call('INCR', p .. 'seq')
+  redis.call('XADD', p .. 'log', pos .. '-0', 'k', kind, 'key', key, 'v', value)
+  return pos
+end
+"#;
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{LUA_REVOKE}\n{body}"))
+}
+
+impl RedisStore {
+    /// Connects, checks the schema and the settings valet relies on: a
+    /// Redis that may evict keys is refused (it would silently un-revoke).
+    /// `writer`: the schema version is written when there is none.
+    pub fn open(s: &RedisSettings, writer: bool) -> Result<RedisStore, StoreError> {
+        use redis::IntoConnectionInfo;
+        let name = format!("redis {}", redact(&s.url));
+        let mut info = s
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| fail(&name, e))?;
+        let mut rs = info.redis_settings().clone();
+        if let Some(u) = &s.username {
+            rs = rs.set_username(u);
+        }
+        if let Some(p) = &s.password {
+            rs = rs.set_password(String::from_utf8_lossy(p.expose()));
+        }
+        info = info.set_redis_settings(rs);
+        let client = redis::Client::open(info).map_err(|e| fail(&name, e))?;
+        let mut store = RedisStore {
+            client,
+            prefix: s.prefix.clone(),
+            name,
+            write: Mutex::new(None),
+            read: Mutex::new(None),
+            verified: Verified::default(),
+        };
+        store.verified = store.verify()?;
+        store.check_schema(writer)?;
+        Ok(store)
+    }
+
+    /// What could and could not be verified of the server's settings.
+    pub fn verified(&self) -> &Verified {
+        &self.verified
+    }
+
+    fn key(&self, k: &str) -> String {
+        format!("{}{k}", self.prefix)
+    }
+
+    fn connect(&self) -> Result<Connection, StoreError> {
+        let c = self
+            .client
+            .get_connection_with_timeout(TIMEOUT)
+            .map_err(|e| fail(&self.name, e))?;
+        c.set_read_timeout(Some(TIMEOUT))
+            .and_then(|()| c.set_write_timeout(Some(TIMEOUT)))
+            .map_err(|e| fail(&self.name, e))?;
+        Ok(c)
+    }
+
+    /// Runs `f` on the write (or read) connection, opening it if needed; a
+    /// connection whose call failed for I/O is dropped, to be opened again.
+    fn with<T>(
+        &self,
+        write: bool,
+        f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        let slot = if write { &self.write } else { &self.read };
+        let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            *guard = Some(self.connect()?);
+        }
+        let conn = guard.as_mut().expect("just opened");
+        match f(conn) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if e.is_io_error() || e.is_unrecoverable_error() || e.is_timeout() {
+                    *guard = None;
+                }
+                Err(fail(&self.name, e))
+            }
+        }
+    }
+
+    fn verify(&self) -> Result<Verified, StoreError> {
+        let mut v = Verified::default();
+        let get = |name: &'static str| -> Result<Option<String>, StoreError> {
+            let r: redis::RedisResult<Vec<String>> = self.with(false, |c| {
+                Ok(redis::cmd("CONFIG").arg("GET").arg(name).query(c))
+            })?;
+            Ok(r.ok().and_then(|kv| kv.into_iter().nth(1)))
+        };
+        match get("maxmemory-policy")? {
+            None => v.unverified.push("maxmemory-policy"),
+            Some(p) if p != "noeviction" => {
+                return Err(fail(
+                    &self.name,
+                    format!("maxmemory-policy is `{p}`: an evicting Redis silently un-revokes tokens; set it to `noeviction`"),
+                ))
+            }
+            Some(_) => {}
+        }
+        match get("appendonly")? {
+            None => v.unverified.push("appendonly"),
+            Some(a) if a != "yes" => v.weaker.push(format!(
+                "appendonly is `{a}`: a restart loses every revocation since the last snapshot"
+            )),
+            Some(_) => {}
+        }
+        match get("appendfsync")? {
+            None => v.unverified.push("appendfsync"),
+            Some(f) if f != "always" => v.weaker.push(format!("appendfsync is `{f}`: a crash of Redis may lose the last second of acknowledged revocations")),
+            Some(_) => {}
+        }
+        Ok(v)
+    }
+
+    fn check_schema(&self, writer: bool) -> Result<(), StoreError> {
+        let meta = self.key("meta");
+        let found: Option<i64> = self.with(false, |c| {
+            redis::cmd("HGET").arg(&meta).arg("schema").query(c)
+        })?;
+        match found {
+            Some(v) if v == SCHEMA_VERSION => Ok(()),
+            Some(found) => Err(StoreError::Schema {
+                path: self.name.clone(),
+                found,
+                supported: SCHEMA_VERSION,
+            }),
+            None if writer => self.with(true, |c| {
+                redis::cmd("HSETNX")
+                    .arg(&meta)
+                    .arg("schema")
+                    .arg(SCHEMA_VERSION)
+                    .query::<()>(c)
+            }),
+            None => Err(fail(
+                &self.name,
+                "it holds no valet schema yet: the authority writes it (start the authority first)",
+            )),
+        }
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://…@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+impl Store for RedisStore {
+    fn append(&self, records: &[Record]) -> Result<Position, StoreError> {
+        let s = script(
+            "local p = ARGV[1]; local last = 0
+             for i = 2, #ARGV, 3 do last = revoke(p, ARGV[i], ARGV[i+1], ARGV[i+2]) end
+             return last",
+        );
+        let mut inv = s.prepare_invoke();
+        inv.arg(&self.prefix);
+        for r in records {
+            let (kind, key, value) = kind_and_value(r);
+            inv.arg(kind).arg(key).arg(value);
+        }
+        self.with(true, |c| inv.invoke(c))
+    }
+
+    fn use_once(&self, id: &str, expires_at: i64) -> Result<bool, StoreError> {
+        let key = self.key(&format!("once:{id}"));
+        let set: Option<String> = self.with(true, |c| {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(1)
+                .arg("EXAT")
+                .arg(expires_at.max(now() + 1))
+                .arg("NX")
+                .query(c)
+        })?;
+        Ok(set.is_some())
+    }
+
+    fn rotate(
+        &self,
+        jti: &str,
+        expires_at: i64,
+        now_ms: i64,
+        grace_ms: i64,
+    ) -> Result<Rotation, StoreError> {
+        let s = script(
+            "local p, jti = ARGV[1], ARGV[2]
+             if redis.call('HEXISTS', p .. 'revoked:0', jti) == 1 then return 'revoked' end
+             local k = p .. 'rot:' .. jti
+             local first = redis.call('GET', k)
+             if not first then
+               redis.call('SET', k, ARGV[4], 'EXAT', ARGV[3])
+               return 'first'
+             end
+             local d = tonumber(ARGV[4]) - tonumber(first)
+             if d < 0 then d = 0 end
+             if d < tonumber(ARGV[5]) then return 'grace' end
+             return 'reuse'",
+        );
+        let out: String = self.with(true, |c| {
+            s.arg(&self.prefix)
+                .arg(jti)
+                .arg(expires_at.max(now() + 1))
+                .arg(now_ms)
+                .arg(grace_ms)
+                .invoke(c)
+        })?;
+        Ok(match out.as_str() {
+            "revoked" => Rotation::Revoked,
+            "first" => Rotation::First,
+            "grace" => Rotation::InGrace,
+            _ => Rotation::Reuse,
+        })
+    }
+
+    fn first_use(&self, jti: &str) -> Result<Option<i64>, StoreError> {
+        let key = self.key(&format!("rot:{jti}"));
+        self.with(false, |c| redis::cmd("GET").arg(&key).query(c))
+    }
+
+    fn since(&self, after: Position, limit: usize) -> Result<Since, StoreError> {
+        let (seq, pruned): (Option<i64>, Option<i64>) = self.with(false, |c| {
+            redis::pipe()
+                .cmd("GET")
+                .arg(self.key("seq"))
+                .cmd("HGET")
+                .arg(self.key("meta"))
+                .arg("pruned_through")
+                .query(c)
+        })?;
+        if after > seq.unwrap_or(0) || after < pruned.unwrap_or(0) {
+            return Ok(Since::Trimmed);
+        }
+        type Entry = (String, Vec<(String, String)>);
+        let entries: Vec<Entry> = self.with(false, |c| {
+            redis::cmd("XRANGE")
+                .arg(self.key("log"))
+                .arg(format!("({after}-0"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(limit)
+                .query(c)
+        })?;
+        let mut out = Vec::with_capacity(entries.len());
+        for (id, fields) in entries {
+            let pos: i64 = id
+                .split_once('-')
+                .and_then(|(p, _)| p.parse().ok())
+                .ok_or_else(|| {
+                    fail(
+                        &self.name,
+                        format!("a log entry id `{id}` valet did not write"),
+                    )
+                })?;
+            let (mut kind, mut key, mut value) = (-1, String::new(), 0);
+            for (f, v) in fields {
+                match f.as_str() {
+                    "k" => kind = v.parse().unwrap_or(-1),
+                    "key" => key = v,
+                    "v" => value = v.parse::<f64>().map_or(0, |x| x as i64),
+                    _ => {}
+                }
+            }
+            out.push((pos, change(kind, key, value)));
+        }
+        Ok(Since::Changes(out))
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        // The position first: what changes while the hashes are read is
+        // read again from the log (a revocation only ever grows).
+        let position: Option<i64> =
+            self.with(false, |c| redis::cmd("GET").arg(self.key("seq")).query(c))?;
+        let mut records = Vec::new();
+        for kind in [TOKEN, FAMILY, CLIENT, SUBJECT] {
+            let h = self.key(&format!("revoked:{kind}"));
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, kv): (u64, Vec<(String, String)>) = self.with(false, |c| {
+                    redis::cmd("HSCAN")
+                        .arg(&h)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(10_000)
+                        .query(c)
+                })?;
+                records.extend(kv.into_iter().filter_map(|(k, v)| {
+                    record(kind, k, v.parse::<f64>().map_or(0, |x| x as i64))
+                }));
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(Snapshot {
+            records,
+            position: position.unwrap_or(0),
+        })
+    }
+
+    fn prune(&self, now: i64, batch: usize) -> Result<usize, StoreError> {
+        let s = script(
+            "local p, now, batch, keep = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+             local n = 0
+             for _, kind in ipairs({'0', '1'}) do
+               local z = p .. 'expiry:' .. kind
+               local gone = redis.call('ZRANGE', z, '-inf', '(' .. now, 'BYSCORE', 'LIMIT', 0, batch)
+               for _, key in ipairs(gone) do
+                 redis.call('HDEL', p .. 'revoked:' .. kind, key)
+                 redis.call('ZREM', z, key)
+                 n = n + 1
+               end
+             end
+             n = n + redis.call('XTRIM', p .. 'log', 'MAXLEN', keep)
+             local first = redis.call('XRANGE', p .. 'log', '-', '+', 'COUNT', 1)[1]
+             if first then
+               local through = tonumber(string.match(first[1], '^(%d+)')) - 1
+               local old = tonumber(redis.call('HGET', p .. 'meta', 'pruned_through') or '0')
+               if through > old then redis.call('HSET', p .. 'meta', 'pruned_through', through) end
+             end
+             n = n + redis.call('ZREMRANGEBYSCORE', p .. 'flows', '-inf', '(' .. (now * 1000))
+             return n",
+        );
+        let n: i64 = self.with(true, |c| {
+            s.arg(&self.prefix)
+                .arg(now)
+                .arg(batch)
+                .arg(LOG_KEEP)
+                .invoke(c)
+        })?;
+        Ok(n as usize)
+    }
+
+    fn oauth1_token(&self, provider: &str, subject: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.with(false, |c| {
+            redis::cmd("HGET")
+                .arg(self.key("oauth1"))
+                .arg(format!("{provider}\n{subject}"))
+                .query(c)
+        })
+    }
+
+    fn oauth1_tokens(&self) -> Result<Vec<(String, String, Vec<u8>)>, StoreError> {
+        let all: Vec<(String, Vec<u8>)> = self.with(false, |c| {
+            redis::cmd("HGETALL").arg(self.key("oauth1")).query(c)
+        })?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let (p, s) = k.split_once('\n')?;
+                Some((p.to_string(), s.to_string(), v))
+            })
+            .collect())
+    }
+
+    fn set_oauth1_token(
+        &self,
+        provider: &str,
+        subject: &str,
+        sealed: Option<&[u8]>,
+    ) -> Result<bool, StoreError> {
+        let s = script(
+            "local p, f = ARGV[1], ARGV[2]
+             local had = redis.call('HDEL', p .. 'oauth1', f)
+             if ARGV[3] == '1' then redis.call('HSET', p .. 'oauth1', f, ARGV[4]) end
+             if had == 1 or ARGV[3] == '1' then log(p, '4', f, ARGV[5]) end
+             return had",
+        );
+        let had: i64 = self.with(true, |c| {
+            s.arg(&self.prefix)
+                .arg(format!("{provider}\n{subject}"))
+                .arg(if sealed.is_some() { "1" } else { "0" })
+                .arg(sealed.unwrap_or_default())
+                .arg(now())
+                .invoke(c)
+        })?;
+        Ok(had == 1)
+    }
+
+    fn start_flow(
+        &self,
+        token: &str,
+        flow: &Flow,
+        per_subject: usize,
+        total: usize,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let s = script(
+            "local p, member, mine, tok = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+             local exp, now = tonumber(ARGV[7]), ARGV[8]
+             local per, total = tonumber(ARGV[9]), tonumber(ARGV[10])
+             local all, subj = p .. 'flows', p .. 'flows:' .. mine
+             redis.call('ZREMRANGEBYSCORE', all, '-inf', now)
+             redis.call('ZREMRANGEBYSCORE', subj, '-inf', now)
+             local ending = redis.call('ZCARD', subj) + 1 - per
+             if ending < 0 then ending = 0 end
+             if redis.call('ZCARD', all) - ending >= total then return 0 end
+             if redis.call('EXISTS', p .. 'flow:' .. member) == 1 then return -1 end
+             if ending > 0 then
+               for _, t in ipairs(redis.call('ZRANGE', subj, 0, ending - 1)) do
+                 local m = string.match(mine, '^([^\\n]*)') .. '\\n' .. t
+                 redis.call('DEL', p .. 'flow:' .. m)
+                 redis.call('ZREM', all, m)
+                 redis.call('ZREM', subj, t)
+               end
+             end
+             local k = p .. 'flow:' .. member
+             redis.call('HSET', k, 's', ARGV[5], 'b', ARGV[6], 'e', ARGV[7])
+             redis.call('PEXPIREAT', k, exp)
+             redis.call('ZADD', all, exp, member)
+             redis.call('ZADD', subj, exp, tok)
+             redis.call('PEXPIREAT', subj, exp)
+             return 1",
+        );
+        let out: i64 = self.with(true, |c| {
+            s.arg(&self.prefix)
+                .arg(format!("{}\n{token}", flow.provider))
+                .arg(format!("{}\n{}", flow.provider, flow.subject))
+                .arg(token)
+                .arg(&flow.subject)
+                .arg(&flow.sealed)
+                .arg(flow.expires_at_ms.max(now_ms + 1))
+                .arg(now_ms)
+                .arg(per_subject)
+                .arg(total)
+                .invoke(c)
+        })?;
+        match out {
+            -1 => Err(fail(
+                &self.name,
+                "the provider gave out a temporary token that is already pending",
+            )),
+            n => Ok(n == 1),
+        }
+    }
+
+    fn take_flow(&self, token: &str, provider: &str) -> Result<Option<Flow>, StoreError> {
+        let s = script(
+            "local p, member = ARGV[1], ARGV[2]
+             local k = p .. 'flow:' .. member
+             local f = redis.call('HMGET', k, 's', 'b', 'e')
+             if not f[1] then return false end
+             redis.call('DEL', k)
+             redis.call('ZREM', p .. 'flows', member)
+             redis.call('ZREM', p .. 'flows:' .. ARGV[3] .. '\\n' .. f[1], ARGV[4])
+             return f",
+        );
+        let got: Option<(String, Vec<u8>, i64)> = self.with(true, |c| {
+            s.arg(&self.prefix)
+                .arg(format!("{provider}\n{token}"))
+                .arg(provider)
+                .arg(token)
+                .invoke(c)
+        })?;
+        Ok(got.map(|(subject, sealed, expires_at_ms)| Flow {
+            provider: provider.to_string(),
+            subject,
+            sealed,
+            expires_at_ms,
+        }))
+    }
+
+    fn clients(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut all: Vec<(String, String)> = self.with(false, |c| {
+            redis::cmd("HGETALL").arg(self.key("clients")).query(c)
+        })?;
+        all.sort();
+        Ok(all)
+    }
+
+    fn put_client(
+        &self,
+        id: &str,
+        record: Option<&str>,
+        how: ClientWrite<'_>,
+    ) -> Result<bool, StoreError> {
+        let s = script(
+            "local p, id = ARGV[1], ARGV[2]
+             local cur = redis.call('HGET', p .. 'clients', id)
+             if ARGV[3] == 'create' then
+               if cur then return 0 end
+             elseif cur ~= ARGV[4] then return 0 end
+             if ARGV[5] == '1' then redis.call('HSET', p .. 'clients', id, ARGV[6])
+             else redis.call('HDEL', p .. 'clients', id) end
+             log(p, '5', id, ARGV[7])
+             return 1",
+        );
+        let (mode, current) = match how {
+            ClientWrite::Create => ("create", ""),
+            ClientWrite::Replace { current } => ("replace", current),
+        };
+        let ok: i64 = self.with(true, |c| {
+            s.arg(&self.prefix)
+                .arg(id)
+                .arg(mode)
+                .arg(current)
+                .arg(if record.is_some() { "1" } else { "0" })
+                .arg(record.unwrap_or(""))
+                .arg(now())
+                .invoke(c)
+        })?;
+        Ok(ok == 1)
+    }
+
+    fn counts(&self) -> Result<Counts, StoreError> {
+        let k = |s: &str| self.key(s);
+        let (t, f, c, s, o, fl, mc, log): (u64, u64, u64, u64, u64, u64, u64, u64) =
+            self.with(false, |conn| {
+                redis::pipe()
+                    .cmd("HLEN")
+                    .arg(k("revoked:0"))
+                    .cmd("HLEN")
+                    .arg(k("revoked:1"))
+                    .cmd("HLEN")
+                    .arg(k("revoked:2"))
+                    .cmd("HLEN")
+                    .arg(k("revoked:3"))
+                    .cmd("HLEN")
+                    .arg(k("oauth1"))
+                    .cmd("ZCARD")
+                    .arg(k("flows"))
+                    .cmd("HLEN")
+                    .arg(k("clients"))
+                    .cmd("XLEN")
+                    .arg(k("log"))
+                    .query(conn)
+            })?;
+        // Rotations and single-use ids are keys with an expiry; counting
+        // them would mean a scan: not counted here.
+        Ok(Counts {
+            tokens: t,
+            families: f,
+            clients: c,
+            subjects: s,
+            rotations: 0,
+            single_use: 0,
+            oauth1_tokens: o,
+            oauth1_flows: fl,
+            managed_clients: mc,
+            log,
+        })
+    }
+
+    fn imported(&self, marker: &str) -> Result<bool, StoreError> {
+        self.with(false, |c| {
+            redis::cmd("HEXISTS")
+                .arg(self.key("meta"))
+                .arg(format!("import:{marker}"))
+                .query(c)
+        })
+    }
+
+    fn imports(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let all: Vec<(String, String)> = self.with(false, |c| {
+            redis::cmd("HGETALL").arg(self.key("meta")).query(c)
+        })?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("import:")?.to_string(), v.parse().ok()?)))
+            .collect())
+    }
+
+    fn import_once(&self, marker: &str, import: &Import) -> Result<bool, StoreError> {
+        // One script: the marker and everything it covers, or nothing.
+        let s = script(
+            "local p, marker, n = ARGV[1], 'import:' .. ARGV[2], 2
+             if redis.call('HEXISTS', p .. 'meta', marker) == 1 then return 0 end
+             local total = 0
+             local function take(count, f)
+               for _ = 1, tonumber(count) do f(); total = total + 1 end
+             end
+             local function nextarg() n = n + 1; return ARGV[n] end
+             take(nextarg(), function()
+               local kind, key, value = nextarg(), nextarg(), nextarg()
+               revoke(p, kind, key, value) end)
+             take(nextarg(), function()
+               local jti, exp, at = nextarg(), nextarg(), nextarg()
+               redis.call('SET', p .. 'rot:' .. jti, at, 'EXAT', exp, 'NX') end)
+             take(nextarg(), function()
+               local id, exp = nextarg(), nextarg()
+               redis.call('SET', p .. 'once:' .. id, 1, 'EXAT', exp, 'NX') end)
+             take(nextarg(), function()
+               local f, b = nextarg(), nextarg()
+               redis.call('HSETNX', p .. 'oauth1', f, b) end)
+             take(nextarg(), function()
+               local id, r = nextarg(), nextarg()
+               if redis.call('HSETNX', p .. 'clients', id, r) == 1 then log(p, '5', id, 0) end end)
+             redis.call('HSET', p .. 'meta', marker, total)
+             return 1",
+        );
+        let soon = now() + 1;
+        let mut inv = s.prepare_invoke();
+        inv.arg(&self.prefix).arg(marker);
+        inv.arg(import.records.len());
+        for r in &import.records {
+            let (kind, key, value) = kind_and_value(r);
+            inv.arg(kind).arg(key).arg(value);
+        }
+        inv.arg(import.rotations.len());
+        for (jti, exp, at) in &import.rotations {
+            inv.arg(jti).arg((*exp).max(soon)).arg(at);
+        }
+        inv.arg(import.single_use.len());
+        for (id, exp) in &import.single_use {
+            inv.arg(id).arg((*exp).max(soon));
+        }
+        inv.arg(import.oauth1_tokens.len());
+        for (p, s, b) in &import.oauth1_tokens {
+            inv.arg(format!("{p}\n{s}")).arg(b.as_slice());
+        }
+        inv.arg(import.clients.len());
+        for (id, r) in &import.clients {
+            inv.arg(id).arg(r);
+        }
+        let done: i64 = self.with(true, |c| inv.invoke(c))?;
+        Ok(done == 1)
+    }
+}

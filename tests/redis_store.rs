@@ -1,0 +1,400 @@
+//! A fleet on one Redis (issue 19): an authority and validators on several
+//! processes, as they would be on several hosts. A real Redis 7 on
+//! loopback, real valet processes.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use support::process::*;
+use support::redis_server::RedisServer;
+use support::*;
+
+const SECRET: &str = "svc-secret";
+const APP_SECRET: &str = "app-secret";
+
+/// `store.redis` for `url`, as `user` (name, password file) if given.
+fn store_yaml(url: &str, user: Option<(&str, &std::path::Path)>) -> String {
+    let mut s = format!("store:\n  redis:\n    url: \"{url}\"\n");
+    if let Some((u, f)) = user {
+        s += &format!(
+            "    username: {u}\n    password_file: \"{}\"\n",
+            f.display()
+        );
+    }
+    s
+}
+
+/// An authority on the Redis store: a service client, and a password
+/// client with refresh tokens and no grace (strict rotation).
+fn authority_yaml(store: &str) -> String {
+    let h = valet::oauth2::registry::argon2id_hash;
+    format!(
+        "role: authority\n{store}authorization_server:\n  refresh_grace: 0s\n  clients:\n    - client_id: svc\n      secret_hash: \"{}\"\n      grant_types: [client_credentials]\n      operator: svc-op\n      scopes: [read]\n    - client_id: app\n      secret_hash: \"{}\"\n      grant_types: [password]\n      scopes: [read]\n      use_refresh_token: true\n  users:\n    - username: alice\n      password_hash: \"{}\"\n",
+        h(SECRET),
+        h(APP_SECRET),
+        h("alice-pw")
+    )
+}
+
+/// The authority's config as a validator's (public key only, no
+/// authorization server), on `store`; its own revocation file (another
+/// host's).
+fn validator_config(authority: &Proc, store: &str, n: usize) -> std::path::PathBuf {
+    let dir = authority.config.parent().unwrap();
+    std::fs::write(dir.join("public.pem"), authority.key.public_pem()).unwrap();
+    let text = std::fs::read_to_string(&authority.config).unwrap();
+    let cut = text.find("role: authority").unwrap();
+    let text = text[..cut]
+        .replace(
+            "private_key_file: signing.pem",
+            "public_key_file: public.pem",
+        )
+        .replace("revocations.yaml", &format!("revocations-v{n}.yaml"))
+        + "role: validator\n"
+        + store;
+    let path = dir.join(format!("validator-{n}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn revoke(p: &Proc, token: &str) {
+    let r = p
+        .client(Proto::H1)
+        .post_form("/oauth2/revoke", &[("token", token)], Some(("svc", SECRET)))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+}
+
+async fn status(p: &Proc, token: &str) -> u16 {
+    p.client(Proto::H1)
+        .get("/api/x", Some(token))
+        .await
+        .status
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_revoked_at_the_authority_is_refused_by_every_validator() {
+    let redis = RedisServer::start(&[]);
+    let store = store_yaml(&redis.url(), None);
+    let up = Upstream::start().await;
+    let a = Proc::start_with(
+        &default_routes(up.addr),
+        &authority_yaml(&store),
+        Stdio::null(),
+    )
+    .await;
+    let mut validators = Vec::new();
+    for n in 0..3 {
+        validators.push(a.with_config(&validator_config(&a, &store, n)).await);
+    }
+    let (revoked, kept) = (
+        a.issue_token("svc", SECRET).await,
+        a.issue_token("svc", SECRET).await,
+    );
+    for v in &validators {
+        assert_eq!(status(v, &revoked).await, 200);
+    }
+    revoke(&a, &revoked).await;
+    for v in &validators {
+        let refused = eventually(PICKUP, || async { status(v, &revoked).await == 401 }).await;
+        assert!(refused, "a validator still accepts the revoked token");
+        assert_eq!(status(v, &kept).await, 200);
+    }
+    // Through Redis, not a file beside them.
+    assert!(!a.config.with_file_name("valet-state.db").exists());
+    assert!(
+        redis
+            .cli(&["XLEN", "valet:log"])
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    // Started after the revocation: it has it from its first request.
+    let late = a.with_config(&validator_config(&a, &store, 3)).await;
+    assert_eq!(status(&late, &revoked).await, 401);
+    assert_eq!(status(&late, &kept).await, 200);
+    // The validators answer no token endpoint.
+    let r = late
+        .client(Proto::H1)
+        .post_form(
+            "/oauth2/token",
+            &[("grant_type", "client_credentials")],
+            Some(("svc", SECRET)),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+}
+
+/// A refresh token used at one authority and replayed at another: the
+/// replay is refused and the family revoked, as on one process.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_token_replayed_at_another_authority_revokes_the_family() {
+    let redis = RedisServer::start(&[]);
+    let store = store_yaml(&redis.url(), None);
+    let up = Upstream::start().await;
+    let a = Proc::start_with(
+        &default_routes(up.addr),
+        &authority_yaml(&store),
+        Stdio::null(),
+    )
+    .await;
+    let b = a.sibling().await;
+    let grant = |p: &Proc, rt: String| {
+        let c = p.client(Proto::H1);
+        async move {
+            c.post_form(
+                "/oauth2/token",
+                &[("grant_type", "refresh_token"), ("refresh_token", &rt)],
+                Some(("app", APP_SECRET)),
+            )
+            .await
+        }
+    };
+    let r = a
+        .client(Proto::H1)
+        .post_form(
+            "/oauth2/token",
+            &[
+                ("grant_type", "password"),
+                ("username", "alice"),
+                ("password", "alice-pw"),
+            ],
+            Some(("app", APP_SECRET)),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let first = r.json()["refresh_token"].as_str().unwrap().to_string();
+    let r = grant(&a, first.clone()).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let (second, access) = (
+        r.json()["refresh_token"].as_str().unwrap().to_string(),
+        r.json()["access_token"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(status(&b, &access).await, 200);
+    // Replayed at b: refused, and the family with it, everywhere.
+    let r = grant(&b, first).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"], "invalid_grant");
+    assert_eq!(grant(&a, second).await.status, 400);
+    assert!(eventually(PICKUP, || async { status(&a, &access).await == 401 }).await);
+}
+
+/// An evicting Redis would silently un-revoke: valet refuses to start on
+/// one, and says why.
+#[test]
+fn a_redis_that_may_evict_keys_is_refused_at_start() {
+    let redis = RedisServer::start(&["--maxmemory-policy", "allkeys-lru"]);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    std::fs::write(dir.path().join("signing.pem"), TestKey::new().pem).unwrap();
+    let text = config_text(
+        &ca,
+        &dir,
+        &default_routes("127.0.0.1:9".parse().unwrap()),
+        &authority_yaml(&store_yaml(&redis.url(), None)),
+    );
+    let config = dir.path().join("valet.yaml");
+    std::fs::write(&config, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_valet"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("maxmemory-policy is `allkeys-lru`") && err.contains("noeviction"),
+        "{err}"
+    );
+}
+
+/// Least privilege: the authority's ACL user may write valet's keys, a
+/// validator's may only read them; the validator works with it, and cannot
+/// write.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_validators_acl_user_reads_and_follows_but_cannot_write() {
+    let redis = RedisServer::start(&[]);
+    // The two ACL lines README documents.
+    for line in [
+        "ACL SETUSER valet-authority on >authority-pw ~valet:* +@all -@dangerous +config|get",
+        "ACL SETUSER valet-validator on >validator-pw ~valet:* -@all +@read +config|get",
+    ] {
+        let args: Vec<&str> = line.split(' ').collect();
+        assert_eq!(redis.cli(&args).trim(), "OK", "{line}");
+    }
+    let secrets = tempfile::tempdir().unwrap();
+    let (apw, vpw) = (secrets.path().join("a"), secrets.path().join("v"));
+    std::fs::write(&apw, "authority-pw\n").unwrap();
+    std::fs::write(&vpw, "validator-pw\n").unwrap();
+    let up = Upstream::start().await;
+    let a_store = store_yaml(&redis.url(), Some(("valet-authority", &apw)));
+    let a = Proc::start_with(
+        &default_routes(up.addr),
+        &authority_yaml(&a_store),
+        Stdio::null(),
+    )
+    .await;
+    let v_store = store_yaml(&redis.url(), Some(("valet-validator", &vpw)));
+    let v = a.with_config(&validator_config(&a, &v_store, 0)).await;
+    let t = a.issue_token("svc", SECRET).await;
+    assert_eq!(status(&v, &t).await, 200);
+    revoke(&a, &t).await;
+    assert!(eventually(PICKUP, || async { status(&v, &t).await == 401 }).await);
+    // The validator's user cannot write valet's keys, nor run a script.
+    let user = Some(("valet-validator", "validator-pw"));
+    let out = redis.cli_as(user, &["HSET", "valet:revoked:0", "x", "1"]);
+    assert!(out.contains("NOPERM"), "{out}");
+    let out = redis.cli_as(
+        user,
+        &[
+            "EVAL",
+            "return redis.call('DEL', KEYS[1])",
+            "1",
+            "valet:log",
+        ],
+    );
+    assert!(out.contains("NOPERM"), "{out}");
+    assert_eq!(redis.cli(&["EXISTS", "valet:log"]).trim(), "1");
+}
+
+fn open(redis: &RedisServer, prefix: &str) -> valet::store::redis::RedisStore {
+    valet::store::redis::RedisStore::open(
+        &valet::store::redis::RedisSettings {
+            url: redis.url(),
+            username: None,
+            password: None,
+            prefix: prefix.into(),
+        },
+        true,
+    )
+    .unwrap()
+}
+
+fn now() -> i64 {
+    valet::revocation::now()
+}
+
+/// The store contract on Redis: the log in order and resumable, a snapshot
+/// agreeing with it, later cut-offs winning, rotation and single use as
+/// check-and-set, client records created once and replaced as last read,
+/// flows taken once, pruning bounded; and another prefix is another store.
+#[test]
+fn the_store_contract_holds_on_redis() {
+    use valet::store::{Change, ClientWrite, Flow, Record, Rotation, Since, Store};
+    let redis = RedisServer::start(&[]);
+    let s = open(&redis, "valet:");
+    let n = now();
+    let t = |jti: &str, exp| Record::Token {
+        jti: jti.into(),
+        expires_at: exp,
+    };
+    let p1 = s.append(&[t("a", n + 60), t("gone", n - 10)]).unwrap();
+    let p2 = s
+        .append(&[
+            Record::Client {
+                client_id: "billing".into(),
+                before: n,
+            },
+            Record::Client {
+                client_id: "billing".into(),
+                before: n - 100,
+            },
+        ])
+        .unwrap();
+    assert!(p2 > p1);
+    let Since::Changes(all) = s.since(0, 100).unwrap() else {
+        panic!("trimmed")
+    };
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[0].1, Change::Revoked(t("a", n + 60)));
+    let Since::Changes(rest) = s.since(p1, 1).unwrap() else {
+        panic!("trimmed")
+    };
+    assert_eq!(rest.len(), 1, "a limit is a limit");
+    assert!(matches!(s.since(p2 + 1, 10).unwrap(), Since::Trimmed));
+    let snap = s.snapshot().unwrap();
+    assert_eq!(snap.position, p2);
+    assert!(snap.records.contains(&Record::Client {
+        client_id: "billing".into(),
+        before: n
+    }));
+    // Rotation: first, in grace, reuse; a revoked id is revoked.
+    assert_eq!(s.rotate("r", n + 60, 1_000, 500).unwrap(), Rotation::First);
+    assert_eq!(
+        s.rotate("r", n + 60, 1_400, 500).unwrap(),
+        Rotation::InGrace
+    );
+    assert_eq!(s.rotate("r", n + 60, 1_600, 500).unwrap(), Rotation::Reuse);
+    assert_eq!(s.first_use("r").unwrap(), Some(1_000));
+    assert_eq!(s.rotate("a", n + 60, 1_000, 0).unwrap(), Rotation::Revoked);
+    assert!(s.use_once("jti-1", n + 60).unwrap());
+    assert!(!s.use_once("jti-1", n + 60).unwrap());
+    // Clients.
+    assert!(s
+        .put_client("c", Some("{\"v\":1}"), ClientWrite::Create)
+        .unwrap());
+    assert!(!s.put_client("c", Some("{}"), ClientWrite::Create).unwrap());
+    let stale = ClientWrite::Replace { current: "{}" };
+    assert!(!s.put_client("c", Some("{\"v\":2}"), stale).unwrap());
+    let fresh = ClientWrite::Replace {
+        current: "{\"v\":1}",
+    };
+    assert!(s.put_client("c", Some("{\"v\":2}"), fresh).unwrap());
+    assert_eq!(s.clients().unwrap(), [("c".into(), "{\"v\":2}".into())]);
+    // OAuth 1.0 tokens and flows.
+    assert!(!s
+        .set_oauth1_token("p", "alice", Some(b"sealed\0bytes"))
+        .unwrap());
+    assert_eq!(
+        s.oauth1_token("p", "alice").unwrap().unwrap(),
+        b"sealed\0bytes"
+    );
+    assert!(s.set_oauth1_token("p", "alice", None).unwrap());
+    let ms = n * 1000;
+    let flow = |subject: &str| Flow {
+        provider: "p".into(),
+        subject: subject.into(),
+        sealed: vec![1, 0, 2],
+        expires_at_ms: ms + 60_000,
+    };
+    assert!(s.start_flow("f1", &flow("alice"), 1, 2, ms).unwrap());
+    assert!(s.start_flow("f2", &flow("bob"), 1, 2, ms).unwrap());
+    assert!(
+        !s.start_flow("f3", &flow("carol"), 1, 2, ms).unwrap(),
+        "full"
+    );
+    assert!(
+        s.start_flow("f4", &flow("alice"), 1, 2, ms).unwrap(),
+        "ends f1"
+    );
+    assert!(s.take_flow("f1", "p").unwrap().is_none());
+    assert_eq!(s.take_flow("f4", "p").unwrap().unwrap(), flow("alice"));
+    assert!(s.take_flow("f4", "p").unwrap().is_none(), "taken once");
+    // The log carries the token and client changes too.
+    let Since::Changes(log) = s.since(p2, 100).unwrap() else {
+        panic!("trimmed")
+    };
+    assert!(log
+        .iter()
+        .any(|(_, c)| *c == Change::Client { id: "c".into() }));
+    assert!(log
+        .iter()
+        .any(|(_, c)| matches!(c, Change::OAuth1Token { subject, .. } if subject == "alice")));
+    // Pruning: the expired token id goes, the rest stays.
+    assert!(s.prune(n, 100).unwrap() >= 1);
+    let c = s.counts().unwrap();
+    assert_eq!((c.tokens, c.clients), (1, 1));
+    // Imports once.
+    let import = valet::store::Import {
+        records: vec![t("imported", n + 60)],
+        ..Default::default()
+    };
+    assert!(s.import_once("file", &import).unwrap());
+    assert!(!s.import_once("file", &import).unwrap());
+    assert_eq!(s.imports().unwrap(), [("file".into(), 1)]);
+    // Another prefix: another store.
+    let other = open(&redis, "other:");
+    assert!(other.snapshot().unwrap().records.is_empty());
+}
