@@ -49,6 +49,11 @@ pub struct Metrics {
     /// When this process last read the store's log to its end (unix
     /// seconds): its lag behind the store is at most now minus this.
     pub store_followed_at: IntGauge,
+    /// Times this process read the store whole (its log did not go on from
+    /// its position: trimmed past it, or another store).
+    pub store_resyncs: IntCounter,
+    /// Connections to a networked store made again after failures.
+    pub store_reconnects: IntCounter,
     /// Store entries by kind (the authority's view, from the store itself).
     pub store_entries: IntGaugeVec,
     /// Entries copied into the store from the files of earlier versions.
@@ -188,9 +193,23 @@ impl Metrics {
             &["op"],
         )
         .expect("valid metric");
+        // Present from the start, so an alert on their rate has a series.
+        for op in ["append", "follow", "prune", "rotate", "use_once"] {
+            store_errors.with_label_values(&[op]);
+        }
         let store_position = IntGauge::new(
             "valet_store_position",
             "The state store's change-log position this process has applied.",
+        )
+        .expect("valid metric");
+        let store_resyncs = IntCounter::new(
+            "valet_store_resyncs_total",
+            "Times this process read the state store whole because its change log did not go on from this process's position (trimmed past it, or another store).",
+        )
+        .expect("valid metric");
+        let store_reconnects = IntCounter::new(
+            "valet_store_reconnects_total",
+            "Connections to a networked state store (Redis) made again after failures.",
         )
         .expect("valid metric");
         let store_followed_at = IntGauge::new(
@@ -394,6 +413,8 @@ impl Metrics {
             Box::new(store_errors.clone()),
             Box::new(store_position.clone()),
             Box::new(store_followed_at.clone()),
+            Box::new(store_resyncs.clone()),
+            Box::new(store_reconnects.clone()),
             Box::new(store_entries.clone()),
             Box::new(store_imported.clone()),
             Box::new(websocket_sessions.clone()),
@@ -428,6 +449,8 @@ impl Metrics {
             store_errors,
             store_position,
             store_followed_at,
+            store_resyncs,
+            store_reconnects,
             store_entries,
             store_imported,
             websocket_sessions,

@@ -398,3 +398,125 @@ fn the_store_contract_holds_on_redis() {
     let other = open(&redis, "other:");
     assert!(other.snapshot().unwrap().records.is_empty());
 }
+
+/// Redis down mid-run: validators keep proxying from what they hold and
+/// stay ready, the authority answers writes 503 and acknowledges nothing,
+/// the follower's failures and lag show; back up (same data), the
+/// authority writes again and validators resume from their position,
+/// without reading everything again.
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_down_then_back_validators_keep_serving_and_resume() {
+    let mut redis = RedisServer::start(&[]);
+    let store = store_yaml(&redis.url(), None);
+    let up = Upstream::start().await;
+    let a = Proc::start_with(
+        &default_routes(up.addr),
+        &authority_yaml(&store),
+        Stdio::null(),
+    )
+    .await;
+    let v = a.with_config(&validator_config(&a, &store, 0)).await;
+    let (t1, t2) = (
+        a.issue_token("svc", SECRET).await,
+        a.issue_token("svc", SECRET).await,
+    );
+    revoke(&a, &t1).await;
+    assert!(eventually(PICKUP, || async { status(&v, &t1).await == 401 }).await);
+    let metric = |p: &Proc, sample: &'static str| {
+        let addr = p.metrics;
+        async move { metric_value(&client::plain_get(addr, "/metrics").await.1, sample) }
+    };
+    let follow_errors = "valet_store_errors_total{op=\"follow\"}";
+    let before = metric(&v, follow_errors).await;
+
+    redis.stop();
+    // Proxying goes on from the map in memory; readiness unchanged.
+    assert_eq!(status(&v, &t1).await, 401);
+    assert_eq!(status(&v, &t2).await, 200);
+    assert_eq!(client::plain_get(v.metrics, "/readyz").await.0, 200);
+    // A revocation cannot be recorded: 503, not acknowledged.
+    let r = a
+        .client(Proto::H1)
+        .post_form("/oauth2/revoke", &[("token", &t2)], Some(("svc", SECRET)))
+        .await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert_eq!(r.json()["error"], "temporarily_unavailable");
+    assert!(
+        eventually(PICKUP, || async {
+            metric(&v, follow_errors).await > before
+        })
+        .await,
+        "the follower's failures are not counted"
+    );
+    assert_eq!(status(&v, &t2).await, 200, "nothing was revoked");
+
+    redis.restart();
+    // The authority reconnects (after its backoff) and records again.
+    let recorded = eventually(PICKUP, || async {
+        a.client(Proto::H1)
+            .post_form("/oauth2/revoke", &[("token", &t2)], Some(("svc", SECRET)))
+            .await
+            .status
+            == 200
+    })
+    .await;
+    assert!(
+        recorded,
+        "the authority did not write again after Redis came back"
+    );
+    assert!(eventually(PICKUP, || async { status(&v, &t2).await == 401 }).await);
+    assert_eq!(status(&v, &t1).await, 401);
+    assert!(metric(&v, "valet_store_reconnects_total").await >= 1.0);
+    assert_eq!(
+        metric(&v, "valet_store_resyncs_total").await,
+        0.0,
+        "resumed from its position, not read whole"
+    );
+}
+
+/// The log trimmed past a validator's position while it is away (stopped):
+/// back, it reads the store whole, once, and refuses what was revoked.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_validator_behind_a_trimmed_log_reads_the_store_whole() {
+    let redis = RedisServer::start(&[]);
+    let store = store_yaml(&redis.url(), None);
+    let up = Upstream::start().await;
+    let a = Proc::start_with(
+        &default_routes(up.addr),
+        &authority_yaml(&store),
+        Stdio::null(),
+    )
+    .await;
+    let v = a.with_config(&validator_config(&a, &store, 0)).await;
+    let t = a.issue_token("svc", SECRET).await;
+    assert_eq!(status(&v, &t).await, 200);
+    let pid = v.child.id().to_string();
+    let signal = |sig: &str| {
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+    signal("-STOP");
+    revoke(&a, &t).await;
+    for _ in 0..5 {
+        let other = a.issue_token("svc", SECRET).await;
+        revoke(&a, &other).await;
+    }
+    // Trimmed to nothing: every entry it had not read is gone.
+    assert_eq!(
+        redis.cli(&["XTRIM", "valet:log", "MAXLEN", "0"]).trim(),
+        "6"
+    );
+    assert_eq!(
+        redis
+            .cli(&["HSET", "valet:meta", "pruned_through", "6"])
+            .trim(),
+        "1"
+    );
+    signal("-CONT");
+    assert!(eventually(PICKUP, || async { status(&v, &t).await == 401 }).await);
+    let m = client::plain_get(v.metrics, "/metrics").await.1;
+    assert_eq!(metric_value(&m, "valet_store_resyncs_total"), 1.0);
+}

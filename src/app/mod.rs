@@ -656,6 +656,9 @@ impl App {
         }
         let ok = match r {
             Ok(f) => {
+                if f.whole {
+                    self.metrics.store_resyncs.inc();
+                }
                 if f.revocations > 0 {
                     self.metrics
                         .set_revocation_sizes(self.revocations.current().len());
@@ -677,6 +680,11 @@ impl App {
             }
         };
         self.metrics.store_position.set(self.revocations.position());
+        let reconnects = self.revocations.store().reconnects();
+        let counted = self.metrics.store_reconnects.get();
+        if reconnects > counted {
+            self.metrics.store_reconnects.inc_by(reconnects - counted);
+        }
         ok
     }
 

@@ -240,6 +240,11 @@ pub trait Store: Send + Sync {
         how: ClientWrite<'_>,
     ) -> Result<bool, StoreError>;
 
+    /// Connections made again after a failure (a networked store's).
+    fn reconnects(&self) -> u64 {
+        0
+    }
+
     /// Entries by kind.
     fn counts(&self) -> Result<Counts, StoreError>;
 

@@ -27,8 +27,9 @@ use super::{
     StoreError,
 };
 use redis::{Connection, Script};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The schema this valet writes and reads (`meta.schema`).
 pub const SCHEMA_VERSION: i64 = 1;
@@ -38,6 +39,27 @@ const LOG_KEEP: usize = 1_000_000;
 
 /// One round trip's limit, and a connection's.
 const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Waits between connection attempts after failures: doubling from the
+/// first, up to the last, each taken at a random 50 to 100 % (a fleet of
+/// validators that lost Redis together does not come back in step).
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// A connection, and whether one was ever opened here (a new one is then
+/// a reconnection).
+#[derive(Default)]
+struct Slot {
+    conn: Option<Connection>,
+    opened: bool,
+}
+
+/// Failed connection attempts in a row, and when the next may be made.
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+    next: Option<Instant>,
+}
 
 // Record kinds, as in the log (the same numbers as the embedded store's).
 const TOKEN: i64 = 0;
@@ -83,9 +105,11 @@ pub struct RedisStore {
     client: redis::Client,
     prefix: String,
     name: String,
-    write: Mutex<Option<Connection>>,
-    read: Mutex<Option<Connection>>,
+    write: Mutex<Slot>,
+    read: Mutex<Slot>,
     verified: Verified,
+    backoff: Mutex<Backoff>,
+    reconnects: AtomicU64,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -206,9 +230,11 @@ impl RedisStore {
             client,
             prefix: s.prefix.clone(),
             name,
-            write: Mutex::new(None),
-            read: Mutex::new(None),
+            write: Mutex::default(),
+            read: Mutex::default(),
             verified: Verified::default(),
+            backoff: Mutex::default(),
+            reconnects: AtomicU64::new(0),
         };
         store.verified = store.verify()?;
         store.check_schema(writer)?;
@@ -224,15 +250,49 @@ impl RedisStore {
         format!("{}{k}", self.prefix)
     }
 
+    /// A new connection, unless the last attempts failed and the backoff
+    /// has not run out: then a failure at once (the caller, a follower or
+    /// a write answered 503, does not wait on an unreachable Redis).
     fn connect(&self) -> Result<Connection, StoreError> {
-        let c = self
+        {
+            let b = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(next) = b.next.filter(|n| *n > Instant::now()) {
+                return Err(fail(
+                    &self.name,
+                    format!(
+                        "unreachable ({} failed attempts); the next in {} ms",
+                        b.failures,
+                        (next - Instant::now()).as_millis()
+                    ),
+                ));
+            }
+        }
+        let opened = self
             .client
             .get_connection_with_timeout(TIMEOUT)
-            .map_err(|e| fail(&self.name, e))?;
-        c.set_read_timeout(Some(TIMEOUT))
-            .and_then(|()| c.set_write_timeout(Some(TIMEOUT)))
-            .map_err(|e| fail(&self.name, e))?;
-        Ok(c)
+            .and_then(|c| {
+                c.set_read_timeout(Some(TIMEOUT))?;
+                c.set_write_timeout(Some(TIMEOUT))?;
+                Ok(c)
+            });
+        let mut b = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        match opened {
+            Ok(c) => {
+                *b = Backoff::default();
+                Ok(c)
+            }
+            Err(e) => {
+                b.failures = b.failures.saturating_add(1);
+                let full = BACKOFF_FIRST
+                    .saturating_mul(1 << b.failures.min(16))
+                    .min(BACKOFF_MAX);
+                let mut r = [0u8; 1];
+                aws_lc_rs::rand::fill(&mut r).expect("system randomness");
+                let wait = full.mul_f64(0.5 + f64::from(r[0]) / 510.0);
+                b.next = Some(Instant::now() + wait);
+                Err(fail(&self.name, e))
+            }
+        }
     }
 
     /// Runs `f` on the write (or read) connection, opening it if needed; a
@@ -243,16 +303,20 @@ impl RedisStore {
         f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
         let slot = if write { &self.write } else { &self.read };
-        let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.is_none() {
-            *guard = Some(self.connect()?);
+        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.conn.is_none() {
+            slot.conn = Some(self.connect()?);
+            if slot.opened {
+                self.reconnects.fetch_add(1, Ordering::Relaxed);
+            }
+            slot.opened = true;
         }
-        let conn = guard.as_mut().expect("just opened");
+        let conn = slot.conn.as_mut().expect("just opened");
         match f(conn) {
             Ok(v) => Ok(v),
             Err(e) => {
                 if e.is_io_error() || e.is_unrecoverable_error() || e.is_timeout() {
-                    *guard = None;
+                    slot.conn = None;
                 }
                 Err(fail(&self.name, e))
             }
@@ -682,6 +746,10 @@ impl Store for RedisStore {
                 .invoke(c)
         })?;
         Ok(ok == 1)
+    }
+
+    fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
     }
 
     fn counts(&self) -> Result<Counts, StoreError> {

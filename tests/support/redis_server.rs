@@ -5,26 +5,47 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct RedisServer {
-    child: Child,
+    child: Option<Child>,
     pub port: u16,
-    _dir: tempfile::TempDir,
+    extra: Vec<String>,
+    dir: tempfile::TempDir,
 }
 
 impl RedisServer {
     /// Durable as valet asks (AOF, fsync always, no eviction), plus `extra`
     /// (`--name value` pairs; later ones win).
     pub fn start(extra: &[&str]) -> RedisServer {
-        let dir = tempfile::tempdir().unwrap();
         // A port the kernel just gave out and took back: free, barring a race.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
+        let mut server = RedisServer {
+            child: None,
+            port,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        server.restart();
+        server
+    }
+
+    /// Stops it (SIGKILL: as a crash).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and data (its append-only file).
+    pub fn restart(&mut self) {
+        self.stop();
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .arg("--dir")
-            .arg(dir.path())
+            .arg(self.dir.path())
             .args([
                 "--save",
                 "",
@@ -34,21 +55,16 @@ impl RedisServer {
                 "always",
             ])
             .args(["--maxmemory-policy", "noeviction"])
-            .args(extra)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server (Debian package redis-server; .ci/run installs it)");
-        let server = RedisServer {
-            child,
-            port,
-            _dir: dir,
-        };
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while server.cli(&["PING"]).trim() != "PONG" {
+        while self.cli(&["PING"]).trim() != "PONG" {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        server
     }
 
     pub fn url(&self) -> String {
@@ -74,7 +90,6 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
