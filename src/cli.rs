@@ -43,6 +43,11 @@ enum Command {
         #[command(subcommand)]
         command: ClientCommand,
     },
+    /// Work with the state store.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Print an argon2id hash of a password read from standard input (one line),
     /// for `password_hash` / `secret_hash` in the config.
     HashPassword,
@@ -50,6 +55,18 @@ enum Command {
     Healthcheck {
         #[arg(long, default_value = "http://127.0.0.1:9090/healthz")]
         url: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// After a Redis store lost its contents (restarted empty), let the
+    /// authorities write again: what the store held is gone (validators keep
+    /// the revocations they hold), and refresh tokens and assertions issued
+    /// before now are refused. Restoring a backup needs no reseed.
+    Reseed {
+        #[arg(long, short)]
+        config: PathBuf,
     },
 }
 
@@ -196,6 +213,9 @@ fn init_tracing(c: &config::LoggingConfig) {
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Client { command } => client_command(command),
+        Command::Store {
+            command: StoreCommand::Reseed { config },
+        } => reseed(&config),
         Command::HashPassword => {
             let mut line = String::new();
             if std::io::stdin().read_line(&mut line).is_err()
@@ -329,6 +349,35 @@ async fn probe(url: &str) -> Result<u16, Box<dyn std::error::Error>> {
         max_answer: 64 * 1024,
     };
     Ok(crate::outbound::send(req, &limits).await?.status().as_u16())
+}
+
+fn reseed(path: &std::path::Path) -> ExitCode {
+    let c = match load_for_use(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(r) = &c.store_redis else {
+        eprintln!("error: {} uses the embedded store (a file): restore it from a backup, or delete it to start anew; there is nothing to reseed", path.display());
+        return ExitCode::from(64);
+    };
+    let store = match crate::store::redis::RedisStore::open(r, true) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match store.reseed() {
+        Ok(_) => {
+            println!("reseeded: authorities write to the store again.");
+            println!("What the store held before is gone: its revocations (validators still hold theirs in memory until they restart), refresh-token rotations and single-use assertion ids. Refresh tokens and assertions issued before now are refused; users sign in again.");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn client_command(cmd: ClientCommand) -> ExitCode {

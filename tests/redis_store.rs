@@ -520,3 +520,108 @@ async fn a_validator_behind_a_trimmed_log_reads_the_store_whole() {
     let m = client::plain_get(v.metrics, "/metrics").await.1;
     assert_eq!(metric_value(&m, "valet_store_resyncs_total"), 1.0);
 }
+
+/// A Redis restarted empty is detected, not trusted: validators keep the
+/// revocations they hold; the authority refuses writes (503) until an
+/// operator runs `valet store reseed`; refresh tokens issued before are
+/// refused then (their rotation records are gone), new sign-ins work.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_restarted_empty_is_detected_and_writes_wait_for_a_reseed() {
+    let mut redis = RedisServer::start(&[]);
+    let store = store_yaml(&redis.url(), None);
+    let up = Upstream::start().await;
+    let a = Proc::start_with(
+        &default_routes(up.addr),
+        &authority_yaml(&store),
+        Stdio::null(),
+    )
+    .await;
+    let v = a.with_config(&validator_config(&a, &store, 0)).await;
+    let (t1, t2) = (
+        a.issue_token("svc", SECRET).await,
+        a.issue_token("svc", SECRET).await,
+    );
+    revoke(&a, &t1).await;
+    assert!(eventually(PICKUP, || async { status(&v, &t1).await == 401 }).await);
+    let login = || {
+        let c = a.client(Proto::H1);
+        async move {
+            let r = c
+                .post_form(
+                    "/oauth2/token",
+                    &[
+                        ("grant_type", "password"),
+                        ("username", "alice"),
+                        ("password", "alice-pw"),
+                    ],
+                    Some(("app", APP_SECRET)),
+                )
+                .await;
+            assert_eq!(r.status, 200, "{:?}", r.body);
+            r.json()["refresh_token"].as_str().unwrap().to_string()
+        }
+    };
+    let refresh = |rt: String| {
+        let c = a.client(Proto::H1);
+        async move {
+            c.post_form(
+                "/oauth2/token",
+                &[("grant_type", "refresh_token"), ("refresh_token", &rt)],
+                Some(("app", APP_SECRET)),
+            )
+            .await
+        }
+    };
+    let old_rt = login().await;
+
+    redis.restart_empty();
+    let revoke_t2 = || {
+        let c = a.client(Proto::H1);
+        let t2 = t2.clone();
+        async move {
+            c.post_form("/oauth2/revoke", &[("token", &t2)], Some(("svc", SECRET)))
+                .await
+        }
+    };
+    // Past the reconnection: still refused, for the generation is gone.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let r = revoke_t2().await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert_eq!(r.json()["error"], "temporarily_unavailable");
+    let r = refresh(old_rt.clone()).await;
+    assert_eq!(
+        r.status, 503,
+        "a refresh against an emptied store: {:?}",
+        r.body
+    );
+    // The validator keeps what it held.
+    assert_eq!(status(&v, &t1).await, 401);
+    assert_eq!(status(&v, &t2).await, 200);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_valet"))
+        .args(["store", "reseed", "--config"])
+        .arg(&a.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("issued before now are refused"));
+    let r = revoke_t2().await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(eventually(PICKUP, || async { status(&v, &t2).await == 401 }).await);
+    assert_eq!(status(&v, &t1).await, 401, "a held revocation was dropped");
+    // The refresh token from before: its rotation record is gone.
+    let r = refresh(old_rt).await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert!(r.json()["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("before the state store was reset"));
+    // After it, sign-in and rotation work.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let rt = login().await;
+    assert_eq!(refresh(rt).await.status, 200);
+}

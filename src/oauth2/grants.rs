@@ -354,6 +354,14 @@ async fn refresh(c: Call<'_>, client: &Client) -> Result<Value, OAuthError> {
     if rt.client_id != client.id {
         return Err(invalid());
     }
+    // Issued before the state store's contents go back (it was emptied and
+    // started again): its rotation record is gone, so a stolen, already
+    // rotated token would pass as a first use.
+    if rt.iat < app.revocations.store().generation_since() {
+        return Err(OAuthError::InvalidGrant(
+            "the refresh token was issued before the state store was reset; sign in again".into(),
+        ));
+    }
     // The family's end is valet's own clock's: no skew.
     if rt.family_expires.is_some_and(|end| now >= end) {
         return Err(invalid());

@@ -124,6 +124,17 @@ pub async fn verify(c: Call<'_>, client: &Client) -> Result<Mapped, OAuthError> 
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
         .ok_or_else(|| invalid("a jti is required, so that the assertion can be used once"))?;
+    // Issued before the state store's contents go back: whether it was used
+    // is not known any more.
+    if claims
+        .get("iat")
+        .and_then(Value::as_i64)
+        .is_some_and(|iat| iat < c.app.revocations.store().generation_since())
+    {
+        return Err(invalid(
+            "it was issued before the state store was reset and cannot be known unused",
+        ));
+    }
     // Replay: one use per (issuer, jti) until the assertion expires.
     let fresh = record_assertion_use(c.app, "assertion", &iss, jti, exp + skew as i64).await?;
     if !fresh {

@@ -240,6 +240,14 @@ pub trait Store: Send + Sync {
         how: ClientWrite<'_>,
     ) -> Result<bool, StoreError>;
 
+    /// Since when (unix seconds) the store's contents go back: a store made
+    /// anew (emptied, or a file deleted) starts a new generation. A refresh
+    /// token issued before it was rotated, if at all, in records that are
+    /// gone: it is refused. 0: as far back as it was ever written.
+    fn generation_since(&self) -> i64 {
+        0
+    }
+
     /// Connections made again after a failure (a networked store's).
     fn reconnects(&self) -> u64 {
         0

@@ -110,6 +110,17 @@ pub struct RedisStore {
     verified: Verified,
     backoff: Mutex<Backoff>,
     reconnects: AtomicU64,
+    held: Mutex<Held>,
+}
+
+/// The store's generation as this process holds it: followed freely for
+/// reading (a follower keeps what it holds and reads the new store whole),
+/// for writing only once an operator ran `valet store reseed`.
+#[derive(Default, Clone)]
+struct Held {
+    read: Option<String>,
+    write: Option<String>,
+    since: i64,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -201,8 +212,20 @@ local function log(p, kind, key, value)
 end
 "#;
 
+/// A write script: it runs only while the store's generation is the one
+/// this process holds (ARGV[2]); its own arguments are `A` (`A[1]` the key
+/// prefix, then what the caller passed after the generation).
 fn script(body: &str) -> Script {
-    Script::new(&format!("{LUA_REVOKE}\n{body}"))
+    Script::new(&format!(
+        "{LUA_REVOKE}
+if redis.call('HGET', ARGV[1] .. 'meta', 'generation') ~= ARGV[2] then
+  return redis.error_reply('VALET_GENERATION the store was emptied or replaced since this process opened it')
+end
+local A = {{ARGV[1]}}
+for i = 3, #ARGV do A[i - 1] = ARGV[i] end
+{}",
+        body.replace("ARGV", "A")
+    ))
 }
 
 impl RedisStore {
@@ -235,6 +258,7 @@ impl RedisStore {
             verified: Verified::default(),
             backoff: Mutex::default(),
             reconnects: AtomicU64::new(0),
+            held: Mutex::default(),
         };
         store.verified = store.verify()?;
         store.check_schema(writer)?;
@@ -356,30 +380,132 @@ impl RedisStore {
         Ok(v)
     }
 
+    /// Checks the schema version and takes the generation; a writer makes
+    /// both on an empty store (its first start).
     fn check_schema(&self, writer: bool) -> Result<(), StoreError> {
         let meta = self.key("meta");
-        let found: Option<i64> = self.with(false, |c| {
-            redis::cmd("HGET").arg(&meta).arg("schema").query(c)
-        })?;
-        match found {
-            Some(v) if v == SCHEMA_VERSION => Ok(()),
-            Some(found) => Err(StoreError::Schema {
-                path: self.name.clone(),
-                found,
-                supported: SCHEMA_VERSION,
-            }),
-            None if writer => self.with(true, |c| {
-                redis::cmd("HSETNX")
+        if writer {
+            let init = Script::new(
+                "if redis.call('HEXISTS', KEYS[1], 'schema') == 0 then
+                   redis.call('HSET', KEYS[1], 'schema', ARGV[1], 'generation', ARGV[2], 'generation_at', ARGV[3])
+                 end
+                 return 1",
+            );
+            self.with(true, |c| {
+                init.key(&meta)
+                    .arg(SCHEMA_VERSION)
+                    .arg(crate::credentials::generate_secret())
+                    .arg(now())
+                    .invoke::<i64>(c)
+            })?;
+        }
+        let (schema, generation, since): (Option<i64>, Option<String>, Option<i64>) =
+            self.with(false, |c| {
+                redis::cmd("HMGET")
                     .arg(&meta)
                     .arg("schema")
-                    .arg(SCHEMA_VERSION)
-                    .query::<()>(c)
-            }),
-            None => Err(fail(
+                    .arg("generation")
+                    .arg("generation_at")
+                    .query(c)
+            })?;
+        match schema {
+            Some(v) if v == SCHEMA_VERSION => {}
+            Some(found) => {
+                return Err(StoreError::Schema {
+                    path: self.name.clone(),
+                    found,
+                    supported: SCHEMA_VERSION,
+                })
+            }
+            None => return Err(fail(
                 &self.name,
                 "it holds no valet schema yet: the authority writes it (start the authority first)",
             )),
         }
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Held {
+            read: generation.clone(),
+            write: generation,
+            since: since.unwrap_or(0),
+        };
+        Ok(())
+    }
+
+    fn held(&self) -> Held {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Runs write script `s` with the prefix, the generation held for
+    /// writing, then what `args` adds. A script refused for another
+    /// generation is run again once if an operator has reseeded the store
+    /// since (the new generation is then taken); otherwise the write fails
+    /// (503) and nothing is written.
+    fn invoke<T: redis::FromRedisValue>(
+        &self,
+        s: &Script,
+        args: impl Fn(&mut redis::ScriptInvocation<'_>),
+    ) -> Result<T, StoreError> {
+        for attempt in 0..2 {
+            let generation = self.held().write.unwrap_or_default();
+            let r = self.with(true, |c| {
+                let mut inv = s.prepare_invoke();
+                inv.arg(&self.prefix).arg(&generation);
+                args(&mut inv);
+                inv.invoke(c)
+            });
+            match r {
+                Err(e) if attempt == 0 && e.to_string().contains("VALET_GENERATION") => {
+                    if !self.adopt_reseeded()? {
+                        return Err(e);
+                    }
+                }
+                other => return other,
+            }
+        }
+        unreachable!("the second attempt returns")
+    }
+
+    /// Takes the store's generation for writing if an operator reseeded it.
+    fn adopt_reseeded(&self) -> Result<bool, StoreError> {
+        let (generation, reseeded, since): (Option<String>, Option<String>, Option<i64>) = self
+            .with(false, |c| {
+                redis::cmd("HMGET")
+                    .arg(self.key("meta"))
+                    .arg("generation")
+                    .arg("reseeded")
+                    .arg("generation_at")
+                    .query(c)
+            })?;
+        match generation {
+            Some(g) if reseeded.as_deref() == Some(g.as_str()) => {
+                tracing::warn!(store = %self.name, "the store was reseeded by an operator; writing to its new generation");
+                let mut h = self.held.lock().unwrap_or_else(|e| e.into_inner());
+                h.write = Some(g);
+                h.since = since.unwrap_or(0);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// `valet store reseed`: after the store lost its contents (a Redis
+    /// restarted empty), starts a new generation that writers take up. What
+    /// it held is gone for good (revocations the validators still hold in
+    /// memory excepted); refresh tokens issued before now are refused.
+    /// Returns the new generation.
+    pub fn reseed(&self) -> Result<String, StoreError> {
+        let g = crate::credentials::generate_secret();
+        let s = Script::new(
+            "redis.call('HSET', KEYS[1], 'schema', ARGV[1], 'generation', ARGV[2], 'generation_at', ARGV[3], 'reseeded', ARGV[2])
+             return 1",
+        );
+        self.with(true, |c| {
+            s.key(self.key("meta"))
+                .arg(SCHEMA_VERSION)
+                .arg(&g)
+                .arg(now())
+                .invoke::<i64>(c)
+        })?;
+        Ok(g)
     }
 }
 
@@ -398,25 +524,20 @@ impl Store for RedisStore {
              for i = 2, #ARGV, 3 do last = revoke(p, ARGV[i], ARGV[i+1], ARGV[i+2]) end
              return last",
         );
-        let mut inv = s.prepare_invoke();
-        inv.arg(&self.prefix);
-        for r in records {
-            let (kind, key, value) = kind_and_value(r);
-            inv.arg(kind).arg(key).arg(value);
-        }
-        self.with(true, |c| inv.invoke(c))
+        self.invoke(&s, |inv| {
+            for r in records {
+                let (kind, key, value) = kind_and_value(r);
+                inv.arg(kind).arg(key).arg(value);
+            }
+        })
     }
 
     fn use_once(&self, id: &str, expires_at: i64) -> Result<bool, StoreError> {
-        let key = self.key(&format!("once:{id}"));
-        let set: Option<String> = self.with(true, |c| {
-            redis::cmd("SET")
-                .arg(&key)
-                .arg(1)
-                .arg("EXAT")
-                .arg(expires_at.max(now() + 1))
-                .arg("NX")
-                .query(c)
+        let s = script(
+            "return redis.call('SET', ARGV[1] .. 'once:' .. ARGV[2], 1, 'EXAT', ARGV[3], 'NX')",
+        );
+        let set: Option<String> = self.invoke(&s, |inv| {
+            inv.arg(id).arg(expires_at.max(now() + 1));
         })?;
         Ok(set.is_some())
     }
@@ -442,13 +563,11 @@ impl Store for RedisStore {
              if d < tonumber(ARGV[5]) then return 'grace' end
              return 'reuse'",
         );
-        let out: String = self.with(true, |c| {
-            s.arg(&self.prefix)
-                .arg(jti)
+        let out: String = self.invoke(&s, |inv| {
+            inv.arg(jti)
                 .arg(expires_at.max(now() + 1))
                 .arg(now_ms)
-                .arg(grace_ms)
-                .invoke(c)
+                .arg(grace_ms);
         })?;
         Ok(match out.as_str() {
             "revoked" => Rotation::Revoked,
@@ -464,15 +583,32 @@ impl Store for RedisStore {
     }
 
     fn since(&self, after: Position, limit: usize) -> Result<Since, StoreError> {
-        let (seq, pruned): (Option<i64>, Option<i64>) = self.with(false, |c| {
-            redis::pipe()
-                .cmd("GET")
-                .arg(self.key("seq"))
-                .cmd("HGET")
-                .arg(self.key("meta"))
-                .arg("pruned_through")
-                .query(c)
-        })?;
+        let (seq, (pruned, generation)): (Option<i64>, (Option<i64>, Option<String>)) =
+            self.with(false, |c| {
+                redis::pipe()
+                    .cmd("GET")
+                    .arg(self.key("seq"))
+                    .cmd("HMGET")
+                    .arg(self.key("meta"))
+                    .arg("pruned_through")
+                    .arg("generation")
+                    .query(c)
+            })?;
+        let Some(generation) = generation else {
+            return Err(fail(
+                &self.name,
+                "it holds no valet generation: emptied (a Redis restarted without its data?); the revocations held stay in force",
+            ));
+        };
+        {
+            let mut h = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            if h.read.as_deref() != Some(generation.as_str()) {
+                // Another store now: read it whole, keeping what is held.
+                tracing::warn!(store = %self.name, "the store's generation changed (emptied and started again, or reseeded); reading it whole, keeping every revocation held");
+                h.read = Some(generation);
+                return Ok(Since::Trimmed);
+            }
+        }
         if after > seq.unwrap_or(0) || after < pruned.unwrap_or(0) {
             return Ok(Since::Trimmed);
         }
@@ -567,12 +703,8 @@ impl Store for RedisStore {
              n = n + redis.call('ZREMRANGEBYSCORE', p .. 'flows', '-inf', '(' .. (now * 1000))
              return n",
         );
-        let n: i64 = self.with(true, |c| {
-            s.arg(&self.prefix)
-                .arg(now)
-                .arg(batch)
-                .arg(LOG_KEEP)
-                .invoke(c)
+        let n: i64 = self.invoke(&s, |inv| {
+            inv.arg(now).arg(batch).arg(LOG_KEEP);
         })?;
         Ok(n as usize)
     }
@@ -612,13 +744,11 @@ impl Store for RedisStore {
              if had == 1 or ARGV[3] == '1' then log(p, '4', f, ARGV[5]) end
              return had",
         );
-        let had: i64 = self.with(true, |c| {
-            s.arg(&self.prefix)
-                .arg(format!("{provider}\n{subject}"))
+        let had: i64 = self.invoke(&s, |inv| {
+            inv.arg(format!("{provider}\n{subject}"))
                 .arg(if sealed.is_some() { "1" } else { "0" })
                 .arg(sealed.unwrap_or_default())
-                .arg(now())
-                .invoke(c)
+                .arg(now());
         })?;
         Ok(had == 1)
     }
@@ -658,9 +788,8 @@ impl Store for RedisStore {
              redis.call('PEXPIREAT', subj, exp)
              return 1",
         );
-        let out: i64 = self.with(true, |c| {
-            s.arg(&self.prefix)
-                .arg(format!("{}\n{token}", flow.provider))
+        let out: i64 = self.invoke(&s, |inv| {
+            inv.arg(format!("{}\n{token}", flow.provider))
                 .arg(format!("{}\n{}", flow.provider, flow.subject))
                 .arg(token)
                 .arg(&flow.subject)
@@ -668,8 +797,7 @@ impl Store for RedisStore {
                 .arg(flow.expires_at_ms.max(now_ms + 1))
                 .arg(now_ms)
                 .arg(per_subject)
-                .arg(total)
-                .invoke(c)
+                .arg(total);
         })?;
         match out {
             -1 => Err(fail(
@@ -691,12 +819,10 @@ impl Store for RedisStore {
              redis.call('ZREM', p .. 'flows:' .. ARGV[3] .. '\\n' .. f[1], ARGV[4])
              return f",
         );
-        let got: Option<(String, Vec<u8>, i64)> = self.with(true, |c| {
-            s.arg(&self.prefix)
-                .arg(format!("{provider}\n{token}"))
+        let got: Option<(String, Vec<u8>, i64)> = self.invoke(&s, |inv| {
+            inv.arg(format!("{provider}\n{token}"))
                 .arg(provider)
-                .arg(token)
-                .invoke(c)
+                .arg(token);
         })?;
         Ok(got.map(|(subject, sealed, expires_at_ms)| Flow {
             provider: provider.to_string(),
@@ -735,21 +861,23 @@ impl Store for RedisStore {
             ClientWrite::Create => ("create", ""),
             ClientWrite::Replace { current } => ("replace", current),
         };
-        let ok: i64 = self.with(true, |c| {
-            s.arg(&self.prefix)
-                .arg(id)
+        let ok: i64 = self.invoke(&s, |inv| {
+            inv.arg(id)
                 .arg(mode)
                 .arg(current)
                 .arg(if record.is_some() { "1" } else { "0" })
                 .arg(record.unwrap_or(""))
-                .arg(now())
-                .invoke(c)
+                .arg(now());
         })?;
         Ok(ok == 1)
     }
 
     fn reconnects(&self) -> u64 {
         self.reconnects.load(Ordering::Relaxed)
+    }
+
+    fn generation_since(&self) -> i64 {
+        self.held().since
     }
 
     fn counts(&self) -> Result<Counts, StoreError> {
@@ -839,30 +967,30 @@ impl Store for RedisStore {
              return 1",
         );
         let soon = now() + 1;
-        let mut inv = s.prepare_invoke();
-        inv.arg(&self.prefix).arg(marker);
-        inv.arg(import.records.len());
-        for r in &import.records {
-            let (kind, key, value) = kind_and_value(r);
-            inv.arg(kind).arg(key).arg(value);
-        }
-        inv.arg(import.rotations.len());
-        for (jti, exp, at) in &import.rotations {
-            inv.arg(jti).arg((*exp).max(soon)).arg(at);
-        }
-        inv.arg(import.single_use.len());
-        for (id, exp) in &import.single_use {
-            inv.arg(id).arg((*exp).max(soon));
-        }
-        inv.arg(import.oauth1_tokens.len());
-        for (p, s, b) in &import.oauth1_tokens {
-            inv.arg(format!("{p}\n{s}")).arg(b.as_slice());
-        }
-        inv.arg(import.clients.len());
-        for (id, r) in &import.clients {
-            inv.arg(id).arg(r);
-        }
-        let done: i64 = self.with(true, |c| inv.invoke(c))?;
+        let done: i64 = self.invoke(&s, |inv| {
+            inv.arg(marker);
+            inv.arg(import.records.len());
+            for r in &import.records {
+                let (kind, key, value) = kind_and_value(r);
+                inv.arg(kind).arg(key).arg(value);
+            }
+            inv.arg(import.rotations.len());
+            for (jti, exp, at) in &import.rotations {
+                inv.arg(jti).arg((*exp).max(soon)).arg(at);
+            }
+            inv.arg(import.single_use.len());
+            for (id, exp) in &import.single_use {
+                inv.arg(id).arg((*exp).max(soon));
+            }
+            inv.arg(import.oauth1_tokens.len());
+            for (p, s, b) in &import.oauth1_tokens {
+                inv.arg(format!("{p}\n{s}")).arg(b.as_slice());
+            }
+            inv.arg(import.clients.len());
+            for (id, r) in &import.clients {
+                inv.arg(id).arg(r);
+            }
+        })?;
         Ok(done == 1)
     }
 }

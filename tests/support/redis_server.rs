@@ -39,6 +39,17 @@ impl RedisServer {
         }
     }
 
+    /// Starts it again on the same port with no data (a Redis restarted
+    /// empty: no persistence, or its volume lost).
+    pub fn restart_empty(&mut self) {
+        self.stop();
+        for e in std::fs::read_dir(self.dir.path()).unwrap() {
+            let p = e.unwrap().path();
+            let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+        }
+        self.restart();
+    }
+
     /// Starts it again on the same port and data (its append-only file).
     pub fn restart(&mut self) {
         self.stop();
