@@ -52,6 +52,8 @@ pub struct Metrics {
     /// Times this process read the store whole (its log did not go on from
     /// its position: trimmed past it, or another store).
     pub store_resyncs: IntCounter,
+    /// 1 while the revocations may be stale (`store.stale_after`).
+    pub store_stale: IntGauge,
     /// Connections to a networked store made again after failures.
     pub store_reconnects: IntCounter,
     /// Store entries by kind (the authority's view, from the store itself).
@@ -205,6 +207,11 @@ impl Metrics {
         let store_resyncs = IntCounter::new(
             "valet_store_resyncs_total",
             "Times this process read the state store whole because its change log did not go on from this process's position (trimmed past it, or another store).",
+        )
+        .expect("valid metric");
+        let store_stale = IntGauge::new(
+            "valet_store_stale",
+            "1 while this process has not read the state store to its end for longer than store.stale_after: revocations made since may not be enforced here (routes with auth.fail_closed_when_stale answer 503).",
         )
         .expect("valid metric");
         let store_reconnects = IntCounter::new(
@@ -414,6 +421,7 @@ impl Metrics {
             Box::new(store_position.clone()),
             Box::new(store_followed_at.clone()),
             Box::new(store_resyncs.clone()),
+            Box::new(store_stale.clone()),
             Box::new(store_reconnects.clone()),
             Box::new(store_entries.clone()),
             Box::new(store_imported.clone()),
@@ -450,6 +458,7 @@ impl Metrics {
             store_position,
             store_followed_at,
             store_resyncs,
+            store_stale,
             store_reconnects,
             store_entries,
             store_imported,

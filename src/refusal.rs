@@ -164,6 +164,9 @@ pub enum ProxyError {
     /// there. (Not forwarded: client secrets and passwords would then pass
     /// through every sidecar.)
     NotOnValidator,
+    /// 503: the route fails closed while revocations cannot be confirmed
+    /// current (the store not read for longer than `store.stale_after`).
+    RevocationsStale,
     /// 403: the route signs with an OAuth 1.0 provider and the subject has
     /// no token for it yet.
     OAuth1Required {
@@ -187,7 +190,9 @@ impl ProxyError {
             }
             ProxyError::NotFound | ProxyError::NotOnValidator => StatusCode::NOT_FOUND,
             ProxyError::UpgradeNotAllowed => StatusCode::FORBIDDEN,
-            ProxyError::TooManyWebSockets => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::TooManyWebSockets | ProxyError::RevocationsStale => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::TooManyWebSocketsHere => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BadGateway(_) | ProxyError::BadUpgrade(_) => StatusCode::BAD_GATEWAY,
@@ -221,6 +226,10 @@ impl ProxyError {
             ProxyError::TooManyWebSockets => (
                 "temporarily_unavailable",
                 "too many WebSocket sessions are open; retry later".into(),
+            ),
+            ProxyError::RevocationsStale => (
+                "temporarily_unavailable",
+                "revocations cannot be confirmed current (the state store is out of reach), and this route does not serve without them; retry later".into(),
             ),
             ProxyError::BadPath(e) => ("invalid_request", e.to_string()),
             ProxyError::Body(e) => (

@@ -625,3 +625,63 @@ async fn a_redis_restarted_empty_is_detected_and_writes_wait_for_a_reseed() {
     let rt = login().await;
     assert_eq!(refresh(rt).await.status, 200);
 }
+
+/// Staleness: with Redis out of reach for longer than `store.stale_after`,
+/// the metric says so, a route that opted in fails closed (503), the others
+/// serve from the revocations held; back within reach, both serve.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_may_fail_closed_while_revocations_are_stale() {
+    let mut redis = RedisServer::start(&[]);
+    let store = store_yaml(&redis.url(), None);
+    let up = Upstream::start().await;
+    let a = Proc::start_with(
+        &default_routes(up.addr),
+        &authority_yaml(&store),
+        Stdio::null(),
+    )
+    .await;
+    let path = validator_config(&a, &store, 0);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let strict = text
+        .replace(
+            "    auth: { scopes: [read] }\n",
+            "    auth: { scopes: [read], fail_closed_when_stale: true }\n",
+        )
+        .replace("store:\n", "store:\n  stale_after: 1s\n");
+    assert_ne!(text, strict);
+    std::fs::write(&path, strict).unwrap();
+    let v = a.with_config(&path).await;
+    let t = a.issue_token("svc", SECRET).await;
+    let fwd = |p: &Proc, t: String| {
+        let c = p.client(Proto::H1);
+        async move { c.get("/fwd/x", Some(&t)).await.status.as_u16() }
+    };
+    assert_eq!(status(&v, &t).await, 200);
+    let stale = || async {
+        metric_value(
+            &client::plain_get(v.metrics, "/metrics").await.1,
+            "valet_store_stale",
+        )
+    };
+    assert_eq!(stale().await, 0.0);
+
+    redis.stop();
+    assert!(eventually(PICKUP, || async { stale().await == 1.0 }).await);
+    let r = v.client(Proto::H1).get("/api/x", Some(&t)).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"], "temporarily_unavailable");
+    assert_eq!(
+        fwd(&v, t.clone()).await,
+        200,
+        "a route that did not opt in serves on"
+    );
+    assert_eq!(
+        client::plain_get(v.metrics, "/readyz").await.0,
+        200,
+        "still ready"
+    );
+
+    redis.restart();
+    assert!(eventually(PICKUP, || async { status(&v, &t).await == 200 }).await);
+    assert_eq!(stale().await, 0.0);
+}

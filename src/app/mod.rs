@@ -263,7 +263,8 @@ impl App {
             sync: Default::default(),
             reload_lock: Mutex::new(()),
             follow_lock: Mutex::new(()),
-            followed_ms: AtomicI64::new(0),
+            // The store was read whole just now (`Revocations::on_store`).
+            followed_ms: AtomicI64::new(crate::revocation::now_ms()),
             sync_follow: Default::default(),
             clients_pending: AtomicBool::new(false),
             oauth1_store: OnceLock::new(),
@@ -680,12 +681,23 @@ impl App {
             }
         };
         self.metrics.store_position.set(self.revocations.position());
+        self.metrics
+            .store_stale
+            .set(i64::from(self.revocations_stale()));
         let reconnects = self.revocations.store().reconnects();
         let counted = self.metrics.store_reconnects.get();
         if reconnects > counted {
             self.metrics.store_reconnects.inc_by(reconnects - counted);
         }
         ok
+    }
+
+    /// Whether the revocations held may be behind the store's: it has not
+    /// been read to its end for longer than `store.stale_after`.
+    #[inline]
+    pub fn revocations_stale(&self) -> bool {
+        let after = self.snapshot.load().config.store_stale_after.as_millis() as i64;
+        crate::revocation::now_ms() - self.followed_ms.load(Ordering::Acquire) > after
     }
 
     /// Puts in force the OAuth 1.0 tokens other processes changed.

@@ -32,6 +32,8 @@ pub struct Config {
     pub store_path: PathBuf,
     /// A Redis store instead (`store.redis`): then `store_path` is unused.
     pub store_redis: Option<crate::store::redis::RedisSettings>,
+    /// How long without reading the store makes revocations stale.
+    pub store_stale_after: Duration,
     pub routes: Vec<RouteConfig>,
     pub limits: Limits,
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -148,6 +150,8 @@ pub struct RouteConfig {
     pub upstream: Upstream,
     pub strip_prefix: bool,
     pub auth_required: bool,
+    /// 503 while revocations are stale (see `Config::store_stale_after`).
+    pub fail_closed_when_stale: bool,
     pub scopes: Vec<String>,
     pub forward_authorization: bool,
     pub inject: InjectIdentity,
@@ -439,6 +443,7 @@ fn compile(
             .redis
             .as_ref()
             .and_then(|r| store_redis(r, base, c)),
+        store_stale_after: raw.store.stale_after.map_or(DEFAULT_STALE_AFTER, |d| d.0),
         routes,
         limits,
         trusted_proxies,
@@ -743,6 +748,7 @@ fn compile_routes(
                 upstream: up,
                 strip_prefix: r.strip_prefix,
                 auth_required: r.auth.required,
+                fail_closed_when_stale: r.auth.fail_closed_when_stale,
                 scopes: r.auth.scopes.clone(),
                 forward_authorization: r.forward_authorization,
                 inject,
@@ -1326,6 +1332,9 @@ fn store_path(store: &RawStore, revocation: &RawRevocation, base: &Path) -> Path
         }
     }
 }
+
+/// `store.stale_after` by default.
+pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(30);
 
 /// The environment variable that may hold the Redis ACL password.
 pub const REDIS_PASSWORD_ENV: &str = "VALET_REDIS_PASSWORD";

@@ -373,6 +373,9 @@ pub enum Role {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawStore {
     pub(super) path: Option<String>,
+    /// The store not read for this long makes revocations stale (a metric;
+    /// routes with `auth.fail_closed_when_stale` answer 503). Default: 30s.
+    pub(super) stale_after: Option<ConfigDuration>,
     /// A Redis shared by a fleet, instead of the embedded store.
     pub(super) redis: Option<RawRedisStore>,
 }
@@ -479,6 +482,11 @@ pub(super) struct RawRouteAuth {
     /// Only tokens for one of these audiences; any accepted one by default.
     #[serde(default)]
     pub(super) audiences: Vec<String>,
+    /// Answer 503 while the state store has not been read for longer than
+    /// `store.stale_after` (revocations not known current). Default: serve
+    /// from the revocations held.
+    #[serde(default)]
+    pub(super) fail_closed_when_stale: bool,
 }
 
 impl Default for RawRouteAuth {
@@ -488,6 +496,7 @@ impl Default for RawRouteAuth {
             scopes: Vec::new(),
             issuers: None,
             audiences: Vec::new(),
+            fail_closed_when_stale: false,
         }
     }
 }

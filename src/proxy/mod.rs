@@ -169,6 +169,9 @@ async fn authenticate_and_authorize(
     req: &Request<RequestBody>,
     x: &mut Seen,
 ) -> Result<(), ProxyError> {
+    if route.cfg.fail_closed_when_stale && app.revocations_stale() {
+        return Err(ProxyError::RevocationsStale);
+    }
     if route.cfg.auth_required {
         match authenticate(app, snap, req.headers()).await {
             Ok(t) => x.token = Some(t),

@@ -15,20 +15,26 @@ impl RedisServer {
     /// Durable as valet asks (AOF, fsync always, no eviction), plus `extra`
     /// (`--name value` pairs; later ones win).
     pub fn start(extra: &[&str]) -> RedisServer {
-        // A port the kernel just gave out and took back: free, barring a race.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let mut server = RedisServer {
             child: None,
-            port,
+            port: 0,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             dir: tempfile::tempdir().unwrap(),
         };
-        server.restart();
-        server
+        // A port the kernel just gave out and took back is free, barring a
+        // race with another test: then this server does not start, and
+        // another port is tried.
+        for _ in 0..5 {
+            server.port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            if server.try_start() {
+                return server;
+            }
+        }
+        panic!("redis-server did not start");
     }
 
     /// Stops it (SIGKILL: as a crash).
@@ -52,6 +58,11 @@ impl RedisServer {
 
     /// Starts it again on the same port and data (its append-only file).
     pub fn restart(&mut self) {
+        assert!(self.try_start(), "redis-server did not start again");
+    }
+
+    /// Starts it on `self.port`; false if it did not (the port taken).
+    fn try_start(&mut self) -> bool {
         self.stop();
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
@@ -72,8 +83,20 @@ impl RedisServer {
             .expect("redis-server (Debian package redis-server; .ci/run installs it)");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while self.cli(&["PING"]).trim() != "PONG" {
-            assert!(Instant::now() < deadline, "redis-server did not start");
+        loop {
+            let exited = self
+                .child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_some());
+            // Ours, not another test's server on the same port.
+            let dir = self.cli(&["CONFIG", "GET", "dir"]);
+            if !exited && dir.contains(self.dir.path().to_str().unwrap()) {
+                return true;
+            }
+            if exited || Instant::now() > deadline {
+                self.stop();
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -162,6 +162,13 @@ impl Upstream {
 
 /// An address where nothing listens.
 pub fn dead_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    // Bound and never listening, for the rest of the test process: a
+    // connection there is refused, and no other test (a gateway, an
+    // upstream) can be given the port meanwhile, as it could when a
+    // listener was bound and dropped.
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let a = s.local_addr().unwrap();
+    std::mem::forget(s);
+    a
 }
