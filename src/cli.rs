@@ -63,7 +63,8 @@ enum StoreCommand {
     /// After a Redis store lost its contents (restarted empty), let the
     /// authorities write again: what the store held is gone (validators keep
     /// the revocations they hold), and refresh tokens and assertions issued
-    /// before now are refused. Restoring a backup needs no reseed.
+    /// before now are refused. Run it after restoring a backup too (what was
+    /// recorded since the backup is gone).
     Reseed {
         #[arg(long, short)]
         config: PathBuf,

@@ -65,6 +65,19 @@ async fn revoke(p: &Proc, token: &str) {
     assert_eq!(r.status, 200, "{:?}", r.body);
 }
 
+/// Revokes `token`, retrying while the answer is 503 (a store connection
+/// that a Redis restart closed); whether it was acknowledged in time.
+async fn revoke_eventually(p: &Proc, token: &str) -> bool {
+    eventually(PICKUP, || async {
+        p.client(Proto::H1)
+            .post_form("/oauth2/revoke", &[("token", token)], Some(("svc", SECRET)))
+            .await
+            .status
+            == 200
+    })
+    .await
+}
+
 async fn status(p: &Proc, token: &str) -> u16 {
     p.client(Proto::H1)
         .get("/api/x", Some(token))
@@ -684,4 +697,173 @@ async fn a_route_may_fail_closed_while_revocations_are_stale() {
     redis.restart();
     assert!(eventually(PICKUP, || async { status(&v, &t).await == 200 }).await);
     assert_eq!(stale().await, 0.0);
+}
+
+/// A benchmark, not a test (ignored; nothing asserted on time): how long a
+/// revocation acknowledged by the authority takes to be enforced by a
+/// validator through Redis, over 1 000 revocations at spread-out moments;
+/// then how many revocations a second the authority acknowledges, one
+/// after another. Run:
+/// `cargo test --release --test redis_store -- --ignored propagation --nocapture`
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn propagation_through_redis() {
+    let redis = RedisServer::start(&[]);
+    let store = store_yaml(&redis.url(), None);
+    let up = Upstream::start().await;
+    let authority = Proc::start_with(
+        &default_routes(up.addr),
+        &authority_yaml(&store),
+        Stdio::null(),
+    )
+    .await;
+    let validator = authority
+        .with_config(&validator_config(&authority, &store, 0))
+        .await;
+    let (a, v) = (authority.client(Proto::H1), validator.client(Proto::H1));
+    let mut took = Vec::new();
+    for i in 0..1000u64 {
+        let t = authority.issue_token("svc", SECRET).await;
+        let jitter = i.wrapping_mul(2_654_435_761) % 250;
+        tokio::time::sleep(std::time::Duration::from_millis(jitter)).await;
+        let r = a
+            .post_form("/oauth2/revoke", &[("token", &t)], Some(("svc", SECRET)))
+            .await;
+        assert_eq!(r.status, 200);
+        let acked = std::time::Instant::now();
+        while v.get("/api/x", Some(&t)).await.status != 401 {
+            assert!(acked.elapsed() < PICKUP, "not propagated");
+        }
+        took.push(acked.elapsed());
+    }
+    took.sort();
+    let at = |q: f64| took[((took.len() as f64 * q) as usize).min(took.len() - 1)];
+    eprintln!(
+        "revocation propagation through Redis over {}: p50 {:?}, p99 {:?}, max {:?}",
+        took.len(),
+        at(0.50),
+        at(0.99),
+        took[took.len() - 1]
+    );
+    let mut tokens = Vec::new();
+    for _ in 0..2000 {
+        tokens.push(authority.issue_token("svc", SECRET).await);
+    }
+    let started = std::time::Instant::now();
+    for t in &tokens {
+        let r = a
+            .post_form("/oauth2/revoke", &[("token", t)], Some(("svc", SECRET)))
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{} revocations one after another: {:.0}/s ({:.2} ms each, appendfsync always)",
+        tokens.len(),
+        tokens.len() as f64 / secs,
+        secs * 1000.0 / tokens.len() as f64
+    );
+}
+
+/// A benchmark, not a test (ignored): a validator's full read of a store
+/// holding 1 000 000 revoked token ids, its time and the memory it holds.
+/// Run: `cargo test --release --test redis_store -- --ignored full_resync --nocapture`
+#[test]
+#[ignore]
+fn full_resync_of_a_million_revoked_ids() {
+    use valet::store::{Record, Store};
+    let redis = RedisServer::start(&[]);
+    let s = open(&redis, "valet:");
+    let exp = now() + 86_400;
+    for chunk in 0..100 {
+        let batch: Vec<Record> = (0..10_000)
+            .map(|i| Record::Token {
+                jti: format!("{:032x}", chunk * 10_000 + i),
+                expires_at: exp,
+            })
+            .collect();
+        s.append(&batch).unwrap();
+    }
+    let rss = || {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+            .unwrap()
+    };
+    let before = rss();
+    let started = std::time::Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let r = valet::revocation::Revocations::on_store(
+        &dir.path().join("revocations.yaml"),
+        std::sync::Arc::new(open(&redis, "valet:")),
+        false,
+    )
+    .unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.current().len().0, 1_000_000);
+    eprintln!(
+        "full read of 1 000 000 revoked ids: {:?}; memory held after: {} MB more",
+        took,
+        (rss() - before) / 1024
+    );
+}
+
+/// A backup restored under running validators: the log's positions go back
+/// and are given out again. A validator whose position is reached again by
+/// new writes before it reads sees that the entry there is not the one it
+/// read (its nonce), reads the store whole, and enforces the new writes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restored_backup_does_not_make_validators_skip_new_revocations() {
+    let mut redis = RedisServer::start(&[]);
+    let store = store_yaml(&redis.url(), None);
+    let up = Upstream::start().await;
+    let a = Proc::start_with(
+        &default_routes(up.addr),
+        &authority_yaml(&store),
+        Stdio::null(),
+    )
+    .await;
+    let v = a.with_config(&validator_config(&a, &store, 0)).await;
+    let tokens: Vec<String> = {
+        let mut t = Vec::new();
+        for _ in 0..5 {
+            t.push(a.issue_token("svc", SECRET).await);
+        }
+        t
+    };
+    revoke(&a, &tokens[0]).await;
+    let backup = redis.backup();
+    // Two more after the backup, which the validator reads. (The first
+    // write after a restart may meet the connection the restart closed:
+    // 503, nothing acknowledged; the client retries.)
+    for t in &tokens[1..3] {
+        assert!(revoke_eventually(&a, t).await);
+    }
+    assert!(eventually(PICKUP, || async { status(&v, &tokens[2]).await == 401 }).await);
+    let pid = v.child.id().to_string();
+    let signal = |sig: &str| {
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+    // Away while the backup comes back and two new revocations take the
+    // positions it read last.
+    signal("-STOP");
+    redis.restore(&backup);
+    for t in &tokens[3..5] {
+        assert!(revoke_eventually(&a, t).await);
+    }
+    signal("-CONT");
+    for t in &tokens[3..5] {
+        assert!(
+            eventually(PICKUP, || async { status(&v, t).await == 401 }).await,
+            "a revocation at a reused position was skipped"
+        );
+    }
+    // What it held stays, what the backup lost included.
+    assert_eq!(status(&v, &tokens[1]).await, 401);
 }

@@ -111,6 +111,9 @@ pub struct App {
     /// When the last follow that read the store to its end started (ms):
     /// a token request arriving before it needs no follow of its own.
     followed_ms: AtomicI64,
+    /// When the last follow started, read to its end or not (ms): a token
+    /// request arriving before a failed one does not try again.
+    follow_tried_ms: AtomicI64,
     /// One token request's follow at a time (the others wait here, not on
     /// blocking threads).
     sync_follow: tokio::sync::Mutex<()>,
@@ -265,6 +268,7 @@ impl App {
             follow_lock: Mutex::new(()),
             // The store was read whole just now (`Revocations::on_store`).
             followed_ms: AtomicI64::new(crate::revocation::now_ms()),
+            follow_tried_ms: AtomicI64::new(0),
             sync_follow: Default::default(),
             clients_pending: AtomicBool::new(false),
             oauth1_store: OnceLock::new(),
@@ -543,7 +547,13 @@ impl App {
             // Concurrent requests share one follow: whoever waited here
             // while a follow that started after it ran needs none.
             let _one = self.sync_follow.lock().await;
-            self.followed_ms.load(Ordering::Acquire) >= now_ms || {
+            if self.followed_ms.load(Ordering::Acquire) >= now_ms {
+                true
+            } else if self.follow_tried_ms.load(Ordering::Acquire) >= now_ms {
+                // One that started after this request failed: the store is
+                // out of reach; do not queue another behind it.
+                false
+            } else {
                 let app = self.clone();
                 tokio::task::spawn_blocking(move || app.follow_store())
                     .await
@@ -649,6 +659,7 @@ impl App {
     pub fn follow_store(&self) -> bool {
         let _one = self.follow_lock.lock().unwrap_or_else(|e| e.into_inner());
         let started_ms = crate::revocation::now_ms();
+        self.follow_tried_ms.fetch_max(started_ms, Ordering::AcqRel);
         let t = std::time::Instant::now();
         let r = self.revocations.follow();
         self.metrics.store_call("follow", t.elapsed(), r.is_ok());

@@ -1353,6 +1353,13 @@ fn store_redis(
         );
         return None;
     }
+    if r.url.contains('#') {
+        c.at(
+            "store.redis.url",
+            "a fragment (such as #insecure, which turns certificate checks off) is not accepted",
+        );
+        return None;
+    }
     let rest = &r.url[r.url.find("://").map_or(0, |i| i + 3)..];
     if rest
         .split('/')

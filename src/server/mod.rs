@@ -184,23 +184,37 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             }
         }));
     }
-    // The state store, in a task of its own (its calls block a thread):
+    // The state store, in tasks of their own (its calls block a thread):
     // other processes' revocations are followed from its log, seen within
-    // STORE_FOLLOW of their write; what expired is pruned every 30 s.
+    // STORE_FOLLOW of their write (at once on a store that can say when
+    // it changed: Redis); what expired is pruned every 30 s.
+    {
+        let app = app.clone();
+        let mut rx = store_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let a = app.clone();
+                let round = tokio::task::spawn_blocking(move || {
+                    let at = a.revocations.position();
+                    a.revocations.store().wait_for_changes(at, STORE_FOLLOW);
+                    a.follow_store();
+                });
+                tokio::select! {
+                    _ = round => {}
+                    _ = rx.changed() => return,
+                }
+            }
+        }));
+    }
     {
         let app = app.clone();
         let mut rx = store_rx;
         tasks.push(tokio::spawn(async move {
-            let mut follow = tokio::time::interval(STORE_FOLLOW);
-            follow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut prune = tokio::time::interval(Duration::from_secs(30));
             prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let a = app.clone();
                 tokio::select! {
-                    _ = follow.tick() => {
-                        let _ = tokio::task::spawn_blocking(move || a.follow_store()).await;
-                    }
                     _ = prune.tick() => {
                         let _ = tokio::task::spawn_blocking(move || a.prune_store()).await;
                     }

@@ -248,6 +248,14 @@ pub trait Store: Send + Sync {
         0
     }
 
+    /// Waits until the log may hold changes after `after`, for `up_to` at
+    /// most: the follower's pace. A store that cannot be told of changes
+    /// (the embedded one: other processes write the file) just waits.
+    fn wait_for_changes(&self, after: Position, up_to: std::time::Duration) {
+        let _ = after;
+        std::thread::sleep(up_to);
+    }
+
     /// Connections made again after a failure (a networked store's).
     fn reconnects(&self) -> u64 {
         0

@@ -46,6 +46,9 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// A log entry as read: (position, kind, key, value, nonce).
+type LogEntry = (i64, i64, String, i64, String);
+
 /// A connection, and whether one was ever opened here (a new one is then
 /// a reconnection).
 #[derive(Default)]
@@ -107,6 +110,8 @@ pub struct RedisStore {
     name: String,
     write: Mutex<Slot>,
     read: Mutex<Slot>,
+    /// The follower's blocking reads (`XREAD BLOCK`) hold their own.
+    wait: Mutex<Slot>,
     verified: Verified,
     backoff: Mutex<Backoff>,
     reconnects: AtomicU64,
@@ -121,6 +126,12 @@ struct Held {
     read: Option<String>,
     write: Option<String>,
     since: i64,
+    /// The newest `generation_at` the follower saw (a reseed another
+    /// process's write has not run into yet).
+    seen_since: i64,
+    /// The last log entry read (position, nonce): resuming checks it is
+    /// still there.
+    last: Option<(i64, String)>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -192,7 +203,17 @@ fn now() -> i64 {
 /// Shared by the scripts: revoke (kind, key, value) with "later wins", and
 /// log it. `p` is the key prefix.
 const LUA_REVOKE: &str = r#"
+-- The log entry first: if it cannot be added, nothing else was written.
+-- Its nonce (the server's clock) tells it from an entry a restored store
+-- gives the same position.
+local function log(p, kind, key, value)
+  local pos = redis.call('INCR', p .. 'seq')
+  local t = redis.call('TIME')
+  redis.call('XADD', p .. 'log', pos .. '-0', 'k', kind, 'key', key, 'v', value, 'n', t[1] .. '.' .. t[2])
+  return pos
+end
 local function revoke(p, kind, key, value)
+  local pos = log(p, kind, key, value)
   local h = p .. 'revoked:' .. kind
   local old = redis.call('HGET', h, key)
   if (not old) or tonumber(old) < tonumber(value) then
@@ -201,13 +222,6 @@ local function revoke(p, kind, key, value)
       redis.call('ZADD', p .. 'expiry:' .. kind, value, key)
     end
   end
-  local pos = redis.call('INCR', p .. 'seq')
-  redis.call('XADD', p .. 'log', pos .. '-0', 'k', kind, 'key', key, 'v', value)
-  return pos
-end
-local function log(p, kind, key, value)
-  local pos = redis.call('INCR', p .. 'seq')
-  redis.call('XADD', p .. 'log', pos .. '-0', 'k', kind, 'key', key, 'v', value)
   return pos
 end
 "#;
@@ -255,6 +269,7 @@ impl RedisStore {
             name,
             write: Mutex::default(),
             read: Mutex::default(),
+            wait: Mutex::default(),
             verified: Verified::default(),
             backoff: Mutex::default(),
             reconnects: AtomicU64::new(0),
@@ -278,19 +293,7 @@ impl RedisStore {
     /// has not run out: then a failure at once (the caller, a follower or
     /// a write answered 503, does not wait on an unreachable Redis).
     fn connect(&self) -> Result<Connection, StoreError> {
-        {
-            let b = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(next) = b.next.filter(|n| *n > Instant::now()) {
-                return Err(fail(
-                    &self.name,
-                    format!(
-                        "unreachable ({} failed attempts); the next in {} ms",
-                        b.failures,
-                        (next - Instant::now()).as_millis()
-                    ),
-                ));
-            }
-        }
+        self.backing_off()?;
         let opened = self
             .client
             .get_connection_with_timeout(TIMEOUT)
@@ -306,17 +309,42 @@ impl RedisStore {
                 Ok(c)
             }
             Err(e) => {
-                b.failures = b.failures.saturating_add(1);
-                let full = BACKOFF_FIRST
-                    .saturating_mul(1 << b.failures.min(16))
-                    .min(BACKOFF_MAX);
-                let mut r = [0u8; 1];
-                aws_lc_rs::rand::fill(&mut r).expect("system randomness");
-                let wait = full.mul_f64(0.5 + f64::from(r[0]) / 510.0);
-                b.next = Some(Instant::now() + wait);
+                drop(b);
+                self.failed();
                 Err(fail(&self.name, e))
             }
         }
+    }
+
+    /// A failure at once while backing off: no caller waits on a Redis that
+    /// just failed (nor queues behind one that does).
+    fn backing_off(&self) -> Result<(), StoreError> {
+        let b = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        match b.next.filter(|n| *n > Instant::now()) {
+            Some(next) => Err(fail(
+                &self.name,
+                format!(
+                    "unreachable ({} failed attempts); the next in {} ms",
+                    b.failures,
+                    (next - Instant::now()).as_millis()
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Notes a failed connection or a call that timed out: the next
+    /// attempt waits (doubling, jittered).
+    fn failed(&self) {
+        let mut b = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        b.failures = b.failures.saturating_add(1);
+        let full = BACKOFF_FIRST
+            .saturating_mul(1 << b.failures.min(16))
+            .min(BACKOFF_MAX);
+        let mut r = [0u8; 1];
+        aws_lc_rs::rand::fill(&mut r).expect("system randomness");
+        let wait = full.mul_f64(0.5 + f64::from(r[0]) / 510.0);
+        b.next = Some(Instant::now() + wait);
     }
 
     /// Runs `f` on the write (or read) connection, opening it if needed; a
@@ -326,7 +354,15 @@ impl RedisStore {
         write: bool,
         f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
-        let slot = if write { &self.write } else { &self.read };
+        self.on(if write { &self.write } else { &self.read }, f)
+    }
+
+    fn on<T>(
+        &self,
+        slot: &Mutex<Slot>,
+        f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        self.backing_off()?;
         let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
         if slot.conn.is_none() {
             slot.conn = Some(self.connect()?);
@@ -342,6 +378,11 @@ impl RedisStore {
                 if e.is_io_error() || e.is_unrecoverable_error() || e.is_timeout() {
                     slot.conn = None;
                 }
+                // A server that does not answer: back off (a closed
+                // connection, as after a restart, is opened again at once).
+                if e.is_timeout() {
+                    self.failed();
+                }
                 Err(fail(&self.name, e))
             }
         }
@@ -349,9 +390,14 @@ impl RedisStore {
 
     fn verify(&self) -> Result<Verified, StoreError> {
         let mut v = Verified::default();
+        // Only a refusal by the server (CONFIG blocked) is "unverified"; a
+        // connection that fails is a failure to start.
         let get = |name: &'static str| -> Result<Option<String>, StoreError> {
             let r: redis::RedisResult<Vec<String>> = self.with(false, |c| {
-                Ok(redis::cmd("CONFIG").arg("GET").arg(name).query(c))
+                match redis::cmd("CONFIG").arg("GET").arg(name).query(c) {
+                    Err(e) if e.is_io_error() || e.is_timeout() => Err(e),
+                    r => Ok(r),
+                }
             })?;
             Ok(r.ok().and_then(|kv| kv.into_iter().nth(1)))
         };
@@ -426,8 +472,59 @@ impl RedisStore {
             read: generation.clone(),
             write: generation,
             since: since.unwrap_or(0),
+            ..Held::default()
         };
         Ok(())
+    }
+
+    /// Log entries from `start` (an XRANGE bound) on, at most `limit`:
+    /// (position, kind, key, value, nonce). An entry valet did not write
+    /// (an id not `<position>-0`, no nonce) is an error, not skipped: a
+    /// follower must not pass over what it cannot read.
+    fn entries(&self, start: &str, limit: usize) -> Result<Vec<LogEntry>, StoreError> {
+        type Entry = (String, Vec<(String, String)>);
+        let raw: Vec<Entry> = self.with(false, |c| {
+            redis::cmd("XRANGE")
+                .arg(self.key("log"))
+                .arg(start)
+                .arg("+")
+                .arg("COUNT")
+                .arg(limit)
+                .query(c)
+        })?;
+        let mut out = Vec::with_capacity(raw.len());
+        for (id, fields) in raw {
+            let pos = id
+                .strip_suffix("-0")
+                .and_then(|p| p.parse::<i64>().ok())
+                .filter(|p| *p > 0);
+            let (mut kind, mut key, mut value, mut nonce) = (-1, String::new(), 0, None);
+            for (f, v) in fields {
+                match f.as_str() {
+                    "k" => kind = v.parse().unwrap_or(-1),
+                    "key" => key = v,
+                    "v" => value = v.parse::<f64>().map_or(0, |x| x as i64),
+                    "n" => nonce = Some(v),
+                    _ => {}
+                }
+            }
+            let (Some(pos), Some(nonce)) = (pos, nonce) else {
+                return Err(fail(
+                    &self.name,
+                    format!(
+                        "the log holds an entry valet did not write (`{id}`): remove it, or reseed"
+                    ),
+                ));
+            };
+            out.push((pos, kind, key, value, nonce));
+        }
+        Ok(out)
+    }
+
+    /// The nonce of the log entry at `pos`, if it is there.
+    fn nonce_at(&self, pos: i64) -> Result<Option<String>, StoreError> {
+        let e = self.entries(&format!("{pos}-0"), 1)?;
+        Ok(e.into_iter().find(|e| e.0 == pos).map(|e| e.4))
     }
 
     fn held(&self) -> Held {
@@ -583,7 +680,8 @@ impl Store for RedisStore {
     }
 
     fn since(&self, after: Position, limit: usize) -> Result<Since, StoreError> {
-        let (seq, (pruned, generation)): (Option<i64>, (Option<i64>, Option<String>)) =
+        type Meta = (Option<i64>, Option<String>, Option<i64>);
+        let (seq, (pruned, generation, generation_at)): (Option<i64>, Meta) =
             self.with(false, |c| {
                 redis::pipe()
                     .cmd("GET")
@@ -592,6 +690,7 @@ impl Store for RedisStore {
                     .arg(self.key("meta"))
                     .arg("pruned_through")
                     .arg("generation")
+                    .arg("generation_at")
                     .query(c)
             })?;
         let Some(generation) = generation else {
@@ -600,49 +699,34 @@ impl Store for RedisStore {
                 "it holds no valet generation: emptied (a Redis restarted without its data?); the revocations held stay in force",
             ));
         };
-        {
+        let last = {
             let mut h = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            h.seen_since = h.seen_since.max(generation_at.unwrap_or(0));
             if h.read.as_deref() != Some(generation.as_str()) {
-                // Another store now: read it whole, keeping what is held.
+                // Another store now: read it whole (`snapshot` takes the
+                // new generation once it has), keeping what is held.
                 tracing::warn!(store = %self.name, "the store's generation changed (emptied and started again, or reseeded); reading it whole, keeping every revocation held");
-                h.read = Some(generation);
                 return Ok(Since::Trimmed);
             }
-        }
+            h.last.clone()
+        };
         if after > seq.unwrap_or(0) || after < pruned.unwrap_or(0) {
             return Ok(Since::Trimmed);
         }
-        type Entry = (String, Vec<(String, String)>);
-        let entries: Vec<Entry> = self.with(false, |c| {
-            redis::cmd("XRANGE")
-                .arg(self.key("log"))
-                .arg(format!("({after}-0"))
-                .arg("+")
-                .arg("COUNT")
-                .arg(limit)
-                .query(c)
-        })?;
-        let mut out = Vec::with_capacity(entries.len());
-        for (id, fields) in entries {
-            let pos: i64 = id
-                .split_once('-')
-                .and_then(|(p, _)| p.parse().ok())
-                .ok_or_else(|| {
-                    fail(
-                        &self.name,
-                        format!("a log entry id `{id}` valet did not write"),
-                    )
-                })?;
-            let (mut kind, mut key, mut value) = (-1, String::new(), 0);
-            for (f, v) in fields {
-                match f.as_str() {
-                    "k" => kind = v.parse().unwrap_or(-1),
-                    "key" => key = v,
-                    "v" => value = v.parse::<f64>().map_or(0, |x| x as i64),
-                    _ => {}
-                }
+        // Resuming from `after`: the entry there must be the one this
+        // process read (its nonce). Another one means the log went back (a
+        // backup restored, writes lost) and positions are given out again.
+        if let Some((at, nonce)) = last.filter(|(at, _)| *at == after && after > 0) {
+            if self.nonce_at(at)?.as_deref() != Some(nonce.as_str()) {
+                tracing::warn!(store = %self.name, position = at, "the store's log went back (restored, or writes lost): reading it whole, keeping every revocation held");
+                return Ok(Since::Trimmed);
             }
+        }
+        let entries = self.entries(&format!("({after}-0"), limit)?;
+        let mut out = Vec::with_capacity(entries.len());
+        for (pos, kind, key, value, nonce) in entries {
             out.push((pos, change(kind, key, value)));
+            self.held.lock().unwrap_or_else(|e| e.into_inner()).last = Some((pos, nonce));
         }
         Ok(Since::Changes(out))
     }
@@ -650,8 +734,20 @@ impl Store for RedisStore {
     fn snapshot(&self) -> Result<Snapshot, StoreError> {
         // The position first: what changes while the hashes are read is
         // read again from the log (a revocation only ever grows).
-        let position: Option<i64> =
-            self.with(false, |c| redis::cmd("GET").arg(self.key("seq")).query(c))?;
+        let (position, generation): (Option<i64>, Option<String>) = self.with(false, |c| {
+            redis::pipe()
+                .cmd("GET")
+                .arg(self.key("seq"))
+                .cmd("HGET")
+                .arg(self.key("meta"))
+                .arg("generation")
+                .query(c)
+        })?;
+        let position = position.unwrap_or(0);
+        let nonce = match position {
+            0 => None,
+            p => self.nonce_at(p)?,
+        };
         let mut records = Vec::new();
         for kind in [TOKEN, FAMILY, CLIENT, SUBJECT] {
             let h = self.key(&format!("revoked:{kind}"));
@@ -674,10 +770,11 @@ impl Store for RedisStore {
                 cursor = next;
             }
         }
-        Ok(Snapshot {
-            records,
-            position: position.unwrap_or(0),
-        })
+        // Read whole: from now on this is the store followed.
+        let mut h = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        h.read = generation;
+        h.last = nonce.map(|n| (position, n));
+        Ok(Snapshot { records, position })
     }
 
     fn prune(&self, now: i64, batch: usize) -> Result<usize, StoreError> {
@@ -739,9 +836,10 @@ impl Store for RedisStore {
     ) -> Result<bool, StoreError> {
         let s = script(
             "local p, f = ARGV[1], ARGV[2]
-             local had = redis.call('HDEL', p .. 'oauth1', f)
-             if ARGV[3] == '1' then redis.call('HSET', p .. 'oauth1', f, ARGV[4]) end
+             local had = redis.call('HEXISTS', p .. 'oauth1', f)
              if had == 1 or ARGV[3] == '1' then log(p, '4', f, ARGV[5]) end
+             redis.call('HDEL', p .. 'oauth1', f)
+             if ARGV[3] == '1' then redis.call('HSET', p .. 'oauth1', f, ARGV[4]) end
              return had",
         );
         let had: i64 = self.invoke(&s, |inv| {
@@ -852,9 +950,9 @@ impl Store for RedisStore {
              if ARGV[3] == 'create' then
                if cur then return 0 end
              elseif cur ~= ARGV[4] then return 0 end
+             log(p, '5', id, ARGV[7])
              if ARGV[5] == '1' then redis.call('HSET', p .. 'clients', id, ARGV[6])
              else redis.call('HDEL', p .. 'clients', id) end
-             log(p, '5', id, ARGV[7])
              return 1",
         );
         let (mode, current) = match how {
@@ -876,8 +974,29 @@ impl Store for RedisStore {
         self.reconnects.load(Ordering::Relaxed)
     }
 
+    /// Blocks on the stream (`XREAD BLOCK`) until an entry after `after`
+    /// is added: a follower learns of a revocation as it is written, not
+    /// at its next poll. Unreachable: waits `up_to`, as the poll did.
+    fn wait_for_changes(&self, after: Position, up_to: Duration) {
+        let r = self.on(&self.wait, |c| {
+            redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(1)
+                .arg("BLOCK")
+                .arg(up_to.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(self.key("log"))
+                .arg(format!("{after}-0"))
+                .query::<redis::Value>(c)
+        });
+        if r.is_err() {
+            std::thread::sleep(up_to);
+        }
+    }
+
     fn generation_since(&self) -> i64 {
-        self.held().since
+        let h = self.held();
+        h.since.max(h.seen_since)
     }
 
     fn counts(&self) -> Result<Counts, StoreError> {
@@ -962,7 +1081,10 @@ impl Store for RedisStore {
                redis.call('HSETNX', p .. 'oauth1', f, b) end)
              take(nextarg(), function()
                local id, r = nextarg(), nextarg()
-               if redis.call('HSETNX', p .. 'clients', id, r) == 1 then log(p, '5', id, 0) end end)
+               if redis.call('HEXISTS', p .. 'clients', id) == 0 then
+                 log(p, '5', id, 0)
+                 redis.call('HSET', p .. 'clients', id, r)
+               end end)
              redis.call('HSET', p .. 'meta', marker, total)
              return 1",
         );

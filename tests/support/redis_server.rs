@@ -56,6 +56,26 @@ impl RedisServer {
         self.restart();
     }
 
+    /// Stops it, copies its data aside (a backup), starts it again.
+    pub fn backup(&mut self) -> tempfile::TempDir {
+        self.stop();
+        let to = tempfile::tempdir().unwrap();
+        copy_dir(self.dir.path(), to.path());
+        self.restart();
+        to
+    }
+
+    /// Stops it, puts `backup`'s data in place of its own, starts it again.
+    pub fn restore(&mut self, backup: &tempfile::TempDir) {
+        self.stop();
+        for e in std::fs::read_dir(self.dir.path()).unwrap() {
+            let p = e.unwrap().path();
+            let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+        }
+        copy_dir(backup.path(), self.dir.path());
+        self.restart();
+    }
+
     /// Starts it again on the same port and data (its append-only file).
     pub fn restart(&mut self) {
         assert!(self.try_start(), "redis-server did not start again");
@@ -126,4 +146,15 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", from.display()))
+        .arg(to)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cp -a failed");
 }
