@@ -833,7 +833,26 @@ async fn two_gateways_sharing_the_store_see_each_others_tokens() {
 /// completes through a callback at another, and only once.
 #[tokio::test]
 async fn a_flow_started_at_one_gateway_completes_at_another() {
-    let s = setup("").await;
+    flow_across_gateways(&setup("").await).await;
+}
+
+/// The same across two authorities on one Redis (other hosts' processes).
+#[tokio::test]
+async fn a_flow_started_at_one_authority_completes_at_another_on_redis() {
+    let redis = support::redis_server::RedisServer::start(&[]);
+    let store = format!("store:\n  redis:\n    url: \"{}\"\n", redis.url());
+    let s = setup_with("", false, &store).await;
+    flow_across_gateways(&s).await;
+    // Through Redis, not a file.
+    assert!(!s
+        .gw
+        .revocation_path
+        .with_file_name("valet-state.db")
+        .exists());
+    assert_eq!(redis.cli(&["HLEN", "valet:oauth1"]).trim(), "1");
+}
+
+async fn flow_across_gateways(s: &Setup) {
     let (other, b) = s.second_gateway().await;
     let alice = s.gw.token("alice", "read");
     let r = s.start_flow(&alice, "").await;

@@ -867,3 +867,53 @@ async fn a_restored_backup_does_not_make_validators_skip_new_revocations() {
     // What it held stays, what the backup lost included.
     assert_eq!(status(&v, &tokens[1]).await, 401);
 }
+
+/// One refresh token presented at the same instant to two authority
+/// processes on one Redis: exactly one first use (200), the other a reuse
+/// (400), ten times over.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_authorities_on_redis_give_a_refresh_token_exactly_one_first_use() {
+    let redis = RedisServer::start(&[]);
+    let store = store_yaml(&redis.url(), None);
+    let up = Upstream::start().await;
+    let a = Proc::start_with(
+        &default_routes(up.addr),
+        &authority_yaml(&store),
+        Stdio::null(),
+    )
+    .await;
+    let b = a.sibling().await;
+    for round in 0..10 {
+        let r = a
+            .client(Proto::H1)
+            .post_form(
+                "/oauth2/token",
+                &[
+                    ("grant_type", "password"),
+                    ("username", "alice"),
+                    ("password", "alice-pw"),
+                ],
+                Some(("app", APP_SECRET)),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let rt = r.json()["refresh_token"].as_str().unwrap().to_string();
+        let send = |p: &Proc| {
+            let (c, rt) = (p.client(Proto::H1), rt.clone());
+            tokio::spawn(async move {
+                c.post_form(
+                    "/oauth2/token",
+                    &[("grant_type", "refresh_token"), ("refresh_token", &rt)],
+                    Some(("app", APP_SECRET)),
+                )
+                .await
+                .status
+                .as_u16()
+            })
+        };
+        let (x, y) = (send(&a), send(&b));
+        let mut got = [x.await.unwrap(), y.await.unwrap()];
+        got.sort();
+        assert_eq!(got, [200, 400], "round {round}");
+    }
+}
