@@ -279,6 +279,8 @@ fn open(redis: &RedisServer, prefix: &str) -> valet::store::redis::RedisStore {
             username: None,
             password: None,
             prefix: prefix.into(),
+            wait_replicas: 0,
+            wait_timeout: std::time::Duration::from_secs(1),
         },
         true,
     )
@@ -916,4 +918,64 @@ async fn two_authorities_on_redis_give_a_refresh_token_exactly_one_first_use() {
         got.sort();
         assert_eq!(got, [200, 400], "round {round}");
     }
+}
+
+/// `store.redis.wait_replicas`: a revocation is acknowledged only once a
+/// replica has it; with the replica down, 503 and nothing acknowledged;
+/// back, acknowledged again.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_wait_replicas_a_write_is_acknowledged_only_once_replicated() {
+    let primary = RedisServer::start(&[]);
+    let port = primary.port.to_string();
+    let mut replica = RedisServer::start(&["--replicaof", "127.0.0.1", &port]);
+    let synced = eventually(PICKUP, || async {
+        replica
+            .cli(&["INFO", "replication"])
+            .contains("master_link_status:up")
+    })
+    .await;
+    assert!(synced, "the replica did not sync");
+    let store =
+        store_yaml(&primary.url(), None) + "    wait_replicas: 1\n    wait_timeout: 300ms\n";
+    let up = Upstream::start().await;
+    let a = Proc::start_with(
+        &default_routes(up.addr),
+        &authority_yaml(&store),
+        Stdio::null(),
+    )
+    .await;
+    let (t1, t2) = (
+        a.issue_token("svc", SECRET).await,
+        a.issue_token("svc", SECRET).await,
+    );
+    revoke(&a, &t1).await;
+    assert_eq!(
+        replica
+            .cli(&["HEXISTS", "valet:revoked:0", &jti(&t1)])
+            .trim(),
+        "1"
+    );
+    replica.stop();
+    let r = a
+        .client(Proto::H1)
+        .post_form("/oauth2/revoke", &[("token", &t2)], Some(("svc", SECRET)))
+        .await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert_eq!(r.json()["error"], "temporarily_unavailable");
+    replica.restart();
+    assert!(
+        revoke_eventually(&a, &t2).await,
+        "not acknowledged once the replica was back"
+    );
+}
+
+/// A token's `jti` (its payload read without checking: the test made it).
+fn jti(token: &str) -> String {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    v["jti"].as_str().unwrap().to_string()
 }

@@ -1389,6 +1389,8 @@ fn store_redis(
         username: r.username.clone(),
         password,
         prefix: r.key_prefix.clone().unwrap_or_else(|| "valet:".into()),
+        wait_replicas: r.wait_replicas,
+        wait_timeout: r.wait_timeout.map_or(Duration::from_secs(1), |d| d.0),
     })
 }
 

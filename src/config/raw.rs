@@ -391,6 +391,12 @@ pub(super) struct RawRedisStore {
     pub(super) password_file: Option<String>,
     /// Put before every key. Default: `valet:`.
     pub(super) key_prefix: Option<String>,
+    /// Replicas a write must reach before it is acknowledged (WAIT).
+    /// Default: 0.
+    #[serde(default)]
+    pub(super) wait_replicas: u32,
+    /// How long a write waits for them. Default: 1s.
+    pub(super) wait_timeout: Option<ConfigDuration>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -82,6 +82,11 @@ pub struct RedisSettings {
     /// Put before every key (default `valet:`): several fleets may share a
     /// Redis, each under its own prefix and ACL key pattern.
     pub prefix: String,
+    /// Replicas that must have a write before it is acknowledged (`WAIT`):
+    /// 0, none.
+    pub wait_replicas: u32,
+    /// How long a write waits for them; fewer in time is a failed write.
+    pub wait_timeout: Duration,
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -108,6 +113,8 @@ pub struct RedisStore {
     client: redis::Client,
     prefix: String,
     name: String,
+    /// Replicas a write must reach, and how long it waits for them.
+    replicas: (u32, Duration),
     write: Mutex<Slot>,
     read: Mutex<Slot>,
     /// The follower's blocking reads (`XREAD BLOCK`) hold their own.
@@ -267,6 +274,7 @@ impl RedisStore {
             client,
             prefix: s.prefix.clone(),
             name,
+            replicas: (s.wait_replicas, s.wait_timeout),
             write: Mutex::default(),
             read: Mutex::default(),
             wait: Mutex::default(),
@@ -547,7 +555,23 @@ impl RedisStore {
                 let mut inv = s.prepare_invoke();
                 inv.arg(&self.prefix).arg(&generation);
                 args(&mut inv);
-                inv.invoke(c)
+                let out = inv.invoke(c)?;
+                // Acknowledged only once on the replicas asked for.
+                let (n, timeout) = self.replicas;
+                if n > 0 {
+                    let got: u32 = redis::cmd("WAIT")
+                        .arg(n)
+                        .arg(timeout.as_millis() as u64)
+                        .query(c)?;
+                    if got < n {
+                        return Err(redis::RedisError::from((
+                            redis::ErrorKind::Io,
+                            "not acknowledged",
+                            format!("the write reached {got} of the {n} replicas asked for within {} ms", timeout.as_millis()),
+                        )));
+                    }
+                }
+                Ok(out)
             });
             match r {
                 Err(e) if attempt == 0 && e.to_string().contains("VALET_GENERATION") => {
