@@ -281,6 +281,7 @@ fn open(redis: &RedisServer, prefix: &str) -> valet::store::redis::RedisStore {
             prefix: prefix.into(),
             wait_replicas: 0,
             wait_timeout: std::time::Duration::from_secs(1),
+            ca_pem: None,
         },
         true,
     )
@@ -978,4 +979,70 @@ fn jti(token: &str) -> String {
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     v["jti"].as_str().unwrap().to_string()
+}
+
+/// TLS to Redis with a private CA: the server's certificate is checked
+/// against `store.redis.ca_file` (rustls on aws-lc); without that CA the
+/// same server is refused at start.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_to_redis_with_a_private_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(certs.path());
+    let ca_pem = certs.path().join("redis-ca.pem");
+    ca.write_ca_pem(&ca_pem);
+    let (cert, key) = ca.issue_to(certs.path(), "redis", "localhost");
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    // Plain on its own port too, for the test's redis-cli.
+    let redis = RedisServer::start(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        cert.to_str().unwrap(),
+        "--tls-key-file",
+        key.to_str().unwrap(),
+        "--tls-ca-cert-file",
+        ca_pem.to_str().unwrap(),
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let url = format!("rediss://localhost:{tls_port}/0");
+    let store = store_yaml(&url, None) + &format!("    ca_file: \"{}\"\n", ca_pem.display());
+    let up = Upstream::start().await;
+    let a = Proc::start_with(
+        &default_routes(up.addr),
+        &authority_yaml(&store),
+        Stdio::null(),
+    )
+    .await;
+    let v = a.with_config(&validator_config(&a, &store, 0)).await;
+    let t = a.issue_token("svc", SECRET).await;
+    revoke(&a, &t).await;
+    assert!(eventually(PICKUP, || async { status(&v, &t).await == 401 }).await);
+    assert!(
+        redis
+            .cli(&["XLEN", "valet:log"])
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    // The same server without the CA: its certificate is not trusted.
+    let path = a.config.with_file_name("no-ca.yaml");
+    let text = std::fs::read_to_string(&a.config)
+        .unwrap()
+        .replace(&format!("    ca_file: \"{}\"\n", ca_pem.display()), "");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_valet"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
 }

@@ -1372,6 +1372,23 @@ fn store_redis(
         );
         return None;
     }
+    let ca_pem = match &r.ca_file {
+        Some(_) if !r.url.starts_with("rediss://") => {
+            c.at(
+                "store.redis.ca_file",
+                "a CA file is for TLS: the URL must start with rediss://",
+            );
+            return None;
+        }
+        Some(f) => match std::fs::read(resolve(base, f)) {
+            Ok(pem) => Some(pem),
+            Err(e) => {
+                c.at("store.redis.ca_file", format!("cannot read {f}: {e}"));
+                return None;
+            }
+        },
+        None => None,
+    };
     let password = match &r.password_file {
         Some(f) => match super::oauth1::read_secret(&resolve(base, f), "Redis password") {
             Ok(s) => Some(s),
@@ -1391,6 +1408,7 @@ fn store_redis(
         prefix: r.key_prefix.clone().unwrap_or_else(|| "valet:".into()),
         wait_replicas: r.wait_replicas,
         wait_timeout: r.wait_timeout.map_or(Duration::from_secs(1), |d| d.0),
+        ca_pem,
     })
 }
 

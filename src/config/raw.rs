@@ -397,6 +397,9 @@ pub(super) struct RawRedisStore {
     pub(super) wait_replicas: u32,
     /// How long a write waits for them. Default: 1s.
     pub(super) wait_timeout: Option<ConfigDuration>,
+    /// PEM CA certificates the server's (rediss://) must chain to. Default:
+    /// the system's roots.
+    pub(super) ca_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

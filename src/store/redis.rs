@@ -87,6 +87,9 @@ pub struct RedisSettings {
     pub wait_replicas: u32,
     /// How long a write waits for them; fewer in time is a failed write.
     pub wait_timeout: Duration,
+    /// PEM roots the server's certificate must chain to (rediss:// with a
+    /// private CA); the system's roots when `None`.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -269,7 +272,17 @@ impl RedisStore {
             rs = rs.set_password(String::from_utf8_lossy(p.expose()));
         }
         info = info.set_redis_settings(rs);
-        let client = redis::Client::open(info).map_err(|e| fail(&name, e))?;
+        let client = match &s.ca_pem {
+            Some(pem) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+            None => redis::Client::open(info),
+        }
+        .map_err(|e| fail(&name, e))?;
         let mut store = RedisStore {
             client,
             prefix: s.prefix.clone(),
