@@ -78,6 +78,35 @@ async fn revoke_eventually(p: &Proc, token: &str) -> bool {
     .await
 }
 
+/// alice's refresh token, by the password grant of `app` at `p`.
+async fn login(p: &Proc) -> String {
+    let r = p
+        .client(Proto::H1)
+        .post_form(
+            "/oauth2/token",
+            &[
+                ("grant_type", "password"),
+                ("username", "alice"),
+                ("password", "alice-pw"),
+            ],
+            Some(("app", APP_SECRET)),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.json()["refresh_token"].as_str().unwrap().to_string()
+}
+
+/// The refresh grant of `app` at `p`.
+async fn refresh(p: &Proc, rt: &str) -> support::client::Reply {
+    p.client(Proto::H1)
+        .post_form(
+            "/oauth2/token",
+            &[("grant_type", "refresh_token"), ("refresh_token", rt)],
+            Some(("app", APP_SECRET)),
+        )
+        .await
+}
+
 async fn status(p: &Proc, token: &str) -> u16 {
     p.client(Proto::H1)
         .get("/api/x", Some(token))
@@ -154,32 +183,8 @@ async fn a_refresh_token_replayed_at_another_authority_revokes_the_family() {
     )
     .await;
     let b = a.sibling().await;
-    let grant = |p: &Proc, rt: String| {
-        let c = p.client(Proto::H1);
-        async move {
-            c.post_form(
-                "/oauth2/token",
-                &[("grant_type", "refresh_token"), ("refresh_token", &rt)],
-                Some(("app", APP_SECRET)),
-            )
-            .await
-        }
-    };
-    let r = a
-        .client(Proto::H1)
-        .post_form(
-            "/oauth2/token",
-            &[
-                ("grant_type", "password"),
-                ("username", "alice"),
-                ("password", "alice-pw"),
-            ],
-            Some(("app", APP_SECRET)),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
-    let first = r.json()["refresh_token"].as_str().unwrap().to_string();
-    let r = grant(&a, first.clone()).await;
+    let first = login(&a).await;
+    let r = refresh(&a, &first).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let (second, access) = (
         r.json()["refresh_token"].as_str().unwrap().to_string(),
@@ -187,10 +192,10 @@ async fn a_refresh_token_replayed_at_another_authority_revokes_the_family() {
     );
     assert_eq!(status(&b, &access).await, 200);
     // Replayed at b: refused, and the family with it, everywhere.
-    let r = grant(&b, first).await;
+    let r = refresh(&b, &first).await;
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["error"], "invalid_grant");
-    assert_eq!(grant(&a, second).await.status, 400);
+    assert_eq!(refresh(&a, &second).await.status, 400);
     assert!(eventually(PICKUP, || async { status(&a, &access).await == 401 }).await);
 }
 
@@ -559,36 +564,7 @@ async fn a_redis_restarted_empty_is_detected_and_writes_wait_for_a_reseed() {
     );
     revoke(&a, &t1).await;
     assert!(eventually(PICKUP, || async { status(&v, &t1).await == 401 }).await);
-    let login = || {
-        let c = a.client(Proto::H1);
-        async move {
-            let r = c
-                .post_form(
-                    "/oauth2/token",
-                    &[
-                        ("grant_type", "password"),
-                        ("username", "alice"),
-                        ("password", "alice-pw"),
-                    ],
-                    Some(("app", APP_SECRET)),
-                )
-                .await;
-            assert_eq!(r.status, 200, "{:?}", r.body);
-            r.json()["refresh_token"].as_str().unwrap().to_string()
-        }
-    };
-    let refresh = |rt: String| {
-        let c = a.client(Proto::H1);
-        async move {
-            c.post_form(
-                "/oauth2/token",
-                &[("grant_type", "refresh_token"), ("refresh_token", &rt)],
-                Some(("app", APP_SECRET)),
-            )
-            .await
-        }
-    };
-    let old_rt = login().await;
+    let old_rt = login(&a).await;
 
     redis.restart_empty();
     let revoke_t2 = || {
@@ -604,7 +580,7 @@ async fn a_redis_restarted_empty_is_detected_and_writes_wait_for_a_reseed() {
     let r = revoke_t2().await;
     assert_eq!(r.status, 503, "{:?}", r.body);
     assert_eq!(r.json()["error"], "temporarily_unavailable");
-    let r = refresh(old_rt.clone()).await;
+    let r = refresh(&a, &old_rt).await;
     assert_eq!(
         r.status, 503,
         "a refresh against an emptied store: {:?}",
@@ -630,7 +606,7 @@ async fn a_redis_restarted_empty_is_detected_and_writes_wait_for_a_reseed() {
     assert!(eventually(PICKUP, || async { status(&v, &t2).await == 401 }).await);
     assert_eq!(status(&v, &t1).await, 401, "a held revocation was dropped");
     // The refresh token from before: its rotation record is gone.
-    let r = refresh(old_rt).await;
+    let r = refresh(&a, &old_rt).await;
     assert_eq!(r.status, 400, "{:?}", r.body);
     assert!(r.json()["error_description"]
         .as_str()
@@ -638,8 +614,8 @@ async fn a_redis_restarted_empty_is_detected_and_writes_wait_for_a_reseed() {
         .contains("before the state store was reset"));
     // After it, sign-in and rotation work.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    let rt = login().await;
-    assert_eq!(refresh(rt).await.status, 200);
+    let rt = login(&a).await;
+    assert_eq!(refresh(&a, &rt).await.status, 200);
 }
 
 /// Staleness: with Redis out of reach for longer than `store.stale_after`,
@@ -887,35 +863,10 @@ async fn two_authorities_on_redis_give_a_refresh_token_exactly_one_first_use() {
     .await;
     let b = a.sibling().await;
     for round in 0..10 {
-        let r = a
-            .client(Proto::H1)
-            .post_form(
-                "/oauth2/token",
-                &[
-                    ("grant_type", "password"),
-                    ("username", "alice"),
-                    ("password", "alice-pw"),
-                ],
-                Some(("app", APP_SECRET)),
-            )
-            .await;
-        assert_eq!(r.status, 200, "{:?}", r.body);
-        let rt = r.json()["refresh_token"].as_str().unwrap().to_string();
-        let send = |p: &Proc| {
-            let (c, rt) = (p.client(Proto::H1), rt.clone());
-            tokio::spawn(async move {
-                c.post_form(
-                    "/oauth2/token",
-                    &[("grant_type", "refresh_token"), ("refresh_token", &rt)],
-                    Some(("app", APP_SECRET)),
-                )
-                .await
-                .status
-                .as_u16()
-            })
-        };
-        let (x, y) = (send(&a), send(&b));
-        let mut got = [x.await.unwrap(), y.await.unwrap()];
+        let rt = login(&a).await;
+        // Both sent before either is awaited.
+        let (x, y) = tokio::join!(refresh(&a, &rt), refresh(&b, &rt));
+        let mut got = [x.status.as_u16(), y.status.as_u16()];
         got.sort();
         assert_eq!(got, [200, 400], "round {round}");
     }

@@ -26,6 +26,70 @@
 pub mod redis;
 pub mod sqlite;
 
+// How both backends write an entry: a kind, a key and a value. The numbers
+// are stored (SQLite's tables, Redis's hashes and stream): never renumber.
+const TOKEN: i64 = 0;
+const FAMILY: i64 = 1;
+const CLIENT: i64 = 2;
+const SUBJECT: i64 = 3;
+// Log only: an OAuth 1.0 token changed (key: provider "\n" subject).
+const OAUTH1_TOKEN: i64 = 4;
+// Log only: a managed client changed (key: its id).
+const CLIENT_RECORD: i64 = 5;
+
+fn kind_and_value(r: &Record) -> (i64, &str, i64) {
+    match r {
+        Record::Token { jti, expires_at } => (TOKEN, jti, *expires_at),
+        Record::Family { family, expires_at } => (FAMILY, family, *expires_at),
+        Record::Client { client_id, before } => (CLIENT, client_id, *before),
+        Record::Subject { subject, before } => (SUBJECT, subject, *before),
+    }
+}
+
+fn record(kind: i64, key: String, value: i64) -> Option<Record> {
+    Some(match kind {
+        TOKEN => Record::Token {
+            jti: key,
+            expires_at: value,
+        },
+        FAMILY => Record::Family {
+            family: key,
+            expires_at: value,
+        },
+        CLIENT => Record::Client {
+            client_id: key,
+            before: value,
+        },
+        SUBJECT => Record::Subject {
+            subject: key,
+            before: value,
+        },
+        _ => return None,
+    })
+}
+
+/// A log entry as a change (a kind this valet does not know: `Other`).
+fn change(kind: i64, key: String, value: i64) -> Change {
+    match kind {
+        // Provider names never hold a newline (config check).
+        OAUTH1_TOKEN => match key.split_once('\n') {
+            Some((provider, subject)) => Change::OAuth1Token {
+                provider: provider.to_string(),
+                subject: subject.to_string(),
+            },
+            None => Change::Other,
+        },
+        CLIENT_RECORD => Change::Client { id: key },
+        _ => record(kind, key, value).map_or(Change::Other, Change::Revoked),
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 /// A change log position: 0 is "before the first change".
 pub type Position = i64;
 

@@ -23,8 +23,8 @@
 //! connection that failed is opened again on the next call.
 
 use super::{
-    Change, ClientWrite, Counts, Flow, Import, Position, Record, Rotation, Since, Snapshot, Store,
-    StoreError,
+    change, kind_and_value, now, record, ClientWrite, Counts, Flow, Import, Position, Record,
+    Rotation, Since, Snapshot, Store, StoreError, CLIENT, FAMILY, SUBJECT, TOKEN,
 };
 use redis::{Connection, Script};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,14 +63,6 @@ struct Backoff {
     failures: u32,
     next: Option<Instant>,
 }
-
-// Record kinds, as in the log (the same numbers as the embedded store's).
-const TOKEN: i64 = 0;
-const FAMILY: i64 = 1;
-const CLIENT: i64 = 2;
-const SUBJECT: i64 = 3;
-const OAUTH1_TOKEN: i64 = 4;
-const CLIENT_RECORD: i64 = 5;
 
 /// Where and as whom to connect.
 #[derive(Clone)]
@@ -157,57 +149,6 @@ fn fail(name: &str, e: impl std::fmt::Display) -> StoreError {
         path: name.to_string(),
         message: e.to_string(),
     }
-}
-
-fn kind_and_value(r: &Record) -> (i64, &str, i64) {
-    match r {
-        Record::Token { jti, expires_at } => (TOKEN, jti, *expires_at),
-        Record::Family { family, expires_at } => (FAMILY, family, *expires_at),
-        Record::Client { client_id, before } => (CLIENT, client_id, *before),
-        Record::Subject { subject, before } => (SUBJECT, subject, *before),
-    }
-}
-
-fn record(kind: i64, key: String, value: i64) -> Option<Record> {
-    Some(match kind {
-        TOKEN => Record::Token {
-            jti: key,
-            expires_at: value,
-        },
-        FAMILY => Record::Family {
-            family: key,
-            expires_at: value,
-        },
-        CLIENT => Record::Client {
-            client_id: key,
-            before: value,
-        },
-        SUBJECT => Record::Subject {
-            subject: key,
-            before: value,
-        },
-        _ => return None,
-    })
-}
-
-fn change(kind: i64, key: String, value: i64) -> Change {
-    match kind {
-        OAUTH1_TOKEN => match key.split_once('\n') {
-            Some((p, s)) => Change::OAuth1Token {
-                provider: p.to_string(),
-                subject: s.to_string(),
-            },
-            None => Change::Other,
-        },
-        CLIENT_RECORD => Change::Client { id: key },
-        _ => record(kind, key, value).map_or(Change::Other, Change::Revoked),
-    }
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Shared by the scripts: revoke (kind, key, value) with "later wins", and

@@ -16,8 +16,9 @@
 //!   never reused, even after pruning.
 
 use super::{
-    Change, ClientWrite, Counts, Flow, Import, Position, Record, Rotation, Since, Snapshot, Store,
-    StoreError,
+    change, kind_and_value, now, record, ClientWrite, Counts, Flow, Import, Position, Record,
+    Rotation, Since, Snapshot, Store, StoreError, CLIENT, CLIENT_RECORD, FAMILY, OAUTH1_TOKEN,
+    SUBJECT, TOKEN,
 };
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
@@ -29,17 +30,6 @@ pub const SCHEMA_VERSION: i64 = 1;
 
 /// How long a call waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-// Record kinds, as stored.
-const TOKEN: i64 = 0;
-const FAMILY: i64 = 1;
-const CLIENT: i64 = 2;
-const SUBJECT: i64 = 3;
-// Log only: an OAuth 1.0 token changed (key: provider "\n" subject; value:
-// when the entry may be pruned).
-const OAUTH1_TOKEN: i64 = 4;
-// Log only: a managed client changed (key: its id; value: as above).
-const CLIENT_RECORD: i64 = 5;
 
 /// How long an OAuth 1.0 token or client change stays in the log: followers are
 /// running processes reading it every fraction of a second, and a process
@@ -100,53 +90,6 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-fn kind_and_value(r: &Record) -> (i64, &str, i64) {
-    match r {
-        Record::Token { jti, expires_at } => (TOKEN, jti, *expires_at),
-        Record::Family { family, expires_at } => (FAMILY, family, *expires_at),
-        Record::Client { client_id, before } => (CLIENT, client_id, *before),
-        Record::Subject { subject, before } => (SUBJECT, subject, *before),
-    }
-}
-
-/// A log entry as a change.
-fn change(kind: i64, key: String, value: i64) -> Change {
-    match kind {
-        // Provider names never hold a newline (config check).
-        OAUTH1_TOKEN => match key.split_once('\n') {
-            Some((provider, subject)) => Change::OAuth1Token {
-                provider: provider.to_string(),
-                subject: subject.to_string(),
-            },
-            None => Change::Other,
-        },
-        CLIENT_RECORD => Change::Client { id: key },
-        _ => record(kind, key, value).map_or(Change::Other, Change::Revoked),
-    }
-}
-
-fn record(kind: i64, key: String, value: i64) -> Option<Record> {
-    Some(match kind {
-        TOKEN => Record::Token {
-            jti: key,
-            expires_at: value,
-        },
-        FAMILY => Record::Family {
-            family: key,
-            expires_at: value,
-        },
-        CLIENT => Record::Client {
-            client_id: key,
-            before: value,
-        },
-        SUBJECT => Record::Subject {
-            subject: key,
-            before: value,
-        },
-        _ => return None,
-    })
-}
-
 /// Creates `path` empty with mode 0600 unless it exists.
 fn create_private(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -165,12 +108,6 @@ fn file_identity(path: &Path) -> std::io::Result<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path)?;
     Ok((m.dev(), m.ino()))
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 impl SqliteStore {
