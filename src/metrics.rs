@@ -83,6 +83,8 @@ pub struct Metrics {
     pub hash_jobs: IntCounterVec,
     /// Keys the authentication throttle holds (after the last prune).
     pub throttle_keys: IntGauge,
+    pub throttle_shared: IntGauge,
+    pub throttle_shared_records: IntCounterVec,
     /// Client-secret checks answered from the verified-secret cache.
     pub verified_secret_hits: IntCounter,
     pub oauth1_flows_started: IntCounterVec,
@@ -360,6 +362,25 @@ impl Metrics {
             "Keys the authentication throttle holds, after its last prune.",
         )
         .expect("valid metric");
+        let throttle_shared = IntGauge::new(
+            "valet_auth_throttle_shared",
+            "1 while failed attempts are shared with the other authorities through the \
+             store (Redis); 0 while each falls back to its allowance divided by \
+             expected_replicas, and on the embedded store, which has no channel.",
+        )
+        .expect("valid metric");
+        let throttle_shared_records = IntCounterVec::new(
+            Opts::new(
+                "valet_auth_throttle_shared_records_total",
+                "Failed attempts and sign-ins shared through the store: sent, received, \
+                 or dropped (queue full or store unreachable).",
+            ),
+            &["direction"],
+        )
+        .expect("valid metric");
+        for d in ["sent", "received", "dropped"] {
+            throttle_shared_records.with_label_values(&[d]);
+        }
         let verified_secret_hits = IntCounter::new(
             "valet_verified_secret_hits_total",
             "Client-secret checks answered from the cache of verified argon2id secrets.",
@@ -406,6 +427,8 @@ impl Metrics {
             Box::new(hash_queue_depth.clone()),
             Box::new(hash_jobs.clone()),
             Box::new(throttle_keys.clone()),
+            Box::new(throttle_shared.clone()),
+            Box::new(throttle_shared_records.clone()),
             Box::new(verified_secret_hits.clone()),
             Box::new(requests.clone()),
             Box::new(request_duration.clone()),
@@ -479,6 +502,8 @@ impl Metrics {
             hash_queue_depth,
             hash_jobs,
             throttle_keys,
+            throttle_shared,
+            throttle_shared_records,
             verified_secret_hits,
             oauth1_flows_started,
             oauth1_flows_completed,

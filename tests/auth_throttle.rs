@@ -293,3 +293,23 @@ async fn saturated_hashing_answers_503_with_retry_after() {
             >= 1.0
     );
 }
+
+/// `expected_replicas` divides every allowance while the fleet cannot share
+/// its failures: 0 (or absurdly many) is a config error, not a division by
+/// zero or an allowance of nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn expected_replicas_out_of_range_is_a_config_error() {
+    let (gw, up) = start("  expected_replicas: 2\n", "").await;
+    let routes = default_routes(up.addr);
+    for bad in ["0", "1001"] {
+        let settings = format!("  expected_replicas: {bad}\n");
+        let text = gw.config_text(&routes, &yaml(&settings, SVC_SECRET));
+        let e = valet::config::parse(&gw.config_path, &text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("valet.yaml:") && e.contains("expected_replicas must be between 1 and 1000"),
+            "{e}"
+        );
+    }
+}

@@ -107,6 +107,92 @@ async fn refresh(p: &Proc, rt: &str) -> support::client::Reply {
         .await
 }
 
+/// A sample of `p`'s metrics.
+async fn metric(p: &Proc, sample: &str) -> f64 {
+    metric_value(&client::plain_get(p.metrics, "/metrics").await.1, sample)
+}
+
+const SHARED: &str = "valet_auth_throttle_shared";
+
+/// A client-credentials request of `client` with a wrong secret at `p`.
+async fn guess(p: &Proc, client: &str) -> u16 {
+    p.client(Proto::H1)
+        .post_form(
+            "/oauth2/token",
+            &[("grant_type", "client_credentials")],
+            Some((client, "a-guess")),
+        )
+        .await
+        .status
+        .as_u16()
+}
+
+/// Guesses at one client's secret spread over three authorities are
+/// throttled as one allowance: each sees the others' failures (through
+/// Redis, asynchronously). With Redis down, each allows its share
+/// (allowance ÷ expected_replicas); back, they share again.
+#[tokio::test(flavor = "multi_thread")]
+async fn guesses_spread_over_three_authority_processes_are_throttled_as_one() {
+    let mut redis = RedisServer::start(&[]);
+    let store = store_yaml(&redis.url(), None);
+    let up = Upstream::start().await;
+    let yaml = authority_yaml(&store).replace(
+        "refresh_grace: 0s\n",
+        "refresh_grace: 0s\n  max_failed_auth: 6\n  failed_auth_window: 1h\n  expected_replicas: 3\n",
+    );
+    let a = Proc::start_with(&default_routes(up.addr), &yaml, Stdio::null()).await;
+    let (b, c) = (a.sibling().await, a.sibling().await);
+    let all = [&a, &b, &c];
+    for p in all {
+        assert!(eventually(PICKUP, || async { metric(p, SHARED).await == 1.0 }).await);
+    }
+    // Six guesses, two at each: within each one's allowance of six...
+    for p in all {
+        for _ in 0..2 {
+            assert_eq!(guess(p, "svc").await, 401);
+        }
+    }
+    // ...but together they are the whole allowance. Each receives the
+    // other four failures (two keys each: client and source).
+    let received = "valet_auth_throttle_shared_records_total{direction=\"received\"}";
+    for p in all {
+        assert!(
+            eventually(PICKUP, || async { metric(p, received).await >= 8.0 }).await,
+            "the others' failures did not arrive"
+        );
+    }
+    for p in all {
+        let r = p
+            .client(Proto::H1)
+            .post_form(
+                "/oauth2/token",
+                &[("grant_type", "client_credentials")],
+                Some(("svc", "a-guess")),
+            )
+            .await;
+        assert_eq!(r.status, 429, "{:?}", r.body);
+        assert!(r.headers.get("retry-after").is_some());
+        assert_eq!(r.json()["error"], "invalid_client");
+    }
+
+    // Redis down: nothing can be shared, so each authority allows a third
+    // of the allowance (6 ÷ 3 = 2 guesses at another client).
+    redis.stop();
+    for p in all {
+        assert!(eventually(PICKUP, || async { metric(p, SHARED).await == 0.0 }).await);
+    }
+    assert_eq!(guess(&a, "app").await, 401);
+    assert_eq!(guess(&a, "app").await, 401);
+    assert_eq!(guess(&a, "app").await, 429);
+    redis.restart();
+    for p in all {
+        assert!(
+            eventually(PICKUP, || async { metric(p, SHARED).await == 1.0 }).await,
+            "sharing did not resume after Redis came back"
+        );
+    }
+}
+
 async fn status(p: &Proc, token: &str) -> u16 {
     p.client(Proto::H1)
         .get("/api/x", Some(token))
@@ -236,7 +322,7 @@ async fn a_validators_acl_user_reads_and_follows_but_cannot_write() {
     let redis = RedisServer::start(&[]);
     // The two ACL lines README documents.
     for line in [
-        "ACL SETUSER valet-authority on >authority-pw ~valet:* +@all -@dangerous +config|get",
+        "ACL SETUSER valet-authority on >authority-pw ~valet:* &valet:* +@all -@dangerous +config|get",
         "ACL SETUSER valet-validator on >validator-pw ~valet:* -@all +@read +config|get",
     ] {
         let args: Vec<&str> = line.split(' ').collect();
@@ -260,8 +346,16 @@ async fn a_validators_acl_user_reads_and_follows_but_cannot_write() {
     assert_eq!(status(&v, &t).await, 200);
     revoke(&a, &t).await;
     assert!(eventually(PICKUP, || async { status(&v, &t).await == 401 }).await);
-    // The validator's user cannot write valet's keys, nor run a script.
+    // The authority's user may share failed attempts on valet's channel.
+    assert!(
+        eventually(PICKUP, || async { metric(&a, SHARED).await == 1.0 }).await,
+        "the authority's ACL line does not let it share its throttle"
+    );
+    // The validator's user cannot write valet's keys, nor run a script,
+    // nor publish on valet's channel.
     let user = Some(("valet-validator", "validator-pw"));
+    let out = redis.cli_as(user, &["PUBLISH", "valet:throttle", "x"]);
+    assert!(out.contains("NOPERM"), "{out}");
     let out = redis.cli_as(user, &["HSET", "valet:revoked:0", "x", "1"]);
     assert!(out.contains("NOPERM"), "{out}");
     let out = redis.cli_as(

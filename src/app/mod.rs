@@ -7,6 +7,7 @@ pub mod managed_clients;
 pub mod oauth1_tokens;
 pub mod route_signer;
 pub mod throttle;
+pub mod throttle_share;
 pub mod verified;
 
 use crate::bodies::LimitedBody;
@@ -81,6 +82,8 @@ pub struct App {
     /// Allowances of authentication attempts, across config reloads
     /// (rebuilt only when the configured allowances change).
     pub throttle: ArcSwap<crate::app::throttle::Throttle>,
+    /// The authorities' shared failures, on a store with a channel.
+    pub throttle_share: Option<Arc<crate::app::throttle_share::Share>>,
     /// The only place password hashes are verified.
     pub hash_pool: crate::app::hash_pool::HashPool,
     /// Recently verified argon2id client secrets.
@@ -236,8 +239,12 @@ impl App {
         let started_role = config.role;
         let snapshot = build_snapshot(&metrics, &clients, &key_sets, config);
         let auth = snapshot.config.authorization_server.as_ref();
+        let throttle_share = (started_role != crate::config::Role::Validator
+            && revocations.store().broadcasts())
+        .then(|| crate::app::throttle_share::Share::new(&metrics));
         let throttle = crate::app::throttle::Throttle::new(
             auth.map_or_else(default_allowances, |a| a.allowances),
+            throttle_share.clone(),
         );
         let workers = match auth.map_or(0, |a| a.hash_workers) {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -253,6 +260,7 @@ impl App {
             revocations,
             metrics,
             throttle: ArcSwap::from_pointee(throttle),
+            throttle_share,
             hash_pool,
             verified_secrets: Default::default(),
             clients,
@@ -516,7 +524,10 @@ impl App {
             .map_or_else(default_allowances, |a| a.allowances);
         if allowances != self.throttle.load().allowances {
             self.throttle
-                .store(Arc::new(crate::app::throttle::Throttle::new(allowances)));
+                .store(Arc::new(crate::app::throttle::Throttle::new(
+                    allowances,
+                    self.throttle_share.clone(),
+                )));
         }
         // A changed secret can never match an old entry (the key includes
         // the stored hash); forgetting them all also forgets removed clients.
@@ -911,6 +922,7 @@ fn default_allowances() -> crate::config::Allowances {
         per_client_source: a(d::DEFAULT_MAX_FAILED_AUTH),
         per_source: a(d::DEFAULT_MAX_FAILED_AUTH_PER_SOURCE),
         per_username: a(d::DEFAULT_MAX_FAILED_AUTH),
+        expected_replicas: 1,
     }
 }
 

@@ -19,6 +19,13 @@
 //! a background pruner drops keys whose allowance is full again and, past
 //! `MAX_KEYS` per limiter, evicts the rest. Nothing is pruned on the request
 //! path.
+//!
+//! Across a fleet (several authorities on one Redis) each process's
+//! allowance stays what the request path asks; failures and sign-ins are
+//! shared with the others asynchronously ([`super::throttle_share`]), in
+//! the form of a [`Canon`]: a key's kind, a digest of its name and its
+//! source. While that sharing is down each spend costs `expected_replicas`
+//! units, so N replicas together still allow about one allowance.
 
 use crate::config::{Allowance, Allowances};
 use governor::clock::{Clock, DefaultClock};
@@ -29,11 +36,13 @@ use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::{Quota, RateLimiter};
 use std::cell::Cell;
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
+
+use super::throttle_share::Share;
 
 /// Where attempts come from: an IPv4 address, or an IPv6 /64 (one host
 /// usually holds a whole /64, so single addresses would be free to rotate).
@@ -73,7 +82,83 @@ pub enum Key<'a> {
     Username(&'a str),
 }
 
+/// A key as the fleet names it: its kind, the first 16 bytes of the
+/// SHA-256 of its name (client id or username: names never leave the
+/// process) and its source (tag 0, 4 or 6, then the address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Canon {
+    kind: u8,
+    id: [u8; 16],
+    source: [u8; 17],
+}
+
+/// Bytes of an encoded [`Canon`].
+pub const CANON_LEN: usize = 34;
+
+/// The [`Canon`] kind of a sign-in (a familiar (username, source) pair).
+const SIGNED_IN: u8 = 4;
+
+impl Canon {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.push(self.kind);
+        out.extend_from_slice(&self.id);
+        out.extend_from_slice(&self.source);
+    }
+
+    /// `None` for a kind or source tag this valet does not know (a newer
+    /// peer's): passed over, never guessed at.
+    pub fn decode(b: &[u8]) -> Option<Canon> {
+        let b: &[u8; CANON_LEN] = b.try_into().ok()?;
+        let c = Canon {
+            kind: b[0],
+            id: b[1..17].try_into().ok()?,
+            source: b[17..].try_into().ok()?,
+        };
+        let sourced = matches!(c.source[0], 4 | 6);
+        let ok = match c.kind {
+            0 | 1 | 2 | SIGNED_IN => sourced,
+            3 => c.source == [0; 17],
+            _ => false,
+        };
+        ok.then_some(c)
+    }
+
+    fn of(kind: u8, name: Option<&str>, source: Option<Source>) -> Canon {
+        let mut id = [0u8; 16];
+        if let Some(n) = name {
+            let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, n.as_bytes());
+            id.copy_from_slice(&d.as_ref()[..16]);
+        }
+        let mut src = [0u8; 17];
+        match source.map(|s| s.0) {
+            Some(IpAddr::V4(ip)) => {
+                src[0] = 4;
+                src[1..5].copy_from_slice(&ip.octets());
+            }
+            Some(IpAddr::V6(ip)) => {
+                src[0] = 6;
+                src[1..].copy_from_slice(&ip.octets());
+            }
+            None => {}
+        }
+        Canon {
+            kind,
+            id,
+            source: src,
+        }
+    }
+}
+
 impl Key<'_> {
+    fn canon(&self) -> Canon {
+        match *self {
+            Key::ClientSource(id, s) => Canon::of(0, Some(id), Some(s)),
+            Key::Source(s) => Canon::of(1, None, Some(s)),
+            Key::UserSource(u, s) => Canon::of(2, Some(u), Some(s)),
+            Key::Username(u) => Canon::of(3, Some(u), None),
+        }
+    }
+
     /// The source this key counts, if it counts one.
     pub fn source(&self) -> Option<Source> {
         match self {
@@ -193,6 +278,7 @@ struct Limiter {
     gcra: RateLimiter<u64, Store, DefaultClock, NoOpMiddleware>,
     map: Arc<dashmap::DashMap<u64, InMemoryState>>,
     interval: Nanos,
+    burst: u32,
 }
 
 impl Limiter {
@@ -204,21 +290,27 @@ impl Limiter {
             interval: quota.replenish_interval().into(),
             gcra: RateLimiter::new(quota, store, clock.clone()),
             map,
+            burst: a.burst.max(1),
         }
     }
 
-    /// Gives back one unit. GCRA keeps a theoretical arrival time; moving it
+    /// Gives back `n` units. GCRA keeps a theoretical arrival time; moving it
     /// back by one interval undoes one check. It never grants more than
     /// the burst: governor treats a time in the past as "now".
-    fn refund(&self, key: u64) {
+    fn refund(&self, key: u64, n: u32) {
         if let Some(s) = self.map.get(&key) {
+            let back = Nanos::from(u64::from(self.interval).saturating_mul(u64::from(n)));
             let _ = s.measure_and_replace(&NotKeyed::NonKey, |tat| match tat {
-                Some(tat) => Ok(((), tat.saturating_sub(self.interval))),
+                Some(tat) => Ok(((), tat.saturating_sub(back))),
                 None => Err(()),
             });
         }
     }
 }
+
+/// What a [`Throttle::spend`] took of each key, to give back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spent(u32);
 
 /// The limiters. Rebuilt (forgetting their state) only when the allowances change.
 pub struct Throttle {
@@ -230,10 +322,12 @@ pub struct Throttle {
     client_source: Limiter,
     source: Limiter,
     username: Limiter,
+    /// The fleet's channel, on a store that has one.
+    share: Option<Arc<Share>>,
 }
 
 impl Throttle {
-    pub fn new(allowances: Allowances) -> Throttle {
+    pub fn new(allowances: Allowances, share: Option<Arc<Share>>) -> Throttle {
         let clock = DefaultClock::default();
         Throttle {
             allowances,
@@ -243,33 +337,27 @@ impl Throttle {
             username: Limiter::new(allowances.per_username, &clock),
             clock,
             familiar: Default::default(),
+            share,
         }
     }
 
-    fn limiter(&self, k: &Key<'_>) -> (&Limiter, u64) {
-        let mut h = self.keys.build_hasher();
-        // The label keeps kinds sharing a limiter apart.
-        k.label().hash(&mut h);
-        let l = match k {
-            Key::ClientSource(id, s) | Key::UserSource(id, s) => {
-                id.hash(&mut h);
-                s.hash(&mut h);
-                &self.client_source
-            }
-            Key::Source(s) => {
-                s.hash(&mut h);
-                &self.source
-            }
-            Key::Username(u) => {
-                u.hash(&mut h);
-                &self.username
-            }
+    fn limiter(&self, c: &Canon) -> Option<(&Limiter, u64)> {
+        let l = match c.kind {
+            0 | 2 => &self.client_source,
+            1 => &self.source,
+            3 => &self.username,
+            _ => return None,
         };
-        (l, h.finish())
+        Some((l, self.keys.hash_one(c)))
     }
 
-    fn pair(&self, username: &str, source: Source) -> u64 {
-        self.keys.hash_one(("familiar", username, source))
+    /// Units one attempt costs: 1, or `expected_replicas` while the fleet's
+    /// failures cannot be shared (the others' are not seen, nor ours by them).
+    fn cost(&self) -> u32 {
+        match &self.share {
+            Some(s) if !s.healthy() => self.allowances.expected_replicas.max(1),
+            _ => 1,
+        }
     }
 
     /// Whether `username` signed in from `source` lately. A per-username
@@ -278,26 +366,48 @@ impl Throttle {
     /// source) allowance, and the per-username one throttles the sources a
     /// distributed guesser uses, which have never signed in as that user.
     pub fn familiar(&self, username: &str, source: Source) -> bool {
+        let c = Canon::of(SIGNED_IN, Some(username), Some(source));
         self.familiar
-            .get(&self.pair(username, source))
+            .get(&self.keys.hash_one(c))
             .is_some_and(|t| t.elapsed() < FAMILIAR_FOR)
     }
 
-    /// Records a sign-in of `username` from `source` (bounded: past
-    /// `MAX_KEYS` pairs, new ones are not remembered until a prune).
+    /// Records a sign-in of `username` from `source`, here and (shared)
+    /// at the other authorities.
     pub fn signed_in(&self, username: &str, source: Source) {
-        let k = self.pair(username, source);
+        let c = Canon::of(SIGNED_IN, Some(username), Some(source));
+        self.remember(&c);
+        if let Some(s) = &self.share {
+            s.send(c);
+        }
+    }
+
+    /// Bounded: past `MAX_KEYS` pairs, new ones are not remembered until a
+    /// prune.
+    fn remember(&self, c: &Canon) {
+        let k = self.keys.hash_one(c);
         if self.familiar.len() < MAX_KEYS || self.familiar.contains_key(&k) {
             self.familiar.insert(k, std::time::Instant::now());
         }
     }
 
-    fn one(&self, k: &Key<'_>) -> Result<(), Throttled> {
-        let (l, key) = self.limiter(k);
-        l.gcra.check_key(&key).map_err(|not_until| Throttled {
+    fn one(&self, k: &Key<'_>, n: u32) -> Result<(), Throttled> {
+        let Some((l, key)) = self.limiter(&k.canon()) else {
+            return Ok(());
+        };
+        let n = NonZeroU32::new(n.clamp(1, l.burst)).expect("at least one");
+        let refused = |not_until: governor::NotUntil<_>| Throttled {
             by: k.label(),
             retry_after: not_until.wait_time_from(self.clock.now()),
-        })
+        };
+        match l.gcra.check_key_n(&key, n) {
+            Ok(r) => r.map_err(refused),
+            // n is at most the burst: never.
+            Err(_) => Err(Throttled {
+                by: k.label(),
+                retry_after: self.allowances.per_source.window,
+            }),
+        }
     }
 
     /// Refuses if any key is out of allowance (saying the longest wait);
@@ -311,19 +421,48 @@ impl Throttle {
         }
         PEEK.set(true);
         let _reset = Reset;
-        self.each(keys)
+        self.each(keys, self.cost())
     }
 
-    /// Uses one unit of every key's allowance; refuses if any was out
+    /// Uses one attempt of every key's allowance; refuses if any was out
     /// (saying the longest wait).
-    pub fn spend(&self, keys: &[Key<'_>]) -> Result<(), Throttled> {
-        self.each(keys)
+    pub fn spend(&self, keys: &[Key<'_>]) -> Result<Spent, Throttled> {
+        let n = self.cost();
+        self.each(keys, n).map(|()| Spent(n))
     }
 
-    fn each(&self, keys: &[Key<'_>]) -> Result<(), Throttled> {
+    /// A failed attempt whose allowance was not spent beforehand (a fast
+    /// secret's): spent now, and shared.
+    pub fn fail(&self, keys: &[Key<'_>]) {
+        let _ = self.spend(keys);
+        self.failed(keys);
+    }
+
+    /// Shares a failed attempt (already spent here) with the fleet.
+    pub fn failed(&self, keys: &[Key<'_>]) {
+        if let Some(s) = &self.share {
+            for k in keys {
+                s.send(k.canon());
+            }
+        }
+    }
+
+    /// Applies what another authority shared: a failure uses one unit of
+    /// its key (never more than the key has: an exhausted key stays as
+    /// it is), a sign-in makes its pair familiar.
+    pub fn apply_shared(&self, c: &Canon) {
+        if c.kind == SIGNED_IN {
+            return self.remember(c);
+        }
+        if let Some((l, key)) = self.limiter(c) {
+            let _ = l.gcra.check_key(&key);
+        }
+    }
+
+    fn each(&self, keys: &[Key<'_>], n: u32) -> Result<(), Throttled> {
         let mut refused: Option<Throttled> = None;
         for k in keys {
-            if let Err(t) = self.one(k) {
+            if let Err(t) = self.one(k, n) {
                 if refused.is_none_or(|r| t.retry_after > r.retry_after) {
                     refused = Some(t);
                 }
@@ -336,10 +475,11 @@ impl Throttle {
     /// succeeded: only failures stay counted, so a busy client (or an
     /// office of users behind one address) is never throttled for
     /// succeeding, while a burst is still counted while its hashes run.
-    pub fn refund(&self, keys: &[Key<'_>]) {
+    pub fn refund(&self, keys: &[Key<'_>], spent: Spent) {
         for k in keys {
-            let (l, key) = self.limiter(k);
-            l.refund(key);
+            if let Some((l, key)) = self.limiter(&k.canon()) {
+                l.refund(key, spent.0);
+            }
         }
     }
 
@@ -380,6 +520,7 @@ mod tests {
                 ..a
             },
             per_username: a,
+            expected_replicas: 1,
         }
     }
 
@@ -397,13 +538,13 @@ mod tests {
 
     #[test]
     fn a_peek_never_spends_and_a_spend_is_counted_once() {
-        let t = Throttle::new(allowances(3));
+        let t = Throttle::new(allowances(3), None);
         let k = [Key::ClientSource("billing", src("192.0.2.1"))];
         for _ in 0..100 {
             assert_eq!(t.check(&k), Ok(()));
         }
         for _ in 0..3 {
-            assert_eq!(t.spend(&k), Ok(()));
+            assert_eq!(t.spend(&k), Ok(Spent(1)));
         }
         let refused = t.check(&k).unwrap_err();
         assert_eq!(refused.by, "client_source");
@@ -415,26 +556,26 @@ mod tests {
 
     #[test]
     fn a_refund_undoes_a_spend_and_never_adds_to_the_burst() {
-        let t = Throttle::new(allowances(3));
+        let t = Throttle::new(allowances(3), None);
         let k = [Key::Username("alice")];
         // A hundred successes: spent and refunded each time.
         for _ in 0..100 {
-            assert_eq!(t.spend(&k), Ok(()));
-            t.refund(&k);
+            assert_eq!(t.spend(&k), Ok(Spent(1)));
+            t.refund(&k, Spent(1));
         }
         // Refunds on a full allowance do not raise it above the burst.
         for _ in 0..10 {
-            t.refund(&k);
+            t.refund(&k, Spent(1));
         }
         for _ in 0..3 {
-            assert_eq!(t.spend(&k), Ok(()));
+            assert_eq!(t.spend(&k), Ok(Spent(1)));
         }
         assert_eq!(t.spend(&k).unwrap_err().by, "username");
     }
 
     #[test]
     fn failures_from_one_source_never_throttle_another() {
-        let t = Throttle::new(allowances(3));
+        let t = Throttle::new(allowances(3), None);
         let (bad, good) = (src("192.0.2.1"), src("198.51.100.7"));
         for _ in 0..10 {
             let _ = t.spend(&[Key::ClientSource("billing", bad), Key::Source(bad)]);
@@ -448,7 +589,7 @@ mod tests {
 
     #[test]
     fn a_user_under_distributed_guessing_still_signs_in_from_a_familiar_source() {
-        let t = Throttle::new(allowances(3));
+        let t = Throttle::new(allowances(3), None);
         let home = src("192.0.2.1");
         t.signed_in("alice", home);
         for i in 0..10 {
@@ -471,16 +612,19 @@ mod tests {
 
     #[test]
     fn the_longest_wait_is_the_one_reported() {
-        let t = Throttle::new(Allowances {
-            per_source: Allowance {
-                burst: 1,
-                window: Duration::from_secs(3600),
+        let t = Throttle::new(
+            Allowances {
+                per_source: Allowance {
+                    burst: 1,
+                    window: Duration::from_secs(3600),
+                },
+                ..allowances(1)
             },
-            ..allowances(1)
-        });
+            None,
+        );
         let s = src("192.0.2.1");
         let keys = [Key::ClientSource("c", s), Key::Source(s)];
-        assert_eq!(t.spend(&keys), Ok(()));
+        assert_eq!(t.spend(&keys), Ok(Spent(1)));
         let r = t.check(&keys).unwrap_err();
         assert_eq!(r.by, "source");
         assert!(r.retry_after > Duration::from_secs(60), "{r:?}");
@@ -488,7 +632,7 @@ mod tests {
 
     #[test]
     fn past_the_cap_the_most_throttled_keys_are_kept() {
-        let t = Throttle::new(allowances(3));
+        let t = Throttle::new(allowances(3), None);
         let victim = [Key::Username("alice")];
         for _ in 0..3 {
             let _ = t.spend(&victim);
@@ -508,13 +652,16 @@ mod tests {
 
     #[test]
     fn full_allowances_are_pruned() {
-        let t = Throttle::new(Allowances {
-            per_client_source: Allowance {
-                burst: 1,
-                window: Duration::from_millis(1),
+        let t = Throttle::new(
+            Allowances {
+                per_client_source: Allowance {
+                    burst: 1,
+                    window: Duration::from_millis(1),
+                },
+                ..allowances(3)
             },
-            ..allowances(3)
-        });
+            None,
+        );
         for i in 0..1000 {
             let _ = t.spend(&[Key::ClientSource(&i.to_string(), src("192.0.2.1"))]);
         }
@@ -522,5 +669,79 @@ mod tests {
         std::thread::sleep(Duration::from_millis(5));
         t.prune();
         assert_eq!(t.client_source.gcra.len(), 0);
+    }
+
+    #[test]
+    fn while_sharing_is_down_each_attempt_costs_expected_replicas() {
+        let share = Share::new(&crate::metrics::Metrics::new());
+        assert!(!share.healthy(), "not listening yet");
+        let t = Throttle::new(
+            Allowances {
+                expected_replicas: 3,
+                ..allowances(6)
+            },
+            Some(share),
+        );
+        let k = [Key::ClientSource("c", src("192.0.2.1"))];
+        assert_eq!(t.spend(&k), Ok(Spent(3)));
+        assert_eq!(t.spend(&k), Ok(Spent(3)));
+        assert!(t.check(&k).is_err(), "6 ÷ 3 = 2 attempts");
+        t.refund(&k, Spent(3));
+        assert_eq!(t.check(&k), Ok(()), "a refund gives back what was spent");
+    }
+
+    #[test]
+    fn what_another_authority_shares_is_counted_here() {
+        let (here, there) = (
+            Throttle::new(allowances(3), None),
+            Throttle::new(allowances(3), None),
+        );
+        let s = src("2001:db8::7");
+        let keys = [Key::UserSource("alice", s), Key::Username("alice")];
+        for _ in 0..3 {
+            let _ = there.spend(&keys);
+            for k in &keys {
+                let mut wire = Vec::new();
+                k.canon().encode(&mut wire);
+                here.apply_shared(&Canon::decode(&wire).unwrap());
+            }
+        }
+        assert_eq!(here.check(&keys[..1]).unwrap_err().by, "username_source");
+        assert_eq!(here.check(&keys[1..]).unwrap_err().by, "username");
+        // Applying more never goes past an exhausted allowance, nor
+        // touches another key.
+        let before = here.check(&keys[1..]).unwrap_err().retry_after;
+        here.apply_shared(&keys[1].canon());
+        assert!(here.check(&keys[1..]).unwrap_err().retry_after <= before);
+        assert!(here.check(&[Key::Username("bob")]).is_ok());
+        // A sign-in there makes the pair familiar here.
+        let mut wire = Vec::new();
+        Canon::of(SIGNED_IN, Some("alice"), Some(s)).encode(&mut wire);
+        here.apply_shared(&Canon::decode(&wire).unwrap());
+        assert!(here.familiar("alice", s));
+        assert!(!here.familiar("alice", src("192.0.2.1")));
+    }
+
+    #[test]
+    fn records_of_unknown_kinds_or_sources_are_refused() {
+        let mut wire = Vec::new();
+        Key::Source(src("192.0.2.1")).canon().encode(&mut wire);
+        assert!(Canon::decode(&wire).is_some());
+        let mut bad = wire.clone();
+        bad[0] = 9;
+        assert_eq!(Canon::decode(&bad), None, "a newer kind");
+        let mut bad = wire.clone();
+        bad[17] = 5;
+        assert_eq!(Canon::decode(&bad), None, "an unknown source tag");
+        assert_eq!(Canon::decode(&wire[1..]), None, "short");
+        let mut user = Vec::new();
+        Key::Username("alice").canon().encode(&mut user);
+        assert!(Canon::decode(&user).is_some());
+        user[17] = 4;
+        assert_eq!(
+            Canon::decode(&user),
+            None,
+            "a username key carries no source"
+        );
     }
 }

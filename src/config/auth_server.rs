@@ -47,6 +47,9 @@ pub struct Allowances {
     pub per_client_source: Allowance,
     pub per_source: Allowance,
     pub per_username: Allowance,
+    /// Authorities sharing one store: while their failures cannot be
+    /// shared, each allows this fraction of every allowance.
+    pub expected_replicas: u32,
 }
 
 /// Queue limits; read per attempt, so a reload changes them.
@@ -446,7 +449,14 @@ fn limits(raw: &RawAuthServer, c: &mut Collector<'_>) -> (Allowances, QueueLimit
         per_client_source: a(max),
         per_source: a(per_source),
         per_username: a(max),
+        expected_replicas: raw.expected_replicas.unwrap_or(1),
     };
+    if !(1..=1000).contains(&allowances.expected_replicas) {
+        c.at(
+            "authorization_server.expected_replicas",
+            "expected_replicas must be between 1 and 1000",
+        );
+    }
     let q = QueueLimits {
         capacity: raw.password_hash_queue.unwrap_or(DEFAULT_HASH_QUEUE),
         per_source: raw

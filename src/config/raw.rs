@@ -113,6 +113,7 @@ pub(super) struct RawAuthServer {
     pub(super) max_failed_auth: Option<u32>,
     pub(super) max_failed_auth_per_source: Option<u32>,
     pub(super) failed_auth_window: Option<ConfigDuration>,
+    pub(super) expected_replicas: Option<u32>,
     pub(super) password_hash_workers: Option<usize>,
     pub(super) password_hash_queue: Option<usize>,
     pub(super) password_hash_queue_per_source: Option<usize>,

@@ -139,12 +139,12 @@ pub async fn authenticate(
             let ok = h.verify(p.secret.as_bytes(), a.registry.pepper.as_ref());
             if !ok {
                 // Counted after the fact: the check costs nothing.
-                let _ = throttle.spend(&keys);
+                throttle.fail(&keys);
             }
             ok
         }
         None => {
-            let _ = throttle.spend(&keys);
+            throttle.fail(&keys);
             false
         }
     };
@@ -175,7 +175,7 @@ pub async fn spend_and_hash(
     candidate: &[u8],
     real: bool,
 ) -> Result<bool, OAuthError> {
-    throttle.spend(keys).map_err(|t| throttled(app, t))?;
+    let spent = throttle.spend(keys).map_err(|t| throttled(app, t))?;
     let source = keys
         .iter()
         .find_map(Key::source)
@@ -185,7 +185,9 @@ pub async fn spend_and_hash(
         .verify(source, hash.clone(), candidate.to_vec(), &a.hash_queue)
         .await;
     if r.is_err() || (r == Ok(true) && real) {
-        throttle.refund(keys);
+        throttle.refund(keys, spent);
+    } else {
+        throttle.failed(keys);
     }
     r.map_err(|busy| match busy {
         Busy::SourceFull => OAuthError::RateLimited(Duration::from_secs(1)),

@@ -188,10 +188,14 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     // other processes' revocations are followed from its log, seen within
     // STORE_FOLLOW of their write (at once on a store that can say when
     // it changed: Redis); what expired is pruned every 30 s.
+    if let Some(share) = &app.throttle_share {
+        share.start(app.revocations.store().clone(), Arc::downgrade(&app));
+    }
     {
         let app = app.clone();
         let mut rx = store_rx.clone();
         tasks.push(tokio::spawn(async move {
+            let _stop = StopSharing(app.throttle_share.clone());
             loop {
                 let a = app.clone();
                 let round = tokio::task::spawn_blocking(move || {
@@ -571,6 +575,17 @@ pub async fn serve_plain<F, Fut>(
 }
 
 /// Runs until SIGTERM or SIGINT, reloading on SIGHUP; then drains.
+/// Ends the throttle's sharing threads with the task holding it.
+struct StopSharing(Option<Arc<crate::app::throttle_share::Share>>);
+
+impl Drop for StopSharing {
+    fn drop(&mut self) {
+        if let Some(s) = &self.0 {
+            s.stop();
+        }
+    }
+}
+
 pub async fn run(config: Config) -> Result<(), ServeError> {
     use tokio::signal::unix::{signal, SignalKind};
     // A file size limit (RLIMIT_FSIZE) reached by the state store must be a

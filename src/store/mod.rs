@@ -320,6 +320,37 @@ pub trait Store: Send + Sync {
         std::thread::sleep(up_to);
     }
 
+    /// Whether [`Store::broadcast`] reaches other processes (a networked
+    /// store's channels; the embedded store has none).
+    fn broadcasts(&self) -> bool {
+        false
+    }
+
+    /// Sends `msg` on `channel` to the processes listening now. Never
+    /// kept: a process that is not listening never sees it (what is sent
+    /// this way is hints, like failed attempts for the throttles).
+    fn broadcast(&self, channel: &str, msg: &[u8]) -> Result<(), StoreError> {
+        let _ = (channel, msg);
+        Err(StoreError::Failed {
+            path: "the store".into(),
+            message: "has no channels".into(),
+        })
+    }
+
+    /// Listens on `channel`, calling `on` with each message, until the
+    /// connection fails (`Err`) or `stop` says so (`Ok`), which is asked at
+    /// least every second; `subscribed` is called once listening.
+    fn listen(
+        &self,
+        channel: &str,
+        subscribed: &mut dyn FnMut(),
+        on: &mut dyn FnMut(&[u8]),
+        stop: &dyn Fn() -> bool,
+    ) -> Result<(), StoreError> {
+        let _ = (subscribed, on, stop);
+        self.broadcast(channel, &[])
+    }
+
     /// Connections made again after a failure (a networked store's).
     fn reconnects(&self) -> u64 {
         0

@@ -114,6 +114,8 @@ pub struct RedisStore {
     read: Mutex<Slot>,
     /// The follower's blocking reads (`XREAD BLOCK`) hold their own.
     wait: Mutex<Slot>,
+    /// Broadcasts (`PUBLISH`) have their own: they never wait behind a write.
+    publish: Mutex<Slot>,
     verified: Verified,
     backoff: Mutex<Backoff>,
     reconnects: AtomicU64,
@@ -232,6 +234,7 @@ impl RedisStore {
             write: Mutex::default(),
             read: Mutex::default(),
             wait: Mutex::default(),
+            publish: Mutex::default(),
             verified: Verified::default(),
             backoff: Mutex::default(),
             reconnects: AtomicU64::new(0),
@@ -946,6 +949,47 @@ impl Store for RedisStore {
                 .arg(now());
         })?;
         Ok(ok == 1)
+    }
+
+    fn broadcasts(&self) -> bool {
+        true
+    }
+
+    /// `PUBLISH`: Pub/Sub is never written to the AOF or replicated to
+    /// disk, which is what hints should cost.
+    fn broadcast(&self, channel: &str, msg: &[u8]) -> Result<(), StoreError> {
+        self.on(&self.publish, |c| {
+            redis::cmd("PUBLISH")
+                .arg(self.key(channel))
+                .arg(msg)
+                .query::<i64>(c)
+        })
+        .map(drop)
+    }
+
+    /// `SUBSCRIBE` on a connection of its own, held while listening.
+    fn listen(
+        &self,
+        channel: &str,
+        subscribed: &mut dyn FnMut(),
+        on: &mut dyn FnMut(&[u8]),
+        stop: &dyn Fn() -> bool,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.connect()?;
+        let mut ps = conn.as_pubsub();
+        let err = |e: redis::RedisError| fail(&self.name, e);
+        ps.set_read_timeout(Some(Duration::from_secs(1)))
+            .map_err(err)?;
+        ps.subscribe(self.key(channel)).map_err(err)?;
+        subscribed();
+        while !stop() {
+            match ps.get_message() {
+                Ok(m) => on(m.get_payload_bytes()),
+                Err(e) if e.is_timeout() => {}
+                Err(e) => return Err(err(e)),
+            }
+        }
+        Ok(())
     }
 
     fn reconnects(&self) -> u64 {
