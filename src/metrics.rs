@@ -49,6 +49,8 @@ pub struct Metrics {
     /// When this process last read the store's log to its end (unix
     /// seconds): its lag behind the store is at most now minus this.
     pub store_followed_at: IntGauge,
+    pub store_lag_seconds: prometheus::Gauge,
+    pub store_lag_entries: IntGauge,
     /// Times this process read the store whole (its log did not go on from
     /// its position: trimmed past it, or another store).
     pub store_resyncs: IntCounter,
@@ -224,6 +226,16 @@ impl Metrics {
         let store_followed_at = IntGauge::new(
             "valet_store_followed_timestamp_seconds",
             "When this process last read the state store's change log to its end (unix seconds): its lag behind other processes' revocations is at most time() minus this. Alert when it falls behind by more than a few seconds.",
+        )
+        .expect("valid metric");
+        let store_lag_seconds = prometheus::Gauge::new(
+            "valet_store_lag_seconds",
+            "Seconds since this process last read the state store's change log to its end, updated on every follow (a few times a second), also while the store is unreachable: it rises then.",
+        )
+        .expect("valid metric");
+        let store_lag_entries = IntGauge::new(
+            "valet_store_lag_entries",
+            "Change-log entries the state store had, at this process's last read, beyond the position this process has applied.",
         )
         .expect("valid metric");
         let store_entries = IntGaugeVec::new(
@@ -443,6 +455,8 @@ impl Metrics {
             Box::new(store_errors.clone()),
             Box::new(store_position.clone()),
             Box::new(store_followed_at.clone()),
+            Box::new(store_lag_seconds.clone()),
+            Box::new(store_lag_entries.clone()),
             Box::new(store_resyncs.clone()),
             Box::new(store_stale.clone()),
             Box::new(store_reconnects.clone()),
@@ -480,6 +494,8 @@ impl Metrics {
             store_errors,
             store_position,
             store_followed_at,
+            store_lag_seconds,
+            store_lag_entries,
             store_resyncs,
             store_stale,
             store_reconnects,

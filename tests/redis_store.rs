@@ -428,6 +428,7 @@ fn the_store_contract_holds_on_redis() {
         panic!("trimmed")
     };
     assert_eq!(rest.len(), 1, "a limit is a limit");
+    assert_eq!(s.head(), p2, "the newest position, for the lag in entries");
     assert!(matches!(s.since(p2 + 1, 10).unwrap(), Since::Trimmed));
     let snap = s.snapshot().unwrap();
     assert_eq!(snap.position, p2);
@@ -549,6 +550,14 @@ async fn redis_down_then_back_validators_keep_serving_and_resume() {
     assert_eq!(status(&v, &t1).await, 401);
     assert_eq!(status(&v, &t2).await, 200);
     assert_eq!(client::plain_get(v.metrics, "/readyz").await.0, 200);
+    // Its lag rises (it cannot read the log to its end).
+    assert!(
+        eventually(PICKUP, || async {
+            metric(&v, "valet_store_lag_seconds").await > 1.0
+        })
+        .await,
+        "the lag in seconds does not rise while Redis is down"
+    );
     // A revocation cannot be recorded: 503, not acknowledged.
     let r = a
         .client(Proto::H1)
@@ -582,6 +591,8 @@ async fn redis_down_then_back_validators_keep_serving_and_resume() {
     assert!(eventually(PICKUP, || async { status(&v, &t2).await == 401 }).await);
     assert_eq!(status(&v, &t1).await, 401);
     assert!(metric(&v, "valet_store_reconnects_total").await >= 1.0);
+    assert!(metric(&v, "valet_store_lag_seconds").await < 1.0);
+    assert_eq!(metric(&v, "valet_store_lag_entries").await, 0.0);
     assert_eq!(
         metric(&v, "valet_store_resyncs_total").await,
         0.0,

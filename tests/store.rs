@@ -70,6 +70,12 @@ fn revocations_come_back_in_order_and_survive_a_reopen() {
     };
     assert_eq!(rest.len(), 2);
     assert_eq!(rest[0].1, Change::Revoked(second[0].clone()));
+    // What the log held beyond: the follower's lag in entries.
+    assert_eq!(s.head(), p2);
+    assert!(
+        rest.last().unwrap().0 < p2,
+        "more than the limit was waiting"
+    );
     drop(s);
     let s = SqliteStore::open(&path).unwrap();
     let snap = s.snapshot().unwrap();

@@ -702,7 +702,14 @@ impl App {
                 false
             }
         };
-        self.metrics.store_position.set(self.revocations.position());
+        let position = self.revocations.position();
+        self.metrics.store_position.set(position);
+        let head = self.revocations.store().head();
+        self.metrics.store_lag_entries.set((head - position).max(0));
+        let behind_ms = crate::revocation::now_ms() - self.followed_ms.load(Ordering::Acquire);
+        self.metrics
+            .store_lag_seconds
+            .set(behind_ms.max(0) as f64 / 1000.0);
         self.metrics
             .store_stale
             .set(i64::from(self.revocations_stale()));

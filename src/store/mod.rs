@@ -320,6 +320,13 @@ pub trait Store: Send + Sync {
         std::thread::sleep(up_to);
     }
 
+    /// The newest log position the last [`Store::since`] saw in the
+    /// store (0 before any): how far the follower is behind is this minus
+    /// its position.
+    fn head(&self) -> Position {
+        0
+    }
+
     /// Whether [`Store::broadcast`] reaches other processes (a networked
     /// store's channels; the embedded store has none).
     fn broadcasts(&self) -> bool {

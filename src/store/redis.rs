@@ -120,6 +120,8 @@ pub struct RedisStore {
     backoff: Mutex<Backoff>,
     reconnects: AtomicU64,
     held: Mutex<Held>,
+    /// The newest position the follower saw ([`Store::head`]).
+    head: std::sync::atomic::AtomicI64,
 }
 
 /// The store's generation as this process holds it: followed freely for
@@ -239,6 +241,7 @@ impl RedisStore {
             backoff: Mutex::default(),
             reconnects: AtomicU64::new(0),
             held: Mutex::default(),
+            head: Default::default(),
         };
         store.verified = store.verify()?;
         store.check_schema(writer)?;
@@ -691,6 +694,7 @@ impl Store for RedisStore {
             }
             h.last.clone()
         };
+        self.head.store(seq.unwrap_or(0), Ordering::Relaxed);
         if after > seq.unwrap_or(0) || after < pruned.unwrap_or(0) {
             return Ok(Since::Trimmed);
         }
@@ -949,6 +953,10 @@ impl Store for RedisStore {
                 .arg(now());
         })?;
         Ok(ok == 1)
+    }
+
+    fn head(&self) -> Position {
+        self.head.load(Ordering::Relaxed)
     }
 
     fn broadcasts(&self) -> bool {

@@ -80,6 +80,8 @@ pub struct SqliteStore {
     /// names it. Writes to a file deleted or replaced under a running
     /// process would succeed into an unlinked inode and be lost.
     identity: (u64, u64),
+    /// The newest position the follower saw ([`Store::head`]).
+    head: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -199,6 +201,7 @@ impl SqliteStore {
             conn: Mutex::new(conn),
             read: Mutex::new(read),
             identity,
+            head: Default::default(),
         })
     }
 
@@ -286,6 +289,10 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
+    fn head(&self) -> Position {
+        self.head.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn append(&self, records: &[Record]) -> Result<Position, StoreError> {
         self.write(|tx| {
             let last = self.write_records(tx, records)?;
@@ -391,6 +398,8 @@ impl Store for SqliteStore {
                 |r| r.get(0),
             )
             .map_err(|e| self.fail(e))?;
+        self.head
+            .store(newest, std::sync::atomic::Ordering::Relaxed);
         if after > newest || after < pruned {
             return Ok(Since::Trimmed);
         }
