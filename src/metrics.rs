@@ -51,6 +51,8 @@ pub struct Metrics {
     pub store_followed_at: IntGauge,
     pub store_lag_seconds: prometheus::Gauge,
     pub store_lag_entries: IntGauge,
+    pub store_generation_changes: IntCounter,
+    pub store_settings: IntGaugeVec,
     /// Times this process read the store whole (its log did not go on from
     /// its position: trimmed past it, or another store).
     pub store_resyncs: IntCounter,
@@ -236,6 +238,19 @@ impl Metrics {
         let store_lag_entries = IntGauge::new(
             "valet_store_lag_entries",
             "Change-log entries the state store had, at this process's last read, beyond the position this process has applied.",
+        )
+        .expect("valid metric");
+        let store_generation_changes = IntCounter::new(
+            "valet_store_generation_changes_total",
+            "Times the Redis store's generation changed under this process (emptied and started again, reseeded, or restored): it kept every revocation it held and read the new store whole.",
+        )
+        .expect("valid metric");
+        let store_settings = IntGaugeVec::new(
+            Opts::new(
+                "valet_store_setting",
+                "The Redis settings valet relies on (maxmemory-policy, appendonly, appendfsync), 1 for the state found at start: verified, unverified (CONFIG GET refused: not assumed) or weaker (than the guarantee README states).",
+            ),
+            &["setting", "state"],
         )
         .expect("valid metric");
         let store_entries = IntGaugeVec::new(
@@ -457,6 +472,8 @@ impl Metrics {
             Box::new(store_followed_at.clone()),
             Box::new(store_lag_seconds.clone()),
             Box::new(store_lag_entries.clone()),
+            Box::new(store_generation_changes.clone()),
+            Box::new(store_settings.clone()),
             Box::new(store_resyncs.clone()),
             Box::new(store_stale.clone()),
             Box::new(store_reconnects.clone()),
@@ -496,6 +513,8 @@ impl Metrics {
             store_followed_at,
             store_lag_seconds,
             store_lag_entries,
+            store_generation_changes,
+            store_settings,
             store_resyncs,
             store_stale,
             store_reconnects,

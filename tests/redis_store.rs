@@ -600,6 +600,88 @@ async fn redis_down_then_back_validators_keep_serving_and_resume() {
     );
 }
 
+/// A validator started while Redis is unreachable (or before any authority
+/// wrote the store) starts, but holds none of the store's revocations: it
+/// is not ready and answers authenticated requests 503 rather than serving
+/// them unchecked. Once it reads the store it is ready and refuses what was
+/// revoked, and that first read is not counted as a resync.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_validator_that_never_read_the_store_is_not_ready() {
+    let mut redis = RedisServer::start(&[]);
+    let store = store_yaml(&redis.url(), None);
+    let up = Upstream::start().await;
+    let a = Proc::start_with(
+        &default_routes(up.addr),
+        &authority_yaml(&store),
+        Stdio::null(),
+    )
+    .await;
+    let (t1, t2) = (
+        a.issue_token("svc", SECRET).await,
+        a.issue_token("svc", SECRET).await,
+    );
+    revoke(&a, &t1).await;
+
+    // Under another prefix no authority has written yet: no schema.
+    let other = format!("{store}    key_prefix: \"other:\"\n");
+    let early = a
+        .with_config_unready(&validator_config(&a, &other, 9))
+        .await;
+    assert_eq!(client::plain_get(early.metrics, "/readyz").await.0, 503);
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(client::plain_get(early.metrics, "/readyz").await.0, 503);
+    let text = std::fs::read_to_string(&a.config)
+        .unwrap()
+        .replace(&store, &other);
+    let b_cfg = a.config.with_file_name("authority-other.yaml");
+    std::fs::write(&b_cfg, text).unwrap();
+    let b = a.with_config(&b_cfg).await;
+    // The early validator finds the store once an authority wrote it.
+    assert!(
+        eventually(PICKUP, || async {
+            client::plain_get(early.metrics, "/readyz").await.0 == 200
+        })
+        .await,
+        "a validator started before the authority never became ready"
+    );
+    drop((b, early));
+
+    redis.stop();
+    let v = a
+        .with_config_unready(&validator_config(&a, &store, 1))
+        .await;
+    assert_eq!(client::plain_get(v.metrics, "/healthz").await.0, 200);
+    assert_eq!(client::plain_get(v.metrics, "/readyz").await.0, 503);
+    for t in [&t1, &t2] {
+        let r = v.client(Proto::H1).get("/api/x", Some(t)).await;
+        assert_eq!(r.status, 503, "{:?}", r.body);
+        assert_eq!(r.json()["error"], "temporarily_unavailable");
+    }
+    // Still not ready a while later (it keeps trying, not reading).
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(client::plain_get(v.metrics, "/readyz").await.0, 503);
+
+    redis.restart();
+    assert!(
+        eventually(PICKUP, || async {
+            client::plain_get(v.metrics, "/readyz").await.0 == 200
+        })
+        .await,
+        "the validator did not become ready once Redis was back"
+    );
+    assert_eq!(status(&v, &t1).await, 401, "revoked before it started");
+    assert_eq!(status(&v, &t2).await, 200);
+    assert_eq!(metric(&v, "valet_store_resyncs_total").await, 0.0);
+    assert_eq!(
+        metric(
+            &v,
+            "valet_store_setting{setting=\"maxmemory-policy\",state=\"verified\"}"
+        )
+        .await,
+        1.0
+    );
+}
+
 /// The log trimmed past a validator's position while it is away (stopped):
 /// back, it reads the store whole, once, and refuses what was revoked.
 #[tokio::test(flavor = "multi_thread")]

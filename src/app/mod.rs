@@ -117,6 +117,8 @@ pub struct App {
     /// When the last follow started, read to its end or not (ms): a token
     /// request arriving before a failed one does not try again.
     follow_tried_ms: AtomicI64,
+    /// When a failed follow was last logged (ms).
+    follow_warned_ms: AtomicI64,
     /// One token request's follow at a time (the others wait here, not on
     /// blocking threads).
     sync_follow: tokio::sync::Mutex<()>,
@@ -163,13 +165,6 @@ pub fn open_store(
     };
     let s =
         crate::store::redis::RedisStore::open(r, writer).map_err(crate::revocation::store_error)?;
-    let v = s.verified();
-    for setting in &v.unverified {
-        tracing::warn!(setting, "the Redis store's setting cannot be read (CONFIG GET refused): unverified, not assumed");
-    }
-    for w in &v.weaker {
-        tracing::warn!("the Redis store is weaker than valet's guarantee: {w}");
-    }
     Ok(Arc::new(s))
 }
 
@@ -276,6 +271,7 @@ impl App {
             follow_lock: Mutex::new(()),
             // The store was read whole just now (`Revocations::on_store`).
             followed_ms: AtomicI64::new(crate::revocation::now_ms()),
+            follow_warned_ms: AtomicI64::new(0),
             follow_tried_ms: AtomicI64::new(0),
             sync_follow: Default::default(),
             clients_pending: AtomicBool::new(false),
@@ -321,8 +317,10 @@ impl App {
         self.snapshot.load_full()
     }
 
+    /// Serving, and holding the store's revocations (a validator that
+    /// started without the store is not ready until it read it).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.ready.load(Ordering::Relaxed) && self.revocations.synced()
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -679,7 +677,7 @@ impl App {
         }
         let ok = match r {
             Ok(f) => {
-                if f.whole {
+                if f.whole && !f.first {
                     self.metrics.store_resyncs.inc();
                 }
                 if f.revocations > 0 {
@@ -698,7 +696,18 @@ impl App {
                 true
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the state store's changes; the revocations held stay in force");
+                // Once per half minute: the follower tries a few times a
+                // second while the store is down.
+                let now = crate::revocation::now_ms();
+                let last = self.follow_warned_ms.load(Ordering::Relaxed);
+                if now - last >= 30_000
+                    && self
+                        .follow_warned_ms
+                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    tracing::warn!(error = %e, synced = self.revocations.synced(), "cannot read the state store's changes; the revocations held stay in force (said again every 30 s while it lasts)");
+                }
                 false
             }
         };
@@ -713,10 +722,26 @@ impl App {
         self.metrics
             .store_stale
             .set(i64::from(self.revocations_stale()));
-        let reconnects = self.revocations.store().reconnects();
+        let store = self.revocations.store();
+        let reconnects = store.reconnects();
         let counted = self.metrics.store_reconnects.get();
         if reconnects > counted {
             self.metrics.store_reconnects.inc_by(reconnects - counted);
+        }
+        let changes = store.generation_changes();
+        let counted = self.metrics.store_generation_changes.get();
+        if changes > counted {
+            self.metrics
+                .store_generation_changes
+                .inc_by(changes - counted);
+        }
+        for (setting, state) in store.settings() {
+            for s in ["verified", "unverified", "weaker"] {
+                self.metrics
+                    .store_settings
+                    .with_label_values(&[setting, s])
+                    .set(i64::from(s == state));
+            }
         }
         ok
     }

@@ -169,7 +169,11 @@ async fn authenticate_and_authorize(
     req: &Request<RequestBody>,
     x: &mut Seen,
 ) -> Result<(), ProxyError> {
-    if route.cfg.fail_closed_when_stale && app.revocations_stale() {
+    // Stale, on a route that asks to fail closed; or never read at all
+    // (a validator that started without the store holds none of its
+    // revocations): refused rather than served unchecked.
+    let never_read = route.cfg.auth_required && !app.revocations.synced();
+    if never_read || (route.cfg.fail_closed_when_stale && app.revocations_stale()) {
         return Err(ProxyError::RevocationsStale);
     }
     if route.cfg.auth_required {

@@ -348,6 +348,9 @@ pub struct Revocations {
     own: RevocationSet,
     /// The store's log position `own` reflects.
     position: AtomicI64,
+    /// The store was read whole at least once (`own` holds its
+    /// revocations). A validator may start without it, not ready.
+    synced: std::sync::atomic::AtomicBool,
     /// Hash of the file bytes last loaded, to skip no-op reloads.
     loaded_digest: std::sync::Mutex<Option<[u8; 32]>>,
     /// Held while `current` is rebuilt or added to, by reloads, this
@@ -419,6 +422,9 @@ pub struct Followed {
     /// The log could not be resumed and the store was read whole: read
     /// whole whatever else follows it.
     pub whole: bool,
+    /// That was the first read (a validator started without the store),
+    /// not a resync.
+    pub first: bool,
 }
 
 /// The embedded store at `path`, for writing or only for reading.
@@ -484,6 +490,7 @@ impl Revocations {
             current: ArcSwap::from_pointee(RevocationSet::default()),
             own: RevocationSet::default(),
             position: AtomicI64::new(0),
+            synced: Default::default(),
             loaded_digest: std::sync::Mutex::new(None),
             order: std::sync::Mutex::new(()),
         };
@@ -495,13 +502,23 @@ impl Revocations {
         }
         // A snapshot first (one read, not the whole log), then the log from
         // its position.
-        let snap = r.store.snapshot().map_err(store_error)?;
-        for rec in &snap.records {
-            r.own.insert(rec);
-            r.current.load().insert(rec);
+        match r.store.snapshot() {
+            Ok(snap) => {
+                for rec in &snap.records {
+                    r.own.insert(rec);
+                    r.current.load().insert(rec);
+                }
+                r.position.store(snap.position, Ordering::Release);
+                r.synced.store(true, Ordering::Release);
+                r.follow()?;
+            }
+            // A validator reads it whole when it can (`follow`); until then
+            // it is not ready and refuses authenticated requests.
+            Err(e) if !writer => {
+                tracing::warn!(error = %e, "cannot read the state store yet; this validator is not ready until it has");
+            }
+            Err(e) => return Err(store_error(e)),
         }
-        r.position.store(snap.position, Ordering::Release);
-        r.follow()?;
         if path.exists() {
             r.reload()?;
         }
@@ -569,6 +586,12 @@ impl Revocations {
     }
 
     /// The state store.
+    /// Whether the store was read whole at least once.
+    #[inline]
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
@@ -628,7 +651,12 @@ impl Revocations {
         let mut out = Followed::default();
         loop {
             let at = self.position();
-            match self.store.since(at, FOLLOW_BATCH).map_err(err)? {
+            let since = if self.synced() {
+                self.store.since(at, FOLLOW_BATCH).map_err(err)?
+            } else {
+                crate::store::Since::Trimmed
+            };
+            match since {
                 crate::store::Since::Changes(changes) => {
                     let Some(last) = changes.last().map(|(p, _)| *p) else {
                         return Ok(out);
@@ -663,7 +691,16 @@ impl Revocations {
                     self.own.merge(&own);
                     self.current.load().merge(&own);
                     self.position.store(snap.position, Ordering::Release);
-                    tracing::warn!(position = snap.position, "the state store's log does not go on from this process's position; read it whole");
+                    out.first = !self.synced.swap(true, Ordering::AcqRel);
+                    if !out.first {
+                        tracing::warn!(position = snap.position, "the state store's log does not go on from this process's position; read it whole");
+                    } else {
+                        tracing::info!(
+                            position = snap.position,
+                            revocations = snap.records.len(),
+                            "read the state store whole for the first time"
+                        );
+                    }
                     out.revocations += snap.records.len();
                     out.whole = true;
                 }

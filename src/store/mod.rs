@@ -327,6 +327,20 @@ pub trait Store: Send + Sync {
         0
     }
 
+    /// Times the store's generation changed under this process (emptied,
+    /// reseeded, restored) and it read the new one whole.
+    fn generation_changes(&self) -> u64 {
+        0
+    }
+
+    /// What valet checked of a networked store's settings: (setting,
+    /// `verified`, `unverified` (it could not read it) or `weaker` (than
+    /// the guarantee it states)); empty before the check, or for the
+    /// embedded store, which valet configures itself.
+    fn settings(&self) -> Vec<(&'static str, &'static str)> {
+        Vec::new()
+    }
+
     /// Whether [`Store::broadcast`] reaches other processes (a networked
     /// store's channels; the embedded store has none).
     fn broadcasts(&self) -> bool {

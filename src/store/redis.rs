@@ -100,8 +100,9 @@ pub struct Verified {
     /// Settings valet could not read (a managed Redis that blocks CONFIG):
     /// not assumed, reported.
     pub unverified: Vec<&'static str>,
-    /// Settings read and weaker than the guarantee valet states.
-    pub weaker: Vec<String>,
+    /// Settings read and weaker than the guarantee valet states: (setting,
+    /// what it loses).
+    pub weaker: Vec<(&'static str, String)>,
 }
 
 pub struct RedisStore {
@@ -116,7 +117,14 @@ pub struct RedisStore {
     wait: Mutex<Slot>,
     /// Broadcasts (`PUBLISH`) have their own: they never wait behind a write.
     publish: Mutex<Slot>,
-    verified: Verified,
+    /// Set once the server's settings and valet's schema were checked: at
+    /// open, or (a validator that started while Redis was unreachable) at
+    /// its first read.
+    verified: std::sync::OnceLock<Verified>,
+    writer: bool,
+    /// The last check found no schema (no authority has started yet).
+    no_schema: std::sync::atomic::AtomicBool,
+    generation_changes: AtomicU64,
     backoff: Mutex<Backoff>,
     reconnects: AtomicU64,
     held: Mutex<Held>,
@@ -228,7 +236,7 @@ impl RedisStore {
             None => redis::Client::open(info),
         }
         .map_err(|e| fail(&name, e))?;
-        let mut store = RedisStore {
+        let store = RedisStore {
             client,
             prefix: s.prefix.clone(),
             name,
@@ -237,20 +245,61 @@ impl RedisStore {
             read: Mutex::default(),
             wait: Mutex::default(),
             publish: Mutex::default(),
-            verified: Verified::default(),
+            verified: Default::default(),
+            writer,
+            no_schema: Default::default(),
+            generation_changes: AtomicU64::new(0),
             backoff: Mutex::default(),
             reconnects: AtomicU64::new(0),
             held: Mutex::default(),
             head: Default::default(),
         };
-        store.verified = store.verify()?;
-        store.check_schema(writer)?;
+        match store.ensure_checked() {
+            Ok(()) => {}
+            // A validator starts without a store it cannot reach yet (or
+            // that no authority has written yet): it is not ready, and
+            // refuses authenticated requests, until it has read it. A store
+            // it reached and must refuse (evicting, a newer schema) stops it.
+            Err(e)
+                if !writer && (store.unreachable() || store.no_schema.load(Ordering::Relaxed)) =>
+            {
+                tracing::warn!(error = %e, "starting without the state store: this validator holds none of its revocations, so it is not ready and answers authenticated requests 503 until it has read the store");
+            }
+            Err(e) => return Err(e),
+        }
         Ok(store)
     }
 
-    /// What could and could not be verified of the server's settings.
-    pub fn verified(&self) -> &Verified {
-        &self.verified
+    /// What could and could not be verified of the server's settings, once
+    /// checked.
+    pub fn verified(&self) -> Option<&Verified> {
+        self.verified.get()
+    }
+
+    /// Checks the server's settings and the schema, unless done.
+    fn ensure_checked(&self) -> Result<(), StoreError> {
+        if self.verified.get().is_some() {
+            return Ok(());
+        }
+        let v = self.verify()?;
+        self.check_schema(self.writer)?;
+        for setting in &v.unverified {
+            tracing::warn!(store = %self.name, setting, "the Redis store's setting cannot be read (CONFIG GET refused): unverified, not assumed");
+        }
+        for (_, w) in &v.weaker {
+            tracing::warn!(store = %self.name, "the Redis store is weaker than valet's guarantee: {w}");
+        }
+        let _ = self.verified.set(v);
+        Ok(())
+    }
+
+    /// The last connection attempt failed.
+    fn unreachable(&self) -> bool {
+        self.backoff
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .failures
+            > 0
     }
 
     fn key(&self, k: &str) -> String {
@@ -381,14 +430,17 @@ impl RedisStore {
         }
         match get("appendonly")? {
             None => v.unverified.push("appendonly"),
-            Some(a) if a != "yes" => v.weaker.push(format!(
-                "appendonly is `{a}`: a restart loses every revocation since the last snapshot"
+            Some(a) if a != "yes" => v.weaker.push((
+                "appendonly",
+                format!(
+                    "appendonly is `{a}`: a restart loses every revocation since the last snapshot"
+                ),
             )),
             Some(_) => {}
         }
         match get("appendfsync")? {
             None => v.unverified.push("appendfsync"),
-            Some(f) if f != "always" => v.weaker.push(format!("appendfsync is `{f}`: a crash of Redis may lose the last second of acknowledged revocations")),
+            Some(f) if f != "always" => v.weaker.push(("appendfsync", format!("appendfsync is `{f}`: a crash of Redis may lose the last second of acknowledged revocations"))),
             Some(_) => {}
         }
         Ok(v)
@@ -431,11 +483,15 @@ impl RedisStore {
                     supported: SCHEMA_VERSION,
                 })
             }
-            None => return Err(fail(
-                &self.name,
-                "it holds no valet schema yet: the authority writes it (start the authority first)",
-            )),
+            None => {
+                self.no_schema.store(true, Ordering::Relaxed);
+                return Err(fail(
+                    &self.name,
+                    "it holds no valet schema yet: the authority writes it (start the authority first)",
+                ));
+            }
         }
+        self.no_schema.store(false, Ordering::Relaxed);
         *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Held {
             read: generation.clone(),
             write: generation,
@@ -664,6 +720,7 @@ impl Store for RedisStore {
     }
 
     fn since(&self, after: Position, limit: usize) -> Result<Since, StoreError> {
+        self.ensure_checked()?;
         type Meta = (Option<i64>, Option<String>, Option<i64>);
         let (seq, (pruned, generation, generation_at)): (Option<i64>, Meta) =
             self.with(false, |c| {
@@ -717,6 +774,7 @@ impl Store for RedisStore {
     }
 
     fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        self.ensure_checked()?;
         // The position first: what changes while the hashes are read is
         // read again from the log (a revocation only ever grows).
         let (position, generation): (Option<i64>, Option<String>) = self.with(false, |c| {
@@ -757,6 +815,9 @@ impl Store for RedisStore {
         }
         // Read whole: from now on this is the store followed.
         let mut h = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if h.read.is_some() && h.read != generation {
+            self.generation_changes.fetch_add(1, Ordering::Relaxed);
+        }
         h.read = generation;
         h.last = nonce.map(|n| (position, n));
         Ok(Snapshot { records, position })
@@ -957,6 +1018,29 @@ impl Store for RedisStore {
 
     fn head(&self) -> Position {
         self.head.load(Ordering::Relaxed)
+    }
+
+    fn generation_changes(&self) -> u64 {
+        self.generation_changes.load(Ordering::Relaxed)
+    }
+
+    fn settings(&self) -> Vec<(&'static str, &'static str)> {
+        let Some(v) = self.verified.get() else {
+            return Vec::new();
+        };
+        ["maxmemory-policy", "appendonly", "appendfsync"]
+            .into_iter()
+            .map(|s| {
+                let state = if v.unverified.contains(&s) {
+                    "unverified"
+                } else if v.weaker.iter().any(|(w, _)| *w == s) {
+                    "weaker"
+                } else {
+                    "verified"
+                };
+                (s, state)
+            })
+            .collect()
     }
 
     fn broadcasts(&self) -> bool {

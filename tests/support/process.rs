@@ -65,7 +65,18 @@ impl Proc {
 
     /// Another valet in the same directory, on `config` (ports 0).
     pub async fn with_config(&self, config: &std::path::Path) -> Proc {
-        let (child, addr, metrics) = spawn(config, Stdio::null()).await;
+        let p = self.with_config_unready(config).await;
+        let ready = eventually(Duration::from_secs(20), || async {
+            client::plain_get(p.metrics, "/readyz").await.0 == 200
+        })
+        .await;
+        assert!(ready, "valet did not become ready");
+        p
+    }
+
+    /// The same, without waiting for it to be ready (it may never be).
+    pub async fn with_config_unready(&self, config: &std::path::Path) -> Proc {
+        let (child, addr, metrics) = spawn_unready(config, Stdio::null()).await;
         Proc {
             child,
             addr,
@@ -130,6 +141,20 @@ pub async fn spawn(
     config: &std::path::Path,
     stderr: Stdio,
 ) -> (Child, std::net::SocketAddr, std::net::SocketAddr) {
+    let (child, addr, metrics) = spawn_unready(config, stderr).await;
+    let ready = eventually(Duration::from_secs(20), || async {
+        client::plain_get(metrics, "/readyz").await.0 == 200
+    })
+    .await;
+    assert!(ready, "valet did not become ready");
+    (child, addr, metrics)
+}
+
+/// Starts `valet serve` and reads the addresses it bound.
+pub async fn spawn_unready(
+    config: &std::path::Path,
+    stderr: Stdio,
+) -> (Child, std::net::SocketAddr, std::net::SocketAddr) {
     use std::io::BufRead;
     let mut child = Command::new(VALET)
         .args(["serve", "--config"])
@@ -161,11 +186,5 @@ pub async fn spawn(
             metrics = Some(a.parse::<std::net::SocketAddr>().unwrap());
         }
     }
-    let (addr, metrics) = (addr.unwrap(), metrics.unwrap());
-    let ready = eventually(Duration::from_secs(20), || async {
-        client::plain_get(metrics, "/readyz").await.0 == 200
-    })
-    .await;
-    assert!(ready, "valet did not become ready");
-    (child, addr, metrics)
+    (child, addr.unwrap(), metrics.unwrap())
 }
