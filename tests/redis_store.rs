@@ -682,6 +682,72 @@ async fn a_validator_that_never_read_the_store_is_not_ready() {
     );
 }
 
+/// A store moved on to a schema this valet cannot read (a newer release
+/// upgraded it): refused clearly, never guessed at. A running authority's
+/// writes answer 503 and record nothing, a running validator stops
+/// following (and keeps what it holds), a new process refuses to start;
+/// back on a schema it reads, all goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_of_a_schema_this_valet_cannot_read_is_refused_clearly() {
+    let redis = RedisServer::start(&[]);
+    let store = store_yaml(&redis.url(), None);
+    let up = Upstream::start().await;
+    let a = Proc::start_with(
+        &default_routes(up.addr),
+        &authority_yaml(&store),
+        Stdio::null(),
+    )
+    .await;
+    let v_cfg = validator_config(&a, &store, 0);
+    let v = a.with_config(&v_cfg).await;
+    let (t1, t2) = (
+        a.issue_token("svc", SECRET).await,
+        a.issue_token("svc", SECRET).await,
+    );
+    revoke(&a, &t1).await;
+    assert!(eventually(PICKUP, || async { status(&v, &t1).await == 401 }).await);
+    let position = metric(&v, "valet_store_position").await;
+
+    assert_eq!(
+        redis.cli(&["HSET", "valet:meta", "schema", "99"]).trim(),
+        "0"
+    );
+    let r = a
+        .client(Proto::H1)
+        .post_form("/oauth2/revoke", &[("token", &t2)], Some(("svc", SECRET)))
+        .await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert_eq!(r.json()["error"], "temporarily_unavailable");
+    let follow_errors = "valet_store_errors_total{op=\"follow\"}";
+    let before = metric(&v, follow_errors).await;
+    assert!(
+        eventually(PICKUP, || async {
+            metric(&v, follow_errors).await > before
+        })
+        .await
+    );
+    assert_eq!(status(&v, &t1).await, 401, "what it holds stays in force");
+    assert_eq!(metric(&v, "valet_store_position").await, position);
+    let out = Command::new(VALET)
+        .args(["serve", "--config"])
+        .arg(&v_cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("has schema version 99") && err.contains("run a release that reads it"),
+        "{err}"
+    );
+
+    assert_eq!(
+        redis.cli(&["HSET", "valet:meta", "schema", "1"]).trim(),
+        "0"
+    );
+    assert!(revoke_eventually(&a, &t2).await);
+    assert!(eventually(PICKUP, || async { status(&v, &t2).await == 401 }).await);
+}
+
 /// The log trimmed past a validator's position while it is away (stopped):
 /// back, it reads the store whole, once, and refuses what was revoked.
 #[tokio::test(flavor = "multi_thread")]

@@ -212,7 +212,7 @@ pub enum StoreError {
     #[error("the store {path}: {message}")]
     Failed { path: String, message: String },
     /// Written by a newer valet whose records this one cannot read.
-    #[error("the store {path} has schema version {found}; this valet reads version {supported}")]
+    #[error("the store {path} has schema version {found}; this valet reads versions up to {supported} and never guesses at records it cannot read: run a release that reads it")]
     Schema {
         path: String,
         found: i64,

@@ -31,8 +31,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// The schema this valet writes and reads (`meta.schema`).
+/// The schema this valet makes on a new store (`meta.schema`).
 pub const SCHEMA_VERSION: i64 = 1;
+/// The oldest schema it reads and writes. The rule for rolling upgrades:
+/// release N reads and writes the schema of N−1 as well as its own, so
+/// the two share a store while replicas are replaced; a store's schema
+/// moves on only once no older release is left. A process that meets a
+/// schema outside its range refuses it, at start and while running (its
+/// writes answer 503, its follower stops and says why), never guessing at
+/// records it cannot read. (There is one schema so far.)
+pub const SCHEMA_OLDEST: i64 = 1;
 
 /// Log entries kept; a follower further behind reads the store whole.
 const LOG_KEEP: usize = 1_000_000;
@@ -197,6 +205,10 @@ fn script(body: &str) -> Script {
         "{LUA_REVOKE}
 if redis.call('HGET', ARGV[1] .. 'meta', 'generation') ~= ARGV[2] then
   return redis.error_reply('VALET_GENERATION the store was emptied or replaced since this process opened it')
+end
+local schema = tonumber(redis.call('HGET', ARGV[1] .. 'meta', 'schema'))
+if schema == nil or schema < {SCHEMA_OLDEST} or schema > {SCHEMA_VERSION} then
+  return redis.error_reply('VALET_SCHEMA the store has schema version ' .. tostring(schema) .. '; this valet writes versions {SCHEMA_OLDEST} to {SCHEMA_VERSION} (upgrade it)')
 end
 local A = {{ARGV[1]}}
 for i = 3, #ARGV do A[i - 1] = ARGV[i] end
@@ -475,7 +487,7 @@ impl RedisStore {
                     .query(c)
             })?;
         match schema {
-            Some(v) if v == SCHEMA_VERSION => {}
+            Some(v) if (SCHEMA_OLDEST..=SCHEMA_VERSION).contains(&v) => {}
             Some(found) => {
                 return Err(StoreError::Schema {
                     path: self.name.clone(),
@@ -721,8 +733,8 @@ impl Store for RedisStore {
 
     fn since(&self, after: Position, limit: usize) -> Result<Since, StoreError> {
         self.ensure_checked()?;
-        type Meta = (Option<i64>, Option<String>, Option<i64>);
-        let (seq, (pruned, generation, generation_at)): (Option<i64>, Meta) =
+        type Meta = (Option<i64>, Option<String>, Option<i64>, Option<i64>);
+        let (seq, (pruned, generation, generation_at, schema)): (Option<i64>, Meta) =
             self.with(false, |c| {
                 redis::pipe()
                     .cmd("GET")
@@ -732,8 +744,17 @@ impl Store for RedisStore {
                     .arg("pruned_through")
                     .arg("generation")
                     .arg("generation_at")
+                    .arg("schema")
                     .query(c)
             })?;
+        // A newer release moved the store on: nothing here is guessed at.
+        if let Some(found) = schema.filter(|v| !(SCHEMA_OLDEST..=SCHEMA_VERSION).contains(v)) {
+            return Err(StoreError::Schema {
+                path: self.name.clone(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
         let Some(generation) = generation else {
             return Err(fail(
                 &self.name,
