@@ -381,6 +381,7 @@ fn open(redis: &RedisServer, prefix: &str) -> valet::store::redis::RedisStore {
             wait_replicas: 0,
             wait_timeout: std::time::Duration::from_secs(1),
             ca_pem: None,
+            client_identity: None,
         },
         true,
     )
@@ -1249,4 +1250,100 @@ async fn tls_to_redis_with_a_private_ca() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.to_lowercase().contains("certificate"), "{err}");
+}
+
+/// Mutual TLS: a Redis that demands a client certificate
+/// (`tls-auth-clients yes`) admits valet with `client_cert_file` and
+/// `client_key_file`, and refuses it without them.
+#[tokio::test(flavor = "multi_thread")]
+async fn mutual_tls_to_redis_with_a_client_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(certs.path());
+    let ca_pem = certs.path().join("redis-ca.pem");
+    ca.write_ca_pem(&ca_pem);
+    let (cert, key) = ca.issue_to(certs.path(), "redis", "localhost");
+    let (client_cert, client_key) = ca.issue_to(certs.path(), "valet-client", "valet-authority");
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let redis = RedisServer::start(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        cert.to_str().unwrap(),
+        "--tls-key-file",
+        key.to_str().unwrap(),
+        "--tls-ca-cert-file",
+        ca_pem.to_str().unwrap(),
+        "--tls-auth-clients",
+        "yes",
+    ]);
+    let url = format!("rediss://localhost:{tls_port}/0");
+    let without = store_yaml(&url, None) + &format!("    ca_file: \"{}\"\n", ca_pem.display());
+    let store = without.clone()
+        + &format!(
+            "    client_cert_file: \"{}\"\n    client_key_file: \"{}\"\n",
+            client_cert.display(),
+            client_key.display()
+        );
+    let up = Upstream::start().await;
+    let a = Proc::start_with(
+        &default_routes(up.addr),
+        &authority_yaml(&store),
+        Stdio::null(),
+    )
+    .await;
+    let v = a.with_config(&validator_config(&a, &store, 0)).await;
+    let t = a.issue_token("svc", SECRET).await;
+    revoke(&a, &t).await;
+    assert!(eventually(PICKUP, || async { status(&v, &t).await == 401 }).await);
+    assert!(
+        redis
+            .cli(&["XLEN", "valet:log"])
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+
+    // Without the certificate the server refuses the authority: it does
+    // not start.
+    let path = a.config.with_file_name("no-client-cert.yaml");
+    let text = std::fs::read_to_string(&a.config)
+        .unwrap()
+        .replace(&store, &without);
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(VALET)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the store redis"), "{err}");
+
+    // Half an identity, or a key file that holds none, is a config error.
+    for (cert_line, key_line, says) in [
+        (
+            format!("    client_cert_file: \"{}\"\n", client_cert.display()),
+            String::new(),
+            "go together",
+        ),
+        (
+            format!("    client_cert_file: \"{}\"\n", client_cert.display()),
+            format!("    client_key_file: \"{}\"\n", client_cert.display()),
+            "no PEM private key",
+        ),
+    ] {
+        let text = std::fs::read_to_string(&a.config)
+            .unwrap()
+            .replace(&store, &format!("{without}{cert_line}{key_line}"));
+        let e = valet::config::parse(&a.config, &text)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(says), "{e}");
+    }
 }

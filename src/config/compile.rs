@@ -1389,6 +1389,32 @@ fn store_redis(
         },
         None => None,
     };
+    let client_identity = match (&r.client_cert_file, &r.client_key_file) {
+        (None, None) => None,
+        (Some(_), None) | (None, Some(_)) => {
+            c.at(
+                "store.redis.client_cert_file",
+                "client_cert_file and client_key_file go together",
+            );
+            return None;
+        }
+        (Some(_), Some(_)) if !r.url.starts_with("rediss://") => {
+            c.at(
+                "store.redis.client_cert_file",
+                "a client certificate is for TLS: the URL must start with rediss://",
+            );
+            return None;
+        }
+        (Some(cert), Some(key)) => {
+            match redis_identity(&resolve(base, cert), &resolve(base, key)) {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    c.at("store.redis.client_cert_file", e);
+                    return None;
+                }
+            }
+        }
+    };
     let password = match &r.password_file {
         Some(f) => match super::oauth1::read_secret(&resolve(base, f), "Redis password") {
             Ok(s) => Some(s),
@@ -1409,7 +1435,30 @@ fn store_redis(
         wait_replicas: r.wait_replicas,
         wait_timeout: r.wait_timeout.map_or(Duration::from_secs(1), |d| d.0),
         ca_pem,
+        client_identity,
     })
+}
+
+/// A client certificate chain and its key (PEM), read and parsed: a file
+/// that is not what it should be is a config error here, not a failed
+/// handshake later.
+fn redis_identity(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<u8>, crate::credentials::Secret), String> {
+    use rustls_pki_types::pem::PemObject;
+    let cert_pem =
+        std::fs::read(cert).map_err(|e| format!("cannot read {}: {e}", cert.display()))?;
+    let certs = rustls_pki_types::CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate in it", cert.display()));
+    }
+    let key_pem = std::fs::read(key).map_err(|e| format!("cannot read {}: {e}", key.display()))?;
+    rustls_pki_types::PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| format!("{}: no PEM private key in it ({e})", key.display()))?;
+    Ok((cert_pem, crate::credentials::Secret::new(key_pem)))
 }
 
 /// The store's file name when `store.path` is not set.

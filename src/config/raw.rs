@@ -401,6 +401,10 @@ pub(super) struct RawRedisStore {
     /// PEM CA certificates the server's (rediss://) must chain to. Default:
     /// the system's roots.
     pub(super) ca_file: Option<String>,
+    /// A client certificate (PEM chain) and its key, for a server that
+    /// asks for one (`tls-auth-clients yes`): both or neither.
+    pub(super) client_cert_file: Option<String>,
+    pub(super) client_key_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -90,6 +90,8 @@ pub struct RedisSettings {
     /// PEM roots the server's certificate must chain to (rediss:// with a
     /// private CA); the system's roots when `None`.
     pub ca_pem: Option<Vec<u8>>,
+    /// A client certificate chain and its key (PEM), for mutual TLS.
+    pub client_identity: Option<(Vec<u8>, crate::credentials::Secret)>,
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -237,15 +239,18 @@ impl RedisStore {
             rs = rs.set_password(String::from_utf8_lossy(p.expose()));
         }
         info = info.set_redis_settings(rs);
-        let client = match &s.ca_pem {
-            Some(pem) => redis::Client::build_with_tls(
+        let client = match (&s.ca_pem, &s.client_identity) {
+            (None, None) => redis::Client::open(info),
+            (ca, id) => redis::Client::build_with_tls(
                 info,
                 redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem.clone()),
+                    client_tls: id.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
+                        client_cert: cert.clone(),
+                        client_key: key.expose().to_vec(),
+                    }),
+                    root_cert: ca.clone(),
                 },
             ),
-            None => redis::Client::open(info),
         }
         .map_err(|e| fail(&name, e))?;
         let store = RedisStore {
