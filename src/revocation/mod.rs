@@ -250,9 +250,16 @@ impl RevocationSet {
 
     /// Adds every entry of `other`, in place.
     pub fn merge(&self, other: &RevocationSet) {
+        // An entry held already is updated in place: its key is not copied
+        // (a resync merges a million entries this set mostly holds).
         for e in other.jtis.iter() {
-            let mut m = self.jtis.entry(e.key().clone()).or_insert(*e.value());
-            m.expires_at = m.expires_at.max(e.value().expires_at);
+            match self.jtis.get_mut(e.key()) {
+                Some(mut m) => m.expires_at = m.expires_at.max(e.value().expires_at),
+                None => {
+                    let mut m = self.jtis.entry(e.key().clone()).or_insert(*e.value());
+                    m.expires_at = m.expires_at.max(e.value().expires_at);
+                }
+            }
         }
         for (mine, theirs) in [
             (&self.families, &other.families),
@@ -260,8 +267,13 @@ impl RevocationSet {
             (&self.subjects, &other.subjects),
         ] {
             for e in theirs.iter() {
-                let mut m = mine.entry(e.key().clone()).or_insert(*e.value());
-                *m = (*m).max(*e.value());
+                match mine.get_mut(e.key()) {
+                    Some(mut m) => *m = (*m).max(*e.value()),
+                    None => {
+                        let mut m = mine.entry(e.key().clone()).or_insert(*e.value());
+                        *m = (*m).max(*e.value());
+                    }
+                }
             }
         }
     }
