@@ -998,6 +998,54 @@ async fn propagation_through_redis() {
     );
 }
 
+/// A benchmark, not a test (ignored): proxy throughput of the same gateway
+/// on the embedded store and on Redis. The request path never touches the
+/// store (revocations are in memory), so the two should be equal. `wrk`
+/// (Debian `wrk`) drives each over TLS with a valid bearer token, twice,
+/// alternating. Run:
+/// `cargo test --release --test redis_store -- --ignored proxy_throughput --nocapture`
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn proxy_throughput_embedded_and_redis() {
+    let redis = RedisServer::start(&[]);
+    let up = Upstream::start().await;
+    let routes = default_routes(up.addr);
+    let both = |store: &str| authority_yaml(store).replace("role: authority\n", "role: both\n");
+    let embedded = Proc::start_with(&routes, &both(""), Stdio::null()).await;
+    let on_redis = Proc::start_with(
+        &routes,
+        &both(&store_yaml(&redis.url(), None)),
+        Stdio::null(),
+    )
+    .await;
+    let mut runs: Vec<(&str, f64, String, String)> = Vec::new();
+    for _ in 0..2 {
+        for (name, p) in [("embedded", &embedded), ("redis", &on_redis)] {
+            let token = p.issue_token("svc", SECRET).await;
+            assert_eq!(status(p, &token).await, 200);
+            let out = Command::new("wrk")
+                .args(["-t2", "-c32", "-d8s", "--latency", "-H"])
+                .arg(format!("Authorization: Bearer {token}"))
+                .arg(format!("https://localhost:{}/api/x", p.addr.port()))
+                .output()
+                .expect("wrk (apt-get install wrk)");
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let field = |prefix: &str| {
+                text.lines()
+                    .find_map(|l| l.trim().strip_prefix(prefix))
+                    .map(|v| v.trim().to_string())
+                    .unwrap_or_else(|| panic!("no {prefix} in {text}"))
+            };
+            assert!(!text.contains("Non-2xx"), "{text}");
+            let rps: f64 = field("Requests/sec:").parse().unwrap();
+            runs.push((name, rps, field("50%"), field("99%")));
+        }
+    }
+    for (name, rps, p50, p99) in &runs {
+        eprintln!("{name}: {rps:.0} requests/s, latency p50 {p50}, p99 {p99}");
+    }
+}
+
 /// A benchmark, not a test (ignored): a validator's full read of a store
 /// holding 1 000 000 revoked token ids, its time and the memory it holds.
 /// Run: `cargo test --release --test redis_store -- --ignored full_resync --nocapture`
