@@ -399,13 +399,14 @@ impl Metrics {
         let throttle_shared_records = IntCounterVec::new(
             Opts::new(
                 "valet_auth_throttle_shared_records_total",
-                "Failed attempts and sign-ins shared through the store: sent, received, \
-                 or dropped (queue full or store unreachable).",
+                "Attempts, refunds and sign-ins shared through the store: sent, received, \
+                 dropped (queue full or store unreachable), or rejected (messages whose MAC \
+                 did not verify: another fleet's key, or a forger).",
             ),
             &["direction"],
         )
         .expect("valid metric");
-        for d in ["sent", "received", "dropped"] {
+        for d in ["sent", "received", "dropped", "rejected"] {
             throttle_shared_records.with_label_values(&[d]);
         }
         let verified_secret_hits = IntCounter::new(

@@ -234,9 +234,20 @@ impl App {
         let started_role = config.role;
         let snapshot = build_snapshot(&metrics, &clients, &key_sets, config);
         let auth = snapshot.config.authorization_server.as_ref();
-        let throttle_share = (started_role != crate::config::Role::Validator
-            && revocations.store().broadcasts())
-        .then(|| crate::app::throttle_share::Share::new(&metrics));
+        // The channel's key: what every authority of the fleet holds and
+        // other Redis users do not (their password), and the fleet's prefix.
+        let throttle_share = snapshot
+            .config
+            .store_redis
+            .as_ref()
+            .filter(|_| started_role != crate::config::Role::Validator)
+            .filter(|_| revocations.store().broadcasts())
+            .map(|r| {
+                let mut secret = r.prefix.as_bytes().to_vec();
+                secret.push(0);
+                secret.extend_from_slice(r.password.as_ref().map_or(&[][..], |p| p.expose()));
+                crate::app::throttle_share::Share::new(&metrics, &secret)
+            });
         let throttle = crate::app::throttle::Throttle::new(
             auth.map_or_else(default_allowances, |a| a.allowances),
             throttle_share.clone(),
@@ -746,10 +757,14 @@ impl App {
         ok
     }
 
-    /// Whether the revocations held may be behind the store's: it has not
-    /// been read to its end for longer than `store.stale_after`.
+    /// Whether the revocations held may be behind the store's: it was
+    /// never read whole, or has not been read to its end for longer than
+    /// `store.stale_after`.
     #[inline]
     pub fn revocations_stale(&self) -> bool {
+        if !self.revocations.synced() {
+            return true;
+        }
         let after = self.snapshot.load().config.store_stale_after.as_millis() as i64;
         crate::revocation::now_ms() - self.followed_ms.load(Ordering::Acquire) > after
     }

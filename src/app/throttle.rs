@@ -42,7 +42,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::throttle_share::Share;
+use super::throttle_share::{name_id, Canon, Op, Share, SIGNED_IN};
 
 /// Where attempts come from: an IPv4 address, or an IPv6 /64 (one host
 /// usually holds a whole /64, so single addresses would be free to rotate).
@@ -82,80 +82,14 @@ pub enum Key<'a> {
     Username(&'a str),
 }
 
-/// A key as the fleet names it: its kind, the first 16 bytes of the
-/// SHA-256 of its name (client id or username: names never leave the
-/// process) and its source (tag 0, 4 or 6, then the address).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Canon {
-    kind: u8,
-    id: [u8; 16],
-    source: [u8; 17],
-}
-
-/// Bytes of an encoded [`Canon`].
-pub const CANON_LEN: usize = 34;
-
-/// The [`Canon`] kind of a sign-in (a familiar (username, source) pair).
-const SIGNED_IN: u8 = 4;
-
-impl Canon {
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        out.push(self.kind);
-        out.extend_from_slice(&self.id);
-        out.extend_from_slice(&self.source);
-    }
-
-    /// `None` for a kind or source tag this valet does not know (a newer
-    /// peer's): passed over, never guessed at.
-    pub fn decode(b: &[u8]) -> Option<Canon> {
-        let b: &[u8; CANON_LEN] = b.try_into().ok()?;
-        let c = Canon {
-            kind: b[0],
-            id: b[1..17].try_into().ok()?,
-            source: b[17..].try_into().ok()?,
-        };
-        let sourced = matches!(c.source[0], 4 | 6);
-        let ok = match c.kind {
-            0 | 1 | 2 | SIGNED_IN => sourced,
-            3 => c.source == [0; 17],
-            _ => false,
-        };
-        ok.then_some(c)
-    }
-
-    fn of(kind: u8, name: Option<&str>, source: Option<Source>) -> Canon {
-        let mut id = [0u8; 16];
-        if let Some(n) = name {
-            let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, n.as_bytes());
-            id.copy_from_slice(&d.as_ref()[..16]);
-        }
-        let mut src = [0u8; 17];
-        match source.map(|s| s.0) {
-            Some(IpAddr::V4(ip)) => {
-                src[0] = 4;
-                src[1..5].copy_from_slice(&ip.octets());
-            }
-            Some(IpAddr::V6(ip)) => {
-                src[0] = 6;
-                src[1..].copy_from_slice(&ip.octets());
-            }
-            None => {}
-        }
-        Canon {
-            kind,
-            id,
-            source: src,
-        }
-    }
-}
-
 impl Key<'_> {
-    fn canon(&self) -> Canon {
+    /// Names digested with `key` (the fleet's, when shared).
+    fn canon(&self, key: Option<&aws_lc_rs::hmac::Key>) -> Canon {
         match *self {
-            Key::ClientSource(id, s) => Canon::of(0, Some(id), Some(s)),
-            Key::Source(s) => Canon::of(1, None, Some(s)),
-            Key::UserSource(u, s) => Canon::of(2, Some(u), Some(s)),
-            Key::Username(u) => Canon::of(3, Some(u), None),
+            Key::ClientSource(id, s) => Canon::of(0, name_id(key, id), Some(s.0)),
+            Key::Source(s) => Canon::of(1, [0; 16], Some(s.0)),
+            Key::UserSource(u, s) => Canon::of(2, name_id(key, u), Some(s.0)),
+            Key::Username(u) => Canon::of(3, name_id(key, u), None),
         }
     }
 
@@ -279,6 +213,10 @@ struct Limiter {
     map: Arc<dashmap::DashMap<u64, InMemoryState>>,
     interval: Nanos,
     burst: u32,
+    /// governor's time reference (taken as it takes its own, a moment
+    /// earlier), for attempts charged from elsewhere.
+    clock: DefaultClock,
+    start: <DefaultClock as Clock>::Instant,
 }
 
 impl Limiter {
@@ -286,25 +224,49 @@ impl Limiter {
         let store = Store::default();
         let map = store.map.clone();
         let quota = a.quota();
+        let gcra = RateLimiter::new(quota, store, clock.clone());
         Limiter {
             interval: quota.replenish_interval().into(),
-            gcra: RateLimiter::new(quota, store, clock.clone()),
+            gcra,
             map,
             burst: a.burst.max(1),
+            clock: clock.clone(),
+            start: clock.now(),
         }
     }
 
-    /// Gives back `n` units. GCRA keeps a theoretical arrival time; moving it
-    /// back by one interval undoes one check. It never grants more than
-    /// the burst: governor treats a time in the past as "now".
+    /// Gives back `n` units (at most a burst). GCRA keeps a theoretical
+    /// arrival time; moving it back by one interval undoes one check. It
+    /// never grants more than the burst: governor treats a time in the
+    /// past as "now".
     fn refund(&self, key: u64, n: u32) {
         if let Some(s) = self.map.get(&key) {
+            let n = n.clamp(1, self.burst);
             let back = Nanos::from(u64::from(self.interval).saturating_mul(u64::from(n)));
             let _ = s.measure_and_replace(&NotKeyed::NonKey, |tat| match tat {
                 Some(tat) => Ok(((), tat.saturating_sub(back))),
                 None => Err(()),
             });
         }
+    }
+
+    /// Uses one unit spent elsewhere, past an exhausted allowance too (as
+    /// debt: the key then refills later), up to `allowances` whole
+    /// allowances ahead: a burst sent to every authority at once is paid
+    /// for at each.
+    fn charge(&self, key: u64, allowances: u32) {
+        let now: Nanos = governor::clock::Reference::duration_since(&self.clock.now(), self.start);
+        let t = u64::from(self.interval);
+        let ahead = t
+            .saturating_mul(u64::from(self.burst))
+            .saturating_mul(u64::from(allowances.max(1)));
+        let limit = Nanos::from(u64::from(now).saturating_add(ahead));
+        let s = self.map.entry(key).or_default();
+        let _ = s.measure_and_replace(&NotKeyed::NonKey, |tat| {
+            let tat = tat.unwrap_or(now);
+            let next = Nanos::from(u64::from(tat.max(now)).saturating_add(t));
+            Ok::<_, ()>(((), next.min(limit).max(tat)))
+        });
     }
 }
 
@@ -341,8 +303,17 @@ impl Throttle {
         }
     }
 
+    fn canon(&self, k: &Key<'_>) -> Canon {
+        k.canon(self.share.as_deref().map(Share::key))
+    }
+
+    fn signed_in_canon(&self, username: &str, source: Source) -> Canon {
+        let key = self.share.as_deref().map(Share::key);
+        Canon::of(SIGNED_IN, name_id(key, username), Some(source.0))
+    }
+
     fn limiter(&self, c: &Canon) -> Option<(&Limiter, u64)> {
-        let l = match c.kind {
+        let l = match c.kind() {
             0 | 2 => &self.client_source,
             1 => &self.source,
             3 => &self.username,
@@ -366,7 +337,7 @@ impl Throttle {
     /// source) allowance, and the per-username one throttles the sources a
     /// distributed guesser uses, which have never signed in as that user.
     pub fn familiar(&self, username: &str, source: Source) -> bool {
-        let c = Canon::of(SIGNED_IN, Some(username), Some(source));
+        let c = self.signed_in_canon(username, source);
         self.familiar
             .get(&self.keys.hash_one(c))
             .is_some_and(|t| t.elapsed() < FAMILIAR_FOR)
@@ -375,10 +346,10 @@ impl Throttle {
     /// Records a sign-in of `username` from `source`, here and (shared)
     /// at the other authorities.
     pub fn signed_in(&self, username: &str, source: Source) {
-        let c = Canon::of(SIGNED_IN, Some(username), Some(source));
+        let c = self.signed_in_canon(username, source);
         self.remember(&c);
         if let Some(s) = &self.share {
-            s.send(c);
+            s.send(c, Op::Spent);
         }
     }
 
@@ -391,8 +362,8 @@ impl Throttle {
         }
     }
 
-    fn one(&self, k: &Key<'_>, n: u32) -> Result<(), Throttled> {
-        let Some((l, key)) = self.limiter(&k.canon()) else {
+    fn one(&self, c: &Canon, k: &Key<'_>, n: u32) -> Result<(), Throttled> {
+        let Some((l, key)) = self.limiter(c) else {
             return Ok(());
         };
         let n = NonZeroU32::new(n.clamp(1, l.burst)).expect("at least one");
@@ -421,64 +392,71 @@ impl Throttle {
         }
         PEEK.set(true);
         let _reset = Reset;
-        self.each(keys, self.cost())
+        self.each(keys, self.cost(), false)
     }
 
-    /// Uses one attempt of every key's allowance; refuses if any was out
-    /// (saying the longest wait).
+    /// Uses one attempt of every key's allowance, and shares it with the
+    /// fleet; refuses if any was out (saying the longest wait).
     pub fn spend(&self, keys: &[Key<'_>]) -> Result<Spent, Throttled> {
         let n = self.cost();
-        self.each(keys, n).map(|()| Spent(n))
+        self.each(keys, n, true).map(|()| Spent(n))
     }
 
     /// A failed attempt whose allowance was not spent beforehand (a fast
-    /// secret's): spent now, and shared.
+    /// secret's): spent now.
     pub fn fail(&self, keys: &[Key<'_>]) {
         let _ = self.spend(keys);
-        self.failed(keys);
     }
 
-    /// Shares a failed attempt (already spent here) with the fleet.
-    pub fn failed(&self, keys: &[Key<'_>]) {
-        if let Some(s) = &self.share {
-            for k in keys {
-                s.send(k.canon());
+    /// Applies what another authority shared: an attempt uses one unit of
+    /// its key (past an exhausted allowance as debt, up to
+    /// `expected_replicas` allowances), a refund gives one back, a sign-in
+    /// makes its pair familiar.
+    pub fn apply_shared(&self, c: &Canon, op: Op) {
+        if c.kind() == SIGNED_IN {
+            return self.remember(c);
+        }
+        if let Some((l, key)) = self.limiter(c) {
+            match op {
+                Op::Spent => l.charge(key, self.allowances.expected_replicas),
+                Op::Refunded => l.refund(key, 1),
             }
         }
     }
 
-    /// Applies what another authority shared: a failure uses one unit of
-    /// its key (never more than the key has: an exhausted key stays as
-    /// it is), a sign-in makes its pair familiar.
-    pub fn apply_shared(&self, c: &Canon) {
-        if c.kind == SIGNED_IN {
-            return self.remember(c);
-        }
-        if let Some((l, key)) = self.limiter(c) {
-            let _ = l.gcra.check_key(&key);
-        }
-    }
-
-    fn each(&self, keys: &[Key<'_>], n: u32) -> Result<(), Throttled> {
+    fn each(&self, keys: &[Key<'_>], n: u32, share: bool) -> Result<(), Throttled> {
         let mut refused: Option<Throttled> = None;
         for k in keys {
-            if let Err(t) = self.one(k, n) {
-                if refused.is_none_or(|r| t.retry_after > r.retry_after) {
-                    refused = Some(t);
+            let c = self.canon(k);
+            match self.one(&c, k, n) {
+                Ok(()) => {
+                    if let Some(s) = self.share.as_ref().filter(|_| share) {
+                        s.send(c, Op::Spent);
+                    }
+                }
+                Err(t) => {
+                    if refused.is_none_or(|r| t.retry_after > r.retry_after) {
+                        refused = Some(t);
+                    }
                 }
             }
         }
         refused.map_or(Ok(()), Err)
     }
 
-    /// Gives back what a [`Throttle::spend`] took, for an attempt that
-    /// succeeded: only failures stay counted, so a busy client (or an
-    /// office of users behind one address) is never throttled for
-    /// succeeding, while a burst is still counted while its hashes run.
+    /// Gives back what a [`Throttle::spend`] took, here and at the fleet,
+    /// for an attempt that succeeded: only failures stay counted, so a
+    /// busy client (or an office of users behind one address) is never
+    /// throttled for succeeding, while a burst is still counted while its
+    /// hashes run.
     pub fn refund(&self, keys: &[Key<'_>], spent: Spent) {
         for k in keys {
-            if let Some((l, key)) = self.limiter(&k.canon()) {
+            let c = self.canon(k);
+            if let Some((l, key)) = self.limiter(&c) {
                 l.refund(key, spent.0);
+                if let Some(s) = &self.share {
+                    s.send(c, Op::Refunded);
+                }
             }
         }
     }
@@ -673,7 +651,7 @@ mod tests {
 
     #[test]
     fn while_sharing_is_down_each_attempt_costs_expected_replicas() {
-        let share = Share::new(&crate::metrics::Metrics::new());
+        let share = Share::new(&crate::metrics::Metrics::new(), b"fleet");
         assert!(!share.healthy(), "not listening yet");
         let t = Throttle::new(
             Allowances {
@@ -691,6 +669,31 @@ mod tests {
     }
 
     #[test]
+    fn a_refund_never_gives_back_more_than_a_burst() {
+        let t = Throttle::new(allowances(2), None);
+        let k = [Key::Username("alice")];
+        let _ = t.spend(&k);
+        let _ = t.spend(&k);
+        assert!(t.check(&k).is_err());
+        // More than was spent, more than the burst: full, never beyond.
+        t.refund(&k, Spent(50));
+        assert_eq!(t.spend(&k), Ok(Spent(1)));
+        assert_eq!(t.spend(&k), Ok(Spent(1)));
+        assert!(t.check(&k).is_err());
+    }
+
+    /// Two authorities' attempts, each applied at the other.
+    fn relay(from: &Throttle, to: &Throttle, keys: &[Key<'_>], op: Op) {
+        for k in keys {
+            let mut wire = Vec::new();
+            k.canon(None).encode(op, &mut wire);
+            let (c, op) = Canon::decode(&wire).unwrap();
+            to.apply_shared(&c, op);
+        }
+        let _ = from;
+    }
+
+    #[test]
     fn what_another_authority_shares_is_counted_here() {
         let (here, there) = (
             Throttle::new(allowances(3), None),
@@ -700,48 +703,66 @@ mod tests {
         let keys = [Key::UserSource("alice", s), Key::Username("alice")];
         for _ in 0..3 {
             let _ = there.spend(&keys);
-            for k in &keys {
-                let mut wire = Vec::new();
-                k.canon().encode(&mut wire);
-                here.apply_shared(&Canon::decode(&wire).unwrap());
-            }
+            relay(&there, &here, &keys, Op::Spent);
         }
         assert_eq!(here.check(&keys[..1]).unwrap_err().by, "username_source");
         assert_eq!(here.check(&keys[1..]).unwrap_err().by, "username");
-        // Applying more never goes past an exhausted allowance, nor
-        // touches another key.
-        let before = here.check(&keys[1..]).unwrap_err().retry_after;
-        here.apply_shared(&keys[1].canon());
-        assert!(here.check(&keys[1..]).unwrap_err().retry_after <= before);
         assert!(here.check(&[Key::Username("bob")]).is_ok());
+        // A refund there gives one back here.
+        relay(&there, &here, &keys[1..], Op::Refunded);
+        assert_eq!(here.check(&keys[1..]), Ok(()));
         // A sign-in there makes the pair familiar here.
         let mut wire = Vec::new();
-        Canon::of(SIGNED_IN, Some("alice"), Some(s)).encode(&mut wire);
-        here.apply_shared(&Canon::decode(&wire).unwrap());
+        Canon::of(SIGNED_IN, name_id(None, "alice"), Some(s.0)).encode(Op::Spent, &mut wire);
+        let (c, op) = Canon::decode(&wire).unwrap();
+        here.apply_shared(&c, op);
         assert!(here.familiar("alice", s));
         assert!(!here.familiar("alice", src("192.0.2.1")));
     }
 
+    /// A burst sent to every authority at once: each spends its whole
+    /// allowance before the others' records arrive. Applied late, they are
+    /// carried as debt, so the fleet then waits as long as one authority
+    /// would have for all of them, not one window.
     #[test]
-    fn records_of_unknown_kinds_or_sources_are_refused() {
-        let mut wire = Vec::new();
-        Key::Source(src("192.0.2.1")).canon().encode(&mut wire);
-        assert!(Canon::decode(&wire).is_some());
-        let mut bad = wire.clone();
-        bad[0] = 9;
-        assert_eq!(Canon::decode(&bad), None, "a newer kind");
-        let mut bad = wire.clone();
-        bad[17] = 5;
-        assert_eq!(Canon::decode(&bad), None, "an unknown source tag");
-        assert_eq!(Canon::decode(&wire[1..]), None, "short");
-        let mut user = Vec::new();
-        Key::Username("alice").canon().encode(&mut user);
-        assert!(Canon::decode(&user).is_some());
-        user[17] = 4;
-        assert_eq!(
-            Canon::decode(&user),
-            None,
-            "a username key carries no source"
-        );
+    fn a_burst_at_every_authority_at_once_is_paid_for_at_each() {
+        let a = Allowances {
+            expected_replicas: 3,
+            ..allowances(3)
+        };
+        let fleet = [
+            Throttle::new(a, None),
+            Throttle::new(a, None),
+            Throttle::new(a, None),
+        ];
+        let k = [Key::ClientSource("billing", src("192.0.2.9"))];
+        for t in &fleet {
+            for _ in 0..3 {
+                assert_eq!(t.spend(&k), Ok(Spent(1)));
+            }
+        }
+        for (i, from) in fleet.iter().enumerate() {
+            for (j, to) in fleet.iter().enumerate() {
+                if i != j {
+                    for _ in 0..3 {
+                        relay(from, to, &k, Op::Spent);
+                    }
+                }
+            }
+        }
+        // Nine attempts against an allowance of three a minute (one per
+        // 20 s): each authority refuses until the ninth has been paid off
+        // less the burst (7 × 20 s), not for one interval (20 s).
+        for t in &fleet {
+            let wait = t.check(&k).unwrap_err().retry_after;
+            assert!(wait > Duration::from_secs(130), "{wait:?}");
+            assert!(wait <= Duration::from_secs(140), "{wait:?}");
+        }
+        // Debt is capped at expected_replicas allowances (nine units).
+        for _ in 0..100 {
+            relay(&fleet[1], &fleet[0], &k, Op::Spent);
+        }
+        let wait = fleet[0].check(&k).unwrap_err().retry_after;
+        assert!(wait <= Duration::from_secs(140), "{wait:?}");
     }
 }

@@ -186,8 +186,6 @@ pub async fn spend_and_hash(
         .await;
     if r.is_err() || (r == Ok(true) && real) {
         throttle.refund(keys, spent);
-    } else {
-        throttle.failed(keys);
     }
     r.map_err(|busy| match busy {
         Busy::SourceFull => OAuthError::RateLimited(Duration::from_secs(1)),

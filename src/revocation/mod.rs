@@ -597,13 +597,13 @@ impl Revocations {
         &self.path
     }
 
-    /// The state store.
     /// Whether the store was read whole at least once.
     #[inline]
     pub fn synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)
     }
 
+    /// The state store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }

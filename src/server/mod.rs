@@ -177,7 +177,12 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             keys.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => app.prune_caches(),
+                    _ = tick.tick() => {
+                        // Off the workers: past its cap a throttle sorts
+                        // its keys to evict.
+                        let a = app.clone();
+                        let _ = tokio::task::spawn_blocking(move || a.prune_caches()).await;
+                    }
                     _ = keys.tick() => app.refresh_key_sets(),
                     _ = rx.changed() => return,
                 }
@@ -201,7 +206,12 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
                 let round = tokio::task::spawn_blocking(move || {
                     let at = a.revocations.position();
                     a.revocations.store().wait_for_changes(at, STORE_FOLLOW);
-                    a.follow_store();
+                    // A store that answers but refuses (a schema this
+                    // valet cannot read, an ACL) has changes waiting at
+                    // once: pace the retries instead of spinning.
+                    if !a.follow_store() {
+                        std::thread::sleep(STORE_FOLLOW);
+                    }
                 });
                 tokio::select! {
                     _ = round => {}
@@ -574,7 +584,6 @@ pub async fn serve_plain<F, Fut>(
     }
 }
 
-/// Runs until SIGTERM or SIGINT, reloading on SIGHUP; then drains.
 /// Ends the throttle's sharing threads with the task holding it.
 struct StopSharing(Option<Arc<crate::app::throttle_share::Share>>);
 
@@ -586,6 +595,7 @@ impl Drop for StopSharing {
     }
 }
 
+/// Runs until SIGTERM or SIGINT, reloading on SIGHUP; then drains.
 pub async fn run(config: Config) -> Result<(), ServeError> {
     use tokio::signal::unix::{signal, SignalKind};
     // A file size limit (RLIMIT_FSIZE) reached by the state store must be a

@@ -360,15 +360,19 @@ pub trait Store: Send + Sync {
 
     /// Listens on `channel`, calling `on` with each message, until the
     /// connection fails (`Err`) or `stop` says so (`Ok`), which is asked at
-    /// least every second; `subscribed` is called once listening.
+    /// least every second; `subscribed` is called once listening. While no
+    /// message comes, `quiet` is asked every second whether that is fine:
+    /// `false` makes it check the connection (a round trip), and a
+    /// connection that does not answer is a failure.
     fn listen(
         &self,
         channel: &str,
         subscribed: &mut dyn FnMut(),
         on: &mut dyn FnMut(&[u8]),
+        quiet: &mut dyn FnMut() -> bool,
         stop: &dyn Fn() -> bool,
     ) -> Result<(), StoreError> {
-        let _ = (subscribed, on, stop);
+        let _ = (subscribed, on, quiet, stop);
         self.broadcast(channel, &[])
     }
 

@@ -1076,13 +1076,17 @@ impl Store for RedisStore {
     /// `PUBLISH`: Pub/Sub is never written to the AOF or replicated to
     /// disk, which is what hints should cost.
     fn broadcast(&self, channel: &str, msg: &[u8]) -> Result<(), StoreError> {
-        self.on(&self.publish, |c| {
-            redis::cmd("PUBLISH")
-                .arg(self.key(channel))
-                .arg(msg)
-                .query::<i64>(c)
-        })
-        .map(drop)
+        let publish = || {
+            self.on(&self.publish, |c| {
+                redis::cmd("PUBLISH")
+                    .arg(self.key(channel))
+                    .arg(msg)
+                    .query::<i64>(c)
+            })
+        };
+        // Once more on a new connection: the one held may have been closed
+        // by a restart since the last message (a hint lost for that).
+        publish().or_else(|_| publish()).map(drop)
     }
 
     /// `SUBSCRIBE` on a connection of its own, held while listening.
@@ -1091,6 +1095,7 @@ impl Store for RedisStore {
         channel: &str,
         subscribed: &mut dyn FnMut(),
         on: &mut dyn FnMut(&[u8]),
+        quiet: &mut dyn FnMut() -> bool,
         stop: &dyn Fn() -> bool,
     ) -> Result<(), StoreError> {
         let mut conn = self.connect()?;
@@ -1103,7 +1108,12 @@ impl Store for RedisStore {
         while !stop() {
             match ps.get_message() {
                 Ok(m) => on(m.get_payload_bytes()),
-                Err(e) if e.is_timeout() => {}
+                // (A PING while subscribed is answered as a message.)
+                Err(e) if e.is_timeout() => {
+                    if !quiet() {
+                        ps.ping::<redis::Value>().map_err(err)?;
+                    }
+                }
                 Err(e) => return Err(err(e)),
             }
         }
