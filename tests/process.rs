@@ -261,6 +261,107 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// With `limits.drain_delay`, SIGTERM makes `/readyz` fail at once (load
+/// balancers stop sending) while valet goes on serving new requests for
+/// the delay; then it drains as without one: no new connections, the
+/// in-flight request finishes, exit 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_fails_readiness_at_once_and_serves_through_the_drain_delay() {
+    let up = Upstream::start().await;
+    let mut p = Proc::start_with_limits(
+        &default_routes(up.addr),
+        "  shutdown_grace: 10s\n  drain_delay: 2s\n",
+        "",
+        Stdio::null(),
+    )
+    .await;
+    let token = sign(&p.key, &claims("alice", "read"));
+    let c = p.client(Proto::H1);
+    let t = token.clone();
+    // /slow answers after 3 s: still in flight when the delay ends.
+    let inflight = tokio::spawn(async move { c.get("/api/slow", Some(&t)).await });
+    assert!(eventually(PICKUP, || async { up.count() == 1 }).await);
+    let signalled = std::time::Instant::now();
+    p.signal("TERM");
+    assert!(
+        eventually(Duration::from_millis(500), || async {
+            client::plain_get(p.metrics, "/readyz").await.0 == 503
+        })
+        .await,
+        "/readyz did not fail at once"
+    );
+    // New connections are still served during the delay.
+    let r = p.client(Proto::H1).get("/api/x", Some(&token)).await;
+    assert_eq!(r.status, 200, "refused during the drain delay");
+    assert!(signalled.elapsed() < Duration::from_millis(1500));
+    // Then it stops accepting, lets the in-flight request finish, exits 0.
+    let addr = p.addr;
+    assert!(
+        eventually(PICKUP, || async {
+            tokio::net::TcpStream::connect(addr).await.is_err()
+        })
+        .await,
+        "still accepting after the drain delay"
+    );
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(2),
+        "the delay was cut short"
+    );
+    assert_eq!(inflight.await.unwrap().status, 200);
+    let status = tokio::task::spawn_blocking(move || {
+        let s = p.child.wait().unwrap();
+        drop(p);
+        s
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+/// Under Kubernetes each pod on the embedded store would keep revocations
+/// of its own: valet refuses to start there unless `store.single_replica`
+/// says one pod is intended.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_embedded_store_refuses_to_start_under_kubernetes_unless_single_replica() {
+    let up = Upstream::start().await;
+    let p = Proc::start(&default_routes(up.addr)).await;
+    let out = Command::new(VALET)
+        .args(["serve", "--config"])
+        .arg(&p.config)
+        .env("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("KUBERNETES_SERVICE_HOST") && err.contains("single_replica: true"),
+        "{err}"
+    );
+    // With single_replica it starts (and says where it listens).
+    let text = std::fs::read_to_string(&p.config).unwrap() + "store:\n  single_replica: true\n";
+    let one = p.config.with_file_name("single.yaml");
+    std::fs::write(&one, text).unwrap();
+    let mut child = Command::new(VALET)
+        .args(["serve", "--config"])
+        .arg(&one)
+        .env("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let first = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout).lines().next()
+    })
+    .await
+    .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = first.and_then(Result::ok).unwrap_or_default();
+    assert!(line.starts_with("valet: listening on "), "{line:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_reloads_instead_of_terminating() {
     let up = Upstream::start().await;

@@ -154,6 +154,9 @@ pub enum StartError {
     Config(#[from] ConfigErrors),
 }
 
+/// Set in every Kubernetes container.
+pub const KUBERNETES_ENV: &str = "KUBERNETES_SERVICE_HOST";
+
 /// The state store `c` names (Redis, or the embedded file), for writing or
 /// only for reading.
 pub fn open_store(
@@ -161,6 +164,17 @@ pub fn open_store(
     writer: bool,
 ) -> Result<Arc<dyn crate::store::Store>, RevocationError> {
     let Some(r) = &c.store_redis else {
+        // Under Kubernetes every pod would keep revocations of its own:
+        // the embedded store only where one pod is meant.
+        if std::env::var_os(KUBERNETES_ENV).is_some() && !c.store_single_replica {
+            return Err(RevocationError {
+                file: c.store_path.clone(),
+                position: None,
+                message: format!(
+                    "running under Kubernetes ({KUBERNETES_ENV} is set) on the embedded store, which each pod would keep on its own (a token revoked at one pod would stay valid at the others): use store.redis for several pods, or set store.single_replica: true if one pod is intended"
+                ),
+            });
+        }
         return crate::revocation::open_store(&c.store_path, !writer);
     };
     let s =

@@ -34,6 +34,8 @@ pub struct Config {
     pub store_redis: Option<crate::store::redis::RedisSettings>,
     /// How long without reading the store makes revocations stale.
     pub store_stale_after: Duration,
+    /// `store.single_replica`: the embedded store is meant for one pod.
+    pub store_single_replica: bool,
     pub routes: Vec<RouteConfig>,
     pub limits: Limits,
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -202,6 +204,9 @@ pub struct Limits {
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// On SIGTERM, how long valet goes on serving, not ready, before it
+    /// drains: load balancers see it leave before its connections close.
+    pub drain_delay: Duration,
     pub idle_timeout: Duration,
     pub send_timeout: Duration,
     /// Bytes per second; 0 turns the check off.
@@ -444,6 +449,7 @@ fn compile(
             .as_ref()
             .and_then(|r| store_redis(r, base, c)),
         store_stale_after: raw.store.stale_after.map_or(DEFAULT_STALE_AFTER, |d| d.0),
+        store_single_replica: raw.store.single_replica,
         routes,
         limits,
         trusted_proxies,
@@ -1213,6 +1219,7 @@ fn compile_limits(l: &RawLimits, c: &mut Collector<'_>) -> Limits {
         connect_timeout: d(l.connect_timeout, DEFAULT_CONNECT_TIMEOUT),
         response_timeout: d(l.response_timeout, DEFAULT_RESPONSE_TIMEOUT),
         shutdown_grace: d(l.shutdown_grace, DEFAULT_SHUTDOWN_GRACE),
+        drain_delay: d(l.drain_delay, Duration::ZERO),
         idle_timeout: d(l.idle_timeout, DEFAULT_IDLE_TIMEOUT),
         send_timeout: d(l.send_timeout, DEFAULT_SEND_TIMEOUT),
         min_request_body_rate: l
@@ -1227,6 +1234,9 @@ fn compile_limits(l: &RawLimits, c: &mut Collector<'_>) -> Limits {
         http2_keepalive_interval: d(l.http2_keepalive_interval, DEFAULT_HTTP2_KEEPALIVE_INTERVAL),
         http2_keepalive_timeout: d(l.http2_keepalive_timeout, DEFAULT_HTTP2_KEEPALIVE_TIMEOUT),
     };
+    if limits.drain_delay > Duration::from_secs(600) {
+        c.at("limits.drain_delay", "drain_delay must be at most 10m");
+    }
     if limits.max_connections_per_source == Some(0) {
         c.at(
             "limits.max_connections_per_source",

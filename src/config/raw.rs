@@ -379,6 +379,10 @@ pub(super) struct RawStore {
     pub(super) stale_after: Option<ConfigDuration>,
     /// A Redis shared by a fleet, instead of the embedded store.
     pub(super) redis: Option<RawRedisStore>,
+    /// One pod is intended: the embedded store may be used under
+    /// Kubernetes (where each replica would otherwise keep its own).
+    #[serde(default)]
+    pub(super) single_replica: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -531,6 +535,7 @@ pub(super) struct RawLimits {
     pub(super) connect_timeout: Option<ConfigDuration>,
     pub(super) response_timeout: Option<ConfigDuration>,
     pub(super) shutdown_grace: Option<ConfigDuration>,
+    pub(super) drain_delay: Option<ConfigDuration>,
     pub(super) idle_timeout: Option<ConfigDuration>,
     pub(super) send_timeout: Option<ConfigDuration>,
     pub(super) min_request_body_rate: Option<ByteSize>,

@@ -57,6 +57,7 @@ pub struct Running {
     drain: Drain,
     drained: tokio::sync::mpsc::Receiver<()>,
     grace: Duration,
+    drain_delay: Duration,
     resolvers: Vec<Arc<CertResolver>>,
     _watcher: Option<watch::Watcher>,
 }
@@ -99,6 +100,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         None => None,
     };
     let grace = config.limits.shutdown_grace;
+    let drain_delay = config.limits.drain_delay;
     for w in config.authorization_server.iter().flat_map(|a| &a.warnings) {
         tracing::warn!("{w}");
     }
@@ -249,6 +251,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         drain,
         drained,
         grace,
+        drain_delay,
         resolvers,
         _watcher: Some(watcher),
     })
@@ -634,6 +637,21 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
                 let (app, resolvers) = (running.app.clone(), running.resolvers.clone());
                 let _ = tokio::task::spawn_blocking(move || watch::reload_all(&app, &resolvers)).await;
             }
+        }
+    }
+    // Not ready at once, so load balancers (a Service's endpoints) stop
+    // sending; still serving for the drain delay while they catch up. A
+    // second signal skips the rest of the delay.
+    running.app.set_ready(false);
+    if !running.drain_delay.is_zero() {
+        tracing::info!(
+            delay_ms = running.drain_delay.as_millis() as u64,
+            "shutting down: not ready; serving on for limits.drain_delay before draining"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(running.drain_delay) => {}
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
     }
     tracing::info!(

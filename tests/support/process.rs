@@ -160,6 +160,8 @@ pub async fn spawn_unready(
         .args(["serve", "--config"])
         .arg(config)
         .env("RUST_LOG", "debug")
+        // (A test runner inside a pod: the tests choose their store.)
+        .env_remove("KUBERNETES_SERVICE_HOST")
         .stdout(Stdio::piped())
         .stderr(stderr)
         .spawn()
