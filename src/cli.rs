@@ -235,6 +235,18 @@ pub fn run(cli: Cli) -> ExitCode {
             crate::app::managed_clients::check(&config, c)
                 .map_err(|errors| config_failed(&config, &errors))
         }) {
+            Ok(c)
+                if std::env::var_os(crate::app::KUBERNETES_ENV).is_some()
+                    && c.store_redis.is_none()
+                    && !c.store_single_replica =>
+            {
+                eprintln!(
+                    "{}: under Kubernetes ({} is set) the embedded store is refused unless store.single_replica: true (each pod would keep revocations of its own): use store.redis",
+                    config.display(),
+                    crate::app::KUBERNETES_ENV
+                );
+                ExitCode::FAILURE
+            }
             Ok(c) => {
                 for w in c.authorization_server.iter().flat_map(|a| &a.warnings) {
                     eprintln!("warning: {w}");

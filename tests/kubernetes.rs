@@ -5,6 +5,7 @@
 
 mod support;
 
+use serde::Deserialize;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -244,4 +245,172 @@ async fn configmap_and_secret_updates_by_symlink_swap_are_picked_up() {
             .count(),
         1
     );
+}
+
+/// Every valet container in `deploy/kubernetes/`, its pod's files laid out
+/// as the kubelet would mount them (ConfigMaps as they are; Secrets and
+/// placeholders replaced by test material of the same kind; the mount
+/// paths under a scratch folder), passes `valet check` in a pod's
+/// environment. And the Redis there promises what valet checks, with the
+/// ACL lines README documents.
+#[test]
+fn the_manifests_valet_configs_pass_valet_check() {
+    use serde_yaml::Value;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let mut docs = Vec::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        for d in serde_yaml::Deserializer::from_str(&text) {
+            docs.push(Value::deserialize(d).unwrap());
+        }
+    }
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let named = |kind: &str, name: &str| -> Vec<(String, String)> {
+        let d = docs
+            .iter()
+            .find(|d| s(&d["kind"]) == kind && s(&d["metadata"]["name"]) == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"));
+        let data = if kind == "Secret" {
+            &d["stringData"]
+        } else {
+            &d["data"]
+        };
+        data.as_mapping()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (s(k), s(v)))
+            .collect()
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(scratch.path());
+    let key = TestKey::new();
+    // Test material of the kind a placeholder or a Secret stands for.
+    let stand_in = |name: &str, value: &str| -> Vec<u8> {
+        if !value.contains("REPLACE") {
+            return value.as_bytes().to_vec();
+        }
+        match name {
+            "tls.crt" => std::fs::read(&ca.cert_file).unwrap(),
+            "tls.key" => std::fs::read(&ca.key_file).unwrap(),
+            "signing.pem" => key.pem.clone().into_bytes(),
+            n if n.ends_with(".pem") => key.public_pem().into_bytes(),
+            "pepper" => b"c2VjcmV0LXBlcHBlci1vZi10aGlydHktdHdvLWJ5dGVzIQ==\n".to_vec(),
+            _ => b"a-test-password\n".to_vec(),
+        }
+    };
+    let mut checked = 0;
+    for d in docs
+        .iter()
+        .filter(|d| matches!(s(&d["kind"]).as_str(), "Deployment" | "StatefulSet"))
+    {
+        let spec = &d["spec"]["template"]["spec"];
+        let containers = spec["initContainers"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .chain(spec["containers"].as_sequence().into_iter().flatten());
+        for c in containers.filter(|c| s(&c["image"]).contains("/valet:")) {
+            let root = scratch.path().join(format!("pod-{checked}"));
+            let args: Vec<String> = c["args"].as_sequence().unwrap().iter().map(s).collect();
+            assert_eq!(args[..2], ["serve", "--config"], "{args:?}");
+            let mounts: Vec<(String, String)> = c["volumeMounts"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(|m| (s(&m["name"]), s(&m["mountPath"])))
+                .collect();
+            let under = |p: &str| {
+                let mut t = p.to_string();
+                for (_, at) in &mounts {
+                    t = t.replace(&format!("{at}/"), &format!("{}{at}/", root.display()));
+                }
+                t
+            };
+            for (volume, at) in &mounts {
+                let v = spec["volumes"]
+                    .as_sequence()
+                    .unwrap()
+                    .iter()
+                    .find(|v| s(&v["name"]) == *volume)
+                    .unwrap();
+                let target = PathBuf::from(format!("{}{at}", root.display()));
+                let entries = if let Some(name) = v["configMap"]["name"].as_str() {
+                    named("ConfigMap", name)
+                } else if let Some(name) = v["secret"]["secretName"].as_str() {
+                    named("Secret", name)
+                } else {
+                    // A data volume (a claim, an emptyDir): an empty folder.
+                    std::fs::create_dir_all(&target).unwrap();
+                    continue;
+                };
+                let files: Vec<(&str, Vec<u8>)> = entries
+                    .iter()
+                    .map(|(k, v)| {
+                        let bytes = if k == "valet.yaml" {
+                            under(v).into_bytes()
+                        } else {
+                            stand_in(k, v)
+                        };
+                        (k.as_str(), bytes)
+                    })
+                    .collect();
+                Projected::new(&target, &files);
+            }
+            let config = under(&args[2]);
+            let out = std::process::Command::new(VALET)
+                .args(["check", "--config", &config])
+                .env("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{} ({}): {}",
+                s(&d["metadata"]["name"]),
+                args[2],
+                String::from_utf8_lossy(&out.stderr)
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 3, "the authority, the sidecar, the single pod");
+
+    // Redis: the settings valet refuses to start without, and README's ACLs.
+    let conf = &named("ConfigMap", "valet-redis-config")[0].1;
+    for line in [
+        "appendonly yes",
+        "appendfsync always",
+        "maxmemory-policy noeviction",
+    ] {
+        assert!(
+            conf.lines().any(|l| l.trim() == line),
+            "redis.conf lacks {line}"
+        );
+    }
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let acl = &named("Secret", "valet-redis-acl")[0].1;
+    for user in ["valet-authority", "valet-validator"] {
+        let documented = readme
+            .lines()
+            .find(|l| l.trim().starts_with(&format!("ACL SETUSER {user} on >")))
+            .unwrap();
+        let rules = |l: &str| -> Vec<String> {
+            l.split_whitespace()
+                .filter(|w| !w.starts_with('>'))
+                .skip_while(|w| *w != "on")
+                .map(str::to_string)
+                .collect()
+        };
+        let shipped = acl
+            .lines()
+            .find(|l| l.starts_with(&format!("user {user} ")))
+            .unwrap();
+        assert_eq!(rules(shipped), rules(documented), "{user}");
+    }
 }
