@@ -256,20 +256,7 @@ async fn configmap_and_secret_updates_by_symlink_swap_are_picked_up() {
 #[test]
 fn the_manifests_valet_configs_pass_valet_check() {
     use serde_yaml::Value;
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
-    let mut docs = Vec::new();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
-    for f in &files {
-        let text = std::fs::read_to_string(f).unwrap();
-        for d in serde_yaml::Deserializer::from_str(&text) {
-            docs.push(Value::deserialize(d).unwrap());
-        }
-    }
+    let docs = manifests();
     let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
     let named = |kind: &str, name: &str| -> Vec<(String, String)> {
         let d = docs
@@ -413,4 +400,224 @@ fn the_manifests_valet_configs_pass_valet_check() {
             .unwrap();
         assert_eq!(rules(shipped), rules(documented), "{user}");
     }
+}
+
+/// The documents of every manifest.
+fn manifests() -> Vec<serde_yaml::Value> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    let mut docs = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        for d in serde_yaml::Deserializer::from_str(&text) {
+            docs.push(serde_yaml::Value::deserialize(d).unwrap());
+        }
+    }
+    docs
+}
+
+fn text(v: &serde_yaml::Value) -> String {
+    match v {
+        serde_yaml::Value::String(s) => s.clone(),
+        serde_yaml::Value::Number(n) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// What a cluster would catch only at run time: a Secret the pod's user
+/// cannot read (root's files, mode 0440, need the pod's fsGroup), a
+/// Service or probe port no container declares (or one on an init
+/// container, which Services resolve only from 1.32), a NetworkPolicy or
+/// Service selecting no pod, a resource outside the namespace.
+#[test]
+fn the_manifests_hang_together() {
+    let docs = manifests();
+    let pods: Vec<(&serde_yaml::Value, &serde_yaml::Value)> = docs
+        .iter()
+        .filter(|d| matches!(text(&d["kind"]).as_str(), "Deployment" | "StatefulSet"))
+        .map(|d| {
+            (
+                &d["spec"]["template"]["metadata"]["labels"],
+                &d["spec"]["template"]["spec"],
+            )
+        })
+        .collect();
+    let selects = |selector: &serde_yaml::Value, labels: &serde_yaml::Value| {
+        selector
+            .as_mapping()
+            .is_some_and(|m| !m.is_empty() && m.iter().all(|(k, v)| labels[k] == *v))
+    };
+    for d in &docs {
+        assert_eq!(
+            text(&d["metadata"]["namespace"]),
+            "valet",
+            "{:?}",
+            d["metadata"]["name"]
+        );
+    }
+    for (labels, spec) in &pods {
+        let fs_group = spec["securityContext"]["fsGroup"].as_u64();
+        for v in spec["volumes"].as_sequence().into_iter().flatten() {
+            if v["secret"].is_mapping() {
+                let mode = v["secret"]["defaultMode"].as_u64().unwrap_or(0o644);
+                let readable = mode & 0o004 != 0 || (mode & 0o040 != 0 && fs_group.is_some());
+                assert!(
+                    readable,
+                    "{labels:?}: Secret volume {:?} unreadable to a non-root user",
+                    v["name"]
+                );
+            }
+        }
+        let all = |key: &str| spec[key].as_sequence().into_iter().flatten();
+        for c in all("initContainers").chain(all("containers")) {
+            let ports: Vec<String> = c["ports"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .flat_map(|p| [text(&p["name"]), text(&p["containerPort"])])
+                .collect();
+            for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+                let port = &c[probe]["httpGet"]["port"];
+                let port = if port.is_null() {
+                    &c[probe]["tcpSocket"]["port"]
+                } else {
+                    port
+                };
+                if !port.is_null() {
+                    assert!(
+                        ports.contains(&text(port)),
+                        "{probe} port {port:?} not declared"
+                    );
+                }
+            }
+        }
+    }
+    for d in docs.iter().filter(|d| text(&d["kind"]) == "Service") {
+        let (_, spec) = pods
+            .iter()
+            .find(|(labels, _)| selects(&d["spec"]["selector"], labels))
+            .unwrap_or_else(|| panic!("Service {:?} selects no pod", d["metadata"]["name"]));
+        let regular: Vec<String> = spec["containers"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .flat_map(|c| c["ports"].as_sequence().into_iter().flatten())
+            .map(|p| text(&p["name"]))
+            .collect();
+        for p in d["spec"]["ports"].as_sequence().unwrap() {
+            let target = &p["targetPort"];
+            match target {
+                serde_yaml::Value::Number(_) => {}
+                // A named port must be a regular container's.
+                _ => assert!(regular.contains(&text(target)), "targetPort {target:?}"),
+            }
+        }
+    }
+    for d in docs.iter().filter(|d| text(&d["kind"]) == "NetworkPolicy") {
+        let selector = &d["spec"]["podSelector"]["matchLabels"];
+        assert!(
+            pods.iter().any(|(labels, _)| selects(selector, labels)),
+            "NetworkPolicy {:?} selects no pod",
+            d["metadata"]["name"]
+        );
+    }
+}
+
+/// The Redis the manifests ship, run by a real redis-server: its settings
+/// are accepted and in force, and its ACL users can do what valet needs and
+/// no more. (The harness needs a default user to ask the server anything;
+/// the shipped file turns it off, which is checked as a line.)
+#[test]
+fn the_shipped_redis_settings_and_acl_work_on_a_real_redis() {
+    let docs = manifests();
+    let data = |kind: &str, name: &str, key: &str| {
+        docs.iter()
+            .find(|d| text(&d["kind"]) == kind && text(&d["metadata"]["name"]) == name)
+            .map(|d| {
+                text(
+                    &d[if kind == "Secret" {
+                        "stringData"
+                    } else {
+                        "data"
+                    }][key],
+                )
+            })
+            .unwrap()
+    };
+    let conf = data("ConfigMap", "valet-redis-config", "redis.conf");
+    let acl = data("Secret", "valet-redis-acl", "users.acl");
+    assert!(acl.lines().any(|l| l.trim() == "user default off"));
+    let dir = tempfile::tempdir().unwrap();
+    let acl_file = dir.path().join("users.acl");
+    let harness = acl.replace("user default off", "user default on nopass ~* &* +@all");
+    std::fs::write(&acl_file, harness).unwrap();
+    let mut args: Vec<String> = Vec::new();
+    for line in conf
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (k, v) = line.split_once(' ').unwrap();
+        match k {
+            "port" | "dir" => {}
+            "aclfile" => args.extend(["--aclfile".into(), acl_file.display().to_string()]),
+            _ => args.extend([format!("--{k}"), v.to_string()]),
+        }
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let redis = support::redis_server::RedisServer::start(&args);
+    for (k, v) in [
+        ("maxmemory-policy", "noeviction"),
+        ("appendonly", "yes"),
+        ("appendfsync", "always"),
+        ("maxmemory", "629145600"),
+    ] {
+        assert!(redis.cli(&["CONFIG", "GET", k]).contains(v), "{k}");
+    }
+    let password = |user: &str| {
+        acl.lines()
+            .find(|l| l.starts_with(&format!("user {user} ")))
+            .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix('>')))
+            .unwrap()
+            .to_string()
+    };
+    let (a, v) = (password("valet-authority"), password("valet-validator"));
+    let authority = Some(("valet-authority", a.as_str()));
+    let validator = Some(("valet-validator", v.as_str()));
+    assert_eq!(
+        redis
+            .cli_as(authority, &["HSET", "valet:meta", "x", "1"])
+            .trim(),
+        "1"
+    );
+    assert_eq!(
+        redis
+            .cli_as(authority, &["PUBLISH", "valet:throttle", "m"])
+            .trim(),
+        "0"
+    );
+    assert!(redis
+        .cli_as(authority, &["SET", "other:key", "1"])
+        .contains("NOPERM"));
+    assert!(redis.cli_as(authority, &["FLUSHALL"]).contains("NOPERM"));
+    assert!(redis
+        .cli_as(validator, &["HGET", "valet:meta", "x"])
+        .contains('1'));
+    assert!(redis
+        .cli_as(validator, &["CONFIG", "GET", "maxmemory-policy"])
+        .contains("noeviction"));
+    assert!(redis
+        .cli_as(validator, &["HSET", "valet:meta", "x", "2"])
+        .contains("NOPERM"));
+    assert!(redis
+        .cli_as(validator, &["PUBLISH", "valet:throttle", "m"])
+        .contains("NOPERM"));
+    assert!(redis
+        .cli_as(Some(("valet-validator", "guess")), &["PING"])
+        .contains("WRONGPASS"));
 }

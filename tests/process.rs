@@ -318,6 +318,41 @@ async fn sigterm_fails_readiness_at_once_and_serves_through_the_drain_delay() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// A second SIGTERM during the drain delay skips the rest of it: valet
+/// drains and exits at once (an operator who means it now).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_sigterm_skips_the_rest_of_the_drain_delay() {
+    let up = Upstream::start().await;
+    let mut p = Proc::start_with_limits(
+        &default_routes(up.addr),
+        "  shutdown_grace: 10s\n  drain_delay: 60s\n",
+        "",
+        Stdio::null(),
+    )
+    .await;
+    p.signal("TERM");
+    assert!(
+        eventually(PICKUP, || async {
+            client::plain_get(p.metrics, "/readyz").await.0 == 503
+        })
+        .await
+    );
+    let again = std::time::Instant::now();
+    p.signal("TERM");
+    let status = tokio::task::spawn_blocking(move || {
+        let s = p.child.wait().unwrap();
+        drop(p);
+        s
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        again.elapsed() < Duration::from_secs(15),
+        "waited out the delay"
+    );
+}
+
 /// Under Kubernetes each pod on the embedded store would keep revocations
 /// of its own: valet refuses to start there unless `store.single_replica`
 /// says one pod is intended.
@@ -337,6 +372,16 @@ async fn the_embedded_store_refuses_to_start_under_kubernetes_unless_single_repl
         err.contains("KUBERNETES_SERVICE_HOST") && err.contains("single_replica: true"),
         "{err}"
     );
+    // `valet check` in the pod says the same.
+    let out = Command::new(VALET)
+        .args(["check", "--config"])
+        .arg(&p.config)
+        .env("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("single_replica: true"), "{err}");
     // With single_replica it starts (and says where it listens).
     let text = std::fs::read_to_string(&p.config).unwrap() + "store:\n  single_replica: true\n";
     let one = p.config.with_file_name("single.yaml");

@@ -606,6 +606,11 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     // default action of SIGXFSZ, which kills the process (PostgreSQL does
     // the same). A handler, unlike the default, lets the write fail.
     let _file_too_large = signal(SignalKind::from_raw(libc::SIGXFSZ)).expect("signal handler");
+    // Before the addresses are printed and readiness is set: a SIGTERM
+    // from then on is a drain, never the default action.
+    let mut term = signal(SignalKind::terminate()).expect("signal handler");
+    let mut int = signal(SignalKind::interrupt()).expect("signal handler");
+    let mut hup = signal(SignalKind::hangup()).expect("signal handler");
     let running = start(config).await?;
     // The bound addresses on standard output (logs go to standard error):
     // with port 0 in the config, this is how a supervisor or a test learns
@@ -624,9 +629,6 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         }
         let _ = out.flush();
     }
-    let mut term = signal(SignalKind::terminate()).expect("signal handler");
-    let mut int = signal(SignalKind::interrupt()).expect("signal handler");
-    let mut hup = signal(SignalKind::hangup()).expect("signal handler");
     loop {
         tokio::select! {
             _ = term.recv() => break,
