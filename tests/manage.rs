@@ -739,3 +739,131 @@ async fn valet_check_compiles_the_stored_clients_as_serve_does() {
     let (ok, _, err) = valet(&["check"], &cfg);
     assert!(ok, "{err}");
 }
+
+/// Client ids are 1 to 128 of `A-Z a-z 0-9 . _ ~ -`: the admin API, the
+/// CLI and the config refuse anything else (ids its own per-client
+/// endpoints could never address, ids that look like others), and ids
+/// differing only by case. Path segments are decoded exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn client_ids_outside_the_alphabet_or_differing_by_case_are_refused() {
+    let (gw, _up, _s) = start().await;
+    let add = |id: &str| {
+        let body = serde_json::json!({
+            "client_id": id, "grant_types": ["client_credentials"], "operator": "svc-x", "scopes": ["read"]
+        })
+        .to_string();
+        let gw = &gw;
+        async move { admin(gw, "POST", "/admin/clients", Some(ADMIN_TOKEN), &body).await }
+    };
+    for bad in [
+        "a/b",
+        "ünicode",
+        "a b",
+        " probe-c1",
+        "probe-c1 ",
+        "a%2Fb",
+        "x\u{202e}y",
+        "zero\u{200b}width",
+        "",
+        &"x".repeat(129),
+        "Static",
+    ] {
+        let (status, body) = add(bad).await;
+        assert_eq!(status, 400, "{bad:?}: {body}");
+        let says = body.to_string();
+        assert!(
+            says.contains("A-Z a-z 0-9 . _ ~ -") || says.contains("only by case"),
+            "{bad:?}: {says}"
+        );
+    }
+    let (status, _) = add(" probe-c1").await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        cc_token(&gw, " probe-c1", "anything").await.unwrap_err(),
+        401,
+        "never created"
+    );
+
+    let id = "billing-2.v1~x_y";
+    let (status, body) = add(id).await;
+    assert_eq!(status, 201, "{body}");
+    // Addressable as named, and percent-encoded (decoded once)...
+    for path in [
+        format!("/admin/clients/{id}/revoke-tokens"),
+        "/admin/clients/billing%2D2%2Ev1~x_y/revoke-tokens".to_string(),
+    ] {
+        let (status, body) = admin(&gw, "POST", &path, Some(ADMIN_TOKEN), "").await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(body["client_id"], id);
+    }
+    // ...but never decoded twice.
+    let (status, _) = admin(
+        &gw,
+        "POST",
+        "/admin/clients/billing%252D2.v1~x_y/revoke-tokens",
+        Some(ADMIN_TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // The CLI refuses the same.
+    let (ok, _, err) = valet(
+        &[
+            "client",
+            "add",
+            "a b",
+            "--grant",
+            "client_credentials",
+            "--operator",
+            "svc-ab",
+        ],
+        &gw.config_path,
+    );
+    assert!(!ok);
+    assert!(err.contains("A-Z a-z 0-9 . _ ~ -"), "{err}");
+    // And the config, written by hand.
+    let text = std::fs::read_to_string(&gw.config_path)
+        .unwrap()
+        .replace("client_id: static", "client_id: \"stat ic\"");
+    let e = valet::config::parse(&gw.config_path, &text)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("A-Z a-z 0-9 . _ ~ -"), "{e}");
+}
+
+/// A client an earlier version stored with an id outside the alphabet keeps
+/// working, and `valet check` lists it as a warning.
+#[tokio::test(flavor = "multi_thread")]
+async fn stored_client_ids_outside_the_alphabet_are_warned_about() {
+    let (gw, _up, _s) = start().await;
+    let store = SqliteStore::open(&gw.revocation_path.with_file_name("valet-state.db")).unwrap();
+    let raw = valet::config::RawClient {
+        client_id: "old client".into(),
+        secret_hash: valet::oauth2::registry::argon2id_hash("old-secret"),
+        grant_types: vec!["client_credentials".into()],
+        operator: Some("svc-old".into()),
+        scopes: vec!["read".into()],
+        default_scopes: None,
+        audience: None,
+        access_token_ttl: None,
+        refresh_token_ttl: None,
+        refresh_token_max_lifetime: None,
+        use_refresh_token: false,
+        introspect_any: false,
+        jwt_bearer: None,
+        saml2_bearer: None,
+    };
+    let record = valet::app::managed_clients::record(&raw);
+    assert!(store
+        .put_client("old client", Some(&record), ClientWrite::Create)
+        .unwrap());
+    let (ok, _, err) = valet(&["check"], &gw.config_path);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("warning")
+            && err.contains("\"old client\"")
+            && err.contains("outside the client id alphabet"),
+        "{err}"
+    );
+}

@@ -97,7 +97,18 @@ pub async fn respond(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Byt
         let app = app2;
         let snap = app.snapshot();
         let config = &snap.config;
-        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        // Each segment percent-decoded exactly once, after splitting: an
+        // id or subject arrives as it was named, and `%2F` stays inside
+        // its segment.
+        let Some(decoded) = path
+            .trim_matches('/')
+            .split('/')
+            .map(|seg| percent_encoding::percent_decode_str(seg).decode_utf8().ok())
+            .collect::<Option<Vec<_>>>()
+        else {
+            return Ok(error(StatusCode::BAD_REQUEST, "a path segment is not UTF-8 once decoded"));
+        };
+        let segments: Vec<&str> = decoded.iter().map(|s| s.as_ref()).collect();
         let out = match (&method, segments.as_slice()) {
             (&Method::GET, ["admin", "clients"]) => {
                 return manage::list(config).map(|l| reply(StatusCode::OK, serde_json::json!({"clients": l})));
@@ -190,8 +201,8 @@ fn oauth1_tokens(
             serde_json::json!({"provider": provider, "subjects": store.subjects(provider)}),
         ),
         (&Method::DELETE, [subject]) => {
-            let subject = percent_encoding::percent_decode_str(subject).decode_utf8_lossy();
-            match store.remove(provider, &subject) {
+            // (Decoded once, with the rest of the path.)
+            match store.remove(provider, subject) {
                 Ok(had) => {
                     if had {
                         tracing::info!(provider, sub = %subject, "OAuth 1.0 token forgotten (admin API)");
