@@ -36,6 +36,8 @@ pub struct Config {
     pub store_stale_after: Duration,
     /// `store.single_replica`: the embedded store is meant for one pod.
     pub store_single_replica: bool,
+    /// CORS for valet's own endpoints (token, revocation, OAuth 1.0).
+    pub cors: Option<std::sync::Arc<super::cors::CorsPolicy>>,
     pub routes: Vec<RouteConfig>,
     pub limits: Limits,
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -175,6 +177,8 @@ pub struct RouteConfig {
     pub inject_claims: Vec<(HeaderName, String)>,
     /// Caller headers removed before forwarding, beyond valet's own list.
     pub strip_request_headers: Vec<HeaderName>,
+    /// Cross-origin calls from browsers.
+    pub cors: Option<std::sync::Arc<super::cors::CorsPolicy>>,
 }
 
 /// How long a route's WebSocket sessions may last.
@@ -450,6 +454,10 @@ fn compile(
             .and_then(|r| store_redis(r, base, c)),
         store_stale_after: raw.store.stale_after.map_or(DEFAULT_STALE_AFTER, |d| d.0),
         store_single_replica: raw.store.single_replica,
+        cors: raw
+            .cors
+            .as_ref()
+            .and_then(|r| super::cors::compile(r, "cors", c)),
         routes,
         limits,
         trusted_proxies,
@@ -771,6 +779,10 @@ fn compile_routes(
                     .as_ref()
                     .and_then(|u| u.signed_origin.as_ref())
                     .map(|o| o.trim_end_matches('/').to_string()),
+                cors: r
+                    .cors
+                    .as_ref()
+                    .and_then(|raw| super::cors::compile(raw, &format!("{p}.cors"), c)),
             });
         }
     }

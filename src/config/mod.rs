@@ -8,6 +8,7 @@
 
 mod auth_server;
 mod compile;
+pub mod cors;
 mod error;
 mod issuers;
 mod keys;

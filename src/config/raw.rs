@@ -33,6 +33,8 @@ pub(super) struct RawConfig {
     pub(super) authorization_server: Option<RawAuthServer>,
     pub(super) admin: Option<RawAdmin>,
     pub(super) oauth1: Option<RawOAuth1>,
+    /// CORS for valet's own token, revocation and OAuth 1.0 endpoints.
+    pub(super) cors: Option<super::cors::RawCors>,
 }
 
 /// valet as an OAuth 1.0a client of legacy upstreams.
@@ -441,6 +443,8 @@ pub(super) struct RawRoute {
     pub(super) upstream_protocol: Option<String>,
     /// Allow `Upgrade: websocket` on this route.
     pub(super) websocket: Option<RawWebSocket>,
+    /// Cross-origin calls from browsers: preflights answered by valet.
+    pub(super) cors: Option<super::cors::RawCors>,
     /// Validated claims sent upstream as headers: header name → claim.
     #[serde(default)]
     pub(super) inject_claims: std::collections::BTreeMap<String, String>,

@@ -14,6 +14,7 @@
 pub use crate::bodies as body;
 /// Refusals and their responses, shared with the OAuth 1.0 handler.
 pub use crate::refusal as error;
+pub mod cors;
 pub mod forwarded;
 pub mod headers;
 pub mod router;
@@ -74,6 +75,16 @@ pub async fn serve(
     })?;
     x.route = Some(idx);
     let route = &snap.routes[idx];
+    // A browser's preflight carries no credentials: answered here, before
+    // authentication, and never forwarded.
+    if let Some(p) = route
+        .cfg
+        .cors
+        .as_deref()
+        .filter(|_| cors::is_preflight(&req))
+    {
+        return Ok(cors::preflight(p, &req));
+    }
     authenticate_and_authorize(app, snap, route, &req, x).await?;
     check_declared_length(route, &req)?;
     let upgrade = websocket_upgrade(app, snap, route, peer, &mut req, x)?;

@@ -140,6 +140,8 @@ pub async fn handle(
         },
     };
     let request_id = g.x.request_id.clone();
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let preflight = proxy::cors::is_preflight(&req);
     // 0. One canonical request target, before anything looks at it: valet's
     //    own endpoints and the routes match on it, the upstream receives it.
     let mut resp = match prepare(&mut req, &policy) {
@@ -149,6 +151,17 @@ pub async fn handle(
         }
         Ok(authority) => dispatch(app, &snap, &policy, peer, req, authority, &mut g.x).await,
     };
+    // CORS headers on every answer of a path with a policy (refusals
+    // included: a page must be able to read why), except the preflight's
+    // own, which has them already.
+    let cors = match (g.x.kind, g.x.seen.route) {
+        (Kind::Proxy, Some(i)) => snap.routes[i].cfg.cors.as_deref(),
+        (Kind::Proxy, None) => None,
+        (Kind::OAuth2 | Kind::OAuth1, _) => snap.config.cors.as_deref(),
+    };
+    if let Some(p) = cors.filter(|_| !preflight) {
+        proxy::cors::decorate(p, origin.as_ref(), resp.headers_mut());
+    }
     resp.headers_mut().insert(X_REQUEST_ID, request_id);
     g.x.finish(app, resp.status().as_u16());
     resp
@@ -175,6 +188,14 @@ async fn dispatch(
     {
         x.kind = Kind::OAuth2;
         drop(routing);
+        if let Some(p) = snap
+            .config
+            .cors
+            .as_deref()
+            .filter(|_| proxy::cors::is_preflight(&req))
+        {
+            return proxy::cors::preflight(p, &req);
+        }
         return crate::oauth2::endpoints::serve(app, snap, a, ep, peer, req).await;
     }
     if let Some((o, target)) = snap
@@ -185,6 +206,14 @@ async fn dispatch(
     {
         x.kind = Kind::OAuth1;
         drop(routing);
+        if let Some(p) = snap
+            .config
+            .cors
+            .as_deref()
+            .filter(|_| proxy::cors::is_preflight(&req))
+        {
+            return proxy::cors::preflight(p, &req);
+        }
         let rid = x.request_id.clone();
         return crate::oauth1::flow::serve(app, snap, o, target, req, &rid, &mut x.seen.token)
             .await;
