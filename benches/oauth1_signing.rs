@@ -38,6 +38,7 @@ fn provider(method: SignatureMethod) -> Provider {
         tls: Arc::new(tls),
         timeout: Duration::from_secs(10),
         shared_token: None,
+        token_problems: Vec::new(),
         start_url: "https://valet.example/oauth1/legacy/authorize".into(),
     }
 }

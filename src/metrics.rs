@@ -96,6 +96,8 @@ pub struct Metrics {
     pub oauth1_flows_failed: IntCounterVec,
     pub oauth1_signed: IntCounterVec,
     pub oauth1_upstream_unauthorized: IntCounterVec,
+    pub oauth1_tokens_invalidated: IntCounterVec,
+    pub oauth1_consumer_problems: IntCounterVec,
 }
 
 /// Handles for one route (or for requests that matched no route).
@@ -437,6 +439,22 @@ impl Metrics {
             "valet_oauth1_signed_requests_total",
             "Requests forwarded upstream signed with an OAuth 1.0 token.",
         );
+        let oauth1_tokens_invalidated = IntCounterVec::new(
+            Opts::new(
+                "valet_oauth1_tokens_invalidated_total",
+                "Users' OAuth 1.0 tokens the provider refused as such (oauth_problem token_revoked, token_rejected, token_expired or configured): marked invalid; the user is asked to authorize again.",
+            ),
+            &["provider", "problem"],
+        )
+        .expect("valid metric");
+        let oauth1_consumer_problems = IntCounterVec::new(
+            Opts::new(
+                "valet_oauth1_consumer_problems_total",
+                "Signed requests the provider refused for a reason that is not the user's token (signature_invalid, consumer_key_rejected, timestamp_refused, nonce_used, or a 401 with no oauth_problem: `none`): no token is touched. Alert on it: valet's consumer key, secret or clock is at fault.",
+            ),
+            &["provider", "problem"],
+        )
+        .expect("valid metric");
         let oauth1_upstream_unauthorized = by_provider(
             "valet_oauth1_upstream_unauthorized_total",
             "Signed requests the upstream answered 401 (the provider token may be revoked).",
@@ -448,6 +466,8 @@ impl Metrics {
             Box::new(oauth1_flows_failed.clone()),
             Box::new(oauth1_signed.clone()),
             Box::new(oauth1_upstream_unauthorized.clone()),
+            Box::new(oauth1_tokens_invalidated.clone()),
+            Box::new(oauth1_consumer_problems.clone()),
             Box::new(token_requests_failed.clone()),
             Box::new(revocations.clone()),
             Box::new(client_auth_failures.clone()),
@@ -546,6 +566,8 @@ impl Metrics {
             oauth1_flows_failed,
             oauth1_signed,
             oauth1_upstream_unauthorized,
+            oauth1_tokens_invalidated,
+            oauth1_consumer_problems,
         }
     }
 

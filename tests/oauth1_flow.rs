@@ -306,11 +306,83 @@ async fn the_three_legged_flow_then_signed_requests() {
     assert_eq!(s.gw.metric(&m("signed_requests_total")).await, 3.0);
     assert_eq!(s.gw.metric(&m("upstream_unauthorized_total")).await, 0.0);
 
-    // The provider revokes the token: its 401 reaches the caller and is counted.
-    s.provider.state.lock().unwrap().revoked.insert(token);
+    // The provider revokes the token (401, oauth_problem="token_revoked"):
+    // the token is marked invalid, and alice is asked to authorize again,
+    // as before the flow; bob is untouched.
+    s.provider
+        .state
+        .lock()
+        .unwrap()
+        .revoked
+        .insert(token.clone());
     let r = c.get("/legacy/items", Some(&alice)).await;
-    assert_eq!(r.status, 401);
+    assert_eq!(r.status, 403, "{:?}", r.body);
+    assert_eq!(r.json()["error"], "oauth1_authorization_required");
+    assert_eq!(
+        r.json()["authorize_url"],
+        "https://valet.example:8443/oauth1/legacy/authorize"
+    );
     assert_eq!(s.gw.metric(&m("upstream_unauthorized_total")).await, 1.0);
+    assert_eq!(
+        s.gw.metric(
+            "valet_oauth1_tokens_invalidated_total{problem=\"token_revoked\",provider=\"legacy\"}"
+        )
+        .await,
+        1.0
+    );
+    // Not sent again: refused before the provider is asked.
+    let calls = s.api_calls().len();
+    let r = c.get("/legacy/items", Some(&alice)).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        s.api_calls().len(),
+        calls,
+        "an invalid token was used again"
+    );
+    // Kept, marked, for the operator to see.
+    let store = s.gw.running.as_ref().unwrap().app.oauth1_store().unwrap();
+    let (problem, _) = store.invalid("legacy", "alice").unwrap();
+    assert_eq!(problem, "token_revoked");
+    // Authorizing again replaces it.
+    s.provider.state.lock().unwrap().revoked.clear();
+    s.authorize(&alice).await;
+    assert!(store.invalid("legacy", "alice").is_none());
+    assert_eq!(c.get("/legacy/items", Some(&alice)).await.status, 200);
+}
+
+/// A provider refusing valet's consumer (a revoked consumer key, a bad
+/// signature, a clock off) says nothing about any user's token: no token
+/// is touched, the provider's 401 goes back, and the problem is counted
+/// for an alert. One bad consumer key must not unlink every user.
+#[tokio::test]
+async fn consumer_level_refusals_touch_no_users_token() {
+    let s = setup("").await;
+    let alice = s.gw.token("alice", "read");
+    let c = s.client();
+    s.authorize(&alice).await;
+    assert_eq!(c.get("/legacy/items", Some(&alice)).await.status, 200);
+    for (problem, label) in [
+        ("consumer_key_rejected", "consumer_key_rejected"),
+        ("signature_invalid", "signature_invalid"),
+        ("timestamp_refused", "timestamp_refused"),
+        ("", "none"),
+    ] {
+        s.provider.state.lock().unwrap().consumer_problem = Some(problem.into());
+        let r = c.get("/legacy/items", Some(&alice)).await;
+        assert_eq!(r.status, 401, "{problem}");
+        let metric = format!(
+            "valet_oauth1_consumer_problems_total{{problem=\"{label}\",provider=\"legacy\"}}"
+        );
+        assert_eq!(s.gw.metric(&metric).await, 1.0, "{problem}");
+    }
+    s.provider.state.lock().unwrap().consumer_problem = None;
+    let store = s.gw.running.as_ref().unwrap().app.oauth1_store().unwrap();
+    assert!(store.invalid("legacy", "alice").is_none());
+    assert_eq!(
+        c.get("/legacy/items", Some(&alice)).await.status,
+        200,
+        "the user's token was touched"
+    );
 }
 
 #[tokio::test]

@@ -85,7 +85,32 @@ pub struct TokenStore {
     /// provider → subject → credentials (nested so that a lookup on the
     /// request path borrows its keys instead of allocating them).
     entries: RwLock<Entries>,
+    /// Tokens the provider refused as such (revoked, expired): kept in the
+    /// store, marked, never used; (provider, subject) → (problem, when).
+    invalid: RwLock<HashMap<(String, String), (String, i64)>>,
 }
+
+/// A token marked invalid, to be written to the store.
+pub struct Invalidation {
+    store: Arc<dyn Store>,
+    provider: String,
+    subject: String,
+    sealed: Vec<u8>,
+}
+
+impl Invalidation {
+    /// Writes the mark durably (and to the log: every process stops using
+    /// the token). Blocking I/O.
+    pub fn record(self) -> Result<(), crate::store::StoreError> {
+        self.store
+            .set_oauth1_token(&self.provider, &self.subject, Some(&self.sealed))
+            .map(drop)
+    }
+}
+
+/// The start of a sealed token the provider refused: then the problem, the
+/// time, the token and the secret, a line each.
+const INVALID: &[u8] = b"\0invalid\n";
 
 fn token_aad(provider: &str, subject: &str) -> Vec<u8> {
     [provider.as_bytes(), b"\0", subject.as_bytes()].concat()
@@ -130,6 +155,7 @@ impl TokenStore {
             store,
             key,
             entries: Default::default(),
+            invalid: Default::default(),
         };
         let mut problems = Vec::new();
         if let Some(path) = legacy {
@@ -199,10 +225,14 @@ impl TokenStore {
     pub fn load_all(&self) -> Result<(), String> {
         let rows = self.store.oauth1_tokens().map_err(|e| e.to_string())?;
         let mut map = Entries::new();
+        let mut invalid = HashMap::new();
         let mut closed = 0;
         for (provider, subject, sealed) in rows {
             match self.unseal_token(&provider, &subject, &sealed) {
-                Some(c) => {
+                Some((_, Some(i))) => {
+                    invalid.insert((provider, subject), i);
+                }
+                Some((c, None)) => {
                     map.entry(provider)
                         .or_default()
                         .insert(subject, Arc::new(c));
@@ -211,6 +241,7 @@ impl TokenStore {
             }
         }
         *self.entries.write().expect("not poisoned") = map;
+        *self.invalid.write().expect("not poisoned") = invalid;
         if closed > 0 {
             let e = format!("{closed} OAuth 1.0 tokens in the state store do not decrypt with the configured key (wrong key, or tampered); they are not used");
             tracing::error!("{e}");
@@ -226,19 +257,10 @@ impl TokenStore {
             .store
             .oauth1_token(provider, subject)
             .map_err(|e| e.to_string())?;
-        let creds = sealed.and_then(|b| self.unseal_token(provider, subject, &b));
-        let mut m = self.entries.write().expect("not poisoned");
-        match creds {
-            Some(c) => {
-                m.entry(provider.to_string())
-                    .or_default()
-                    .insert(subject.to_string(), Arc::new(c));
-            }
-            None => {
-                if let Some(s) = m.get_mut(provider) {
-                    s.remove(subject);
-                }
-            }
+        match sealed.and_then(|b| self.unseal_token(provider, subject, &b)) {
+            Some((_, Some(i))) => self.set(provider, subject, None, Some(i)),
+            Some((c, None)) => self.set(provider, subject, Some(c), None),
+            None => self.set(provider, subject, None, None),
         }
         Ok(())
     }
@@ -271,14 +293,114 @@ impl TokenStore {
         Some(plain.to_vec())
     }
 
-    fn unseal_token(&self, provider: &str, subject: &str, sealed: &[u8]) -> Option<Credentials> {
+    fn unseal_token(
+        &self,
+        provider: &str,
+        subject: &str,
+        sealed: &[u8],
+    ) -> Option<(Credentials, Option<(String, i64)>)> {
         let plain = self.open_sealed(&token_aad(provider, subject), sealed)?;
-        let text = std::str::from_utf8(&plain).ok()?;
+        let (invalid, rest) = match plain.strip_prefix(INVALID) {
+            Some(rest) => {
+                let text = std::str::from_utf8(rest).ok()?;
+                let (problem, rest) = text.split_once('\n')?;
+                let (at, rest) = rest.split_once('\n')?;
+                (
+                    Some((problem.to_string(), at.parse().ok()?)),
+                    rest.as_bytes(),
+                )
+            }
+            None => (None, &plain[..]),
+        };
+        let text = std::str::from_utf8(rest).ok()?;
         let (token, secret) = text.split_once('\n')?;
-        Some(Credentials {
-            token: token.to_string(),
-            secret: Secret::new(secret.as_bytes().to_vec()),
+        Some((
+            Credentials {
+                token: token.to_string(),
+                secret: Secret::new(secret.as_bytes().to_vec()),
+            },
+            invalid,
+        ))
+    }
+
+    /// Why the provider refused `subject`'s token, and when, if it did.
+    pub fn invalid(&self, provider: &str, subject: &str) -> Option<(String, i64)> {
+        self.invalid
+            .read()
+            .expect("not poisoned")
+            .get(&(provider.to_string(), subject.to_string()))
+            .cloned()
+    }
+
+    /// Marks `subject`'s token `token` invalid, as the provider said
+    /// (`problem`): kept in the store for the operator to see, never used
+    /// again; the subject is asked to authorize anew. A token replaced
+    /// meanwhile (the subject authorized again) is left alone: `None`.
+    /// Out of use in memory at once; [`Invalidation::record`] writes it.
+    pub fn invalidate(
+        &self,
+        provider: &str,
+        subject: &str,
+        token: &str,
+        problem: &str,
+    ) -> Option<Invalidation> {
+        let creds = self.get(provider, subject).filter(|c| c.token == token)?;
+        let at = crate::revocation::now();
+        let mut plain = [
+            INVALID,
+            problem.as_bytes(),
+            b"\n",
+            at.to_string().as_bytes(),
+            b"\n",
+            creds.token.as_bytes(),
+            b"\n",
+            creds.secret.expose(),
+        ]
+        .concat();
+        let sealed = self.seal(&token_aad(provider, subject), &plain);
+        zeroize::Zeroize::zeroize(&mut plain);
+        self.set(provider, subject, None, Some((problem.to_string(), at)));
+        Some(Invalidation {
+            store: self.store.clone(),
+            provider: provider.to_string(),
+            subject: subject.to_string(),
+            sealed,
         })
+    }
+
+    /// Puts one subject's state in force in memory.
+    fn set(
+        &self,
+        provider: &str,
+        subject: &str,
+        creds: Option<Credentials>,
+        invalid: Option<(String, i64)>,
+    ) {
+        {
+            let mut m = self.entries.write().expect("not poisoned");
+            match creds {
+                Some(c) => {
+                    m.entry(provider.to_string())
+                        .or_default()
+                        .insert(subject.to_string(), Arc::new(c));
+                }
+                None => {
+                    if let Some(s) = m.get_mut(provider) {
+                        s.remove(subject);
+                    }
+                }
+            }
+        }
+        let key = (provider.to_string(), subject.to_string());
+        let mut inv = self.invalid.write().expect("not poisoned");
+        match invalid {
+            Some(i) => {
+                inv.insert(key, i);
+            }
+            None => {
+                inv.remove(&key);
+            }
+        }
     }
 
     pub fn get(&self, provider: &str, subject: &str) -> Option<Arc<Credentials>> {
@@ -310,26 +432,14 @@ impl TokenStore {
         zeroize::Zeroize::zeroize(&mut plain);
         self.store
             .set_oauth1_token(provider, subject, Some(&sealed))?;
-        self.entries
-            .write()
-            .expect("not poisoned")
-            .entry(provider.to_string())
-            .or_default()
-            .insert(subject.to_string(), Arc::new(creds));
+        self.set(provider, subject, Some(creds), None);
         Ok(())
     }
 
     /// Forgets a subject's token; `Ok(true)` if there was one. Blocking I/O.
     pub fn remove(&self, provider: &str, subject: &str) -> Result<bool, StoreError> {
         let had = self.store.set_oauth1_token(provider, subject, None)?;
-        if let Some(s) = self
-            .entries
-            .write()
-            .expect("not poisoned")
-            .get_mut(provider)
-        {
-            s.remove(subject);
-        }
+        self.set(provider, subject, None, None);
         Ok(had)
     }
 
@@ -543,6 +653,7 @@ mod tests {
             store: store(&dir.path().join("scratch.db")),
             key: k,
             entries: Default::default(),
+            invalid: Default::default(),
         };
         let sealed = base64::engine::general_purpose::STANDARD
             .encode(helper.seal(&token_aad("legacy", "alice"), b"tok-a\nsec-a"));

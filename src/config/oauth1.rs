@@ -54,7 +54,14 @@ pub struct Provider {
     pub shared_token: Option<Arc<Credentials>>,
     /// valet's URL that starts the flow (named in "authorize first" errors).
     pub start_url: String,
+    /// `oauth_problem` values that invalidate the subject's token (the
+    /// provider refused the token itself); any other problem is the
+    /// consumer's and touches no user's token.
+    pub token_problems: Vec<String>,
 }
+
+/// The problems (OAuth Problem Reporting) that always mean the token.
+pub const TOKEN_PROBLEMS: [&str; 3] = ["token_revoked", "token_rejected", "token_expired"];
 
 /// An absolute http(s) URL with a host and no user info (a provider's
 /// URL is called, and a return or callback URL with `user@` names another
@@ -229,6 +236,11 @@ fn provider(
         timeout,
         shared_token,
         start_url,
+        token_problems: TOKEN_PROBLEMS
+            .iter()
+            .map(|s| s.to_string())
+            .chain(p.token_problems.iter().cloned())
+            .collect(),
     })
 }
 

@@ -84,6 +84,10 @@ pub(super) struct RawProvider {
     /// A token obtained elsewhere, used for every subject on this provider's routes.
     pub(super) access_token: Option<String>,
     pub(super) access_token_secret_file: Option<String>,
+    /// `oauth_problem` values meaning "this user's token is no longer
+    /// good", beyond token_revoked, token_rejected and token_expired.
+    #[serde(default)]
+    pub(super) token_problems: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -382,10 +382,14 @@ async fn forward(
 ) -> Result<Response<hyper::body::Incoming>, ProxyError> {
     let limit = route.cfg.max_body_size;
     let rate = MinRate::of(&snap.config.limits);
+    let mut signed_with = None;
     let (body, outcome) = match (&route.oauth1, token) {
         (Some(signer), Some(t)) => {
             let sub = t.namespaced_subject();
-            upstream_oauth1::sign(app, signer, sub, &mut parts, body, limit, rate).await?
+            let (b, o, used) =
+                upstream_oauth1::sign(app, signer, sub, &mut parts, body, limit, rate).await?;
+            signed_with = used;
+            (b, o)
         }
         _ => LimitedBody::new(body, limit, rate),
     };
@@ -411,9 +415,18 @@ async fn forward(
         Ok(Err(e)) => return Err(upstream_failure(app, route, &e)),
         Ok(Ok(r)) => r,
     };
-    if let Some(s) = &route.oauth1 {
+    if let (Some(s), Some(t)) = (&route.oauth1, token) {
         if resp.status() == http::StatusCode::UNAUTHORIZED {
-            s.upstream_refused(&route.cfg.name);
+            let sub = t.namespaced_subject();
+            upstream_oauth1::refused(
+                app,
+                s,
+                &route.cfg.name,
+                sub,
+                signed_with.as_deref(),
+                resp.headers(),
+            )
+            .await?;
         }
     }
     Ok(resp)

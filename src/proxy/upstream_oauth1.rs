@@ -14,7 +14,8 @@ use http::request::Parts;
 use http_body_util::BodyExt;
 
 /// Sets `Authorization: OAuth ...` on the upstream request `parts` (whose
-/// URI is already the upstream's), returning the body to send.
+/// URI is already the upstream's), returning the body to send and the
+/// subject's own token it signed with (`None`: the provider's shared one).
 pub async fn sign(
     app: &App,
     s: &RouteSigner,
@@ -23,7 +24,7 @@ pub async fn sign(
     body: RequestBody,
     limit: u64,
     rate: MinRate,
-) -> Result<(LimitedBody, BodyOutcome), ProxyError> {
+) -> Result<(LimitedBody, BodyOutcome, Option<String>), ProxyError> {
     let p = &s.provider;
     let creds = match &p.shared_token {
         Some(t) => t.clone(),
@@ -85,5 +86,93 @@ pub async fn sign(
         HeaderValue::from_str(&authz).map_err(|_| ProxyError::BadRequest("unsignable"))?,
     );
     s.signed.inc();
-    Ok((body, outcome))
+    let own = p.shared_token.is_none().then(|| creds.token.clone());
+    Ok((body, outcome, own))
+}
+
+/// The `oauth_problem` a provider's 401 names in `WWW-Authenticate: OAuth
+/// ..., oauth_problem="..."` (the OAuth Problem Reporting extension).
+pub fn oauth_problem(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter(|v| v.len() > 5 && v[..5].eq_ignore_ascii_case("oauth"))
+        .find_map(|v| {
+            let at = v.find("oauth_problem=")? + "oauth_problem=".len();
+            let rest = &v[at..];
+            let value = match rest.strip_prefix('"') {
+                Some(q) => &q[..q.find('"')?],
+                None => rest.split([',', ' ']).next()?,
+            };
+            let ok = !value.is_empty()
+                && value.len() <= 64
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            ok.then(|| value.to_string())
+        })
+}
+
+/// A signed request the provider answered 401. A problem with the
+/// subject's own token (revoked, rejected, expired, or configured) marks
+/// it invalid, kept for the operator to see, and the subject is asked to
+/// authorize again (403, as before the flow). Anything else is valet's
+/// consumer's problem: no user's token is touched (one bad consumer key
+/// must not unlink every user); it is counted for an alert, and the
+/// provider's answer goes back as it is.
+pub async fn refused(
+    app: &App,
+    s: &RouteSigner,
+    route: &str,
+    subject: &str,
+    token: Option<&str>,
+    headers: &http::HeaderMap,
+) -> Result<(), ProxyError> {
+    s.upstream_refused(route);
+    let p = &s.provider;
+    let problem = oauth_problem(headers);
+    let (Some(problem), Some(token), Some(store)) = (
+        problem
+            .as_deref()
+            .filter(|pr| p.token_problems.iter().any(|t| t == pr)),
+        token,
+        app.oauth1_store(),
+    ) else {
+        let label = problem.as_deref().unwrap_or("none");
+        app.metrics
+            .oauth1_consumer_problems
+            .with_label_values(&[&p.name, label])
+            .inc();
+        return Ok(());
+    };
+    // Out of use here at once; the durable write off the async workers.
+    let done = match store.invalidate(&p.name, subject, token, problem) {
+        Some(inv) => tokio::task::spawn_blocking(move || inv.record())
+            .await
+            .unwrap_or_else(|e| {
+                Err(crate::store::StoreError::Failed {
+                    path: "the state store".into(),
+                    message: e.to_string(),
+                })
+            }),
+        // Replaced meanwhile: the subject authorized again.
+        None => Ok(()),
+    };
+    match done {
+        Ok(()) => {
+            app.metrics
+                .oauth1_tokens_invalidated
+                .with_label_values(&[&p.name, problem])
+                .inc();
+            tracing::info!(provider = %p.name, sub = subject, problem, "the provider refused this user's OAuth 1.0 token; marked invalid, the user must authorize again");
+        }
+        Err(e) => {
+            tracing::warn!(provider = %p.name, sub = subject, error = %e, "cannot record that the provider refused a token; it is no longer used here");
+        }
+    }
+    Err(ProxyError::OAuth1Required {
+        provider: p.name.clone(),
+        authorize_url: p.start_url.clone(),
+    })
 }

@@ -54,6 +54,10 @@ pub struct State {
     /// Set: the API's public origin, as when it sits behind a proxy (the
     /// origin signatures are checked against instead of its own address).
     pub api_origin: Option<String>,
+    /// Set: the API refuses every call with this `oauth_problem` (a
+    /// consumer-level one, as when valet's consumer key is revoked); `""`:
+    /// a bare 401 with no problem named.
+    pub consumer_problem: Option<String>,
 }
 
 /// What oauth1-request needs to rebuild the header of a received request.
@@ -388,6 +392,7 @@ async fn api(
         .and_then(|o| o.get("oauth_token").cloned())
         .unwrap_or_default();
     let verified = match st.access.get(&token).cloned() {
+        _ if st.consumer_problem.is_some() => Err("consumer refused".to_string()),
         _ if st.revoked.contains(&token) => Err("token revoked".to_string()),
         None => Err("unknown token".to_string()),
         Some(secret) => st.verify(
@@ -414,9 +419,22 @@ async fn api(
         body,
         verified,
     });
-    Ok(Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
+    // The OAuth Problem Reporting extension's WWW-Authenticate.
+    let problem = match (&st.api.last().unwrap().verified, &st.consumer_problem) {
+        (Ok(_), _) => None,
+        (Err(_), Some(p)) => Some(p.clone()).filter(|p| !p.is_empty()),
+        (Err(e), None) if e == "token revoked" => Some("token_revoked".to_string()),
+        (Err(e), None) if e == "unknown token" => Some("token_rejected".to_string()),
+        (Err(_), None) => Some("signature_invalid".to_string()),
+    };
+    let mut b = Response::builder().status(status);
+    if let Some(p) = problem {
+        b = b.header(
+            "www-authenticate",
+            format!("OAuth realm=\"api\", oauth_problem=\"{p}\""),
+        );
+    }
+    Ok(b.header("content-type", "application/json")
         .body(Full::new(Bytes::from(format!(
             "{{\"token\":\"{token}\",\"ok\":{}}}",
             status == StatusCode::OK
