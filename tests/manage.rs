@@ -765,6 +765,8 @@ async fn client_ids_outside_the_alphabet_or_differing_by_case_are_refused() {
         "x\u{202e}y",
         "zero\u{200b}width",
         "",
+        ".",
+        "..",
         &"x".repeat(129),
         "Static",
     ] {

@@ -365,6 +365,9 @@ async fn consumer_level_refusals_touch_no_users_token() {
         ("consumer_key_rejected", "consumer_key_rejected"),
         ("signature_invalid", "signature_invalid"),
         ("timestamp_refused", "timestamp_refused"),
+        // Also sent for another consumer's token: not the user's, by default.
+        ("token_rejected", "token_rejected"),
+        ("made_up_by_the_upstream", "other"),
         ("", "none"),
     ] {
         s.provider.state.lock().unwrap().consumer_problem = Some(problem.into());

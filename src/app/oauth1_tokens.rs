@@ -109,8 +109,10 @@ impl Invalidation {
 }
 
 /// The start of a sealed token the provider refused: then the problem, the
-/// time, the token and the secret, a line each.
-const INVALID: &[u8] = b"\0invalid\n";
+/// time, the token and the secret, a line each. Not UTF-8: a valet older
+/// than the mark refuses the record (as undecryptable) instead of signing
+/// with a token it would misread.
+const INVALID: &[u8] = b"\xffinvalid\n";
 
 fn token_aad(provider: &str, subject: &str) -> Vec<u8> {
     [provider.as_bytes(), b"\0", subject.as_bytes()].concat()
@@ -321,6 +323,21 @@ impl TokenStore {
             },
             invalid,
         ))
+    }
+
+    /// The subjects whose token the provider refused: (subject, problem,
+    /// when), sorted.
+    pub fn invalid_subjects(&self, provider: &str) -> Vec<(String, String, i64)> {
+        let mut v: Vec<_> = self
+            .invalid
+            .read()
+            .expect("not poisoned")
+            .iter()
+            .filter(|((p, _), _)| p == provider)
+            .map(|((_, s), (problem, at))| (s.clone(), problem.clone(), *at))
+            .collect();
+        v.sort();
+        v
     }
 
     /// Why the provider refused `subject`'s token, and when, if it did.

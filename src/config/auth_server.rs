@@ -540,7 +540,9 @@ pub const CLIENT_ID_RULE: &str =
     "a client_id is 1 to 128 characters from A-Z a-z 0-9 . _ ~ - (it travels unencoded in URLs, forms, headers and logs)";
 
 pub fn valid_client_id(id: &str) -> bool {
+    // (`.` and `..` would be rewritten in URL paths.)
     (1..=128).contains(&id.len())
+        && !id.bytes().all(|b| b == b'.')
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-'))
@@ -572,7 +574,7 @@ fn compile_client(
             file: c.file().to_path_buf(),
             position: c.position(&format!("{p}.client_id")),
             message: format!(
-                "client {:?} (in the state store) is outside the client id alphabet: {CLIENT_ID_RULE}; the admin API cannot address it. Add a client with a valid id and delete this one",
+                "client {:?} (in the state store) is outside the client id alphabet: {CLIENT_ID_RULE}; it keeps working, but move it to a valid id",
                 rc.client_id
             ),
         });
@@ -585,15 +587,21 @@ fn compile_client(
     } else if let Some(other) = clients
         .keys()
         .find(|k| k.eq_ignore_ascii_case(&rc.client_id))
-        .filter(|_| strict_id)
     {
-        c.at(
-            &format!("{p}.client_id"),
-            format!(
-                "client_id `{}` differs from `{other}` only by case: ids must be told apart by more",
-                rc.client_id
-            ),
+        let m = format!(
+            "client_id `{}` differs from `{other}` only by case: ids must be told apart by more",
+            rc.client_id
         );
+        if strict_id {
+            c.at(&format!("{p}.client_id"), m);
+        } else {
+            // Stored by an earlier version: kept, said.
+            warnings.push(ConfigError {
+                file: c.file().to_path_buf(),
+                position: c.position(&format!("{p}.client_id")),
+                message: m,
+            });
+        }
     }
     let secret = SecretHash::parse(&rc.secret_hash)
         .map_err(|e| c.at(&format!("{p}.secret_hash"), e))

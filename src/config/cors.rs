@@ -171,6 +171,11 @@ fn origin(o: &str) -> Result<HeaderValue, &'static str> {
             "an origin is scheme://host[:port], with no path, query, user or trailing slash",
         );
     }
+    if (o.starts_with("https://") && o.ends_with(":443"))
+        || (o.starts_with("http://") && o.ends_with(":80"))
+    {
+        return Err("leave the default port out: browsers do, and the origin would never match");
+    }
     if o.bytes().any(|b| b.is_ascii_uppercase()) {
         return Err("write it in lowercase, as browsers send it");
     }
@@ -202,6 +207,7 @@ mod tests {
             "ftp://app.example.com",
             "https://",
             "https://ünicode.example",
+            "https://app.example.com:443",
         ] {
             assert!(origin(bad).is_err(), "{bad}");
         }

@@ -60,8 +60,29 @@ pub struct Provider {
     pub token_problems: Vec<String>,
 }
 
-/// The problems (OAuth Problem Reporting) that always mean the token.
-pub const TOKEN_PROBLEMS: [&str; 3] = ["token_revoked", "token_rejected", "token_expired"];
+/// The problems (OAuth Problem Reporting) that always mean the user's
+/// token. (`token_rejected` is not among them: providers also send it for
+/// a token that is not the consumer's, which a consumer-key mix-up makes
+/// true of every user's; add it to `token_problems` where it means the
+/// token.)
+pub const TOKEN_PROBLEMS: [&str; 2] = ["token_revoked", "token_expired"];
+
+/// The problems counted by name; any other is counted as `other` (an
+/// upstream must not mint metric series).
+pub const KNOWN_PROBLEMS: [&str; 12] = [
+    "version_rejected",
+    "parameter_absent",
+    "parameter_rejected",
+    "timestamp_refused",
+    "nonce_used",
+    "signature_method_rejected",
+    "signature_invalid",
+    "consumer_key_unknown",
+    "consumer_key_rejected",
+    "consumer_key_refused",
+    "token_used",
+    "token_rejected",
+];
 
 /// An absolute http(s) URL with a host and no user info (a provider's
 /// URL is called, and a return or callback URL with `user@` names another

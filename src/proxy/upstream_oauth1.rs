@@ -99,7 +99,16 @@ pub fn oauth_problem(headers: &http::HeaderMap) -> Option<String> {
         .filter_map(|v| v.to_str().ok())
         .filter(|v| v.len() > 5 && v[..5].eq_ignore_ascii_case("oauth"))
         .find_map(|v| {
-            let at = v.find("oauth_problem=")? + "oauth_problem=".len();
+            // The parameter itself: at the start of a parameter (after the
+            // scheme, a space or a comma), not inside another's value.
+            let at = v.match_indices("oauth_problem").find_map(|(i, _)| {
+                let before = v[..i].trim_end().chars().last();
+                let after = v[i + "oauth_problem".len()..].trim_start();
+                (matches!(before, Some(',') | None) || v[..i].trim().eq_ignore_ascii_case("oauth"))
+                    .then_some(())
+                    .and(after.strip_prefix('='))
+                    .map(|rest| v.len() - rest.trim_start().len())
+            })?;
             let rest = &v[at..];
             let value = match rest.strip_prefix('"') {
                 Some(q) => &q[..q.find('"')?],
@@ -115,7 +124,7 @@ pub fn oauth_problem(headers: &http::HeaderMap) -> Option<String> {
 }
 
 /// A signed request the provider answered 401. A problem with the
-/// subject's own token (revoked, rejected, expired, or configured) marks
+/// subject's own token (revoked, expired, or configured) marks
 /// it invalid, kept for the operator to see, and the subject is asked to
 /// authorize again (403, as before the flow). Anything else is valet's
 /// consumer's problem: no user's token is touched (one bad consumer key
@@ -139,7 +148,15 @@ pub async fn refused(
         token,
         app.oauth1_store(),
     ) else {
-        let label = problem.as_deref().unwrap_or("none");
+        let label = match problem.as_deref() {
+            None => "none",
+            Some(pr) => crate::config::KNOWN_PROBLEMS
+                .iter()
+                .chain(crate::config::TOKEN_PROBLEMS.iter())
+                .find(|k| **k == pr)
+                .copied()
+                .unwrap_or("other"),
+        };
         app.metrics
             .oauth1_consumer_problems
             .with_label_values(&[&p.name, label])
@@ -156,8 +173,18 @@ pub async fn refused(
                     message: e.to_string(),
                 })
             }),
-        // Replaced meanwhile: the subject authorized again.
-        None => Ok(()),
+        // Replaced meanwhile (the subject authorized again: the provider's
+        // answer goes back as it is), or marked invalid by a concurrent
+        // request (counted there).
+        None => {
+            return match store.invalid(&p.name, subject) {
+                Some(_) => Err(ProxyError::OAuth1Required {
+                    provider: p.name.clone(),
+                    authorize_url: p.start_url.clone(),
+                }),
+                None => Ok(()),
+            };
+        }
     };
     match done {
         Ok(()) => {
@@ -175,4 +202,45 @@ pub async fn refused(
         provider: p.name.clone(),
         authorize_url: p.start_url.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::oauth_problem;
+
+    fn problem(v: &str) -> Option<String> {
+        let mut h = http::HeaderMap::new();
+        h.insert(http::header::WWW_AUTHENTICATE, v.parse().unwrap());
+        oauth_problem(&h)
+    }
+
+    #[test]
+    fn the_problem_is_read_from_its_own_parameter_only() {
+        assert_eq!(
+            problem(r#"OAuth realm="api", oauth_problem="token_revoked""#).as_deref(),
+            Some("token_revoked")
+        );
+        assert_eq!(
+            problem("OAuth oauth_problem=token_expired").as_deref(),
+            Some("token_expired")
+        );
+        assert_eq!(
+            problem(r#"OAuth realm="api",oauth_problem = "nonce_used""#).as_deref(),
+            Some("nonce_used")
+        );
+        // Inside another parameter's value, or another parameter's name.
+        assert_eq!(
+            problem(r#"OAuth realm="oauth_problem=token_revoked""#),
+            None
+        );
+        assert_eq!(problem(r#"OAuth xoauth_problem="token_revoked""#), None);
+        // Not an OAuth challenge; unterminated; oversized; odd characters.
+        assert_eq!(problem(r#"Bearer oauth_problem="token_revoked""#), None);
+        assert_eq!(problem(r#"OAuth oauth_problem="token_revoked"#), None);
+        assert_eq!(
+            problem(&format!("OAuth oauth_problem=\"{}\"", "a".repeat(65))),
+            None
+        );
+        assert_eq!(problem(r#"OAuth oauth_problem="token revoked""#), None);
+    }
 }

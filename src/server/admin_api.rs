@@ -198,7 +198,14 @@ fn oauth1_tokens(
     match (method, rest) {
         (&Method::GET, []) => reply(
             StatusCode::OK,
-            serde_json::json!({"provider": provider, "subjects": store.subjects(provider)}),
+            serde_json::json!({
+                "provider": provider,
+                "subjects": store.subjects(provider),
+                // Tokens the provider refused: kept, never used.
+                "invalid": store.invalid_subjects(provider).into_iter().map(|(subject, problem, at)| {
+                    serde_json::json!({"subject": subject, "problem": problem, "at": at})
+                }).collect::<Vec<_>>(),
+            }),
         ),
         (&Method::DELETE, [subject]) => {
             // (Decoded once, with the rest of the path.)
