@@ -869,3 +869,81 @@ async fn stored_client_ids_outside_the_alphabet_are_warned_about() {
         "{err}"
     );
 }
+
+/// The admin API takes several named credentials, each its own secret (the
+/// name says who made a change); each works, nothing else does, and two
+/// credentials may share neither a name nor a secret.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_api_accepts_several_named_credentials() {
+    let (gw, _up, secrets) = start().await;
+    let (alice_file, bot_file) = (secrets.path().join("alice"), secrets.path().join("bot"));
+    std::fs::write(&alice_file, "alice-admin-secret-0001\n").unwrap();
+    std::fs::write(&bot_file, "ci-bot-admin-secret-002\n").unwrap();
+    let text = std::fs::read_to_string(&gw.config_path).unwrap();
+    // (`admin:` is the config's last section.)
+    let old_admin = &text[text.find("\nadmin:\n").unwrap() + 1..];
+    assert!(old_admin.contains("token_file"), "{old_admin}");
+    let with = |creds: &str| {
+        text.replace(
+            old_admin,
+            &format!("admin:\n  address: \"127.0.0.1:0\"\n  credentials:\n{creds}"),
+        )
+    };
+    let two = format!(
+        "    - {{ name: ops-alice, token_file: \"{}\" }}\n    - {{ name: ci-bot, token_file: \"{}\" }}\n",
+        alice_file.display(),
+        bot_file.display()
+    );
+    std::fs::write(&gw.config_path, with(&two)).unwrap();
+    assert!(gw.running.as_ref().unwrap().app.reload_config().unwrap());
+    for token in ["alice-admin-secret-0001", "ci-bot-admin-secret-002"] {
+        let (status, body) = admin(&gw, "GET", "/admin/clients", Some(token), "").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let body =
+        r#"{"client_id": "by-bot", "grant_types": ["client_credentials"], "operator": "svc-bot"}"#;
+    let (status, _) = admin(
+        &gw,
+        "POST",
+        "/admin/clients",
+        Some("ci-bot-admin-secret-002"),
+        body,
+    )
+    .await;
+    assert_eq!(status, 201);
+    // The single token of before is no longer a credential.
+    let (status, _) = admin(&gw, "GET", "/admin/clients", Some(ADMIN_TOKEN), "").await;
+    assert_eq!(status, 401);
+
+    let twice = format!(
+        "    - {{ name: ops-alice, token_file: \"{}\" }}\n    - {{ name: ops-alice, token_file: \"{}\" }}\n",
+        alice_file.display(),
+        bot_file.display()
+    );
+    let shared = format!(
+        "    - {{ name: ops-alice, token_file: \"{}\" }}\n    - {{ name: ci-bot, token_file: \"{}\" }}\n",
+        alice_file.display(),
+        alice_file.display()
+    );
+    let short = secrets.path().join("short");
+    std::fs::write(&short, "too-short\n").unwrap();
+    let weak = format!(
+        "    - {{ name: weak, token_file: \"{}\" }}\n",
+        short.display()
+    );
+    let nameless = format!(
+        "    - {{ name: \"a b\", token_file: \"{}\" }}\n",
+        alice_file.display()
+    );
+    for (creds, says) in [
+        (twice, "named twice"),
+        (shared, "share a secret"),
+        (weak, "at least 16 characters"),
+        (nameless, "1 to 64 of"),
+    ] {
+        let e = valet::config::parse(&gw.config_path, &with(&creds))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(says), "{says}: {e}");
+    }
+}

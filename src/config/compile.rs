@@ -49,11 +49,12 @@ pub struct Config {
     pub oauth1: Option<super::OAuth1Config>,
 }
 
-/// The admin API listener and the digest of its bearer secret.
+/// The admin API listener and its credentials: (name, SHA-256 of the
+/// bearer secret).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
     pub address: SocketAddr,
-    pub token_sha256: [u8; 32],
+    pub credentials: Vec<(String, [u8; 32])>,
 }
 
 /// Environment variable holding the admin API secret when no file is configured.
@@ -674,30 +675,70 @@ fn compile_admin(
     if !has_something_to_manage {
         c.at("admin", "the admin API manages the authorization server's clients and OAuth 1.0 tokens; configure authorization_server or oauth1");
     }
-    let token = match &a.token_file {
-        Some(f) => std::fs::read_to_string(resolve(base, f))
+    let read = |f: &str| {
+        std::fs::read_to_string(resolve(base, f))
             .map(|t| t.trim().to_string())
-            .map_err(|e| format!("cannot read admin.token_file: {e}")),
-        None => std::env::var(ADMIN_TOKEN_ENV)
-            .map_err(|_| format!("set admin.token_file or {ADMIN_TOKEN_ENV}")),
+            .map_err(|e| format!("cannot read {f}: {e}"))
     };
-    match token {
-        Ok(t) if t.len() >= 16 => {
-            let d = crate::digest::sha256(t.as_bytes());
-            Some(AdminConfig {
-                address,
-                token_sha256: d.as_ref().try_into().expect("32 bytes"),
-            })
+    let mut given: Vec<(String, String, Result<String, String>)> = a
+        .credentials
+        .iter()
+        .enumerate()
+        .map(|(i, cr)| {
+            (
+                cr.name.clone(),
+                format!("admin.credentials[{i}]"),
+                read(&cr.token_file),
+            )
+        })
+        .collect();
+    if given.is_empty() || a.token_file.is_some() {
+        let token = match &a.token_file {
+            Some(f) => read(f).map_err(|e| format!("admin.token_file: {e}")),
+            None => std::env::var(ADMIN_TOKEN_ENV).map_err(|_| {
+                format!("set admin.token_file, admin.credentials or {ADMIN_TOKEN_ENV}")
+            }),
+        };
+        given.insert(0, ("admin".to_string(), "admin".to_string(), token));
+    }
+    let mut credentials: Vec<(String, [u8; 32])> = Vec::new();
+    let before = c.errors.len();
+    for (name, at, token) in given {
+        let named = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !named {
+            c.at(
+                &at,
+                "an admin credential's name is 1 to 64 of A-Z a-z 0-9 . _ -",
+            );
         }
-        Ok(_) => {
-            c.at("admin", "the admin token must be at least 16 characters");
-            None
-        }
-        Err(e) => {
-            c.at("admin", e);
-            None
+        match token {
+            Ok(t) if t.len() >= 16 => {
+                let d: [u8; 32] = crate::digest::sha256(t.as_bytes())
+                    .as_ref()
+                    .try_into()
+                    .expect("32 bytes");
+                if credentials.iter().any(|(n, _)| *n == name) {
+                    c.at(&at, format!("admin credential `{name}` is named twice"));
+                } else if credentials.iter().any(|(_, x)| *x == d) {
+                    c.at(
+                        &at,
+                        "two admin credentials share a secret: who made a change could not be told",
+                    );
+                }
+                credentials.push((name, d));
+            }
+            Ok(_) => c.at(&at, "the admin token must be at least 16 characters"),
+            Err(e) => c.at(&at, e),
         }
     }
+    (c.errors.len() == before).then_some(AdminConfig {
+        address,
+        credentials,
+    })
 }
 
 /// `routes`: names, canonical prefixes, upstreams and per-route limits

@@ -94,8 +94,20 @@ pub(super) struct RawProvider {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAdmin {
     pub(super) address: String,
-    /// A file holding the admin bearer secret; or VALET_ADMIN_TOKEN.
+    /// A file holding the admin bearer secret; or VALET_ADMIN_TOKEN (the
+    /// credential named `admin`), unless `credentials` are given.
     pub(super) token_file: Option<String>,
+    /// Named admin credentials, each its own secret: the name is who made
+    /// a change, in the log.
+    #[serde(default)]
+    pub(super) credentials: Vec<RawAdminCredential>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdminCredential {
+    pub(super) name: String,
+    pub(super) token_file: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -29,20 +29,23 @@ fn error(status: StatusCode, e: impl std::fmt::Display) -> Response<Full<Bytes>>
     Refusal::new(status, Refusal::code_for(status), e.to_string()).into_full()
 }
 
-fn authorized(app: &App, req: &Request<Incoming>) -> bool {
-    let Some(admin) = app.snapshot().config.admin.clone() else {
-        return false;
-    };
-    let Some(token) = req
+/// The name of the admin credential the request carries, if any. Every
+/// credential is compared (in constant time), whichever matches.
+fn authorized(app: &App, req: &Request<Incoming>) -> Option<String> {
+    let admin = app.snapshot().config.admin.clone()?;
+    let token = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
+        .and_then(|v| v.strip_prefix("Bearer "))?;
     let d = crate::digest::sha256(token.trim().as_bytes());
-    aws_lc_rs::constant_time::verify_slices_are_equal(d.as_ref(), &admin.token_sha256).is_ok()
+    let mut who = None;
+    for (name, digest) in &admin.credentials {
+        if aws_lc_rs::constant_time::verify_slices_are_equal(d.as_ref(), digest).is_ok() {
+            who = Some(name.clone());
+        }
+    }
+    who
 }
 
 #[derive(Deserialize)]
@@ -70,7 +73,7 @@ fn status_of(e: &ManageError) -> StatusCode {
 }
 
 pub async fn respond(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    if !authorized(&app, &req) {
+    let Some(who) = authorized(&app, &req) else {
         return Refusal::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -80,7 +83,7 @@ pub async fn respond(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Byt
             "Bearer realm=\"valet-admin\"",
         ))
         .into_full();
-    }
+    };
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     // Admin requests are small JSON documents.
@@ -92,6 +95,7 @@ pub async fn respond(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Byt
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let app2 = app.clone();
+    let (logged_method, logged_path) = (method.clone(), path.clone());
     // File I/O and durable writes stay off the async workers.
     let result = tokio::task::spawn_blocking(move || {
         let app = app2;
@@ -164,7 +168,7 @@ pub async fn respond(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Byt
         out
     })
     .await;
-    match result {
+    let r = match result {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => error(status_of(&e), e),
         Err(e) => {
@@ -174,7 +178,13 @@ pub async fn respond(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Byt
                 "the request failed; see valet's log",
             )
         }
+    };
+    // Who did what: every admin request, with the credential's name (never
+    // its secret).
+    if logged_method != Method::GET {
+        tracing::info!(target: "valet::admin", admin = %who, method = %logged_method, path = %logged_path, status = r.status().as_u16(), "admin API change");
     }
+    r
 }
 
 /// The OAuth 1.0 token endpoints of the admin API (blocking: store writes fsync).
