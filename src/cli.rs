@@ -81,6 +81,12 @@ enum ClientCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Show one client (never its secret or hash), as JSON.
+    Show {
+        #[arg(long, short)]
+        config: PathBuf,
+        id: String,
+    },
     /// Register a client in the clients file with a new generated secret (printed once).
     Add {
         #[arg(long, short)]
@@ -397,6 +403,7 @@ fn client_command(cmd: ClientCommand) -> ExitCode {
     use crate::oauth2::manage;
     let path = match &cmd {
         ClientCommand::List { config, .. }
+        | ClientCommand::Show { config, .. }
         | ClientCommand::Add { config, .. }
         | ClientCommand::RegenerateSecret { config, .. }
         | ClientCommand::RevokeTokens { config, .. } => config.clone(),
@@ -464,6 +471,13 @@ fn client_command(cmd: ClientCommand) -> ExitCode {
                         i.scopes.join(" ")
                     );
                 }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
+        ClientCommand::Show { id, .. } => match manage::show(&c, &id) {
+            Ok(info) => {
+                println!("{}", serde_json::to_string_pretty(&info).expect("json"));
                 ExitCode::SUCCESS
             }
             Err(e) => fail(&e),

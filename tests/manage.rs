@@ -947,3 +947,50 @@ async fn the_admin_api_accepts_several_named_credentials() {
         assert!(e.contains(says), "{says}: {e}");
     }
 }
+
+/// `show` (CLI and admin API) says everything about one client but its
+/// secret or hash, and whether valet may change it (a client written by
+/// hand in the config is read-only).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_is_shown_without_its_secret() {
+    let (gw, _up, _s) = start().await;
+    let (status, body) = admin(
+        &gw,
+        "POST",
+        "/admin/clients",
+        Some(ADMIN_TOKEN),
+        r#"{"client_id": "shown", "grant_types": ["client_credentials"], "operator": "svc-shown", "scopes": ["read"]}"#,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let secret = body["client_secret"].as_str().unwrap().to_string();
+    let (status, body) = admin(&gw, "GET", "/admin/clients/shown", Some(ADMIN_TOKEN), "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["client_id"], "shown");
+    assert_eq!(body["operator"], "svc-shown");
+    assert_eq!(
+        body["grant_types"],
+        serde_json::json!(["client_credentials"])
+    );
+    assert_eq!(body["read_only"], false);
+    let text = body.to_string();
+    assert!(
+        !text.contains(&secret) && !text.contains("secret") && !text.contains("hmac"),
+        "{text}"
+    );
+    let (status, body) = admin(&gw, "GET", "/admin/clients/static", Some(ADMIN_TOKEN), "").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["read_only"], true, "written by hand in the config");
+    assert!(!body.to_string().contains("argon2"), "{body}");
+    let (status, _) = admin(&gw, "GET", "/admin/clients/nobody", Some(ADMIN_TOKEN), "").await;
+    assert_eq!(status, 404);
+
+    let (ok, out, err) = valet(&["client", "show", "shown"], &gw.config_path);
+    assert!(ok, "{err}");
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["client_id"], "shown");
+    assert!(!out.contains(&secret) && !out.contains("hmac"));
+    let (ok, _, err) = valet(&["client", "show", "nobody"], &gw.config_path);
+    assert!(!ok);
+    assert!(err.contains("no client `nobody`"), "{err}");
+}

@@ -48,6 +48,9 @@ pub struct ClientInfo {
     pub access_token_ttl: u64,
     pub refresh_token_ttl: u64,
     pub use_refresh_token: bool,
+    /// Written by hand in the config: valet never rewrites it (change it
+    /// there).
+    pub read_only: bool,
 }
 
 impl From<&Client> for ClientInfo {
@@ -62,8 +65,22 @@ impl From<&Client> for ClientInfo {
             access_token_ttl: c.access_ttl.as_secs(),
             refresh_token_ttl: c.refresh_ttl.as_secs(),
             use_refresh_token: c.use_refresh_token,
+            read_only: !c.managed,
         }
     }
+}
+
+/// One client as `list` shows it: never its secret or hash.
+pub fn show(config: &Config, client_id: &str) -> Result<ClientInfo, ManageError> {
+    let a = config
+        .authorization_server
+        .as_ref()
+        .ok_or(ManageError::NoAuthServer)?;
+    a.registry
+        .clients
+        .get(client_id)
+        .map(|c| ClientInfo::from(&**c))
+        .ok_or_else(|| ManageError::UnknownClient(client_id.to_string()))
 }
 
 pub fn list(config: &Config) -> Result<Vec<ClientInfo>, ManageError> {

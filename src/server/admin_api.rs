@@ -2,6 +2,7 @@
 //! with the admin secret): the seed product's client buttons over HTTP.
 //!
 //! - `GET  /admin/clients`
+//! - `GET  /admin/clients/{id}` (never the secret or its hash)
 //! - `POST /admin/clients` (JSON: client_id, grant_types, operator, scopes, audience, use_refresh_token)
 //! - `POST /admin/clients/{id}/regenerate-secret`
 //! - `POST /admin/clients/{id}/revoke-tokens`
@@ -116,6 +117,9 @@ pub async fn respond(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Byt
         let out = match (&method, segments.as_slice()) {
             (&Method::GET, ["admin", "clients"]) => {
                 return manage::list(config).map(|l| reply(StatusCode::OK, serde_json::json!({"clients": l})));
+            }
+            (&Method::GET, ["admin", "clients", id]) => {
+                return manage::show(config, id).map(|c| reply(StatusCode::OK, serde_json::json!(c)));
             }
             (&Method::POST, ["admin", "clients"]) => {
                 let n: NewClient = match serde_json::from_slice(&body) {
