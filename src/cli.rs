@@ -91,8 +91,8 @@ enum ClientCommand {
     Add {
         #[arg(long, short)]
         config: PathBuf,
-        /// The new client's id.
-        id: String,
+        /// The new client's id (default: a generated one).
+        id: Option<String>,
         /// Grant types, e.g. client_credentials or password (repeatable).
         #[arg(long = "grant", required = true)]
         grants: Vec<String>,
@@ -111,6 +111,10 @@ enum ClientCommand {
         /// Also write the secret to this new file (mode 0600).
         #[arg(long)]
         secret_file: Option<PathBuf>,
+        /// Write the id, the secret and valet's token, revocation and
+        /// metadata URLs to this new file (JSON, mode 0600).
+        #[arg(long)]
+        credentials_file: Option<PathBuf>,
     },
     /// Give a client a new secret and revoke every token issued to it so far.
     RegenerateSecret {
@@ -490,10 +494,17 @@ fn client_command(cmd: ClientCommand) -> ExitCode {
             audience,
             refresh_tokens,
             secret_file,
+            credentials_file,
             ..
         } => {
+            if id.as_deref() == Some("") {
+                return fail(&format!(
+                    "{}; leave the id out for a generated one",
+                    crate::config::CLIENT_ID_RULE
+                ));
+            }
             let raw = crate::config::RawClient {
-                client_id: id.clone(),
+                client_id: id.unwrap_or_default(),
                 secret_hash: String::new(),
                 grant_types: grants,
                 operator,
@@ -509,7 +520,15 @@ fn client_command(cmd: ClientCommand) -> ExitCode {
                 saml2_bearer: None,
             };
             match manage::add(&c, store, raw) {
-                Ok(secret) => print_secret(&id, &secret, &secret_file),
+                Ok((id, secret)) => {
+                    if let Some(f) = &credentials_file {
+                        let doc = manage::credentials(&c, &id, &secret);
+                        if let Err(e) = manage::write_credentials_file(f, &doc) {
+                            eprintln!("warning: cannot write {}: {e}", f.display());
+                        }
+                    }
+                    print_secret(&id, &secret, &secret_file)
+                }
                 Err(e) => fail(&e),
             }
         }

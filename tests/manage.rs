@@ -994,3 +994,82 @@ async fn a_client_is_shown_without_its_secret() {
     assert!(!ok);
     assert!(err.contains("no client `nobody`"), "{err}");
 }
+
+/// A client added without an id gets a generated one (in the alphabet);
+/// the answer, and with the CLI a new 0600 file, hold what the client
+/// needs: its id, its secret and valet's URLs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_added_without_an_id_gets_one_and_its_credentials() {
+    let (gw, _up, secrets) = start().await;
+    let (status, body) = admin(
+        &gw,
+        "POST",
+        "/admin/clients",
+        Some(ADMIN_TOKEN),
+        r#"{"grant_types": ["client_credentials"], "operator": "svc-gen", "scopes": ["read"]}"#,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["client_id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("client-") && id.len() == 27, "{id}");
+    assert!(valet::config::valid_client_id(&id));
+    let issuer = ISSUER.trim_end_matches('/');
+    assert!(
+        body["token_endpoint"]
+            .as_str()
+            .unwrap()
+            .ends_with("/oauth2/token"),
+        "{body}"
+    );
+    assert!(body["metadata_url"].as_str().is_some());
+    assert_eq!(body["issuer"], issuer);
+    let secret = body["client_secret"].as_str().unwrap();
+    assert!(cc_token_after_cutoff(&gw, &id, secret).await.is_ok());
+
+    let file = secrets.path().join("billing-credentials.json");
+    let (ok, out, err) = valet(
+        &[
+            "client",
+            "add",
+            "--grant",
+            "client_credentials",
+            "--operator",
+            "svc-gen2",
+            "--credentials-file",
+            file.to_str().unwrap(),
+        ],
+        &gw.config_path,
+    );
+    assert!(ok, "{err}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(doc["client_secret"].as_str().unwrap(), secret_from(&out));
+    assert!(doc["client_id"].as_str().unwrap().starts_with("client-"));
+    assert!(doc["revocation_endpoint"]
+        .as_str()
+        .unwrap()
+        .ends_with("/oauth2/revoke"));
+    // Written once: never over an existing file.
+    let (_, _, err) = valet(
+        &[
+            "client",
+            "add",
+            "--grant",
+            "client_credentials",
+            "--operator",
+            "svc-gen3",
+            "--credentials-file",
+            file.to_str().unwrap(),
+        ],
+        &gw.config_path,
+    );
+    assert!(err.contains("cannot write"), "{err}");
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(again, doc);
+}

@@ -144,7 +144,7 @@ async fn read_form(
     Ok((parts, Form::parse(&bytes)?))
 }
 
-pub(super) fn origin(issuer: &str) -> &str {
+pub(crate) fn origin(issuer: &str) -> &str {
     match issuer.find("://") {
         Some(i) => match issuer[i + 3..].find('/') {
             Some(j) => &issuer[..i + 3 + j],

@@ -98,17 +98,24 @@ pub fn list(config: &Config) -> Result<Vec<ClientInfo>, ManageError> {
     Ok(v)
 }
 
-/// Adds a client with a new generated secret, which is returned (once).
+/// Adds a client (with a generated id when its id is empty) and a new
+/// generated secret: returns (id, secret), the secret this once.
 pub fn add(
     config: &Config,
     store: &dyn Store,
     mut client: RawClient,
-) -> Result<String, ManageError> {
+) -> Result<(String, String), ManageError> {
     let a = config
         .authorization_server
         .as_ref()
         .ok_or(ManageError::NoAuthServer)?;
     let pepper = a.registry.pepper.as_ref().ok_or(ManageError::NoPepper)?;
+    if client.client_id.is_empty() {
+        // None chosen: 80 random bits, in the id alphabet.
+        let mut r = [0u8; 10];
+        aws_lc_rs::rand::fill(&mut r).expect("system randomness");
+        client.client_id = format!("client-{}", hex(&r));
+    }
     if a.registry.clients.contains_key(&client.client_id) {
         return Err(ManageError::Exists(client.client_id));
     }
@@ -123,7 +130,39 @@ pub fn add(
     if !store.put_client(&client.client_id, Some(&record), ClientWrite::Create)? {
         return Err(ManageError::Exists(client.client_id));
     }
-    Ok(secret)
+    Ok((client.client_id, secret))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// What a new client needs to start: its id and secret and valet's URLs
+/// (from the configured issuer, as in the RFC 8414 metadata).
+pub fn credentials(config: &Config, client_id: &str, secret: &str) -> serde_json::Value {
+    let issuer = &config.tokens.issuer;
+    let o = super::endpoints::origin(issuer);
+    let mut doc = serde_json::json!({
+        "client_id": client_id,
+        "client_secret": secret,
+        "issuer": issuer,
+    });
+    if let Some(a) = &config.authorization_server {
+        doc["token_endpoint"] = format!("{o}{}", a.paths.token).into();
+        doc["revocation_endpoint"] = format!("{o}{}", a.paths.revocation).into();
+        doc["introspection_endpoint"] = format!("{o}{}", a.paths.introspection).into();
+        doc["metadata_url"] = format!("{o}{}", a.paths.metadata).into();
+    }
+    doc
+}
+
+/// Writes `doc` to a new file, mode 0600 (never over an existing one).
+pub fn write_credentials_file(
+    path: &std::path::Path,
+    doc: &serde_json::Value,
+) -> std::io::Result<()> {
+    let text = serde_json::to_string_pretty(doc).expect("json") + "\n";
+    write_secret_file(path, text.trim_end())
 }
 
 /// Revokes every token issued to `client_id` until now (durably).

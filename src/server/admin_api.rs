@@ -52,7 +52,8 @@ fn authorized(app: &App, req: &Request<Incoming>) -> Option<String> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewClient {
-    client_id: String,
+    /// None: one is generated.
+    client_id: Option<String>,
     grant_types: Vec<String>,
     operator: Option<String>,
     #[serde(default)]
@@ -126,9 +127,14 @@ pub async fn respond(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Byt
                     Ok(n) => n,
                     Err(e) => return Ok(error(StatusCode::BAD_REQUEST, e)),
                 };
-                let id = n.client_id.clone();
+                if n.client_id.as_deref() == Some("") {
+                    return Ok(error(
+                        StatusCode::BAD_REQUEST,
+                        format!("{}; leave client_id out for a generated one", crate::config::CLIENT_ID_RULE),
+                    ));
+                }
                 let raw = crate::config::RawClient {
-                    client_id: n.client_id,
+                    client_id: n.client_id.unwrap_or_default(),
                     secret_hash: String::new(),
                     grant_types: n.grant_types,
                     operator: n.operator,
@@ -143,8 +149,10 @@ pub async fn respond(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Byt
                     jwt_bearer: None,
                     saml2_bearer: None,
                 };
-                manage::add(config, app.revocations.store().as_ref(), raw).map(|secret| {
-                    reply(StatusCode::CREATED, serde_json::json!({"client_id": id, "client_secret": secret}))
+                manage::add(config, app.revocations.store().as_ref(), raw).map(|(id, secret)| {
+                    // The id (generated when none was given), the secret
+                    // (this once) and valet's URLs.
+                    reply(StatusCode::CREATED, manage::credentials(config, &id, &secret))
                 })
             }
             (&Method::POST, ["admin", "clients", id, "regenerate-secret"]) => {
