@@ -66,18 +66,6 @@ impl Projected {
     }
 }
 
-fn jti_of(token: &str) -> String {
-    use base64::Engine;
-    let payload = token.split('.').nth(1).unwrap();
-    let v: serde_json::Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .unwrap(),
-    )
-    .unwrap();
-    v["jti"].as_str().unwrap().to_string()
-}
-
 /// The config a pod would mount, its paths in the other volumes.
 fn pod_config(root: &Path, routes: &str) -> Vec<u8> {
     format!(

@@ -1310,7 +1310,7 @@ async fn with_wait_replicas_a_write_is_acknowledged_only_once_replicated() {
     revoke(&a, &t1).await;
     assert_eq!(
         replica
-            .cli(&["HEXISTS", "valet:revoked:0", &jti(&t1)])
+            .cli(&["HEXISTS", "valet:revoked:0", &jti_of(&t1)])
             .trim(),
         "1"
     );
@@ -1328,22 +1328,18 @@ async fn with_wait_replicas_a_write_is_acknowledged_only_once_replicated() {
     );
 }
 
-/// A token's `jti` (its payload read without checking: the test made it).
-fn jti(token: &str) -> String {
-    use base64::Engine;
-    let payload = token.split('.').nth(1).unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-    v["jti"].as_str().unwrap().to_string()
-}
-
-/// TLS to Redis with a private CA: the server's certificate is checked
-/// against `store.redis.ca_file` (rustls on aws-lc); without that CA the
-/// same server is refused at start.
-#[tokio::test(flavor = "multi_thread")]
-async fn tls_to_redis_with_a_private_ca() {
+/// A Redis serving TLS on a port of its own (plain on another, for the
+/// test's redis-cli) with a certificate of a fresh private CA; whether it
+/// demands client certificates. (certs folder, CA, CA file, TLS URL, server).
+fn tls_redis(
+    auth_clients: bool,
+) -> (
+    tempfile::TempDir,
+    TestCa,
+    std::path::PathBuf,
+    String,
+    RedisServer,
+) {
     let certs = tempfile::tempdir().unwrap();
     let ca = TestCa::new(certs.path());
     let ca_pem = certs.path().join("redis-ca.pem");
@@ -1355,7 +1351,6 @@ async fn tls_to_redis_with_a_private_ca() {
         .unwrap()
         .port()
         .to_string();
-    // Plain on its own port too, for the test's redis-cli.
     let redis = RedisServer::start(&[
         "--tls-port",
         &tls_port,
@@ -1366,9 +1361,18 @@ async fn tls_to_redis_with_a_private_ca() {
         "--tls-ca-cert-file",
         ca_pem.to_str().unwrap(),
         "--tls-auth-clients",
-        "no",
+        if auth_clients { "yes" } else { "no" },
     ]);
     let url = format!("rediss://localhost:{tls_port}/0");
+    (certs, ca, ca_pem, url, redis)
+}
+
+/// TLS to Redis with a private CA: the server's certificate is checked
+/// against `store.redis.ca_file` (rustls on aws-lc); without that CA the
+/// same server is refused at start.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_to_redis_with_a_private_ca() {
+    let (_certs, _ca, ca_pem, url, redis) = tls_redis(false);
     let store = store_yaml(&url, None) + &format!("    ca_file: \"{}\"\n", ca_pem.display());
     let up = Upstream::start().await;
     let a = Proc::start_with(
@@ -1410,31 +1414,8 @@ async fn tls_to_redis_with_a_private_ca() {
 /// `client_key_file`, and refuses it without them.
 #[tokio::test(flavor = "multi_thread")]
 async fn mutual_tls_to_redis_with_a_client_certificate() {
-    let certs = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(certs.path());
-    let ca_pem = certs.path().join("redis-ca.pem");
-    ca.write_ca_pem(&ca_pem);
-    let (cert, key) = ca.issue_to(certs.path(), "redis", "localhost");
+    let (certs, ca, ca_pem, url, redis) = tls_redis(true);
     let (client_cert, client_key) = ca.issue_to(certs.path(), "valet-client", "valet-authority");
-    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string();
-    let redis = RedisServer::start(&[
-        "--tls-port",
-        &tls_port,
-        "--tls-cert-file",
-        cert.to_str().unwrap(),
-        "--tls-key-file",
-        key.to_str().unwrap(),
-        "--tls-ca-cert-file",
-        ca_pem.to_str().unwrap(),
-        "--tls-auth-clients",
-        "yes",
-    ]);
-    let url = format!("rediss://localhost:{tls_port}/0");
     let without = store_yaml(&url, None) + &format!("    ca_file: \"{}\"\n", ca_pem.display());
     let store = without.clone()
         + &format!(

@@ -21,18 +21,6 @@ fn replace(path: &std::path::Path, text: &str) {
     std::fs::rename(tmp, path).unwrap();
 }
 
-fn jti_of(token: &str) -> String {
-    use base64::Engine;
-    let payload = token.split('.').nth(1).unwrap();
-    let v: serde_json::Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .unwrap(),
-    )
-    .unwrap();
-    v["jti"].as_str().unwrap().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn revoked_jti_is_rejected_within_a_second_and_accepted_after_removal() {
     let up = Upstream::start().await;
