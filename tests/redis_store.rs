@@ -208,6 +208,10 @@ async fn guesses_spread_over_three_authority_processes_are_throttled_as_one() {
             .await
         }
     };
+    let mut before = Vec::new();
+    for p in all {
+        before.push(metric(p, received).await);
+    }
     let burst = all
         .iter()
         .enumerate()
@@ -221,15 +225,26 @@ async fn guesses_spread_over_three_authority_processes_are_throttled_as_one() {
         answers.iter().all(|s| *s == 401 || *s == 429),
         "{answers:?}"
     );
-    // Each 401 spent one unit of (svc, 127.0.0.7) somewhere. Alone, the
-    // three would have allowed 18; shared as they are spent, about one
-    // allowance (6), and whatever raced past it is carried as debt.
+    // Each 401 spent one unit of (svc, 127.0.0.7) somewhere. How many race
+    // past the allowance depends on scheduling (sharing is asynchronous by
+    // design: on a loaded machine all 18 can be spent before one record
+    // arrives), so the count is not the guarantee. The guarantee is below:
+    // whatever raced past is carried as debt at every authority.
     let spent = answers.iter().filter(|s| **s == 401).count() as u64;
-    assert!(
-        (1..=12).contains(&spent),
-        "{spent} of 18 allowed: {answers:?}"
-    );
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert!(spent >= 1, "{answers:?}");
+    // Wait until each has received the others' spent attempts (two
+    // records each: client and source), however slowly they travelled.
+    for (i, p) in all.iter().enumerate() {
+        let own = answers[i * 6..i * 6 + 6]
+            .iter()
+            .filter(|s| **s == 401)
+            .count() as u64;
+        let want = before[i] + 2.0 * (spent - own) as f64;
+        assert!(
+            eventually(PICKUP, || async { metric(p, received).await >= want }).await,
+            "authority {i} did not receive the others' attempts: {answers:?}"
+        );
+    }
     for p in all {
         let r = attempt(p, "one-more".into()).await;
         assert_eq!(r.status, 429, "{answers:?}");
