@@ -43,6 +43,11 @@ enum Command {
         #[command(subcommand)]
         command: ClientCommand,
     },
+    /// The audit log of administrative changes (in the state store).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Work with the state store.
     Store {
         #[command(subcommand)]
@@ -72,6 +77,134 @@ enum StoreCommand {
 }
 
 #[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the audit log's chain: every record's digest its own, each
+    /// carrying the digest of the one before; prints the count and the
+    /// last digest. Exit 1 when a record was edited, deleted or inserted.
+    Verify {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// A record known from elsewhere (the stdout lines a log system
+        /// kept), as SEQ:DIGEST: it must still be in the chain, so a chain
+        /// rewritten or cut short after it is caught (repeatable).
+        #[arg(long = "anchor")]
+        anchors: Vec<String>,
+    },
+    /// Print the audit records (JSON lines), oldest first.
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+/// The fields of a client the `add` and `update` commands set by flag.
+#[derive(clap::Args)]
+struct ClientFields {
+    /// Grant types, e.g. client_credentials or password (repeatable).
+    #[arg(long = "grant")]
+    grants: Vec<String>,
+    /// client_credentials: the service identity tokens are issued to.
+    #[arg(long)]
+    operator: Option<String>,
+    /// Space-separated scopes the client may ask for.
+    #[arg(long)]
+    scope: Option<String>,
+    /// Space-separated scopes granted when a request names none.
+    #[arg(long)]
+    default_scope: Option<String>,
+    /// The tokens' audience (default: tokens.audiences[0]).
+    #[arg(long)]
+    audience: Option<String>,
+    /// Access token lifetime, e.g. 15m (default 1h).
+    #[arg(long)]
+    access_token_ttl: Option<String>,
+    /// Refresh token lifetime, e.g. 12h (default 24h).
+    #[arg(long)]
+    refresh_token_ttl: Option<String>,
+    /// Password grant: also issue refresh tokens (true or false).
+    #[arg(long)]
+    refresh_tokens: Option<bool>,
+    /// More fields, as YAML or JSON: the client's fields as in the config
+    /// (the JWT and SAML bearer identity mapping, for one); the flags
+    /// above win. For `update`, a merge patch: `null` resets a field.
+    #[arg(long)]
+    spec: Option<PathBuf>,
+}
+
+impl ClientFields {
+    /// The fields as a JSON object (the spec file's, then the flags').
+    fn to_json(&self) -> Result<serde_json::Value, String> {
+        let mut v = match &self.spec {
+            None => serde_json::Value::Object(Default::default()),
+            Some(f) => {
+                let text = std::fs::read_to_string(f)
+                    .map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+                let mut v: serde_json::Value =
+                    serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", f.display()))?;
+                // Its relative paths are the spec file's folder's.
+                if let Some(dir) = f.parent() {
+                    absolute_spec_paths(&mut v, dir);
+                }
+                v
+            }
+        };
+        let serde_json::Value::Object(m) = &mut v else {
+            return Err("the spec is not a mapping of client fields".into());
+        };
+        let words = |s: &str| -> serde_json::Value {
+            s.split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+                .into()
+        };
+        if !self.grants.is_empty() {
+            m.insert("grant_types".into(), self.grants.clone().into());
+        }
+        let mut set = |k: &str, x: Option<serde_json::Value>| {
+            if let Some(x) = x {
+                m.insert(k.into(), x);
+            }
+        };
+        set("operator", self.operator.clone().map(Into::into));
+        set("scopes", self.scope.as_deref().map(words));
+        set("default_scopes", self.default_scope.as_deref().map(words));
+        set("audience", self.audience.clone().map(Into::into));
+        set(
+            "access_token_ttl",
+            self.access_token_ttl.clone().map(Into::into),
+        );
+        set(
+            "refresh_token_ttl",
+            self.refresh_token_ttl.clone().map(Into::into),
+        );
+        set("use_refresh_token", self.refresh_tokens.map(Into::into));
+        Ok(v)
+    }
+}
+
+/// The key files a spec names, made absolute from the spec's folder.
+fn absolute_spec_paths(v: &mut serde_json::Value, dir: &std::path::Path) {
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let fix = |p: &mut serde_json::Value| {
+        if let Some(s) = p.as_str().filter(|s| std::path::Path::new(s).is_relative()) {
+            *p = dir.join(s).display().to_string().into();
+        }
+    };
+    if let Some(f) = v.pointer_mut("/saml2_bearer/idp_certificate_file") {
+        fix(f);
+    }
+    if let Some(serde_json::Value::Array(issuers)) = v.pointer_mut("/jwt_bearer/issuers") {
+        for i in issuers {
+            for k in ["jwks_file", "public_key_file"] {
+                if let Some(f) = i.get_mut(k) {
+                    fix(f);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Subcommand)]
 enum ClientCommand {
     /// List registered clients.
     List {
@@ -87,27 +220,14 @@ enum ClientCommand {
         config: PathBuf,
         id: String,
     },
-    /// Register a client in the clients file with a new generated secret (printed once).
+    /// Register a client with a new generated secret (printed once).
     Add {
         #[arg(long, short)]
         config: PathBuf,
         /// The new client's id (default: a generated one).
         id: Option<String>,
-        /// Grant types, e.g. client_credentials or password (repeatable).
-        #[arg(long = "grant", required = true)]
-        grants: Vec<String>,
-        /// client_credentials: the service identity tokens are issued to.
-        #[arg(long)]
-        operator: Option<String>,
-        /// Space-separated scopes the client may ask for.
-        #[arg(long, default_value = "")]
-        scope: String,
-        /// The tokens' audience (default: tokens.audiences[0]).
-        #[arg(long)]
-        audience: Option<String>,
-        /// Password grant: also issue refresh tokens.
-        #[arg(long)]
-        refresh_tokens: bool,
+        #[command(flatten)]
+        fields: ClientFields,
         /// Also write the secret to this new file (mode 0600).
         #[arg(long)]
         secret_file: Option<PathBuf>,
@@ -115,6 +235,23 @@ enum ClientCommand {
         /// metadata URLs to this new file (JSON, mode 0600).
         #[arg(long)]
         credentials_file: Option<PathBuf>,
+    },
+    /// Change a client's fields; an update that narrows what it may do
+    /// (grants, scopes, audience, operator, lifetimes, identity mapping)
+    /// revokes every token issued to it so far.
+    Update {
+        #[arg(long, short)]
+        config: PathBuf,
+        id: String,
+        #[command(flatten)]
+        fields: ClientFields,
+    },
+    /// Delete a client and revoke every token issued to it; its id is
+    /// never used again.
+    Delete {
+        #[arg(long, short)]
+        config: PathBuf,
+        id: String,
     },
     /// Give a client a new secret and revoke every token issued to it so far.
     RegenerateSecret {
@@ -124,6 +261,10 @@ enum ClientCommand {
         /// Also write the secret to this new file (mode 0600).
         #[arg(long)]
         secret_file: Option<PathBuf>,
+        /// Write the id, the new secret and valet's URLs to this new file
+        /// (JSON, mode 0600).
+        #[arg(long)]
+        credentials_file: Option<PathBuf>,
     },
     /// Revoke every token issued to a client so far.
     RevokeTokens {
@@ -224,6 +365,7 @@ fn init_tracing(c: &config::LoggingConfig) {
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Client { command } => client_command(command),
+        Command::Audit { command } => audit_command(command),
         Command::Store {
             command: StoreCommand::Reseed { config },
         } => reseed(&config),
@@ -392,6 +534,16 @@ fn reseed(path: &std::path::Path) -> ExitCode {
     };
     match store.reseed() {
         Ok(_) => {
+            let who = crate::app::audit::cli_actor();
+            if let Err(e) = crate::app::audit::record(
+                &store,
+                &who,
+                "store.reseed",
+                None,
+                serde_json::Value::Null,
+            ) {
+                eprintln!("warning: the store was reseeded, but its audit record could not be written: {e}");
+            }
             println!("reseeded: authorities write to the store again.");
             println!("What the store held before is gone: its revocations (validators still hold theirs in memory until they restart), refresh-token rotations and single-use assertion ids. Refresh tokens and assertions issued before now are refused; users sign in again.");
             ExitCode::SUCCESS
@@ -403,12 +555,88 @@ fn reseed(path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// Writes the credentials file of a new secret, if one was asked for.
+fn write_credentials(c: &config::Config, id: &str, secret: &str, file: &Option<PathBuf>) {
+    if let Some(f) = file {
+        let doc = crate::oauth2::manage::credentials(c, id, secret);
+        if let Err(e) = crate::oauth2::manage::write_credentials_file(f, &doc) {
+            eprintln!("warning: cannot write {}: {e}", f.display());
+        }
+    }
+}
+
+fn audit_command(cmd: AuditCommand) -> ExitCode {
+    let (AuditCommand::Verify { config, .. } | AuditCommand::List { config }) = &cmd;
+    let c = match load_for_use(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    // Read only: verifying never writes (a validator may run it too).
+    let store = match crate::app::open_store(&c, false) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cmd {
+        AuditCommand::List { .. } => {
+            let mut after = 0;
+            loop {
+                match store.audit(after, 1024) {
+                    Ok(b) if b.is_empty() => return ExitCode::SUCCESS,
+                    Ok(b) => {
+                        for (seq, line) in b {
+                            println!("{line}");
+                            after = seq;
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+        }
+        AuditCommand::Verify { anchors, .. } => {
+            let mut parsed = Vec::new();
+            for a in &anchors {
+                match a
+                    .split_once(':')
+                    .and_then(|(n, d)| Some((n.parse().ok()?, d.to_string())))
+                {
+                    Some(x) => parsed.push(x),
+                    None => {
+                        eprintln!("error: --anchor {a}: write it as SEQ:DIGEST");
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                }
+            }
+            match crate::app::audit::verify(store.as_ref(), &parsed) {
+                Ok(v) => {
+                    println!(
+                        "ok: {} records, the chain holds; last digest {}",
+                        v.records, v.head
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("the audit log does not verify: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
 fn client_command(cmd: ClientCommand) -> ExitCode {
     use crate::oauth2::manage;
     let path = match &cmd {
         ClientCommand::List { config, .. }
         | ClientCommand::Show { config, .. }
         | ClientCommand::Add { config, .. }
+        | ClientCommand::Update { config, .. }
+        | ClientCommand::Delete { config, .. }
         | ClientCommand::RegenerateSecret { config, .. }
         | ClientCommand::RevokeTokens { config, .. } => config.clone(),
     };
@@ -454,6 +682,7 @@ fn client_command(cmd: ClientCommand) -> ExitCode {
         Ok((c, _)) => c,
         Err(errors) => return config_failed(&path, &errors),
     };
+    let who = crate::app::audit::cli_actor();
     match cmd {
         ClientCommand::List { json, .. } => match manage::list(&c) {
             Ok(list) if json => {
@@ -488,64 +717,75 @@ fn client_command(cmd: ClientCommand) -> ExitCode {
         },
         ClientCommand::Add {
             id,
-            grants,
-            operator,
-            scope,
-            audience,
-            refresh_tokens,
+            fields,
             secret_file,
             credentials_file,
             ..
         } => {
-            if id.as_deref() == Some("") {
-                return fail(&format!(
-                    "{}; leave the id out for a generated one",
-                    crate::config::CLIENT_ID_RULE
-                ));
-            }
-            let raw = crate::config::RawClient {
-                client_id: id.unwrap_or_default(),
-                secret_hash: String::new(),
-                grant_types: grants,
-                operator,
-                scopes: scope.split_whitespace().map(str::to_owned).collect(),
-                default_scopes: None,
-                audience,
-                access_token_ttl: None,
-                refresh_token_ttl: None,
-                refresh_token_max_lifetime: None,
-                use_refresh_token: refresh_tokens,
-                introspect_any: false,
-                jwt_bearer: None,
-                saml2_bearer: None,
+            let mut spec = match fields.to_json() {
+                Ok(v) => v,
+                Err(e) => return fail(&e),
             };
-            match manage::add(&c, store, raw) {
+            if let Some(id) = id {
+                spec["client_id"] = id.into();
+            }
+            match manage::client_from_spec(spec).and_then(|raw| manage::add(&c, store, raw, &who)) {
                 Ok((id, secret)) => {
-                    if let Some(f) = &credentials_file {
-                        let doc = manage::credentials(&c, &id, &secret);
-                        if let Err(e) = manage::write_credentials_file(f, &doc) {
-                            eprintln!("warning: cannot write {}: {e}", f.display());
-                        }
-                    }
+                    write_credentials(&c, &id, &secret, &credentials_file);
                     print_secret(&id, &secret, &secret_file)
                 }
                 Err(e) => fail(&e),
             }
         }
+        ClientCommand::Update { id, fields, .. } => {
+            let patch = match fields.to_json() {
+                Ok(v) => v,
+                Err(e) => return fail(&e),
+            };
+            if patch.as_object().is_some_and(|m| m.is_empty()) {
+                return fail(&"nothing to change: give the fields to change as flags or --spec");
+            }
+            // The running gateway follows the store before it honours any
+            // client, and so sees the new record before the cut-off.
+            match manage::update(&c, &r, &id, &patch, &who, || true) {
+                Ok(u) => {
+                    if u.tokens_revoked {
+                        eprintln!(
+                            "The update narrows what {id} may do ({}): every token issued to it so far is revoked.",
+                            u.narrowed.join(", ")
+                        );
+                    }
+                    println!("{}", serde_json::to_string_pretty(&u.client).expect("json"));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        ClientCommand::Delete { id, .. } => match manage::delete(&c, &r, &id, &who, || true) {
+            Ok(_) => {
+                println!("deleted {id}: every token issued to it is revoked, and the id is never used again");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
         ClientCommand::RegenerateSecret {
-            id, secret_file, ..
+            id,
+            secret_file,
+            credentials_file,
+            ..
         } => {
             // The running gateway follows the store before it honours any
             // secret, and so sees the new one before the cut-off.
-            match manage::regenerate_secret(&c, &r, &id, || true) {
+            match manage::regenerate_secret(&c, &r, &id, &who, || true) {
                 Ok((secret, _)) => {
                     eprintln!("Every token issued to {id} so far is revoked.");
+                    write_credentials(&c, &id, &secret, &credentials_file);
                     print_secret(&id, &secret, &secret_file)
                 }
                 Err(e) => fail(&e),
             }
         }
-        ClientCommand::RevokeTokens { id, .. } => match manage::revoke_tokens(&c, &r, &id) {
+        ClientCommand::RevokeTokens { id, .. } => match manage::revoke_tokens(&c, &r, &id, &who) {
             Ok(()) => {
                 println!("every token issued to {id} so far is revoked");
                 ExitCode::SUCCESS

@@ -10,6 +10,17 @@ pub fn sha256(b: &[u8]) -> [u8; 32] {
         .expect("SHA-256 is 32 bytes")
 }
 
+/// The SHA-256 of `b`, as lowercase hex.
+pub fn sha256_hex(b: &[u8]) -> String {
+    use std::fmt::Write;
+    sha256(b)
+        .iter()
+        .fold(String::with_capacity(64), |mut s, x| {
+            let _ = write!(s, "{x:02x}");
+            s
+        })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

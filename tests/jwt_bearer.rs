@@ -319,3 +319,110 @@ async fn an_assertion_cannot_take_a_service_identity() {
         .to_string();
     assert!(e.contains("inside the subject namespace `idp:`"), "{e}");
 }
+
+fn claims_of(at: &str) -> Value {
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(at.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// The JWT bearer identity mapping set through `valet client add --spec`
+/// (its key file relative to the spec) and changed through `valet client
+/// update --spec` (a merge patch): the new mapping is used at once, and a
+/// token minted under the old one is revoked.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_identity_mapping_is_set_and_changed_through_the_cli() {
+    let idp = Idp::new();
+    let up = Upstream::start().await;
+    let yaml =
+        "authorization_server:\n  secret_pepper_file: pepper\n  generate_pepper_if_missing: true\n";
+    let gw = Gateway::start(&default_routes(up.addr), yaml).await;
+    let spec_dir = idp.jwks.parent().unwrap();
+    let spec = spec_dir.join("client.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "grant_types: [\"{JWT_BEARER}\"]\nscopes: [read]\naccess_token_ttl: 10m\njwt_bearer:\n  issuers:\n    - issuer: \"{IDP}\"\n      jwks_file: idp-jwks.json\n  claims: {{ email: email }}\n"
+        ),
+    )
+    .unwrap();
+    let valet = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_valet"))
+            .args(args)
+            .arg("--config")
+            .arg(&gw.config_path)
+            // From elsewhere: the spec's paths are the spec's folder's.
+            .current_dir("/")
+            .output()
+            .unwrap();
+        let (o, e) = (
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        );
+        assert!(out.status.success(), "{args:?}: {e}");
+        o
+    };
+    let out = valet(&["client", "add", "fed-cli", "--spec", spec.to_str().unwrap()]);
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("client_secret: "))
+        .unwrap()
+        .to_string();
+    let grant = |assertion: String| {
+        let (gw, secret) = (&gw, secret.clone());
+        async move {
+            gw.client(Proto::H1)
+                .post_form(
+                    "/oauth2/token",
+                    &[("grant_type", JWT_BEARER), ("assertion", &assertion)],
+                    Some(("fed-cli", &secret)),
+                )
+                .await
+        }
+    };
+    let r = grant(idp.sign(&assertion_claims())).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json()["expires_in"], 600, "the lifetime of the spec");
+    let old = r.json()["access_token"].as_str().unwrap().to_string();
+    let c = claims_of(&old);
+    assert_eq!(c["email"], "bob@idp.test", "mapped as the spec says");
+    assert!(c.get("mail").is_none());
+
+    // The mapping changed: a claim renamed, the old one removed (null).
+    let patch = spec_dir.join("patch.yaml");
+    std::fs::write(
+        &patch,
+        "jwt_bearer:\n  claims: { email: null, mail: email }\n",
+    )
+    .unwrap();
+    valet(&[
+        "client",
+        "update",
+        "fed-cli",
+        "--spec",
+        patch.to_str().unwrap(),
+    ]);
+    // (The gateway follows the store the CLI wrote.)
+    let revoked = eventually(PICKUP, || async {
+        gw.client(Proto::H1).get("/api/x", Some(&old)).await.status == 401
+    })
+    .await;
+    assert!(revoked, "minted under the old mapping");
+    let mut fresh = None;
+    for _ in 0..4 {
+        let r = grant(idp.sign(&assertion_claims())).await;
+        if r.status == 503 {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            continue;
+        }
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        fresh = Some(r.json()["access_token"].as_str().unwrap().to_string());
+        break;
+    }
+    let c = claims_of(&fresh.expect("a token after the cut-off"));
+    assert_eq!(c["mail"], "bob@idp.test", "the new mapping");
+    assert!(c.get("email").is_none(), "{c}");
+}

@@ -1073,3 +1073,481 @@ async fn a_client_added_without_an_id_gets_one_and_its_credentials() {
         serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     assert_eq!(again, doc);
 }
+
+/// The admin API's updates: a widening leaves tokens alone, a narrowing
+/// (scopes, lifetimes, grants, operator) revokes what was issued under the
+/// old record; fixed fields, unknown fields, invalid values and clients
+/// written in the config are refused with nothing written.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_update_that_narrows_a_client_revokes_its_tokens() {
+    let (gw, _up, _s) = start().await;
+    let (status, body) = admin(
+        &gw,
+        "POST",
+        "/admin/clients",
+        Some(ADMIN_TOKEN),
+        r#"{"client_id": "reports", "grant_types": ["client_credentials"], "operator": "svc-reports", "scopes": ["read", "write"], "access_token_ttl": "30m"}"#,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let secret = body["client_secret"].as_str().unwrap().to_string();
+    let token = cc_token(&gw, "reports", &secret).await.unwrap();
+    assert_eq!(proxied(&gw, &token).await, 200);
+    let (_, shown) = admin(&gw, "GET", "/admin/clients/reports", Some(ADMIN_TOKEN), "").await;
+    assert_eq!(shown["access_token_ttl"], 1800, "a lifetime set at add");
+
+    // Widening: another scope, a longer lifetime. Tokens stay.
+    let (status, body) = admin(
+        &gw,
+        "PATCH",
+        "/admin/clients/reports",
+        Some(ADMIN_TOKEN),
+        r#"{"scopes": ["read", "write", "admin"], "access_token_ttl": "1h"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["narrowed"], serde_json::json!([]));
+    assert_eq!(body["tokens_revoked"], false);
+    assert_eq!(
+        body["client"]["scopes"],
+        serde_json::json!(["read", "write", "admin"])
+    );
+    assert_eq!(proxied(&gw, &token).await, 200, "widening revokes nothing");
+
+    // Narrowing: a scope taken away and a shorter lifetime.
+    let (status, body) = admin(
+        &gw,
+        "PATCH",
+        "/admin/clients/reports",
+        Some(ADMIN_TOKEN),
+        r#"{"scopes": ["read"], "access_token_ttl": "5m"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["narrowed"],
+        serde_json::json!(["scopes", "access_token_ttl"])
+    );
+    assert_eq!(body["tokens_revoked"], true);
+    assert_eq!(body["in_force"], true);
+    assert_eq!(
+        proxied(&gw, &token).await,
+        401,
+        "issued under the old record"
+    );
+    let fresh = cc_token_after_cutoff(&gw, "reports", &secret)
+        .await
+        .unwrap();
+    assert_eq!(proxied(&gw, &fresh).await, 200, "the same secret goes on");
+    let r = gw
+        .client(Proto::H1)
+        .post_form(
+            "/oauth2/token",
+            &[("grant_type", "client_credentials"), ("scope", "write")],
+            Some(("reports", &secret)),
+        )
+        .await;
+    assert_eq!(r.status, 400, "the scope taken away: {:?}", r.body);
+    assert_eq!(r.json()["error"], "invalid_scope");
+    let r = gw
+        .client(Proto::H1)
+        .post_form(
+            "/oauth2/token",
+            &[("grant_type", "client_credentials")],
+            Some(("reports", &secret)),
+        )
+        .await;
+    assert_eq!(r.json()["expires_in"], 300, "the new lifetime");
+
+    // A merge patch: null returns a field to its default (1 h: wider).
+    let (status, body) = admin(
+        &gw,
+        "PATCH",
+        "/admin/clients/reports",
+        Some(ADMIN_TOKEN),
+        r#"{"access_token_ttl": null}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["client"]["access_token_ttl"], 3600);
+    assert_eq!(body["tokens_revoked"], false);
+    // The operator changes who the tokens speak for: narrowing.
+    let (status, body) = admin(
+        &gw,
+        "PATCH",
+        "/admin/clients/reports",
+        Some(ADMIN_TOKEN),
+        r#"{"operator": "svc-reports-2"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["narrowed"], serde_json::json!(["operator"]));
+    assert_eq!(proxied(&gw, &fresh).await, 401);
+
+    // Refused, nothing written.
+    let before = SqliteStore::open(&gw.revocation_path.with_file_name("valet-state.db"))
+        .unwrap()
+        .clients()
+        .unwrap();
+    for (patch, why) in [
+        (r#"{"client_id": "other"}"#, "`client_id` cannot be updated"),
+        (
+            r#"{"secret_hash": "hmac-sha256:AAAA"}"#,
+            "regenerate the secret instead",
+        ),
+        (
+            r#"{"scopes": ["read"], "colour": "red"}"#,
+            "unknown field `colour`",
+        ),
+        (
+            r#"{"grant_types": ["implicit"]}"#,
+            "unknown or unsupported grant type",
+        ),
+        (r#"{"grant_types": []}"#, "at least one grant type"),
+        (r#"{"operator": "alice"}"#, "also a user's login"),
+        (r#"["scopes"]"#, "a JSON object"),
+    ] {
+        let (status, body) = admin(
+            &gw,
+            "PATCH",
+            "/admin/clients/reports",
+            Some(ADMIN_TOKEN),
+            patch,
+        )
+        .await;
+        assert_eq!(status, 400, "{patch}: {body}");
+        assert_eq!(body["error"], "invalid_request");
+        assert!(
+            body["error_description"].as_str().unwrap().contains(why),
+            "{patch}: {body}"
+        );
+    }
+    let after = SqliteStore::open(&gw.revocation_path.with_file_name("valet-state.db"))
+        .unwrap()
+        .clients()
+        .unwrap();
+    assert_eq!(before, after, "a refused update writes nothing");
+    let (status, body) = admin(
+        &gw,
+        "PATCH",
+        "/admin/clients/static",
+        Some(ADMIN_TOKEN),
+        r#"{"scopes": []}"#,
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("defined in the config file"));
+    let (status, _) = admin(
+        &gw,
+        "PATCH",
+        "/admin/clients/nobody",
+        Some(ADMIN_TOKEN),
+        "{}",
+    )
+    .await;
+    assert_eq!(status, 404);
+}
+
+/// A deleted client: its tokens and secret stop working at once, and its id
+/// is never issued again (exactly or differing by case), through the admin
+/// API, the CLI, or a client written by hand in the config.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_client_is_tombstoned_and_its_tokens_revoked() {
+    let (gw, _up, _s) = start().await;
+    let (status, body) = admin(
+        &gw,
+        "POST",
+        "/admin/clients",
+        Some(ADMIN_TOKEN),
+        r#"{"client_id": "gone-1", "grant_types": ["client_credentials"], "operator": "svc-gone", "scopes": ["read"]}"#,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let secret = body["client_secret"].as_str().unwrap().to_string();
+    let token = cc_token(&gw, "gone-1", &secret).await.unwrap();
+    assert_eq!(proxied(&gw, &token).await, 200);
+
+    let (status, body) = admin(
+        &gw,
+        "DELETE",
+        "/admin/clients/gone-1",
+        Some(ADMIN_TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["deleted"], true);
+    assert_eq!(body["in_force"], true);
+    assert_eq!(proxied(&gw, &token).await, 401, "its tokens are revoked");
+    assert_eq!(
+        cc_token(&gw, "gone-1", &secret).await,
+        Err(401),
+        "its secret is gone"
+    );
+    let (status, _) = admin(&gw, "GET", "/admin/clients/gone-1", Some(ADMIN_TOKEN), "").await;
+    assert_eq!(status, 404);
+    let (_, list) = admin(&gw, "GET", "/admin/clients", Some(ADMIN_TOKEN), "").await;
+    assert!(!list.to_string().contains("gone-1"), "{list}");
+    let (status, _) = admin(
+        &gw,
+        "DELETE",
+        "/admin/clients/gone-1",
+        Some(ADMIN_TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(status, 404, "deleted once");
+    let (status, _) = admin(
+        &gw,
+        "DELETE",
+        "/admin/clients/static",
+        Some(ADMIN_TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(status, 409, "written in the config: read only");
+
+    // Never issued again.
+    for id in ["gone-1", "GONE-1"] {
+        let (status, body) = admin(
+            &gw,
+            "POST",
+            "/admin/clients",
+            Some(ADMIN_TOKEN),
+            &format!(r#"{{"client_id": "{id}", "grant_types": ["client_credentials"], "operator": "svc-new", "scopes": ["read"]}}"#),
+        )
+        .await;
+        assert_eq!(status, 409, "{id}: {body}");
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("deleted client"),
+            "{body}"
+        );
+    }
+    let (ok, _, err) = valet(
+        &[
+            "client",
+            "add",
+            "gone-1",
+            "--grant",
+            "client_credentials",
+            "--operator",
+            "x",
+        ],
+        &gw.config_path,
+    );
+    assert!(!ok && err.contains("deleted client"), "{err}");
+    // Nor by hand: a config naming it does not load (the last good one stays).
+    let text = std::fs::read_to_string(&gw.config_path).unwrap();
+    let by_hand = text.replace("- client_id: static", "- client_id: Gone-1");
+    std::fs::write(&gw.config_path, &by_hand).unwrap();
+    let (ok, out, err) = valet(&["check"], &gw.config_path);
+    assert!(!ok, "{out}");
+    assert!(err.contains("the id of a deleted client"), "{err}");
+}
+
+/// Every change through the admin API or the CLI is an audit record (who,
+/// what, which client) chained by digests; `valet audit verify` accepts the
+/// chain as written, and names the record an edit, a deletion or a cut
+/// tail changed.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_change_is_an_audit_record_and_tampering_is_detected() {
+    let (gw, _up, _s) = start().await;
+    let (status, body) = admin(
+        &gw,
+        "POST",
+        "/admin/clients",
+        Some(ADMIN_TOKEN),
+        r#"{"client_id": "audited", "grant_types": ["client_credentials"], "operator": "svc-a", "scopes": ["read"]}"#,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    for (method, path, body) in [
+        ("PATCH", "/admin/clients/audited", r#"{"scopes": []}"#),
+        ("POST", "/admin/clients/audited/regenerate-secret", ""),
+        ("POST", "/admin/clients/audited/revoke-tokens", ""),
+    ] {
+        let (status, b) = admin(&gw, method, path, Some(ADMIN_TOKEN), body).await;
+        assert_eq!(status, 200, "{path}: {b}");
+    }
+    // The CLI's change prints its record on stdout.
+    let (ok, out, err) = valet(&["client", "delete", "audited"], &gw.config_path);
+    assert!(ok, "{err}");
+    let printed: serde_json::Value = out
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .expect("the audit record as a JSON line on stdout");
+    assert_eq!(printed["action"], "client.delete");
+    assert!(
+        printed["who"].as_str().unwrap().starts_with("cli:"),
+        "{printed}"
+    );
+
+    let (ok, out, err) = valet(&["audit", "list"], &gw.config_path);
+    assert!(ok, "{err}");
+    let records: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let actions: Vec<&str> = records
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "client.add",
+            "client.update",
+            "client.regenerate_secret",
+            "client.revoke_tokens",
+            "client.delete"
+        ]
+    );
+    assert_eq!(records[4], printed, "stdout carries the stored record");
+    for r in &records[..4] {
+        assert_eq!(r["who"], "admin:admin", "{r}");
+        assert_eq!(r["client_id"], "audited");
+    }
+    assert_eq!(
+        records[1]["details"]["narrowed"],
+        serde_json::json!(["scopes"])
+    );
+    assert!(records[2]["details"]["cutoff"].as_i64().unwrap() > 0);
+    assert!(
+        !out.contains("hmac-sha256"),
+        "never a secret or its hash: {out}"
+    );
+    let (ok, out, err) = valet(&["audit", "verify"], &gw.config_path);
+    assert!(ok, "{err}");
+    let head = records[4]["digest"].as_str().unwrap();
+    assert!(
+        out.contains("5 records") && out.contains(head),
+        "{out}"
+    );
+
+    // Tampering, in the store itself.
+    let db = gw.revocation_path.with_file_name("valet-state.db");
+    let sql = |q: &str| {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch(q).unwrap();
+    };
+    let verify = |anchor: Option<String>| {
+        let mut args = vec!["audit".to_string(), "verify".to_string()];
+        if let Some(a) = anchor {
+            args.extend(["--anchor".to_string(), a]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        valet(&args, &gw.config_path)
+    };
+    let original: String = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT line FROM audit WHERE seq = 2", [], |r| r.get(0))
+        .unwrap();
+    // An edit: who made the change.
+    sql(&format!(
+        "UPDATE audit SET line = '{}' WHERE seq = 2",
+        original.replace("admin:admin", "admin:someone-else")
+    ));
+    let (ok, _, err) = verify(None);
+    assert!(
+        !ok && err.contains("record 2: its contents do not match its digest"),
+        "{err}"
+    );
+    // An edit with its digest made again: the next record's prev breaks.
+    let mut v: serde_json::Value = serde_json::from_str(&original).unwrap();
+    v["who"] = "admin:someone-else".into();
+    let m = v.as_object_mut().unwrap();
+    m.remove("digest");
+    let d = valet::digest::sha256_hex(serde_json::to_string(m).unwrap().as_bytes());
+    m.insert("digest".into(), d.into());
+    sql(&format!(
+        "UPDATE audit SET line = '{}' WHERE seq = 2",
+        serde_json::to_string(m).unwrap()
+    ));
+    let (ok, _, err) = verify(None);
+    assert!(
+        !ok && err.contains("record 3: its prev is not the digest"),
+        "{err}"
+    );
+    // A deletion.
+    sql(&format!(
+        "UPDATE audit SET line = '{original}' WHERE seq = 2"
+    ));
+    assert!(verify(None).0, "restored");
+    sql("DELETE FROM audit WHERE seq = 3");
+    let (ok, _, err) = verify(None);
+    assert!(!ok && err.contains("record 3 is missing"), "{err}");
+    // The tail cut: the chain still holds, but not the anchor a log
+    // system kept of the last record.
+    sql("DELETE FROM audit WHERE seq >= 3");
+    assert!(verify(None).0);
+    let (ok, _, err) = verify(Some(format!("5:{head}")));
+    assert!(
+        !ok && err.contains("record 5 of the anchor is not in the log"),
+        "{err}"
+    );
+    let first = records[0]["digest"].as_str().unwrap();
+    assert!(verify(Some(format!("1:{first}"))).0);
+}
+
+/// A change through the admin API is printed by the gateway on its
+/// standard output as a JSON line (logs go to standard error), the same
+/// line the store keeps.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_prints_each_admin_change_as_a_json_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).unwrap();
+    let up = Upstream::start().await;
+    let extra = format!(
+        "authorization_server:\n  secret_pepper_file: pepper\n  generate_pepper_if_missing: true\nadmin:\n  address: \"127.0.0.1:0\"\n  credentials:\n    - name: deploy-bot\n      token_file: \"{}\"\n",
+        token_file.display()
+    );
+    let p = process::Proc::start_with(
+        &default_routes(up.addr),
+        &extra,
+        std::process::Stdio::null(),
+    )
+    .await;
+    let admin_addr: std::net::SocketAddr = process::stdout_lines(&p.child)
+        .iter()
+        .find_map(|l| l.strip_prefix("valet: admin API on ")?.parse().ok())
+        .expect("the admin address");
+    let (status, body) = client::plain_request(
+        admin_addr,
+        "POST",
+        "/admin/clients",
+        Some(ADMIN_TOKEN),
+        r#"{"client_id": "printed", "grant_types": ["client_credentials"], "operator": "svc-p"}"#,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let line = eventually(PICKUP, || async {
+        process::stdout_lines(&p.child)
+            .iter()
+            .any(|l| l.contains("\"client.add\""))
+    })
+    .await;
+    assert!(line, "{:?}", process::stdout_lines(&p.child));
+    let printed: serde_json::Value = process::stdout_lines(&p.child)
+        .iter()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap();
+    assert_eq!(printed["type"], "audit");
+    assert_eq!(printed["who"], "admin:deploy-bot");
+    assert_eq!(printed["client_id"], "printed");
+    assert_eq!(printed["seq"], 1);
+    assert_eq!(printed["prev"], valet::app::audit::GENESIS);
+    assert!(!printed.to_string().contains("hmac-sha256"), "{printed}");
+    let (ok, out, err) = valet(&["audit", "list"], &p.config);
+    assert!(ok, "{err}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(out.trim()).unwrap(),
+        printed
+    );
+}

@@ -577,9 +577,39 @@ fn the_store_contract_holds_on_redis() {
     assert!(s.import_once("file", &import).unwrap());
     assert!(!s.import_once("file", &import).unwrap());
     assert_eq!(s.imports().unwrap(), [("file".into(), 1)]);
+    // The audit log: appended in order, by compare-and-set.
+    assert_eq!(s.audit_last().unwrap(), None);
+    assert!(s.audit_append(1, "one").unwrap());
+    assert!(!s.audit_append(1, "again").unwrap(), "entry 1 is taken");
+    assert!(!s.audit_append(3, "gap").unwrap(), "no gaps");
+    assert!(s.audit_append(2, "two").unwrap());
+    assert_eq!(s.audit_last().unwrap(), Some((2, "two".to_string())));
+    assert_eq!(s.audit(1, 10).unwrap(), [(2, "two".to_string())]);
+    assert_eq!(s.audit(0, 1).unwrap(), [(1, "one".to_string())]);
     // Another prefix: another store.
     let other = open(&redis, "other:");
     assert!(other.snapshot().unwrap().records.is_empty());
+    assert!(other.audit(0, 10).unwrap().is_empty());
+    std::thread::scope(|t| {
+        for w in 0..2 {
+            let redis = &redis;
+            t.spawn(move || {
+                let s = open(redis, "chain:");
+                for i in 0..30 {
+                    valet::app::audit::record(
+                        &s,
+                        &format!("w{w}"),
+                        "test",
+                        Some(&format!("c{i}")),
+                        serde_json::Value::Null,
+                    )
+                    .unwrap();
+                }
+            });
+        }
+    });
+    let v = valet::app::audit::verify(&open(&redis, "chain:"), &[]).unwrap();
+    assert_eq!(v.records, 60, "one chain from two writers");
 }
 
 /// Redis down mid-run: validators keep proxying from what they hold and

@@ -514,3 +514,44 @@ fn a_follower_behind_pruned_changes_reads_whole_and_unknown_kinds_are_passed() {
     assert!(c[0].0 > p);
     assert_eq!(c[0].1, Change::Other);
 }
+
+/// The audit log: appended by compare-and-set, so writers on two
+/// connections (two processes on one file) racing to append form one chain,
+/// never a fork; nothing is pruned.
+#[test]
+fn audit_records_from_two_writers_form_one_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v.db");
+    let s = SqliteStore::open(&path).unwrap();
+    assert!(s.audit_append(1, "one").unwrap());
+    assert!(!s.audit_append(1, "again").unwrap(), "entry 1 is taken");
+    assert!(!s.audit_append(3, "gap").unwrap(), "no gaps");
+    assert_eq!(s.audit_last().unwrap(), Some((1, "one".to_string())));
+    assert_eq!(s.audit(0, 10).unwrap(), [(1, "one".to_string())]);
+
+    let fresh = dir.path().join("chain.db");
+    std::thread::scope(|t| {
+        for w in 0..2 {
+            let fresh = &fresh;
+            t.spawn(move || {
+                let s = SqliteStore::open(fresh).unwrap();
+                for i in 0..50 {
+                    valet::app::audit::record(
+                        &s,
+                        &format!("writer-{w}"),
+                        "test",
+                        Some(&format!("c{i}")),
+                        serde_json::Value::Null,
+                    )
+                    .unwrap();
+                }
+            });
+        }
+    });
+    let s = SqliteStore::open(&fresh).unwrap();
+    let v = valet::app::audit::verify(&s, &[]).unwrap();
+    assert_eq!(v.records, 100);
+    assert!(s.prune(i64::MAX, 1000).is_ok());
+    assert_eq!(s.audit(0, 1000).unwrap().len(), 100, "never pruned");
+    assert_eq!(s.audit(98, 1000).unwrap().len(), 2, "from a position");
+}

@@ -71,7 +71,7 @@ pub fn import_clients_file(config: &Config, store: &dyn Store) -> Result<(), Con
 }
 
 /// Makes the file paths of `c` absolute, relative ones taken from `dir`.
-fn absolute_paths(c: &mut RawClient, dir: &Path) {
+pub fn absolute_paths(c: &mut RawClient, dir: &Path) {
     let fix = |p: &mut String| {
         if Path::new(p.as_str()).is_relative() {
             *p = dir.join(p.as_str()).display().to_string();
@@ -124,6 +124,21 @@ pub fn record(c: &RawClient) -> String {
     serde_json::to_string(c).expect("a client serialises")
 }
 
+/// What a deleted client's record becomes: its id stays taken for ever.
+/// (A valet from before tombstones cannot parse it, and keeps its last
+/// good config: delete clients once every authority runs this version.)
+pub fn tombstone(deleted_at: i64) -> String {
+    serde_json::json!({"tombstone": {"deleted_at": deleted_at}}).to_string()
+}
+
+/// Whether a stored record is a deleted client's.
+pub fn is_tombstone(record: &str) -> bool {
+    // Cheap before exact: a client record never starts this way.
+    record.starts_with("{\"tombstone\"")
+        && serde_json::from_str::<serde_json::Value>(record)
+            .is_ok_and(|v| v.get("tombstone").is_some())
+}
+
 /// The managed clients in the store, as stored.
 pub fn records(store: &dyn Store, store_path: &Path) -> Result<Records, ConfigErrors> {
     store
@@ -135,6 +150,7 @@ pub fn records(store: &dyn Store, store_path: &Path) -> Result<Records, ConfigEr
 pub fn parse(records: &Records, store_path: &Path) -> Result<Vec<RawClient>, ConfigErrors> {
     records
         .iter()
+        .filter(|(_, r)| !is_tombstone(r))
         .map(|(id, r)| {
             serde_json::from_str(r).map_err(|e| {
                 error(
@@ -156,7 +172,35 @@ pub fn load(
     let text = std::fs::read_to_string(path)
         .map_err(|e| error(path, format!("cannot read the config file: {e}")))?;
     let records = records(store, store_path)?;
-    let clients = parse(&records, store_path)?;
-    let config = config::parse_with(path, &text, Some(&clients))?;
+    let config = compile(path, &text, &records, store_path)?;
     Ok((config, records))
+}
+
+/// `text` (the config at `path`) compiled with the managed clients'
+/// `records`.
+pub fn compile(
+    path: &Path,
+    text: &str,
+    records: &Records,
+    store_path: &Path,
+) -> Result<Config, ConfigErrors> {
+    let clients = parse(records, store_path)?;
+    let config = config::parse_with(path, text, Some(&clients))?;
+    // A deleted client's id is never used again, by hand either.
+    if let Some(a) = &config.authorization_server {
+        for (id, _) in records.iter().filter(|(_, r)| is_tombstone(r)) {
+            if let Some(c) = a
+                .registry
+                .clients
+                .keys()
+                .find(|c| c.eq_ignore_ascii_case(id))
+            {
+                return Err(error(
+                    path,
+                    format!("client `{c}`: the id of a deleted client (`{id}`, tombstoned in the state store) is never used again; choose another id"),
+                ));
+            }
+        }
+    }
+    Ok(config)
 }

@@ -2,6 +2,7 @@
 //! revocation map, metrics, and the upstream connection pools. Reloads build a
 //! whole new snapshot and swap it in, or keep the old one and say why.
 
+pub mod audit;
 pub mod hash_pool;
 pub mod managed_clients;
 pub mod oauth1_tokens;
@@ -393,8 +394,7 @@ impl App {
             return config::parse(path, text);
         }
         let store_path = self.snapshot.load().config.store_path.clone();
-        let clients = managed_clients::parse(records, &store_path)?;
-        config::parse_with(path, text, Some(&clients))
+        managed_clients::compile(path, text, records, &store_path)
     }
 
     /// Writes what the new config's `generate_if_missing` asks for (a file

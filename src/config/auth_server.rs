@@ -969,7 +969,13 @@ fn compile_user(
 
 /// Validates clients about to be added to the clients file, against the
 /// clients already registered; `Err` lists the problems in sentences.
-pub fn check_clients_file(config: &super::Config, file: &ClientsFile) -> Result<(), String> {
+/// `replacing`: the id of a client `file` replaces (an update), left out
+/// of the registry it is checked against. Returns `file`'s clients compiled.
+pub fn check_clients_file(
+    config: &super::Config,
+    file: &ClientsFile,
+    replacing: Option<&str>,
+) -> Result<Vec<Arc<Client>>, String> {
     let a = config
         .authorization_server
         .as_ref()
@@ -977,6 +983,9 @@ pub fn check_clients_file(config: &super::Config, file: &ClientsFile) -> Result<
     let src = serde_yaml::to_string(file).map_err(|e| e.to_string())?;
     let mut c = Collector::new(Path::new("new client"), &src);
     let mut clients: HashMap<String, Arc<Client>> = a.registry.clients.clone();
+    if let Some(id) = replacing {
+        clients.remove(id);
+    }
     let mut warnings = Vec::new();
     let aud = config.tokens.audiences.first().map_or("", String::as_str);
     let dir = a
@@ -1027,7 +1036,11 @@ pub fn check_clients_file(config: &super::Config, file: &ClientsFile) -> Result<
         );
     }
     if c.errors.is_empty() {
-        Ok(())
+        Ok(file
+            .clients
+            .iter()
+            .filter_map(|rc| clients.get(&rc.client_id).cloned())
+            .collect())
     } else {
         Err(c
             .errors

@@ -1,10 +1,13 @@
-//! Client management, as the seed product's buttons: add, list, regenerate
-//! secret (which revokes every token issued so far), revoke all tokens.
-//! Shared by the `valet client` commands and the admin API. Managed clients
-//! live in the state store (`app::managed_clients`); valet never rewrites
-//! the operator's config.
+//! Client management, as the seed product's buttons: add, list, show,
+//! update (an update that narrows what the client may do revokes its
+//! tokens), delete (tombstoned: the id is never used again, and the
+//! client's tokens are revoked), regenerate secret (which revokes every
+//! token issued so far), revoke all tokens. Shared by the `valet client`
+//! commands and the admin API; every change is an audit record
+//! (`app::audit`). Managed clients live in the state store
+//! (`app::managed_clients`); valet never rewrites the operator's config.
 
-use crate::app::managed_clients;
+use crate::app::{audit, managed_clients};
 use crate::config::{ClientsFile, Config, RawClient};
 use crate::credentials::{generate_secret, hmac_hash, Client};
 use crate::revocation::time::Timestamp;
@@ -34,6 +37,26 @@ pub enum ManageError {
     Store(#[from] crate::store::StoreError),
     #[error("cannot record the revocation: {0}")]
     Revocation(#[from] RevocationError),
+    #[error("client id `{0}` belonged to a deleted client: ids are never used again (a new client would inherit what upstreams know of the old one); choose another")]
+    Deleted(String),
+    #[error("the change was made, but its audit record could not be written: {0}")]
+    Audit(crate::store::StoreError),
+}
+
+/// Writes the audit record of a change just made.
+fn audited(
+    store: &dyn Store,
+    who: &str,
+    action: &str,
+    client_id: &str,
+    details: serde_json::Value,
+) -> Result<(), ManageError> {
+    audit::record(store, who, action, Some(client_id), details)
+        .map(|_| ())
+        .map_err(|e| {
+            tracing::error!(target: "valet::admin", admin = %who, action, client_id, error = %e, "the audit record of a change could not be written");
+            ManageError::Audit(e)
+        })
 }
 
 /// What `list` shows of a client: never its secret or hash.
@@ -104,6 +127,7 @@ pub fn add(
     config: &Config,
     store: &dyn Store,
     mut client: RawClient,
+    who: &str,
 ) -> Result<(String, String), ManageError> {
     let a = config
         .authorization_server
@@ -119,18 +143,332 @@ pub fn add(
     if a.registry.clients.contains_key(&client.client_id) {
         return Err(ManageError::Exists(client.client_id));
     }
+    let stored = store.clients()?;
+    if let Some((id, _)) = stored.iter().find(|(id, r)| {
+        managed_clients::is_tombstone(r) && id.eq_ignore_ascii_case(&client.client_id)
+    }) {
+        return Err(ManageError::Deleted(id.clone()));
+    }
+    managed_clients::absolute_paths(&mut client, &config_dir(config));
     let secret = generate_secret();
     client.secret_hash = hmac_hash(pepper, &secret);
     // Validate exactly as the config loader will.
     let probe = ClientsFile {
         clients: vec![client.clone()],
     };
-    crate::config::check_clients_file(config, &probe).map_err(ManageError::Invalid)?;
+    let compiled =
+        crate::config::check_clients_file(config, &probe, None).map_err(ManageError::Invalid)?;
     let record = managed_clients::record(&client);
     if !store.put_client(&client.client_id, Some(&record), ClientWrite::Create)? {
         return Err(ManageError::Exists(client.client_id));
     }
+    let details = compiled.first().map_or(serde_json::Value::Null, |c| {
+        serde_json::json!(ClientInfo::from(&**c))
+    });
+    audited(store, who, "client.add", &client.client_id, details)?;
     Ok((client.client_id, secret))
+}
+
+/// A new client from its fields as JSON (a client record without its
+/// secret: valet generates that), `client_id` left out for a generated one.
+pub fn client_from_spec(spec: serde_json::Value) -> Result<RawClient, ManageError> {
+    let serde_json::Value::Object(mut fields) = spec else {
+        return Err(ManageError::Invalid(
+            "a client is a JSON object of its fields".into(),
+        ));
+    };
+    if fields.contains_key("secret_hash") {
+        return Err(ManageError::Invalid(
+            "`secret_hash` cannot be chosen: valet generates the secret and shows it once".into(),
+        ));
+    }
+    match fields.get("client_id") {
+        None | Some(serde_json::Value::Null) => {
+            fields.insert("client_id".into(), "".into());
+        }
+        Some(serde_json::Value::String(id)) if id.is_empty() => {
+            return Err(ManageError::Invalid(format!(
+                "{}; leave client_id out for a generated one",
+                crate::config::CLIENT_ID_RULE
+            )))
+        }
+        Some(_) => {}
+    }
+    fields.insert("secret_hash".into(), "".into());
+    serde_json::from_value(serde_json::Value::Object(fields))
+        .map_err(|e| ManageError::Invalid(format!("the client: {e}")))
+}
+
+/// The config file's folder: relative paths in a client record (its
+/// identity mapping's key files) are taken from there, as for the config's
+/// own clients.
+fn config_dir(config: &Config) -> std::path::PathBuf {
+    config
+        .path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+        .to_path_buf()
+}
+
+/// A managed client as `current` in the store (its record, parsed).
+fn stored(store: &dyn Store, client_id: &str) -> Result<(String, RawClient), ManageError> {
+    let current = store
+        .clients()?
+        .into_iter()
+        .find(|(id, r)| id == client_id && !managed_clients::is_tombstone(r))
+        .map(|(_, r)| r)
+        .ok_or_else(|| ManageError::UnknownClient(client_id.to_string()))?;
+    let client = serde_json::from_str(&current)
+        .map_err(|e| ManageError::Invalid(format!("the stored record does not parse: {e}")))?;
+    Ok((current, client))
+}
+
+/// The client `client_id` of the config in force, if valet manages it.
+fn managed<'c>(
+    config: &'c Config,
+    client_id: &str,
+) -> Result<&'c std::sync::Arc<Client>, ManageError> {
+    let a = config
+        .authorization_server
+        .as_ref()
+        .ok_or(ManageError::NoAuthServer)?;
+    let client = a
+        .registry
+        .clients
+        .get(client_id)
+        .ok_or_else(|| ManageError::UnknownClient(client_id.to_string()))?;
+    if !client.managed {
+        return Err(ManageError::NotManaged(client_id.to_string()));
+    }
+    Ok(client)
+}
+
+/// What an update did.
+#[derive(Debug, Serialize)]
+pub struct Updated {
+    pub client: ClientInfo,
+    /// What the client may no longer do (empty: only widened or unchanged).
+    pub narrowed: Vec<&'static str>,
+    /// Tokens issued before were revoked (because it narrowed).
+    pub tokens_revoked: bool,
+    /// The running process uses the new record.
+    pub in_force: bool,
+}
+
+/// The fields an update may not name: the id is the client, and the
+/// secret changes only through regeneration.
+const FIXED: [&str; 2] = ["client_id", "secret_hash"];
+
+/// Updates a managed client with `patch`, a JSON merge patch (RFC 7396) of
+/// its record: a field present replaces, `null` returns it to its default.
+/// Validated as a config load would. When the update narrows what the
+/// client may do (grants, scopes, audience, operator, lifetimes, refresh
+/// tokens, introspection, an identity mapping changed or removed), every
+/// token issued under the old record is revoked, in the order
+/// `regenerate_secret` explains.
+pub fn update(
+    config: &Config,
+    revocations: &Revocations,
+    client_id: &str,
+    patch: &serde_json::Value,
+    who: &str,
+    put_in_force: impl FnOnce() -> bool,
+) -> Result<Updated, ManageError> {
+    let old = managed(config, client_id)?.clone();
+    let serde_json::Value::Object(fields) = patch else {
+        return Err(ManageError::Invalid(
+            "an update is a JSON object of the fields to change".into(),
+        ));
+    };
+    if let Some(f) = FIXED.iter().find(|f| fields.contains_key(**f)) {
+        return Err(ManageError::Invalid(format!(
+            "`{f}` cannot be updated{}",
+            if *f == "secret_hash" {
+                ": regenerate the secret instead"
+            } else {
+                ": add a new client and delete this one"
+            }
+        )));
+    }
+    let store = revocations.store().as_ref();
+    let (current, old_raw) = stored(store, client_id)?;
+    let mut doc = serde_json::to_value(&old_raw).expect("json");
+    merge_patch(&mut doc, patch);
+    let mut new_raw: RawClient = serde_json::from_value(doc)
+        .map_err(|e| ManageError::Invalid(format!("the updated client: {e}")))?;
+    managed_clients::absolute_paths(&mut new_raw, &config_dir(config));
+    let probe = ClientsFile {
+        clients: vec![new_raw.clone()],
+    };
+    let compiled = crate::config::check_clients_file(config, &probe, Some(client_id))
+        .map_err(ManageError::Invalid)?;
+    let new = compiled
+        .first()
+        .ok_or_else(|| ManageError::Invalid("the updated client does not compile".into()))?;
+    let record = managed_clients::record(&new_raw);
+    let changes = changes(&old_raw, &new_raw);
+    if changes.is_empty() {
+        return Ok(Updated {
+            client: ClientInfo::from(&**new),
+            narrowed: Vec::new(),
+            tokens_revoked: false,
+            in_force: true,
+        });
+    }
+    let narrowed = narrowed(&old, new, &old_raw, &new_raw);
+    if !store.put_client(
+        client_id,
+        Some(&record),
+        ClientWrite::Replace { current: &current },
+    )? {
+        return Err(ManageError::Conflict(client_id.to_string()));
+    }
+    let in_force = put_in_force();
+    let cutoff = if narrowed.is_empty() {
+        None
+    } else {
+        Some(cut_off(revocations, client_id)?)
+    };
+    audited(
+        store,
+        who,
+        "client.update",
+        client_id,
+        serde_json::json!({"changes": changes, "narrowed": narrowed, "cutoff": cutoff}),
+    )?;
+    Ok(Updated {
+        client: ClientInfo::from(&**new),
+        tokens_revoked: cutoff.is_some(),
+        narrowed,
+        in_force,
+    })
+}
+
+/// RFC 7396: objects merge member by member, `null` removes, anything else
+/// replaces.
+fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    use serde_json::Value;
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Default::default());
+    }
+    let Value::Object(t) = target else {
+        unreachable!("made an object above")
+    };
+    for (k, v) in p {
+        if v.is_null() {
+            t.remove(k);
+        } else {
+            merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+        }
+    }
+}
+
+/// Each top-level field that differs: {field: {from, to}} (never the hash).
+fn changes(old: &RawClient, new: &RawClient) -> serde_json::Map<String, serde_json::Value> {
+    let (serde_json::Value::Object(o), serde_json::Value::Object(n)) = (
+        serde_json::to_value(old).expect("json"),
+        serde_json::to_value(new).expect("json"),
+    ) else {
+        return Default::default();
+    };
+    let mut out = serde_json::Map::new();
+    for k in o.keys().chain(n.keys()) {
+        if k == "secret_hash" || out.contains_key(k) || o.get(k) == n.get(k) {
+            continue;
+        }
+        out.insert(
+            k.clone(),
+            serde_json::json!({"from": o.get(k), "to": n.get(k)}),
+        );
+    }
+    out
+}
+
+/// What `new` no longer allows that `old` did.
+fn narrowed(
+    old: &Client,
+    new: &Client,
+    old_raw: &RawClient,
+    new_raw: &RawClient,
+) -> Vec<&'static str> {
+    fn json<T: Serialize>(v: &T) -> serde_json::Value {
+        serde_json::to_value(v).unwrap_or_default()
+    }
+    let mut n = Vec::new();
+    let mut say = |cond: bool, what: &'static str| {
+        if cond {
+            n.push(what);
+        }
+    };
+    say(
+        !old.grants.iter().all(|g| new.grants.contains(g)),
+        "grant_types",
+    );
+    say(!old.scopes.iter().all(|s| new.scopes.contains(s)), "scopes");
+    say(old.audience != new.audience, "audience");
+    say(old.operator != new.operator, "operator");
+    say(
+        old.use_refresh_token && !new.use_refresh_token,
+        "use_refresh_token",
+    );
+    say(old.introspect_any && !new.introspect_any, "introspect_any");
+    say(new.access_ttl < old.access_ttl, "access_token_ttl");
+    say(new.refresh_ttl < old.refresh_ttl, "refresh_token_ttl");
+    say(
+        new.family_max_lifetime < old.family_max_lifetime,
+        "refresh_token_max_lifetime",
+    );
+    // An identity mapping changed or removed: tokens carry subjects and
+    // claims the new one may not give.
+    say(
+        old_raw.jwt_bearer.is_some() && json(&old_raw.jwt_bearer) != json(&new_raw.jwt_bearer),
+        "jwt_bearer",
+    );
+    say(
+        old_raw.saml2_bearer.is_some()
+            && json(&old_raw.saml2_bearer) != json(&new_raw.saml2_bearer),
+        "saml2_bearer",
+    );
+    n
+}
+
+/// Deletes a managed client: its record becomes a tombstone (the id is
+/// never issued again, so a new client cannot inherit what upstreams know
+/// of this one through `x-valet-client-id`), then, once the running process
+/// no longer knows the client, every token issued to it is revoked.
+pub fn delete(
+    config: &Config,
+    revocations: &Revocations,
+    client_id: &str,
+    who: &str,
+    put_in_force: impl FnOnce() -> bool,
+) -> Result<bool, ManageError> {
+    managed(config, client_id)?;
+    let store = revocations.store().as_ref();
+    let (current, _) = stored(store, client_id)?;
+    let tombstone = managed_clients::tombstone(crate::revocation::now());
+    if !store.put_client(
+        client_id,
+        Some(&tombstone),
+        ClientWrite::Replace { current: &current },
+    )? {
+        return Err(ManageError::Conflict(client_id.to_string()));
+    }
+    let in_force = put_in_force();
+    let cutoff = cut_off(revocations, client_id)?;
+    audited(
+        store,
+        who,
+        "client.delete",
+        client_id,
+        serde_json::json!({"cutoff": cutoff}),
+    )?;
+    Ok(in_force)
 }
 
 fn hex(b: &[u8]) -> String {
@@ -170,6 +508,7 @@ pub fn revoke_tokens(
     config: &Config,
     revocations: &Revocations,
     client_id: &str,
+    who: &str,
 ) -> Result<(), ManageError> {
     let a = config
         .authorization_server
@@ -178,6 +517,18 @@ pub fn revoke_tokens(
     if !a.registry.clients.contains_key(client_id) {
         return Err(ManageError::UnknownClient(client_id.to_string()));
     }
+    let cutoff = cut_off(revocations, client_id)?;
+    audited(
+        revocations.store().as_ref(),
+        who,
+        "client.revoke_tokens",
+        client_id,
+        serde_json::json!({"cutoff": cutoff}),
+    )
+}
+
+/// Writes a cut-off for `client_id` (durably); returns it.
+fn cut_off(revocations: &Revocations, client_id: &str) -> Result<i64, ManageError> {
     // Cut-offs reject `iat < revoked_before`, and `iat` has whole seconds. So
     // each new cut-off is strictly later than the last one (a second "revoke
     // all" within the same second must still catch tokens issued between the
@@ -191,7 +542,7 @@ pub fn revoke_tokens(
         client_id: client_id.to_string(),
         revoked_before: Timestamp(cutoff),
     })])?;
-    Ok(())
+    Ok(cutoff)
 }
 
 /// A new secret for a managed client, and every token issued so far revoked.
@@ -210,30 +561,17 @@ pub fn regenerate_secret(
     config: &Config,
     revocations: &Revocations,
     client_id: &str,
+    who: &str,
     put_in_force: impl FnOnce() -> bool,
 ) -> Result<(String, bool), ManageError> {
-    let a = config
+    managed(config, client_id)?;
+    let pepper = config
         .authorization_server
         .as_ref()
-        .ok_or(ManageError::NoAuthServer)?;
-    let client = a
-        .registry
-        .clients
-        .get(client_id)
-        .ok_or_else(|| ManageError::UnknownClient(client_id.to_string()))?;
-    if !client.managed {
-        return Err(ManageError::NotManaged(client_id.to_string()));
-    }
-    let pepper = a.registry.pepper.as_ref().ok_or(ManageError::NoPepper)?;
+        .and_then(|a| a.registry.pepper.as_ref())
+        .ok_or(ManageError::NoPepper)?;
     let store = revocations.store().as_ref();
-    let current = store
-        .clients()?
-        .into_iter()
-        .find(|(id, _)| id == client_id)
-        .map(|(_, r)| r)
-        .ok_or_else(|| ManageError::UnknownClient(client_id.to_string()))?;
-    let mut client: RawClient = serde_json::from_str(&current)
-        .map_err(|e| ManageError::Invalid(format!("the stored record does not parse: {e}")))?;
+    let (current, mut client) = stored(store, client_id)?;
     let secret = generate_secret();
     client.secret_hash = hmac_hash(pepper, &secret);
     let record = managed_clients::record(&client);
@@ -245,7 +583,14 @@ pub fn regenerate_secret(
         return Err(ManageError::Conflict(client_id.to_string()));
     }
     let in_force = put_in_force();
-    revoke_tokens(config, revocations, client_id)?;
+    let cutoff = cut_off(revocations, client_id)?;
+    audited(
+        store,
+        who,
+        "client.regenerate_secret",
+        client_id,
+        serde_json::json!({"cutoff": cutoff}),
+    )?;
     Ok((secret, in_force))
 }
 

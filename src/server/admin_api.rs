@@ -3,7 +3,11 @@
 //!
 //! - `GET  /admin/clients`
 //! - `GET  /admin/clients/{id}` (never the secret or its hash)
-//! - `POST /admin/clients` (JSON: client_id, grant_types, operator, scopes, audience, use_refresh_token)
+//! - `POST /admin/clients` (JSON: the client's fields as in the config,
+//!   without `secret_hash`; `client_id` left out for a generated one)
+//! - `PATCH /admin/clients/{id}` (a JSON merge patch of those fields; an
+//!   update that narrows what the client may do revokes its tokens)
+//! - `DELETE /admin/clients/{id}` (tombstoned; its tokens revoked)
 //! - `POST /admin/clients/{id}/regenerate-secret`
 //! - `POST /admin/clients/{id}/revoke-tokens`
 //! - `GET  /admin/oauth1/{provider}/tokens` (the subjects holding a token)
@@ -11,6 +15,7 @@
 //!   subject is percent-encoded in the path)
 //!
 //! New secrets appear once, in the response; only their hashes are stored.
+//! Every change is an audit record (`app::audit`), naming the credential.
 
 use crate::app::App;
 use crate::oauth2::manage::{self, ManageError};
@@ -19,7 +24,6 @@ use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use serde::Deserialize;
 use std::sync::Arc;
 
 fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
@@ -49,28 +53,16 @@ fn authorized(app: &App, req: &Request<Incoming>) -> Option<String> {
     who
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewClient {
-    /// None: one is generated.
-    client_id: Option<String>,
-    grant_types: Vec<String>,
-    operator: Option<String>,
-    #[serde(default)]
-    scopes: Vec<String>,
-    default_scopes: Option<Vec<String>>,
-    audience: Option<String>,
-    #[serde(default)]
-    use_refresh_token: bool,
-}
-
 fn status_of(e: &ManageError) -> StatusCode {
     match e {
         ManageError::UnknownClient(_) | ManageError::NoAuthServer => StatusCode::NOT_FOUND,
         ManageError::NoPepper | ManageError::Conflict(_) => StatusCode::CONFLICT,
         ManageError::Exists(_) | ManageError::NotManaged(_) => StatusCode::CONFLICT,
         ManageError::Invalid(_) => StatusCode::BAD_REQUEST,
-        ManageError::Revocation(_) | ManageError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ManageError::Deleted(_) => StatusCode::CONFLICT,
+        ManageError::Revocation(_) | ManageError::Store(_) | ManageError::Audit(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
     }
 }
 
@@ -98,6 +90,8 @@ pub async fn respond(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Byt
     };
     let app2 = app.clone();
     let (logged_method, logged_path) = (method.clone(), path.clone());
+    // As the audit log names who made a change.
+    let actor = format!("admin:{who}");
     // File I/O and durable writes stay off the async workers.
     let result = tokio::task::spawn_blocking(move || {
         let app = app2;
@@ -123,52 +117,50 @@ pub async fn respond(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Byt
                 return manage::show(config, id).map(|c| reply(StatusCode::OK, serde_json::json!(c)));
             }
             (&Method::POST, ["admin", "clients"]) => {
-                let n: NewClient = match serde_json::from_slice(&body) {
-                    Ok(n) => n,
+                let spec = match serde_json::from_slice(&body) {
+                    Ok(v) => v,
                     Err(e) => return Ok(error(StatusCode::BAD_REQUEST, e)),
                 };
-                if n.client_id.as_deref() == Some("") {
-                    return Ok(error(
-                        StatusCode::BAD_REQUEST,
-                        format!("{}; leave client_id out for a generated one", crate::config::CLIENT_ID_RULE),
-                    ));
-                }
-                let raw = crate::config::RawClient {
-                    client_id: n.client_id.unwrap_or_default(),
-                    secret_hash: String::new(),
-                    grant_types: n.grant_types,
-                    operator: n.operator,
-                    scopes: n.scopes,
-                    default_scopes: n.default_scopes,
-                    audience: n.audience,
-                    access_token_ttl: None,
-                    refresh_token_ttl: None,
-                refresh_token_max_lifetime: None,
-                    use_refresh_token: n.use_refresh_token,
-                    introspect_any: false,
-                    jwt_bearer: None,
-                    saml2_bearer: None,
+                manage::client_from_spec(spec)
+                    .and_then(|raw| manage::add(config, app.revocations.store().as_ref(), raw, &actor))
+                    .map(|(id, secret)| {
+                        // The id (generated when none was given), the secret
+                        // (this once) and valet's URLs.
+                        reply(StatusCode::CREATED, manage::credentials(config, &id, &secret))
+                    })
+            }
+            (&Method::PATCH, ["admin", "clients", id]) => {
+                let patch: serde_json::Value = match serde_json::from_slice(&body) {
+                    Ok(v) => v,
+                    Err(e) => return Ok(error(StatusCode::BAD_REQUEST, e)),
                 };
-                manage::add(config, app.revocations.store().as_ref(), raw).map(|(id, secret)| {
-                    // The id (generated when none was given), the secret
-                    // (this once) and valet's URLs.
-                    reply(StatusCode::CREATED, manage::credentials(config, &id, &secret))
+                let in_force = || app.follow_store() && app.config_good();
+                manage::update(config, &app.revocations, id, &patch, &actor, in_force)
+                    .map(|u| reply(StatusCode::OK, serde_json::json!(u)))
+            }
+            (&Method::DELETE, ["admin", "clients", id]) => {
+                let in_force = || app.follow_store() && app.config_good();
+                manage::delete(config, &app.revocations, id, &actor, in_force).map(|in_force| {
+                    reply(
+                        StatusCode::OK,
+                        serde_json::json!({"client_id": id, "deleted": true, "tokens_revoked": true, "in_force": in_force}),
+                    )
                 })
             }
             (&Method::POST, ["admin", "clients", id, "regenerate-secret"]) => {
                 // Following the store reloads the config with the new record.
                 let in_force = || app.follow_store() && app.config_good();
-                manage::regenerate_secret(config, &app.revocations, id, in_force).map(|(secret, in_force)| {
-                    reply(
-                        StatusCode::OK,
-                        serde_json::json!({"client_id": id, "client_secret": secret, "tokens_revoked": true, "in_force": in_force}),
-                    )
+                manage::regenerate_secret(config, &app.revocations, id, &actor, in_force).map(|(secret, in_force)| {
+                    let mut doc = manage::credentials(config, id, &secret);
+                    doc["tokens_revoked"] = true.into();
+                    doc["in_force"] = in_force.into();
+                    reply(StatusCode::OK, doc)
                 })
             }
-            (&Method::POST, ["admin", "clients", id, "revoke-tokens"]) => manage::revoke_tokens(config, &app.revocations, id)
+            (&Method::POST, ["admin", "clients", id, "revoke-tokens"]) => manage::revoke_tokens(config, &app.revocations, id, &actor)
                 .map(|()| reply(StatusCode::OK, serde_json::json!({"client_id": id, "tokens_revoked": true}))),
             (_, ["admin", "oauth1", provider, "tokens", rest @ ..]) => {
-                return Ok(oauth1_tokens(&app, config, &method, provider, rest));
+                return Ok(oauth1_tokens(&app, config, &method, provider, rest, &actor));
             }
             _ => return Ok(error(StatusCode::NOT_FOUND, "no such admin endpoint")),
         };
@@ -206,6 +198,7 @@ fn oauth1_tokens(
     method: &Method,
     provider: &str,
     rest: &[&str],
+    actor: &str,
 ) -> Response<Full<Bytes>> {
     let known = config
         .oauth1
@@ -235,6 +228,19 @@ fn oauth1_tokens(
                 Ok(had) => {
                     if had {
                         tracing::info!(provider, sub = %subject, "OAuth 1.0 token forgotten (admin API)");
+                        let details = serde_json::json!({"provider": provider, "subject": subject});
+                        if let Err(e) = crate::app::audit::record(
+                            app.revocations.store().as_ref(),
+                            actor,
+                            "oauth1.token.forget",
+                            None,
+                            details,
+                        ) {
+                            return error(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                format!("the token was forgotten, but its audit record could not be written: {e}"),
+                            );
+                        }
                     }
                     reply(
                         StatusCode::OK,

@@ -17,7 +17,10 @@
 //! - **valet-managed clients** (what `valet client add` and the admin API
 //!   register; secrets hashed by the caller), as records the caller
 //!   serialises: each change is in the log, so every authority process
-//!   reloads its client registry.
+//!   reloads its client registry;
+//! - the **audit log** of administrative changes: lines the caller makes
+//!   (each carrying the digest of the one before), appended in order by
+//!   compare-and-set, never pruned.
 //!
 //! The operator's revocation file is not here: it stays a read-only input.
 //! This module names nothing else of valet's (layer 0): the revocation map
@@ -303,6 +306,17 @@ pub trait Store: Send + Sync {
         record: Option<&str>,
         how: ClientWrite<'_>,
     ) -> Result<bool, StoreError>;
+
+    /// The audit log's last entry: (its number, from 1; its line).
+    fn audit_last(&self) -> Result<Option<(u64, String)>, StoreError>;
+
+    /// Appends `line` as audit entry `seq` if the log's last entry is
+    /// `seq - 1`: `Ok(false)` otherwise (another process appended first;
+    /// nothing written). Never pruned, never changed.
+    fn audit_append(&self, seq: u64, line: &str) -> Result<bool, StoreError>;
+
+    /// The audit entries after number `after`, at most `limit`, in order.
+    fn audit(&self, after: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError>;
 
     /// Since when (unix seconds) the store's contents go back: a store made
     /// anew (emptied, or a file deleted) starts a new generation. A refresh

@@ -1010,6 +1010,47 @@ impl Store for RedisStore {
         Ok(all)
     }
 
+    fn audit_last(&self) -> Result<Option<(u64, String)>, StoreError> {
+        let (n, last): (u64, Option<String>) = self.with(false, |c| {
+            redis::pipe()
+                .cmd("LLEN")
+                .arg(self.key("audit"))
+                .cmd("LINDEX")
+                .arg(self.key("audit"))
+                .arg(-1)
+                .query(c)
+        })?;
+        Ok(last.map(|l| (n, l)))
+    }
+
+    fn audit_append(&self, seq: u64, line: &str) -> Result<bool, StoreError> {
+        // Entry `seq` is the list's element seq - 1: appended only when the
+        // list ends just before it (of two processes, one appends).
+        let s = script(
+            "local k = ARGV[1] .. 'audit'
+             if redis.call('LLEN', k) ~= tonumber(ARGV[2]) - 1 then return 0 end
+             redis.call('RPUSH', k, ARGV[3])
+             return 1",
+        );
+        let ok: i64 = self.invoke(&s, |inv| {
+            inv.arg(seq).arg(line);
+        })?;
+        Ok(ok == 1)
+    }
+
+    fn audit(&self, after: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
+        let end = after.saturating_add(limit.min(i64::MAX as usize) as u64);
+        let stop = i64::try_from(end).unwrap_or(i64::MAX) - 1;
+        let lines: Vec<String> = self.with(false, |c| {
+            redis::cmd("LRANGE")
+                .arg(self.key("audit"))
+                .arg(after)
+                .arg(stop)
+                .query(c)
+        })?;
+        Ok((after + 1..).zip(lines).collect())
+    }
+
     fn put_client(
         &self,
         id: &str,

@@ -66,6 +66,9 @@ CREATE TABLE IF NOT EXISTS oauth1_flows (
 CREATE INDEX IF NOT EXISTS oauth1_flows_by_subject ON oauth1_flows (provider, subject, expires_at_ms);
 CREATE INDEX IF NOT EXISTS oauth1_flows_by_expiry ON oauth1_flows (expires_at_ms);
 CREATE TABLE IF NOT EXISTS clients (id TEXT PRIMARY KEY, record TEXT NOT NULL) WITHOUT ROWID;
+-- The audit log: append only, never pruned (each line carries the digest
+-- of the one before; the store only keeps them in order).
+CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY, line TEXT NOT NULL);
 ";
 
 /// The store in one SQLite file.
@@ -285,6 +288,15 @@ impl SqliteStore {
 
     fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.read.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the file has table `name`: a store an older valet made,
+    /// opened read only (`valet check`), may lack the newer ones, and so
+    /// holds nothing of theirs.
+    fn has_table(&self, conn: &Connection, name: &str) -> Result<bool, StoreError> {
+        conn.prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")
+            .and_then(|mut s| s.exists([name]))
+            .map_err(|e| self.fail(e))
     }
 }
 
@@ -667,13 +679,7 @@ impl Store for SqliteStore {
 
     fn clients(&self) -> Result<Vec<(String, String)>, StoreError> {
         let conn = self.reader();
-        // A store an older valet made, opened read only (`valet check`):
-        // it has no table of clients, and so no clients.
-        let table: bool = conn
-            .prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'clients'")
-            .and_then(|mut s| s.exists([]))
-            .map_err(|e| self.fail(e))?;
-        if !table {
+        if !self.has_table(&conn, "clients")? {
             return Ok(Vec::new());
         }
         let mut stmt = conn
@@ -681,6 +687,54 @@ impl Store for SqliteStore {
             .map_err(|e| self.fail(e))?;
         let rows = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.fail(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.fail(e))
+    }
+
+    fn audit_last(&self) -> Result<Option<(u64, String)>, StoreError> {
+        let conn = self.reader();
+        if !self.has_table(&conn, "audit")? {
+            return Ok(None);
+        }
+        conn.query_row(
+            "SELECT seq, line FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+        )
+        .optional()
+        .map_err(|e| self.fail(e))
+    }
+
+    fn audit_append(&self, seq: u64, line: &str) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let last: i64 = tx
+                .query_row("SELECT COALESCE(MAX(seq), 0) FROM audit", [], |r| r.get(0))
+                .map_err(|e| self.fail(e))?;
+            if last as u64 + 1 != seq {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO audit (seq, line) VALUES (?1, ?2)",
+                params![seq as i64, line],
+            )
+            .map_err(|e| self.fail(e))?;
+            Ok(true)
+        })
+    }
+
+    fn audit(&self, after: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
+        let conn = self.reader();
+        if !self.has_table(&conn, "audit")? {
+            return Ok(Vec::new());
+        }
+        let mut stmt = conn
+            .prepare_cached("SELECT seq, line FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+            .map_err(|e| self.fail(e))?;
+        let rows = stmt
+            .query_map(
+                params![after as i64, i64::try_from(limit).unwrap_or(i64::MAX)],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+            )
             .map_err(|e| self.fail(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.fail(e))
     }

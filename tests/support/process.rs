@@ -137,6 +137,23 @@ impl Proc {
 
 /// Starts `valet serve` and reads the addresses it bound from its standard
 /// output; then waits for it to be ready.
+/// What each child printed on stdout, by process id.
+#[allow(clippy::type_complexity)]
+static STDOUT: std::sync::Mutex<
+    std::collections::BTreeMap<u32, std::sync::Arc<std::sync::Mutex<Vec<String>>>>,
+> = std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// The lines a valet started by `spawn` printed on stdout so far.
+#[allow(dead_code)]
+pub fn stdout_lines(child: &Child) -> Vec<String> {
+    STDOUT
+        .lock()
+        .unwrap()
+        .get(&child.id())
+        .map(|k| k.lock().unwrap().clone())
+        .unwrap_or_default()
+}
+
 pub async fn spawn(
     config: &std::path::Path,
     stderr: Stdio,
@@ -168,10 +185,19 @@ pub async fn spawn_unready(
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
-    // Reads every line to the end, so valet never blocks on a full pipe.
+    let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    STDOUT.lock().unwrap().insert(child.id(), kept.clone());
+    // Reads every line to the end, so valet never blocks on a full pipe;
+    // keeps the first lines for `stdout_lines`.
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout).lines() {
             let Ok(line) = line else { return };
+            {
+                let mut k = kept.lock().unwrap();
+                if k.len() < 10_000 {
+                    k.push(line.clone());
+                }
+            }
             let _ = tx.send(line);
         }
     });
