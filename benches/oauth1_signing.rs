@@ -39,6 +39,7 @@ fn provider(method: SignatureMethod) -> Provider {
         timeout: Duration::from_secs(10),
         shared_token: None,
         token_problems: Vec::new(),
+        permissions: None,
         start_url: "https://valet.example/oauth1/legacy/authorize".into(),
     }
 }

@@ -1425,10 +1425,7 @@ async fn every_change_is_an_audit_record_and_tampering_is_detected() {
     let (ok, out, err) = valet(&["audit", "verify"], &gw.config_path);
     assert!(ok, "{err}");
     let head = records[4]["digest"].as_str().unwrap();
-    assert!(
-        out.contains("5 records") && out.contains(head),
-        "{out}"
-    );
+    assert!(out.contains("5 records") && out.contains(head), "{out}");
 
     // Tampering, in the store itself.
     let db = gw.revocation_path.with_file_name("valet-state.db");

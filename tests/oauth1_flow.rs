@@ -995,3 +995,120 @@ async fn signed_requests_reach_an_https_provider_directly() {
     let call = s.api_calls().pop().unwrap();
     assert!(call.verified.is_ok(), "{:?}", call.verified);
 }
+
+const PERMISSIONS: &str = "      permissions:
+        default: read
+        levels:
+          read: { request_token: { x_auth_access_type: read } }
+          write:
+            request_token: { x_auth_access_type: write }
+            authorize_url: { perms: write }
+";
+
+/// Permissions: the user's level of access is chosen per request among the
+/// provider's levels (`?access=`), sent on the request-token call (signed:
+/// the provider verifies it) and on the authorization URL, recorded with
+/// the token (across a restart) and shown by the token status endpoint; a
+/// `read` grant lets the provider refuse writes. Levels outside the list are
+/// refused before the provider is called.
+#[tokio::test]
+async fn a_level_of_access_is_asked_signed_and_recorded() {
+    let mut s = setup_with("", false, PERMISSIONS).await;
+    let (alice, bob) = (s.gw.token("alice", "read"), s.gw.token("bob", "read"));
+    let status = |s: &Setup, bearer: String| {
+        let c = s.client();
+        async move { c.get("/oauth1/legacy/token", Some(&bearer)).await.json() }
+    };
+    let j = status(&s, alice.clone()).await;
+    assert_eq!(j["access"], serde_json::Value::Null);
+    assert_eq!(j["access_levels"], serde_json::json!(["read", "write"]));
+
+    // Refused before the provider hears of it.
+    for q in ["?access=admin", "?access=", "?access=read&access=write"] {
+        let r = s.start_flow(&alice, q).await;
+        assert_eq!(r.status, 400, "{q}: {:?}", r.body);
+        assert_eq!(r.json()["error"], "invalid_request");
+        assert!(
+            r.json()["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("read, write"),
+            "{q}"
+        );
+    }
+    assert!(s.provider.state.lock().unwrap().access_asked.is_empty());
+
+    // The default level: read.
+    let r = s.start_flow(&alice, "").await;
+    assert_eq!(r.status, 302, "{:?}", r.body);
+    let cookie = cookie_pair(r.header("set-cookie"));
+    let location = r.header("location").to_string();
+    assert!(
+        !location.contains("perms="),
+        "read adds nothing to the URL: {location}"
+    );
+    let cb = s.approve(&location).await;
+    assert_eq!(s.callback(&cb, Some(&cookie)).await.status, 302);
+    // Write: both places.
+    let r = s.start_flow(&bob, "?access=write").await;
+    assert_eq!(r.status, 302, "{:?}", r.body);
+    let cookie = cookie_pair(r.header("set-cookie"));
+    let location = r.header("location").to_string();
+    assert!(location.contains("&perms=write"), "{location}");
+    let cb = s.approve(&location).await;
+    assert_eq!(s.callback(&cb, Some(&cookie)).await.status, 302);
+    {
+        let st = s.provider.state.lock().unwrap();
+        // Signed: the provider verified the request-token calls with them.
+        assert_eq!(st.access_asked, [Some("read".into()), Some("write".into())]);
+        assert!(st.refusals.is_empty(), "{:?}", st.refusals);
+        assert!(st.authorize_queries[1].contains(&("perms".into(), "write".into())));
+    }
+    assert_eq!(status(&s, alice.clone()).await["access"], "read");
+    assert_eq!(status(&s, bob.clone()).await["access"], "write");
+
+    // What the provider does with it: alice may read, not write; bob both.
+    let c = s.client();
+    assert_eq!(c.get("/legacy/items", Some(&alice)).await.status, 200);
+    let post = |bearer: &str| {
+        c.request("POST", "/legacy/items")
+            .header("authorization", format!("Bearer {bearer}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    assert_eq!(c.send(post(&alice)).await.status, 403);
+    assert_eq!(c.send(post(&bob)).await.status, 200);
+
+    // Recorded with the token: a restart reads it back.
+    restart(&mut s).await;
+    assert_eq!(status(&s, alice).await["access"], "read");
+    assert_eq!(status(&s, bob).await["access"], "write");
+}
+
+/// A provider without levels refuses `?access=`; a level naming a protocol
+/// parameter, or a default outside the levels, does not load.
+#[tokio::test]
+async fn levels_of_access_are_checked() {
+    let s = setup("").await;
+    let alice = s.gw.token("alice", "read");
+    let r = s.start_flow(&alice, "?access=read").await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("no levels of access"));
+    let text = std::fs::read_to_string(&s.gw.config_path).unwrap();
+    let at = text.find("      ca_file:").unwrap();
+    for (bad, why) in [
+        ("      permissions:\n        default: admin\n        levels:\n          read: { request_token: { x: y } }\n", "`admin` is not one of the levels"),
+        ("      permissions:\n        default: read\n        levels:\n          read: { request_token: { oauth_callback: evil } }\n", "the protocol's own"),
+        ("      permissions:\n        default: read\n        levels:\n          read: {}\n", "at least one parameter"),
+        ("      permissions:\n        default: \"a b\"\n        levels:\n          \"a b\": { request_token: { x: y } }\n", "1 to 64 letters"),
+    ] {
+        let cfg = s.gw.config_path.with_file_name("bad.yaml");
+        std::fs::write(&cfg, format!("{}{bad}{}", &text[..at], &text[at..])).unwrap();
+        let e = valet::config::load(&cfg).unwrap_err().to_string();
+        assert!(e.contains(why), "{why}: {e}");
+        assert!(e.contains("bad.yaml:5"), "with the file and line: {e}");
+    }
+}

@@ -75,6 +75,8 @@ pub struct Pending {
     pub return_url: String,
     /// Unix milliseconds.
     pub expires_at_ms: i64,
+    /// The level of access asked for (the provider's `permissions`).
+    pub access: Option<String>,
 }
 
 type Entries = HashMap<String, HashMap<String, Arc<Credentials>>>;
@@ -88,6 +90,9 @@ pub struct TokenStore {
     /// Tokens the provider refused as such (revoked, expired): kept in the
     /// store, marked, never used; (provider, subject) → (problem, when).
     invalid: RwLock<HashMap<(String, String), (String, i64)>>,
+    /// The level of access each token was granted with, where the
+    /// provider has levels: (provider, subject) → level.
+    access: RwLock<HashMap<(String, String), String>>,
 }
 
 /// A token marked invalid, to be written to the store.
@@ -113,6 +118,37 @@ impl Invalidation {
 /// than the mark refuses the record (as undecryptable) instead of signing
 /// with a token it would misread.
 const INVALID: &[u8] = b"\xffinvalid\n";
+
+/// Then the level of access granted, a line (after the mark of a refused
+/// token, if any). Not UTF-8 either, for the same reason.
+const ACCESS: &[u8] = b"\xfeaccess\n";
+
+/// A sealed token, opened.
+struct Unsealed {
+    creds: Credentials,
+    invalid: Option<(String, i64)>,
+    access: Option<String>,
+}
+
+/// Splits off the first line of `b` (as UTF-8).
+fn line(b: &[u8]) -> Option<(&str, &[u8])> {
+    let i = b.iter().position(|&x| x == b'\n')?;
+    Some((std::str::from_utf8(&b[..i]).ok()?, &b[i + 1..]))
+}
+
+/// The sealed text of a token: [ACCESS level "\n"] token "\n" secret.
+fn token_plain(creds: &Credentials, access: Option<&str>) -> Vec<u8> {
+    let mut v = Vec::new();
+    if let Some(a) = access {
+        v.extend_from_slice(ACCESS);
+        v.extend_from_slice(a.as_bytes());
+        v.push(b'\n');
+    }
+    v.extend_from_slice(creds.token.as_bytes());
+    v.push(b'\n');
+    v.extend_from_slice(creds.secret.expose());
+    v
+}
 
 fn token_aad(provider: &str, subject: &str) -> Vec<u8> {
     [provider.as_bytes(), b"\0", subject.as_bytes()].concat()
@@ -158,6 +194,7 @@ impl TokenStore {
             key,
             entries: Default::default(),
             invalid: Default::default(),
+            access: Default::default(),
         };
         let mut problems = Vec::new();
         if let Some(path) = legacy {
@@ -228,22 +265,30 @@ impl TokenStore {
         let rows = self.store.oauth1_tokens().map_err(|e| e.to_string())?;
         let mut map = Entries::new();
         let mut invalid = HashMap::new();
+        let mut access = HashMap::new();
         let mut closed = 0;
         for (provider, subject, sealed) in rows {
-            match self.unseal_token(&provider, &subject, &sealed) {
-                Some((_, Some(i))) => {
+            let Some(u) = self.unseal_token(&provider, &subject, &sealed) else {
+                closed += 1;
+                continue;
+            };
+            if let Some(a) = u.access {
+                access.insert((provider.clone(), subject.clone()), a);
+            }
+            match u.invalid {
+                Some(i) => {
                     invalid.insert((provider, subject), i);
                 }
-                Some((c, None)) => {
+                None => {
                     map.entry(provider)
                         .or_default()
-                        .insert(subject, Arc::new(c));
+                        .insert(subject, Arc::new(u.creds));
                 }
-                None => closed += 1,
             }
         }
         *self.entries.write().expect("not poisoned") = map;
         *self.invalid.write().expect("not poisoned") = invalid;
+        *self.access.write().expect("not poisoned") = access;
         if closed > 0 {
             let e = format!("{closed} OAuth 1.0 tokens in the state store do not decrypt with the configured key (wrong key, or tampered); they are not used");
             tracing::error!("{e}");
@@ -260,9 +305,13 @@ impl TokenStore {
             .oauth1_token(provider, subject)
             .map_err(|e| e.to_string())?;
         match sealed.and_then(|b| self.unseal_token(provider, subject, &b)) {
-            Some((_, Some(i))) => self.set(provider, subject, None, Some(i)),
-            Some((c, None)) => self.set(provider, subject, Some(c), None),
-            None => self.set(provider, subject, None, None),
+            Some(Unsealed {
+                invalid: Some(i),
+                access,
+                ..
+            }) => self.set(provider, subject, None, Some(i), access),
+            Some(u) => self.set(provider, subject, Some(u.creds), None, u.access),
+            None => self.set(provider, subject, None, None, None),
         }
         Ok(())
     }
@@ -295,34 +344,42 @@ impl TokenStore {
         Some(plain.to_vec())
     }
 
-    fn unseal_token(
-        &self,
-        provider: &str,
-        subject: &str,
-        sealed: &[u8],
-    ) -> Option<(Credentials, Option<(String, i64)>)> {
+    fn unseal_token(&self, provider: &str, subject: &str, sealed: &[u8]) -> Option<Unsealed> {
         let plain = self.open_sealed(&token_aad(provider, subject), sealed)?;
         let (invalid, rest) = match plain.strip_prefix(INVALID) {
             Some(rest) => {
-                let text = std::str::from_utf8(rest).ok()?;
-                let (problem, rest) = text.split_once('\n')?;
-                let (at, rest) = rest.split_once('\n')?;
-                (
-                    Some((problem.to_string(), at.parse().ok()?)),
-                    rest.as_bytes(),
-                )
+                let (problem, rest) = line(rest)?;
+                let (at, rest) = line(rest)?;
+                (Some((problem.to_string(), at.parse().ok()?)), rest)
             }
             None => (None, &plain[..]),
         };
-        let text = std::str::from_utf8(rest).ok()?;
-        let (token, secret) = text.split_once('\n')?;
-        Some((
-            Credentials {
+        let (access, rest) = match rest.strip_prefix(ACCESS) {
+            Some(rest) => {
+                let (a, rest) = line(rest)?;
+                (Some(a.to_string()), rest)
+            }
+            None => (None, rest),
+        };
+        let (token, secret) = line(rest)?;
+        Some(Unsealed {
+            creds: Credentials {
                 token: token.to_string(),
-                secret: Secret::new(secret.as_bytes().to_vec()),
+                secret: Secret::new(secret.to_vec()),
             },
             invalid,
-        ))
+            access,
+        })
+    }
+
+    /// The level of access `subject`'s token was granted with, if the
+    /// provider has levels.
+    pub fn access(&self, provider: &str, subject: &str) -> Option<String> {
+        self.access
+            .read()
+            .expect("not poisoned")
+            .get(&(provider.to_string(), subject.to_string()))
+            .cloned()
     }
 
     /// The subjects whose token the provider refused: (subject, problem,
@@ -363,20 +420,27 @@ impl TokenStore {
     ) -> Option<Invalidation> {
         let creds = self.get(provider, subject).filter(|c| c.token == token)?;
         let at = crate::revocation::now();
+        let access = self.access(provider, subject);
+        let mut token = token_plain(&creds, access.as_deref());
         let mut plain = [
             INVALID,
             problem.as_bytes(),
             b"\n",
             at.to_string().as_bytes(),
             b"\n",
-            creds.token.as_bytes(),
-            b"\n",
-            creds.secret.expose(),
+            &token,
         ]
         .concat();
         let sealed = self.seal(&token_aad(provider, subject), &plain);
         zeroize::Zeroize::zeroize(&mut plain);
-        self.set(provider, subject, None, Some((problem.to_string(), at)));
+        zeroize::Zeroize::zeroize(&mut token);
+        self.set(
+            provider,
+            subject,
+            None,
+            Some((problem.to_string(), at)),
+            access,
+        );
         Some(Invalidation {
             store: self.store.clone(),
             provider: provider.to_string(),
@@ -392,6 +456,7 @@ impl TokenStore {
         subject: &str,
         creds: Option<Credentials>,
         invalid: Option<(String, i64)>,
+        access: Option<String>,
     ) {
         {
             let mut m = self.entries.write().expect("not poisoned");
@@ -409,6 +474,13 @@ impl TokenStore {
             }
         }
         let key = (provider.to_string(), subject.to_string());
+        {
+            let mut m = self.access.write().expect("not poisoned");
+            match access {
+                Some(a) => m.insert(key.clone(), a),
+                None => m.remove(&key),
+            };
+        }
         let mut inv = self.invalid.write().expect("not poisoned");
         match invalid {
             Some(i) => {
@@ -442,21 +514,34 @@ impl TokenStore {
         v
     }
 
-    /// Stores credentials durably, then puts them in force. Blocking I/O.
-    pub fn put(&self, provider: &str, subject: &str, creds: Credentials) -> Result<(), StoreError> {
-        let mut plain = [creds.token.as_bytes(), b"\n", creds.secret.expose()].concat();
+    /// Stores credentials (granted with level `access`, where the provider
+    /// has levels) durably, then puts them in force. Blocking I/O.
+    pub fn put(
+        &self,
+        provider: &str,
+        subject: &str,
+        creds: Credentials,
+        access: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut plain = token_plain(&creds, access);
         let sealed = self.seal(&token_aad(provider, subject), &plain);
         zeroize::Zeroize::zeroize(&mut plain);
         self.store
             .set_oauth1_token(provider, subject, Some(&sealed))?;
-        self.set(provider, subject, Some(creds), None);
+        self.set(
+            provider,
+            subject,
+            Some(creds),
+            None,
+            access.map(str::to_owned),
+        );
         Ok(())
     }
 
     /// Forgets a subject's token; `Ok(true)` if there was one. Blocking I/O.
     pub fn remove(&self, provider: &str, subject: &str) -> Result<bool, StoreError> {
         let had = self.store.set_oauth1_token(provider, subject, None)?;
-        self.set(provider, subject, None, None);
+        self.set(provider, subject, None, None, None);
         Ok(had)
     }
 
@@ -464,10 +549,17 @@ impl TokenStore {
     /// bounds; `Ok(false)` when too many are pending. Blocking I/O.
     pub fn start_flow(&self, token: &str, p: &Pending) -> Result<bool, StoreError> {
         let url = p.return_url.as_bytes();
+        // The level, if any, between the URL and the secret: a mark no
+        // secret starts with (secrets are UTF-8), its length, its name.
+        let access = p.access.as_deref().map_or(Vec::new(), |a| {
+            let a = &a.as_bytes()[..a.len().min(255)];
+            [&[FLOW_ACCESS, a.len() as u8][..], a].concat()
+        });
         let mut plain = [
             &p.state_digest[..],
             &(url.len() as u32).to_be_bytes(),
             url,
+            &access,
             p.token_secret.expose(),
         ]
         .concat();
@@ -500,28 +592,42 @@ impl TokenStore {
             tracing::error!(provider, "a pending OAuth 1.0 flow in the state store does not decrypt (wrong key, or tampered); refused");
             return Ok(None);
         };
-        let pending = parse_flow(&plain).map(|(digest, url, secret)| Pending {
+        let pending = parse_flow(&plain).map(|(digest, url, access, secret)| Pending {
             provider: f.provider,
             subject: f.subject.into(),
             token_secret: Secret::new(secret.to_vec()),
             state_digest: *digest,
             return_url: String::from_utf8_lossy(url).into_owned(),
             expires_at_ms: f.expires_at_ms,
+            access: access.map(|a| String::from_utf8_lossy(a).into_owned()),
         });
         zeroize::Zeroize::zeroize(&mut plain);
         Ok(pending)
     }
 }
 
-/// A flow's sealed content: state digest, return URL, token secret.
-fn parse_flow(plain: &[u8]) -> Option<(&[u8; 32], &[u8], &[u8])> {
+/// Marks the level of access in a flow's sealed content.
+const FLOW_ACCESS: u8 = 0xfe;
+
+/// A flow's sealed content: state digest, return URL, level of access (if
+/// any), token secret.
+#[allow(clippy::type_complexity)]
+fn parse_flow(plain: &[u8]) -> Option<(&[u8; 32], &[u8], Option<&[u8]>, &[u8])> {
     let (digest, rest) = plain.split_first_chunk::<32>()?;
     let (len, rest) = rest.split_first_chunk::<4>()?;
     let len = u32::from_be_bytes(*len) as usize;
-    (rest.len() >= len).then(|| {
-        let (url, secret) = rest.split_at(len);
-        (digest, url, secret)
-    })
+    if rest.len() < len {
+        return None;
+    }
+    let (url, rest) = rest.split_at(len);
+    match rest.split_first() {
+        Some((&FLOW_ACCESS, rest)) => {
+            let (&n, rest) = rest.split_first()?;
+            let n = n as usize;
+            (rest.len() >= n).then(|| (digest, url, Some(&rest[..n]), &rest[n..]))
+        }
+        _ => Some((digest, url, None, rest)),
+    }
 }
 
 #[cfg(test)]
@@ -553,9 +659,15 @@ mod tests {
         let db = dir.path().join("s.db");
         let (s, problems) = open(&db, KEY, None);
         assert!(problems.is_empty());
-        s.put("legacy", "alice", creds("tok-alice", "sec-alice"))
+        s.put(
+            "legacy",
+            "alice",
+            creds("tok-alice", "sec-alice"),
+            Some("write"),
+        )
+        .unwrap();
+        s.put("legacy", "bob", creds("tok-bob", "sec-bob"), None)
             .unwrap();
-        s.put("legacy", "bob", creds("tok-bob", "sec-bob")).unwrap();
         assert!(s.remove("legacy", "bob").unwrap());
         assert!(!s.remove("legacy", "bob").unwrap());
         for f in ["s.db", "s.db-wal"] {
@@ -582,6 +694,7 @@ mod tests {
             (c.token.as_str(), c.secret.expose()),
             ("tok-alice", &b"sec-alice"[..])
         );
+        assert_eq!(again.access("legacy", "alice").as_deref(), Some("write"));
         assert!(again.get("legacy", "bob").is_none());
         // Another key opens nothing, and says so.
         let (other, problems) = open(&db, OTHER_KEY, None);
@@ -595,7 +708,7 @@ mod tests {
         let db = dir.path().join("s.db");
         let (a, _) = open(&db, KEY, None);
         let (b, _) = open(&db, KEY, None);
-        a.put("p", "alice", creds("ta", "sa")).unwrap();
+        a.put("p", "alice", creds("ta", "sa"), None).unwrap();
         assert!(b.get("p", "alice").is_none());
         let crate::store::Since::Changes(log) = b.store.since(0, 10).unwrap() else {
             panic!("trimmed")
@@ -626,6 +739,7 @@ mod tests {
             state_digest: [7; 32],
             return_url: "https://app.example/done".into(),
             expires_at_ms: now + ttl_ms,
+            access: Some("read".into()).filter(|_| subject == "alice"),
         };
         assert!(a.start_flow("t1", &pending("alice", 60_000)).unwrap());
         // Taken at another process; once.
@@ -640,6 +754,7 @@ mod tests {
             ("alice", &b"temp-secret"[..], "https://app.example/done")
         );
         assert_eq!(got.state_digest, [7; 32]);
+        assert_eq!(got.access.as_deref(), Some("read"), "the level asked for");
         assert!(a.take_flow("t1", "p").unwrap().is_none());
         // Per subject: starting a sixth ends the oldest.
         for i in 0..=MAX_PENDING_PER_SUBJECT {
@@ -647,7 +762,12 @@ mod tests {
             assert!(a.start_flow(&t, &pending("bob", 1000 + i as i64)).unwrap());
         }
         assert!(a.take_flow("s0", "p").unwrap().is_none(), "oldest ended");
-        assert!(a.take_flow("s1", "p").unwrap().is_some());
+        let s1 = a.take_flow("s1", "p").unwrap().unwrap();
+        assert_eq!(
+            (s1.access, s1.token_secret.expose()),
+            (None, &b"temp-secret"[..]),
+            "no level: the secret follows the URL"
+        );
         // Stored sealed: a swapped subject no longer opens.
         let db2 = crate::store::sqlite::SqliteStore::open(&db).unwrap();
         assert!(a.start_flow("t2", &pending("carol", 60_000)).unwrap());
@@ -671,6 +791,7 @@ mod tests {
             key: k,
             entries: Default::default(),
             invalid: Default::default(),
+            access: Default::default(),
         };
         let sealed = base64::engine::general_purpose::STANDARD
             .encode(helper.seal(&token_aad("legacy", "alice"), b"tok-a\nsec-a"));

@@ -58,6 +58,8 @@ pub struct Provider {
     /// provider refused the token itself); any other problem is the
     /// consumer's and touches no user's token.
     pub token_problems: Vec<String>,
+    /// The levels of access a user may grant; none: the provider has none.
+    pub permissions: Option<Permissions>,
 }
 
 /// The problems (OAuth Problem Reporting) that always mean the user's
@@ -196,6 +198,101 @@ pub(super) fn compile(
     })
 }
 
+/// A provider's levels of access (RFC 5849 leaves them to providers: e.g.
+/// `x_auth_access_type=read` on the request-token call, or `scope=write`
+/// on the authorization URL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissions {
+    pub default: String,
+    /// By name: (request-token parameters, authorization URL parameters).
+    pub levels: Vec<Level>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Level {
+    pub name: String,
+    pub request_token: Vec<(String, String)>,
+    pub authorize_url: Vec<(String, String)>,
+}
+
+impl Permissions {
+    /// The level `asked` (the default when `None`).
+    pub fn level(&self, asked: Option<&str>) -> Option<&Level> {
+        let name = asked.unwrap_or(&self.default);
+        self.levels.iter().find(|l| l.name == name)
+    }
+
+    /// The levels' names, for a refusal.
+    pub fn names(&self) -> String {
+        self.levels
+            .iter()
+            .map(|l| l.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn permissions(
+    raw: Option<&super::raw::RawPermissions>,
+    at: &str,
+    c: &mut Collector<'_>,
+) -> Option<Permissions> {
+    let raw = raw?;
+    let at = format!("{at}.permissions");
+    if raw.levels.is_empty() {
+        c.at(&format!("{at}.levels"), "name at least one level of access");
+    }
+    let mut levels = Vec::new();
+    for (name, l) in &raw.levels {
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            c.at(
+                &format!("{at}.levels"),
+                format!("level `{name}`: a level is 1 to 64 letters, digits, `-`, `_` or `.` (it is chosen in a URL)"),
+            );
+        }
+        for (part, params) in [
+            ("request_token", &l.request_token),
+            ("authorize_url", &l.authorize_url),
+        ] {
+            for k in params.keys() {
+                // The protocol's own parameters are valet's to set.
+                if k.is_empty() || k.starts_with("oauth_") {
+                    c.at(
+                        &format!("{at}.levels.{name}.{part}"),
+                        format!("parameter `{k}`: the oauth_ parameters are the protocol's own; name the provider's extension parameter"),
+                    );
+                }
+            }
+        }
+        if l.request_token.is_empty() && l.authorize_url.is_empty() {
+            c.at(
+                &format!("{at}.levels.{name}"),
+                "a level adds at least one parameter to request_token or authorize_url",
+            );
+        }
+        levels.push(Level {
+            name: name.clone(),
+            request_token: l.request_token.clone().into_iter().collect(),
+            authorize_url: l.authorize_url.clone().into_iter().collect(),
+        });
+    }
+    if !raw.levels.contains_key(&raw.default) {
+        c.at(
+            &format!("{at}.default"),
+            format!("`{}` is not one of the levels", raw.default),
+        );
+    }
+    Some(Permissions {
+        default: raw.default.clone(),
+        levels,
+    })
+}
+
 fn provider(
     p: &RawProvider,
     at: &str,
@@ -235,6 +332,13 @@ fn provider(
             None
         }
     };
+    let permissions = permissions(p.permissions.as_ref(), at, c);
+    if permissions.is_some() && shared_token.is_some() {
+        c.at(
+            &format!("{at}.permissions"),
+            "a provider with a pre-provisioned access_token has no flow to ask for a level in",
+        );
+    }
     let timeout = p.timeout.map_or(DEFAULT_PROVIDER_TIMEOUT, |d| d.0);
     if timeout.is_zero() {
         c.at(
@@ -262,6 +366,7 @@ fn provider(
             .map(|s| s.to_string())
             .chain(p.token_problems.iter().cloned())
             .collect(),
+        permissions,
     })
 }
 

@@ -88,6 +88,29 @@ pub(super) struct RawProvider {
     /// good", beyond token_revoked, token_rejected and token_expired.
     #[serde(default)]
     pub(super) token_problems: Vec<String>,
+    /// Levels of access a user may grant (read, write, ...), each as the
+    /// parameters the provider takes for it.
+    pub(super) permissions: Option<RawPermissions>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPermissions {
+    /// The level asked for when a request names none.
+    pub(super) default: String,
+    pub(super) levels: std::collections::BTreeMap<String, RawLevel>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLevel {
+    /// Added to the request-token call (in its query, so signed).
+    #[serde(default)]
+    pub(super) request_token: std::collections::BTreeMap<String, String>,
+    /// Added to the authorization URL the user is sent to (not signed:
+    /// RFC 5849 sends the user there unsigned).
+    #[serde(default)]
+    pub(super) authorize_url: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]

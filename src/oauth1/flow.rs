@@ -145,16 +145,26 @@ pub async fn serve(
             }
         }
         (Action::Token, _) => {
-            let has = store.is_some_and(|s| s.get(&p.name, token.namespaced_subject()).is_some());
-            json_response(
-                StatusCode::OK,
-                &json!({
-                    "provider": p.name,
-                    "authorized": has || p.shared_token.is_some(),
-                    "pre_provisioned": p.shared_token.is_some(),
-                    "authorize_url": p.start_url,
-                }),
-            )
+            let sub = token.namespaced_subject();
+            let has = store.is_some_and(|s| s.get(&p.name, sub).is_some());
+            let access = store.filter(|_| has).and_then(|s| s.access(&p.name, sub));
+            let mut doc = json!({
+                "provider": p.name,
+                "authorized": has || p.shared_token.is_some(),
+                "pre_provisioned": p.shared_token.is_some(),
+                "authorize_url": p.start_url,
+            });
+            if let Some(perms) = &p.permissions {
+                // The level the token was granted with, and the choices.
+                doc["access"] = access.into();
+                doc["access_levels"] = perms
+                    .levels
+                    .iter()
+                    .map(|l| l.name.as_str())
+                    .collect::<Vec<_>>()
+                    .into();
+            }
+            json_response(StatusCode::OK, &doc)
         }
         (Action::Callback, _) => unreachable!("answered above"),
     }
@@ -218,9 +228,55 @@ async fn authorize(
             );
         }
     };
+    // The level of access asked for (`?access=`), among the provider's.
+    let level = match (&p.permissions, client::single(&query, "access")) {
+        (None, None) if !query.iter().any(|(k, _)| k == "access") => None,
+        (None, _) => {
+            fail("access_not_allowed");
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!(
+                    "provider `{}` has no levels of access to choose from",
+                    p.name
+                ),
+            );
+        }
+        (Some(perms), asked) => {
+            let repeated = asked.is_none() && query.iter().any(|(k, _)| k == "access");
+            match perms.level(asked).filter(|_| !repeated) {
+                Some(l) => Some(l),
+                None => {
+                    fail("access_not_allowed");
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        format!(
+                            "access is not one of provider `{}`'s levels: {}",
+                            p.name,
+                            perms.names()
+                        ),
+                    );
+                }
+            }
+        }
+    };
+    // A level's request-token parameters go in the URL's query: RFC 5849
+    // §3.4.1.3 signs them with the rest.
+    let request_token_url = match level {
+        Some(l) if !l.request_token.is_empty() => {
+            let params: Vec<(&str, &str)> = l
+                .request_token
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            client::with_query(&p.request_token_url, &params)
+        }
+        _ => p.request_token_url.clone(),
+    };
     let issued = match client::obtain(
         p,
-        &p.request_token_url,
+        &request_token_url,
         None,
         &[("oauth_callback", &p.callback_url)],
     )
@@ -239,7 +295,15 @@ async fn authorize(
     }
     let (tok, secret) = (issued.token.as_str(), issued.secret.as_str());
     let state = crate::tokens::random_id();
-    let to = client::with_query(&p.authorize_url, &[("oauth_token", tok)]);
+    let mut params = vec![("oauth_token", tok)];
+    if let Some(l) = level {
+        params.extend(
+            l.authorize_url
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+    }
+    let to = client::with_query(&p.authorize_url, &params);
     let pending = Pending {
         provider: p.name.clone(),
         subject: subject.into(),
@@ -247,6 +311,7 @@ async fn authorize(
         state_digest: crate::digest::sha256(state.as_bytes()),
         return_url,
         expires_at_ms: crate::revocation::now_ms().saturating_add(o.pending_ttl.as_millis() as i64),
+        access: level.map(|l| l.name.clone()),
     };
     // In the state store, so the callback may reach any authority process.
     let key = tok.to_string();
@@ -437,8 +502,13 @@ async fn callback(
         token: issued.token,
         secret: Secret::new(issued.secret.into_bytes()),
     };
-    let (name, sub) = (p.name.clone(), pending.subject.to_string());
-    let stored = match with_store(app, move |s| s.put(&name, &sub, creds)).await {
+    let (name, sub, access) = (
+        p.name.clone(),
+        pending.subject.to_string(),
+        pending.access.clone(),
+    );
+    let stored = match with_store(app, move |s| s.put(&name, &sub, creds, access.as_deref())).await
+    {
         Some(r) => r,
         None => return store_missing(),
     };

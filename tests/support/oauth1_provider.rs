@@ -58,6 +58,15 @@ pub struct State {
     /// consumer-level one, as when valet's consumer key is revoked); `""`:
     /// a bare 401 with no problem named.
     pub consumer_problem: Option<String>,
+    /// Permissions: the `x_auth_access_type` of each request-token call
+    /// (signed: it is in the query the signature covers).
+    pub access_asked: Vec<Option<String>>,
+    /// The query of each visit to the authorization page.
+    pub authorize_queries: Vec<Vec<(String, String)>>,
+    /// The level each temporary, then access, token was granted: a `read`
+    /// token may only GET (anything else: 403).
+    temporary_access: HashMap<String, String>,
+    pub granted: HashMap<String, String>,
 }
 
 /// What oauth1-request needs to rebuild the header of a received request.
@@ -299,8 +308,16 @@ async fn token_endpoints(
                 return refuse(&mut st, "no oauth_callback".into());
             };
             st.callbacks.push(cb.clone());
+            let asked = query
+                .iter()
+                .find(|(k, _)| k == "x_auth_access_type")
+                .map(|(_, v)| v.clone());
+            st.access_asked.push(asked.clone());
             let (t, s) = (st.next("rt"), st.next("rts&/"));
             st.temporary.insert(t.clone(), (s.clone(), cb, None));
+            if let Some(a) = asked {
+                st.temporary_access.insert(t.clone(), a);
+            }
             Ok(reply(
                 StatusCode::OK,
                 form(&[
@@ -317,6 +334,7 @@ async fn token_endpoints(
                 .find(|(k, _)| k == "oauth_token")
                 .map(|(_, v)| v.clone())
                 .unwrap_or_default();
+            st.authorize_queries.push(query);
             let verifier = st.next("verifier");
             let Some(entry) = st.temporary.get_mut(&t) else {
                 return Ok(reply(StatusCode::BAD_REQUEST, "unknown token".into()));
@@ -351,6 +369,9 @@ async fn token_endpoints(
             st.temporary.remove(&t);
             let (at, ats) = (st.next("at"), st.next("ats+%"));
             st.access.insert(at.clone(), ats.clone());
+            if let Some(a) = st.temporary_access.remove(&t) {
+                st.granted.insert(at.clone(), a);
+            }
             Ok(reply(
                 StatusCode::OK,
                 form(&[("oauth_token", &at), ("oauth_token_secret", &ats)]),
@@ -403,10 +424,13 @@ async fn api(
             Some(&secret),
         ),
     };
-    let status = if verified.is_ok() {
-        StatusCode::OK
-    } else {
-        StatusCode::UNAUTHORIZED
+    let read_only = st.granted.get(&token).is_some_and(|a| a == "read");
+    let status = match &verified {
+        Ok(_) if read_only && !matches!(parts.method.as_str(), "GET" | "HEAD") => {
+            StatusCode::FORBIDDEN
+        }
+        Ok(_) => StatusCode::OK,
+        Err(_) => StatusCode::UNAUTHORIZED,
     };
     st.api.push(ApiCall {
         method: parts.method.to_string(),
