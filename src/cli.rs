@@ -730,9 +730,12 @@ fn client_command(cmd: ClientCommand) -> ExitCode {
                 spec["client_id"] = id.into();
             }
             match manage::client_from_spec(spec).and_then(|raw| manage::add(&c, store, raw, &who)) {
-                Ok((id, secret)) => {
-                    write_credentials(&c, &id, &secret, &credentials_file);
-                    print_secret(&id, &secret, &secret_file)
+                Ok(added) => {
+                    if let Some(e) = &added.audit_error {
+                        eprintln!("warning: {e}");
+                    }
+                    write_credentials(&c, &added.client_id, &added.secret, &credentials_file);
+                    print_secret(&added.client_id, &added.secret, &secret_file)
                 }
                 Err(e) => fail(&e),
             }
@@ -777,10 +780,13 @@ fn client_command(cmd: ClientCommand) -> ExitCode {
             // The running gateway follows the store before it honours any
             // secret, and so sees the new one before the cut-off.
             match manage::regenerate_secret(&c, &r, &id, &who, || true) {
-                Ok((secret, _)) => {
+                Ok(r) => {
+                    if let Some(e) = &r.audit_error {
+                        eprintln!("warning: {e}");
+                    }
                     eprintln!("Every token issued to {id} so far is revoked.");
-                    write_credentials(&c, &id, &secret, &credentials_file);
-                    print_secret(&id, &secret, &secret_file)
+                    write_credentials(&c, &id, &r.secret, &credentials_file);
+                    print_secret(&id, &r.secret, &secret_file)
                 }
                 Err(e) => fail(&e),
             }

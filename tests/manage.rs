@@ -1309,6 +1309,43 @@ async fn a_deleted_client_is_tombstoned_and_its_tokens_revoked() {
     )
     .await;
     assert_eq!(status, 409, "written in the config: read only");
+    // Twins by case (stored by an earlier version, or two authorities
+    // racing): deleting one would make the other's id a deleted one's.
+    let db = SqliteStore::open(&gw.revocation_path.with_file_name("valet-state.db")).unwrap();
+    for id in ["Twin-1", "twin-1"] {
+        let record = format!(
+            r#"{{"client_id":"{id}","secret_hash":"hmac-sha256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","grant_types":["client_credentials"],"operator":"svc-{id}"}}"#
+        );
+        assert!(db
+            .put_client(id, Some(&record), ClientWrite::Create)
+            .unwrap());
+    }
+    let listed = eventually(PICKUP, || async {
+        admin(&gw, "GET", "/admin/clients/twin-1", Some(ADMIN_TOKEN), "")
+            .await
+            .0
+            == 200
+    })
+    .await;
+    assert!(listed, "the twins load (with a warning)");
+    let (status, body) = admin(
+        &gw,
+        "DELETE",
+        "/admin/clients/twin-1",
+        Some(ADMIN_TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("differs from `twin-1` only by case"),
+        "{body}"
+    );
+    let (status, _) = admin(&gw, "GET", "/admin/clients/twin-1", Some(ADMIN_TOKEN), "").await;
+    assert_eq!(status, 200, "nothing deleted");
 
     // Never issued again.
     for id in ["gone-1", "GONE-1"] {
@@ -1413,6 +1450,8 @@ async fn every_change_is_an_audit_record_and_tampering_is_detected() {
         assert_eq!(r["who"], "admin:admin", "{r}");
         assert_eq!(r["client_id"], "audited");
     }
+    assert_eq!(records[0]["details"]["operator"], "svc-a", "what it may do");
+    assert!(records[0]["details"].get("secret_hash").is_none());
     assert_eq!(
         records[1]["details"]["narrowed"],
         serde_json::json!(["scopes"])
@@ -1469,6 +1508,15 @@ async fn every_change_is_an_audit_record_and_tampering_is_detected() {
     let (ok, _, err) = verify(None);
     assert!(
         !ok && err.contains("record 3: its prev is not the digest"),
+        "{err}"
+    );
+    // The same record spelled otherwise (a key twice: one reader sees
+    // the first, another the last).
+    let twice = original.replacen("{", "{\"who\":\"admin:someone-else\",", 1);
+    sql(&format!("UPDATE audit SET line = '{twice}' WHERE seq = 2"));
+    let (ok, _, err) = verify(None);
+    assert!(
+        !ok && err.contains("record 2: not in the one form"),
         "{err}"
     );
     // A deletion.

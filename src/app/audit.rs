@@ -63,7 +63,7 @@ pub fn record(
     for _ in 0..ATTEMPTS {
         let (seq, prev) = match store.audit_last()? {
             None => (1, GENESIS.to_string()),
-            Some((n, line)) => (n + 1, stored_digest(&line)),
+            Some((n, line)) => (n.saturating_add(1), stored_digest(&line)),
         };
         let mut r = Map::new();
         r.insert("type".into(), "audit".into());
@@ -137,6 +137,11 @@ pub fn verify(store: &dyn Store, anchors: &[(u64, String)]) -> Result<Verified, 
             let Ok(Value::Object(mut r)) = serde_json::from_str::<Value>(&line) else {
                 return Err(at("not a JSON object"));
             };
+            // One spelling per record: duplicate keys, another order or
+            // other escapes would let two readers see two records.
+            if serde_json::to_string(&r).ok().as_deref() != Some(line.as_str()) {
+                return Err(at("not in the one form valet writes (edited)"));
+            }
             if r.len() != FIELDS.len() || FIELDS.iter().any(|f| !r.contains_key(*f)) {
                 return Err(at("its fields are not a record's"));
             }
@@ -154,7 +159,9 @@ pub fn verify(store: &dyn Store, anchors: &[(u64, String)]) -> Result<Verified, 
                     "its prev is not the digest of the record before (one was edited, deleted or inserted)",
                 ));
             }
-            digests.insert(seq, claimed.clone());
+            if anchors.iter().any(|(n, _)| *n == seq) {
+                digests.insert(seq, claimed.clone());
+            }
             prev = claimed;
             n = seq;
         }

@@ -128,7 +128,7 @@ pub fn add(
     store: &dyn Store,
     mut client: RawClient,
     who: &str,
-) -> Result<(String, String), ManageError> {
+) -> Result<Added, ManageError> {
     let a = config
         .authorization_server
         .as_ref()
@@ -143,11 +143,23 @@ pub fn add(
     if a.registry.clients.contains_key(&client.client_id) {
         return Err(ManageError::Exists(client.client_id));
     }
+    // The store itself, not only this process's view of it (another
+    // authority may have added or deleted a twin it has not followed yet).
     let stored = store.clients()?;
-    if let Some((id, _)) = stored.iter().find(|(id, r)| {
-        managed_clients::is_tombstone(r) && id.eq_ignore_ascii_case(&client.client_id)
-    }) {
-        return Err(ManageError::Deleted(id.clone()));
+    if let Some((id, r)) = stored
+        .iter()
+        .find(|(id, _)| id.eq_ignore_ascii_case(&client.client_id))
+    {
+        return Err(if managed_clients::is_tombstone(r) {
+            ManageError::Deleted(id.clone())
+        } else if *id == client.client_id {
+            ManageError::Exists(id.clone())
+        } else {
+            ManageError::Invalid(format!(
+                "client_id `{}` differs from `{id}` only by case: ids must be told apart by more",
+                client.client_id
+            ))
+        });
     }
     managed_clients::absolute_paths(&mut client, &config_dir(config));
     let secret = generate_secret();
@@ -156,17 +168,33 @@ pub fn add(
     let probe = ClientsFile {
         clients: vec![client.clone()],
     };
-    let compiled =
-        crate::config::check_clients_file(config, &probe, None).map_err(ManageError::Invalid)?;
+    crate::config::check_clients_file(config, &probe, None).map_err(ManageError::Invalid)?;
     let record = managed_clients::record(&client);
     if !store.put_client(&client.client_id, Some(&record), ClientWrite::Create)? {
         return Err(ManageError::Exists(client.client_id));
     }
-    let details = compiled.first().map_or(serde_json::Value::Null, |c| {
-        serde_json::json!(ClientInfo::from(&**c))
-    });
-    audited(store, who, "client.add", &client.client_id, details)?;
-    Ok((client.client_id, secret))
+    // Everything the client may do, as stored (never the hash).
+    let mut details = serde_json::to_value(&client).expect("json");
+    if let Some(m) = details.as_object_mut() {
+        m.remove("secret_hash");
+    }
+    let audit_error = audited(store, who, "client.add", &client.client_id, details)
+        .err()
+        .map(|e| e.to_string());
+    Ok(Added {
+        client_id: client.client_id,
+        secret,
+        audit_error,
+    })
+}
+
+/// A client just added: its id and secret (shown this once), and why its
+/// audit record could not be written, if it could not (the client exists
+/// all the same: hiding its secret would only orphan it).
+pub struct Added {
+    pub client_id: String,
+    pub secret: String,
+    pub audit_error: Option<String>,
 }
 
 /// A new client from its fields as JSON (a client record without its
@@ -275,7 +303,7 @@ pub fn update(
     who: &str,
     put_in_force: impl FnOnce() -> bool,
 ) -> Result<Updated, ManageError> {
-    let old = managed(config, client_id)?.clone();
+    managed(config, client_id)?;
     let serde_json::Value::Object(fields) = patch else {
         return Err(ManageError::Invalid(
             "an update is a JSON object of the fields to change".into(),
@@ -306,6 +334,15 @@ pub fn update(
     let new = compiled
         .first()
         .ok_or_else(|| ManageError::Invalid("the updated client does not compile".into()))?;
+    // What is narrowed is judged against the record replaced (the store's),
+    // not this process's view, which may lag behind another authority's
+    // widening.
+    let old_probe = ClientsFile {
+        clients: vec![old_raw.clone()],
+    };
+    let old = crate::config::check_clients_file(config, &old_probe, Some(client_id))
+        .ok()
+        .and_then(|v| v.into_iter().next());
     let record = managed_clients::record(&new_raw);
     let changes = changes(&old_raw, &new_raw);
     if changes.is_empty() {
@@ -316,7 +353,11 @@ pub fn update(
             in_force: true,
         });
     }
-    let narrowed = narrowed(&old, new, &old_raw, &new_raw);
+    let narrowed = match &old {
+        Some(old) => narrowed(old, new, &old_raw, &new_raw),
+        // The stored record no longer compiles: anything may have changed.
+        None => vec!["record"],
+    };
     if !store.put_client(
         client_id,
         Some(&record),
@@ -451,6 +492,21 @@ pub fn delete(
     managed(config, client_id)?;
     let store = revocations.store().as_ref();
     let (current, _) = stored(store, client_id)?;
+    // A tombstone's id is refused to every client differing only by case:
+    // with a twin in place, the config would stop loading.
+    let twins = store.clients()?.into_iter().map(|(id, _)| id);
+    let in_config = config
+        .authorization_server
+        .iter()
+        .flat_map(|a| a.registry.clients.keys().cloned());
+    if let Some(twin) = twins
+        .chain(in_config)
+        .find(|id| id != client_id && id.eq_ignore_ascii_case(client_id))
+    {
+        return Err(ManageError::Invalid(format!(
+            "client `{twin}` differs from `{client_id}` only by case, and a deleted id is never used again in any case: delete or rename `{twin}` first"
+        )));
+    }
     let tombstone = managed_clients::tombstone(crate::revocation::now());
     if !store.put_client(
         client_id,
@@ -563,7 +619,7 @@ pub fn regenerate_secret(
     client_id: &str,
     who: &str,
     put_in_force: impl FnOnce() -> bool,
-) -> Result<(String, bool), ManageError> {
+) -> Result<Regenerated, ManageError> {
     managed(config, client_id)?;
     let pepper = config
         .authorization_server
@@ -584,14 +640,28 @@ pub fn regenerate_secret(
     }
     let in_force = put_in_force();
     let cutoff = cut_off(revocations, client_id)?;
-    audited(
+    let audit_error = audited(
         store,
         who,
         "client.regenerate_secret",
         client_id,
         serde_json::json!({"cutoff": cutoff}),
-    )?;
-    Ok((secret, in_force))
+    )
+    .err()
+    .map(|e| e.to_string());
+    Ok(Regenerated {
+        secret,
+        in_force,
+        audit_error,
+    })
+}
+
+/// A secret just regenerated (shown this once), whether it is in force, and
+/// why its audit record could not be written, if it could not.
+pub struct Regenerated {
+    pub secret: String,
+    pub in_force: bool,
+    pub audit_error: Option<String>,
 }
 
 /// Writes a secret to a new 0600 file (refusing to overwrite one).

@@ -123,10 +123,14 @@ pub async fn respond(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Byt
                 };
                 manage::client_from_spec(spec)
                     .and_then(|raw| manage::add(config, app.revocations.store().as_ref(), raw, &actor))
-                    .map(|(id, secret)| {
+                    .map(|added| {
                         // The id (generated when none was given), the secret
                         // (this once) and valet's URLs.
-                        reply(StatusCode::CREATED, manage::credentials(config, &id, &secret))
+                        let mut doc = manage::credentials(config, &added.client_id, &added.secret);
+                        if let Some(e) = added.audit_error {
+                            doc["audit_error"] = e.into();
+                        }
+                        reply(StatusCode::CREATED, doc)
                     })
             }
             (&Method::PATCH, ["admin", "clients", id]) => {
@@ -150,10 +154,13 @@ pub async fn respond(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Byt
             (&Method::POST, ["admin", "clients", id, "regenerate-secret"]) => {
                 // Following the store reloads the config with the new record.
                 let in_force = || app.follow_store() && app.config_good();
-                manage::regenerate_secret(config, &app.revocations, id, &actor, in_force).map(|(secret, in_force)| {
-                    let mut doc = manage::credentials(config, id, &secret);
+                manage::regenerate_secret(config, &app.revocations, id, &actor, in_force).map(|r| {
+                    let mut doc = manage::credentials(config, id, &r.secret);
                     doc["tokens_revoked"] = true.into();
-                    doc["in_force"] = in_force.into();
+                    doc["in_force"] = r.in_force.into();
+                    if let Some(e) = r.audit_error {
+                        doc["audit_error"] = e.into();
+                    }
                     reply(StatusCode::OK, doc)
                 })
             }

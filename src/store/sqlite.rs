@@ -699,7 +699,7 @@ impl Store for SqliteStore {
         conn.query_row(
             "SELECT seq, line FROM audit ORDER BY seq DESC LIMIT 1",
             [],
-            |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+            |r| Ok((r.get::<_, i64>(0)?.max(0) as u64, r.get(1)?)),
         )
         .optional()
         .map_err(|e| self.fail(e))
@@ -710,7 +710,7 @@ impl Store for SqliteStore {
             let last: i64 = tx
                 .query_row("SELECT COALESCE(MAX(seq), 0) FROM audit", [], |r| r.get(0))
                 .map_err(|e| self.fail(e))?;
-            if last as u64 + 1 != seq {
+            if u64::try_from(last).map_or(true, |l| l.checked_add(1) != Some(seq)) {
                 return Ok(false);
             }
             tx.execute(
