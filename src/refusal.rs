@@ -172,6 +172,8 @@ pub enum ProxyError {
     OAuth1Required {
         provider: String,
         authorize_url: String,
+        /// A start link a browser can follow, for this subject.
+        start_url: Option<String>,
     },
 }
 
@@ -252,7 +254,7 @@ impl ProxyError {
                 "internal_error",
                 "valet failed to handle this request".into(),
             ),
-            ProxyError::OAuth1Required { provider, authorize_url } => (
+            ProxyError::OAuth1Required { provider, authorize_url, .. } => (
                 "oauth1_authorization_required",
                 format!("this route reaches its upstream with your OAuth 1.0 token for provider `{provider}`, and there is none yet; authorize first at {authorize_url}"),
             ),
@@ -296,11 +298,15 @@ impl ProxyError {
         if let ProxyError::OAuth1Required {
             provider,
             authorize_url,
+            start_url,
         } = self
         {
             r = r
                 .with("provider", provider)
                 .with("authorize_url", authorize_url);
+            if let Some(u) = start_url {
+                r = r.with("start_url", u);
+            }
         }
         let mut resp = r.into_response();
         if close {

@@ -392,10 +392,14 @@ async fn consumer_level_refusals_touch_no_users_token() {
 async fn unknown_replayed_and_foreign_browser_callbacks_are_refused() {
     let s = setup("").await;
     let alice = s.gw.token("alice", "read");
-    let cb = s.authorize(&alice).await;
+    let r = s.start_flow(&alice, "").await;
+    let first_cookie = cookie_pair(r.header("set-cookie"));
+    let cb = s.approve(r.header("location")).await;
+    assert_eq!(s.callback(&cb, Some(&first_cookie)).await.status, 302);
 
-    // The same callback again: the temporary token was used once already.
-    let r = s.callback(&cb, None).await;
+    // The same callback again, from the same browser: the temporary token
+    // was used once already.
+    let r = s.callback(&cb, Some(&first_cookie)).await;
     assert_eq!(r.status, 400);
     let j = r.json();
     assert_eq!(j["error"], "invalid_request");
@@ -410,7 +414,7 @@ async fn unknown_replayed_and_foreign_browser_callbacks_are_refused() {
     let r = s
         .callback(
             &format!("{CALLBACK}?oauth_token=rt-forged&oauth_verifier=x"),
-            None,
+            Some(&first_cookie),
         )
         .await;
     assert_eq!(r.status, 400);
@@ -419,11 +423,18 @@ async fn unknown_replayed_and_foreign_browser_callbacks_are_refused() {
         .unwrap()
         .contains("unknown or was already used"));
 
-    // Another browser (no state cookie, or a wrong one) cannot finish a flow,
-    // and the attempt burns it.
+    // Another browser (no state cookie, or a wrong one) cannot finish a
+    // flow, and, the attack of someone who learned the user's oauth_token,
+    // cannot end it either: the user's own browser completes it after.
     let r = s.start_flow(&alice, "").await;
     let cookie = cookie_pair(r.header("set-cookie"));
     let cb = s.approve(r.header("location")).await;
+    let r = s.callback(&cb, None).await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("does not come from the browser that started the flow"));
     let r = s.callback(&cb, Some("valet_oauth1_legacy=guessed")).await;
     assert_eq!(r.status, 400);
     assert!(r.json()["error_description"]
@@ -431,7 +442,7 @@ async fn unknown_replayed_and_foreign_browser_callbacks_are_refused() {
         .unwrap()
         .contains("does not come from the browser that started the flow"));
     let r = s.callback(&cb, Some(&cookie)).await;
-    assert_eq!(r.status, 400, "a refused callback ends the flow");
+    assert_eq!(r.status, 302, "the flow survived: {:?}", r.body);
 
     // Missing oauth_token.
     let r = s
@@ -466,8 +477,8 @@ async fn unknown_replayed_and_foreign_browser_callbacks_are_refused() {
     assert_eq!(s.gw.metric(&failed("denied")).await, 1.0);
     assert_eq!(s.gw.metric(&failed("state_mismatch")).await, 1.0);
     assert_eq!(s.gw.metric(&failed("bad_callback")).await, 1.0);
-    // Only the first flow stored a token.
-    assert_eq!(s.provider.state.lock().unwrap().access.len(), 1);
+    // Only the two flows completed in their own browser got a token.
+    assert_eq!(s.provider.state.lock().unwrap().access.len(), 2);
 }
 
 #[tokio::test]
@@ -1111,4 +1122,362 @@ async fn levels_of_access_are_checked() {
         assert!(e.contains(why), "{why}: {e}");
         assert!(e.contains("bad.yaml:5"), "with the file and line: {e}");
     }
+}
+
+impl Setup {
+    /// A start link for `bearer`'s subject.
+    async fn link(&self, bearer: &str, query: &str) -> String {
+        let req = self
+            .client()
+            .request("POST", &format!("/oauth1/legacy/link{query}"))
+            .header("authorization", format!("Bearer {bearer}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let r = self.client().send(req).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert_eq!(r.json()["expires_in"], 300);
+        r.json()["start_url"].as_str().unwrap().to_string()
+    }
+
+    /// A form POST from the browser (no bearer).
+    async fn post_form(
+        &self,
+        path: &str,
+        form: &[(&str, &str)],
+        bearer: Option<&str>,
+    ) -> support::client::Reply {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        let mut b = self
+            .client()
+            .request("POST", path)
+            .header("content-type", "application/x-www-form-urlencoded");
+        if let Some(t) = bearer {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        self.client()
+            .send(b.body(Full::new(Bytes::from(body))).unwrap())
+            .await
+    }
+
+    /// A browser following a start link to the provider and back: the
+    /// return URL valet sends it to (with the code).
+    async fn follow_link(&self, start_url: &str) -> String {
+        let link = start_url.split("link=").nth(1).unwrap();
+        let r = self
+            .post_form("/oauth1/legacy/start", &[("link", link)], None)
+            .await;
+        assert_eq!(r.status, 303, "{:?}", r.body);
+        let cookie = cookie_pair(r.header("set-cookie"));
+        let cb = self.approve(r.header("location")).await;
+        let done = self.callback(&cb, Some(&cookie)).await;
+        assert_eq!(done.status, 302, "{:?}", done.body);
+        done.header("location").to_string()
+    }
+}
+
+fn code_of(return_url: &str) -> String {
+    let q = return_url.split_once('?').unwrap().1;
+    form_urlencoded::parse(q.as_bytes())
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned()
+}
+
+/// The browser flow: a start link (minted with the subject's bearer) opens
+/// a page whose button starts the flow with no bearer; the callback sends
+/// the browser back with a one-time code, and only the application,
+/// redeeming it with the same subject's bearer, makes valet store the
+/// token. The account-linking attack: a link made for mallory, completed
+/// in alice's browser and redeemed by alice's application, stores nothing.
+#[tokio::test]
+async fn a_browser_start_link_completes_only_for_the_subject_it_was_made_for() {
+    let s = setup("").await;
+    let (alice, mallory) = (s.gw.token("alice", "read"), s.gw.token("mallory", "read"));
+    let authorized = |bearer: String| {
+        let c = s.client();
+        async move { c.get("/oauth1/legacy/token", Some(&bearer)).await.json()["authorized"].clone() }
+    };
+
+    // The attack: mallory mints a link for himself and gets alice to open
+    // it; she approves at the provider as herself.
+    let start = s.link(&mallory, "").await;
+    assert!(
+        start.starts_with("https://valet.example:8443/oauth1/legacy/start?link="),
+        "{start}"
+    );
+    let back = s.follow_link(&start).await;
+    assert!(back.starts_with("https://app.example/done?code="), "{back}");
+    assert!(back.ends_with("&provider=legacy"), "{back}");
+    assert_eq!(
+        s.provider.state.lock().unwrap().access.len(),
+        1,
+        "the provider issued a token"
+    );
+    assert_eq!(
+        authorized(mallory.clone()).await,
+        false,
+        "the callback stored nothing itself"
+    );
+    // Alice's application redeems the code it received, with her bearer.
+    let r = s
+        .post_form(
+            "/oauth1/legacy/redeem",
+            &[("code", &code_of(&back))],
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{:?}", r.body);
+    assert_eq!(r.json()["error"], "access_denied");
+    assert!(r.json()["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("made for another user"));
+    assert_eq!(authorized(alice.clone()).await, false);
+    assert_eq!(
+        authorized(mallory.clone()).await,
+        false,
+        "nor for the link's subject"
+    );
+    // Used up: mallory cannot redeem it afterwards either.
+    let r = s
+        .post_form(
+            "/oauth1/legacy/redeem",
+            &[("code", &code_of(&back))],
+            Some(&mallory),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"], "invalid_grant");
+    assert!(r.json()["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("start again"));
+    assert_eq!(authorized(mallory.clone()).await, false);
+
+    // Alice's own link, the way it is meant to be used.
+    let start = s
+        .link(
+            &alice,
+            "?return_to=https%3A%2F%2Fapp.example%2Fother%3Fx%3D1",
+        )
+        .await;
+    let page = s.client().get(path_of(&start), None).await;
+    assert_eq!(page.status, 200);
+    assert_eq!(page.header("content-type"), "text/html; charset=utf-8");
+    assert_eq!(page.header("x-frame-options"), "DENY");
+    assert_eq!(page.header("cache-control"), "no-store");
+    assert_eq!(page.header("referrer-policy"), "no-referrer");
+    assert!(page
+        .header("content-security-policy")
+        .contains("frame-ancestors 'none'"));
+    let html = String::from_utf8_lossy(&page.body).to_string();
+    assert!(
+        html.contains("<form method=\"post\" action=\"/oauth1/legacy/start\">"),
+        "{html}"
+    );
+    assert!(!html.contains("<script"), "{html}");
+    // A link scanner fetching it uses nothing up.
+    assert_eq!(s.client().get(path_of(&start), None).await.status, 200);
+    let back = s.follow_link(&start).await;
+    assert!(
+        back.starts_with("https://app.example/other?x=1&code="),
+        "{back}"
+    );
+    let code = code_of(&back);
+    let r = s
+        .post_form("/oauth1/legacy/redeem", &[("code", &code)], Some(&alice))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json()["authorized"], true);
+    assert_eq!(authorized(alice.clone()).await, true);
+    assert_eq!(
+        s.client().get("/legacy/items", Some(&alice)).await.status,
+        200,
+        "signed with it"
+    );
+    // A code is redeemed once; a link is used once.
+    let r = s
+        .post_form("/oauth1/legacy/redeem", &[("code", &code)], Some(&alice))
+        .await;
+    assert_eq!(r.status, 400);
+    let link = start.split("link=").nth(1).unwrap();
+    let r = s
+        .post_form("/oauth1/legacy/start", &[("link", link)], None)
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.header("content-type"), "text/html; charset=utf-8");
+    let html = String::from_utf8_lossy(&r.body).to_string();
+    assert!(
+        html.contains("already used") && html.contains("https://app.example/other?x=1"),
+        "{html}"
+    );
+    // The redemption needs the bearer.
+    let r = s
+        .post_form("/oauth1/legacy/redeem", &[("code", &code)], None)
+        .await;
+    assert_eq!(r.status, 401);
+}
+
+/// Links that valet did not make as they are (altered, for another
+/// provider's path, expired) are refused with a page saying where to start
+/// again; the 403 of a route without a token carries a working link.
+#[tokio::test]
+async fn altered_and_expired_start_links_are_refused() {
+    let s = setup("").await;
+    let alice = s.gw.token("alice", "read");
+    let start = s.link(&alice, "").await;
+    let link = start.split("link=").nth(1).unwrap().to_string();
+    let mut altered = link.clone().into_bytes();
+    let i = altered.len() / 2;
+    altered[i] = if altered[i] == b'A' { b'B' } else { b'A' };
+    let altered = String::from_utf8(altered).unwrap();
+    for l in [altered.as_str(), "", "not-a-link", &"A".repeat(5000)] {
+        let r = s
+            .client()
+            .get(&format!("/oauth1/legacy/start?link={l}"), None)
+            .await;
+        assert_eq!(r.status, 400, "{l}");
+        let html = String::from_utf8_lossy(&r.body).to_string();
+        assert!(
+            html.contains("not one valet made") && html.contains("https://app.example/done"),
+            "{html}"
+        );
+    }
+    // Expired: sealed with the gateway's key, an hour ago.
+    let key = std::fs::read_to_string(s.gw.config_path.with_file_name("oauth1-store.key")).unwrap();
+    let store = valet::store::sqlite::SqliteStore::open(
+        &s.gw.revocation_path.with_file_name("valet-state.db"),
+    )
+    .unwrap();
+    let (tokens, _) = valet::app::oauth1_tokens::TokenStore::open(
+        std::sync::Arc::new(store),
+        valet::app::oauth1_tokens::TokenStore::key_from_base64(key.trim()).unwrap(),
+        None,
+    );
+    let old = valet::app::oauth1_tokens::Link {
+        id: "old".into(),
+        exp: valet::revocation::now() - 3600,
+        sub: "alice".into(),
+        ret: "https://app.example/done".into(),
+        acc: None,
+    };
+    let r = s
+        .client()
+        .get(
+            &format!(
+                "/oauth1/legacy/start?link={}",
+                tokens.seal_link("legacy", &old)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(String::from_utf8_lossy(&r.body).contains("expired"));
+    // Sealed for another provider: not this one's.
+    let other = tokens.seal_link(
+        "other",
+        &valet::app::oauth1_tokens::Link {
+            exp: valet::revocation::now() + 60,
+            ..old
+        },
+    );
+    let r = s
+        .client()
+        .get(&format!("/oauth1/legacy/start?link={other}"), None)
+        .await;
+    assert_eq!(r.status, 400);
+
+    // The route's 403 carries a start link for the subject.
+    let r = s.client().get("/legacy/items", Some(&alice)).await;
+    assert_eq!(r.status, 403);
+    let start = r.json()["start_url"].as_str().unwrap().to_string();
+    assert_eq!(s.client().get(path_of(&start), None).await.status, 200);
+}
+
+/// Start links and redemption codes never reach valet's logs: the real
+/// binary, at debug level, through a whole browser flow.
+#[tokio::test(flavor = "multi_thread")]
+async fn links_and_codes_never_appear_in_the_logs() {
+    let pdir = tempfile::tempdir().unwrap();
+    let provider_ca = TestCa::new(pdir.path());
+    let ca_pem = pdir.path().join("provider-ca.pem");
+    provider_ca.write_ca_pem(&ca_pem);
+    let provider = Provider::start(&provider_ca).await;
+    let routes = format!(
+        "  - name: legacy\n    match: {{ path_prefix: /legacy }}\n    upstream: \"http://{}\"\n    strip_prefix: true\n    upstream_auth: {{ oauth1: legacy }}\n",
+        provider.api_addr
+    );
+    let extra = format!(
+        "oauth1:\n  token_store:\n    key_file: oauth1-store.key\n    generate_key_if_missing: true\n  providers:\n{}",
+        provider.config_yaml(pdir.path(), &ca_pem)
+    );
+    let log = pdir.path().join("valet.log");
+    let stderr = std::fs::File::create(&log).unwrap();
+    let p = process::Proc::start_with(&routes, &extra, stderr.into()).await;
+    let alice = sign(&p.key, &claims("alice", "read"));
+    let c = p.client(Proto::H1);
+    let post = |path: &str, body: String, bearer: Option<&str>| {
+        let mut b = c
+            .request("POST", path)
+            .header("content-type", "application/x-www-form-urlencoded");
+        if let Some(t) = bearer {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        b.body(Full::new(Bytes::from(body))).unwrap()
+    };
+    let r = c
+        .send(post("/oauth1/legacy/link", String::new(), Some(&alice)))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let start = r.json()["start_url"].as_str().unwrap().to_string();
+    let link = start.split("link=").nth(1).unwrap().to_string();
+    assert_eq!(c.get(path_of(&start), None).await.status, 200);
+    let r = c
+        .send(post("/oauth1/legacy/start", format!("link={link}"), None))
+        .await;
+    assert_eq!(r.status, 303);
+    let cookie = cookie_pair(r.header("set-cookie"));
+    let browser = Client::new(
+        provider.tls_addr,
+        provider_ca.client_config(Proto::H1.alpn()),
+        Proto::H1,
+    );
+    let cb = browser.get(path_of(r.header("location")), None).await;
+    let cb = cb.header("location").to_string();
+    let req = c
+        .request("GET", path_of(&cb))
+        .header("cookie", &cookie)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let done = c.send(req).await;
+    assert_eq!(done.status, 302, "{:?}", done.body);
+    let code = code_of(done.header("location"));
+    let r = c
+        .send(post(
+            "/oauth1/legacy/redeem",
+            format!("code={code}"),
+            Some(&alice),
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // The access log has had its lines (one per exchange).
+    let written = eventually(PICKUP, || async {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("/oauth1/legacy/redeem")
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(written, "{text}");
+    assert!(
+        text.contains("/oauth1/legacy/start"),
+        "the exchanges are logged"
+    );
+    assert!(!text.contains(&link[..40]), "a start link in the log");
+    assert!(!text.contains(&code), "a code in the log");
+    let verifier = cb.split("oauth_verifier=").nth(1).unwrap();
+    assert!(!text.contains(verifier), "a verifier in the log");
 }

@@ -77,6 +77,43 @@ pub struct Pending {
     pub expires_at_ms: i64,
     /// The level of access asked for (the provider's `permissions`).
     pub access: Option<String>,
+    /// Started from a browser link: the callback holds the token for the
+    /// application to redeem (with the subject's bearer) instead of
+    /// storing it.
+    pub redeem: bool,
+}
+
+/// How long a browser start link lasts.
+pub const LINK_TTL_SECS: i64 = 300;
+
+/// How long a token waits, held, for the application to redeem its code.
+pub const CODE_TTL_MS: i64 = 300_000;
+
+/// What a start link carries (sealed: nobody reads or changes it).
+#[derive(Debug, Clone, serde::Serialize, Deserialize, PartialEq, Eq)]
+pub struct Link {
+    /// Single use: recorded as used when the flow starts.
+    pub id: String,
+    /// Unix seconds.
+    pub exp: i64,
+    pub sub: String,
+    pub ret: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acc: Option<String>,
+}
+
+/// A token held for the application to redeem.
+pub struct Held {
+    pub subject: String,
+    pub creds: Credentials,
+    pub access: Option<String>,
+    pub expires_at_ms: i64,
+}
+
+/// The store key of a redemption code (its digest: the store never holds
+/// a code that could be redeemed).
+fn code_key(code: &str) -> String {
+    format!("code-{}", crate::digest::sha256_hex(code.as_bytes()))
 }
 
 type Entries = HashMap<String, HashMap<String, Arc<Credentials>>>;
@@ -551,10 +588,13 @@ impl TokenStore {
         let url = p.return_url.as_bytes();
         // The level, if any, between the URL and the secret: a mark no
         // secret starts with (secrets are UTF-8), its length, its name.
-        let access = p.access.as_deref().map_or(Vec::new(), |a| {
+        let mut access = p.access.as_deref().map_or(Vec::new(), |a| {
             let a = &a.as_bytes()[..a.len().min(255)];
             [&[FLOW_ACCESS, a.len() as u8][..], a].concat()
         });
+        if p.redeem {
+            access.push(FLOW_REDEEM);
+        }
         let mut plain = [
             &p.state_digest[..],
             &(url.len() as u32).to_be_bytes(),
@@ -592,7 +632,7 @@ impl TokenStore {
             tracing::error!(provider, "a pending OAuth 1.0 flow in the state store does not decrypt (wrong key, or tampered); refused");
             return Ok(None);
         };
-        let pending = parse_flow(&plain).map(|(digest, url, access, secret)| Pending {
+        let pending = parse_flow(&plain).map(|(digest, url, access, redeem, secret)| Pending {
             provider: f.provider,
             subject: f.subject.into(),
             token_secret: Secret::new(secret.to_vec()),
@@ -600,34 +640,162 @@ impl TokenStore {
             return_url: String::from_utf8_lossy(url).into_owned(),
             expires_at_ms: f.expires_at_ms,
             access: access.map(|a| String::from_utf8_lossy(a).into_owned()),
+            redeem,
         });
         zeroize::Zeroize::zeroize(&mut plain);
         Ok(pending)
     }
 }
 
+impl TokenStore {
+    /// A new start link for `subject` (single use, for `LINK_TTL_SECS`):
+    /// valet's URL that opens it.
+    pub fn start_link(
+        &self,
+        p: &crate::config::Provider,
+        subject: &str,
+        return_url: &str,
+        access: Option<&str>,
+    ) -> String {
+        let link = Link {
+            id: crate::tokens::random_id(),
+            exp: crate::revocation::now() + LINK_TTL_SECS,
+            sub: subject.to_string(),
+            ret: return_url.to_string(),
+            acc: access.map(str::to_owned),
+        };
+        let base = p
+            .start_url
+            .strip_suffix("/authorize")
+            .unwrap_or(&p.start_url);
+        format!("{base}/start?link={}", self.seal_link(&p.name, &link))
+    }
+
+    /// A start link's sealed form (URL-safe), bound to `provider`.
+    pub fn seal_link(&self, provider: &str, link: &Link) -> String {
+        let plain = serde_json::to_vec(link).expect("json");
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(self.seal(&[b"link\0", provider.as_bytes()].concat(), &plain))
+    }
+
+    /// A start link opened, if it is one valet sealed for `provider` (its
+    /// expiry and single use are the caller's to check).
+    pub fn open_link(&self, provider: &str, sealed: &str) -> Option<Link> {
+        // Links are short; a long one is not valet's.
+        if sealed.len() > 4096 {
+            return None;
+        }
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(sealed)
+            .ok()?;
+        let plain = self.open_sealed(&[b"link\0", provider.as_bytes()].concat(), &raw)?;
+        serde_json::from_slice(&plain).ok()
+    }
+
+    /// Records single-use `id` until `expires_at` (unix s): `Ok(false)`
+    /// when it was used before, in any process on the store. Blocking I/O.
+    pub fn use_once(&self, id: &str, expires_at: i64) -> Result<bool, StoreError> {
+        Ok(self.store.use_once(id, expires_at)?)
+    }
+
+    /// Holds `creds` for the application to redeem with `code`; `Ok(false)`
+    /// when too many are waiting. Blocking I/O.
+    pub fn hold(
+        &self,
+        code: &str,
+        provider: &str,
+        subject: &str,
+        creds: &Credentials,
+        access: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let key = code_key(code);
+        let mut plain = token_plain(creds, access);
+        let flow = Flow {
+            provider: provider.to_string(),
+            subject: subject.to_string(),
+            sealed: self.seal(&flow_aad(&key, provider, subject), &plain),
+            expires_at_ms: crate::revocation::now_ms().saturating_add(CODE_TTL_MS),
+        };
+        zeroize::Zeroize::zeroize(&mut plain);
+        Ok(self.store.start_flow(
+            &key,
+            &flow,
+            MAX_PENDING_PER_SUBJECT,
+            MAX_PENDING_FLOWS,
+            crate::revocation::now_ms(),
+        )?)
+    }
+
+    /// Takes out the token held under `code` (once, in any process; expired
+    /// or not: the caller checks). Blocking I/O.
+    pub fn take_held(&self, code: &str, provider: &str) -> Result<Option<Held>, StoreError> {
+        let key = code_key(code);
+        let Some(f) = self.store.take_flow(&key, provider)? else {
+            return Ok(None);
+        };
+        let Some(mut plain) = self.open_sealed(&flow_aad(&key, &f.provider, &f.subject), &f.sealed)
+        else {
+            return Ok(None);
+        };
+        let held = (|| {
+            let (access, rest) = match plain.strip_prefix(ACCESS) {
+                Some(rest) => {
+                    let (a, rest) = line(rest)?;
+                    (Some(a.to_string()), rest)
+                }
+                None => (None, &plain[..]),
+            };
+            let (token, secret) = line(rest)?;
+            Some(Held {
+                subject: f.subject.clone(),
+                creds: Credentials {
+                    token: token.to_string(),
+                    secret: Secret::new(secret.to_vec()),
+                },
+                access,
+                expires_at_ms: f.expires_at_ms,
+            })
+        })();
+        zeroize::Zeroize::zeroize(&mut plain);
+        Ok(held)
+    }
+}
+
 /// Marks the level of access in a flow's sealed content.
 const FLOW_ACCESS: u8 = 0xfe;
+/// Marks a flow whose token is held for redemption.
+const FLOW_REDEEM: u8 = 0xfd;
 
 /// A flow's sealed content: state digest, return URL, level of access (if
-/// any), token secret.
+/// any), whether it is redeemed, token secret. (The marks are bytes no
+/// UTF-8 secret starts with.)
 #[allow(clippy::type_complexity)]
-fn parse_flow(plain: &[u8]) -> Option<(&[u8; 32], &[u8], Option<&[u8]>, &[u8])> {
+fn parse_flow(plain: &[u8]) -> Option<(&[u8; 32], &[u8], Option<&[u8]>, bool, &[u8])> {
     let (digest, rest) = plain.split_first_chunk::<32>()?;
     let (len, rest) = rest.split_first_chunk::<4>()?;
     let len = u32::from_be_bytes(*len) as usize;
     if rest.len() < len {
         return None;
     }
-    let (url, rest) = rest.split_at(len);
-    match rest.split_first() {
-        Some((&FLOW_ACCESS, rest)) => {
-            let (&n, rest) = rest.split_first()?;
-            let n = n as usize;
-            (rest.len() >= n).then(|| (digest, url, Some(&rest[..n]), &rest[n..]))
+    let (url, mut rest) = rest.split_at(len);
+    let mut access = None;
+    if let Some((&FLOW_ACCESS, r)) = rest.split_first() {
+        let (&n, r) = r.split_first()?;
+        let n = n as usize;
+        if r.len() < n {
+            return None;
         }
-        _ => Some((digest, url, None, rest)),
+        access = Some(&r[..n]);
+        rest = &r[n..];
     }
+    let redeem = match rest.split_first() {
+        Some((&FLOW_REDEEM, r)) => {
+            rest = r;
+            true
+        }
+        _ => false,
+    };
+    Some((digest, url, access, redeem, rest))
 }
 
 #[cfg(test)]
@@ -740,6 +908,7 @@ mod tests {
             return_url: "https://app.example/done".into(),
             expires_at_ms: now + ttl_ms,
             access: Some("read".into()).filter(|_| subject == "alice"),
+            redeem: subject == "alice",
         };
         assert!(a.start_flow("t1", &pending("alice", 60_000)).unwrap());
         // Taken at another process; once.
@@ -755,6 +924,7 @@ mod tests {
         );
         assert_eq!(got.state_digest, [7; 32]);
         assert_eq!(got.access.as_deref(), Some("read"), "the level asked for");
+        assert!(got.redeem);
         assert!(a.take_flow("t1", "p").unwrap().is_none());
         // Per subject: starting a sixth ends the oldest.
         for i in 0..=MAX_PENDING_PER_SUBJECT {
@@ -764,8 +934,8 @@ mod tests {
         assert!(a.take_flow("s0", "p").unwrap().is_none(), "oldest ended");
         let s1 = a.take_flow("s1", "p").unwrap().unwrap();
         assert_eq!(
-            (s1.access, s1.token_secret.expose()),
-            (None, &b"temp-secret"[..]),
+            (s1.access, s1.redeem, s1.token_secret.expose()),
+            (None, false, &b"temp-secret"[..]),
             "no level: the secret follows the URL"
         );
         // Stored sealed: a swapped subject no longer opens.

@@ -16,6 +16,7 @@ use crate::app::{App, Snapshot};
 use crate::bodies::json as json_response;
 use crate::bodies::RequestBody;
 use crate::bodies::ResponseBody;
+use crate::config::Level;
 use crate::config::{OAuth1Config, Provider};
 use crate::credentials::Secret;
 use crate::refusal::{ProxyError, Refusal};
@@ -30,6 +31,13 @@ pub enum Action {
     Authorize,
     Callback,
     Token,
+    /// A start link for a browser (bearer).
+    Link,
+    /// The page a start link opens, and its button's POST (no bearer: the
+    /// link is the credential).
+    Start,
+    /// The application redeems a browser flow's code (bearer).
+    Redeem,
 }
 
 /// `{prefix}/{provider}/{action}` → the provider and action; a path under
@@ -45,6 +53,9 @@ pub fn endpoint_for<'a>(
         "authorize" => Action::Authorize,
         "callback" => Action::Callback,
         "token" => Action::Token,
+        "link" => Action::Link,
+        "start" => Action::Start,
+        "redeem" => Action::Redeem,
         _ => return Some(Err(())),
     };
     Some(o.provider(name).map(|p| (p, action)).ok_or(()))
@@ -89,6 +100,8 @@ pub async fn serve(
     let allowed: &[Method] = match action {
         Action::Authorize | Action::Callback => &[Method::GET],
         Action::Token => &[Method::GET, Method::DELETE],
+        Action::Link | Action::Redeem => &[Method::POST],
+        Action::Start => &[Method::GET, Method::POST],
     };
     if !allowed.contains(req.method()) {
         let allow = allowed
@@ -107,6 +120,9 @@ pub async fn serve(
     if action == Action::Callback {
         return callback(app, o, p, &req).await;
     }
+    if action == Action::Start {
+        return start(app, o, p, req).await;
+    }
     let token = match crate::app::authenticate(app, snap, req.headers()).await {
         Ok(t) => t,
         Err(e) => {
@@ -121,6 +137,19 @@ pub async fn serve(
     let store = app.oauth1_store();
     match (action, req.method()) {
         (Action::Authorize, _) => authorize(app, o, p, token.namespaced_subject(), &req).await,
+        (Action::Link, _) => match (choose(app, p, &req), store) {
+            (Err(r), _) => r,
+            (Ok(_), None) => store_missing(),
+            (Ok((return_url, level)), Some(store)) => json_response(
+                StatusCode::OK,
+                &json!({
+                    "provider": p.name,
+                    "start_url": store.start_link(p, token.namespaced_subject(), &return_url, level.map(|l| l.name.as_str())),
+                    "expires_in": crate::app::oauth1_tokens::LINK_TTL_SECS,
+                }),
+            ),
+        },
+        (Action::Redeem, _) => redeem(app, snap, p, token.namespaced_subject(), req).await,
         (Action::Token, &Method::DELETE) => {
             let (name, sub) = (p.name.clone(), token.namespaced_subject().to_string());
             match with_store(app, move |s| s.remove(&name, &sub)).await {
@@ -166,7 +195,7 @@ pub async fn serve(
             }
             json_response(StatusCode::OK, &doc)
         }
-        (Action::Callback, _) => unreachable!("answered above"),
+        (Action::Callback | Action::Start, _) => unreachable!("answered above"),
     }
 }
 
@@ -199,14 +228,40 @@ async fn authorize(
     subject: &str,
     req: &Request<RequestBody>,
 ) -> Response<ResponseBody> {
+    match choose(app, p, req) {
+        Ok((return_url, level)) => {
+            begin(
+                app,
+                o,
+                p,
+                subject,
+                return_url,
+                level,
+                false,
+                StatusCode::FOUND,
+            )
+            .await
+        }
+        Err(r) => r,
+    }
+}
+
+/// What the caller chose in the query: the return URL (allow-listed) and
+/// the level of access (among the provider's).
+#[allow(clippy::result_large_err)]
+fn choose<'p>(
+    app: &App,
+    p: &'p Provider,
+    req: &Request<RequestBody>,
+) -> Result<(String, Option<&'p Level>), Response<ResponseBody>> {
     let fail = |reason: &str| app.metrics.oauth1_flow_failed(&p.name, reason);
     if p.shared_token.is_some() {
         fail("pre_provisioned");
-        return error(
+        return Err(error(
             StatusCode::CONFLICT,
             "pre_provisioned",
             format!("provider `{}` uses a pre-provisioned token for every subject; there is no flow to start", p.name),
-        );
+        ));
     }
     let query: Vec<(String, String)> = req
         .uri()
@@ -218,14 +273,14 @@ async fn authorize(
         Some(r) if p.return_urls.iter().any(|a| a == r) => r.to_string(),
         _ => {
             fail("return_url_not_allowed");
-            return error(
+            return Err(error(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 format!(
                     "return_to is not one of the return URLs allowed for provider `{}`",
                     p.name
                 ),
-            );
+            ));
         }
     };
     // The level of access asked for (`?access=`), among the provider's.
@@ -233,14 +288,14 @@ async fn authorize(
         (None, None) if !query.iter().any(|(k, _)| k == "access") => None,
         (None, _) => {
             fail("access_not_allowed");
-            return error(
+            return Err(error(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 format!(
                     "provider `{}` has no levels of access to choose from",
                     p.name
                 ),
-            );
+            ));
         }
         (Some(perms), asked) => {
             let repeated = asked.is_none() && query.iter().any(|(k, _)| k == "access");
@@ -248,7 +303,7 @@ async fn authorize(
                 Some(l) => Some(l),
                 None => {
                     fail("access_not_allowed");
-                    return error(
+                    return Err(error(
                         StatusCode::BAD_REQUEST,
                         "invalid_request",
                         format!(
@@ -256,11 +311,28 @@ async fn authorize(
                             p.name,
                             perms.names()
                         ),
-                    );
+                    ));
                 }
             }
         }
     };
+    Ok((return_url, level))
+}
+
+/// Starts a flow for `subject`: temporary credentials from the provider,
+/// the pending flow (bound to the state cookie), the redirect.
+#[allow(clippy::too_many_arguments)]
+async fn begin(
+    app: &Arc<App>,
+    o: &OAuth1Config,
+    p: &Provider,
+    subject: &str,
+    return_url: String,
+    level: Option<&Level>,
+    redeem: bool,
+    status: StatusCode,
+) -> Response<ResponseBody> {
+    let fail = |reason: &str| app.metrics.oauth1_flow_failed(&p.name, reason);
     // A level's request-token parameters go in the URL's query: RFC 5849
     // §3.4.1.3 signs them with the rest.
     let request_token_url = match level {
@@ -312,9 +384,12 @@ async fn authorize(
         return_url,
         expires_at_ms: crate::revocation::now_ms().saturating_add(o.pending_ttl.as_millis() as i64),
         access: level.map(|l| l.name.clone()),
+        redeem,
     };
-    // In the state store, so the callback may reach any authority process.
-    let key = tok.to_string();
+    // In the state store, so the callback may reach any authority process;
+    // under a key only the browser holding the state cookie can name, so a
+    // callback without it cannot end (take) the flow.
+    let key = flow_key(tok, &state);
     match with_store(app, move |s| s.start_flow(&key, &pending)).await {
         Some(Ok(true)) => {}
         Some(Ok(false)) => {
@@ -342,11 +417,313 @@ async fn authorize(
         .inc();
     tracing::info!(provider = %p.name, sub = %subject, "OAuth 1.0 flow started");
     let mut r = redirect(&to);
+    *r.status_mut() = status;
     // The cookie ties the callback to the browser that started the flow.
     let max_age = cookie::time::Duration::seconds(o.pending_ttl.as_secs() as i64);
     r.headers_mut()
         .insert(header::SET_COOKIE, state_cookie(o, p, &state, max_age));
     r
+}
+
+/// The largest form valet's browser and redemption endpoints read.
+const MAX_FORM: u64 = 8 * 1024;
+
+/// The form in a POST body (at most `MAX_FORM`; anything else: empty).
+async fn read_form(snap: &Snapshot, req: Request<RequestBody>) -> Option<Vec<(String, String)>> {
+    use http_body_util::BodyExt;
+    if !crate::header_names::is_form_urlencoded(req.headers()) {
+        return None;
+    }
+    let rate = crate::bodies::MinRate::of(&snap.config.limits);
+    let (body, _) = crate::bodies::LimitedBody::new(req.into_body(), MAX_FORM, rate);
+    let bytes = body.collect().await.ok()?.to_bytes();
+    Some(form_urlencoded::parse(&bytes).into_owned().collect())
+}
+
+/// A small page for a person (valet's browser endpoints): no scripts, no
+/// framing, no caching, no Referer (the URL holds the link).
+fn page(
+    status: StatusCode,
+    title: &str,
+    body_html: &str,
+    form_action: &str,
+) -> Response<ResponseBody> {
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>{t}</title></head><body><main><h1>{t}</h1>{body_html}</main></body></html>\n",
+        t = escape(title)
+    );
+    let mut r = Response::new(http_body_util::Either::Right(http_body_util::Full::new(
+        bytes::Bytes::from(html),
+    )));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    // form-action also covers where the POST redirects (the provider).
+    let csp = format!("default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; frame-ancestors 'none'; form-action 'self' {form_action}");
+    if let Ok(v) = HeaderValue::from_str(&csp) {
+        h.insert("content-security-policy", v);
+    }
+    r
+}
+
+/// HTML text escaping.
+fn escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&#39;"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+/// The origin of an absolute URL (for the page's form-action).
+fn origin_of(url: &str) -> &str {
+    match url.find("://") {
+        Some(i) => match url[i + 3..].find(['/', '?', '#']) {
+            Some(j) => &url[..i + 3 + j],
+            None => url,
+        },
+        None => "",
+    }
+}
+
+/// A start link opened: GET shows a page with one button (so a link
+/// scanner that fetches it uses nothing up); the button's POST uses the
+/// link up and starts the flow for the link's subject, no bearer needed.
+async fn start(
+    app: &Arc<App>,
+    o: &OAuth1Config,
+    p: &Provider,
+    req: Request<RequestBody>,
+) -> Response<ResponseBody> {
+    let snap = app.snapshot();
+    let form_action = origin_of(&p.authorize_url).to_string();
+    let refused = |why: &str, back: &str| {
+        app.metrics.oauth1_flow_failed(&p.name, "bad_link");
+        page(
+            StatusCode::BAD_REQUEST,
+            "This link cannot be used",
+            &format!(
+                "<p>{}</p><p>Go back to <a href=\"{}\">the application</a> and connect your {} account again: it gives you a new link.</p>",
+                escape(why),
+                escape(back),
+                escape(&p.name)
+            ),
+            &form_action,
+        )
+    };
+    let Some(store) = app.oauth1_store() else {
+        return store_missing();
+    };
+    let post = req.method() == Method::POST;
+    let sealed = if post {
+        read_form(&snap, req)
+            .await
+            .and_then(|f| client::single(&f, "link").map(str::to_owned))
+    } else {
+        let q: Vec<(String, String)> = req
+            .uri()
+            .query()
+            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+            .unwrap_or_default();
+        client::single(&q, "link").map(str::to_owned)
+    };
+    let back = p.return_urls[0].clone();
+    let Some(link) = sealed.and_then(|l| store.open_link(&p.name, &l).map(|k| (l, k))) else {
+        return refused(
+            "The link is not one valet made for this provider, or it was changed.",
+            &back,
+        );
+    };
+    let (sealed, link) = link;
+    if !p.return_urls.contains(&link.ret) {
+        return refused(
+            "The application this link returns to is no longer allowed.",
+            &back,
+        );
+    }
+    if link.exp <= crate::revocation::now() {
+        return refused("The link expired.", &link.ret);
+    }
+    let level = match (&p.permissions, link.acc.as_deref()) {
+        (None, None) => None,
+        (Some(perms), asked) => match perms.level(asked) {
+            Some(l) => Some(l),
+            None => {
+                return refused(
+                    "The level of access this link asks for is no longer offered.",
+                    &link.ret,
+                )
+            }
+        },
+        (None, Some(_)) => {
+            return refused(
+                "The level of access this link asks for is no longer offered.",
+                &link.ret,
+            )
+        }
+    };
+    if !post {
+        let what = level.map_or(String::new(), |l| format!(" ({} access)", escape(&l.name)));
+        return page(
+            StatusCode::OK,
+            &format!("Connect your {} account", p.name),
+            &format!(
+                "<p>You will be sent to {name} to allow this application access{what}.</p><form method=\"post\" action=\"{action}\"><input type=\"hidden\" name=\"link\" value=\"{link}\"><button type=\"submit\">Continue to {name}</button></form>",
+                name = escape(&p.name),
+                action = escape(&format!("{}/{}/start", o.path_prefix, p.name)),
+                link = escape(&sealed),
+            ),
+            &form_action,
+        );
+    }
+    // Used up here, once, in any process on the store.
+    let (id, exp) = (format!("oauth1-link:{}", link.id), link.exp);
+    match with_store(app, move |s| s.use_once(&id, exp)).await {
+        Some(Ok(true)) => {}
+        Some(Ok(false)) => return refused("The link was already used.", &link.ret),
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "cannot record a start link's use");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the link cannot be used now; try again shortly".into(),
+            );
+        }
+        None => return store_missing(),
+    }
+    let mut r = begin(
+        app,
+        o,
+        p,
+        &link.sub,
+        link.ret.clone(),
+        level,
+        true,
+        StatusCode::SEE_OTHER,
+    )
+    .await;
+    r.headers_mut()
+        .insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    r
+}
+
+/// The application redeems a browser flow's code with the bearer token of
+/// the subject the link was made for; only then is the token stored. A
+/// code redeemed by another subject (the link was minted by someone else
+/// and completed in this user's browser) stores nothing.
+async fn redeem(
+    app: &Arc<App>,
+    snap: &Snapshot,
+    p: &Provider,
+    subject: &str,
+    req: Request<RequestBody>,
+) -> Response<ResponseBody> {
+    let restart = format!(
+        "start again with a new link ({}/link)",
+        p.start_url.trim_end_matches("/authorize")
+    );
+    let Some(code) = read_form(snap, req)
+        .await
+        .and_then(|f| client::single(&f, "code").map(str::to_owned))
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "send the code as a form field `code` in the body (application/x-www-form-urlencoded)"
+                .into(),
+        );
+    };
+    let name = p.name.clone();
+    let held = match with_store(app, move |s| s.take_held(&code, &name)).await {
+        Some(Ok(h)) => h,
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "cannot read a held OAuth 1.0 token");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the code cannot be redeemed now; try again shortly".into(),
+            );
+        }
+        None => return store_missing(),
+    };
+    let fail = |reason: &str| app.metrics.oauth1_flow_failed(&p.name, reason);
+    let Some(held) = held else {
+        fail("unknown_code");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            format!("the code is unknown or was already redeemed; {restart}"),
+        );
+    };
+    if held.expires_at_ms <= crate::revocation::now_ms() {
+        fail("expired");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            format!("the code expired; {restart}"),
+        );
+    }
+    if held.subject != subject {
+        fail("subject_mismatch");
+        tracing::warn!(provider = %p.name, sub = subject, link_sub = %held.subject, "an OAuth 1.0 code made for another subject's link was redeemed; nothing stored");
+        return error(
+            StatusCode::FORBIDDEN,
+            "access_denied",
+            format!("this authorization was started from a link made for another user, so nothing was stored; {restart}"),
+        );
+    }
+    let (name, sub, access) = (p.name.clone(), held.subject.clone(), held.access.clone());
+    let creds = held.creds;
+    let a = access.clone();
+    match with_store(app, move |s| s.put(&name, &sub, creds, a.as_deref())).await {
+        Some(Ok(())) => {}
+        Some(Err(e)) => {
+            fail("store_write");
+            tracing::error!(error = %e, "cannot write the OAuth 1.0 token store");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                format!("the token could not be stored; {restart}"),
+            );
+        }
+        None => return store_missing(),
+    }
+    app.metrics
+        .oauth1_flows_completed
+        .with_label_values(&[&p.name])
+        .inc();
+    tracing::info!(provider = %p.name, sub = subject, "OAuth 1.0 code redeemed; token stored");
+    let mut doc = json!({"provider": p.name, "authorized": true});
+    if p.permissions.is_some() {
+        doc["access"] = access.into();
+    }
+    json_response(StatusCode::OK, &doc)
+}
+
+/// Where a pending flow is kept: its temporary token and state together.
+fn flow_key(token: &str, state: &str) -> String {
+    crate::digest::sha256_hex(
+        [token.as_bytes(), b"\0", state.as_bytes()]
+            .concat()
+            .as_slice(),
+    )
 }
 
 fn provider_failed(app: &App, p: &Provider, e: ProviderError) -> Response<ResponseBody> {
@@ -421,15 +798,28 @@ async fn callback(
             format!("the callback carries no single oauth_token; {restart}"),
         );
     };
+    // The browser binding first, before the store is touched: a callback
+    // without the state cookie (a replay by someone who learned the
+    // oauth_token) must not use up the user's pending flow.
+    let Some(state) = cookie(req, &cookie_name(p)).filter(|s| !s.is_empty()) else {
+        app.metrics.oauth1_flow_failed(&p.name, "state_mismatch");
+        tracing::warn!(provider = %p.name, "OAuth 1.0 callback without the state cookie refused; the flow is left as it was");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("this callback does not come from the browser that started the flow (it carries no state cookie); {restart}"),
+        );
+    };
     // Taken out first: a temporary token is usable once, whatever follows.
-    let (key, name) = (tok.to_string(), p.name.clone());
+    // The key needs the cookie too: another browser's names no flow.
+    let (key, name) = (flow_key(tok, state), p.name.clone());
     let pending = match with_store(app, move |s| s.take_flow(&key, &name)).await {
         Some(Ok(Some(pending))) => pending,
         Some(Ok(None)) => {
             return failed(
                 "unknown_token",
                 StatusCode::BAD_REQUEST,
-                format!("oauth_token is unknown or was already used; {restart}"),
+                format!("oauth_token is unknown or was already used, or this callback does not come from the browser that started the flow; {restart}"),
             )
         }
         Some(Err(e)) => {
@@ -502,6 +892,9 @@ async fn callback(
         token: issued.token,
         secret: Secret::new(issued.secret.into_bytes()),
     };
+    if pending.redeem {
+        return hold_for_redemption(app, o, p, pending, creds).await;
+    }
     let (name, sub, access) = (
         p.name.clone(),
         pending.subject.to_string(),
@@ -529,6 +922,66 @@ async fn callback(
     let mut r = redirect(&pending.return_url);
     r.headers_mut()
         .insert(header::SET_COOKIE, clear_cookie(o, p));
+    r
+}
+
+/// A flow started from a browser link ends at the application, not here:
+/// anyone can mint a link for their own subject and send it to someone
+/// else, so the token is held under a one-time code the browser carries to
+/// the return URL, and only the application, redeeming it with the same
+/// subject's bearer token, makes valet store it.
+async fn hold_for_redemption(
+    app: &Arc<App>,
+    o: &OAuth1Config,
+    p: &Provider,
+    pending: Pending,
+    creds: Credentials,
+) -> Response<ResponseBody> {
+    let code = crate::tokens::random_id();
+    let (c, name, sub, access) = (
+        code.clone(),
+        p.name.clone(),
+        pending.subject.to_string(),
+        pending.access.clone(),
+    );
+    match with_store(app, move |s| {
+        s.hold(&c, &name, &sub, &creds, access.as_deref())
+    })
+    .await
+    {
+        Some(Ok(true)) => {}
+        Some(Ok(false)) => {
+            app.metrics.oauth1_flow_failed(&p.name, "too_many_pending");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "too many authorizations are waiting to be redeemed; start again shortly".into(),
+            );
+        }
+        Some(Err(e)) => {
+            app.metrics.oauth1_flow_failed(&p.name, "store_write");
+            tracing::error!(error = %e, "cannot hold an OAuth 1.0 token for redemption");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the token could not be held; start again later".into(),
+            );
+        }
+        None => return store_missing(),
+    }
+    tracing::info!(provider = %p.name, sub = %pending.subject, "OAuth 1.0 flow completed; token held for the application to redeem");
+    let to = client::with_query(
+        &pending.return_url,
+        &[("code", &code), ("provider", &p.name)],
+    );
+    let mut r = redirect(&to);
+    r.headers_mut()
+        .insert(header::SET_COOKIE, clear_cookie(o, p));
+    // The code is in the Location only: not cached, not in valet's logs.
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut()
+        .insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     r
 }
 

@@ -31,10 +31,7 @@ pub async fn sign(
         None => app
             .oauth1_store()
             .and_then(|st| st.get(&p.name, subject))
-            .ok_or_else(|| ProxyError::OAuth1Required {
-                provider: p.name.clone(),
-                authorize_url: p.start_url.clone(),
-            })?,
+            .ok_or_else(|| required(app, p, subject))?,
     };
     let (body, outcome, form) = if crate::header_names::is_form_urlencoded(&parts.headers) {
         let (limited, outcome) = LimitedBody::new(body, limit, rate);
@@ -178,10 +175,7 @@ pub async fn refused(
         // request (counted there).
         None => {
             return match store.invalid(&p.name, subject) {
-                Some(_) => Err(ProxyError::OAuth1Required {
-                    provider: p.name.clone(),
-                    authorize_url: p.start_url.clone(),
-                }),
+                Some(_) => Err(required(app, p, subject)),
                 None => Ok(()),
             };
         }
@@ -198,10 +192,20 @@ pub async fn refused(
             tracing::warn!(provider = %p.name, sub = subject, error = %e, "cannot record that the provider refused a token; it is no longer used here");
         }
     }
-    Err(ProxyError::OAuth1Required {
+    Err(required(app, p, subject))
+}
+
+/// The subject has no usable token: where to start, for an application
+/// (`authorize_url`, with its bearer) and for a browser (`start_url`, a
+/// start link made for this subject).
+fn required(app: &App, p: &crate::config::Provider, subject: &str) -> ProxyError {
+    ProxyError::OAuth1Required {
         provider: p.name.clone(),
         authorize_url: p.start_url.clone(),
-    })
+        start_url: app
+            .oauth1_store()
+            .map(|s| s.start_link(p, subject, &p.return_urls[0], None)),
+    }
 }
 
 #[cfg(test)]
