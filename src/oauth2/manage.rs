@@ -358,19 +358,13 @@ pub fn update(
         // The stored record no longer compiles: anything may have changed.
         None => vec!["record"],
     };
-    if !store.put_client(
+    let (in_force, cutoff) = replace_then_cut_off(
+        revocations,
         client_id,
-        Some(&record),
-        ClientWrite::Replace { current: &current },
-    )? {
-        return Err(ManageError::Conflict(client_id.to_string()));
-    }
-    let in_force = put_in_force();
-    let cutoff = if narrowed.is_empty() {
-        None
-    } else {
-        Some(cut_off(revocations, client_id)?)
-    };
+        (&current, &record),
+        put_in_force,
+        !narrowed.is_empty(),
+    )?;
     audited(
         store,
         who,
@@ -508,15 +502,13 @@ pub fn delete(
         )));
     }
     let tombstone = managed_clients::tombstone(crate::revocation::now());
-    if !store.put_client(
+    let (in_force, cutoff) = replace_then_cut_off(
+        revocations,
         client_id,
-        Some(&tombstone),
-        ClientWrite::Replace { current: &current },
-    )? {
-        return Err(ManageError::Conflict(client_id.to_string()));
-    }
-    let in_force = put_in_force();
-    let cutoff = cut_off(revocations, client_id)?;
+        (&current, &tombstone),
+        put_in_force,
+        true,
+    )?;
     audited(
         store,
         who,
@@ -583,6 +575,30 @@ pub fn revoke_tokens(
     )
 }
 
+/// Replaces the stored record `current` of `client_id` by `record`
+/// (compare and set), puts it in force, then, if `cut`, revokes every token
+/// issued until now: the order `regenerate_secret` explains. Returns
+/// whether it is in force, and the cut-off.
+fn replace_then_cut_off(
+    revocations: &Revocations,
+    client_id: &str,
+    (current, record): (&str, &str),
+    put_in_force: impl FnOnce() -> bool,
+    cut: bool,
+) -> Result<(bool, Option<i64>), ManageError> {
+    let store = revocations.store().as_ref();
+    if !store.put_client(client_id, Some(record), ClientWrite::Replace { current })? {
+        return Err(ManageError::Conflict(client_id.to_string()));
+    }
+    let in_force = put_in_force();
+    let cutoff = if cut {
+        Some(cut_off(revocations, client_id)?)
+    } else {
+        None
+    };
+    Ok((in_force, cutoff))
+}
+
 /// Writes a cut-off for `client_id` (durably); returns it.
 fn cut_off(revocations: &Revocations, client_id: &str) -> Result<i64, ManageError> {
     // Cut-offs reject `iat < revoked_before`, and `iat` has whole seconds. So
@@ -631,15 +647,13 @@ pub fn regenerate_secret(
     let secret = generate_secret();
     client.secret_hash = hmac_hash(pepper, &secret);
     let record = managed_clients::record(&client);
-    if !store.put_client(
+    let (in_force, cutoff) = replace_then_cut_off(
+        revocations,
         client_id,
-        Some(&record),
-        ClientWrite::Replace { current: &current },
-    )? {
-        return Err(ManageError::Conflict(client_id.to_string()));
-    }
-    let in_force = put_in_force();
-    let cutoff = cut_off(revocations, client_id)?;
+        (&current, &record),
+        put_in_force,
+        true,
+    )?;
     let audit_error = audited(
         store,
         who,
