@@ -44,3 +44,7 @@ pub fn is_form_urlencoded(h: &HeaderMap) -> bool {
                 .eq_ignore_ascii_case("application/x-www-form-urlencoded")
         })
 }
+
+/// The start of the name of valet's OAuth 1.0 state cookies: valet's own,
+/// never forwarded upstream.
+pub const OAUTH1_COOKIE_PREFIX: &str = "__Host-valet_oauth1_";

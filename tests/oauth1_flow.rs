@@ -200,8 +200,9 @@ async fn the_three_legged_flow_then_signed_requests() {
     assert!(location.starts_with(&authorize_base), "{location}");
     let set_cookie = r.header("set-cookie").to_string();
     assert!(
-        set_cookie.starts_with("valet_oauth1_legacy=")
-            && set_cookie.contains("Path=/oauth1/legacy/callback")
+        set_cookie.starts_with("__Host-valet_oauth1_legacy=")
+            && set_cookie.contains("Path=/;")
+            && !set_cookie.contains("Domain")
             && set_cookie.contains("Secure")
             && set_cookie.contains("HttpOnly")
             && set_cookie.contains("Max-Age=600")
@@ -435,7 +436,9 @@ async fn unknown_replayed_and_foreign_browser_callbacks_are_refused() {
         .as_str()
         .unwrap()
         .contains("does not come from the browser that started the flow"));
-    let r = s.callback(&cb, Some("valet_oauth1_legacy=guessed")).await;
+    let r = s
+        .callback(&cb, Some("__Host-valet_oauth1_legacy=guessed"))
+        .await;
     assert_eq!(r.status, 400);
     assert!(r.json()["error_description"]
         .as_str()
@@ -1165,9 +1168,16 @@ impl Setup {
     /// return URL valet sends it to (with the code).
     async fn follow_link(&self, start_url: &str) -> String {
         let link = start_url.split("link=").nth(1).unwrap();
-        let r = self
-            .post_form("/oauth1/legacy/start", &[("link", link)], None)
-            .await;
+        // As a browser sends the page's button: from valet's own origin.
+        let req = self
+            .client()
+            .request("POST", "/oauth1/legacy/start")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("sec-fetch-site", "same-origin")
+            .header("origin", "https://valet.example:8443")
+            .body(Full::new(Bytes::from(format!("link={link}"))))
+            .unwrap();
+        let r = self.client().send(req).await;
         assert_eq!(r.status, 303, "{:?}", r.body);
         let cookie = cookie_pair(r.header("set-cookie"));
         let cb = self.approve(r.header("location")).await;
@@ -1261,7 +1271,7 @@ async fn a_browser_start_link_completes_only_for_the_subject_it_was_made_for() {
     let start = s
         .link(
             &alice,
-            "?return_to=https%3A%2F%2Fapp.example%2Fother%3Fx%3D1",
+            "?return_to=https%3A%2F%2Fapp.example%2Fother%3Fx%3D1&state=s-123",
         )
         .await;
     let page = s.client().get(path_of(&start), None).await;
@@ -1269,7 +1279,7 @@ async fn a_browser_start_link_completes_only_for_the_subject_it_was_made_for() {
     assert_eq!(page.header("content-type"), "text/html; charset=utf-8");
     assert_eq!(page.header("x-frame-options"), "DENY");
     assert_eq!(page.header("cache-control"), "no-store");
-    assert_eq!(page.header("referrer-policy"), "no-referrer");
+    assert_eq!(page.header("referrer-policy"), "same-origin");
     assert!(page
         .header("content-security-policy")
         .contains("frame-ancestors 'none'"));
@@ -1281,10 +1291,30 @@ async fn a_browser_start_link_completes_only_for_the_subject_it_was_made_for() {
     assert!(!html.contains("<script"), "{html}");
     // A link scanner fetching it uses nothing up.
     assert_eq!(s.client().get(path_of(&start), None).await.status, 200);
+    // Another site auto-submitting the button's form (its own link, in
+    // this browser) is refused, and uses nothing up either.
+    let link = start.split("link=").nth(1).unwrap();
+    for (h, v) in [
+        ("sec-fetch-site", "cross-site"),
+        ("sec-fetch-site", "same-site"),
+        ("origin", "https://evil.example"),
+    ] {
+        let body = format!("link={link}");
+        let req = s
+            .client()
+            .request("POST", "/oauth1/legacy/start")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header(h, v)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let r = s.client().send(req).await;
+        assert_eq!(r.status, 403, "{h}: {v}");
+        assert!(String::from_utf8_lossy(&r.body).contains("Another site"));
+    }
     let back = s.follow_link(&start).await;
     assert!(
-        back.starts_with("https://app.example/other?x=1&code="),
-        "{back}"
+        back.starts_with("https://app.example/other?x=1&state=s-123&code="),
+        "the application's state comes back with the code: {back}"
     );
     let code = code_of(&back);
     let r = s
@@ -1363,6 +1393,7 @@ async fn altered_and_expired_start_links_are_refused() {
         sub: "alice".into(),
         ret: "https://app.example/done".into(),
         acc: None,
+        st: None,
     };
     let r = s
         .client()

@@ -332,3 +332,48 @@ async fn upstream_connections_are_pooled_and_reused() {
     assert_eq!(up.count(), 5);
     assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+/// valet's own OAuth 1.0 state cookies (`__Host-valet_oauth1_*`, which the
+/// `__Host-` prefix makes `Path=/`) are not forwarded upstream; the
+/// application's cookies are, as sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn valets_own_cookies_are_not_forwarded() {
+    let (gw, up) = setup().await;
+    let c = gw.client(Proto::H1);
+    let token = gw.token("alice", "read");
+    for (sent, forwarded) in [
+        (
+            vec!["a=1; __Host-valet_oauth1_legacy=state-1; b=2"],
+            Some(vec!["a=1; b=2"]),
+        ),
+        (vec!["__Host-valet_oauth1_x=s"], None),
+        (
+            vec!["__Host-valet_oauth1_x=s;session=abc", "theme=dark"],
+            Some(vec!["session=abc", "theme=dark"]),
+        ),
+        (
+            vec!["valet_oauth1_x=kept; __host-valet_oauth1_y=kept-too"],
+            Some(vec!["valet_oauth1_x=kept; __host-valet_oauth1_y=kept-too"]),
+        ),
+    ] {
+        let mut b = c
+            .request("GET", "/api/items")
+            .header("authorization", format!("Bearer {token}"));
+        for v in &sent {
+            b = b.header("cookie", *v);
+        }
+        let r = c.send(b.body(Full::new(Bytes::new())).unwrap()).await;
+        assert_eq!(r.status, 200);
+        let seen = up.last();
+        let got: Vec<String> = seen
+            .headers
+            .get_all("cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect();
+        match forwarded {
+            None => assert!(got.is_empty(), "{sent:?}: {got:?}"),
+            Some(want) => assert_eq!(got, want, "{sent:?}"),
+        }
+    }
+}

@@ -100,6 +100,9 @@ pub struct Link {
     pub ret: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acc: Option<String>,
+    /// The application's state, returned with the code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub st: Option<String>,
 }
 
 /// A token held for the application to redeem.
@@ -656,6 +659,7 @@ impl TokenStore {
         subject: &str,
         return_url: &str,
         access: Option<&str>,
+        state: Option<&str>,
     ) -> String {
         let link = Link {
             id: crate::tokens::random_id(),
@@ -663,6 +667,7 @@ impl TokenStore {
             sub: subject.to_string(),
             ret: return_url.to_string(),
             acc: access.map(str::to_owned),
+            st: state.map(str::to_owned),
         };
         let base = p
             .start_url

@@ -61,8 +61,16 @@ pub fn endpoint_for<'a>(
     Some(o.provider(name).map(|p| (p, action)).ok_or(()))
 }
 
+/// `__Host-`: only valet's own origin, over HTTPS, can set it (a sibling
+/// subdomain or a plain-HTTP attacker cannot plant their own state in the
+/// user's browser). The prefix requires `Path=/`; the proxy strips it from
+/// what it forwards (`proxy::headers::strip_own_cookies`).
 fn cookie_name(p: &Provider) -> String {
-    format!("valet_oauth1_{}", p.name.replace('.', "_"))
+    format!(
+        "{}{}",
+        crate::header_names::OAUTH1_COOKIE_PREFIX,
+        p.name.replace('.', "_")
+    )
 }
 
 fn error(status: StatusCode, code: &'static str, message: String) -> Response<ResponseBody> {
@@ -118,7 +126,7 @@ pub async fn serve(
         .into_response();
     }
     if action == Action::Callback {
-        return callback(app, o, p, &req).await;
+        return callback(app, p, &req).await;
     }
     if action == Action::Start {
         return start(app, o, p, req).await;
@@ -137,14 +145,14 @@ pub async fn serve(
     let store = app.oauth1_store();
     match (action, req.method()) {
         (Action::Authorize, _) => authorize(app, o, p, token.namespaced_subject(), &req).await,
-        (Action::Link, _) => match (choose(app, p, &req), store) {
-            (Err(r), _) => r,
-            (Ok(_), None) => store_missing(),
-            (Ok((return_url, level)), Some(store)) => json_response(
+        (Action::Link, _) => match (choose(app, p, &req), app_state(&req), store) {
+            (Err(r), _, _) | (_, Err(r), _) => r,
+            (Ok(_), _, None) => store_missing(),
+            (Ok((return_url, level)), Ok(st), Some(store)) => json_response(
                 StatusCode::OK,
                 &json!({
                     "provider": p.name,
-                    "start_url": store.start_link(p, token.namespaced_subject(), &return_url, level.map(|l| l.name.as_str())),
+                    "start_url": store.start_link(p, token.namespaced_subject(), &return_url, level.map(|l| l.name.as_str()), st.as_deref()),
                     "expires_in": crate::app::oauth1_tokens::LINK_TTL_SECS,
                 }),
             ),
@@ -421,8 +429,35 @@ async fn begin(
     // The cookie ties the callback to the browser that started the flow.
     let max_age = cookie::time::Duration::seconds(o.pending_ttl.as_secs() as i64);
     r.headers_mut()
-        .insert(header::SET_COOKIE, state_cookie(o, p, &state, max_age));
+        .insert(header::SET_COOKIE, state_cookie(p, &state, max_age));
     r
+}
+
+/// The application's `state` for a start link (`?state=`), returned with
+/// the code: at most 256 printable ASCII characters.
+#[allow(clippy::result_large_err)]
+fn app_state(req: &Request<RequestBody>) -> Result<Option<String>, Response<ResponseBody>> {
+    let query: Vec<(String, String)> = req
+        .uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let all: Vec<&str> = query
+        .iter()
+        .filter(|(k, _)| k == "state")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    match all.as_slice() {
+        [] => Ok(None),
+        [s] if !s.is_empty() && s.len() <= 256 && s.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(s.to_string()))
+        }
+        _ => Err(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "state is one value of 1 to 256 printable ASCII characters".into(),
+        )),
+    }
 }
 
 /// The largest form valet's browser and redemption endpoints read.
@@ -442,12 +477,7 @@ async fn read_form(snap: &Snapshot, req: Request<RequestBody>) -> Option<Vec<(St
 
 /// A small page for a person (valet's browser endpoints): no scripts, no
 /// framing, no caching, no Referer (the URL holds the link).
-fn page(
-    status: StatusCode,
-    title: &str,
-    body_html: &str,
-    form_action: &str,
-) -> Response<ResponseBody> {
+fn page(status: StatusCode, title: &str, body_html: &str) -> Response<ResponseBody> {
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>{t}</title></head><body><main><h1>{t}</h1>{body_html}</main></body></html>\n",
         t = escape(title)
@@ -467,12 +497,18 @@ fn page(
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
-    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
-    // form-action also covers where the POST redirects (the provider).
-    let csp = format!("default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; frame-ancestors 'none'; form-action 'self' {form_action}");
-    if let Ok(v) = HeaderValue::from_str(&csp) {
-        h.insert("content-security-policy", v);
-    }
+    // The button's POST carries valet's Origin (checked); nothing leaves
+    // for another origin with the link in a Referer.
+    h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
+    // No form-action: browsers apply it to the redirects after the POST
+    // too, and a provider's authorization page may pass through hosts
+    // valet cannot list; the page runs nothing and injects nothing.
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; frame-ancestors 'none'",
+        ),
+    );
     r
 }
 
@@ -492,15 +528,35 @@ fn escape(s: &str) -> String {
     o
 }
 
-/// The origin of an absolute URL (for the page's form-action).
-fn origin_of(url: &str) -> &str {
-    match url.find("://") {
+/// The origin of an absolute URL as a browser sends it in `Origin` (no
+/// default port).
+fn origin_of(url: &str) -> String {
+    let o = match url.find("://") {
         Some(i) => match url[i + 3..].find(['/', '?', '#']) {
             Some(j) => &url[..i + 3 + j],
             None => url,
         },
         None => "",
+    };
+    let o = o.to_ascii_lowercase();
+    match (o.strip_suffix(":443"), o.strip_suffix(":80")) {
+        (Some(b), _) if b.starts_with("https://") => b.to_string(),
+        (_, Some(b)) if b.starts_with("http://") => b.to_string(),
+        _ => o,
     }
+}
+
+/// Whether a browser made this POST for another site (an auto-submitted
+/// form): `Sec-Fetch-Site` says so, or, from a browser too old to send it,
+/// an `Origin` other than valet's. A client sending neither is no
+/// browser, and can do no more than with its own link.
+fn cross_site(req: &Request<RequestBody>, own_origin: &str) -> bool {
+    let h = req.headers();
+    if let Some(v) = h.get("sec-fetch-site") {
+        return !matches!(v.as_bytes(), b"same-origin" | b"none");
+    }
+    h.get(header::ORIGIN)
+        .is_some_and(|o| !o.as_bytes().eq_ignore_ascii_case(own_origin.as_bytes()))
 }
 
 /// A start link opened: GET shows a page with one button (so a link
@@ -513,7 +569,6 @@ async fn start(
     req: Request<RequestBody>,
 ) -> Response<ResponseBody> {
     let snap = app.snapshot();
-    let form_action = origin_of(&p.authorize_url).to_string();
     let refused = |why: &str, back: &str| {
         app.metrics.oauth1_flow_failed(&p.name, "bad_link");
         page(
@@ -525,13 +580,25 @@ async fn start(
                 escape(back),
                 escape(&p.name)
             ),
-            &form_action,
         )
     };
     let Some(store) = app.oauth1_store() else {
         return store_missing();
     };
     let post = req.method() == Method::POST;
+    if post && cross_site(&req, &origin_of(&p.start_url)) {
+        app.metrics.oauth1_flow_failed(&p.name, "cross_site");
+        tracing::warn!(provider = %p.name, "a start link POSTed from another site refused");
+        return page(
+            StatusCode::FORBIDDEN,
+            "This link cannot be used",
+            &format!(
+                "<p>Another site tried to connect an account for you.</p><p>Go back to <a href=\"{}\">the application</a> to connect your {} account.</p>",
+                escape(&p.return_urls[0]),
+                escape(&p.name)
+            ),
+        );
+    }
     let sealed = if post {
         read_form(&snap, req)
             .await
@@ -590,7 +657,6 @@ async fn start(
                 action = escape(&format!("{}/{}/start", o.path_prefix, p.name)),
                 link = escape(&sealed),
             ),
-            &form_action,
         );
     }
     // Used up here, once, in any process on the store.
@@ -608,12 +674,18 @@ async fn start(
         }
         None => return store_missing(),
     }
+    // The application's own state, if it gave one, comes back with the
+    // code: it checks the flow is one it started.
+    let return_url = match &link.st {
+        Some(st) => client::with_query(&link.ret, &[("state", st)]),
+        None => link.ret.clone(),
+    };
     let mut r = begin(
         app,
         o,
         p,
         &link.sub,
-        link.ret.clone(),
+        return_url,
         level,
         true,
         StatusCode::SEE_OTHER,
@@ -751,14 +823,9 @@ fn cookie<'a>(req: &'a Request<RequestBody>, name: &str) -> Option<&'a str> {
 
 /// The state cookie: only for this provider's callback, only over HTTPS,
 /// not readable by scripts, sent on the provider's top-level redirect back.
-fn state_cookie(
-    o: &OAuth1Config,
-    p: &Provider,
-    value: &str,
-    max_age: cookie::time::Duration,
-) -> HeaderValue {
+fn state_cookie(p: &Provider, value: &str, max_age: cookie::time::Duration) -> HeaderValue {
     let c = cookie::Cookie::build((cookie_name(p), value.to_string()))
-        .path(format!("{}/{}/callback", o.path_prefix, p.name))
+        .path("/")
         .max_age(max_age)
         .secure(true)
         .http_only(true)
@@ -769,7 +836,6 @@ fn state_cookie(
 
 async fn callback(
     app: &Arc<App>,
-    o: &OAuth1Config,
     p: &Provider,
     req: &Request<RequestBody>,
 ) -> Response<ResponseBody> {
@@ -777,8 +843,7 @@ async fn callback(
         app.metrics.oauth1_flow_failed(&p.name, reason);
         tracing::warn!(provider = %p.name, reason, "OAuth 1.0 callback refused");
         let mut r = error(status, "invalid_request", message);
-        r.headers_mut()
-            .insert(header::SET_COOKIE, clear_cookie(o, p));
+        r.headers_mut().insert(header::SET_COOKIE, clear_cookie(p));
         r
     };
     let restart = format!("start again at {}", p.start_url);
@@ -865,8 +930,7 @@ async fn callback(
             &[("error", "access_denied"), ("provider", &p.name)],
         );
         let mut r = redirect(&to);
-        r.headers_mut()
-            .insert(header::SET_COOKIE, clear_cookie(o, p));
+        r.headers_mut().insert(header::SET_COOKIE, clear_cookie(p));
         return r;
     }
     let Some(verifier) = client::single(&query, "oauth_verifier") else {
@@ -893,7 +957,7 @@ async fn callback(
         secret: Secret::new(issued.secret.into_bytes()),
     };
     if pending.redeem {
-        return hold_for_redemption(app, o, p, pending, creds).await;
+        return hold_for_redemption(app, p, pending, creds).await;
     }
     let (name, sub, access) = (
         p.name.clone(),
@@ -920,8 +984,7 @@ async fn callback(
         .inc();
     tracing::info!(provider = %p.name, sub = %pending.subject, "OAuth 1.0 flow completed; token stored");
     let mut r = redirect(&pending.return_url);
-    r.headers_mut()
-        .insert(header::SET_COOKIE, clear_cookie(o, p));
+    r.headers_mut().insert(header::SET_COOKIE, clear_cookie(p));
     r
 }
 
@@ -932,7 +995,6 @@ async fn callback(
 /// subject's bearer token, makes valet store it.
 async fn hold_for_redemption(
     app: &Arc<App>,
-    o: &OAuth1Config,
     p: &Provider,
     pending: Pending,
     creds: Credentials,
@@ -975,8 +1037,7 @@ async fn hold_for_redemption(
         &[("code", &code), ("provider", &p.name)],
     );
     let mut r = redirect(&to);
-    r.headers_mut()
-        .insert(header::SET_COOKIE, clear_cookie(o, p));
+    r.headers_mut().insert(header::SET_COOKIE, clear_cookie(p));
     // The code is in the Location only: not cached, not in valet's logs.
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -985,6 +1046,6 @@ async fn hold_for_redemption(
     r
 }
 
-fn clear_cookie(o: &OAuth1Config, p: &Provider) -> HeaderValue {
-    state_cookie(o, p, "", cookie::time::Duration::ZERO)
+fn clear_cookie(p: &Provider) -> HeaderValue {
+    state_cookie(p, "", cookie::time::Duration::ZERO)
 }

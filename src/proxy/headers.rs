@@ -91,6 +91,41 @@ impl Scrub<'_> {
     }
 }
 
+/// Removes valet's own cookies (the OAuth 1.0 state) from the `Cookie`
+/// headers: they are for valet's callback, not for upstreams. Allocates
+/// only when one is there.
+pub fn strip_own_cookies(h: &mut HeaderMap) {
+    use crate::header_names::OAUTH1_COOKIE_PREFIX as OWN;
+    let has = |v: &http::HeaderValue| v.as_bytes().windows(OWN.len()).any(|w| w == OWN.as_bytes());
+    if !h.get_all(http::header::COOKIE).iter().any(has) {
+        return;
+    }
+    let kept: Vec<http::HeaderValue> = h
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| {
+            let pairs: Vec<&[u8]> = v
+                .as_bytes()
+                .split(|b| *b == b';')
+                .filter(|p| !p.trim_ascii_start().starts_with(OWN.as_bytes()))
+                .collect();
+            let joined = pairs
+                .iter()
+                .map(|p| p.trim_ascii())
+                .filter(|p| !p.is_empty())
+                .collect::<Vec<_>>()
+                .join(&b"; "[..]);
+            (!joined.is_empty())
+                .then(|| http::HeaderValue::from_bytes(&joined).ok())
+                .flatten()
+        })
+        .collect();
+    h.remove(http::header::COOKIE);
+    for v in kept {
+        h.append(http::header::COOKIE, v);
+    }
+}
+
 /// Whether a request carries a header name with `_` (for `reject`).
 pub fn has_underscore_name(h: &HeaderMap) -> bool {
     h.keys().any(|n| n.as_str().contains('_'))

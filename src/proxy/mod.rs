@@ -329,6 +329,7 @@ fn rewrite(
         extra: &route.cfg.strip_request_headers,
     }
     .apply(h);
+    headers::strip_own_cookies(h);
     if let Some(t) = token {
         inject_identity(route, names, t, h);
     }

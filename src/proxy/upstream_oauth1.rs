@@ -204,7 +204,7 @@ fn required(app: &App, p: &crate::config::Provider, subject: &str) -> ProxyError
         authorize_url: p.start_url.clone(),
         start_url: app
             .oauth1_store()
-            .map(|s| s.start_link(p, subject, &p.return_urls[0], None)),
+            .map(|s| s.start_link(p, subject, &p.return_urls[0], None, None)),
     }
 }
 
