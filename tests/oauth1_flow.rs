@@ -1512,3 +1512,70 @@ async fn links_and_codes_never_appear_in_the_logs() {
     let verifier = cb.split("oauth_verifier=").nth(1).unwrap();
     assert!(!text.contains(verifier), "a verifier in the log");
 }
+
+/// A real browser (headless chromium) through the start link: the page,
+/// its button (the browser's own POST passes the cross-site check), the
+/// `__Host-` state cookie set and sent back on the provider's redirect, the
+/// return URL with the code, redeemed by the application. Then another
+/// site's auto-submitting form, in the same browser, is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_browser_follows_a_start_link_and_refuses_another_sites_post() {
+    let s = setup("").await;
+    let alice = s.gw.token("alice", "read");
+    let browser = support::browser::Browser::start(&[
+        ("valet.example", s.gw.addr),
+        ("app.example", s.gw.addr),
+    ])
+    .await;
+    let start = s.link(&alice, "?state=browser-1").await;
+    browser.go(&start).await;
+    let html = browser.source().await;
+    assert!(html.contains("Connect your legacy account"), "{html}");
+    browser.click("button").await;
+    let back = browser
+        .wait_for_url("https://app.example/done?", Duration::from_secs(20))
+        .await;
+    assert!(
+        back.starts_with("https://app.example/done?state=browser-1&code="),
+        "the browser ended at {back}: {}",
+        browser.source().await
+    );
+    let r = s
+        .post_form(
+            "/oauth1/legacy/redeem",
+            &[("code", &code_of(&back))],
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        s.client().get("/legacy/items", Some(&alice)).await.status,
+        200
+    );
+
+    // Another site's page submitting mallory's link in this browser.
+    let mallory = s.gw.token("mallory", "read");
+    let theirs = s.link(&mallory, "").await;
+    let link = theirs.split("link=").nth(1).unwrap();
+    let evil = format!(
+        "data:text/html,<form method=post action='https://valet.example:8443/oauth1/legacy/start'><input name=link value='{link}'></form><script>document.forms[0].submit()</script>"
+    );
+    browser.go(&evil).await;
+    let landed = browser
+        .wait_for_url(
+            "https://valet.example:8443/oauth1/legacy/start",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(
+        landed.starts_with("https://valet.example:8443/"),
+        "{landed}"
+    );
+    let html = browser.source().await;
+    assert!(
+        html.contains("Another site tried to connect an account"),
+        "{html}"
+    );
+    // Nothing was used up: mallory's link still opens its page.
+    assert_eq!(s.client().get(path_of(&theirs), None).await.status, 200);
+}

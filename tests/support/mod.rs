@@ -3,6 +3,7 @@
 //! token signer, and an HTTP/1.1 + HTTP/2 client over real TLS.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod browser;
 pub mod client;
 pub mod idp;
 pub mod oauth1_provider;
