@@ -96,7 +96,10 @@ impl Scrub<'_> {
 /// only when one is there.
 pub fn strip_own_cookies(h: &mut HeaderMap) {
     use crate::header_names::OAUTH1_COOKIE_PREFIX as OWN;
-    let has = |v: &http::HeaderValue| v.as_bytes().windows(OWN.len()).any(|w| w == OWN.as_bytes());
+    // Built once: the searcher's setup costs more than a search.
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(OWN.as_bytes()));
+    let has = |v: &http::HeaderValue| FINDER.find(v.as_bytes()).is_some();
     if !h.get_all(http::header::COOKIE).iter().any(has) {
         return;
     }
