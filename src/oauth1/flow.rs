@@ -271,11 +271,7 @@ fn choose<'p>(
             format!("provider `{}` uses a pre-provisioned token for every subject; there is no flow to start", p.name),
         ));
     }
-    let query: Vec<(String, String)> = req
-        .uri()
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
+    let query: Vec<(String, String)> = query_of(req);
     let return_url = match client::single(&query, "return_to") {
         None if !query.iter().any(|(k, _)| k == "return_to") => p.return_urls[0].clone(),
         Some(r) if p.return_urls.iter().any(|a| a == r) => r.to_string(),
@@ -437,11 +433,7 @@ async fn begin(
 /// the code: at most 256 printable ASCII characters.
 #[allow(clippy::result_large_err)]
 fn app_state(req: &Request<RequestBody>) -> Result<Option<String>, Response<ResponseBody>> {
-    let query: Vec<(String, String)> = req
-        .uri()
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
+    let query: Vec<(String, String)> = query_of(req);
     let all: Vec<&str> = query
         .iter()
         .filter(|(k, _)| k == "state")
@@ -458,6 +450,14 @@ fn app_state(req: &Request<RequestBody>) -> Result<Option<String>, Response<Resp
             "state is one value of 1 to 256 printable ASCII characters".into(),
         )),
     }
+}
+
+/// The request's query parameters, decoded.
+fn query_of(req: &Request<RequestBody>) -> Vec<(String, String)> {
+    req.uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
 }
 
 /// The largest form valet's browser and redemption endpoints read.
@@ -604,11 +604,7 @@ async fn start(
             .await
             .and_then(|f| client::single(&f, "link").map(str::to_owned))
     } else {
-        let q: Vec<(String, String)> = req
-            .uri()
-            .query()
-            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-            .unwrap_or_default();
+        let q: Vec<(String, String)> = query_of(&req);
         client::single(&q, "link").map(str::to_owned)
     };
     let back = p.return_urls[0].clone();
@@ -847,11 +843,7 @@ async fn callback(
         r
     };
     let restart = format!("start again at {}", p.start_url);
-    let query: Vec<(String, String)> = req
-        .uri()
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
+    let query: Vec<(String, String)> = query_of(req);
     // A user who declines comes back with `denied=<temporary token>` (the
     // de facto convention, e.g. Twitter's) instead of oauth_token.
     let denied = client::single(&query, "oauth_token").is_none();

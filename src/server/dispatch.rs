@@ -167,6 +167,16 @@ pub async fn handle(
     resp
 }
 
+/// A CORS preflight to one of valet's own endpoints, answered under the
+/// top-level policy (never by the endpoint).
+fn own_preflight(
+    snap: &Snapshot,
+    req: &Request<RequestBody>,
+) -> Option<http::Response<crate::bodies::ResponseBody>> {
+    let p = snap.config.cors.as_deref()?;
+    proxy::cors::is_preflight(req).then(|| proxy::cors::preflight(p, req))
+}
+
 async fn dispatch(
     app: &Arc<App>,
     snap: &Snapshot,
@@ -188,13 +198,8 @@ async fn dispatch(
     {
         x.kind = Kind::OAuth2;
         drop(routing);
-        if let Some(p) = snap
-            .config
-            .cors
-            .as_deref()
-            .filter(|_| proxy::cors::is_preflight(&req))
-        {
-            return proxy::cors::preflight(p, &req);
+        if let Some(r) = own_preflight(snap, &req) {
+            return r;
         }
         return crate::oauth2::endpoints::serve(app, snap, a, ep, peer, req).await;
     }
@@ -206,13 +211,8 @@ async fn dispatch(
     {
         x.kind = Kind::OAuth1;
         drop(routing);
-        if let Some(p) = snap
-            .config
-            .cors
-            .as_deref()
-            .filter(|_| proxy::cors::is_preflight(&req))
-        {
-            return proxy::cors::preflight(p, &req);
+        if let Some(r) = own_preflight(snap, &req) {
+            return r;
         }
         let rid = x.request_id.clone();
         return crate::oauth1::flow::serve(app, snap, o, target, req, &rid, &mut x.seen.token)
